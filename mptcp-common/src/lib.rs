@@ -1,0 +1,296 @@
+//! Types that cross the kernel↔user boundary, defined once for both sides.
+//!
+//! Everything here is `#[repr(C)]`, has no implicit padding (so no kernel stack bytes leak into
+//! records), and is plain data. The `user` feature adds `aya::Pod` so userspace can put these
+//! types into maps and globals.
+#![no_std]
+
+pub const TASK_COMM_LEN: usize = 16;
+pub const IFNAMSIZ: usize = 16;
+
+/// `IPPROTO_MPTCP`: the protocol number of an MPTCP socket (`sk_protocol`).
+pub const IPPROTO_MPTCP: u16 = 262;
+pub const IPPROTO_TCP: u16 = 6;
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
+pub mod tcp_state {
+    pub const ESTABLISHED: u8 = 1;
+    pub const SYN_SENT: u8 = 2;
+    pub const SYN_RECV: u8 = 3;
+    pub const FIN_WAIT1: u8 = 4;
+    pub const FIN_WAIT2: u8 = 5;
+    pub const TIME_WAIT: u8 = 6;
+    pub const CLOSE: u8 = 7;
+    pub const CLOSE_WAIT: u8 = 8;
+    pub const LAST_ACK: u8 = 9;
+    pub const LISTEN: u8 = 10;
+    pub const CLOSING: u8 = 11;
+    pub const NEW_SYN_RECV: u8 = 12;
+}
+
+/// Where one member of a kernel struct lives, as resolved from the running kernel's BTF.
+///
+/// `size` is how many bytes the program reads at `offset` (1, 2, 4 or 8); `0` means the member
+/// does not exist on this kernel and whatever depends on it is disabled. For bitfields the value
+/// is `(raw >> shift) & ((1 << bits) - 1)`; for whole members `bits == size * 8` and `shift == 0`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Field {
+    pub offset: u32,
+    pub size: u8,
+    pub shift: u8,
+    pub bits: u8,
+    /// 1 when the member is a signed integer (sign-extend after masking).
+    pub signed: u8,
+}
+
+impl Field {
+    pub const ABSENT: Field = Field {
+        offset: 0,
+        size: 0,
+        shift: 0,
+        bits: 0,
+        signed: 0,
+    };
+
+    pub const fn is_present(&self) -> bool {
+        self.size != 0
+    }
+
+    /// Extracts this member's value from the `size` bytes read at `offset` (little endian,
+    /// zero-extended into a `u64`).
+    #[inline(always)]
+    pub const fn extract(&self, raw: u64) -> u64 {
+        let bits = self.bits as u32;
+        let v = if bits >= 64 {
+            raw
+        } else {
+            (raw >> self.shift) & ((1u64 << bits) - 1)
+        };
+        if self.signed != 0 && bits > 0 && bits < 64 && (v >> (bits - 1)) & 1 == 1 {
+            v | (u64::MAX << bits)
+        } else {
+            v
+        }
+    }
+}
+
+/// Every kernel struct member the programs read, resolved by the loader from
+/// `/sys/kernel/btf/vmlinux` and handed to the programs as the read-only global `OFFSETS`.
+/// Pointers are followed with `bpf_probe_read_kernel`, never dereferenced directly.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offsets {
+    // struct sock_common (through struct sock)
+    pub skc_family: Field,
+    pub skc_daddr: Field,
+    pub skc_rcv_saddr: Field,
+    pub skc_dport: Field,
+    pub skc_num: Field,
+    pub skc_v6_daddr: Field,
+    pub skc_v6_rcv_saddr: Field,
+    pub skc_net: Field,
+    pub skc_bound_dev_if: Field,
+    // struct sock
+    pub sk_protocol: Field,
+    pub sk_err: Field,
+    pub sk_dst_cache: Field,
+    // struct net → ns.inum
+    pub net_ns_inum: Field,
+    // struct dst_entry → dev, struct net_device
+    pub dst_dev: Field,
+    pub netdev_ifindex: Field,
+    pub netdev_name: Field,
+    // struct inet_connection_sock
+    pub icsk_ulp_data: Field,
+    // struct tcp_sock
+    pub tcp_is_mptcp: Field,
+    pub tcp_bytes_sent: Field,
+    pub tcp_bytes_acked: Field,
+    pub tcp_bytes_received: Field,
+    pub tcp_total_retrans: Field,
+    pub tcp_srtt_us: Field,
+    // struct mptcp_subflow_context
+    pub sf_conn: Field,
+    pub sf_token: Field,
+    pub sf_request_join: Field,
+    pub sf_mp_capable: Field,
+    pub sf_mp_join: Field,
+    pub sf_backup: Field,
+    pub sf_local_id: Field,
+    pub sf_remote_id: Field,
+    pub sf_reset_seen: Field,
+    pub sf_reset_reason: Field,
+    // struct mptcp_sock
+    pub msk_token: Field,
+    pub msk_first: Field,
+}
+
+/// Filters the programs apply themselves because they are cheap there; the rest is applied in
+/// userspace. `0` means "no filter". Handed to the programs as the read-only global `CONFIG`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Only connections owned by this process (tgid).
+    pub filter_tgid: u32,
+    /// Only sockets in the network namespace with this inode number.
+    pub filter_netns: u32,
+}
+
+/// What a [`RawEvent`] reports. Numbers are part of the kernel↔user contract.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    ConnCreated = 1,
+    ConnEstablished = 2,
+    ConnFallback = 3,
+    ConnClosed = 4,
+    SubflowEstablished = 5,
+    SubflowClosed = 6,
+}
+
+impl EventKind {
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::ConnCreated,
+            2 => Self::ConnEstablished,
+            3 => Self::ConnFallback,
+            4 => Self::ConnClosed,
+            5 => Self::SubflowEstablished,
+            6 => Self::SubflowClosed,
+            _ => return None,
+        })
+    }
+}
+
+/// Bits of [`RawEvent::flags`].
+pub mod flags {
+    /// The subflow was created by MP_JOIN (not the initial subflow).
+    pub const JOIN: u8 = 1 << 0;
+    /// The subflow is a backup path.
+    pub const BACKUP: u8 = 1 << 1;
+    /// The connection was accepted by a listener (server side).
+    pub const SERVER: u8 = 1 << 2;
+    /// A TCP RST was received on the subflow.
+    pub const RST_RECEIVED: u8 = 1 << 3;
+    /// A TCP RST was sent on the subflow.
+    pub const RST_SENT: u8 = 1 << 4;
+    /// `pid`/`comm`/`cgroup_id` name the process that owns the MPTCP socket.
+    pub const OWNER_KNOWN: u8 = 1 << 5;
+    /// The peer sent MP_TCPRST: `reset_reason` holds its reason code.
+    pub const MPTCP_RESET: u8 = 1 << 6;
+}
+
+/// One ring-buffer record. Which fields are meaningful depends on `kind`; unused ones are zero.
+/// Addresses are in network byte order as the kernel stores them (IPv4 in the first 4 bytes);
+/// ports are in host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawEvent {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// Address of the MPTCP socket: identifies the connection for the lifetime of the socket.
+    pub conn: u64,
+    /// Address of the subflow's TCP socket (subflow events only).
+    pub sk: u64,
+    /// When the connection was created (monotonic ns), 0 when it predates the tracer.
+    pub start_ns: u64,
+    pub cgroup_id: u64,
+    pub bytes_sent: u64,
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
+    pub kind: u32,
+    pub pid: u32,
+    pub token: u32,
+    pub netns: u32,
+    pub ifindex: u32,
+    pub retrans: u32,
+    pub srtt_us: u32,
+    pub subflows: u32,
+    /// `sk_err` at close: the errno that ended the subflow, 0 for none.
+    pub sk_err: u32,
+    pub family: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub local_id: i16,
+    pub remote_id: u8,
+    pub flags: u8,
+    /// MP_TCPRST reason code (RFC 8684 §3.6), valid with `flags::MPTCP_RESET`.
+    pub reset_reason: u8,
+    pub oldstate: u8,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub comm: [u8; TASK_COMM_LEN],
+    pub ifname: [u8; IFNAMSIZ],
+    pub newstate: u8,
+    pub _pad: [u8; 7],
+}
+
+/// Index of the per-CPU counters in the `COUNTERS` map.
+pub mod counter {
+    /// Ring-buffer reservations that failed: events lost.
+    pub const LOST: u32 = 0;
+    /// Events the programs saw and dropped because of a kernel-side filter.
+    pub const FILTERED: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are `repr(C)` plain data without padding or pointers.
+    unsafe impl aya::Pod for super::Offsets {}
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::RawEvent {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_event_has_no_implicit_padding() {
+        // Sum of field sizes == struct size: any gap would be uninitialised memory.
+        assert_eq!(core::mem::size_of::<RawEvent>(), 8 * 8 + 9 * 4 + 4 * 2 + 4 + 16 * 4 + 8);
+        assert_eq!(core::mem::size_of::<RawEvent>() % 8, 0);
+    }
+
+    #[test]
+    fn field_extracts_bitfields_and_signed_values() {
+        let bit = Field {
+            offset: 0,
+            size: 1,
+            shift: 3,
+            bits: 1,
+            signed: 0,
+        };
+        assert_eq!(bit.extract(0b1000), 1);
+        assert_eq!(bit.extract(0b0111), 0);
+        let nibble = Field {
+            offset: 0,
+            size: 1,
+            shift: 2,
+            bits: 4,
+            signed: 0,
+        };
+        assert_eq!(nibble.extract(0b1101_01), 0b1101);
+        let s16 = Field {
+            offset: 0,
+            size: 2,
+            shift: 0,
+            bits: 16,
+            signed: 1,
+        };
+        assert_eq!(s16.extract(0xffff) as i64, -1);
+        assert_eq!(s16.extract(7), 7);
+        let whole = Field {
+            offset: 0,
+            size: 8,
+            shift: 0,
+            bits: 64,
+            signed: 0,
+        };
+        assert_eq!(whole.extract(u64::MAX), u64::MAX);
+    }
+}
