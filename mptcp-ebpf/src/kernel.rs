@@ -2,7 +2,7 @@
 //! running kernel's BTF (`OFFSETS`) and `bpf_probe_read_kernel`; nothing here knows a layout.
 
 use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
-use mptcp_common::{Field, Offsets, AF_INET, AF_INET6, IFNAMSIZ};
+use mptcp_common::{Field, Offsets, RawEvent, AF_INET, AF_INET6, IFNAMSIZ};
 
 /// Filled in by the loader before the program is loaded (read-only data, so the verifier sees
 /// the values as constants and prunes branches for members this kernel lacks).
@@ -90,36 +90,25 @@ pub fn read_bytes(base: u64, f: Field, dst: &mut [u8]) {
     let _ = unsafe { bpf_probe_read_kernel_buf(p, dst) };
 }
 
-/// The endpoints of a socket as the kernel keeps them in `sock_common`.
-pub struct Tuple {
-    pub family: u16,
-    pub sport: u16,
-    pub dport: u16,
-    pub saddr: [u8; 16],
-    pub daddr: [u8; 16],
-}
-
+/// Writes the socket's endpoints, as `sock_common` keeps them, into the event.
 #[inline(always)]
-pub fn tuple(sk: u64) -> Tuple {
+pub fn tuple(sk: u64, ev: &mut RawEvent) {
     let family = read_or_zero(sk, off!(skc_family)) as u16;
-    let mut t = Tuple {
-        family,
-        sport: read_or_zero(sk, off!(skc_num)) as u16,
-        dport: u16::from_be(read_or_zero(sk, off!(skc_dport)) as u16),
-        saddr: [0; 16],
-        daddr: [0; 16],
-    };
+    ev.family = family;
+    ev.sport = read_or_zero(sk, off!(skc_num)) as u16;
+    ev.dport = u16::from_be(read_or_zero(sk, off!(skc_dport)) as u16);
+    ev.saddr = [0; 16];
+    ev.daddr = [0; 16];
     if family == AF_INET {
+        // The kernel stores IPv4 addresses in network order; keep the bytes as they are.
         let s = read_or_zero(sk, off!(skc_rcv_saddr)) as u32;
         let d = read_or_zero(sk, off!(skc_daddr)) as u32;
-        // The kernel stores IPv4 addresses in network order; keep the bytes as they are.
-        t.saddr[..4].copy_from_slice(&s.to_ne_bytes());
-        t.daddr[..4].copy_from_slice(&d.to_ne_bytes());
+        ev.saddr[..4].copy_from_slice(&s.to_ne_bytes());
+        ev.daddr[..4].copy_from_slice(&d.to_ne_bytes());
     } else if family == AF_INET6 {
-        read_bytes(sk, off!(skc_v6_rcv_saddr), &mut t.saddr);
-        read_bytes(sk, off!(skc_v6_daddr), &mut t.daddr);
+        read_bytes(sk, off!(skc_v6_rcv_saddr), &mut ev.saddr);
+        read_bytes(sk, off!(skc_v6_daddr), &mut ev.daddr);
     }
-    t
 }
 
 /// Inode number of the socket's network namespace (what `ip netns identify`/`lsns` show).

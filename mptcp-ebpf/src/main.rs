@@ -117,62 +117,58 @@ struct Subject {
 
 /// Reserves a record, fills the fields common to every event and lets `fill` add the rest.
 /// A failed reservation is counted, never silent.
+///
+/// The record is written field by field straight into ring-buffer memory: building it on the
+/// stack and copying it would cost 184 bytes of the 512-byte stack and a byte-wise memcpy loop
+/// the verifier rejects. Every field is written, so no stale bytes reach userspace.
 #[inline(always)]
 fn emit(s: &Subject, conn: Option<&Conn>, fill: impl FnOnce(&mut RawEvent)) {
     let Some(mut slot) = EVENTS.reserve::<RawEvent>(0) else {
         bump(counter::LOST);
         return;
     };
-    let t = kernel::tuple(if s.sk != 0 { s.sk } else { s.conn });
-    let (owner, start_ns, subflows, cflags) = match conn {
-        Some(c) => (c.owner, c.start_ns, c.subflows, c.flags),
-        None => (
-            Owner {
-                cgroup_id: 0,
-                tgid: 0,
-                _pad: 0,
-                comm: [0; TASK_COMM_LEN],
-            },
-            0,
-            0,
-            0,
-        ),
-    };
-    let mut ev = RawEvent {
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        conn: s.conn,
-        sk: s.sk,
-        start_ns,
-        cgroup_id: owner.cgroup_id,
-        bytes_sent: 0,
-        bytes_acked: 0,
-        bytes_received: 0,
-        kind: s.kind as u32,
-        pid: owner.tgid,
-        token: s.token,
-        netns: s.netns,
-        ifindex: 0,
-        retrans: 0,
-        srtt_us: 0,
-        subflows,
-        sk_err: 0,
-        family: t.family,
-        sport: t.sport,
-        dport: t.dport,
-        local_id: 0,
-        remote_id: 0,
-        flags: cflags,
-        reset_reason: 0,
-        oldstate: s.oldstate,
-        saddr: t.saddr,
-        daddr: t.daddr,
-        comm: owner.comm,
-        ifname: [0; 16],
-        newstate: s.newstate,
-        _pad: [0; 7],
-    };
-    fill(&mut ev);
-    slot.write(ev);
+    // SAFETY: the slot is ours until submit; all fields are initialised below before use.
+    let ev = unsafe { &mut *slot.as_mut_ptr() };
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    ev.conn = s.conn;
+    ev.sk = s.sk;
+    ev.kind = s.kind as u32;
+    ev.token = s.token;
+    ev.netns = s.netns;
+    match conn {
+        Some(c) => {
+            ev.start_ns = c.start_ns;
+            ev.cgroup_id = c.owner.cgroup_id;
+            ev.pid = c.owner.tgid;
+            ev.comm = c.owner.comm;
+            ev.subflows = c.subflows;
+            ev.flags = c.flags;
+        }
+        None => {
+            ev.start_ns = 0;
+            ev.cgroup_id = 0;
+            ev.pid = 0;
+            ev.comm = [0; TASK_COMM_LEN];
+            ev.subflows = 0;
+            ev.flags = 0;
+        }
+    }
+    ev.bytes_sent = 0;
+    ev.bytes_acked = 0;
+    ev.bytes_received = 0;
+    ev.ifindex = 0;
+    ev.retrans = 0;
+    ev.srtt_us = 0;
+    ev.sk_err = 0;
+    ev.local_id = 0;
+    ev.remote_id = 0;
+    ev.reset_reason = 0;
+    ev.oldstate = s.oldstate;
+    ev.newstate = s.newstate;
+    ev.ifname = [0; 16];
+    ev._pad = [0; 7];
+    kernel::tuple(if s.sk != 0 { s.sk } else { s.conn }, ev);
+    fill(ev);
     slot.submit(0);
 }
 
@@ -244,32 +240,39 @@ fn on_msk(msk: u64, old: u8, new: u8) {
             bump(counter::FILTERED);
             return;
         }
-        emit(&subject(EventKind::ConnCreated), Some(&conn), |_| {});
+        // A connecting client's MPTCP socket has no addresses yet: its conn_created is sent
+        // when the connect resolves (below), stamped with this moment.
         if created_server {
+            emit(&subject(EventKind::ConnCreated), Some(&conn), |_| {});
             emit(&subject(EventKind::ConnEstablished), Some(&conn), |_| {});
         }
         return;
     }
 
-    let conn = unsafe { CONNS.get(&msk) }.copied();
-    if !visible(conn.as_ref(), netns, filter_netns) {
+    let conn = unsafe { CONNS.get(&msk) };
+    if !visible(conn, netns, filter_netns) {
         if new == tcp_state::CLOSE {
             let _ = CONNS.remove(&msk);
         }
         return;
     }
+    if old == tcp_state::SYN_SENT {
+        if let Some(c) = conn {
+            emit(&subject(EventKind::ConnCreated), Some(c), |ev| ev.ts_ns = c.start_ns);
+        }
+    }
     if old == tcp_state::SYN_SENT && new == tcp_state::ESTABLISHED {
-        emit(&subject(EventKind::ConnEstablished), conn.as_ref(), |_| {});
+        emit(&subject(EventKind::ConnEstablished), conn, |_| {});
         // By the time the MPTCP socket is established the first subflow has processed the
         // SYN/ACK, so its `mp_capable` says whether the peer spoke MPTCP.
         let first = read_or_zero(msk, off!(msk_first));
         let ctx = kernel::subflow_ctx(first);
         if ctx != 0 && off!(sf_mp_capable).is_present() && read_or_zero(ctx, off!(sf_mp_capable)) == 0
         {
-            emit(&subject(EventKind::ConnFallback), conn.as_ref(), |_| {});
+            emit(&subject(EventKind::ConnFallback), conn, |_| {});
         }
     } else if new == tcp_state::CLOSE && old != tcp_state::CLOSE {
-        emit(&subject(EventKind::ConnClosed), conn.as_ref(), |_| {});
+        emit(&subject(EventKind::ConnClosed), conn, |_| {});
         let _ = CONNS.remove(&msk);
     }
 }
@@ -309,8 +312,8 @@ fn on_subflow(sk: u64, old: u8, new: u8) {
     let netns = kernel::netns(sk);
     let conn_ptr = CONNS.get_ptr_mut(&msk);
     // SAFETY: the entry is only removed when its MPTCP socket closes, after its subflows.
-    let conn = conn_ptr.map(|p| unsafe { *p });
-    if !visible(conn.as_ref(), netns, config!(filter_netns)) {
+    let conn = conn_ptr.map(|p| unsafe { &*p });
+    if !visible(conn, netns, config!(filter_netns)) {
         return;
     }
     let subject = Subject {
@@ -342,7 +345,7 @@ fn on_subflow(sk: u64, old: u8, new: u8) {
     } else {
         0
     };
-    emit(&subject, conn.as_ref(), |ev| {
+    emit(&subject, conn, |ev| {
         ev.ifindex = kernel::device(sk, &mut ev.ifname);
         ev.local_id = read_or_zero(ctx, off!(sf_local_id)) as i16;
         ev.remote_id = read_or_zero(ctx, off!(sf_remote_id)) as u8;

@@ -1,1 +1,48 @@
-fn main(){}
+//! `mptcp-trace`: parse, dispatch, print the error.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use mptcp_user::{
+    cli::{Cli, Command, EventsArgs},
+    commands,
+    filter::FilterError,
+};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => log::LevelFilter::Warn,
+        1 => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    };
+    env_logger::Builder::new()
+        .filter_level(level)
+        .format_target(false)
+        .format_timestamp(None)
+        .init();
+    let result = match cli.command {
+        Some(Command::Schema) => commands::schema::run(),
+        Some(Command::Events(args)) => block_on(commands::events::run(args)),
+        None => block_on(commands::events::run(EventsArgs::default())),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mptcp-trace: {e:#}");
+            // Bad input is exit code 2, like clap's own usage errors.
+            if e.downcast_ref::<FilterError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
+}

@@ -1,0 +1,20 @@
+//! Builds the eBPF object through the same code as `cargo xtask build-ebpf` and tells the crate
+//! where it is (`MPTCP_EBPF_OBJECT`, embedded with `include_bytes_aligned!`).
+
+use std::{env, path::PathBuf};
+
+fn main() {
+    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let workspace = manifest.parent().expect("mptcp-user lives in the workspace").to_path_buf();
+    for dir in ["mptcp-ebpf/src", "mptcp-ebpf/Cargo.toml", "mptcp-common/src", "ebpf-build/src"] {
+        println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
+    }
+    // The programs are always built optimised: unoptimised BPF code does not pass the verifier.
+    match ebpf_build::build(&workspace, true) {
+        Ok(obj) => println!("cargo:rustc-env=MPTCP_EBPF_OBJECT={}", obj.display()),
+        Err(e) => {
+            eprintln!("error: {e}; or build it with `cargo xtask build-ebpf --release`");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! Command line (clap derive). Each verb's runtime lives in `commands/`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Trace every MPTCP connection and each of its subflows, live, from eBPF.
+///
+/// Example: sudo mptcp-trace events --json --port 4321
+#[derive(Debug, Parser)]
+#[command(name = "mptcp-trace", version, propagate_version = true)]
+pub struct Cli {
+    /// More logging on stderr: -v debug (includes the kernel programs' log lines), -vv trace.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Stream one line per event (or NDJSON with --json) until Ctrl-C.
+    ///
+    /// Example: sudo mptcp-trace events
+    /// Example: sudo mptcp-trace events --json --netns mptcp-client | jq .
+    Events(EventsArgs),
+    /// Print the JSON schema of the NDJSON events (schema version 1).
+    ///
+    /// Example: mptcp-trace schema > mptcp-trace.schema.json
+    Schema,
+}
+
+#[derive(Debug, Args, Default, Clone)]
+pub struct EventsArgs {
+    /// Print NDJSON, one object per line (schema: `mptcp-trace schema`).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Create this file once every program is attached (for scripts and tests).
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
+
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<u64>,
+
+    #[command(flatten)]
+    pub filters: FilterArgs,
+}
+
+/// Filters shared by the tracing commands. A connection is shown when it matches all of them.
+#[derive(Debug, Args, Default, Clone)]
+pub struct FilterArgs {
+    /// Only connections owned by this process id (applied in the kernel).
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+
+    /// Only connections owned by a process with this command name (as in /proc/PID/comm).
+    #[arg(long, value_name = "NAME")]
+    pub comm: Option<String>,
+
+    /// Only connections owned by processes in this cgroup v2 directory or below it
+    /// (absolute path, or relative to the cgroup2 mount).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+
+    /// Only this network namespace: a name from `ip netns`, a path such as
+    /// /proc/PID/ns/net, or an inode number (applied in the kernel).
+    #[arg(long, value_name = "NAME|PATH|INODE")]
+    pub netns: Option<String>,
+
+    /// Only connections with this local or remote port.
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+
+    /// Only connections with this local or remote address.
+    #[arg(long, value_name = "ADDR")]
+    pub addr: Option<std::net::IpAddr>,
+
+    /// Only the connection with this local token (hex, as `ip mptcp monitor` prints it).
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
+
+    /// Only IPv4 connections.
+    #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
+    pub ipv4: bool,
+
+    /// Only IPv6 connections.
+    #[arg(short = '6', long = "ipv6")]
+    pub ipv6: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_events_with_filters() {
+        let cli = Cli::try_parse_from([
+            "mptcp-trace", "events", "--json", "--port", "4321", "-4", "--netns", "blue",
+        ])
+        .unwrap();
+        let Some(Command::Events(a)) = cli.command else {
+            panic!("not events")
+        };
+        assert!(a.json);
+        assert_eq!(a.filters.port, Some(4321));
+        assert!(a.filters.ipv4);
+        assert_eq!(a.filters.netns.as_deref(), Some("blue"));
+    }
+
+    #[test]
+    fn rejects_bad_values_with_usage_errors() {
+        for args in [
+            &["mptcp-trace", "events", "--port", "70000"][..],
+            &["mptcp-trace", "events", "--addr", "10.0.0"],
+            &["mptcp-trace", "events", "-4", "-6"],
+            &["mptcp-trace", "events", "--pid", "x"],
+        ] {
+            let err = Cli::try_parse_from(args).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! Ring-buffer records → typed events. Records are checked, never trusted: a record of the wrong
+//! size or an unknown kind is rejected with an error instead of being reinterpreted.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use mptcp_common::{flags, EventKind, RawEvent, AF_INET, AF_INET6};
+
+use crate::event::{Event, Family, Kind, Side};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("ring-buffer record of {got} bytes, expected {expected}")]
+    Size { got: usize, expected: usize },
+    #[error("ring-buffer record of unknown kind {0}")]
+    Kind(u32),
+}
+
+/// Converts the kernel's CLOCK_MONOTONIC stamps to wall-clock time.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    /// realtime − monotonic, in nanoseconds, sampled once at start.
+    offset_ns: i128,
+}
+
+impl Clock {
+    pub fn now() -> Self {
+        let mono = monotonic_ns() as i128;
+        let real = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(0);
+        Clock {
+            offset_ns: real - mono,
+        }
+    }
+
+    /// A clock whose monotonic zero is the Unix epoch (tests).
+    pub fn fixed(offset_ns: i128) -> Self {
+        Clock { offset_ns }
+    }
+
+    pub fn rfc3339(&self, ts_ns: u64) -> String {
+        let ns = (ts_ns as i128 + self.offset_ns).max(0) as u128;
+        let t = UNIX_EPOCH + Duration::from_nanos(ns as u64);
+        humantime::format_rfc3339_nanos(t).to_string()
+    }
+}
+
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Reads a record as the kernel wrote it.
+pub fn raw(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
+    let expected = std::mem::size_of::<RawEvent>();
+    if bytes.len() != expected {
+        return Err(DecodeError::Size {
+            got: bytes.len(),
+            expected,
+        });
+    }
+    // SAFETY: the length matches and RawEvent is plain data valid for any bit pattern;
+    // read_unaligned because ring-buffer records are only 8-byte aligned by convention.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const RawEvent) })
+}
+
+pub fn decode(bytes: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
+    to_event(&raw(bytes)?, clock)
+}
+
+fn cstr(bytes: &[u8]) -> Option<String> {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    (end > 0).then(|| String::from_utf8_lossy(&bytes[..end]).into_owned())
+}
+
+fn addr(family: u16, bytes: &[u8; 16]) -> Option<IpAddr> {
+    match family {
+        AF_INET => Some(IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))),
+        AF_INET6 => {
+            let v6 = Ipv6Addr::from(*bytes);
+            // An IPv6 socket talking IPv4 keeps v4-mapped addresses: show them as IPv4.
+            Some(v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)))
+        }
+        _ => None,
+    }
+}
+
+/// RFC 8684 §3.6 MP_TCPRST reason codes, with iproute2-like names.
+pub fn mptcp_reset_reason(code: u8) -> &'static str {
+    match code {
+        0 => "unspecified",
+        1 => "mptcp_error",
+        2 => "lack_of_resources",
+        3 => "administratively_prohibited",
+        4 => "too_much_outstanding_data",
+        5 => "unacceptable_performance",
+        6 => "middlebox_interference",
+        _ => "unknown",
+    }
+}
+
+fn errno_name(e: u32) -> String {
+    let name = match e as i32 {
+        libc::ECONNRESET => "ECONNRESET",
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::EHOSTUNREACH => "EHOSTUNREACH",
+        libc::ENETUNREACH => "ENETUNREACH",
+        libc::EPIPE => "EPIPE",
+        libc::ECONNABORTED => "ECONNABORTED",
+        _ => return format!("errno_{e}"),
+    };
+    name.to_string()
+}
+
+/// Why a subflow closed, most specific first.
+fn close_reason(r: &RawEvent) -> String {
+    if r.flags & flags::MPTCP_RESET != 0 {
+        format!("mp_tcprst:{}", mptcp_reset_reason(r.reset_reason))
+    } else if r.flags & flags::RST_RECEIVED != 0 {
+        "rst_received".into()
+    } else if r.flags & flags::RST_SENT != 0 {
+        "rst_sent".into()
+    } else if r.sk_err != 0 {
+        errno_name(r.sk_err)
+    } else {
+        "closed".into()
+    }
+}
+
+pub fn to_event(r: &RawEvent, clock: &Clock) -> Result<Event, DecodeError> {
+    let kind = match EventKind::from_u32(r.kind).ok_or(DecodeError::Kind(r.kind))? {
+        EventKind::ConnCreated => Kind::ConnCreated,
+        EventKind::ConnEstablished => Kind::ConnEstablished,
+        EventKind::ConnFallback => Kind::ConnFallback,
+        EventKind::ConnClosed => Kind::ConnClosed,
+        EventKind::SubflowEstablished => Kind::SubflowEstablished,
+        EventKind::SubflowClosed => Kind::SubflowClosed,
+    };
+    let mut e = Event::new(kind, r.ts_ns, clock.rfc3339(r.ts_ns));
+    e.conn_id = r.conn;
+    e.subflow_id = r.sk;
+    e.token = (r.token != 0).then(|| format!("{:08x}", r.token));
+    e.netns = (r.netns != 0).then_some(r.netns);
+    if r.flags & flags::OWNER_KNOWN != 0 {
+        e.pid = Some(r.pid);
+        e.comm = cstr(&r.comm);
+        e.cgroup_id = Some(r.cgroup_id);
+    }
+    e.family = match r.family {
+        AF_INET => Some(Family::Ipv4),
+        AF_INET6 => Some(Family::Ipv6),
+        _ => None,
+    };
+    e.saddr = addr(r.family, &r.saddr);
+    e.daddr = addr(r.family, &r.daddr);
+    e.sport = Some(r.sport);
+    e.dport = Some(r.dport);
+    match kind {
+        Kind::ConnCreated => {
+            e.side = Some(if r.flags & flags::SERVER != 0 {
+                Side::Server
+            } else {
+                Side::Client
+            });
+        }
+        Kind::ConnFallback => e.reason = Some("mp_capable_not_negotiated".into()),
+        Kind::ConnClosed => {
+            e.duration_ns = (r.start_ns != 0).then(|| r.ts_ns.saturating_sub(r.start_ns));
+            e.subflows_total = Some(r.subflows);
+        }
+        Kind::SubflowEstablished | Kind::SubflowClosed => {
+            e.ifindex = (r.ifindex != 0).then_some(r.ifindex);
+            e.ifname = cstr(&r.ifname);
+            e.local_id = Some(r.local_id as i32);
+            e.remote_id = Some(r.remote_id);
+            e.backup = Some(r.flags & flags::BACKUP != 0);
+            e.join = Some(r.flags & flags::JOIN != 0);
+            if kind == Kind::SubflowClosed {
+                e.reason = Some(close_reason(r));
+                e.bytes_sent = Some(r.bytes_sent);
+                e.bytes_acked = Some(r.bytes_acked);
+                e.bytes_received = Some(r.bytes_received);
+                e.retrans = Some(r.retrans);
+                e.srtt_us = Some(r.srtt_us);
+            }
+        }
+        Kind::ConnEstablished | Kind::Lost => {}
+    }
+    Ok(e)
+}
+
+/// The `lost` event, made in userspace from the kernel's drop counters.
+pub fn lost(count: u64, clock: &Clock) -> Event {
+    let ts = monotonic_ns();
+    let mut e = Event::new(Kind::Lost, ts, clock.rfc3339(ts));
+    e.count = Some(count);
+    e
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use mptcp_common::EventKind;
+
+    pub(crate) fn sample(kind: EventKind) -> RawEvent {
+        RawEvent {
+            ts_ns: 2_000_000_000,
+            conn: 0xffff_8881_0000_1000,
+            sk: 0xffff_8881_0000_2000,
+            start_ns: 1_000_000_000,
+            cgroup_id: 7,
+            bytes_sent: 1000,
+            bytes_acked: 900,
+            bytes_received: 10,
+            kind: kind as u32,
+            pid: 42,
+            token: 0x0a0b0c0d,
+            netns: 4026531840,
+            ifindex: 3,
+            retrans: 1,
+            srtt_us: 250,
+            subflows: 2,
+            sk_err: 0,
+            family: AF_INET,
+            sport: 48726,
+            dport: 4321,
+            local_id: 1,
+            remote_id: 0,
+            flags: flags::OWNER_KNOWN | flags::JOIN,
+            reset_reason: 0,
+            oldstate: 2,
+            saddr: [192, 168, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            daddr: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            comm: *b"client\0\0\0\0\0\0\0\0\0\0",
+            ifname: *b"blue-client\0\0\0\0\0",
+            newstate: 1,
+            _pad: [0; 7],
+        }
+    }
+
+    pub(crate) fn bytes(r: &RawEvent) -> Vec<u8> {
+        // SAFETY: RawEvent is plain data without padding.
+        unsafe {
+            std::slice::from_raw_parts(r as *const _ as *const u8, std::mem::size_of::<RawEvent>())
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn decodes_a_join_subflow() {
+        let e = decode(&bytes(&sample(EventKind::SubflowEstablished)), &Clock::fixed(0)).unwrap();
+        assert_eq!(e.event, Kind::SubflowEstablished);
+        assert_eq!(e.token.as_deref(), Some("0a0b0c0d"));
+        assert_eq!(e.saddr, Some("192.168.0.2".parse().unwrap()));
+        assert_eq!(e.daddr, Some("10.0.0.1".parse().unwrap()));
+        assert_eq!((e.sport, e.dport), (Some(48726), Some(4321)));
+        assert_eq!(e.ifname.as_deref(), Some("blue-client"));
+        assert_eq!(e.join, Some(true));
+        assert_eq!(e.local_id, Some(1));
+        assert_eq!(e.comm.as_deref(), Some("client"));
+        assert_eq!(e.time, "1970-01-01T00:00:02.000000000Z");
+        assert_eq!(e.bytes_sent, None, "counters only on close");
+    }
+
+    #[test]
+    fn rejects_truncated_and_oversized_records() {
+        let b = bytes(&sample(EventKind::ConnCreated));
+        let expected = b.len();
+        assert_eq!(
+            decode(&b[..expected - 1], &Clock::fixed(0)),
+            Err(DecodeError::Size { got: expected - 1, expected })
+        );
+        let mut long = b.clone();
+        long.push(0);
+        assert!(matches!(decode(&long, &Clock::fixed(0)), Err(DecodeError::Size { .. })));
+        assert!(matches!(decode(&[], &Clock::fixed(0)), Err(DecodeError::Size { .. })));
+    }
+
+    #[test]
+    fn rejects_unknown_kinds() {
+        let mut r = sample(EventKind::ConnCreated);
+        r.kind = 99;
+        assert_eq!(decode(&bytes(&r), &Clock::fixed(0)), Err(DecodeError::Kind(99)));
+    }
+
+    #[test]
+    fn close_reasons_prefer_the_most_specific() {
+        let mut r = sample(EventKind::SubflowClosed);
+        let reason = |r: &RawEvent| to_event(r, &Clock::fixed(0)).unwrap().reason.unwrap();
+        assert_eq!(reason(&r), "closed");
+        r.sk_err = libc::ECONNRESET as u32;
+        assert_eq!(reason(&r), "ECONNRESET");
+        r.flags |= flags::RST_SENT;
+        assert_eq!(reason(&r), "rst_sent");
+        r.flags |= flags::RST_RECEIVED;
+        assert_eq!(reason(&r), "rst_received");
+        r.flags |= flags::MPTCP_RESET;
+        r.reset_reason = 3;
+        assert_eq!(reason(&r), "mp_tcprst:administratively_prohibited");
+    }
+
+    #[test]
+    fn unknown_owner_leaves_pid_out() {
+        let mut r = sample(EventKind::ConnClosed);
+        r.flags = 0;
+        let e = to_event(&r, &Clock::fixed(0)).unwrap();
+        assert_eq!(e.pid, None);
+        assert_eq!(e.comm, None);
+        assert_eq!(e.duration_ns, Some(1_000_000_000));
+        assert_eq!(e.subflows_total, Some(2));
+        let json = serde_json::to_string(&e).unwrap();
+        assert!(!json.contains("\"pid\""), "{json}");
+        assert!(json.starts_with("{\"v\":1,\"time\":"), "{json}");
+    }
+
+    #[test]
+    fn v4_mapped_ipv6_addresses_print_as_ipv4() {
+        let mut r = sample(EventKind::ConnCreated);
+        r.family = AF_INET6;
+        r.saddr = Ipv4Addr::new(10, 0, 0, 2).to_ipv6_mapped().octets();
+        r.daddr = "fe80::1".parse::<Ipv6Addr>().unwrap().octets();
+        let e = to_event(&r, &Clock::fixed(0)).unwrap();
+        assert_eq!(e.saddr, Some("10.0.0.2".parse().unwrap()));
+        assert_eq!(e.daddr, Some("fe80::1".parse().unwrap()));
+        assert_eq!(e.side, Some(Side::Client));
+    }
+}

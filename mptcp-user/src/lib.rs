@@ -1,0 +1,11 @@
+//! mptcp-trace userspace: loader, decoder, filters and renderers. The binary (`main.rs`) only
+//! parses the command line and dispatches to `commands`.
+
+pub mod cli;
+pub mod commands;
+pub mod decode;
+pub mod event;
+pub mod filter;
+pub mod loader;
+pub mod offsets;
+pub mod text;
