@@ -7,6 +7,9 @@
 //! same pattern as bcc's tcplife, keyed by the MPTCP socket's address.
 #![no_std]
 #![no_main]
+// BPF has atomic add (BPF_XADD) but the target does not expose `AtomicU64::fetch_add`.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod kernel;
 
@@ -55,18 +58,35 @@ struct Owner {
     comm: [u8; TASK_COMM_LEN],
 }
 
+const NO_OWNER: Owner = Owner {
+    cgroup_id: 0,
+    tgid: 0,
+    _pad: 0,
+    comm: [0; TASK_COMM_LEN],
+};
+
 /// One live MPTCP connection, keyed by the MPTCP socket's address.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Conn {
     owner: Owner,
     start_ns: u64,
+    /// Subflows established and not yet closed (updated atomically: subflows of one
+    /// connection may close on different CPUs; 64-bit because BPF's atomics are).
+    live: u64,
+    /// Subflows established so far.
     subflows: u32,
     /// `flags::SERVER`, `flags::OWNER_KNOWN`.
     flags: u8,
     /// Outside the kernel-side filter: report nothing about it.
     filtered: u8,
-    _pad: [u8; 2],
+    /// conn_created/conn_established were sent. They wait for the first subflow, because the
+    /// MPTCP socket has no addresses yet when it starts connecting or is cloned by a listener.
+    announced: u8,
+    /// The MPTCP socket reached CLOSE; conn_closed waits for the last live subflow so that it
+    /// is the connection's last event.
+    closing: u8,
+    _pad: [u8; 4],
 }
 
 #[repr(C)]
@@ -76,6 +96,19 @@ struct ListenKey {
     port: u32,
 }
 
+/// What is remembered per subflow between its transitions.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Subflow {
+    /// `flags::RST_*` seen on it.
+    rst: u8,
+    /// Counted in its connection's `live`.
+    live: u8,
+    /// Local port at ESTABLISHED: the kernel has already released it when CLOSE fires.
+    sport: u16,
+    _pad: u32,
+}
+
 #[map]
 static CONNS: HashMap<u64, Conn> = HashMap::with_max_entries(65536, 0);
 
@@ -83,9 +116,8 @@ static CONNS: HashMap<u64, Conn> = HashMap::with_max_entries(65536, 0);
 #[map]
 static LISTENERS: HashMap<ListenKey, Owner> = HashMap::with_max_entries(4096, 0);
 
-/// RSTs seen on subflows (`flags::RST_*`), reported and forgotten when the subflow closes.
 #[map]
-static RESETS: HashMap<u64, u8> = HashMap::with_max_entries(16384, 0);
+static SUBFLOWS: HashMap<u64, Subflow> = HashMap::with_max_entries(131072, 0);
 
 #[inline(always)]
 fn bump(idx: u32) {
@@ -105,14 +137,24 @@ fn current_owner() -> Owner {
 }
 
 /// What an event says about a socket, gathered before the ring buffer slot is reserved.
+#[derive(Clone, Copy)]
 struct Subject {
     kind: EventKind,
     conn: u64,
+    /// The subflow, for subflow events.
     sk: u64,
+    /// The socket whose endpoints the event carries.
+    addr_from: u64,
     token: u32,
     netns: u32,
     oldstate: u8,
     newstate: u8,
+}
+
+impl Subject {
+    fn with(&self, kind: EventKind) -> Subject {
+        Subject { kind, ..*self }
+    }
 }
 
 /// Reserves a record, fills the fields common to every event and lets `fill` add the rest.
@@ -167,7 +209,7 @@ fn emit(s: &Subject, conn: Option<&Conn>, fill: impl FnOnce(&mut RawEvent)) {
     ev.newstate = s.newstate;
     ev.ifname = [0; 16];
     ev._pad = [0; 7];
-    kernel::tuple(if s.sk != 0 { s.sk } else { s.conn }, ev);
+    kernel::tuple(s.addr_from, ev);
     fill(ev);
     slot.submit(0);
 }
@@ -175,105 +217,150 @@ fn emit(s: &Subject, conn: Option<&Conn>, fill: impl FnOnce(&mut RawEvent)) {
 /// A state change of the MPTCP socket itself.
 fn on_msk(msk: u64, old: u8, new: u8) {
     let netns = kernel::netns(msk);
+    let listen_key = || ListenKey {
+        netns,
+        port: read_or_zero(msk, off!(skc_num)) as u32,
+    };
     if new == tcp_state::LISTEN {
-        let key = ListenKey {
-            netns,
-            port: read_or_zero(msk, off!(skc_num)) as u32,
-        };
-        let _ = LISTENERS.insert(&key, &current_owner(), 0);
+        let _ = LISTENERS.insert(&listen_key(), &current_owner(), 0);
         return;
     }
     if old == tcp_state::LISTEN && new == tcp_state::CLOSE {
-        let key = ListenKey {
-            netns,
-            port: read_or_zero(msk, off!(skc_num)) as u32,
-        };
-        let _ = LISTENERS.remove(&key);
+        let _ = LISTENERS.remove(&listen_key());
         return;
     }
     let filter_netns = config!(filter_netns);
-    let subject = |kind| Subject {
-        kind,
+    let subject = Subject {
+        kind: EventKind::ConnEstablished,
         conn: msk,
         sk: 0,
+        addr_from: msk,
         token: kernel::token(msk, 0),
         netns,
         oldstate: old,
         newstate: new,
     };
 
-    let created_client = old == tcp_state::CLOSE && new == tcp_state::SYN_SENT;
-    let created_server = old == tcp_state::LISTEN && new == tcp_state::ESTABLISHED;
-    if created_client || created_server {
-        let (owner, fl) = if created_client {
-            (Some(current_owner()), 0)
+    let client = old == tcp_state::CLOSE && new == tcp_state::SYN_SENT;
+    let server = old == tcp_state::LISTEN && new == tcp_state::ESTABLISHED;
+    if client || server {
+        // A client connects in its own context; a server's connection is cloned in softirq and
+        // belongs to whoever created the listener.
+        let owner = if client {
+            Some(current_owner())
         } else {
-            let key = ListenKey {
-                netns,
-                port: read_or_zero(msk, off!(skc_num)) as u32,
-            };
-            (
-                unsafe { LISTENERS.get(&key) }.copied(),
-                flags::SERVER,
-            )
+            unsafe { LISTENERS.get(&listen_key()) }.copied()
         };
         let filter_tgid = config!(filter_tgid);
         let filtered = (filter_netns != 0 && netns != filter_netns)
             || (filter_tgid != 0 && owner.map(|o| o.tgid) != Some(filter_tgid));
         let conn = Conn {
-            owner: owner.unwrap_or(Owner {
-                cgroup_id: 0,
-                tgid: 0,
-                _pad: 0,
-                comm: [0; TASK_COMM_LEN],
-            }),
+            owner: owner.unwrap_or(NO_OWNER),
             start_ns: unsafe { bpf_ktime_get_ns() },
             subflows: 0,
-            flags: fl | if owner.is_some() { flags::OWNER_KNOWN } else { 0 },
+            live: 0,
+            flags: if server { flags::SERVER } else { 0 }
+                | if owner.is_some() { flags::OWNER_KNOWN } else { 0 },
             filtered: filtered as u8,
-            _pad: [0; 2],
+            announced: 0,
+            closing: 0,
+            _pad: [0; 4],
         };
         if CONNS.insert(&msk, &conn, 0).is_err() {
             bump(counter::LOST);
         }
         if filtered {
             bump(counter::FILTERED);
-            return;
-        }
-        // A connecting client's MPTCP socket has no addresses yet: its conn_created is sent
-        // when the connect resolves (below), stamped with this moment.
-        if created_server {
-            emit(&subject(EventKind::ConnCreated), Some(&conn), |_| {});
-            emit(&subject(EventKind::ConnEstablished), Some(&conn), |_| {});
         }
         return;
     }
 
-    let conn = unsafe { CONNS.get(&msk) };
-    if !visible(conn, netns, filter_netns) {
+    let conn_ptr = CONNS.get_ptr_mut(&msk);
+    // SAFETY: map values stay valid for the whole program run (RCU).
+    let conn = conn_ptr.map(|p| unsafe { &mut *p });
+    if !visible(conn.as_deref(), netns, filter_netns) {
         if new == tcp_state::CLOSE {
             let _ = CONNS.remove(&msk);
         }
         return;
     }
-    if old == tcp_state::SYN_SENT {
-        if let Some(c) = conn {
-            emit(&subject(EventKind::ConnCreated), Some(c), |ev| ev.ts_ns = c.start_ns);
+    if old == tcp_state::SYN_SENT && (new == tcp_state::ESTABLISHED || new == tcp_state::CLOSE) {
+        if let Some(c) = conn_ptr {
+            announce(&subject, unsafe { &mut *c }, new == tcp_state::ESTABLISHED);
         }
     }
     if old == tcp_state::SYN_SENT && new == tcp_state::ESTABLISHED {
-        emit(&subject(EventKind::ConnEstablished), conn, |_| {});
         // By the time the MPTCP socket is established the first subflow has processed the
         // SYN/ACK, so its `mp_capable` says whether the peer spoke MPTCP.
         let first = read_or_zero(msk, off!(msk_first));
         let ctx = kernel::subflow_ctx(first);
-        if ctx != 0 && off!(sf_mp_capable).is_present() && read_or_zero(ctx, off!(sf_mp_capable)) == 0
+        if ctx != 0
+            && off!(sf_mp_capable).is_present()
+            && read_or_zero(ctx, off!(sf_mp_capable)) == 0
         {
-            emit(&subject(EventKind::ConnFallback), conn, |_| {});
+            emit(&subject.with(EventKind::ConnFallback), conn_ptr.map(|c| unsafe { &*c }), |_| {});
         }
     } else if new == tcp_state::CLOSE && old != tcp_state::CLOSE {
-        emit(&subject(EventKind::ConnClosed), conn, |_| {});
-        let _ = CONNS.remove(&msk);
+        match conn_ptr {
+            Some(c) => {
+                let c = unsafe { &mut *c };
+                c.closing = 1;
+                if live_subflows(c) == 0 {
+                    close_conn(&subject, c);
+                }
+            }
+            // Predates the tracer: nothing to wait for.
+            None => emit(&subject.with(EventKind::ConnClosed), None, |_| {}),
+        }
+    }
+}
+
+/// Sends conn_created (stamped with the moment the connection started) and, when
+/// `established`, conn_established, once per connection.
+#[inline(always)]
+fn announce(s: &Subject, c: &mut Conn, established: bool) {
+    if c.announced != 0 {
+        return;
+    }
+    c.announced = 1;
+    let start = c.start_ns;
+    let s = Subject { sk: 0, ..*s };
+    emit(&s.with(EventKind::ConnCreated), Some(c), |ev| ev.ts_ns = start);
+    if established {
+        emit(&s.with(EventKind::ConnEstablished), Some(c), |_| {});
+    }
+}
+
+/// `*dst += v` as one BPF_XADD; the result is not read, which keeps it valid on every BPF ISA
+/// version (fetching atomics need v3).
+#[inline(always)]
+fn atomic_add(dst: &mut u64, v: u64) {
+    // SAFETY: `dst` points into a map value, valid for the program run.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            dst, v,
+        )
+    };
+}
+
+#[inline(always)]
+fn live_subflows(c: &Conn) -> u64 {
+    unsafe { core::ptr::read_volatile(&c.live) }
+}
+
+/// Sends conn_closed once: whoever removes the entry (the MPTCP socket's CLOSE or its last
+/// subflow's, possibly on two CPUs at once) reports it.
+#[inline(always)]
+fn close_conn(s: &Subject, c: &Conn) {
+    let copy = *c;
+    if CONNS.remove(&s.conn).is_ok() {
+        let subject = Subject {
+            kind: EventKind::ConnClosed,
+            sk: 0,
+            addr_from: s.conn,
+            ..*s
+        };
+        emit(&subject, Some(&copy), |_| {});
     }
 }
 
@@ -311,9 +398,12 @@ fn on_subflow(sk: u64, old: u8, new: u8) {
     }
     let netns = kernel::netns(sk);
     let conn_ptr = CONNS.get_ptr_mut(&msk);
-    // SAFETY: the entry is only removed when its MPTCP socket closes, after its subflows.
+    // SAFETY: map values stay valid for the whole program run (RCU).
     let conn = conn_ptr.map(|p| unsafe { &*p });
     if !visible(conn, netns, config!(filter_netns)) {
+        if closed {
+            let _ = SUBFLOWS.remove(&sk);
+        }
         return;
     }
     let subject = Subject {
@@ -324,27 +414,42 @@ fn on_subflow(sk: u64, old: u8, new: u8) {
         },
         conn: msk,
         sk,
+        addr_from: sk,
         token: kernel::token(msk, ctx),
         netns,
         oldstate: old,
         newstate: new,
     };
-    if established {
-        if let Some(p) = conn_ptr {
-            unsafe { (*p).subflows += 1 };
-        }
-    }
     // On the client, `mp_join` is only set after the SYN_SENT→ESTABLISHED transition, but
     // `request_join` is set when the join subflow is created; on the server `mp_join` is set.
     let join = read_or_zero(ctx, off!(sf_request_join)) | read_or_zero(ctx, off!(sf_mp_join));
     let backup = read_or_zero(ctx, off!(sf_backup));
-    let rst = if closed {
-        let r = unsafe { RESETS.get(&sk) }.copied().unwrap_or(0);
-        let _ = RESETS.remove(&sk);
-        r
-    } else {
-        0
+
+    let mut state = Subflow {
+        rst: 0,
+        live: 0,
+        sport: 0,
+        _pad: 0,
     };
+    if established {
+        if let Some(c) = conn_ptr {
+            let c = unsafe { &mut *c };
+            // The first subflow carries the connection's addresses.
+            announce(&subject.with(EventKind::ConnCreated), c, true);
+            c.subflows += 1;
+            atomic_add(&mut c.live, 1);
+            state.live = 1;
+        }
+        state.sport = read_or_zero(sk, off!(skc_num)) as u16;
+        let prev_rst = unsafe { SUBFLOWS.get(&sk) }.map(|s| s.rst).unwrap_or(0);
+        state.rst = prev_rst;
+        let _ = SUBFLOWS.insert(&sk, &state, 0);
+    } else if let Some(s) = unsafe { SUBFLOWS.get(&sk) } {
+        state = *s;
+        let _ = SUBFLOWS.remove(&sk);
+    }
+
+    let conn = conn_ptr.map(|p| unsafe { &*p });
     emit(&subject, conn, |ev| {
         ev.ifindex = kernel::device(sk, &mut ev.ifname);
         ev.local_id = read_or_zero(ctx, off!(sf_local_id)) as i16;
@@ -355,9 +460,11 @@ fn on_subflow(sk: u64, old: u8, new: u8) {
         if backup != 0 {
             ev.flags |= flags::BACKUP;
         }
-        ev.subflows += established as u32;
         if closed {
-            ev.flags |= rst;
+            if ev.sport == 0 {
+                ev.sport = state.sport;
+            }
+            ev.flags |= state.rst;
             if read_or_zero(ctx, off!(sf_reset_seen)) != 0 {
                 ev.flags |= flags::MPTCP_RESET;
                 ev.reset_reason = read_or_zero(ctx, off!(sf_reset_reason)) as u8;
@@ -371,6 +478,20 @@ fn on_subflow(sk: u64, old: u8, new: u8) {
             ev.srtt_us = (read_or_zero(sk, off!(tcp_srtt_us)) >> 3) as u32;
         }
     });
+
+    if closed && state.live != 0 {
+        if let Some(c) = conn_ptr {
+            let c = unsafe { &mut *c };
+            atomic_add(&mut c.live, u64::MAX);
+            if c.closing != 0 && live_subflows(c) == 0 {
+                let s = Subject {
+                    addr_from: msk,
+                    ..subject
+                };
+                close_conn(&s, c);
+            }
+        }
+    }
 }
 
 fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
@@ -392,9 +513,15 @@ fn mark_reset(ctx: &BtfTracePointContext, bit: u8) {
     if kernel::subflow_ctx(sk) == 0 {
         return;
     }
-    let prev = unsafe { RESETS.get(&sk) }.copied().unwrap_or(0);
-    if RESETS.insert(&sk, &(prev | bit), 0).is_err() {
-        warn!(ctx, "RESETS map full: a subflow's reset is not reported");
+    let mut state = unsafe { SUBFLOWS.get(&sk) }.copied().unwrap_or(Subflow {
+        rst: 0,
+        live: 0,
+        sport: 0,
+        _pad: 0,
+    });
+    state.rst |= bit;
+    if SUBFLOWS.insert(&sk, &state, 0).is_err() {
+        warn!(ctx, "SUBFLOWS map full: a subflow's reset is not reported");
     }
 }
 
