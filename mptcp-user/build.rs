@@ -5,8 +5,16 @@ use std::{env, path::PathBuf};
 
 fn main() {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let workspace = manifest.parent().expect("mptcp-user lives in the workspace").to_path_buf();
-    for dir in ["mptcp-ebpf/src", "mptcp-ebpf/Cargo.toml", "mptcp-common/src", "ebpf-build/src"] {
+    let workspace = manifest
+        .parent()
+        .expect("mptcp-user lives in the workspace")
+        .to_path_buf();
+    for dir in [
+        "mptcp-ebpf/src",
+        "mptcp-ebpf/Cargo.toml",
+        "mptcp-common/src",
+        "ebpf-build/src",
+    ] {
         println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
     }
     // The programs are always built optimised: unoptimised BPF code does not pass the verifier.

@@ -29,7 +29,11 @@ impl fmt::Display for Toolchain {
         match self {
             Toolchain::RustupNightly => write!(f, "rustup nightly with rust-src"),
             Toolchain::Debian { rustc, .. } => {
-                write!(f, "Debian rustc-web ({}) with RUSTC_BOOTSTRAP=1", rustc.display())
+                write!(
+                    f,
+                    "Debian rustc-web ({}) with RUSTC_BOOTSTRAP=1",
+                    rustc.display()
+                )
             }
         }
     }
@@ -44,7 +48,11 @@ pub struct Missing {
 
 impl fmt::Display for Missing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "missing {}; install it with: {}", self.what, self.install)
+        write!(
+            f,
+            "missing {}; install it with: {}",
+            self.what, self.install
+        )
     }
 }
 
@@ -60,8 +68,14 @@ fn run_ok(cmd: &mut Command) -> Option<String> {
 }
 
 fn rustup_nightly_with_src() -> bool {
-    run_ok(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]))
-        .is_some_and(|list| list.lines().any(|l| l.starts_with("rust-src")))
+    run_ok(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))
+    .is_some_and(|list| list.lines().any(|l| l.starts_with("rust-src")))
 }
 
 /// Picks the first toolchain that is complete on this machine.
@@ -182,12 +196,23 @@ pub fn build(workspace: &Path, release: bool) -> Result<PathBuf, BuildError> {
     let path = env::var_os("PATH").unwrap_or_default();
     let mut paths: Vec<PathBuf> = vec![linker_dir.to_path_buf()];
     paths.extend(env::split_paths(&path));
-    cmd.env("PATH", env::join_paths(paths).map_err(|e| BuildError::Failed(e.to_string()))?)
-        .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", &linker)
-        .current_dir(workspace)
-        .args(["build", "--package", "mptcp-ebpf", "--target", TARGET, "-Z", "build-std=core"])
-        .arg("--target-dir")
-        .arg(target_dir(workspace));
+    cmd.env(
+        "PATH",
+        env::join_paths(paths).map_err(|e| BuildError::Failed(e.to_string()))?,
+    )
+    .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", &linker)
+    .current_dir(workspace)
+    .args([
+        "build",
+        "--package",
+        "mptcp-ebpf",
+        "--target",
+        TARGET,
+        "-Z",
+        "build-std=core",
+    ])
+    .arg("--target-dir")
+    .arg(target_dir(workspace));
     if release {
         cmd.arg("--release");
     }
@@ -195,11 +220,16 @@ pub fn build(workspace: &Path, release: bool) -> Result<PathBuf, BuildError> {
         .status()
         .map_err(|e| BuildError::Failed(format!("cannot run {toolchain}: {e}")))?;
     if !status.success() {
-        return Err(BuildError::Failed(format!("{toolchain} exited with {status}")));
+        return Err(BuildError::Failed(format!(
+            "{toolchain} exited with {status}"
+        )));
     }
     let obj = object_path(workspace, release);
     if !obj.is_file() {
-        return Err(BuildError::Failed(format!("{} was not produced", obj.display())));
+        return Err(BuildError::Failed(format!(
+            "{} was not produced",
+            obj.display()
+        )));
     }
     Ok(obj)
 }

@@ -252,7 +252,10 @@ mod tests {
     #[test]
     fn raw_event_has_no_implicit_padding() {
         // Sum of field sizes == struct size: any gap would be uninitialised memory.
-        assert_eq!(core::mem::size_of::<RawEvent>(), 8 * 8 + 9 * 4 + 4 * 2 + 4 + 16 * 4 + 8);
+        assert_eq!(
+            core::mem::size_of::<RawEvent>(),
+            8 * 8 + 9 * 4 + 4 * 2 + 4 + 16 * 4 + 8
+        );
         assert_eq!(core::mem::size_of::<RawEvent>() % 8, 0);
     }
 
@@ -274,7 +277,7 @@ mod tests {
             bits: 4,
             signed: 0,
         };
-        assert_eq!(nibble.extract(0b1101_01), 0b1101);
+        assert_eq!(nibble.extract(0b11_0101), 0b1101);
         let s16 = Field {
             offset: 0,
             size: 2,

@@ -260,7 +260,11 @@ fn on_msk(msk: u64, old: u8, new: u8) {
             subflows: 0,
             live: 0,
             flags: if server { flags::SERVER } else { 0 }
-                | if owner.is_some() { flags::OWNER_KNOWN } else { 0 },
+                | if owner.is_some() {
+                    flags::OWNER_KNOWN
+                } else {
+                    0
+                },
             filtered: filtered as u8,
             announced: 0,
             closing: 0,
@@ -298,7 +302,11 @@ fn on_msk(msk: u64, old: u8, new: u8) {
             && off!(sf_mp_capable).is_present()
             && read_or_zero(ctx, off!(sf_mp_capable)) == 0
         {
-            emit(&subject.with(EventKind::ConnFallback), conn_ptr.map(|c| unsafe { &*c }), |_| {});
+            emit(
+                &subject.with(EventKind::ConnFallback),
+                conn_ptr.map(|c| unsafe { &*c }),
+                |_| {},
+            );
         }
     } else if new == tcp_state::CLOSE && old != tcp_state::CLOSE {
         match conn_ptr {
@@ -325,7 +333,9 @@ fn announce(s: &Subject, c: &mut Conn, established: bool) {
     c.announced = 1;
     let start = c.start_ns;
     let s = Subject { sk: 0, ..*s };
-    emit(&s.with(EventKind::ConnCreated), Some(c), |ev| ev.ts_ns = start);
+    emit(&s.with(EventKind::ConnCreated), Some(c), |ev| {
+        ev.ts_ns = start
+    });
     if established {
         emit(&s.with(EventKind::ConnEstablished), Some(c), |_| {});
     }

@@ -104,7 +104,14 @@ mod tests {
     #[test]
     fn parses_events_with_filters() {
         let cli = Cli::try_parse_from([
-            "mptcp-trace", "events", "--json", "--port", "4321", "-4", "--netns", "blue",
+            "mptcp-trace",
+            "events",
+            "--json",
+            "--port",
+            "4321",
+            "-4",
+            "--netns",
+            "blue",
         ])
         .unwrap();
         let Some(Command::Events(a)) = cli.command else {

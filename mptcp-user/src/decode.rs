@@ -84,11 +84,17 @@ fn cstr(bytes: &[u8]) -> Option<String> {
 
 fn addr(family: u16, bytes: &[u8; 16]) -> Option<IpAddr> {
     match family {
-        AF_INET => Some(IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))),
+        AF_INET => Some(IpAddr::V4(Ipv4Addr::new(
+            bytes[0], bytes[1], bytes[2], bytes[3],
+        ))),
         AF_INET6 => {
             let v6 = Ipv6Addr::from(*bytes);
             // An IPv6 socket talking IPv4 keeps v4-mapped addresses: show them as IPv4.
-            Some(v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)))
+            Some(
+                v6.to_ipv4_mapped()
+                    .map(IpAddr::V4)
+                    .unwrap_or(IpAddr::V6(v6)),
+            )
         }
         _ => None,
     }
@@ -258,7 +264,11 @@ pub(crate) mod tests {
 
     #[test]
     fn decodes_a_join_subflow() {
-        let e = decode(&bytes(&sample(EventKind::SubflowEstablished)), &Clock::fixed(0)).unwrap();
+        let e = decode(
+            &bytes(&sample(EventKind::SubflowEstablished)),
+            &Clock::fixed(0),
+        )
+        .unwrap();
         assert_eq!(e.event, Kind::SubflowEstablished);
         assert_eq!(e.token.as_deref(), Some("0a0b0c0d"));
         assert_eq!(e.saddr, Some("192.168.0.2".parse().unwrap()));
@@ -278,19 +288,31 @@ pub(crate) mod tests {
         let expected = b.len();
         assert_eq!(
             decode(&b[..expected - 1], &Clock::fixed(0)),
-            Err(DecodeError::Size { got: expected - 1, expected })
+            Err(DecodeError::Size {
+                got: expected - 1,
+                expected
+            })
         );
         let mut long = b.clone();
         long.push(0);
-        assert!(matches!(decode(&long, &Clock::fixed(0)), Err(DecodeError::Size { .. })));
-        assert!(matches!(decode(&[], &Clock::fixed(0)), Err(DecodeError::Size { .. })));
+        assert!(matches!(
+            decode(&long, &Clock::fixed(0)),
+            Err(DecodeError::Size { .. })
+        ));
+        assert!(matches!(
+            decode(&[], &Clock::fixed(0)),
+            Err(DecodeError::Size { .. })
+        ));
     }
 
     #[test]
     fn rejects_unknown_kinds() {
         let mut r = sample(EventKind::ConnCreated);
         r.kind = 99;
-        assert_eq!(decode(&bytes(&r), &Clock::fixed(0)), Err(DecodeError::Kind(99)));
+        assert_eq!(
+            decode(&bytes(&r), &Clock::fixed(0)),
+            Err(DecodeError::Kind(99))
+        );
     }
 
     #[test]

@@ -22,7 +22,9 @@ use crate::{
 pub enum FilterError {
     #[error("--pid {0}: no such process")]
     NoProcess(u32),
-    #[error("--netns {0}: not a namespace name from `ip netns`, a namespace file or an inode number")]
+    #[error(
+        "--netns {0}: not a namespace name from `ip netns`, a namespace file or an inode number"
+    )]
     Netns(String),
     #[error("--cgroup {0}: not a cgroup v2 directory")]
     Cgroup(String),
@@ -263,7 +265,7 @@ mod tests {
         assert!(!f.accept(&ev(2, Kind::ConnCreated, 40002, 80)));
         assert!(!f.accept(&ev(2, Kind::SubflowEstablished, 40002, 4321)));
         assert!(f.accept(&ev(1, Kind::ConnClosed, 40000, 4321)));
-        assert!(f.verdicts.get(&1).is_none(), "verdict forgotten at close");
+        assert!(!f.verdicts.contains_key(&1), "verdict forgotten at close");
     }
 
     #[test]
@@ -293,7 +295,10 @@ mod tests {
         e.daddr = Some("10.0.0.1".parse().unwrap());
         assert!(f.accept(&e));
         assert!(!f.accept(&ev(6, Kind::ConnCreated, 1, 2)));
-        assert!(f.accept(&Event::new(Kind::Lost, 1, String::new())), "loss always shown");
+        assert!(
+            f.accept(&Event::new(Kind::Lost, 1, String::new())),
+            "loss always shown"
+        );
     }
 
     #[test]

@@ -20,7 +20,11 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("MPTCP_EBPF_OBJECT"));
 /// Programs and the tracepoint each attaches to. `required` ones make the tracer useless when
 /// they fail; the others lose one kind of information, with a warning.
 const PROGRAMS: &[(&str, bool, &str)] = &[
-    ("inet_sock_set_state", true, "connection and subflow lifecycle"),
+    (
+        "inet_sock_set_state",
+        true,
+        "connection and subflow lifecycle",
+    ),
     ("tcp_send_reset", false, "rst_sent close reasons"),
     ("tcp_receive_reset", false, "rst_received close reasons"),
 ];
@@ -29,7 +33,9 @@ const PROGRAMS: &[(&str, bool, &str)] = &[
 pub enum LoadError {
     #[error(transparent)]
     Offsets(#[from] OffsetError),
-    #[error("loading eBPF programs needs root (CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN); run with sudo")]
+    #[error(
+        "loading eBPF programs needs root (CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN); run with sudo"
+    )]
     NotRoot,
     #[error("the kernel refused to load the eBPF object: {0}")]
     Load(#[source] aya::EbpfError),
@@ -75,7 +81,10 @@ fn bump_memlock_rlimit() {
     // SAFETY: plain syscall with a valid pointer.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
         // Kernels ≥ 5.11 charge BPF memory to the memory cgroup instead: not an error.
-        debug!("cannot raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
+        debug!(
+            "cannot raise RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
@@ -162,10 +171,7 @@ fn attach(ebpf: &mut Ebpf, btf: &Btf, name: &'static str) -> Result<(), LoadErro
 impl Counters {
     /// Sum over CPUs of one of the kernel's counters.
     pub fn get(&self, idx: u32) -> u64 {
-        self.0
-            .get(&idx, 0)
-            .map(|v| v.iter().sum())
-            .unwrap_or(0)
+        self.0.get(&idx, 0).map(|v| v.iter().sum()).unwrap_or(0)
     }
 
     pub fn lost(&self) -> u64 {

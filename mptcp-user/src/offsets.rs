@@ -15,7 +15,9 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OffsetError {
-    #[error("cannot read kernel BTF at {path}: {source} (the kernel needs CONFIG_DEBUG_INFO_BTF=y)")]
+    #[error(
+        "cannot read kernel BTF at {path}: {source} (the kernel needs CONFIG_DEBUG_INFO_BTF=y)"
+    )]
     Btf {
         path: String,
         #[source]
@@ -38,41 +40,211 @@ type Slot = fn(&mut Offsets) -> &mut Field;
 /// (struct, member path, where it goes, need). Paths name members through named nesting with
 /// dots; anonymous members are searched automatically.
 const MEMBERS: &[(&str, &str, Slot, Need)] = &[
-    ("sock", "__sk_common.skc_family", |o| &mut o.skc_family, Need::Required),
-    ("sock", "__sk_common.skc_daddr", |o| &mut o.skc_daddr, Need::Required),
-    ("sock", "__sk_common.skc_rcv_saddr", |o| &mut o.skc_rcv_saddr, Need::Required),
-    ("sock", "__sk_common.skc_dport", |o| &mut o.skc_dport, Need::Required),
-    ("sock", "__sk_common.skc_num", |o| &mut o.skc_num, Need::Required),
-    ("sock", "__sk_common.skc_v6_daddr", |o| &mut o.skc_v6_daddr, Need::Optional("IPv6 addresses")),
-    ("sock", "__sk_common.skc_v6_rcv_saddr", |o| &mut o.skc_v6_rcv_saddr, Need::Optional("IPv6 addresses")),
-    ("sock", "__sk_common.skc_net.net", |o| &mut o.skc_net, Need::Optional("netns")),
-    ("sock", "__sk_common.skc_bound_dev_if", |o| &mut o.skc_bound_dev_if, Need::Optional("ifindex")),
-    ("sock", "sk_protocol", |o| &mut o.sk_protocol, Need::Required),
-    ("sock", "sk_err", |o| &mut o.sk_err, Need::Optional("errno of closed subflows")),
-    ("sock", "sk_dst_cache", |o| &mut o.sk_dst_cache, Need::Optional("ifname")),
-    ("net", "ns.inum", |o| &mut o.net_ns_inum, Need::Optional("netns")),
-    ("dst_entry", "dev", |o| &mut o.dst_dev, Need::Optional("ifname")),
-    ("net_device", "ifindex", |o| &mut o.netdev_ifindex, Need::Optional("ifindex")),
-    ("net_device", "name", |o| &mut o.netdev_name, Need::Optional("ifname")),
-    ("inet_connection_sock", "icsk_ulp_data", |o| &mut o.icsk_ulp_data, Need::Required),
-    ("tcp_sock", "is_mptcp", |o| &mut o.tcp_is_mptcp, Need::Required),
-    ("tcp_sock", "bytes_sent", |o| &mut o.tcp_bytes_sent, Need::Optional("bytes_sent")),
-    ("tcp_sock", "bytes_acked", |o| &mut o.tcp_bytes_acked, Need::Optional("bytes_acked")),
-    ("tcp_sock", "bytes_received", |o| &mut o.tcp_bytes_received, Need::Optional("bytes_received")),
-    ("tcp_sock", "total_retrans", |o| &mut o.tcp_total_retrans, Need::Optional("retrans")),
-    ("tcp_sock", "srtt_us", |o| &mut o.tcp_srtt_us, Need::Optional("srtt_us")),
-    ("mptcp_subflow_context", "conn", |o| &mut o.sf_conn, Need::Required),
-    ("mptcp_subflow_context", "token", |o| &mut o.sf_token, Need::Optional("early server tokens")),
-    ("mptcp_subflow_context", "request_join", |o| &mut o.sf_request_join, Need::Optional("join flag (client)")),
-    ("mptcp_subflow_context", "mp_capable", |o| &mut o.sf_mp_capable, Need::Optional("conn_fallback")),
-    ("mptcp_subflow_context", "mp_join", |o| &mut o.sf_mp_join, Need::Optional("join flag (server)")),
-    ("mptcp_subflow_context", "backup", |o| &mut o.sf_backup, Need::Optional("backup flag")),
-    ("mptcp_subflow_context", "local_id", |o| &mut o.sf_local_id, Need::Optional("local_id")),
-    ("mptcp_subflow_context", "remote_id", |o| &mut o.sf_remote_id, Need::Optional("remote_id")),
-    ("mptcp_subflow_context", "reset_seen", |o| &mut o.sf_reset_seen, Need::Optional("MP_TCPRST reasons")),
-    ("mptcp_subflow_context", "reset_reason", |o| &mut o.sf_reset_reason, Need::Optional("MP_TCPRST reasons")),
+    (
+        "sock",
+        "__sk_common.skc_family",
+        |o| &mut o.skc_family,
+        Need::Required,
+    ),
+    (
+        "sock",
+        "__sk_common.skc_daddr",
+        |o| &mut o.skc_daddr,
+        Need::Required,
+    ),
+    (
+        "sock",
+        "__sk_common.skc_rcv_saddr",
+        |o| &mut o.skc_rcv_saddr,
+        Need::Required,
+    ),
+    (
+        "sock",
+        "__sk_common.skc_dport",
+        |o| &mut o.skc_dport,
+        Need::Required,
+    ),
+    (
+        "sock",
+        "__sk_common.skc_num",
+        |o| &mut o.skc_num,
+        Need::Required,
+    ),
+    (
+        "sock",
+        "__sk_common.skc_v6_daddr",
+        |o| &mut o.skc_v6_daddr,
+        Need::Optional("IPv6 addresses"),
+    ),
+    (
+        "sock",
+        "__sk_common.skc_v6_rcv_saddr",
+        |o| &mut o.skc_v6_rcv_saddr,
+        Need::Optional("IPv6 addresses"),
+    ),
+    (
+        "sock",
+        "__sk_common.skc_net.net",
+        |o| &mut o.skc_net,
+        Need::Optional("netns"),
+    ),
+    (
+        "sock",
+        "__sk_common.skc_bound_dev_if",
+        |o| &mut o.skc_bound_dev_if,
+        Need::Optional("ifindex"),
+    ),
+    (
+        "sock",
+        "sk_protocol",
+        |o| &mut o.sk_protocol,
+        Need::Required,
+    ),
+    (
+        "sock",
+        "sk_err",
+        |o| &mut o.sk_err,
+        Need::Optional("errno of closed subflows"),
+    ),
+    (
+        "sock",
+        "sk_dst_cache",
+        |o| &mut o.sk_dst_cache,
+        Need::Optional("ifname"),
+    ),
+    (
+        "net",
+        "ns.inum",
+        |o| &mut o.net_ns_inum,
+        Need::Optional("netns"),
+    ),
+    (
+        "dst_entry",
+        "dev",
+        |o| &mut o.dst_dev,
+        Need::Optional("ifname"),
+    ),
+    (
+        "net_device",
+        "ifindex",
+        |o| &mut o.netdev_ifindex,
+        Need::Optional("ifindex"),
+    ),
+    (
+        "net_device",
+        "name",
+        |o| &mut o.netdev_name,
+        Need::Optional("ifname"),
+    ),
+    (
+        "inet_connection_sock",
+        "icsk_ulp_data",
+        |o| &mut o.icsk_ulp_data,
+        Need::Required,
+    ),
+    (
+        "tcp_sock",
+        "is_mptcp",
+        |o| &mut o.tcp_is_mptcp,
+        Need::Required,
+    ),
+    (
+        "tcp_sock",
+        "bytes_sent",
+        |o| &mut o.tcp_bytes_sent,
+        Need::Optional("bytes_sent"),
+    ),
+    (
+        "tcp_sock",
+        "bytes_acked",
+        |o| &mut o.tcp_bytes_acked,
+        Need::Optional("bytes_acked"),
+    ),
+    (
+        "tcp_sock",
+        "bytes_received",
+        |o| &mut o.tcp_bytes_received,
+        Need::Optional("bytes_received"),
+    ),
+    (
+        "tcp_sock",
+        "total_retrans",
+        |o| &mut o.tcp_total_retrans,
+        Need::Optional("retrans"),
+    ),
+    (
+        "tcp_sock",
+        "srtt_us",
+        |o| &mut o.tcp_srtt_us,
+        Need::Optional("srtt_us"),
+    ),
+    (
+        "mptcp_subflow_context",
+        "conn",
+        |o| &mut o.sf_conn,
+        Need::Required,
+    ),
+    (
+        "mptcp_subflow_context",
+        "token",
+        |o| &mut o.sf_token,
+        Need::Optional("early server tokens"),
+    ),
+    (
+        "mptcp_subflow_context",
+        "request_join",
+        |o| &mut o.sf_request_join,
+        Need::Optional("join flag (client)"),
+    ),
+    (
+        "mptcp_subflow_context",
+        "mp_capable",
+        |o| &mut o.sf_mp_capable,
+        Need::Optional("conn_fallback"),
+    ),
+    (
+        "mptcp_subflow_context",
+        "mp_join",
+        |o| &mut o.sf_mp_join,
+        Need::Optional("join flag (server)"),
+    ),
+    (
+        "mptcp_subflow_context",
+        "backup",
+        |o| &mut o.sf_backup,
+        Need::Optional("backup flag"),
+    ),
+    (
+        "mptcp_subflow_context",
+        "local_id",
+        |o| &mut o.sf_local_id,
+        Need::Optional("local_id"),
+    ),
+    (
+        "mptcp_subflow_context",
+        "remote_id",
+        |o| &mut o.sf_remote_id,
+        Need::Optional("remote_id"),
+    ),
+    (
+        "mptcp_subflow_context",
+        "reset_seen",
+        |o| &mut o.sf_reset_seen,
+        Need::Optional("MP_TCPRST reasons"),
+    ),
+    (
+        "mptcp_subflow_context",
+        "reset_reason",
+        |o| &mut o.sf_reset_reason,
+        Need::Optional("MP_TCPRST reasons"),
+    ),
     ("mptcp_sock", "token", |o| &mut o.msk_token, Need::Required),
-    ("mptcp_sock", "first", |o| &mut o.msk_first, Need::Optional("conn_fallback")),
+    (
+        "mptcp_sock",
+        "first",
+        |o| &mut o.msk_first,
+        Need::Optional("conn_fallback"),
+    ),
 ];
 
 /// Offsets for the programs, plus what this kernel lacks.
@@ -153,7 +325,9 @@ fn strip(btf: &Btf, mut ty: Type) -> Option<Type> {
     loop {
         ty = match &ty {
             Type::Typedef(t) => btf.resolve_chained_type(t).ok()?,
-            Type::Const(t) | Type::Volatile(t) | Type::Restrict(t) => btf.resolve_chained_type(t).ok()?,
+            Type::Const(t) | Type::Volatile(t) | Type::Restrict(t) => {
+                btf.resolve_chained_type(t).ok()?
+            }
             Type::TypeTag(t) => btf.resolve_chained_type(t).ok()?,
             _ => return Some(ty),
         }

@@ -57,7 +57,11 @@ pub fn line(e: &Event) -> String {
                 e.ifname.as_deref().unwrap_or("?"),
                 e.local_id.unwrap_or(0),
                 e.remote_id.unwrap_or(0),
-                if e.join == Some(true) { "join " } else { "initial " },
+                if e.join == Some(true) {
+                    "join "
+                } else {
+                    "initial "
+                },
             );
             if e.backup == Some(true) {
                 d.push_str("backup ");
@@ -125,7 +129,10 @@ mod tests {
 
     #[test]
     fn ipv6_endpoints_are_bracketed() {
-        assert_eq!(endpoint(Some("fe80::1".parse().unwrap()), Some(80)), "[fe80::1]:80");
+        assert_eq!(
+            endpoint(Some("fe80::1".parse().unwrap()), Some(80)),
+            "[fe80::1]:80"
+        );
         assert_eq!(bytes(20 << 20), "20M");
     }
 }

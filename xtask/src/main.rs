@@ -1,3 +1,7 @@
+//! Development tasks: `cargo xtask <task>`. The README names the ones a person needs.
+
+mod test;
+
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -12,15 +16,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Build the eBPF object (mptcp-ebpf) for bpfel-unknown-none.
+    /// Build the eBPF object (mptcp-ebpf) for bpfel-unknown-none and print its path.
     BuildEbpf {
         #[arg(long)]
         release: bool,
     },
+    /// Build everything and run the whole suite: fmt, clippy, unit tests, root integration
+    /// tests on this kernel, and the VM kernel matrix.
+    Test(test::TestArgs),
 }
 
-fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 fn main() -> Result<()> {
@@ -29,6 +39,7 @@ fn main() -> Result<()> {
             let obj = ebpf_build::build(&workspace_root(), release)?;
             println!("{}", obj.display());
         }
+        Cmd::Test(args) => test::run(args)?,
     }
     Ok(())
 }

@@ -99,9 +99,10 @@ pub async fn run(args: EventsArgs) -> Result<()> {
 
     // SAFETY: each value owns its fd for as long as the AsyncFd holds it.
     let mut ring = unsafe { AsyncFd::register(events) }.context("polling the ring buffer")?;
-    let mut logger = logger
-        .map(|l| unsafe { AsyncFd::register(l) })
-        .transpose()?;
+    let mut logger = match logger {
+        Some(l) => Some(unsafe { AsyncFd::register(l) }.map_err(|e| e.into_parts().1)?),
+        None => None,
+    };
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = interval(Duration::from_millis(500));

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Installs everything mptcp-trace needs to build and test on Debian 12: Debian packages, the eBPF
+# toolchain (Debian's rustc-web + rust-web-src, bpf-linker), rustfmt/clippy, and the Debian
+# kernels the VM tests boot. Idempotent: a second run only checks and takes seconds.
+set -euo pipefail
+
+log() { printf '\033[1msetup:\033[0m %s\n' "$*"; }
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup: run as root (sudo $0)" >&2
+  exit 2
+fi
+
+PACKAGES=(
+  # eBPF compiler: Debian's Rust with library sources for -Z build-std, LLVM for bpf-linker
+  rustc-web cargo-web rust-web-src llvm-22-dev libpolly-22-dev libzstd-dev
+  # the test bed and oracles: ip mptcp / ss, ncat, tcpdump, mptcpize, bpftrace for comparison
+  iproute2 ncat tcpdump mptcpd bpftrace bpftool kmod
+  # the VM tests: qemu (TCG), busybox initramfs
+  qemu-system-x86 busybox-static cpio xz-utils zstd
+  # driving the live view in tests
+  tmux
+  gcc pkg-config
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  log "Debian packages present"
+fi
+
+if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+  export PATH="$HOME/.cargo/bin:$PATH"
+fi
+if ! command -v rustup >/dev/null 2>&1; then
+  echo "setup: rustup (a stable Rust toolchain) is required for userspace; install it first" >&2
+  exit 1
+fi
+for c in rustfmt clippy; do
+  rustup component list --installed 2>/dev/null | grep -q "^$c" || { log "adding $c"; rustup component add "$c"; }
+done
+
+if ! bpf-linker --version 2>/dev/null | grep -q "0.13.0"; then
+  log "building bpf-linker 0.13.0 against LLVM 22 (about a minute)"
+  LLVM_PREFIX=/usr/lib/llvm-22 cargo install --locked bpf-linker@0.13.0 --no-default-features --features llvm-22 \
+    || LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker@0.13.0 --no-default-features --features llvm-22
+else
+  log "bpf-linker 0.13.0 present"
+fi
+
+# Kernels for the VM tests (never installed as the host's kernel: only extracted).
+here=$(cd "$(dirname "$0")/.." && pwd)
+if [ -x "$here/scripts/fetch-kernels.sh" ]; then
+  "$here/scripts/fetch-kernels.sh"
+fi
+
+log "done"
