@@ -8,4 +8,6 @@ pub mod event;
 pub mod filter;
 pub mod loader;
 pub mod offsets;
+pub mod peer;
+pub mod testbed;
 pub mod text;
