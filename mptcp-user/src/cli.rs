@@ -25,6 +25,17 @@ pub enum Command {
     /// Example: sudo mptcp-trace events
     /// Example: sudo mptcp-trace events --json --netns mptcp-client | jq .
     Events(EventsArgs),
+    /// Full-screen live view: one block per connection, one row per subflow with live
+    /// throughput, RTT and retransmits (the default when stdout is a terminal).
+    ///
+    /// Example: sudo mptcp-trace live --port 4321
+    Live(LiveArgs),
+    /// Build the seed's two-path test bed in network namespaces, run an MPTCP transfer over it
+    /// and show it live (or as NDJSON); everything it made is removed on exit.
+    ///
+    /// Example: sudo mptcp-trace demo
+    /// Example: sudo mptcp-trace demo --json --duration 5 | jq -c 'select(.event=="subflow_established")'
+    Demo(DemoArgs),
     /// Print the JSON schema of the NDJSON events (schema version 1).
     ///
     /// Example: mptcp-trace schema > mptcp-trace.schema.json
@@ -47,6 +58,27 @@ pub struct EventsArgs {
 
     #[command(flatten)]
     pub filters: FilterArgs,
+}
+
+#[derive(Debug, Args, Default, Clone)]
+pub struct LiveArgs {
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<u64>,
+
+    #[command(flatten)]
+    pub filters: FilterArgs,
+}
+
+#[derive(Debug, Args, Default, Clone)]
+pub struct DemoArgs {
+    /// Stream NDJSON events instead of the live view.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Stop after this many seconds (default: 10 with --json, until `q` otherwise).
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<u64>,
 }
 
 /// Filters shared by the tracing commands. A connection is shown when it matches all of them.

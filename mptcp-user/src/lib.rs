@@ -6,6 +6,7 @@ pub mod commands;
 pub mod decode;
 pub mod event;
 pub mod filter;
+pub mod live;
 pub mod loader;
 pub mod offsets;
 pub mod peer;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use mptcp_user::{
-    cli::{Cli, Command, EventsArgs},
+    cli::{Cli, Command, EventsArgs, LiveArgs},
     commands,
     filter::FilterError,
 };
@@ -24,6 +24,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Schema) => commands::schema::run(),
         Some(Command::Events(args)) => block_on(commands::events::run(args)),
+        Some(Command::Live(args)) => block_on(commands::live::run(args)),
+        Some(Command::Demo(args)) => block_on(commands::demo::run(args)),
+        // A terminal gets the live view; a pipe or file gets event lines.
+        None if std::io::IsTerminal::is_terminal(&std::io::stdout()) => {
+            block_on(commands::live::run(LiveArgs::default()))
+        }
         None => block_on(commands::events::run(EventsArgs::default())),
     };
     match result {

@@ -1,3 +1,5 @@
 //! One module per verb.
+pub mod demo;
 pub mod events;
+pub mod live;
 pub mod schema;

@@ -1,0 +1,383 @@
+//! `mptcp-trace demo`: the seed article's scenario in one command. Builds the two-path test bed
+//! in network namespaces, loads the tracer, runs an MPTCP client and server over it (the client
+//! waits about a second after connecting so the MP_JOIN subflow over the blue path exists
+//! before data flows), shows the live view or streams NDJSON, and removes everything on the
+//! way out (duration over, `q`, Ctrl-C, SIGTERM or an error), then prints what crossed each
+//! path.
+//!
+//! The TCP→MPTCP upgrade is not used: the demo says so and opens native MPTCP sockets.
+
+use std::{
+    cell::RefCell,
+    collections::{BTreeMap, HashSet},
+    fmt::Write as _,
+    io::{self, Write},
+    net::SocketAddr,
+    rc::Rc,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc as std_mpsc, Arc,
+    },
+    time::Duration,
+};
+
+use anyhow::{anyhow, Context, Result};
+use tokio::{
+    signal::unix::{signal, Signal, SignalKind},
+    sync::mpsc,
+    time::sleep,
+};
+
+use crate::{
+    cli::{DemoArgs, FilterArgs},
+    decode,
+    event::{Event, Kind, Side},
+    live::{self, Collector, State, Update},
+    peer::{self, Proto},
+    testbed::{self, TestBed},
+};
+
+const PORT: u16 = 4321;
+/// Each path's rate limit (tbf on the client's veths), Mbit/s: both paths fill up, so the
+/// scheduler uses both subflows, and the demo costs little CPU.
+pub const PATH_MBIT: u64 = 50;
+const WARMUP: Duration = Duration::from_secs(1);
+
+/// What the demo says about the upgrade, truthfully: none happens.
+pub fn upgrade_note() -> String {
+    let mut s = String::from(
+        "no TCP→MPTCP upgrade runs in this demo: the upgrader is not part of this build",
+    );
+    if let Some(mode) = lockdown_mode() {
+        if mode != "none" {
+            let _ = write!(
+                s,
+                ", and this kernel (lockdown={mode}) refuses BPF trampolines (fmod_ret), which it needs"
+            );
+        }
+    }
+    s + "; the demo opens native MPTCP sockets (IPPROTO_MPTCP) instead."
+}
+
+/// The bracketed mode in /sys/kernel/security/lockdown (`none [integrity] confidentiality`).
+fn lockdown_mode() -> Option<String> {
+    let s = std::fs::read_to_string("/sys/kernel/security/lockdown").ok()?;
+    let start = s.find('[')? + 1;
+    let end = s[start..].find(']')? + start;
+    Some(s[start..end].to_string())
+}
+
+/// One subflow in the summary.
+#[derive(Clone, Debug, Default)]
+struct PathBytes {
+    path: String,
+    from: String,
+    to: String,
+    bytes: Option<u64>,
+}
+
+/// Client-side connections and their subflows' byte counts, from the events.
+#[derive(Debug, Default)]
+pub struct Summary {
+    client_netns: u32,
+    /// conn_id → (token, subflow_id → path)
+    conns: BTreeMap<u64, (Option<String>, Vec<(u64, PathBytes)>)>,
+    servers: HashSet<u64>,
+}
+
+impl Summary {
+    fn new(client_netns: u32) -> Self {
+        Summary {
+            client_netns,
+            ..Default::default()
+        }
+    }
+
+    pub fn absorb(&mut self, e: &Event) {
+        if e.netns != Some(self.client_netns) || self.servers.contains(&e.conn_id) {
+            return;
+        }
+        if e.event == Kind::ConnCreated && e.side == Some(Side::Server) {
+            self.servers.insert(e.conn_id);
+            return;
+        }
+        let (token, subs) = self.conns.entry(e.conn_id).or_default();
+        if token.is_none() {
+            token.clone_from(&e.token);
+        }
+        match e.event {
+            Kind::SubflowEstablished => {
+                let ifname = e.ifname.clone().unwrap_or_else(|| "?".into());
+                subs.retain(|(id, _)| *id != e.subflow_id);
+                subs.push((
+                    e.subflow_id,
+                    PathBytes {
+                        path: ifname.split('-').next().unwrap_or(&ifname).to_string(),
+                        from: e.saddr.map_or("?".into(), |a| a.to_string()),
+                        to: e.daddr.map_or("?".into(), |a| a.to_string()),
+                        bytes: None,
+                    },
+                ));
+            }
+            Kind::SubflowClosed => {
+                if let Some((_, p)) = subs.iter_mut().find(|(id, _)| *id == e.subflow_id) {
+                    p.bytes = e.bytes_sent;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Fills subflows that were still open at exit from the live view's last sample.
+    fn merge_live(&mut self, state: &State) {
+        for c in state.conns.values() {
+            let Some((_, subs)) = self.conns.get_mut(&c.key.1) else {
+                continue;
+            };
+            for sf in &c.subflows {
+                if let Some((_, p)) = subs.iter_mut().find(|(id, _)| *id == sf.id) {
+                    if p.bytes.is_none() && sf.bytes_sent > 0 {
+                        p.bytes = Some(sf.bytes_sent);
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        let mb = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
+        self.conns
+            .values()
+            .filter(|(_, subs)| !subs.is_empty())
+            .map(|(token, subs)| {
+                let paths: Vec<String> = subs
+                    .iter()
+                    .map(|(_, p)| {
+                        format!(
+                            "{} {}→{} {}",
+                            p.path,
+                            p.from,
+                            p.to,
+                            p.bytes.map_or("(no close counters: still open)".into(), mb)
+                        )
+                    })
+                    .collect();
+                format!(
+                    "connection {}: {} subflow{} — {}",
+                    token.as_deref().unwrap_or("????????"),
+                    subs.len(),
+                    if subs.len() == 1 { "" } else { "s" },
+                    paths.join(", ")
+                )
+            })
+            .collect()
+    }
+}
+
+/// The server and client threads; stops the client's loop when dropped. The threads are not
+/// joined (they may sit in blocking calls); the namespaces go with the [`TestBed`] and the
+/// threads with the process.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn start_traffic(bed: &TestBed, transfer: Duration, repeat: bool) -> Result<Traffic> {
+    let addr: SocketAddr = format!("{}:{PORT}", testbed::RED_SERVER_V4).parse()?;
+    let (ready_tx, ready_rx) = std_mpsc::channel();
+    testbed::spawn_in_netns(&bed.server, move || -> io::Result<()> {
+        let listener = peer::listen(addr, Proto::Mptcp);
+        let listener = match listener {
+            Ok(l) => {
+                let _ = ready_tx.send(Ok(()));
+                l
+            }
+            Err(e) => {
+                let _ = ready_tx.send(Err(e.to_string()));
+                return Ok(());
+            }
+        };
+        loop {
+            let (conn, _) = listener.accept()?;
+            std::thread::spawn(move || peer::serve_one(conn));
+        }
+    })?;
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .context("the demo server did not start")?
+        .map_err(|e| anyhow!("demo server: {e}"))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let st = stop.clone();
+    // About 80% of what both paths carry in `transfer`, as fast as they take it.
+    let capacity = 2.0 * PATH_MBIT as f64 * 1e6 / 8.0;
+    let plan = peer::Send {
+        bytes: (0.8 * capacity * transfer.as_secs_f64()) as u64,
+        warmup: WARMUP,
+        spread: Duration::ZERO,
+    };
+    testbed::spawn_in_netns(&bed.client, move || {
+        while !st.load(Ordering::Relaxed) {
+            if let Err(e) = peer::send(addr, Proto::Mptcp, plan) {
+                log::warn!("demo client: {e}");
+            }
+            if !repeat {
+                break;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    })?;
+    Ok(Traffic { stop })
+}
+
+/// Limits each path of the bed to `mbit` Mbit/s in both directions (a `tbf` qdisc on the
+/// four veth ends), so that a bulk transfer fills both paths.
+pub fn shape_paths(bed: &TestBed, mbit: u64) -> Result<()> {
+    let rate = format!("{mbit}mbit");
+    for (ns, side) in [(&bed.client, "client"), (&bed.server, "server")] {
+        for path in ["red", "blue"] {
+            let dev = format!("{path}-{side}");
+            let out = std::process::Command::new("tc")
+                .args([
+                    "-n", ns, "qdisc", "replace", "dev", &dev, "root", "tbf", "rate",
+                ])
+                .args([rate.as_str(), "burst", "64kb", "latency", "50ms"])
+                .output()
+                .context("cannot run `tc` (install iproute2)")?;
+            if !out.status.success() {
+                anyhow::bail!(
+                    "tc qdisc on {dev} in {ns}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether a signal already arrived (polls once).
+async fn arrived(sig: &mut Signal) -> bool {
+    tokio::time::timeout(Duration::ZERO, sig.recv())
+        .await
+        .is_ok()
+}
+
+pub async fn run(args: DemoArgs) -> Result<()> {
+    // From here on SIGINT/SIGTERM are ours: no signal leaves the test bed behind.
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let note = upgrade_note();
+    let tag = format!("demo{}", std::process::id());
+    let bed = TestBed::create(&tag).context("building the test bed")?;
+    shape_paths(&bed, PATH_MBIT)?;
+    let client_ns = TestBed::netns_inode(&bed.client)?;
+    let server_ns = TestBed::netns_inode(&bed.server)?;
+    let collector = Collector::load(&FilterArgs::default())?;
+    let clock = collector.clock;
+    let summary = Rc::new(RefCell::new(Summary::new(client_ns)));
+    let sum = summary.clone();
+    let keep = move |e: &Event| {
+        let ours =
+            e.event == Kind::Lost || matches!(e.netns, Some(n) if n == client_ns || n == server_ns);
+        if ours {
+            sum.borrow_mut().absorb(e);
+        }
+        ours
+    };
+    if arrived(&mut sigint).await || arrived(&mut sigterm).await {
+        return Ok(());
+    }
+    let result = if args.json {
+        let duration = Duration::from_secs(args.duration.unwrap_or(10));
+        // One connection that ends about a second before the duration, so its close counters
+        // are in the stream.
+        let transfer = duration
+            .saturating_sub(WARMUP + Duration::from_millis(2000))
+            .max(Duration::from_millis(500));
+        eprintln!("mptcp-trace demo: {note}");
+        eprintln!(
+            "mptcp-trace demo: test bed {} / {}; client {}+{} → server {}:{PORT}",
+            bed.client,
+            bed.server,
+            testbed::RED_CLIENT_V4,
+            testbed::BLUE_CLIENT_V4,
+            testbed::RED_SERVER_V4
+        );
+        let traffic = start_traffic(&bed, transfer, false)?;
+        let r = json_loop(collector, keep, &clock, duration, &mut sigint, &mut sigterm).await;
+        drop(traffic);
+        r
+    } else {
+        let traffic = start_traffic(&bed, Duration::from_secs(10), true)?;
+        let r = live::run(
+            collector,
+            keep,
+            live::Options {
+                banner: Some(format!(
+                    "demo: bed {} / {} · {note}",
+                    bed.client, bed.server
+                )),
+                duration: args.duration.map(Duration::from_secs),
+            },
+        )
+        .await;
+        drop(traffic);
+        r.map(|state| summary.borrow_mut().merge_live(&state))
+    };
+    drop(bed);
+    let lines = summary.borrow().lines();
+    let mut out: Box<dyn Write> = if args.json {
+        Box::new(io::stderr())
+    } else {
+        Box::new(io::stdout())
+    };
+    for l in lines {
+        let _ = writeln!(out, "{l}");
+    }
+    result
+}
+
+async fn json_loop(
+    collector: Collector,
+    keep: impl FnMut(&Event) -> bool,
+    clock: &decode::Clock,
+    duration: Duration,
+    sigint: &mut Signal,
+    sigterm: &mut Signal,
+) -> Result<()> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let coll = collector.run(tx, keep);
+    tokio::pin!(coll);
+    let deadline = sleep(duration);
+    tokio::pin!(deadline);
+    let mut out = io::stdout().lock();
+    let mut reported = 0u64;
+    loop {
+        let line = tokio::select! {
+            r = &mut coll => return r,
+            Some(u) = rx.recv() => match u {
+                Update::Event(e) => Some(serde_json::to_string(&e)?),
+                Update::Lost(total) if total > reported => {
+                    let e = decode::lost(total - reported, clock);
+                    reported = total;
+                    Some(serde_json::to_string(&e)?)
+                }
+                _ => None,
+            },
+            _ = sigint.recv() => return Ok(()),
+            _ = sigterm.recv() => return Ok(()),
+            _ = &mut deadline => return Ok(()),
+        };
+        if let Some(l) = line {
+            match writeln!(out, "{l}").and_then(|_| out.flush()) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! The full-screen live view: a collector task sends [`Update`]s over a channel, the
+//! [`State`] absorbs them (`apply`), and [`render::render`] draws the state. Keys change only
+//! the state's `ui` part ([`key`]). The terminal is restored on every way out: return, error,
+//! panic (hook), Ctrl-C (a key in raw mode, or SIGINT) and SIGTERM.
+
+pub mod collector;
+pub mod diag;
+pub mod render;
+pub mod state;
+
+use std::{
+    collections::VecDeque,
+    io,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use anyhow::Result;
+use crossterm::{
+    event::{self as term, KeyCode, KeyEvent, KeyEventKind, KeyModifiers},
+    execute,
+    terminal::{self, EnterAlternateScreen, LeaveAlternateScreen},
+};
+use ratatui::{backend::CrosstermBackend, Terminal};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::mpsc,
+    time::{interval, sleep},
+};
+
+use crate::{decode, event::Event};
+
+pub use collector::{Collector, DiagThread};
+pub use state::{State, Update};
+
+/// What a key asks the loop to do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    None,
+    Redraw,
+    Quit,
+}
+
+/// Applies one key to the UI state.
+pub fn key(state: &mut State, k: KeyEvent) -> Action {
+    if k.kind == KeyEventKind::Release {
+        return Action::None;
+    }
+    if k.code == KeyCode::Char('c') && k.modifiers.contains(KeyModifiers::CONTROL) {
+        return Action::Quit;
+    }
+    let ui = &mut state.ui;
+    if ui.editing_filter {
+        match k.code {
+            KeyCode::Enter => ui.editing_filter = false,
+            KeyCode::Esc => {
+                ui.editing_filter = false;
+                ui.filter.clear();
+            }
+            KeyCode::Backspace => {
+                ui.filter.pop();
+            }
+            KeyCode::Char(c) => ui.filter.push(c),
+            _ => return Action::None,
+        }
+        return Action::Redraw;
+    }
+    if ui.help {
+        ui.help = false;
+        return Action::Redraw;
+    }
+    match k.code {
+        KeyCode::Char('q') => return Action::Quit,
+        KeyCode::Up | KeyCode::Char('k') => state.move_selection(-1),
+        KeyCode::Down | KeyCode::Char('j') => state.move_selection(1),
+        KeyCode::Enter => state.toggle_fold(),
+        KeyCode::Char('/') => ui.editing_filter = true,
+        KeyCode::Char('s') => ui.sort = ui.sort.next(),
+        KeyCode::Char('p') => ui.paused = !ui.paused,
+        KeyCode::Char('?') => ui.help = true,
+        _ => return Action::None,
+    }
+    Action::Redraw
+}
+
+fn restore_terminal() {
+    let _ = terminal::disable_raw_mode();
+    let _ = execute!(io::stdout(), LeaveAlternateScreen, crossterm::cursor::Show);
+}
+
+/// Raw mode and the alternate screen for as long as it lives; also restores them in a panic.
+struct TerminalGuard;
+
+impl TerminalGuard {
+    fn enter() -> Result<Self> {
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            restore_terminal();
+            prev(info);
+        }));
+        terminal::enable_raw_mode()?;
+        let guard = TerminalGuard;
+        execute!(io::stdout(), EnterAlternateScreen, crossterm::cursor::Hide)?;
+        Ok(guard)
+    }
+}
+
+impl Drop for TerminalGuard {
+    fn drop(&mut self) {
+        restore_terminal();
+        // Later panics print plainly again.
+        let _ = std::panic::take_hook();
+    }
+}
+
+/// Reads terminal events on a thread (crossterm's reads block) until dropped.
+struct InputThread {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl InputThread {
+    fn spawn(tx: mpsc::UnboundedSender<term::Event>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let handle = std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                match term::poll(Duration::from_millis(100)) {
+                    Ok(true) => match term::read() {
+                        Ok(ev) => {
+                            if tx.send(ev).is_err() {
+                                return;
+                            }
+                        }
+                        Err(_) => return,
+                    },
+                    Ok(false) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        InputThread {
+            stop,
+            handle: Some(handle),
+        }
+    }
+}
+
+impl Drop for InputThread {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Options of one live session.
+pub struct Options {
+    /// A line shown above the key help (the demo explains itself there).
+    pub banner: Option<String>,
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+}
+
+/// Runs the live view on the terminal until `q`, Ctrl-C, SIGTERM or the duration; `keep`
+/// sees every accepted event first and may drop it. Returns the final state.
+pub async fn run(
+    collector: Collector,
+    keep: impl FnMut(&Event) -> bool,
+    opts: Options,
+) -> Result<State> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let diag = DiagThread::spawn(tx.clone(), Duration::from_secs(1));
+    let coll = collector.run(tx, keep);
+    tokio::pin!(coll);
+
+    let mut state = State::default();
+    state.ui.banner = opts.banner;
+    state.apply(Update::Tick(decode::monotonic_ns()));
+
+    let guard = TerminalGuard::enter()?;
+    let mut terminal = Terminal::new(CrosstermBackend::new(io::stdout()))?;
+    terminal.clear()?;
+    let (ktx, mut keys) = mpsc::unbounded_channel();
+    let input = InputThread::spawn(ktx);
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut tick = interval(Duration::from_millis(250));
+    let deadline = sleep(opts.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
+    tokio::pin!(deadline);
+    // Updates held back while paused, applied on resume.
+    let mut held: VecDeque<Update> = VecDeque::new();
+
+    let result: Result<()> = loop {
+        let mut redraw = false;
+        tokio::select! {
+            r = &mut coll => break r,
+            Some(u) = rx.recv() => {
+                if state.ui.paused {
+                    held.push_back(u);
+                } else {
+                    state.apply(u);
+                }
+            }
+            Some(ev) = keys.recv() => match ev {
+                term::Event::Key(k) => match key(&mut state, k) {
+                    Action::Quit => break Ok(()),
+                    Action::Redraw => {
+                        redraw = true;
+                        if !state.ui.paused {
+                            while let Some(u) = held.pop_front() {
+                                state.apply(u);
+                            }
+                        }
+                    }
+                    Action::None => {}
+                },
+                term::Event::Resize(..) => {
+                    terminal.autoresize()?;
+                    redraw = true;
+                }
+                _ => {}
+            },
+            _ = tick.tick() => {
+                if !state.ui.paused {
+                    state.apply(Update::Tick(decode::monotonic_ns()));
+                }
+                diag.set_netns(state.live_netns().into_iter().collect());
+                redraw = true;
+            }
+            _ = sigint.recv() => break Ok(()),
+            _ = sigterm.recv() => break Ok(()),
+            _ = hup.recv() => break Ok(()),
+            _ = &mut deadline => break Ok(()),
+        }
+        if redraw {
+            terminal.draw(|f| render::render(&state, f))?;
+        }
+    };
+    drop(input);
+    drop(terminal);
+    drop(guard);
+    drop(diag);
+    result.map(|()| state)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,490 @@
+//! The live view's model: connections and their subflows, built from tracer events and
+//! refreshed by `sock_diag` samples. Pure: no I/O, no clock of its own (time comes with each
+//! [`Update`]), so every transition is a unit test.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    net::IpAddr,
+};
+
+use crate::event::{Event, Kind, Side};
+
+use super::diag::SockInfo;
+
+/// How long closed connections and subflows stay visible (dimmed).
+pub const LINGER_NS: u64 = 5_000_000_000;
+/// The window of the header's "last minute" counts.
+pub const WINDOW_NS: u64 = 60_000_000_000;
+/// A rate older than this (no fresh sample) is shown as zero.
+const RATE_STALE_NS: u64 = 3_000_000_000;
+
+/// What the collector sends to the state.
+#[derive(Clone, Debug)]
+pub enum Update {
+    /// A decoded, filtered tracer event.
+    Event(Box<Event>),
+    /// One `sock_diag` dump of a network namespace, taken at `at_ns` (CLOCK_MONOTONIC).
+    Diag {
+        netns: u32,
+        at_ns: u64,
+        socks: Vec<SockInfo>,
+    },
+    /// The kernel's total of dropped events so far.
+    Lost(u64),
+    /// Time passes (CLOCK_MONOTONIC ns): ages, lingering, windows.
+    Tick(u64),
+}
+
+/// Identity of a connection within one run: network namespace and kernel socket address.
+pub type ConnKey = (u32, u64);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnState {
+    Connecting,
+    Established,
+    Closed,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Conn {
+    pub key: ConnKey,
+    pub token: Option<String>,
+    pub netns: u32,
+    pub side: Option<Side>,
+    /// Client and server ends, whichever end this socket is.
+    pub client: Option<(IpAddr, u16)>,
+    pub server: Option<(IpAddr, u16)>,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub created_ns: u64,
+    pub state: ConnState,
+    /// `Some(reason)` once the connection fell back to plain TCP.
+    pub fallback: Option<String>,
+    /// A subflow closed by a reset (reason as in `subflow_closed`).
+    pub reset: Option<String>,
+    pub closed_ns: Option<u64>,
+    pub subflows: Vec<Subflow>,
+    /// Order of arrival, for the default sort.
+    pub seq: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Subflow {
+    pub id: u64,
+    pub local: (IpAddr, u16),
+    pub remote: (IpAddr, u16),
+    pub ifname: Option<String>,
+    pub local_id: Option<i32>,
+    pub remote_id: Option<u8>,
+    pub backup: bool,
+    pub join: bool,
+    /// TCP state name from the last `sock_diag` sample, or `estab` / `closed`.
+    pub state: String,
+    pub closed_ns: Option<u64>,
+    /// Close reason (`closed`, `rst_sent`, ...).
+    pub reason: Option<String>,
+    pub bytes_sent: u64,
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
+    pub retrans: u32,
+    pub srtt_us: Option<u32>,
+    /// Bytes per second over the last two samples.
+    pub tx_rate: f64,
+    pub rx_rate: f64,
+    /// (time, bytes_sent, bytes_received) of the last sample the rates came from.
+    last_sample: Option<(u64, u64, u64)>,
+}
+
+impl Subflow {
+    pub fn is_open(&self) -> bool {
+        self.closed_ns.is_none()
+    }
+
+    pub fn rate(&self) -> f64 {
+        self.tx_rate + self.rx_rate
+    }
+
+    /// `red` out of `red-client`: the path name of the seed's test bed, else the interface.
+    pub fn path_name(&self) -> &str {
+        let name = self.ifname.as_deref().unwrap_or("?");
+        name.split('-').next().unwrap_or(name)
+    }
+}
+
+impl Conn {
+    pub fn is_open(&self) -> bool {
+        self.closed_ns.is_none()
+    }
+
+    pub fn rate(&self) -> f64 {
+        self.subflows.iter().map(Subflow::rate).sum()
+    }
+
+    /// Text the `/` filter searches: token, addresses, comm.
+    pub fn haystack(&self) -> String {
+        let mut s = String::new();
+        s += self.token.as_deref().unwrap_or("");
+        s += " ";
+        s += self.comm.as_deref().unwrap_or("");
+        for (a, p) in self.client.iter().chain(self.server.iter()) {
+            s += &format!(" {a}:{p}");
+        }
+        for sf in &self.subflows {
+            s += &format!(
+                " {}:{} {}:{}",
+                sf.local.0, sf.local.1, sf.remote.0, sf.remote.1
+            );
+        }
+        s
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SortBy {
+    /// Oldest first (order of arrival).
+    #[default]
+    Age,
+    /// Highest throughput first.
+    Throughput,
+    Token,
+}
+
+impl SortBy {
+    pub fn next(self) -> Self {
+        match self {
+            SortBy::Age => SortBy::Throughput,
+            SortBy::Throughput => SortBy::Token,
+            SortBy::Token => SortBy::Age,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            SortBy::Age => "age",
+            SortBy::Throughput => "throughput",
+            SortBy::Token => "token",
+        }
+    }
+}
+
+/// What the user chose: selection, folds, filter, sort, pause, help. Changed by keys only.
+#[derive(Clone, Debug, Default)]
+pub struct Ui {
+    /// Selected connection (by key, so it survives re-sorting).
+    pub selected: Option<ConnKey>,
+    pub folded: std::collections::HashSet<ConnKey>,
+    pub filter: String,
+    /// True while the `/` prompt is open.
+    pub editing_filter: bool,
+    pub sort: SortBy,
+    pub paused: bool,
+    pub help: bool,
+    /// A line shown above the footer (e.g. the demo's note).
+    pub banner: Option<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct State {
+    pub now_ns: u64,
+    pub conns: BTreeMap<ConnKey, Conn>,
+    /// Events the kernel dropped (ring buffer full) since the tracer started.
+    pub lost: u64,
+    /// Sockets the TCP→MPTCP upgrade changed. Stays `None` (and is not shown) until an upgrade
+    /// source feeds it.
+    pub upgraded: Option<u64>,
+    joins: VecDeque<u64>,
+    fallbacks: VecDeque<u64>,
+    seq: u64,
+    pub ui: Ui,
+}
+
+impl State {
+    pub fn apply(&mut self, update: Update) {
+        match update {
+            Update::Event(e) => self.event(&e),
+            Update::Diag {
+                netns,
+                at_ns,
+                socks,
+            } => self.diag(netns, at_ns, &socks),
+            Update::Lost(total) => self.lost = self.lost.max(total),
+            Update::Tick(now) => self.tick(now),
+        }
+    }
+
+    /// Joins in the last minute.
+    pub fn joins_last_minute(&self) -> usize {
+        self.joins.len()
+    }
+
+    pub fn fallbacks_last_minute(&self) -> usize {
+        self.fallbacks.len()
+    }
+
+    pub fn open_conns(&self) -> usize {
+        self.conns.values().filter(|c| c.is_open()).count()
+    }
+
+    pub fn open_subflows(&self) -> usize {
+        self.conns
+            .values()
+            .flat_map(|c| c.subflows.iter())
+            .filter(|s| s.is_open())
+            .count()
+    }
+
+    /// Namespaces with open subflows: where `sock_diag` should look.
+    pub fn live_netns(&self) -> std::collections::BTreeSet<u32> {
+        self.conns
+            .values()
+            .filter(|c| c.subflows.iter().any(Subflow::is_open))
+            .map(|c| c.netns)
+            .collect()
+    }
+
+    /// Connections in display order, after the `/` filter.
+    pub fn visible(&self) -> Vec<&Conn> {
+        let needle = self.ui.filter.to_lowercase();
+        let mut v: Vec<&Conn> = self
+            .conns
+            .values()
+            .filter(|c| needle.is_empty() || c.haystack().to_lowercase().contains(&needle))
+            .collect();
+        match self.ui.sort {
+            SortBy::Age => v.sort_by_key(|c| c.seq),
+            SortBy::Throughput => v.sort_by(|a, b| b.rate().total_cmp(&a.rate())),
+            SortBy::Token => v.sort_by(|a, b| a.token.cmp(&b.token).then(a.seq.cmp(&b.seq))),
+        }
+        v
+    }
+
+    /// Moves the selection by `delta` connections in display order.
+    pub fn move_selection(&mut self, delta: isize) {
+        let keys: Vec<ConnKey> = self.visible().iter().map(|c| c.key).collect();
+        if keys.is_empty() {
+            self.ui.selected = None;
+            return;
+        }
+        let cur = self
+            .ui
+            .selected
+            .and_then(|k| keys.iter().position(|&x| x == k));
+        let idx = match cur {
+            None => 0,
+            Some(i) => (i as isize + delta).clamp(0, keys.len() as isize - 1) as usize,
+        };
+        self.ui.selected = Some(keys[idx]);
+    }
+
+    pub fn toggle_fold(&mut self) {
+        if let Some(k) = self.ui.selected {
+            if !self.ui.folded.remove(&k) {
+                self.ui.folded.insert(k);
+            }
+        }
+    }
+
+    fn conn_mut(&mut self, e: &Event) -> &mut Conn {
+        let key = (e.netns.unwrap_or(0), e.conn_id);
+        let seq = &mut self.seq;
+        self.conns.entry(key).or_insert_with(|| {
+            *seq += 1;
+            Conn {
+                key,
+                token: None,
+                netns: key.0,
+                side: None,
+                client: None,
+                server: None,
+                pid: None,
+                comm: None,
+                created_ns: e.ts_ns,
+                state: ConnState::Connecting,
+                fallback: None,
+                reset: None,
+                closed_ns: None,
+                subflows: Vec::new(),
+                seq: *seq,
+            }
+        })
+    }
+
+    fn event(&mut self, e: &Event) {
+        self.now_ns = self.now_ns.max(e.ts_ns);
+        if e.event == Kind::Lost {
+            self.lost += e.count.unwrap_or(0);
+            return;
+        }
+        let c = self.conn_mut(e);
+        if c.token.is_none() {
+            c.token.clone_from(&e.token);
+        }
+        if e.pid.is_some() && c.pid.is_none() {
+            c.pid = e.pid;
+            c.comm.clone_from(&e.comm);
+        }
+        match e.event {
+            Kind::ConnCreated => {
+                c.created_ns = e.ts_ns;
+                c.side = e.side;
+                let local = e.saddr.zip(e.sport);
+                let remote = e.daddr.zip(e.dport);
+                (c.client, c.server) = match e.side {
+                    Some(Side::Server) => (remote, local),
+                    _ => (local, remote),
+                };
+            }
+            Kind::ConnEstablished => {
+                if c.state == ConnState::Connecting {
+                    c.state = ConnState::Established;
+                }
+            }
+            Kind::ConnFallback => {
+                c.fallback = Some(e.reason.clone().unwrap_or_else(|| "unknown".into()));
+                self.fallbacks.push_back(e.ts_ns);
+            }
+            Kind::ConnClosed => {
+                c.state = ConnState::Closed;
+                c.closed_ns = Some(e.ts_ns);
+                for sf in c.subflows.iter_mut().filter(|s| s.is_open()) {
+                    sf.closed_ns = Some(e.ts_ns);
+                    sf.state = "closed".into();
+                }
+            }
+            Kind::SubflowEstablished => {
+                if c.state == ConnState::Connecting {
+                    c.state = ConnState::Established;
+                }
+                let (Some(local), Some(remote)) = (e.saddr.zip(e.sport), e.daddr.zip(e.dport))
+                else {
+                    return;
+                };
+                let join = e.join.unwrap_or(false) || !c.subflows.is_empty();
+                if c.client.is_none() {
+                    (c.client, c.server) = match e.side.or(c.side) {
+                        Some(Side::Server) => (Some(remote), Some(local)),
+                        _ => (Some(local), Some(remote)),
+                    };
+                }
+                let sf = Subflow {
+                    id: e.subflow_id,
+                    local,
+                    remote,
+                    ifname: e.ifname.clone(),
+                    local_id: e.local_id,
+                    remote_id: e.remote_id,
+                    backup: e.backup.unwrap_or(false),
+                    join,
+                    state: "estab".into(),
+                    closed_ns: None,
+                    reason: None,
+                    bytes_sent: 0,
+                    bytes_acked: 0,
+                    bytes_received: 0,
+                    retrans: 0,
+                    srtt_us: None,
+                    tx_rate: 0.0,
+                    rx_rate: 0.0,
+                    last_sample: None,
+                };
+                match c.subflows.iter_mut().find(|s| s.id == e.subflow_id) {
+                    Some(old) => *old = sf,
+                    None => c.subflows.push(sf),
+                }
+                if join {
+                    self.joins.push_back(e.ts_ns);
+                }
+            }
+            Kind::SubflowClosed => {
+                let idx = c.subflows.iter().position(|s| s.id == e.subflow_id);
+                let Some(sf) = idx.map(|i| &mut c.subflows[i]) else {
+                    return;
+                };
+                sf.closed_ns = Some(e.ts_ns);
+                sf.state = "closed".into();
+                sf.reason.clone_from(&e.reason);
+                // The close carries the final counters: they win over the last sample.
+                sf.bytes_sent = e.bytes_sent.unwrap_or(sf.bytes_sent);
+                sf.bytes_acked = e.bytes_acked.unwrap_or(sf.bytes_acked);
+                sf.bytes_received = e.bytes_received.unwrap_or(sf.bytes_received);
+                sf.retrans = e.retrans.unwrap_or(sf.retrans);
+                sf.srtt_us = e.srtt_us.or(sf.srtt_us);
+                sf.tx_rate = 0.0;
+                sf.rx_rate = 0.0;
+                if let Some(r) = &e.reason {
+                    if r.starts_with("rst") || r.starts_with("mp_tcprst") {
+                        c.reset = Some(r.clone());
+                    }
+                }
+            }
+            Kind::Lost => {}
+        }
+    }
+
+    fn diag(&mut self, netns: u32, at_ns: u64, socks: &[SockInfo]) {
+        self.now_ns = self.now_ns.max(at_ns);
+        let index: HashMap<((IpAddr, u16), (IpAddr, u16)), &SockInfo> = socks
+            .iter()
+            .map(|s| ((canon(s.local), canon(s.remote)), s))
+            .collect();
+        for c in self.conns.values_mut().filter(|c| c.netns == netns) {
+            for sf in c.subflows.iter_mut().filter(|s| s.is_open()) {
+                let Some(s) = index.get(&(canon(sf.local), canon(sf.remote))) else {
+                    continue;
+                };
+                if let Some((t0, sent0, recv0)) = sf.last_sample {
+                    if at_ns > t0 {
+                        let dt = (at_ns - t0) as f64 / 1e9;
+                        sf.tx_rate = s.bytes_sent.saturating_sub(sent0) as f64 / dt;
+                        sf.rx_rate = s.bytes_received.saturating_sub(recv0) as f64 / dt;
+                    }
+                }
+                sf.last_sample = Some((at_ns, s.bytes_sent, s.bytes_received));
+                sf.bytes_sent = s.bytes_sent;
+                sf.bytes_acked = s.bytes_acked;
+                sf.bytes_received = s.bytes_received;
+                sf.retrans = s.total_retrans;
+                sf.srtt_us = Some(s.rtt_us);
+                sf.state = s.state_name().into();
+            }
+        }
+    }
+
+    fn tick(&mut self, now: u64) {
+        self.now_ns = self.now_ns.max(now);
+        let now = self.now_ns;
+        let old = now.saturating_sub(WINDOW_NS);
+        while self.joins.front().is_some_and(|&t| t < old) {
+            self.joins.pop_front();
+        }
+        while self.fallbacks.front().is_some_and(|&t| t < old) {
+            self.fallbacks.pop_front();
+        }
+        let gone = |t: Option<u64>| t.is_some_and(|t| now.saturating_sub(t) > LINGER_NS);
+        self.conns.retain(|_, c| !gone(c.closed_ns));
+        for c in self.conns.values_mut() {
+            c.subflows.retain(|s| !gone(s.closed_ns));
+            for sf in &mut c.subflows {
+                if sf.is_open()
+                    && sf
+                        .last_sample
+                        .is_some_and(|(t, _, _)| now.saturating_sub(t) > RATE_STALE_NS)
+                {
+                    sf.tx_rate = 0.0;
+                    sf.rx_rate = 0.0;
+                }
+            }
+        }
+        if let Some(k) = self.ui.selected {
+            if !self.conns.contains_key(&k) {
+                self.ui.selected = None;
+            }
+        }
+        self.ui.folded.retain(|k| self.conns.contains_key(k));
+    }
+}
+
+/// IPv4-mapped IPv6 addresses compare as IPv4 (sock_diag reports dual-stack sockets as v6).
+fn canon((a, p): (IpAddr, u16)) -> (IpAddr, u16) {
+    (a.to_canonical(), p)
+}
