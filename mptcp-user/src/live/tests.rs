@@ -1,1 +1,397 @@
+//! State transitions (`apply`), keys, and screens drawn on ratatui's `TestBackend`.
 
+use std::net::IpAddr;
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use ratatui::{backend::TestBackend, buffer::Buffer, Terminal};
+
+use super::{
+    diag::SockInfo,
+    key, render,
+    state::{ConnState, SortBy, State, Update, LINGER_NS, WINDOW_NS},
+    Action,
+};
+use crate::event::{Event, Kind, Side};
+
+const S: u64 = 1_000_000_000;
+const NS: u32 = 4026532319;
+const C1: u64 = 0xffff_0001;
+const C2: u64 = 0xffff_0002;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn ev(kind: Kind, conn: u64, t: u64) -> Event {
+    let mut e = Event::new(kind, t, String::new());
+    e.netns = Some(NS);
+    e.conn_id = conn;
+    e
+}
+
+fn created(conn: u64, token: &str, t: u64, client: (&str, u16), server: (&str, u16)) -> Update {
+    let mut e = ev(Kind::ConnCreated, conn, t);
+    e.token = Some(token.into());
+    e.pid = Some(4242);
+    e.comm = Some("curl".into());
+    e.side = Some(Side::Client);
+    (e.saddr, e.sport) = (Some(ip(client.0)), Some(client.1));
+    (e.daddr, e.dport) = (Some(ip(server.0)), Some(server.1));
+    Update::Event(Box::new(e))
+}
+
+fn subflow(
+    conn: u64,
+    id: u64,
+    t: u64,
+    local: (&str, u16),
+    remote: (&str, u16),
+    ifname: &str,
+    join: bool,
+) -> Update {
+    let mut e = ev(Kind::SubflowEstablished, conn, t);
+    e.subflow_id = id;
+    (e.saddr, e.sport) = (Some(ip(local.0)), Some(local.1));
+    (e.daddr, e.dport) = (Some(ip(remote.0)), Some(remote.1));
+    e.ifname = Some(ifname.into());
+    e.local_id = Some(if join { 1 } else { 0 });
+    e.remote_id = Some(0);
+    e.backup = Some(false);
+    e.join = Some(join);
+    Update::Event(Box::new(e))
+}
+
+fn subflow_closed(conn: u64, id: u64, t: u64, reason: &str, sent: u64) -> Update {
+    let mut e = ev(Kind::SubflowClosed, conn, t);
+    e.subflow_id = id;
+    e.reason = Some(reason.into());
+    e.bytes_sent = Some(sent);
+    e.bytes_acked = Some(sent);
+    e.bytes_received = Some(0);
+    e.retrans = Some(3);
+    e.srtt_us = Some(1200);
+    Update::Event(Box::new(e))
+}
+
+fn sock(local: (&str, u16), remote: (&str, u16), sent: u64, rtt_us: u32) -> SockInfo {
+    SockInfo {
+        local: (ip(local.0), local.1),
+        remote: (ip(remote.0), remote.1),
+        state: 1,
+        bytes_sent: sent,
+        bytes_acked: sent,
+        bytes_received: 0,
+        total_retrans: 1,
+        rtt_us,
+    }
+}
+
+const RED: (&str, u16) = ("10.0.0.2", 50000);
+const BLUE: (&str, u16) = ("192.168.0.2", 50001);
+const SRV: (&str, u16) = ("10.0.0.1", 4321);
+
+/// Connection 1: two subflows (red initial, blue join), 2 MB/s each after two samples.
+/// Connection 2: fell back to TCP, one subflow.
+fn model() -> State {
+    let mut s = State::default();
+    s.apply(created(C1, "6d816c04", 10 * S, RED, SRV));
+    s.apply(Update::Event(Box::new(ev(
+        Kind::ConnEstablished,
+        C1,
+        10 * S,
+    ))));
+    s.apply(subflow(C1, 1, 10 * S, RED, SRV, "red-client", false));
+    s.apply(subflow(C1, 2, 11 * S, BLUE, SRV, "blue-client", true));
+    s.apply(created(C2, "0badf00d", 12 * S, ("10.0.0.2", 50002), SRV));
+    s.apply(subflow(
+        C2,
+        3,
+        12 * S,
+        ("10.0.0.2", 50002),
+        SRV,
+        "red-client",
+        false,
+    ));
+    let mut fb = ev(Kind::ConnFallback, C2, 12 * S);
+    fb.reason = Some("mp_capable_missing".into());
+    s.apply(Update::Event(Box::new(fb)));
+    for (t, k) in [(13 * S, 0u64), (14 * S, 1)] {
+        s.apply(Update::Diag {
+            netns: NS,
+            at_ns: t,
+            socks: vec![
+                sock(RED, SRV, 1_000_000 + k * 2_097_152, 5200),
+                sock(BLUE, SRV, 500_000 + k * 2_097_152, 5400),
+                sock(("10.0.0.2", 50002), SRV, 1000, 80),
+            ],
+        });
+    }
+    s.apply(Update::Tick(14 * S));
+    s
+}
+
+#[test]
+fn joins_and_fallbacks_are_counted() {
+    let s = model();
+    assert_eq!(s.open_conns(), 2);
+    assert_eq!(s.open_subflows(), 3);
+    assert_eq!(s.joins_last_minute(), 1);
+    assert_eq!(s.fallbacks_last_minute(), 1);
+    let c1 = &s.conns[&(NS, C1)];
+    assert_eq!(c1.state, ConnState::Established);
+    assert!(!c1.subflows[0].join && c1.subflows[1].join);
+    assert_eq!(c1.subflows[1].local_id, Some(1));
+    assert_eq!(
+        s.conns[&(NS, C2)].fallback.as_deref(),
+        Some("mp_capable_missing")
+    );
+    // The "last minute" window forgets.
+    let mut s = s;
+    s.apply(Update::Tick(14 * S + WINDOW_NS));
+    assert_eq!((s.joins_last_minute(), s.fallbacks_last_minute()), (0, 0));
+}
+
+#[test]
+fn rates_come_from_two_samples() {
+    let s = model();
+    let c1 = &s.conns[&(NS, C1)];
+    assert_eq!(c1.subflows[0].tx_rate, 2_097_152.0);
+    assert_eq!(c1.subflows[0].rx_rate, 0.0);
+    assert_eq!(c1.subflows[0].bytes_sent, 3_097_152);
+    assert_eq!(c1.subflows[0].srtt_us, Some(5200));
+    assert_eq!(c1.subflows[0].retrans, 1);
+    assert_eq!(c1.rate(), 2.0 * 2_097_152.0);
+    // A sample without that socket leaves the rate; no sample for 3 s makes it stale.
+    let mut s = s;
+    s.apply(Update::Tick(18 * S));
+    assert_eq!(s.conns[&(NS, C1)].subflows[0].tx_rate, 0.0);
+}
+
+#[test]
+fn a_single_sample_gives_no_rate_yet() {
+    let mut s = State::default();
+    s.apply(created(C1, "6d816c04", S, RED, SRV));
+    s.apply(subflow(C1, 1, S, RED, SRV, "red-client", false));
+    s.apply(Update::Diag {
+        netns: NS,
+        at_ns: 2 * S,
+        socks: vec![sock(RED, SRV, 5000, 10)],
+    });
+    let sf = &s.conns[&(NS, C1)].subflows[0];
+    assert_eq!((sf.tx_rate, sf.bytes_sent), (0.0, 5000));
+    // A sample from another namespace does not touch it.
+    s.apply(Update::Diag {
+        netns: NS + 1,
+        at_ns: 3 * S,
+        socks: vec![sock(RED, SRV, 9000, 10)],
+    });
+    assert_eq!(s.conns[&(NS, C1)].subflows[0].bytes_sent, 5000);
+}
+
+#[test]
+fn closes_keep_final_counters_and_linger() {
+    let mut s = model();
+    s.apply(subflow_closed(C1, 2, 15 * S, "closed", 7_000_000));
+    let c1 = &s.conns[&(NS, C1)];
+    let blue = &c1.subflows[1];
+    assert!(!blue.is_open());
+    assert_eq!(
+        (blue.bytes_sent, blue.retrans, blue.tx_rate),
+        (7_000_000, 3, 0.0)
+    );
+    assert!(c1.reset.is_none());
+    assert_eq!(s.open_subflows(), 2);
+    // Still there (dimmed) within the linger time, gone after.
+    s.apply(Update::Tick(15 * S + LINGER_NS));
+    assert_eq!(s.conns[&(NS, C1)].subflows.len(), 2);
+    s.apply(Update::Tick(15 * S + LINGER_NS + 1));
+    assert_eq!(s.conns[&(NS, C1)].subflows.len(), 1);
+    // Closing the connection closes what is left and lingers the whole block.
+    s.apply(Update::Event(Box::new(ev(Kind::ConnClosed, C1, 21 * S))));
+    let c1 = &s.conns[&(NS, C1)];
+    assert_eq!(c1.state, ConnState::Closed);
+    assert!(c1.subflows.iter().all(|sf| !sf.is_open()));
+    assert_eq!(s.open_conns(), 1);
+    assert!(
+        !s.live_netns().is_empty(),
+        "connection 2 is still open there"
+    );
+    s.apply(Update::Tick(21 * S + LINGER_NS + 1));
+    assert!(!s.conns.contains_key(&(NS, C1)));
+}
+
+#[test]
+fn resets_mark_the_connection() {
+    let mut s = model();
+    s.apply(subflow_closed(C1, 1, 15 * S, "rst_received", 10));
+    assert_eq!(s.conns[&(NS, C1)].reset.as_deref(), Some("rst_received"));
+    s.apply(subflow_closed(C2, 3, 15 * S, "mp_tcprst:2", 10));
+    assert_eq!(s.conns[&(NS, C2)].reset.as_deref(), Some("mp_tcprst:2"));
+}
+
+#[test]
+fn lost_events_only_grow() {
+    let mut s = State::default();
+    s.apply(Update::Lost(5));
+    s.apply(Update::Lost(3));
+    assert_eq!(s.lost, 5);
+}
+
+fn press(s: &mut State, code: KeyCode) -> Action {
+    key(s, KeyEvent::new(code, KeyModifiers::NONE))
+}
+
+#[test]
+fn keys_move_fold_filter_sort_pause_and_quit() {
+    let mut s = model();
+    assert_eq!(press(&mut s, KeyCode::Down), Action::Redraw);
+    assert_eq!(s.ui.selected, Some((NS, C1)));
+    press(&mut s, KeyCode::Char('j'));
+    assert_eq!(s.ui.selected, Some((NS, C2)));
+    press(&mut s, KeyCode::Char('j'));
+    assert_eq!(s.ui.selected, Some((NS, C2)), "stays on the last");
+    press(&mut s, KeyCode::Up);
+    press(&mut s, KeyCode::Enter);
+    assert!(s.ui.folded.contains(&(NS, C1)));
+    press(&mut s, KeyCode::Char('s'));
+    assert_eq!(s.ui.sort, SortBy::Throughput);
+    assert_eq!(s.visible()[0].key, (NS, C1));
+    press(&mut s, KeyCode::Char('/'));
+    for c in "badf".chars() {
+        press(&mut s, KeyCode::Char(c));
+    }
+    assert_eq!(
+        press(&mut s, KeyCode::Char('q')),
+        Action::Redraw,
+        "q is text here"
+    );
+    press(&mut s, KeyCode::Backspace);
+    press(&mut s, KeyCode::Enter);
+    assert_eq!(s.ui.filter, "badf");
+    assert_eq!(s.visible().len(), 1);
+    assert_eq!(s.visible()[0].key, (NS, C2));
+    press(&mut s, KeyCode::Char('p'));
+    assert!(s.ui.paused);
+    press(&mut s, KeyCode::Char('?'));
+    assert!(s.ui.help);
+    press(&mut s, KeyCode::Char('x'));
+    assert!(!s.ui.help);
+    assert_eq!(press(&mut s, KeyCode::Char('q')), Action::Quit);
+    assert_eq!(
+        key(
+            &mut s,
+            KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)
+        ),
+        Action::Quit
+    );
+}
+
+fn draw(s: &State, w: u16, h: u16) -> Buffer {
+    let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
+    t.draw(|f| render::render(s, f)).unwrap();
+    t.backend().buffer().clone()
+}
+
+fn text(b: &Buffer) -> Vec<String> {
+    let w = b.area.width as usize;
+    b.content
+        .chunks(w)
+        .map(|row| {
+            let mut s = String::new();
+            for c in row {
+                s.push_str(c.symbol());
+            }
+            s.trim_end().to_string()
+        })
+        .collect()
+}
+
+/// Compares a screen with the expected lines, cell by cell (styles ignored).
+fn assert_screen(b: &Buffer, expected: &[&str]) {
+    let w = b.area.width as usize;
+    let want = Buffer::with_lines(expected.iter().map(|l| format!("{l:<w$}")));
+    assert_eq!(want.area, b.area, "expected screen has the wrong size");
+    let got = text(b);
+    assert_eq!(got, text(&want), "\n{}", got.join("\n"));
+}
+
+#[test]
+fn wide_screen_shows_both_connections() {
+    let b = draw(&model(), 160, 10);
+    assert_screen(
+        &b,
+        &[
+            "mptcp-trace  connections 2 open · subflows 3 · last minute: joins 1, fallbacks 1 · lost events 0  sort:age",
+            "    SUBFLOW LOCAL → REMOTE                         IFACE          IDS BKUP STATE          SENT     RECV      TX/s      RX/s      RTT  RETR",
+            "▾ 6d816c04  10.0.0.2:50000 → 10.0.0.1:4321  client  pid 4242 curl  age 4.0s  established",
+            "  ├ 10.0.0.2:50000 → 10.0.0.1:4321                 red-client     0/0 -    estab          3.0M       0B    2.0M/s      0B/s    5.2ms     1",
+            "  └ 192.168.0.2:50001 → 10.0.0.1:4321              blue-client    1/0 -    estab          2.5M       0B    2.0M/s      0B/s    5.4ms     1",
+            "▾ 0badf00d  10.0.0.2:50002 → 10.0.0.1:4321  client  pid 4242 curl  age 2.0s  established  FALLBACK(mp_capable_missing)",
+            "  └ 10.0.0.2:50002 → 10.0.0.1:4321                 red-client     0/0 -    estab         1000B       0B      0B/s      0B/s     80µs     1",
+            "",
+            "",
+            "q quit  ↑↓/jk move  Enter fold  / filter  s sort  p pause  ? help",
+        ],
+    );
+}
+
+#[test]
+fn narrow_screen_drops_columns_and_clips() {
+    let b = draw(&model(), 80, 9);
+    assert_screen(
+        &b,
+        &[
+            "mptcp-trace  connections 2 open · subflows 3 · last minute: joins 1, fallbacks 1",
+            "    SUBFLOW                          IFACE  STATE       TX/s      RX/s     RTT",
+            "▾ 6d816c04  10.0.0.2:50000 → 10.0.0.1:4321  client  pid 4242 curl  age 4.0s  est",
+            "  ├ 10.0.0.2:50000→10.0.0.1:4321     red    estab     2.0M/s      0B/s   5.2ms",
+            "  └ 192.168.0.2:50001→10.0.0.1:4321  blue   estab     2.0M/s      0B/s   5.4ms",
+            "▾ 0badf00d  10.0.0.2:50002 → 10.0.0.1:4321  client  pid 4242 curl  age 2.0s  est",
+            "  └ 10.0.0.2:50002→10.0.0.1:4321     red    estab       0B/s      0B/s    80µs",
+            "",
+            "q quit  ↑↓/jk move  Enter fold  / filter  s sort  p pause  ? help",
+        ],
+    );
+}
+
+#[test]
+fn closed_rows_are_dimmed_and_marks_are_coloured() {
+    let mut s = model();
+    s.apply(subflow_closed(C1, 2, 14 * S, "rst_sent", 10));
+    let b = draw(&s, 160, 10);
+    let rows = text(&b);
+    let blue = rows.iter().position(|r| r.contains("192.168.0.2")).unwrap();
+    assert!(rows[blue].contains("rst_sent"), "{}", rows[blue]);
+    let cell = &b[(10, blue as u16)];
+    assert!(cell.modifier.contains(ratatui::style::Modifier::DIM));
+    assert!(rows[2].contains("RESET(rst_sent)"));
+    let fb = rows[5].find("FALLBACK").unwrap() as u16;
+    assert_eq!(b[(fb, 5)].fg, ratatui::style::Color::Yellow);
+    // Open rows are not dimmed.
+    assert!(!b[(10, 3)].modifier.contains(ratatui::style::Modifier::DIM));
+}
+
+#[test]
+fn folding_hides_subflows_and_help_overlays() {
+    let mut s = model();
+    press(&mut s, KeyCode::Down);
+    press(&mut s, KeyCode::Enter);
+    let rows = text(&draw(&s, 160, 10));
+    assert!(rows[2].starts_with("▸ 6d816c04"), "{}", rows[2]);
+    assert!(rows[2].contains("[2 subflows folded]"));
+    assert!(rows[3].starts_with("▾ 0badf00d"), "{}", rows[3]);
+    s.ui.help = true;
+    let rows = text(&draw(&s, 100, 16));
+    assert!(
+        rows.iter().any(|r| r.contains("fold / unfold")),
+        "{rows:#?}"
+    );
+}
+
+#[test]
+fn upgraded_is_shown_only_when_known() {
+    let mut s = model();
+    assert!(!text(&draw(&s, 200, 5))[0].contains("upgraded"));
+    s.upgraded = Some(7);
+    assert!(text(&draw(&s, 200, 5))[0].contains("upgraded sockets 7"));
+}
