@@ -14,6 +14,9 @@ use std::{
 pub const TARGET: &str = "bpfel-unknown-none";
 /// Name of the `[[bin]]` in mptcp-ebpf: the object file's name.
 pub const OBJECT_NAME: &str = "mptcp-trace";
+/// Name of the second `[[bin]]`: the TCP→MPTCP upgrade, loaded with raw bpf(2) because aya
+/// cannot load fmod_ret programs.
+pub const UPGRADE_OBJECT_NAME: &str = "mptcp-upgrade";
 
 /// A compiler able to build `core` for the BPF target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +134,11 @@ pub fn object_path(workspace: &Path, release: bool) -> PathBuf {
         .join(OBJECT_NAME)
 }
 
+/// Where the upgrade object lands (built by the same [`build`]).
+pub fn upgrade_object_path(workspace: &Path, release: bool) -> PathBuf {
+    object_path(workspace, release).with_file_name(UPGRADE_OBJECT_NAME)
+}
+
 /// A target directory of its own: the outer cargo holds a lock on `target/` while a build
 /// script runs, so the nested build must not share it.
 fn target_dir(workspace: &Path) -> PathBuf {
@@ -225,11 +233,13 @@ pub fn build(workspace: &Path, release: bool) -> Result<PathBuf, BuildError> {
         )));
     }
     let obj = object_path(workspace, release);
-    if !obj.is_file() {
-        return Err(BuildError::Failed(format!(
-            "{} was not produced",
-            obj.display()
-        )));
+    for produced in [&obj, &upgrade_object_path(workspace, release)] {
+        if !produced.is_file() {
+            return Err(BuildError::Failed(format!(
+                "{} was not produced",
+                produced.display()
+            )));
+        }
     }
     Ok(obj)
 }

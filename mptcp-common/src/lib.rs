@@ -243,6 +243,7 @@ mod pod {
     unsafe impl aya::Pod for super::Offsets {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::RawEvent {}
+    unsafe impl aya::Pod for super::upgrade::Policy {}
 }
 
 #[cfg(test)]
@@ -257,6 +258,31 @@ mod tests {
             8 * 8 + 9 * 4 + 4 * 2 + 4 + 16 * 4 + 8
         );
         assert_eq!(core::mem::size_of::<RawEvent>() % 8, 0);
+    }
+
+    #[test]
+    fn upgrade_policy_has_no_implicit_padding() {
+        use upgrade::{Policy, MAX_COMMS};
+        assert_eq!(
+            core::mem::size_of::<Policy>(),
+            4 * 2 + 8 + 4 * 4 + TASK_COMM_LEN * MAX_COMMS
+        );
+    }
+
+    #[test]
+    fn upgrade_matches_only_tcp_stream_sockets() {
+        use upgrade::is_tcp_socket;
+        const SOCK_DGRAM: i32 = 2;
+        const SOCK_NONBLOCK: i32 = 0o4000;
+        const SOCK_CLOEXEC: i32 = 0o2000000;
+        const AF_UNIX: i32 = 1;
+        assert!(is_tcp_socket(2, 1, 0));
+        assert!(is_tcp_socket(10, 1, 6));
+        assert!(is_tcp_socket(2, 1 | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+        assert!(!is_tcp_socket(2, SOCK_DGRAM, 0));
+        assert!(!is_tcp_socket(AF_UNIX, 1, 0));
+        assert!(!is_tcp_socket(2, 1, 262));
+        assert!(!is_tcp_socket(2, 1, 17));
     }
 
     #[test]
@@ -295,5 +321,91 @@ mod tests {
             signed: 0,
         };
         assert_eq!(whole.extract(u64::MAX), u64::MAX);
+    }
+}
+
+/// The TCP→MPTCP upgrade (`fmod_ret/update_socket_protocol`): its policy and counters.
+///
+/// The loader writes one [`upgrade::Policy`] into the program's `UPGRADE_POLICY` array map (so a
+/// pinned upgrade's scope can be read back by `upgrade --status`); the program counts into the
+/// per-CPU array `UPGRADE_COUNTERS`, indexed by [`upgrade::counter`].
+pub mod upgrade {
+    use super::TASK_COMM_LEN;
+
+    /// How many `--comm` names one policy holds.
+    pub const MAX_COMMS: usize = 8;
+
+    /// Bits of [`Policy::scope`]. `ALL` puts every socket in scope; otherwise a socket is in
+    /// scope when its creator matches every criterion whose bit is set (and `COMM` matches any
+    /// of the names). No bit set: nothing is in scope.
+    pub mod scope {
+        pub const ALL: u32 = 1 << 0;
+        /// The creator's cgroup is `cgroup_id` or below it (`cgroup_level` deep).
+        pub const CGROUP: u32 = 1 << 1;
+        /// The creator's `comm` is one of `comms[..n_comms]`.
+        pub const COMM: u32 = 1 << 2;
+        /// The creator's process id (tgid) is `tgid`.
+        pub const PID: u32 = 1 << 3;
+        /// The creator's real uid is `uid`.
+        pub const UID: u32 = 1 << 4;
+    }
+
+    /// The upgrade's scope, read by the program on every `socket()`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Policy {
+        /// [`scope`] bits.
+        pub scope: u32,
+        /// 1: count what would be upgraded, change nothing.
+        pub count_only: u32,
+        /// cgroup v2 id (the directory's inode number).
+        pub cgroup_id: u64,
+        /// Depth of that cgroup below the cgroup2 root (the root is level 0).
+        pub cgroup_level: u32,
+        pub tgid: u32,
+        pub uid: u32,
+        pub n_comms: u32,
+        /// NUL-padded command names (at most 15 bytes each, as in `/proc/PID/comm`).
+        pub comms: [[u8; TASK_COMM_LEN]; MAX_COMMS],
+    }
+
+    impl Policy {
+        /// Nothing in scope.
+        pub const NONE: Policy = Policy {
+            scope: 0,
+            count_only: 0,
+            cgroup_id: 0,
+            cgroup_level: 0,
+            tgid: 0,
+            uid: 0,
+            n_comms: 0,
+            comms: [[0; TASK_COMM_LEN]; MAX_COMMS],
+        };
+    }
+
+    /// Index of the per-CPU counters in `UPGRADE_COUNTERS`.
+    pub mod counter {
+        /// TCP sockets created with `socket()`: AF_INET/AF_INET6, SOCK_STREAM, protocol 0 or
+        /// IPPROTO_TCP.
+        pub const SEEN: u32 = 0;
+        /// Of those, the ones whose creator is in scope.
+        pub const IN_SCOPE: u32 = 1;
+        /// Of those, the ones turned into MPTCP (0 in count-only mode).
+        pub const UPGRADED: u32 = 2;
+        pub const COUNT: u32 = 3;
+    }
+
+    /// `SOCK_STREAM`; `socket()` callers may OR `SOCK_NONBLOCK`/`SOCK_CLOEXEC` into the type,
+    /// so compare `type & SOCK_TYPE_MASK`.
+    pub const SOCK_STREAM: i32 = 1;
+    pub const SOCK_TYPE_MASK: i32 = 0xf;
+
+    /// Whether `socket(family, type, protocol)` asks for a TCP socket the upgrade may turn into
+    /// MPTCP. Shared by the program and the unit tests.
+    #[inline(always)]
+    pub const fn is_tcp_socket(family: i32, ty: i32, protocol: i32) -> bool {
+        (family == super::AF_INET as i32 || family == super::AF_INET6 as i32)
+            && ty & SOCK_TYPE_MASK == SOCK_STREAM
+            && (protocol == 0 || protocol == super::IPPROTO_TCP as i32)
     }
 }

@@ -40,6 +40,87 @@ pub enum Command {
     ///
     /// Example: mptcp-trace schema > mptcp-trace.schema.json
     Schema,
+    /// Turn TCP sockets into MPTCP when they are created (Linux ≥ 6.6), for a scope of
+    /// processes, until Ctrl-C (prints the counters then) or, with --pin, until `upgrade --off`.
+    ///
+    /// Example: sudo mptcp-trace upgrade --cgroup system.slice/nginx.service
+    /// Example: sudo mptcp-trace upgrade --comm curl --comm wget --pin
+    /// Example: sudo mptcp-trace upgrade --all --count-only
+    /// Example: sudo mptcp-trace upgrade --status
+    Upgrade(UpgradeArgs),
+    /// Run CMD in a fresh cgroup with the TCP→MPTCP upgrade scoped to it (an eBPF
+    /// `mptcpize run` that also covers static and Go binaries); exits with CMD's status.
+    ///
+    /// Example: sudo mptcp-trace run -- curl http://10.0.0.1:8080/
+    Run(RunArgs),
+}
+
+/// Which processes the upgrade applies to. A socket is upgraded when its creator matches every
+/// flag given (any of the --comm names).
+#[derive(Debug, Args, Default, Clone)]
+pub struct ScopeArgs {
+    /// Processes in this cgroup v2 directory or below it (absolute path, or relative to the
+    /// cgroup2 mount).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+
+    /// Processes with this command name (as in /proc/PID/comm; repeat for several).
+    #[arg(long, value_name = "NAME")]
+    pub comm: Vec<String>,
+
+    /// The process with this id (all of its threads; not its children).
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+
+    /// Processes running as this user id.
+    #[arg(long, value_name = "UID")]
+    pub uid: Option<u32>,
+
+    /// Every process on the machine.
+    #[arg(long, conflicts_with_all = ["cgroup", "comm", "pid", "uid"])]
+    pub all: bool,
+}
+
+#[derive(Debug, Args, Default, Clone)]
+pub struct UpgradeArgs {
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+
+    /// Count the sockets that would be upgraded, change nothing.
+    #[arg(long)]
+    pub count_only: bool,
+
+    /// Keep the upgrade after this command returns (pinned in /sys/fs/bpf/mptcp-trace).
+    #[arg(long)]
+    pub pin: bool,
+
+    /// Print the scope and counters of the pinned upgrade.
+    #[arg(long, conflicts_with_all = ["cgroup", "comm", "pid", "uid", "all", "count_only", "pin", "off"])]
+    pub status: bool,
+
+    /// Remove the pinned upgrade.
+    #[arg(long, conflicts_with_all = ["cgroup", "comm", "pid", "uid", "all", "count_only", "pin"])]
+    pub off: bool,
+
+    /// Create this file once the upgrade is attached (for scripts and tests).
+    #[arg(long, value_name = "PATH", conflicts_with = "pin")]
+    pub ready_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Default, Clone)]
+pub struct RunArgs {
+    /// Count the sockets CMD creates that would be upgraded, change nothing.
+    #[arg(long)]
+    pub count_only: bool,
+
+    /// The command and its arguments.
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    pub command: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, Args, Default, Clone)]
@@ -153,6 +234,42 @@ mod tests {
         assert_eq!(a.filters.port, Some(4321));
         assert!(a.filters.ipv4);
         assert_eq!(a.filters.netns.as_deref(), Some("blue"));
+    }
+
+    #[test]
+    fn parses_upgrade_and_run() {
+        let cli = Cli::try_parse_from([
+            "mptcp-trace",
+            "upgrade",
+            "--comm",
+            "curl",
+            "--comm",
+            "wget",
+            "--uid",
+            "0",
+            "--pin",
+        ])
+        .unwrap();
+        let Some(Command::Upgrade(a)) = cli.command else {
+            panic!("not upgrade")
+        };
+        assert_eq!(a.scope.comm, ["curl", "wget"]);
+        assert_eq!(a.scope.uid, Some(0));
+        assert!(a.pin && !a.count_only);
+        let cli = Cli::try_parse_from(["mptcp-trace", "run", "--", "sh", "-c", "exit 3"]).unwrap();
+        let Some(Command::Run(r)) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(r.command, ["sh", "-c", "exit 3"]);
+        for args in [
+            &["mptcp-trace", "upgrade", "--all", "--comm", "x"][..],
+            &["mptcp-trace", "upgrade", "--status", "--all"],
+            &["mptcp-trace", "upgrade", "--off", "--pid", "1"],
+            &["mptcp-trace", "run"],
+        ] {
+            let err = Cli::try_parse_from(args).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
     }
 
     #[test]

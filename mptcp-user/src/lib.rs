@@ -12,3 +12,4 @@ pub mod offsets;
 pub mod peer;
 pub mod testbed;
 pub mod text;
+pub mod upgrade;

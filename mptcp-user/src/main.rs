@@ -7,6 +7,7 @@ use mptcp_user::{
     cli::{Cli, Command, EventsArgs, LiveArgs},
     commands,
     filter::FilterError,
+    upgrade::UpgradeError,
 };
 
 fn main() -> ExitCode {
@@ -22,6 +23,32 @@ fn main() -> ExitCode {
         .format_timestamp(None)
         .init();
     let result = match cli.command {
+        // `run` exits with its command's status.
+        Some(Command::Run(args)) => commands::run::run(args),
+        Some(Command::Upgrade(args)) => {
+            block_on(commands::upgrade::run(args)).map(|()| ExitCode::SUCCESS)
+        }
+        other => dispatch(other).map(|()| ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mptcp-trace: {e:#}");
+            // Bad input and refusals are exit code 2, like clap's own usage errors.
+            if e.downcast_ref::<FilterError>().is_some() {
+                ExitCode::from(2)
+            } else if let Some(u) = e.downcast_ref::<UpgradeError>() {
+                ExitCode::from(u.exit_code())
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn dispatch(command: Option<Command>) -> anyhow::Result<()> {
+    match command {
+        Some(Command::Run(_) | Command::Upgrade(_)) => unreachable!("handled in main"),
         Some(Command::Schema) => commands::schema::run(),
         Some(Command::Events(args)) => block_on(commands::events::run(args)),
         Some(Command::Live(args)) => block_on(commands::live::run(args)),
@@ -31,18 +58,6 @@ fn main() -> ExitCode {
             block_on(commands::live::run(LiveArgs::default()))
         }
         None => block_on(commands::events::run(EventsArgs::default())),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("mptcp-trace: {e:#}");
-            // Bad input is exit code 2, like clap's own usage errors.
-            if e.downcast_ref::<FilterError>().is_some() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::FAILURE
-            }
-        }
     }
 }
 

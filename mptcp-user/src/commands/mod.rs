@@ -2,4 +2,6 @@
 pub mod demo;
 pub mod events;
 pub mod live;
+pub mod run;
 pub mod schema;
+pub mod upgrade;

@@ -1,0 +1,162 @@
+//! The TCP→MPTCP upgrade: `fmod_ret` on `update_socket_protocol` (Linux ≥ 6.6).
+//!
+//! `__sys_socket()` asks `update_socket_protocol(family, type, protocol)` — a `__weak noinline`
+//! function that returns `protocol` and is registered for `fmod_ret` by net/mptcp/bpf.c — which
+//! protocol to create. An `fmod_ret` program runs before it: a non-zero return value becomes the
+//! function's result and the function is skipped; 0 lets the function run, so the caller gets
+//! `protocol` unchanged. We return `IPPROTO_MPTCP` for TCP sockets whose creator is in scope and
+//! 0 for everything else (the kernel selftest `progs/mptcpify.c` returns `protocol`, which is
+//! the same thing).
+//!
+//! This is a separate object from the tracer because aya 0.14 can neither load nor parse
+//! `fmod_ret` programs. aya-obj 0.3 rejects a `fmod_ret/` section, so the ELF section is named
+//! `fentry/update_socket_protocol` — only for aya-obj's parser; the kernel never sees section
+//! names. `mptcp-user/src/upgrade/raw_bpf.rs` loads it with `expected_attach_type =
+//! BPF_MODIFY_RETURN`. Do not load this object as an fentry program: its return value matters.
+#![no_std]
+#![no_main]
+// BPF has atomic add (BPF_XADD) but the target does not expose `AtomicU64::fetch_add`.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_uid_gid,
+    },
+    macros::map,
+    maps::{Array, PerCpuArray},
+};
+use mptcp_common::{
+    upgrade::{counter, is_tcp_socket, scope, Policy, MAX_COMMS},
+    IPPROTO_MPTCP, TASK_COMM_LEN,
+};
+
+/// Written by the loader before attaching (one entry).
+#[map]
+static UPGRADE_POLICY: Array<Policy> = Array::with_max_entries(1, 0);
+
+#[map]
+static UPGRADE_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+#[inline(always)]
+fn bump(idx: u32) {
+    if let Some(c) = UPGRADE_COUNTERS.get_ptr_mut(idx) {
+        // SAFETY: the slot lives as long as the map. Atomic because a preemptible kernel may
+        // run two socket() calls on one CPU interleaved (tracing programs only disable
+        // migration).
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                c, 1,
+            )
+        };
+    }
+}
+
+#[inline(always)]
+fn comm_matches(p: &Policy) -> bool {
+    let Ok(comm) = bpf_get_current_comm() else {
+        return false;
+    };
+    let n = p.n_comms as usize;
+    let mut i = 0;
+    while i < MAX_COMMS {
+        if i >= n {
+            break;
+        }
+        let want = &p.comms[i];
+        let mut same = true;
+        let mut j = 0;
+        while j < TASK_COMM_LEN {
+            if want[j] != comm[j] {
+                same = false;
+                break;
+            }
+            if want[j] == 0 {
+                break;
+            }
+            j += 1;
+        }
+        if same {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Whether the current task is in the policy's scope.
+#[inline(always)]
+fn in_scope(p: &Policy) -> bool {
+    let s = p.scope;
+    if s & scope::ALL != 0 {
+        return true;
+    }
+    if s == 0 {
+        return false;
+    }
+    if s & scope::PID != 0 && (bpf_get_current_pid_tgid() >> 32) as u32 != p.tgid {
+        return false;
+    }
+    if s & scope::UID != 0 && bpf_get_current_uid_gid() as u32 != p.uid {
+        return false;
+    }
+    if s & scope::CGROUP != 0 {
+        // The ancestor at the policy cgroup's depth is the policy cgroup itself exactly when
+        // the task is in it or below it.
+        // SAFETY: plain helper call.
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(p.cgroup_level as i32) };
+        if id != p.cgroup_id {
+            return false;
+        }
+    }
+    if s & scope::COMM != 0 && !comm_matches(p) {
+        return false;
+    }
+    true
+}
+
+/// What `update_socket_protocol` should return: `IPPROTO_MPTCP`, or 0 to leave the socket.
+#[inline(always)]
+fn decide(family: i32, ty: i32, protocol: i32) -> i32 {
+    if !is_tcp_socket(family, ty, protocol) {
+        return 0;
+    }
+    bump(counter::SEEN);
+    let Some(p) = UPGRADE_POLICY.get(0) else {
+        return 0;
+    };
+    if !in_scope(p) {
+        return 0;
+    }
+    bump(counter::IN_SCOPE);
+    if p.count_only != 0 {
+        return 0;
+    }
+    bump(counter::UPGRADED);
+    IPPROTO_MPTCP as i32
+}
+
+/// `int update_socket_protocol(int family, int type, int protocol)`; the context is the
+/// arguments as an array of u64.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "fentry/update_socket_protocol")]
+pub fn mptcp_upgrade(ctx: *mut c_void) -> i32 {
+    let args = ctx as *const u64;
+    // SAFETY: the verifier allows reading the traced function's arguments from the context.
+    let (family, ty, protocol) =
+        unsafe { (*args as i32, *args.add(1) as i32, *args.add(2) as i32) };
+    decide(family, ty, protocol)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,421 @@
+//! The TCP→MPTCP upgrade: checks that this kernel can do it, loads the `fmod_ret` program from
+//! the `mptcp-upgrade` object (aya-obj parses and relocates it, aya creates its maps,
+//! [`raw_bpf`] loads and attaches it), and keeps it attached for as long as the [`Upgrade`]
+//! lives — or, pinned, until `upgrade --off`.
+
+pub mod policy;
+pub mod raw_bpf;
+
+use std::{
+    collections::{HashMap, HashSet},
+    ffi::CString,
+    fs, io,
+    os::{
+        fd::{AsFd, AsRawFd, OwnedFd},
+        unix::fs::{DirBuilderExt, PermissionsExt},
+    },
+    path::{Path, PathBuf},
+};
+
+use aya::maps::{Array, IterableMap, Map, MapData, PerCpuArray};
+use log::debug;
+use mptcp_common::upgrade::{counter, Policy};
+
+use crate::offsets::VMLINUX_BTF;
+
+/// The upgrade object built from `mptcp-ebpf/src/bin/upgrade.rs` (see build.rs).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("MPTCP_UPGRADE_OBJECT"));
+/// The program's symbol in that object.
+const PROGRAM: &str = "mptcp_upgrade";
+/// The kernel function it modifies.
+pub const HOOK: &str = "update_socket_protocol";
+const POLICY_MAP: &str = "UPGRADE_POLICY";
+const COUNTERS_MAP: &str = "UPGRADE_COUNTERS";
+
+pub const BPFFS: &str = "/sys/fs/bpf";
+/// Where `--pin` leaves the upgrade (mode 0700).
+pub const PIN_DIR: &str = "/sys/fs/bpf/mptcp-trace";
+const PIN_LINK: &str = "upgrade_link";
+const PIN_POLICY: &str = "upgrade_policy";
+const PIN_COUNTERS: &str = "upgrade_counters";
+/// `BPF_FS_MAGIC` from linux/magic.h.
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+const TRACING_STILL_WORKS: &str = "tracing still works (mptcp-trace events)";
+
+/// Why the upgrade cannot run. Every variant but [`UpgradeError::Io`] and
+/// [`UpgradeError::Object`] is a refusal with exit status 2 that leaves nothing behind.
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    #[error("the upgrade needs root (CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN for BPF trampolines, CAP_SYS_ADMIN for cgroups); run with sudo")]
+    NotRoot,
+    #[error("the upgrade needs Linux ≥ 6.6: this kernel ({0}) has no `update_socket_protocol` hook; {TRACING_STILL_WORKS}")]
+    HookMissing(String),
+    #[error("cannot read kernel BTF at {VMLINUX_BTF} ({0}): the upgrade needs CONFIG_DEBUG_INFO_BTF=y; {TRACING_STILL_WORKS}")]
+    NoBtf(String),
+    #[error("the kernel refused to load the upgrade's BPF trampoline program (fmod_ret on update_socket_protocol: EPERM): kernel lockdown or a security policy forbids fentry/fmod_ret programs here. {TRACING_STILL_WORKS}. Fallback for dynamically linked programs: `mptcpize run CMD` (LD_PRELOAD, package mptcpd)")]
+    TrampolinesRefused,
+    #[error("the kernel rejected the upgrade program: {error}{}", if log.is_empty() { String::new() } else { format!("\nverifier log:\n{log}") })]
+    Rejected { error: io::Error, log: String },
+    #[error("cannot attach the upgrade to update_socket_protocol: {0}")]
+    Attach(io::Error),
+    #[error("MPTCP is disabled in this network namespace (net.mptcp.enabled = 0): upgraded sockets would fail to open. Enable it with `sysctl -w net.mptcp.enabled=1`")]
+    MptcpDisabled,
+    #[error("this kernel has no MPTCP (/proc/sys/net/mptcp/enabled is missing: CONFIG_MPTCP=n)")]
+    NoMptcp,
+    #[error("--cgroup {0}: not a cgroup v2 directory")]
+    Cgroup(String),
+    #[error("no cgroup v2 mount found in /proc/self/mountinfo (mount one with `mount -t cgroup2 none /sys/fs/cgroup`)")]
+    NoCgroup2,
+    #[error("--pid {0}: no such process")]
+    NoProcess(u32),
+    #[error("--comm {0:?}: a command name has 1 to 15 bytes")]
+    Comm(String),
+    #[error("--comm: at most {0} names")]
+    TooManyComms(usize),
+    #[error("say what to upgrade: --cgroup PATH, --comm NAME, --pid PID, --uid UID or --all (or --status / --off)")]
+    NoScope,
+    #[error("an upgrade is already pinned at {PIN_DIR} ({0}); remove it first with `mptcp-trace upgrade --off`")]
+    AlreadyPinned(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the upgrade object is broken: {0}")]
+    Object(String),
+}
+
+impl UpgradeError {
+    /// 2 for refusals and bad input (as clap does for usage errors), 1 for failures.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            UpgradeError::Io { .. } | UpgradeError::Object(_) => 1,
+            _ => 2,
+        }
+    }
+
+    fn io(what: impl Into<String>) -> impl FnOnce(io::Error) -> UpgradeError {
+        let what = what.into();
+        move |source| UpgradeError::Io { what, source }
+    }
+}
+
+fn osrelease() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// The checks that need no BPF: root, the hook in BTF, MPTCP enabled here. Returns the hook's
+/// BTF id.
+pub fn preflight() -> Result<u32, UpgradeError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(UpgradeError::NotRoot);
+    }
+    let btf =
+        btf_rs::Btf::from_file(VMLINUX_BTF).map_err(|e| UpgradeError::NoBtf(e.to_string()))?;
+    let id =
+        raw_bpf::func_btf_id(&btf, HOOK).ok_or_else(|| UpgradeError::HookMissing(osrelease()))?;
+    match fs::read_to_string("/proc/sys/net/mptcp/enabled") {
+        Ok(v) if v.trim() == "0" => return Err(UpgradeError::MptcpDisabled),
+        Ok(_) => {}
+        Err(_) => return Err(UpgradeError::NoMptcp),
+    }
+    Ok(id)
+}
+
+/// Sums of the program's per-CPU counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub seen: u64,
+    pub in_scope: u64,
+    pub upgraded: u64,
+}
+
+impl std::fmt::Display for Counts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "TCP sockets seen {}, in scope {}, upgraded to MPTCP {}",
+            self.seen, self.in_scope, self.upgraded
+        )
+    }
+}
+
+fn read_counts(map: &PerCpuArray<MapData, u64>) -> Counts {
+    let get = |i: u32| map.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0);
+    Counts {
+        seen: get(counter::SEEN),
+        in_scope: get(counter::IN_SCOPE),
+        upgraded: get(counter::UPGRADED),
+    }
+}
+
+/// An attached upgrade. Dropping it detaches the program (the link is fd-owned), unless it was
+/// pinned.
+pub struct Upgrade {
+    link: OwnedFd,
+    policy: Array<MapData, Policy>,
+    counters: PerCpuArray<MapData, u64>,
+    pub policy_value: Policy,
+}
+
+impl Upgrade {
+    /// Checks the kernel, loads the program with `policy` in its map and attaches it.
+    pub fn attach(policy: Policy) -> Result<Upgrade, UpgradeError> {
+        let btf_id = preflight()?;
+        bump_memlock_rlimit();
+        let mut obj =
+            aya_obj::Object::parse(OBJECT).map_err(|e| UpgradeError::Object(e.to_string()))?;
+        let mut maps: HashMap<String, MapData> = HashMap::new();
+        for (name, def) in obj.maps.clone() {
+            let data = MapData::create(def, &name, None).map_err(|e| UpgradeError::Io {
+                what: format!("cannot create map {name}"),
+                source: io::Error::other(e),
+            })?;
+            maps.insert(name, data);
+        }
+        let text_sections: HashSet<usize> = obj.functions.keys().map(|(s, _)| *s).collect();
+        let map_objs: Vec<(String, i32, aya_obj::Map)> = obj
+            .maps
+            .iter()
+            .map(|(name, def)| {
+                (
+                    name.clone(),
+                    maps[name].fd().as_fd().as_raw_fd(),
+                    def.clone(),
+                )
+            })
+            .collect();
+        obj.relocate_maps(
+            map_objs.iter().map(|(n, fd, m)| (n.as_str(), *fd, m)),
+            &text_sections,
+        )
+        .map_err(|e| UpgradeError::Object(e.to_string()))?;
+        obj.relocate_calls(&text_sections)
+            .map_err(|e| UpgradeError::Object(e.to_string()))?;
+        let prog = obj
+            .programs
+            .get(PROGRAM)
+            .ok_or_else(|| UpgradeError::Object(format!("no program {PROGRAM}")))?;
+        let insns = &obj.functions[&prog.function_key()].instructions;
+
+        let take = |maps: &mut HashMap<String, MapData>, name: &str| {
+            maps.remove(name)
+                .ok_or_else(|| UpgradeError::Object(format!("no map {name}")))
+        };
+        let mut policy_map: Array<MapData, Policy> =
+            Array::try_from(Map::Array(take(&mut maps, POLICY_MAP)?))
+                .map_err(|e| UpgradeError::Object(e.to_string()))?;
+        let counters: PerCpuArray<MapData, u64> =
+            PerCpuArray::try_from(Map::PerCpuArray(take(&mut maps, COUNTERS_MAP)?))
+                .map_err(|e| UpgradeError::Object(e.to_string()))?;
+        policy_map.set(0, policy, 0).map_err(|e| UpgradeError::Io {
+            what: "cannot write the upgrade policy".into(),
+            source: io::Error::other(e),
+        })?;
+
+        let license = CString::new(obj.license.as_bytes()).expect("license has no NUL");
+        let prog_fd = match raw_bpf::load_fmod_ret(insns, &license, PROGRAM, btf_id) {
+            Ok(fd) => fd,
+            Err(e) if e.io.raw_os_error() == Some(libc::EPERM) => {
+                return Err(UpgradeError::TrampolinesRefused)
+            }
+            Err(e) => {
+                return Err(UpgradeError::Rejected {
+                    error: e.io,
+                    log: e.log,
+                })
+            }
+        };
+        debug!("loaded fmod_ret/{HOOK} ({} instructions)", insns.len());
+        let link = raw_bpf::link_create(prog_fd.as_fd()).map_err(|e| {
+            if e.raw_os_error() == Some(libc::EPERM) {
+                UpgradeError::TrampolinesRefused
+            } else {
+                UpgradeError::Attach(e)
+            }
+        })?;
+        // The link holds the program; the program holds its maps.
+        drop(prog_fd);
+        debug!("attached fmod_ret/{HOOK}");
+        Ok(Upgrade {
+            link,
+            policy: policy_map,
+            counters,
+            policy_value: policy,
+        })
+    }
+
+    pub fn counts(&self) -> Counts {
+        read_counts(&self.counters)
+    }
+
+    /// Pins the link and the maps under [`PIN_DIR`]; the upgrade then outlives this process.
+    pub fn pin(self) -> Result<PathBuf, UpgradeError> {
+        let dir = ensure_pin_dir()?;
+        if let Some(existing) = pinned_files(&dir).first() {
+            return Err(UpgradeError::AlreadyPinned(existing.display().to_string()));
+        }
+        let result = (|| {
+            self.policy
+                .map()
+                .pin(dir.join(PIN_POLICY))
+                .map_err(|e| UpgradeError::Io {
+                    what: "cannot pin the policy map".into(),
+                    source: io::Error::other(e),
+                })?;
+            self.counters
+                .map()
+                .pin(dir.join(PIN_COUNTERS))
+                .map_err(|e| UpgradeError::Io {
+                    what: "cannot pin the counters map".into(),
+                    source: io::Error::other(e),
+                })?;
+            // The link last: once it is pinned the upgrade is complete.
+            raw_bpf::obj_pin(self.link.as_fd(), &dir.join(PIN_LINK))
+                .map_err(UpgradeError::io("cannot pin the upgrade link"))
+        })();
+        if let Err(e) = result {
+            remove_pins(&dir);
+            return Err(e);
+        }
+        Ok(dir)
+    }
+}
+
+fn bump_memlock_rlimit() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        // Kernels ≥ 5.11 charge BPF memory to the memory cgroup instead: not an error.
+        debug!(
+            "cannot raise RLIMIT_MEMLOCK: {}",
+            io::Error::last_os_error()
+        );
+    }
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs fills the zeroed struct; the path is NUL-terminated.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
+    }
+}
+
+/// `/sys/fs/bpf/mptcp-trace`, mode 0700, mounting bpffs first when nothing is mounted there.
+fn ensure_pin_dir() -> Result<PathBuf, UpgradeError> {
+    let bpffs = Path::new(BPFFS);
+    if !is_bpffs(bpffs) {
+        debug!("mounting bpffs at {BPFFS}");
+        // SAFETY: constant NUL-terminated strings.
+        let r = unsafe {
+            libc::mount(
+                c"bpf".as_ptr(),
+                c"/sys/fs/bpf".as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                c"mode=0700".as_ptr().cast(),
+            )
+        };
+        if r != 0 {
+            return Err(UpgradeError::Io {
+                what: format!("no bpffs at {BPFFS} and mounting one failed"),
+                source: io::Error::last_os_error(),
+            });
+        }
+    }
+    let dir = PathBuf::from(PIN_DIR);
+    if !dir.exists() {
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(UpgradeError::io(format!("cannot create {PIN_DIR}")))?;
+    }
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+        .map_err(UpgradeError::io(format!("cannot chmod {PIN_DIR}")))?;
+    Ok(dir)
+}
+
+fn pinned_files(dir: &Path) -> Vec<PathBuf> {
+    [PIN_LINK, PIN_POLICY, PIN_COUNTERS]
+        .iter()
+        .map(|f| dir.join(f))
+        .filter(|p| p.exists())
+        .collect()
+}
+
+/// Removes the upgrade's pins (and the directory when nothing else is in it). Returns whether
+/// anything was there.
+fn remove_pins(dir: &Path) -> bool {
+    let files = pinned_files(dir);
+    for f in &files {
+        if let Err(e) = fs::remove_file(f) {
+            log::warn!("cannot remove {}: {e}", f.display());
+        }
+    }
+    // Fails harmlessly when other pins (not ours) live there.
+    let _ = fs::remove_dir(dir);
+    !files.is_empty()
+}
+
+/// What `upgrade --status` reports about a pinned upgrade.
+#[derive(Debug)]
+pub struct PinnedStatus {
+    pub dir: PathBuf,
+    pub policy: Policy,
+    pub counts: Counts,
+}
+
+/// The pinned upgrade, if there is one.
+pub fn pinned_status() -> Result<Option<PinnedStatus>, UpgradeError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(UpgradeError::NotRoot);
+    }
+    let dir = PathBuf::from(PIN_DIR);
+    if !dir.join(PIN_LINK).exists() {
+        return Ok(None);
+    }
+    // Opening the link proves it is a live BPF object, not a stale file.
+    raw_bpf::obj_get(&dir.join(PIN_LINK))
+        .map_err(UpgradeError::io("cannot open the pinned link"))?;
+    let open = |name: &str| {
+        MapData::from_pin(dir.join(name)).map_err(|e| UpgradeError::Io {
+            what: format!("cannot open pinned map {name}"),
+            source: io::Error::other(e),
+        })
+    };
+    let policy: Array<MapData, Policy> = Array::try_from(Map::Array(open(PIN_POLICY)?))
+        .map_err(|e| UpgradeError::Object(e.to_string()))?;
+    let counters: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(Map::PerCpuArray(open(PIN_COUNTERS)?))
+            .map_err(|e| UpgradeError::Object(e.to_string()))?;
+    Ok(Some(PinnedStatus {
+        policy: policy
+            .get(&0, 0)
+            .map_err(|e| UpgradeError::Object(e.to_string()))?,
+        counts: read_counts(&counters),
+        dir,
+    }))
+}
+
+/// Removes a pinned upgrade: the program detaches when its link's last pin goes. Returns
+/// whether there was one.
+pub fn unpin() -> Result<bool, UpgradeError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(UpgradeError::NotRoot);
+    }
+    Ok(remove_pins(Path::new(PIN_DIR)))
+}

@@ -1,0 +1,302 @@
+//! The few `bpf(2)` commands aya 0.14 cannot issue for us: loading an `fmod_ret` program
+//! (`BPF_PROG_TYPE_TRACING` + `BPF_MODIFY_RETURN` + the target's BTF id), attaching it with
+//! `BPF_LINK_CREATE`, and pinning/opening the link in bpffs. Maps, ELF parsing and relocation
+//! stay with aya/aya-obj (see `super::load`); `bpf_attr` is aya-obj's generated binding of the
+//! kernel's uapi header, so no layout is written by hand here.
+
+use std::{
+    ffi::{CStr, CString},
+    io,
+    os::{
+        fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
+    path::Path,
+};
+
+use aya_obj::generated::{bpf_attach_type, bpf_attr, bpf_cmd, bpf_insn, bpf_prog_type};
+use btf_rs::{Btf, Type};
+
+/// `BPF_OBJ_NAME_LEN`: program names are at most 15 bytes plus NUL.
+const OBJ_NAME_LEN: usize = 16;
+/// Verifier log size for the retry after a failed load.
+const LOG_SIZE: usize = 256 << 10;
+
+/// A failed `BPF_PROG_LOAD`: the errno and, when the kernel wrote one, the verifier log.
+#[derive(Debug)]
+pub struct ProgLoadError {
+    pub io: io::Error,
+    pub log: String,
+}
+
+/// The BTF id of the function `name` (`BTF_KIND_FUNC`) in `btf`, or `None` when this kernel
+/// has no such function (e.g. `update_socket_protocol` before Linux 6.6).
+pub fn func_btf_id(btf: &Btf, name: &str) -> Option<u32> {
+    btf.resolve_ids_by_name(name)
+        .ok()?
+        .into_iter()
+        .find(|&id| matches!(btf.resolve_type_by_id(id), Ok(Type::Func(_))))
+}
+
+/// `prog_name`: at most 15 bytes, NUL-terminated.
+fn obj_name(name: &str) -> [std::ffi::c_char; OBJ_NAME_LEN] {
+    let mut out = [0; OBJ_NAME_LEN];
+    for (o, b) in out.iter_mut().zip(name.bytes().take(OBJ_NAME_LEN - 1)) {
+        *o = b as std::ffi::c_char;
+    }
+    out
+}
+
+/// The `BPF_PROG_LOAD` attributes of an `fmod_ret` program attached to the vmlinux function
+/// with BTF id `attach_btf_id`. `log` (level 1) when given; the pointers in the result borrow
+/// `insns`, `license` and `log`.
+pub fn fmod_ret_load_attr(
+    insns: &[bpf_insn],
+    license: &CStr,
+    name: &str,
+    attach_btf_id: u32,
+    log: Option<&mut [u8]>,
+) -> bpf_attr {
+    // SAFETY: bpf_attr is plain data; all-zero is its "unset" value.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: writing fields of the BPF_PROG_LOAD member of a zeroed union.
+    let u = unsafe { &mut attr.__bindgen_anon_3 };
+    u.prog_type = bpf_prog_type::BPF_PROG_TYPE_TRACING as u32;
+    u.expected_attach_type = bpf_attach_type::BPF_MODIFY_RETURN as u32;
+    u.insn_cnt = insns.len() as u32;
+    u.insns = insns.as_ptr() as u64;
+    u.license = license.as_ptr() as u64;
+    u.prog_name = obj_name(name);
+    // 0 in attach_btf_obj_fd: the id is in vmlinux's BTF, not a module's.
+    u.attach_btf_id = attach_btf_id;
+    if let Some(log) = log {
+        u.log_level = 1;
+        u.log_buf = log.as_mut_ptr() as u64;
+        u.log_size = log.len() as u32;
+    }
+    attr
+}
+
+/// The `BPF_LINK_CREATE` attributes attaching a loaded tracing program. For fentry/fexit/
+/// fmod_ret the target is the program's `attach_btf_id`, so target fd and id stay 0.
+pub fn tracing_link_attr(prog: BorrowedFd<'_>) -> bpf_attr {
+    // SAFETY: as above.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: writing fields of the BPF_LINK_CREATE member of a zeroed union.
+    let l = unsafe { &mut attr.link_create };
+    l.__bindgen_anon_1.prog_fd = prog.as_raw_fd() as u32;
+    l.attach_type = bpf_attach_type::BPF_MODIFY_RETURN as u32;
+    attr
+}
+
+/// The `BPF_OBJ_PIN`/`BPF_OBJ_GET` attributes; `path` must outlive the call.
+pub fn obj_attr(path: &CStr, fd: Option<BorrowedFd<'_>>) -> bpf_attr {
+    // SAFETY: as above.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: writing fields of the BPF_OBJ_* member of a zeroed union.
+    let o = unsafe { &mut attr.__bindgen_anon_4 };
+    o.pathname = path.as_ptr() as u64;
+    o.bpf_fd = fd.map_or(0, |fd| fd.as_raw_fd() as u32);
+    attr
+}
+
+/// `bpf(cmd, attr, sizeof attr)`; a non-negative result is a new file descriptor for the
+/// commands that return one.
+fn sys_bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<i64> {
+    // SAFETY: `attr` is a valid, fully initialised bpf_attr whose embedded pointers the
+    // callers keep alive for the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd as libc::c_int,
+            attr as *mut bpf_attr,
+            std::mem::size_of::<bpf_attr>() as libc::c_uint,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn sys_bpf_fd(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<OwnedFd> {
+    let fd = sys_bpf(cmd, attr)?;
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Loads `insns` as an `fmod_ret` program on the vmlinux function `attach_btf_id`. When the
+/// kernel refuses for a reason other than permissions, loads again with the verifier log on so
+/// the error can say why.
+pub fn load_fmod_ret(
+    insns: &[bpf_insn],
+    license: &CStr,
+    name: &str,
+    attach_btf_id: u32,
+) -> Result<OwnedFd, ProgLoadError> {
+    let mut attr = fmod_ret_load_attr(insns, license, name, attach_btf_id, None);
+    let first = match sys_bpf_fd(bpf_cmd::BPF_PROG_LOAD, &mut attr) {
+        Ok(fd) => return Ok(fd),
+        Err(e) => e,
+    };
+    if first.raw_os_error() == Some(libc::EPERM) {
+        return Err(ProgLoadError {
+            io: first,
+            log: String::new(),
+        });
+    }
+    let mut log = vec![0u8; LOG_SIZE];
+    let mut attr = fmod_ret_load_attr(insns, license, name, attach_btf_id, Some(&mut log));
+    match sys_bpf_fd(bpf_cmd::BPF_PROG_LOAD, &mut attr) {
+        Ok(fd) => Ok(fd),
+        Err(io) => {
+            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+            Err(ProgLoadError {
+                io,
+                log: String::from_utf8_lossy(&log[..end]).trim_end().to_string(),
+            })
+        }
+    }
+}
+
+/// Attaches a loaded fmod_ret program; the link (and the attachment) lives as long as the
+/// returned descriptor or a pin of it.
+pub fn link_create(prog: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    sys_bpf_fd(bpf_cmd::BPF_LINK_CREATE, &mut tracing_link_attr(prog))
+}
+
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+/// Pins a BPF object (here: the link) at `path` in bpffs.
+pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    let p = c_path(path)?;
+    sys_bpf(bpf_cmd::BPF_OBJ_PIN, &mut obj_attr(&p, Some(fd))).map(drop)
+}
+
+/// Opens a pinned BPF object.
+pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    let p = c_path(path)?;
+    sys_bpf_fd(bpf_cmd::BPF_OBJ_GET, &mut obj_attr(&p, None))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::mem::offset_of;
+
+    use aya_obj::generated::{
+        bpf_attr__bindgen_ty_14 as LinkCreate, bpf_attr__bindgen_ty_4 as ProgLoad,
+        bpf_attr__bindgen_ty_5 as ObjPin,
+    };
+
+    use super::*;
+
+    /// Offsets from include/uapi/linux/bpf.h (`union bpf_attr`), counted by hand: the kernel
+    /// reads these bytes, so a binding that drifted would load garbage.
+    #[test]
+    fn attr_layout_matches_the_uapi() {
+        assert_eq!(offset_of!(ProgLoad, prog_type), 0);
+        assert_eq!(offset_of!(ProgLoad, insn_cnt), 4);
+        assert_eq!(offset_of!(ProgLoad, insns), 8);
+        assert_eq!(offset_of!(ProgLoad, license), 16);
+        assert_eq!(offset_of!(ProgLoad, log_level), 24);
+        assert_eq!(offset_of!(ProgLoad, log_size), 28);
+        assert_eq!(offset_of!(ProgLoad, log_buf), 32);
+        assert_eq!(offset_of!(ProgLoad, prog_name), 48);
+        assert_eq!(offset_of!(ProgLoad, expected_attach_type), 68);
+        assert_eq!(offset_of!(ProgLoad, attach_btf_id), 108);
+        assert_eq!(offset_of!(LinkCreate, attach_type), 8);
+        assert_eq!(offset_of!(ObjPin, pathname), 0);
+        assert_eq!(offset_of!(ObjPin, bpf_fd), 8);
+        assert_eq!(bpf_cmd::BPF_PROG_LOAD as u32, 5);
+        assert_eq!(bpf_cmd::BPF_OBJ_PIN as u32, 6);
+        assert_eq!(bpf_cmd::BPF_OBJ_GET as u32, 7);
+        assert_eq!(bpf_cmd::BPF_LINK_CREATE as u32, 28);
+        assert_eq!(bpf_prog_type::BPF_PROG_TYPE_TRACING as u32, 26);
+        assert_eq!(bpf_attach_type::BPF_MODIFY_RETURN as u32, 26);
+    }
+
+    #[test]
+    fn load_attr_describes_an_fmod_ret_program() {
+        let insns = [bpf_insn::default(); 3];
+        let license = c"GPL";
+        let mut log = [0u8; 64];
+        let attr = fmod_ret_load_attr(
+            &insns,
+            license,
+            "a_name_longer_than_fifteen",
+            4242,
+            Some(&mut log),
+        );
+        // SAFETY: reading the member we wrote.
+        let u = unsafe { attr.__bindgen_anon_3 };
+        assert_eq!(u.prog_type, 26);
+        assert_eq!(u.expected_attach_type, 26);
+        assert_eq!(u.insn_cnt, 3);
+        assert_eq!(u.insns, insns.as_ptr() as u64);
+        assert_eq!(u.license, license.as_ptr() as u64);
+        assert_eq!(u.attach_btf_id, 4242);
+        assert_eq!((u.log_level, u.log_size), (1, 64));
+        // SAFETY: reading the union member we wrote.
+        assert_eq!(unsafe { u.__bindgen_anon_1.attach_btf_obj_fd }, 0);
+        let name: Vec<u8> = u.prog_name.iter().map(|&c| c as u8).collect();
+        assert_eq!(&name, b"a_name_longer_t\0");
+        let quiet = fmod_ret_load_attr(&insns, license, "x", 1, None);
+        // SAFETY: as above.
+        let q = unsafe { quiet.__bindgen_anon_3 };
+        assert_eq!((q.log_level, q.log_size, q.log_buf), (0, 0, 0));
+    }
+
+    #[test]
+    fn link_attr_attaches_as_modify_return() {
+        // Any descriptor will do: the attributes only carry its number.
+        let f = std::fs::File::open("/dev/null").unwrap();
+        use std::os::fd::AsFd;
+        let attr = tracing_link_attr(f.as_fd());
+        // SAFETY: reading the member we wrote.
+        let l = unsafe { attr.link_create };
+        // SAFETY: as above.
+        assert_eq!(unsafe { l.__bindgen_anon_1.prog_fd }, f.as_raw_fd() as u32);
+        assert_eq!(l.attach_type, 26);
+        // SAFETY: as above.
+        assert_eq!(unsafe { l.__bindgen_anon_2.target_fd }, 0);
+    }
+
+    /// Against the host's BTF: the hook exists on this machine's kernel (≥ 6.6), and a name
+    /// that is a struct, not a function, is not mistaken for one.
+    #[test]
+    fn finds_the_hook_in_the_host_btf() {
+        let btf = Btf::from_file(crate::offsets::VMLINUX_BTF).expect("kernel BTF");
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        let mut v = release.trim().split(['.', '-']).map(|p| p.parse::<u32>());
+        let (major, minor) = (v.next().unwrap().unwrap(), v.next().unwrap().unwrap());
+        let id = func_btf_id(&btf, "update_socket_protocol");
+        if (major, minor) >= (6, 6) {
+            let id = id.expect("Linux ≥ 6.6 has update_socket_protocol");
+            let Ok(Type::Func(f)) = btf.resolve_type_by_id(id) else {
+                panic!("id {id} is not a function")
+            };
+            assert_eq!(btf.resolve_name(&f).unwrap(), "update_socket_protocol");
+        } else {
+            assert_eq!(
+                id, None,
+                "Linux {major}.{minor} has no update_socket_protocol"
+            );
+        }
+        assert!(func_btf_id(&btf, "__sys_socket").is_some());
+        assert_eq!(func_btf_id(&btf, "mptcp_sock"), None);
+        assert_eq!(func_btf_id(&btf, "no_such_function_anywhere"), None);
+    }
+
+    #[test]
+    fn obj_get_of_a_missing_pin_fails_cleanly() {
+        let err = obj_get(Path::new("/sys/fs/bpf/mptcp-trace-no-such-pin")).unwrap_err();
+        assert!(
+            matches!(err.raw_os_error(), Some(libc::ENOENT) | Some(libc::EPERM)),
+            "{err}"
+        );
+    }
+}
