@@ -1,6 +1,7 @@
 //! Development tasks: `cargo xtask <task>`. The README names the ones a person needs.
 
 mod test;
+mod vm;
 
 use std::path::PathBuf;
 
@@ -24,6 +25,11 @@ enum Cmd {
     /// Build everything and run the whole suite: fmt, clippy, unit tests, root integration
     /// tests on this kernel, and the VM kernel matrix.
     Test(test::TestArgs),
+    /// Run the integration tests inside qemu guests on Debian's kernels (TCG, no KVM needed).
+    ///
+    /// Example: cargo xtask vm-test --kernel 6.12
+    /// Example: cargo xtask vm-test -- vm_smoke
+    VmTest(vm::VmTestArgs),
 }
 
 pub fn workspace_root() -> PathBuf {
@@ -40,6 +46,7 @@ fn main() -> Result<()> {
             println!("{}", obj.display());
         }
         Cmd::Test(args) => test::run(args)?,
+        Cmd::VmTest(args) => vm::run(args)?,
     }
     Ok(())
 }

@@ -11,6 +11,9 @@ pub struct TestArgs {
     /// Skip cargo fmt and clippy.
     #[arg(long)]
     no_lint: bool,
+    /// Skip the VM kernel matrix (`cargo xtask vm-test`).
+    #[arg(long)]
+    no_vm: bool,
     /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
     #[arg(last = true)]
     cargo_test_args: Vec<String>,
@@ -64,5 +67,9 @@ pub fn run(args: TestArgs) -> Result<()> {
         test.arg("--").args(&args.cargo_test_args);
     }
     step("cargo test (unit and root integration tests)", &mut test)?;
+    if !args.no_vm {
+        eprintln!("==> VM kernel matrix (cargo xtask vm-test --kernel all)");
+        crate::vm::run(crate::vm::VmTestArgs::default())?;
+    }
     Ok(())
 }

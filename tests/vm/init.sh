@@ -1,0 +1,75 @@
+#!/bin/busybox sh
+# /init of the qemu guests booted by `cargo xtask vm-test` (xtask/src/vm.rs builds the initramfs
+# around it). Mounts what the tracer and the tests need, loads the kernel modules listed in
+# /etc/vm/modules, runs every executable in /tests with libtest's --test-threads=1 plus the
+# arguments in /etc/vm/test-args, prints one result line for the runner and powers off.
+#
+# The result line is parsed by the runner; keep its format:
+#   MPTCP-TRACE-VM-RESULT kernel=<uname -r> passed=<tests> failed=<tests>
+
+/bin/busybox mkdir -p /proc /sys /dev /run /tmp /usr/bin /usr/sbin /sbin
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t sysfs sysfs /sys
+/bin/busybox mount -t devtmpfs devtmpfs /dev
+# Applets for everything the initramfs does not ship itself (iproute2's ip, ss, tc stay).
+for applet in $(/bin/busybox --list); do
+  [ -e "/bin/$applet" ] || /bin/busybox ln -s busybox "/bin/$applet"
+done
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root TERM=dumb
+
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /tmp
+mkdir -p /var /root /run/netns
+ln -sfn /run /var/run
+mount -t bpf bpf /sys/fs/bpf
+mkdir -p /sys/fs/cgroup
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null || true
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null || true
+
+ip link set lo up
+sysctl -q -w net.mptcp.enabled=1
+
+for m in $(cat /etc/vm/modules 2>/dev/null); do
+  insmod "/lib/modules/$m" || echo "vm: insmod $m failed"
+done
+
+export CI=true MPTCP_TRACE_BIN=/bin/mptcp-trace RUST_BACKTRACE=1
+# $<NAME>_BIN for every binary the runner shipped (MPTCP_PEER_BIN, ...).
+. /etc/vm/env
+kernel=$(uname -r)
+echo "vm: kernel $kernel, $(nproc) cpu(s), $(awk '/MemTotal/ { print $2 }' /proc/meminfo) kB"
+
+# Not counted: shows verbatim how the tracer's programs load on this kernel (warnings about
+# missing kernel features, verifier errors) before any test depends on them.
+echo "vm: preflight: mptcp-trace events --json --duration 3"
+start=$(date +%s)
+mptcp-trace events --json --duration 3
+echo "vm: preflight: exit $?, $(($(date +%s) - start)) s"
+
+passed=0
+failed=0
+args=$(cat /etc/vm/test-args 2>/dev/null)
+for t in /tests/*; do
+  [ -x "$t" ] || continue
+  echo "vm: ==> $(basename "$t")"
+  start=$(date +%s)
+  # shellcheck disable=SC2086 # the arguments are split on purpose
+  "$t" --test-threads=1 $args >/tmp/out 2>&1
+  rc=$?
+  cat /tmp/out
+  # libtest's summary: "test result: ok. 3 passed; 0 failed; 0 ignored; ..."
+  p=$(sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\1/p' /tmp/out | tail -n1)
+  f=$(sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\2/p' /tmp/out | tail -n1)
+  p=${p:-0}
+  f=${f:-0}
+  # A crash, a panic outside a test or an unknown flag exits non-zero without a failed count.
+  if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
+  passed=$((passed + p))
+  failed=$((failed + f))
+  echo "vm: <== $(basename "$t"): exit $rc, $p passed, $f failed, $(($(date +%s) - start)) s"
+done
+
+echo "MPTCP-TRACE-VM-RESULT kernel=$kernel passed=$passed failed=$failed"
+sync
+poweroff -f

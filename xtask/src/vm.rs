@@ -1,0 +1,630 @@
+//! `cargo xtask vm-test`: the integration suite inside qemu guests, one per Debian kernel.
+//!
+//! The kernels come from `scripts/fetch-kernels.sh` (extracted Debian cloud kernels and a
+//! `versions` file). For each run the task builds the workspace's binaries and the
+//! `integration-tests` executables, packs them with busybox, iproute2, their shared libraries
+//! and the guest's `/init` (`tests/vm/init.sh`) into a gzip'd newc initramfs, boots it with
+//! TCG, streams the guest console and reads the init's result line.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    io::{BufRead, BufReader, Write},
+    os::unix::fs::{symlink, PermissionsExt},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+
+use crate::workspace_root;
+
+/// The guest's `/init`.
+const INIT: &str = include_str!("../../tests/vm/init.sh");
+/// The line the init prints once every test executable has run.
+const RESULT_MARKER: &str = "MPTCP-TRACE-VM-RESULT";
+/// Where `scripts/fetch-kernels.sh` puts the kernels (`MPTCP_TRACE_KERNELS` overrides it).
+const DEFAULT_KERNELS_DIR: &str = "/var/cache/mptcp-trace/kernels";
+/// Modules loaded in the guest (with what they depend on), from the kernel's own tree.
+const MODULES: &[&str] = &["veth", "sch_netem"];
+/// iproute2's tools, used by the test bed and the tests.
+const HOST_TOOLS: &[&str] = &["ip", "ss", "tc"];
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct VmTestArgs {
+    /// Kernel series to boot: a series from the kernels' `versions` file (6.1, 6.12) or `all`.
+    #[arg(long, default_value = "all")]
+    pub kernel: String,
+    /// Time limit for each guest, from boot to power-off, in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+    /// Virtual CPUs of each guest.
+    #[arg(long, default_value_t = 2)]
+    pub smp: u32,
+    /// Extra arguments for every test executable in the guest (libtest's), e.g. a name filter.
+    #[arg(last = true)]
+    pub test_args: Vec<String>,
+}
+
+impl Default for VmTestArgs {
+    fn default() -> Self {
+        VmTestArgs {
+            kernel: "all".into(),
+            timeout: 300,
+            smp: 2,
+            test_args: Vec::new(),
+        }
+    }
+}
+
+/// An extracted Debian kernel.
+#[derive(Debug, Clone)]
+struct Kernel {
+    /// `6.1`, `6.12`: what `--kernel` selects.
+    series: String,
+    /// `uname -r` of the kernel.
+    release: String,
+    /// The `dpkg -x` tree.
+    root: PathBuf,
+}
+
+impl Kernel {
+    fn vmlinuz(&self) -> PathBuf {
+        self.root.join(format!("boot/vmlinuz-{}", self.release))
+    }
+
+    fn modules_dir(&self) -> PathBuf {
+        self.root.join(format!("lib/modules/{}", self.release))
+    }
+}
+
+/// What one guest reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Outcome {
+    passed: u32,
+    failed: u32,
+}
+
+pub fn run(args: VmTestArgs) -> Result<()> {
+    let kernels = select_kernels(&args.kernel)?;
+    let artifacts = build()?;
+    let work = target_dir()?.join("vm");
+    fs::create_dir_all(&work)?;
+    let base = build_base_initramfs(&work, &artifacts, &args.test_args)?;
+
+    let mut results = Vec::new();
+    for kernel in &kernels {
+        eprintln!("==> vm {}: booting {}", kernel.series, kernel.release);
+        let start = Instant::now();
+        let result = build_kernel_initramfs(&work, kernel, &base)
+            .and_then(|initrd| boot(kernel, &initrd, &args));
+        let secs = start.elapsed().as_secs();
+        results.push((kernel, result, secs));
+    }
+
+    let mut ok = true;
+    for (kernel, result, secs) in &results {
+        match result {
+            Ok(o) => {
+                println!(
+                    "vm {}: {} passed, {} failed ({}, {secs} s)",
+                    kernel.series, o.passed, o.failed, kernel.release
+                );
+                ok &= o.failed == 0 && (o.passed > 0 || !args.test_args.is_empty());
+            }
+            Err(e) => {
+                println!(
+                    "vm {}: no result ({}, {secs} s): {e:#}",
+                    kernel.series, kernel.release
+                );
+                ok = false;
+            }
+        }
+    }
+    ensure!(ok, "VM tests failed");
+    Ok(())
+}
+
+fn kernels_dir() -> PathBuf {
+    std::env::var_os("MPTCP_TRACE_KERNELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| DEFAULT_KERNELS_DIR.into())
+}
+
+/// The kernels in the `versions` file written by `scripts/fetch-kernels.sh`.
+fn select_kernels(which: &str) -> Result<Vec<Kernel>> {
+    let dir = kernels_dir();
+    let versions = dir.join("versions");
+    let text = fs::read_to_string(&versions).with_context(|| {
+        format!(
+            "{} missing: fetch the kernels with `sudo ./scripts/fetch-kernels.sh`",
+            versions.display()
+        )
+    })?;
+    let all: Vec<Kernel> = text
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (series, release) = (f.next()?, f.next()?);
+            Some(Kernel {
+                series: series.into(),
+                release: release.into(),
+                root: dir.join(release),
+            })
+        })
+        .collect();
+    let chosen: Vec<Kernel> = all
+        .iter()
+        .filter(|k| which == "all" || k.series == which || k.release == which)
+        .cloned()
+        .collect();
+    if chosen.is_empty() {
+        let known: Vec<&str> = all.iter().map(|k| k.series.as_str()).collect();
+        bail!(
+            "no kernel {which} in {} (known: {}); add a series to scripts/fetch-kernels.sh",
+            versions.display(),
+            known.join(", ")
+        );
+    }
+    for k in &chosen {
+        ensure!(
+            k.vmlinuz().is_file(),
+            "{} missing: run `sudo ./scripts/fetch-kernels.sh --refresh`",
+            k.vmlinuz().display()
+        );
+    }
+    Ok(chosen)
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(workspace_root());
+    c
+}
+
+fn target_dir() -> Result<PathBuf> {
+    let out = cargo()
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .output()
+        .context("cargo metadata")?;
+    ensure!(out.status.success(), "cargo metadata failed");
+    let meta: Value = serde_json::from_slice(&out.stdout)?;
+    meta["target_directory"]
+        .as_str()
+        .map(PathBuf::from)
+        .context("cargo metadata: no target_directory")
+}
+
+/// Executables built for the guest: name → path.
+struct Artifacts {
+    bins: BTreeMap<String, PathBuf>,
+    tests: BTreeMap<String, PathBuf>,
+}
+
+/// Runs a cargo build with JSON messages and returns the executables it reports, with
+/// whether each is a test harness.
+fn cargo_executables(args: &[&str]) -> Result<Vec<(String, PathBuf, bool)>> {
+    eprintln!("==> cargo {}", args.join(" "));
+    let out = cargo()
+        .args(args)
+        .arg("--message-format=json-render-diagnostics")
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run cargo {}", args.join(" ")))?;
+    ensure!(out.status.success(), "cargo {} failed", args.join(" "));
+    let mut exes = Vec::new();
+    for line in out.stdout.split(|&b| b == b'\n') {
+        let Ok(msg) = serde_json::from_slice::<Value>(line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact" {
+            continue;
+        }
+        if let (Some(exe), Some(name)) =
+            (msg["executable"].as_str(), msg["target"]["name"].as_str())
+        {
+            let test = msg["profile"]["test"].as_bool().unwrap_or(false);
+            exes.push((name.to_string(), PathBuf::from(exe), test));
+        }
+    }
+    Ok(exes)
+}
+
+fn build() -> Result<Artifacts> {
+    let mut bins = BTreeMap::new();
+    for (name, exe, _) in
+        cargo_executables(&["build", "--workspace", "--exclude", "mptcp-ebpf", "--bins"])?
+    {
+        bins.insert(name, exe);
+    }
+    ensure!(
+        bins.contains_key("mptcp-trace"),
+        "cargo did not report the mptcp-trace binary"
+    );
+    let mut tests = BTreeMap::new();
+    for (name, exe, test) in cargo_executables(&["test", "-p", "integration-tests", "--no-run"])? {
+        if test {
+            tests.insert(name, exe);
+        } else {
+            bins.insert(name, exe);
+        }
+    }
+    ensure!(
+        !tests.is_empty(),
+        "cargo reported no integration-tests executable"
+    );
+    Ok(Artifacts { bins, tests })
+}
+
+fn find_in_path(name: &str) -> Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .with_context(|| format!("{name} not found (install it with `sudo ./scripts/setup.sh`)"))
+}
+
+/// Shared libraries (and the loader) `ldd` lists for a dynamic executable; none for a static one.
+fn shared_libraries(exe: &Path) -> Result<Vec<PathBuf>> {
+    let out = Command::new("ldd")
+        .arg(exe)
+        .output()
+        .context("cannot run ldd")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || text.contains("not a dynamic executable") {
+        return Ok(Vec::new());
+    }
+    let mut libs = Vec::new();
+    for line in text.lines() {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or "/lib64/ld-linux-x86-64.so.2 (0x…)"
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.trim(),
+            None => line.trim(),
+        };
+        let path = path.split(" (").next().unwrap_or("").trim();
+        if path == "not found" {
+            bail!("{}: a shared library is missing: {line}", exe.display());
+        }
+        if path.starts_with('/') {
+            libs.push(PathBuf::from(path));
+        }
+    }
+    Ok(libs)
+}
+
+/// A directory tree that becomes one newc cpio member of the initramfs.
+struct Stage {
+    root: PathBuf,
+    libs: BTreeSet<PathBuf>,
+}
+
+impl Stage {
+    fn new(root: PathBuf) -> Result<Stage> {
+        if root.exists() {
+            fs::remove_dir_all(&root)?;
+        }
+        fs::create_dir_all(&root)?;
+        Ok(Stage {
+            root,
+            libs: BTreeSet::new(),
+        })
+    }
+
+    fn path(&self, guest: &str) -> PathBuf {
+        self.root.join(guest.trim_start_matches('/'))
+    }
+
+    fn write(&self, guest: &str, contents: &[u8], mode: u32) -> Result<()> {
+        let p = self.path(guest);
+        fs::create_dir_all(p.parent().expect("absolute guest path"))?;
+        fs::write(&p, contents)?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode))?;
+        Ok(())
+    }
+
+    /// Copies a host executable without its debug info (symbols stay for backtraces), plus
+    /// the shared libraries it needs.
+    fn add_executable(&mut self, host: &Path, guest: &str) -> Result<()> {
+        let dst = self.path(guest);
+        fs::create_dir_all(dst.parent().expect("absolute guest path"))?;
+        let status = Command::new("strip")
+            .arg("--strip-debug")
+            .arg("-o")
+            .arg(&dst)
+            .arg(host)
+            .status()
+            .context("cannot run strip (binutils)")?;
+        if !status.success() {
+            // Not an ELF file strip understands: ship it as it is.
+            fs::copy(host, &dst).with_context(|| format!("copy {}", host.display()))?;
+        }
+        fs::set_permissions(&dst, fs::Permissions::from_mode(0o755))?;
+        for lib in shared_libraries(host)? {
+            if self.libs.insert(lib.clone()) {
+                let dst = self.path(&lib.to_string_lossy());
+                fs::create_dir_all(dst.parent().expect("absolute library path"))?;
+                // Follows symlinks: the guest gets the file under the name the loader asks for.
+                fs::copy(&lib, &dst).with_context(|| format!("copy {}", lib.display()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Packs the tree as a gzip'd newc cpio archive, files owned by root, and removes it.
+    fn pack(self, out: &Path) -> Result<()> {
+        let file = fs::File::create(out).with_context(|| format!("create {}", out.display()))?;
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg("find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0 | gzip -1")
+            .current_dir(&self.root)
+            .stdout(file)
+            .status()
+            .context("cannot run find | cpio | gzip")?;
+        ensure!(
+            status.success(),
+            "cpio/gzip failed for {}",
+            self.root.display()
+        );
+        fs::remove_dir_all(&self.root)?;
+        Ok(())
+    }
+}
+
+/// The kernel-independent part: init, busybox, iproute2, the binaries and the tests.
+fn build_base_initramfs(work: &Path, art: &Artifacts, test_args: &[String]) -> Result<PathBuf> {
+    let mut stage = Stage::new(work.join("base"))?;
+    stage.write("/init", INIT.as_bytes(), 0o755)?;
+    let busybox = find_in_path("busybox")?;
+    ensure!(
+        shared_libraries(&busybox)?.is_empty(),
+        "{} is not static: install busybox-static",
+        busybox.display()
+    );
+    fs::create_dir_all(stage.path("/bin"))?;
+    fs::copy(&busybox, stage.path("/bin/busybox"))?;
+    symlink("busybox", stage.path("/bin/sh"))?;
+    for tool in HOST_TOOLS {
+        stage.add_executable(&find_in_path(tool)?, &format!("/bin/{tool}"))?;
+    }
+    // Each binary is announced as $<NAME>_BIN (MPTCP_TRACE_BIN, MPTCP_PEER_BIN), the variable
+    // the tests read before falling back to cargo's target directory.
+    let mut env = String::new();
+    for (name, exe) in &art.bins {
+        stage.add_executable(exe, &format!("/bin/{name}"))?;
+        let var = name.to_uppercase().replace('-', "_");
+        env.push_str(&format!("export {var}_BIN=/bin/{name}\n"));
+    }
+    for (name, exe) in &art.tests {
+        stage.add_executable(exe, &format!("/tests/{name}"))?;
+    }
+    stage.write("/etc/vm/env", env.as_bytes(), 0o644)?;
+    stage.write("/etc/vm/test-args", test_args.join(" ").as_bytes(), 0o644)?;
+    let libs = stage.libs.len();
+    let out = work.join("base.cpio.gz");
+    stage.pack(&out)?;
+    eprintln!(
+        "==> initramfs: {} test executables, {} binaries, {libs} shared libraries, {} KiB",
+        art.tests.len(),
+        art.bins.len(),
+        fs::metadata(&out)?.len() / 1024
+    );
+    Ok(out)
+}
+
+/// Module files (relative to the modules directory) to load for `names`, dependencies first.
+fn module_load_order(modules_dir: &Path, names: &[&str]) -> Result<Vec<String>> {
+    let dep_file = modules_dir.join("modules.dep");
+    let text =
+        fs::read_to_string(&dep_file).with_context(|| format!("read {}", dep_file.display()))?;
+    let deps: BTreeMap<&str, Vec<&str>> = text
+        .lines()
+        .filter_map(|l| {
+            let (m, d) = l.split_once(':')?;
+            Some((m, d.split_whitespace().collect()))
+        })
+        .collect();
+    let module_name = |file: &str| -> String {
+        let base = file.rsplit('/').next().unwrap_or(file);
+        base.split(".ko").next().unwrap_or(base).replace('-', "_")
+    };
+    let mut order: Vec<String> = Vec::new();
+    for name in names {
+        let file = deps
+            .keys()
+            .find(|f| module_name(f) == name.replace('-', "_"))
+            .with_context(|| format!("module {name} not in {}", dep_file.display()))?;
+        // modules.dep lists every (transitive) dependency; the last one is loaded first.
+        for f in deps[file].iter().rev().chain(std::iter::once(file)) {
+            if !order.iter().any(|o| o == f) {
+                order.push(f.to_string());
+            }
+        }
+    }
+    Ok(order)
+}
+
+/// Adds the kernel's modules to the base initramfs (a second, concatenated cpio member).
+fn build_kernel_initramfs(work: &Path, kernel: &Kernel, base: &Path) -> Result<PathBuf> {
+    let modules_dir = kernel.modules_dir();
+    let stage = Stage::new(work.join(format!("modules-{}", kernel.release)))?;
+    let mut list = String::new();
+    for file in module_load_order(&modules_dir, MODULES)? {
+        let src = modules_dir.join(&file);
+        let (ko, decompress) = match file.rsplit_once('.') {
+            Some((stem, "xz")) => (stem.to_string(), Some("xz")),
+            Some((stem, "zst")) => (stem.to_string(), Some("zstd")),
+            Some((stem, "gz")) => (stem.to_string(), Some("gzip")),
+            _ => (file.clone(), None),
+        };
+        let name = ko.rsplit('/').next().unwrap_or(&ko).to_string();
+        let bytes = match decompress {
+            Some(tool) => {
+                let out = Command::new(tool)
+                    .arg("-dc")
+                    .arg(&src)
+                    .output()
+                    .with_context(|| format!("cannot run {tool}"))?;
+                ensure!(out.status.success(), "{tool} -dc {} failed", src.display());
+                out.stdout
+            }
+            None => fs::read(&src).with_context(|| format!("read {}", src.display()))?,
+        };
+        stage.write(&format!("/lib/modules/{name}"), &bytes, 0o644)?;
+        list.push_str(&name);
+        list.push('\n');
+    }
+    stage.write("/etc/vm/modules", list.as_bytes(), 0o644)?;
+    let modules = work.join(format!("modules-{}.cpio.gz", kernel.release));
+    stage.pack(&modules)?;
+    // The kernel unpacks concatenated archives in order.
+    let initrd = work.join(format!("initrd-{}.gz", kernel.release));
+    let mut out = fs::File::create(&initrd)?;
+    out.write_all(&fs::read(base)?)?;
+    out.write_all(&fs::read(&modules)?)?;
+    fs::remove_file(&modules)?;
+    Ok(initrd)
+}
+
+/// qemu, killed and reaped however the run ends.
+struct Qemu(Child);
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn parse_result(line: &str) -> Option<Outcome> {
+    let rest = line.trim().strip_prefix(RESULT_MARKER)?;
+    let mut passed = None;
+    let mut failed = None;
+    for field in rest.split_whitespace() {
+        match field.split_once('=') {
+            Some(("passed", v)) => passed = v.parse().ok(),
+            Some(("failed", v)) => failed = v.parse().ok(),
+            _ => {}
+        }
+    }
+    Some(Outcome {
+        passed: passed?,
+        failed: failed?,
+    })
+}
+
+/// Boots the kernel with the initramfs, streams its console and returns the init's result.
+fn boot(kernel: &Kernel, initrd: &Path, args: &VmTestArgs) -> Result<Outcome> {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-accel", "tcg", "-cpu", "max", "-m", "1024"])
+        .args(["-smp", &args.smp.to_string()])
+        .args([
+            "-nographic",
+            "-no-reboot",
+            "-nodefaults",
+            "-serial",
+            "stdio",
+        ])
+        .arg("-kernel")
+        .arg(kernel.vmlinuz())
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", "console=ttyS0 quiet panic=-1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut qemu = Qemu(
+        cmd.spawn()
+            .context("cannot run qemu-system-x86_64 (install qemu-system-x86)")?,
+    );
+    let stdout = qemu.0.stdout.take().expect("piped");
+    let reader = thread::spawn(move || {
+        let mut result = None;
+        let mut out = std::io::stdout();
+        let mut r = BufReader::new(stdout);
+        let mut buf = Vec::new();
+        while r.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
+            let line = String::from_utf8_lossy(&buf);
+            let line = line.trim_end_matches(['\r', '\n']);
+            let _ = writeln!(out, "{line}");
+            if let Some(o) = parse_result(line) {
+                result = Some(o);
+            }
+            buf.clear();
+        }
+        result
+    });
+
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    let status = loop {
+        if let Some(status) = qemu.0.try_wait()? {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            break None;
+        }
+        thread::sleep(Duration::from_millis(200));
+    };
+    // Kills qemu if it is still running; the reader then sees the end of its output.
+    drop(qemu);
+    let result = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("console reader panicked"))?;
+    match (status, result) {
+        (None, _) => bail!(
+            "the guest did not power off within {} s (--timeout)",
+            args.timeout
+        ),
+        (Some(_), None) => bail!("the guest stopped without printing its {RESULT_MARKER} line"),
+        (Some(_), Some(o)) => Ok(o),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_result_line() {
+        assert_eq!(
+            parse_result("MPTCP-TRACE-VM-RESULT kernel=6.1.0-56-cloud-amd64 passed=7 failed=1\r"),
+            Some(Outcome {
+                passed: 7,
+                failed: 1
+            })
+        );
+        assert_eq!(
+            parse_result("MPTCP-TRACE-VM-RESULT kernel=x passed=3"),
+            None
+        );
+        assert_eq!(parse_result("test result: ok. 3 passed; 0 failed"), None);
+    }
+
+    #[test]
+    fn orders_modules_after_their_dependencies() {
+        let dir = std::env::temp_dir().join(format!("xtask-vm-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join("modules.dep"),
+            "kernel/drivers/net/veth.ko.xz:\n\
+             kernel/net/sched/sch_netem.ko.xz: kernel/a/b.ko.xz kernel/a/c.ko.xz\n\
+             kernel/a/b.ko.xz: kernel/a/c.ko.xz\n\
+             kernel/a/c.ko.xz:\n",
+        )
+        .unwrap();
+        let order = module_load_order(&dir, &["veth", "sch_netem"]).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            order,
+            [
+                "kernel/drivers/net/veth.ko.xz",
+                "kernel/a/c.ko.xz",
+                "kernel/a/b.ko.xz",
+                "kernel/net/sched/sch_netem.ko.xz"
+            ]
+        );
+    }
+}
