@@ -75,7 +75,7 @@ pub fn serve(listener: &TcpListener, n: usize) -> io::Result<Vec<u64>> {
 #[derive(Clone, Copy, Debug)]
 pub struct Send {
     pub bytes: u64,
-    /// Wait this long after connecting before sending (lets additional subflows join).
+    /// Wait this long after connecting and sending one byte (lets additional subflows join).
     pub warmup: Duration,
     /// Spread the bytes over at least this long (0: as fast as possible).
     pub spread: Duration,
@@ -84,10 +84,13 @@ pub struct Send {
 /// Connects, sends, half-closes and returns what the server acknowledged.
 pub fn send(addr: SocketAddr, proto: Proto, plan: Send) -> io::Result<u64> {
     let mut conn = connect(addr, proto)?;
-    std::thread::sleep(plan.warmup);
     let chunk = vec![0x5au8; 64 << 10];
+    // A first byte makes the connection fully established, which is when the path manager
+    // starts additional subflows: they can join during the warmup.
+    let mut sent = plan.bytes.min(1);
+    conn.write_all(&chunk[..sent as usize])?;
+    std::thread::sleep(plan.warmup);
     let start = Instant::now();
-    let mut sent = 0u64;
     while sent < plan.bytes {
         let n = (plan.bytes - sent).min(chunk.len() as u64) as usize;
         conn.write_all(&chunk[..n])?;

@@ -109,35 +109,53 @@ impl TestBed {
                 "2",
             ])?;
         }
-        let v4id = BLUE_V4_ENDPOINT_ID.to_string();
-        let v6id = BLUE_V6_ENDPOINT_ID.to_string();
-        ip(&[
-            "-n",
-            c,
+        let id = BLUE_V4_ENDPOINT_ID.to_string();
+        let endpoint = [
             "mptcp",
             "endpoint",
             "add",
             BLUE_CLIENT_V4,
             "dev",
             "blue-client",
-            "id",
-            &v4id,
-            "subflow",
-        ])?;
-        ip(&[
-            "-n",
-            c,
+        ];
+        ip(&[&["-n", c][..], &endpoint, &["id", &id, "subflow"]].concat())?;
+        Ok(bed)
+    }
+
+    /// Replaces the client's IPv4 blue endpoint by its IPv6 one, for IPv6 connections. (The
+    /// path manager tries endpoints in order, and an IPv6 connection does not get past a
+    /// failed attempt from the IPv4 endpoint.)
+    pub fn use_ipv6_endpoint(&self) -> Result<()> {
+        let c = self.client.as_str();
+        let v4 = BLUE_V4_ENDPOINT_ID.to_string();
+        let v6 = BLUE_V6_ENDPOINT_ID.to_string();
+        ip(&["-n", c, "mptcp", "endpoint", "delete", "id", &v4])?;
+        let endpoint = [
             "mptcp",
             "endpoint",
             "add",
             BLUE_CLIENT_V6,
             "dev",
             "blue-client",
-            "id",
-            &v6id,
-            "subflow",
-        ])?;
-        Ok(bed)
+        ];
+        ip(&[&["-n", c][..], &endpoint, &["id", &v6, "subflow"]].concat())?;
+        // A subflow bound to blue-client needs a route to the server's red address on that
+        // device; IPv4 assumes on-link for a bound device, IPv6 does not.
+        let route = [
+            "-6",
+            "route",
+            "add",
+            "fd00:0:0:10::/64",
+            "via",
+            BLUE_SERVER_V6,
+        ];
+        ip(&[
+            &["-n", c][..],
+            &route,
+            &["dev", "blue-client", "metric", "512"],
+        ]
+        .concat())?;
+        Ok(())
     }
 
     /// Inode of a namespace: what the events' `netns` field holds.

@@ -1,1 +1,355 @@
+//! Helpers for the root integration tests: the tracer as a child process, the kernel's own
+//! MPTCP event monitor as an oracle, and guards that clean up even when a test fails.
+//!
+//! Tests need root and a kernel with MPTCP and BTF. They never skip: without root they fail
+//! with a message saying so.
 
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader, Read},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+pub use mptcp_user::{
+    event::{Event, Kind, Side},
+    peer, testbed,
+};
+
+/// Fails the test (never skips) when not run as root.
+pub fn require_root() {
+    // SAFETY: no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "integration tests need root (they load eBPF programs and create network namespaces): \
+         run them through `sudo cargo xtask test`"
+    );
+}
+
+/// A tag that keeps namespace names unique across tests and runs.
+pub fn tag(name: &str) -> String {
+    format!("{name}-{}", std::process::id())
+}
+
+/// The `mptcp-trace` binary under test: `$MPTCP_TRACE_BIN`, else the workspace's build.
+pub fn mptcp_trace_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("MPTCP_TRACE_BIN") {
+        return p.into();
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let bin = target.join("debug/mptcp-trace");
+    assert!(
+        bin.exists(),
+        "{} missing: build it with `cargo build -p mptcp-user` (cargo xtask test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Output lines of a child process, collected on a background thread.
+#[derive(Clone, Default)]
+pub struct Lines(Arc<Mutex<Vec<String>>>);
+
+impl Lines {
+    fn collect(&self, r: impl Read + Send + 'static) -> thread::JoinHandle<()> {
+        let lines = self.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(r).lines().map_while(Result::ok) {
+                lines.0.lock().unwrap().push(line);
+            }
+        })
+    }
+
+    pub fn snapshot(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// Kills the child when dropped (a failing test must not leave processes behind).
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, sig) };
+}
+
+/// `mptcp-trace events --json` running in the background.
+pub struct Tracer {
+    child: ChildGuard,
+    pub stdout: Lines,
+    pub stderr: Lines,
+    readers: Vec<thread::JoinHandle<()>>,
+    ready: PathBuf,
+}
+
+/// What a tracer run produced.
+pub struct Run {
+    pub events: Vec<Event>,
+    pub stderr: String,
+    pub status: std::process::ExitStatus,
+}
+
+impl Tracer {
+    /// Starts `mptcp-trace events --json <args>` and waits until every program is attached.
+    pub fn start(args: &[&str]) -> Tracer {
+        require_root();
+        let ready = std::env::temp_dir().join(format!(
+            "mptcp-trace-ready-{}-{:?}",
+            std::process::id(),
+            thread::current().id()
+        ));
+        let _ = std::fs::remove_file(&ready);
+        let mut child = Command::new(mptcp_trace_bin())
+            .args(["events", "--json", "--ready-file"])
+            .arg(&ready)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn mptcp-trace");
+        let (stdout, stderr) = (Lines::default(), Lines::default());
+        let readers = vec![
+            stdout.collect(child.stdout.take().unwrap()),
+            stderr.collect(child.stderr.take().unwrap()),
+        ];
+        let mut t = Tracer {
+            child: ChildGuard(child),
+            stdout,
+            stderr,
+            readers,
+            ready,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !t.ready.exists() {
+            if let Ok(Some(status)) = t.child.0.try_wait() {
+                thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "mptcp-trace exited before it was ready ({status}):\n{}",
+                    t.stderr.snapshot().join("\n")
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mptcp-trace not ready within 60 s"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        t
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
+    /// Events so far (parsed; a line that is not a valid event fails the test).
+    pub fn events(&self) -> Vec<Event> {
+        parse_events(&self.stdout.snapshot())
+    }
+
+    /// Waits until `pred` holds for the events so far.
+    pub fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&[Event]) -> bool) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let events = self.events();
+            if pred(&events) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; events so far:\n{}",
+                self.stdout.snapshot().join("\n")
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the tracer with SIGINT (as Ctrl-C would) and returns what it printed.
+    pub fn stop(mut self) -> Run {
+        signal(&self.child.0, libc::SIGINT);
+        let status = self.child.0.wait().expect("wait for mptcp-trace");
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        let _ = std::fs::remove_file(&self.ready);
+        Run {
+            events: self.events(),
+            stderr: self.stderr.snapshot().join("\n"),
+            status,
+        }
+    }
+}
+
+pub fn parse_events(lines: &[String]) -> Vec<Event> {
+    lines
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<Event>(l)
+                .unwrap_or_else(|e| panic!("bad NDJSON line {l:?}: {e}"))
+        })
+        .collect()
+}
+
+/// One line of `ip mptcp monitor`: `[SF_ESTABLISHED] token=… saddr4=… sport=…`.
+#[derive(Debug, Clone)]
+pub struct PmEvent {
+    pub kind: String,
+    pub fields: HashMap<String, String>,
+}
+
+impl PmEvent {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.fields.get(key).map(String::as_str)
+    }
+
+    pub fn saddr(&self) -> Option<&str> {
+        self.get("saddr4").or(self.get("saddr6"))
+    }
+
+    pub fn daddr(&self) -> Option<&str> {
+        self.get("daddr4").or(self.get("daddr6"))
+    }
+}
+
+pub fn parse_pm_line(line: &str) -> Option<PmEvent> {
+    let line = line.trim();
+    let close = line.find(']')?;
+    let kind = line.get(1..close)?.trim().to_string();
+    let fields = line[close + 1..]
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Some(PmEvent { kind, fields })
+}
+
+/// The kernel's MPTCP path-manager events in one namespace (`ip -n NS mptcp monitor`): the
+/// independent oracle for our events.
+pub struct Monitor {
+    child: ChildGuard,
+    lines: Lines,
+    reader: Option<thread::JoinHandle<()>>,
+}
+
+impl Monitor {
+    pub fn start(netns: &str) -> Monitor {
+        let mut child = Command::new("ip")
+            .args(["-n", netns, "mptcp", "monitor"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn ip mptcp monitor");
+        let lines = Lines::default();
+        let reader = Some(lines.collect(child.stdout.take().unwrap()));
+        // `ip mptcp monitor` has no ready signal: give it time to join the multicast group.
+        thread::sleep(Duration::from_millis(300));
+        Monitor {
+            child: ChildGuard(child),
+            lines,
+            reader,
+        }
+    }
+
+    pub fn events(&self) -> Vec<PmEvent> {
+        self.lines
+            .snapshot()
+            .iter()
+            .filter_map(|l| parse_pm_line(l))
+            .collect()
+    }
+
+    pub fn stop(mut self) -> Vec<PmEvent> {
+        signal(&self.child.0, libc::SIGTERM);
+        let _ = self.child.0.wait();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        self.events()
+    }
+}
+
+/// Runs a plain command and returns stdout; panics with stderr on failure.
+pub fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ip_mptcp_monitor_lines() {
+        let e = parse_pm_line(
+            "[SF_ESTABLISHED] token=4e9baa70 remid=0 locid=1 saddr4=192.168.0.2 daddr4=10.0.0.1 \
+             sport=57995 dport=4401 backup=0 ifindex=3",
+        )
+        .unwrap();
+        assert_eq!(e.kind, "SF_ESTABLISHED");
+        assert_eq!(e.get("token"), Some("4e9baa70"));
+        assert_eq!(e.saddr(), Some("192.168.0.2"));
+        assert_eq!(e.get("sport"), Some("57995"));
+        let closed = parse_pm_line("[        CLOSED] token=db2d95f2").unwrap();
+        assert_eq!(closed.kind, "CLOSED");
+        assert!(parse_pm_line("garbage").is_none());
+    }
+}
+
+/// The `mptcp-peer` helper binary: `$MPTCP_PEER_BIN`, else cargo's build of it (test
+/// executables live in `target/debug/deps`, binaries one level up).
+pub fn mptcp_peer_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("MPTCP_PEER_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/debug/deps")
+        .join("mptcp-peer");
+    assert!(
+        bin.exists(),
+        "{} missing: cargo builds it with the tests",
+        bin.display()
+    );
+    bin
+}
+
+/// Ids of every loaded eBPF program.
+pub fn loaded_program_ids() -> std::collections::HashSet<u32> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|p| p.id())
+        .collect()
+}
+
+/// Number of loaded eBPF programs whose (15-character) name starts like `name`.
+pub fn loaded_programs_named(name: &str) -> usize {
+    let prefix: String = name.chars().take(15).collect();
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| p.name_as_str().is_some_and(|n| n == prefix))
+        .count()
+}

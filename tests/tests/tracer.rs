@@ -1,0 +1,694 @@
+//! The tracer against real MPTCP connections in the seed's test bed, checked against the
+//! kernel's own MPTCP netlink events (`ip mptcp monitor`) captured in the same run.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::{IpAddr, SocketAddr},
+    os::fd::AsRawFd,
+    process::{Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use integration_tests::{
+    loaded_program_ids, loaded_programs_named, mptcp_peer_bin, mptcp_trace_bin, peer, require_root,
+    tag, testbed, ChildGuard, Event, Kind, Monitor, PmEvent, Side, Tracer,
+};
+use peer::{Proto, Send};
+use testbed::TestBed;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn events_in(events: &[Event], netns: u32) -> Vec<Event> {
+    events
+        .iter()
+        .filter(|e| e.netns == Some(netns))
+        .cloned()
+        .collect()
+}
+
+fn kinds(events: &[Event]) -> Vec<Kind> {
+    events.iter().map(|e| e.event).collect()
+}
+
+fn closed_in(netns: u32, n: usize) -> impl Fn(&[Event]) -> bool {
+    move |ev: &[Event]| {
+        ev.iter()
+            .filter(|e| e.netns == Some(netns) && e.event == Kind::ConnClosed)
+            .count()
+            >= n
+    }
+}
+
+/// Starts a server for `n` connections in the server namespace; returns its thread.
+fn server(
+    bed: &TestBed,
+    addr: SocketAddr,
+    proto: Proto,
+    n: usize,
+) -> thread::JoinHandle<std::io::Result<Vec<u64>>> {
+    let listener = testbed::in_netns(&bed.server, move || peer::listen(addr, proto))
+        .unwrap()
+        .expect("listen in server netns");
+    thread::spawn(move || peer::serve(&listener, n))
+}
+
+fn client(bed: &TestBed, addr: SocketAddr, plan: Send) -> u64 {
+    testbed::in_netns(&bed.client, move || peer::send(addr, Proto::Mptcp, plan))
+        .unwrap()
+        .expect("client transfer")
+}
+
+/// A transfer long enough for the MP_JOIN subflow to carry part of it.
+const PLAN: Send = Send {
+    bytes: 8 << 20,
+    warmup: Duration::from_millis(800),
+    spread: Duration::from_millis(800),
+};
+
+struct Expect {
+    server: &'static str,
+    client_red: &'static str,
+    client_blue: &'static str,
+    blue_id: u8,
+}
+
+fn two_subflows(name: &str, x: Expect) {
+    require_root();
+    let bed = TestBed::create(&tag(name)).unwrap();
+    if x.blue_id == testbed::BLUE_V6_ENDPOINT_ID {
+        bed.use_ipv6_endpoint().unwrap();
+    }
+    let (cns, sns) = (
+        TestBed::netns_inode(&bed.client).unwrap(),
+        TestBed::netns_inode(&bed.server).unwrap(),
+    );
+    let mon_c = Monitor::start(&bed.client);
+    let mon_s = Monitor::start(&bed.server);
+    let tracer = Tracer::start(&[]);
+    let addr = SocketAddr::new(x.server.parse().unwrap(), 4321);
+
+    let srv = server(&bed, addr, Proto::Mptcp, 1);
+    let acked = client(&bed, addr, PLAN);
+    let received = srv.join().unwrap().unwrap()[0];
+    assert_eq!(acked, PLAN.bytes);
+    assert_eq!(received, PLAN.bytes);
+    tracer.wait_for("conn_closed on both ends", WAIT, |ev| {
+        closed_in(cns, 1)(ev) && closed_in(sns, 1)(ev)
+    });
+    thread::sleep(Duration::from_millis(300));
+    let run = tracer.stop();
+    let pm_c = mon_c.stop();
+    let pm_s = mon_s.stop();
+    assert!(
+        run.status.success(),
+        "tracer exit: {:?}\n{}",
+        run.status,
+        run.stderr
+    );
+    assert!(run.stderr.contains(" 0 lost"), "{}", run.stderr);
+
+    let me = std::process::id();
+    let server_ip: IpAddr = x.server.parse().unwrap();
+    for (ns, side) in [(cns, Side::Client), (sns, Side::Server)] {
+        let ev = events_in(&run.events, ns);
+        assert_eq!(
+            kinds(&ev),
+            [
+                Kind::ConnCreated,
+                Kind::ConnEstablished,
+                Kind::SubflowEstablished,
+                Kind::SubflowEstablished,
+                Kind::SubflowClosed,
+                Kind::SubflowClosed,
+                Kind::ConnClosed
+            ],
+            "{side:?} events: {ev:#?}"
+        );
+        let token = ev[0].token.clone().expect("token");
+        for e in &ev {
+            assert_eq!(
+                e.token.as_ref(),
+                Some(&token),
+                "one connection, one token: {e:?}"
+            );
+            assert_eq!(e.pid, Some(me), "owner is this test process: {e:?}");
+        }
+        assert_eq!(ev[0].side, Some(side));
+        let (initial, join) = (&ev[2], &ev[3]);
+        assert_eq!(initial.join, Some(false));
+        assert_eq!(join.join, Some(true));
+        let (red, blue) = match side {
+            Side::Client => ("red-client", "blue-client"),
+            Side::Server => ("red-server", "blue-server"),
+        };
+        assert_eq!(initial.ifname.as_deref(), Some(red), "{initial:?}");
+        assert_eq!(join.ifname.as_deref(), Some(blue), "{join:?}");
+        let client_blue: IpAddr = x.client_blue.parse().unwrap();
+        let client_red: IpAddr = x.client_red.parse().unwrap();
+        match side {
+            Side::Client => {
+                assert_eq!(ev[0].saddr, Some(client_red));
+                assert_eq!(ev[0].daddr, Some(server_ip));
+                assert_eq!(ev[0].dport, Some(4321));
+                assert_eq!(
+                    (initial.saddr, initial.daddr),
+                    (Some(client_red), Some(server_ip))
+                );
+                assert_eq!(
+                    (join.saddr, join.daddr),
+                    (Some(client_blue), Some(server_ip))
+                );
+                assert_eq!(join.local_id, Some(x.blue_id as i32), "endpoint id");
+                assert_eq!(join.remote_id, Some(0));
+            }
+            Side::Server => {
+                assert_eq!(ev[0].saddr, Some(server_ip));
+                assert_eq!(ev[0].sport, Some(4321));
+                assert_eq!(ev[0].daddr, Some(client_red));
+                assert_eq!(
+                    (join.saddr, join.daddr),
+                    (Some(server_ip), Some(client_blue))
+                );
+                assert_eq!(join.local_id, Some(0));
+                assert_eq!(join.remote_id, Some(x.blue_id));
+            }
+        }
+        // Both subflows close with their 4-tuples intact and the connection closes last.
+        let closes: Vec<&Event> = ev
+            .iter()
+            .filter(|e| e.event == Kind::SubflowClosed)
+            .collect();
+        for c in &closes {
+            assert_eq!(c.reason.as_deref(), Some("closed"), "{c:?}");
+            assert!(c.sport.unwrap() != 0 && c.dport.unwrap() != 0, "{c:?}");
+        }
+        let last = ev.last().unwrap();
+        assert_eq!(last.subflows_total, Some(2));
+        assert!(last.duration_ns.unwrap() > PLAN.warmup.as_nanos() as u64);
+    }
+
+    // Bytes: what the client's subflows got acked and the server's subflows received both
+    // add up to what the application sent (plus at most a few bytes of FIN/ack payload).
+    let sum = |ns: u32, f: fn(&Event) -> Option<u64>| -> u64 {
+        events_in(&run.events, ns)
+            .iter()
+            .filter(|e| e.event == Kind::SubflowClosed)
+            .map(|e| f(e).unwrap())
+            .sum()
+    };
+    let client_acked = sum(cns, |e| e.bytes_acked);
+    let server_received = sum(sns, |e| e.bytes_received);
+    for (what, v) in [
+        ("client bytes_acked", client_acked),
+        ("server bytes_received", server_received),
+    ] {
+        assert!(
+            (PLAN.bytes..PLAN.bytes + 4096).contains(&v),
+            "{what} = {v}, sent {}",
+            PLAN.bytes
+        );
+    }
+
+    check_against_monitor(&events_in(&run.events, cns), &pm_c);
+    check_against_monitor(&events_in(&run.events, sns), &pm_s);
+}
+
+/// Every MPTCP netlink event the kernel sent has exactly one matching event of ours, and we
+/// report nothing it did not see. (The kernel reports the initial subflow through
+/// CREATED/ESTABLISHED, and SF_* only for MP_JOIN subflows.)
+fn check_against_monitor(ours: &[Event], pm: &[PmEvent]) {
+    let key =
+        |token: &str, s: &str, sp: &str, d: &str, dp: &str| format!("{token} {s}:{sp} {d}:{dp}");
+    let ours_key = |e: &Event| {
+        key(
+            e.token.as_deref().unwrap(),
+            &e.saddr.unwrap().to_string(),
+            &e.sport.unwrap().to_string(),
+            &e.daddr.unwrap().to_string(),
+            &e.dport.unwrap().to_string(),
+        )
+    };
+    let pm_key = |p: &PmEvent| {
+        key(
+            p.get("token").unwrap(),
+            p.saddr().unwrap(),
+            p.get("sport").unwrap(),
+            p.daddr().unwrap(),
+            p.get("dport").unwrap(),
+        )
+    };
+    let count = |kind: Kind, join: Option<bool>| -> HashMap<String, usize> {
+        let mut m = HashMap::new();
+        for e in ours
+            .iter()
+            .filter(|e| e.event == kind && (join.is_none() || e.join == join))
+        {
+            *m.entry(ours_key(e)).or_default() += 1;
+        }
+        m
+    };
+    let pm_set = |kind: &str| -> HashMap<String, usize> {
+        let mut m = HashMap::new();
+        for p in pm.iter().filter(|p| p.kind == kind) {
+            *m.entry(pm_key(p)).or_default() += 1;
+        }
+        m
+    };
+    assert!(!pm.is_empty(), "the kernel's monitor saw nothing");
+    assert_eq!(
+        count(Kind::ConnEstablished, None),
+        pm_set("ESTABLISHED"),
+        "connections"
+    );
+    assert_eq!(
+        count(Kind::SubflowEstablished, Some(true)),
+        pm_set("SF_ESTABLISHED"),
+        "joins"
+    );
+    // SF_CLOSED comes for a join subflow closed on its own (endpoint removed, reset); when the
+    // whole connection closes the kernel sends CLOSED only. Each SF_CLOSED has exactly one
+    // match, and each of our join closes has an SF_CLOSED or a CLOSED of its connection.
+    let ours_closed = count(Kind::SubflowClosed, Some(true));
+    for (k, n) in pm_set("SF_CLOSED") {
+        assert_eq!(
+            (n, ours_closed.get(&k).copied()),
+            (1, Some(1)),
+            "SF_CLOSED {k}"
+        );
+    }
+    let pm_closed_tokens: HashSet<&str> = pm
+        .iter()
+        .filter(|p| p.kind == "CLOSED" || p.kind == "SF_CLOSED")
+        .filter_map(|p| p.get("token"))
+        .collect();
+    for k in ours_closed.keys() {
+        let token = k.split(' ').next().unwrap();
+        assert!(
+            pm_closed_tokens.contains(token),
+            "subflow_closed the kernel never reported: {k}"
+        );
+    }
+    let tokens = |it: &mut dyn Iterator<Item = String>| it.collect::<HashSet<_>>();
+    assert_eq!(
+        tokens(
+            &mut ours
+                .iter()
+                .filter(|e| e.event == Kind::ConnClosed)
+                .map(|e| e.token.clone().unwrap())
+        ),
+        tokens(
+            &mut pm
+                .iter()
+                .filter(|p| p.kind == "CLOSED")
+                .map(|p| p.get("token").unwrap().to_string())
+        ),
+        "closed connections"
+    );
+}
+
+#[test]
+fn ipv4_connection_with_two_subflows_matches_the_kernel() {
+    two_subflows(
+        "v4",
+        Expect {
+            server: testbed::RED_SERVER_V4,
+            client_red: testbed::RED_CLIENT_V4,
+            client_blue: testbed::BLUE_CLIENT_V4,
+            blue_id: testbed::BLUE_V4_ENDPOINT_ID,
+        },
+    );
+}
+
+#[test]
+fn ipv6_connection_with_two_subflows_matches_the_kernel() {
+    two_subflows(
+        "v6",
+        Expect {
+            server: testbed::RED_SERVER_V6,
+            client_red: testbed::RED_CLIENT_V6,
+            client_blue: testbed::BLUE_CLIENT_V6,
+            blue_id: testbed::BLUE_V6_ENDPOINT_ID,
+        },
+    );
+}
+
+#[test]
+fn plain_tcp_server_makes_the_connection_fall_back() {
+    require_root();
+    let bed = TestBed::create(&tag("fb")).unwrap();
+    let (cns, sns) = (
+        TestBed::netns_inode(&bed.client).unwrap(),
+        TestBed::netns_inode(&bed.server).unwrap(),
+    );
+    let tracer = Tracer::start(&[]);
+    let addr: SocketAddr = "10.0.0.1:4322".parse().unwrap();
+    let srv = server(&bed, addr, Proto::Tcp, 1);
+    client(
+        &bed,
+        addr,
+        Send {
+            bytes: 100_000,
+            warmup: Duration::from_millis(200),
+            spread: Duration::ZERO,
+        },
+    );
+    srv.join().unwrap().unwrap();
+    tracer.wait_for("conn_closed", WAIT, closed_in(cns, 1));
+    let run = tracer.stop();
+    let ev = events_in(&run.events, cns);
+    let fb: Vec<&Event> = ev
+        .iter()
+        .filter(|e| e.event == Kind::ConnFallback)
+        .collect();
+    assert_eq!(fb.len(), 1, "{ev:#?}");
+    assert_eq!(fb[0].reason.as_deref(), Some("mp_capable_not_negotiated"));
+    assert_eq!(fb[0].daddr, Some("10.0.0.1".parse().unwrap()));
+    assert!(
+        !ev.iter()
+            .any(|e| e.event == Kind::SubflowEstablished && e.join == Some(true)),
+        "a fallen-back connection joins no subflow: {ev:#?}"
+    );
+    assert_eq!(ev.last().unwrap().event, Kind::ConnClosed);
+    assert!(
+        events_in(&run.events, sns).is_empty(),
+        "the plain TCP server has no MPTCP socket"
+    );
+}
+
+#[test]
+fn aborted_connection_reports_resets_on_both_ends() {
+    require_root();
+    let bed = TestBed::create(&tag("rst")).unwrap();
+    let (cns, sns) = (
+        TestBed::netns_inode(&bed.client).unwrap(),
+        TestBed::netns_inode(&bed.server).unwrap(),
+    );
+    let tracer = Tracer::start(&[]);
+    let addr: SocketAddr = "10.0.0.1:4323".parse().unwrap();
+    let listener = testbed::in_netns(&bed.server, move || peer::listen(addr, Proto::Mptcp))
+        .unwrap()
+        .unwrap();
+    // The server keeps reading until the client aborts.
+    let srv = thread::spawn(move || listener.accept().map(|(c, _)| peer::serve_one(c)));
+    let mut conn = testbed::in_netns(&bed.client, move || peer::connect(addr, Proto::Mptcp))
+        .unwrap()
+        .unwrap();
+    // Additional subflows join once the connection is fully established: after data flows.
+    std::io::Write::write_all(&mut conn, &[1u8; 4096]).unwrap();
+    tracer.wait_for("the join subflow", WAIT, |ev| {
+        ev.iter()
+            .any(|e| e.netns == Some(sns) && e.join == Some(true))
+    });
+    // SO_LINGER {on, 0}: close() aborts the connection (MP_FASTCLOSE + RST on each subflow).
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: valid fd and option buffer.
+    let r = unsafe {
+        libc::setsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as u32,
+        )
+    };
+    assert_eq!(r, 0);
+    drop(conn);
+    let _ = srv.join();
+    tracer.wait_for("both ends closed", WAIT, |ev| {
+        closed_in(cns, 1)(ev) && closed_in(sns, 1)(ev)
+    });
+    let run = tracer.stop();
+    for (ns, want) in [(sns, "rst_received"), (cns, "rst_sent")] {
+        let closes: Vec<Event> = events_in(&run.events, ns)
+            .into_iter()
+            .filter(|e| e.event == Kind::SubflowClosed)
+            .collect();
+        assert_eq!(closes.len(), 2, "{closes:#?}");
+        for c in &closes {
+            let reason = c.reason.as_deref().unwrap();
+            assert!(
+                reason == want || reason.starts_with("mp_tcprst:"),
+                "expected {want}, got {reason}: {c:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn removing_an_endpoint_closes_its_subflow_only() {
+    require_root();
+    let bed = TestBed::create(&tag("rm")).unwrap();
+    let cns = TestBed::netns_inode(&bed.client).unwrap();
+    let mon_s = Monitor::start(&bed.server);
+    let tracer = Tracer::start(&[]);
+    let addr: SocketAddr = "10.0.0.1:4324".parse().unwrap();
+    let srv = server(&bed, addr, Proto::Mptcp, 1);
+    let plan = Send {
+        bytes: 16 << 20,
+        warmup: Duration::from_millis(500),
+        spread: Duration::from_secs(4),
+    };
+    let cname = bed.client.clone();
+    let cli = thread::spawn(move || {
+        testbed::in_netns(&cname, move || peer::send(addr, Proto::Mptcp, plan)).unwrap()
+    });
+    tracer.wait_for("the join subflow", WAIT, |ev| {
+        ev.iter()
+            .any(|e| e.netns == Some(cns) && e.join == Some(true))
+    });
+    let id = testbed::BLUE_V4_ENDPOINT_ID.to_string();
+    testbed::ip(&["-n", &bed.client, "mptcp", "endpoint", "delete", "id", &id]).unwrap();
+    assert_eq!(
+        cli.join().unwrap().unwrap(),
+        plan.bytes,
+        "the transfer survives on red"
+    );
+    srv.join().unwrap().unwrap();
+    tracer.wait_for("conn_closed", WAIT, closed_in(cns, 1));
+    let run = tracer.stop();
+    let pm = mon_s.stop();
+    let ev = events_in(&run.events, cns);
+    let pos = |pred: &dyn Fn(&Event) -> bool| ev.iter().position(pred).unwrap();
+    let join_closed = pos(&|e| e.event == Kind::SubflowClosed && e.join == Some(true));
+    let initial_closed = pos(&|e| e.event == Kind::SubflowClosed && e.join == Some(false));
+    assert!(
+        join_closed < initial_closed,
+        "the join subflow closes first: {ev:#?}"
+    );
+    assert!(
+        pm.iter().any(|p| p.kind == "REMOVED"),
+        "the server was told: {pm:?}"
+    );
+}
+
+#[test]
+fn two_hundred_concurrent_connections_are_all_accounted_for() {
+    require_root();
+    const N: usize = 200;
+    let bed = TestBed::create(&tag("many")).unwrap();
+    let (cns, sns) = (
+        TestBed::netns_inode(&bed.client).unwrap(),
+        TestBed::netns_inode(&bed.server).unwrap(),
+    );
+    let tracer = Tracer::start(&[]);
+    let addr: SocketAddr = "10.0.0.1:4325".parse().unwrap();
+    let srv = server(&bed, addr, Proto::Mptcp, N);
+    let clients: Vec<_> = (0..N)
+        .map(|_| {
+            testbed::spawn_in_netns(&bed.client, move || {
+                peer::send(
+                    addr,
+                    Proto::Mptcp,
+                    Send {
+                        bytes: 20_000,
+                        warmup: Duration::from_millis(100),
+                        spread: Duration::ZERO,
+                    },
+                )
+            })
+            .unwrap()
+        })
+        .collect();
+    for c in clients {
+        assert_eq!(c.join().unwrap().unwrap().unwrap(), 20_000);
+    }
+    assert_eq!(srv.join().unwrap().unwrap().len(), N);
+    tracer.wait_for("every conn_closed", Duration::from_secs(60), |ev| {
+        closed_in(cns, N)(ev) && closed_in(sns, N)(ev)
+    });
+    let run = tracer.stop();
+    assert!(
+        run.events.iter().all(|e| e.event != Kind::Lost),
+        "events lost"
+    );
+    assert!(run.stderr.contains(" 0 lost"), "{}", run.stderr);
+    for ns in [cns, sns] {
+        let ev = events_in(&run.events, ns);
+        let tokens = |k: Kind| -> HashSet<String> {
+            ev.iter()
+                .filter(|e| e.event == k)
+                .map(|e| e.token.clone().unwrap())
+                .collect()
+        };
+        let created = tokens(Kind::ConnCreated);
+        assert_eq!(created.len(), N, "distinct connections");
+        assert_eq!(tokens(Kind::ConnEstablished), created);
+        assert_eq!(tokens(Kind::ConnClosed), created);
+        let count = |k: Kind| ev.iter().filter(|e| e.event == k).count();
+        assert_eq!(count(Kind::ConnCreated), N, "one conn_created each");
+        assert_eq!(count(Kind::ConnClosed), N, "one conn_closed each");
+        assert_eq!(
+            count(Kind::SubflowEstablished),
+            count(Kind::SubflowClosed),
+            "every subflow that opened closed"
+        );
+    }
+}
+
+#[test]
+fn port_and_pid_filters_leave_out_unrelated_connections() {
+    require_root();
+    let bed = TestBed::create(&tag("flt")).unwrap();
+    let cns = TestBed::netns_inode(&bed.client).unwrap();
+    let sns = TestBed::netns_inode(&bed.server).unwrap();
+    // A client in another process: its pid is what --pid selects. It waits for "go".
+    let mut other = ChildGuard(
+        Command::new("ip")
+            .args(["netns", "exec", &bed.client])
+            .arg(mptcp_peer_bin())
+            .args(["send", "10.0.0.1:4331", "50000"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(other.0.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let other_pid = other.0.id();
+    let by_port = Tracer::start(&["--port", "4330"]);
+    let by_pid = Tracer::start(&["--pid", &other_pid.to_string()]);
+
+    let a: SocketAddr = "10.0.0.1:4330".parse().unwrap();
+    let b: SocketAddr = "10.0.0.1:4331".parse().unwrap();
+    let srv_a = server(&bed, a, Proto::Mptcp, 1);
+    let srv_b = server(&bed, b, Proto::Mptcp, 1);
+    let small = Send {
+        bytes: 50_000,
+        warmup: Duration::from_millis(300),
+        spread: Duration::ZERO,
+    };
+    client(&bed, a, small);
+    std::io::Write::write_all(other.0.stdin.as_mut().unwrap(), b"go\n").unwrap();
+    assert!(other.0.wait().unwrap().success());
+    srv_a.join().unwrap().unwrap();
+    srv_b.join().unwrap().unwrap();
+    by_port.wait_for("4330 closed", WAIT, |ev| {
+        closed_in(cns, 1)(ev) && closed_in(sns, 1)(ev)
+    });
+    by_pid.wait_for("the other client's close", WAIT, closed_in(cns, 1));
+    thread::sleep(Duration::from_millis(500));
+    let port_run = by_port.stop();
+    let pid_run = by_pid.stop();
+
+    let ours: Vec<&Event> = port_run
+        .events
+        .iter()
+        .filter(|e| e.netns == Some(cns) || e.netns == Some(sns))
+        .collect();
+    assert!(
+        ours.len() >= 10,
+        "both ends of the 4330 connection: {ours:#?}"
+    );
+    let tokens_4330: HashSet<_> = ours
+        .iter()
+        .filter(|e| e.event == Kind::ConnCreated)
+        .map(|e| {
+            assert!(e.sport == Some(4330) || e.dport == Some(4330), "{e:?}");
+            e.token.clone()
+        })
+        .collect();
+    assert_eq!(tokens_4330.len(), 2);
+    assert!(
+        ours.iter().all(|e| tokens_4330.contains(&e.token)),
+        "{ours:#?}"
+    );
+
+    assert_eq!(
+        pid_run.events.first().map(|e| e.event),
+        Some(Kind::ConnCreated)
+    );
+    assert_eq!(
+        pid_run.events.last().map(|e| e.event),
+        Some(Kind::ConnClosed)
+    );
+    for e in &pid_run.events {
+        assert_eq!(
+            e.pid,
+            Some(other_pid),
+            "only the other process's connection: {e:?}"
+        );
+        assert_eq!(e.netns, Some(cns));
+        assert_eq!(e.comm.as_deref(), Some("mptcp-peer"));
+    }
+    assert_eq!(pid_run.events[0].dport, Some(4331));
+}
+
+/// Program ids held by a process's fds (`prog_id:` in /proc/PID/fdinfo).
+fn prog_ids_of(pid: u32) -> HashSet<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .flat_map(|info| {
+            info.lines()
+                .filter_map(|l| l.strip_prefix("prog_id:")?.trim().parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+#[test]
+fn stopping_detaches_every_program() {
+    require_root();
+    let tracer = Tracer::start(&[]);
+    let ids = prog_ids_of(tracer.pid());
+    assert!(ids.len() >= 3, "the tracer holds its programs: {ids:?}");
+    let run = tracer.stop();
+    assert!(run.status.success(), "{}", run.stderr);
+    let still: Vec<u32> = loaded_program_ids().intersection(&ids).copied().collect();
+    assert!(
+        still.is_empty(),
+        "programs left loaded after Ctrl-C: {still:?}"
+    );
+}
+
+#[test]
+fn bad_filter_values_fail_with_one_line_and_exit_code_2() {
+    require_root();
+    let before = loaded_programs_named("inet_sock_set_state");
+    for args in [
+        &["events", "--pid", "999999999"][..],
+        &["events", "--netns", "no-such-netns-here"],
+        &["events", "--cgroup", "/no/such/cgroup"],
+        &["events", "--token", "xyz"],
+        &["events", "--port", "notaport"],
+    ] {
+        let out = Command::new(mptcp_trace_bin()).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        if args[1] != "--port" {
+            // clap's own usage errors add a usage hint; ours are exactly one line.
+            assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        }
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    assert_eq!(loaded_programs_named("inet_sock_set_state"), before);
+}
