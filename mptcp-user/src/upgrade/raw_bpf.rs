@@ -221,7 +221,8 @@ mod tests {
 
     #[test]
     fn load_attr_describes_an_fmod_ret_program() {
-        let insns = [bpf_insn::default(); 3];
+        // SAFETY: bpf_insn is plain data.
+        let insns: [bpf_insn; 3] = unsafe { std::mem::zeroed() };
         let license = c"GPL";
         let mut log = [0u8; 64];
         let attr = fmod_ret_load_attr(

@@ -1,0 +1,739 @@
+//! The TCP→MPTCP upgrade (`mptcp-trace upgrade`, `mptcp-trace run`), end to end, on whatever
+//! kernel runs the tests. Each test first decides from independent facts what this kernel must
+//! do ([`expect`]): before Linux 6.6 there is no hook, and under kernel lockdown BPF trampolines
+//! are refused — there the test asserts the refusal (message, exit status 2, nothing left
+//! attached or pinned) instead of the upgrade. Nothing is ever skipped.
+//!
+//! The sockets are made by this very test binary, started again as a workload process
+//! (`workload`, an ignored test the others run with `--ignored --exact`), so they are plain
+//! `std::net` sockets of an unmodified program. Needs root.
+
+use std::{
+    collections::HashMap,
+    fs,
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::{fd::AsRawFd, unix::fs::PermissionsExt, unix::process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use integration_tests::{loaded_programs_named, mptcp_trace_bin, require_root, tag};
+use mptcp_user::{
+    filter::cgroup2_mount,
+    peer::so_protocol,
+    testbed::{self, TestBed},
+};
+
+const TCP: i32 = 6;
+const MPTCP: i32 = 262;
+const PIN_DIR: &str = "/sys/fs/bpf/mptcp-trace";
+/// The program's name as the kernel lists it.
+const PROG_NAME: &str = "mptcp_upgrade";
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What this kernel must do with the upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Works,
+    /// Linux < 6.6: no `update_socket_protocol`.
+    HookMissing,
+    /// Kernel lockdown is on: fentry/fmod_ret loads fail with EPERM.
+    Refused,
+}
+
+fn kernel_version() -> (u32, u32) {
+    let r = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut it = r
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (it.next().unwrap(), it.next().unwrap())
+}
+
+fn lockdown() -> String {
+    let file = Path::new("/sys/kernel/security/lockdown");
+    let mut mounted = false;
+    if !file.exists() {
+        mounted = Command::new("mount")
+            .args(["-t", "securityfs", "none", "/sys/kernel/security"])
+            .status()
+            .is_ok_and(|s| s.success());
+    }
+    let mode = fs::read_to_string(file).unwrap_or_else(|_| "[none]".into());
+    if mounted {
+        let _ = Command::new("umount").arg("/sys/kernel/security").status();
+    }
+    mode.split_whitespace()
+        .find(|w| w.starts_with('['))
+        .unwrap_or("[none]")
+        .trim_matches(['[', ']'])
+        .to_string()
+}
+
+fn expect() -> Expect {
+    require_root();
+    let v = kernel_version();
+    let e = if v < (6, 6) {
+        Expect::HookMissing
+    } else if lockdown() != "none" {
+        Expect::Refused
+    } else {
+        Expect::Works
+    };
+    eprintln!("kernel {v:?}, lockdown {}: expecting {e:?}", lockdown());
+    e
+}
+
+fn trace(args: &[&str]) -> Output {
+    Command::new(mptcp_trace_bin())
+        .args(args)
+        .output()
+        .expect("run mptcp-trace")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn upgrade_programs() -> usize {
+    loaded_programs_named(PROG_NAME)
+}
+
+/// Waits (program release is deferred) until no upgrade program is loaded.
+fn assert_no_program_left() {
+    let start = Instant::now();
+    while upgrade_programs() != 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "an {PROG_NAME} program is still loaded"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The refusal this kernel must give for `args`: exit 2, the explanation, nothing left.
+fn assert_refused(kind: Expect, args: &[&str]) {
+    let before = upgrade_programs();
+    let o = trace(args);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {t}");
+    match kind {
+        Expect::HookMissing => assert!(t.contains("needs Linux ≥ 6.6"), "{t}"),
+        Expect::Refused => {
+            assert!(
+                t.contains("refused to load the upgrade's BPF trampoline"),
+                "{t}"
+            );
+            assert!(t.contains("lockdown"), "{t}");
+            assert!(t.contains("mptcpize run"), "{t}");
+        }
+        Expect::Works => unreachable!(),
+    }
+    assert!(t.contains("tracing still works"), "{t}");
+    assert!(
+        !Path::new(PIN_DIR).join("upgrade_link").exists(),
+        "{PIN_DIR} has an upgrade after a refusal"
+    );
+    assert_eq!(upgrade_programs(), before, "a program was left loaded");
+    assert_eq!(before, 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The workload: this binary, started again.
+
+const ROLE: &str = "MPTCP_UPGRADE_TEST_ROLE";
+const OUT: &str = "MPTCP_UPGRADE_TEST_OUT";
+const COMM: &str = "MPTCP_UPGRADE_TEST_COMM";
+
+/// `SOL_MPTCP`, `MPTCP_INFO`, `MPTCP_SUBFLOW_ADDRS` (linux/mptcp.h).
+const SOL_MPTCP: i32 = 284;
+const MPTCP_INFO: i32 = 1;
+const MPTCP_SUBFLOW_ADDRS: i32 = 3;
+
+/// Additional subflows of an MPTCP socket (`mptcp_info.mptcpi_subflows`).
+fn extra_subflows(s: &impl AsRawFd) -> u8 {
+    let mut info = [0u8; 256];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: valid fd and buffer.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            SOL_MPTCP,
+            MPTCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if r == 0 {
+        info[0]
+    } else {
+        0
+    }
+}
+
+/// Local IPv4 addresses of every subflow (`MPTCP_SUBFLOW_ADDRS`).
+fn subflow_locals(s: &impl AsRawFd) -> Vec<String> {
+    // struct mptcp_subflow_data (16 bytes) then struct mptcp_subflow_addrs (2 × 128 bytes).
+    const ENTRY: usize = 256;
+    let mut buf = vec![0u8; 16 + 8 * ENTRY];
+    buf[0..4].copy_from_slice(&16u32.to_ne_bytes());
+    buf[12..16].copy_from_slice(&(ENTRY as u32).to_ne_bytes());
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: valid fd and buffer.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            SOL_MPTCP,
+            MPTCP_SUBFLOW_ADDRS,
+            buf.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return vec![];
+    }
+    let n = u32::from_ne_bytes(buf[4..8].try_into().unwrap()) as usize;
+    (0..n.min(8))
+        .filter_map(|i| {
+            let e = &buf[16 + i * ENTRY..];
+            (u16::from_ne_bytes([e[0], e[1]]) == libc::AF_INET as u16)
+                .then(|| format!("{}.{}.{}.{}", e[4], e[5], e[6], e[7]))
+        })
+        .collect()
+}
+
+fn raw_socket(family: i32, ty: i32, proto: i32) -> i32 {
+    // SAFETY: plain syscall.
+    let fd = unsafe { libc::socket(family, ty, proto) };
+    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    fd
+}
+
+fn fd_protocol(fd: i32) -> i32 {
+    struct Fd(i32);
+    impl AsRawFd for Fd {
+        fn as_raw_fd(&self) -> i32 {
+            self.0
+        }
+    }
+    so_protocol(&Fd(fd)).unwrap()
+}
+
+fn workload_sockets(out: &mut Vec<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (accepted, _) = listener.accept().unwrap();
+    out.push(format!("listener={}", so_protocol(&listener).unwrap()));
+    out.push(format!("client={}", so_protocol(&client).unwrap()));
+    out.push(format!("accepted={}", so_protocol(&accepted).unwrap()));
+    let fd = raw_socket(
+        libc::AF_INET6,
+        libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        0,
+    );
+    out.push(format!("nonblock_cloexec_v6={}", fd_protocol(fd)));
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    out.push(format!("udp={}", so_protocol(&udp).unwrap()));
+    let mut pair = [0i32; 2];
+    // SAFETY: valid array of two descriptors.
+    assert_eq!(
+        unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, pair.as_mut_ptr()) },
+        0
+    );
+    out.push(format!("socketpair={}", fd_protocol(pair[0])));
+}
+
+/// Serves one connection: reads to EOF, answers the byte count.
+fn workload_server(addr: SocketAddr, out_path: &Path, out: &mut Vec<String>) {
+    let listener = TcpListener::bind(addr).unwrap();
+    out.push(format!("listener={}", so_protocol(&listener).unwrap()));
+    fs::write(out_path.with_extension("listening"), "").unwrap();
+    let (mut conn, _) = listener.accept().unwrap();
+    out.push(format!("accepted={}", so_protocol(&conn).unwrap()));
+    let mut total = 0u64;
+    let mut buf = [0u8; 65536];
+    loop {
+        match conn.read(&mut buf).unwrap() {
+            0 => break,
+            n => total += n as u64,
+        }
+    }
+    conn.write_all(&total.to_be_bytes()).unwrap();
+    out.push(format!("received={total}"));
+}
+
+/// Connects, waits for an extra subflow, sends, reports the subflows' local addresses.
+fn workload_client(addr: SocketAddr, out: &mut Vec<String>) {
+    let mut conn = TcpStream::connect(addr).unwrap();
+    out.push(format!("client={}", so_protocol(&conn).unwrap()));
+    let start = Instant::now();
+    while extra_subflows(&conn) == 0 && start.elapsed() < Duration::from_secs(20) {
+        thread::sleep(Duration::from_millis(100));
+    }
+    out.push(format!("extra_subflows={}", extra_subflows(&conn)));
+    out.push(format!("locals={}", subflow_locals(&conn).join(",")));
+    conn.write_all(&[0x5a; 100_000]).unwrap();
+    conn.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut ack = [0u8; 8];
+    conn.read_exact(&mut ack).unwrap();
+    out.push(format!("acked={}", u64::from_be_bytes(ack)));
+}
+
+/// Not a test: the process the other tests start (under `mptcp-trace run`, in a cgroup, with a
+/// chosen command name) to create sockets. Does nothing when run directly.
+#[test]
+#[ignore = "workload process started by the other tests"]
+fn workload() {
+    let Some(role) = std::env::var_os(ROLE) else {
+        return;
+    };
+    let out_path = PathBuf::from(std::env::var_os(OUT).expect("output file"));
+    if let Some(comm) = std::env::var_os(COMM) {
+        let c = std::ffi::CString::new(comm.into_encoded_bytes()).unwrap();
+        // SAFETY: PR_SET_NAME with a NUL-terminated string names the calling thread.
+        unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr()) };
+    }
+    let role = role.into_string().unwrap();
+    let mut words = role.split_whitespace();
+    let mut out = Vec::new();
+    match words.next() {
+        Some("sockets") => workload_sockets(&mut out),
+        Some("server") => {
+            workload_server(words.next().unwrap().parse().unwrap(), &out_path, &mut out)
+        }
+        Some("client") => workload_client(words.next().unwrap().parse().unwrap(), &mut out),
+        other => panic!("unknown role {other:?}"),
+    }
+    fs::write(&out_path, out.join("\n")).unwrap();
+}
+
+/// The command line that runs the workload `role`; `None` output until it finished.
+fn workload_cmd(role: &str, out: &Path, comm: Option<&str>) -> Command {
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.args([
+        "--ignored",
+        "--exact",
+        "workload",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(ROLE, role)
+    .env(OUT, out)
+    .stdout(Stdio::null());
+    if let Some(comm) = comm {
+        c.env(COMM, comm);
+    }
+    c
+}
+
+fn out_file(name: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("upgrade-{}.out", tag(name)));
+    let _ = fs::remove_file(&p);
+    p
+}
+
+fn parse(out: &Path) -> HashMap<String, String> {
+    fs::read_to_string(out)
+        .unwrap_or_else(|e| panic!("workload wrote no {}: {e}", out.display()))
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn proto(m: &HashMap<String, String>, key: &str) -> i32 {
+    m.get(key)
+        .unwrap_or_else(|| panic!("no {key} in {m:?}"))
+        .parse()
+        .unwrap()
+}
+
+/// Runs the socket workload directly (in this process's cgroup, with `comm`).
+fn sockets_now(name: &str, comm: Option<&str>, cgroup: Option<&Path>) -> HashMap<String, String> {
+    let out = out_file(name);
+    let mut cmd = workload_cmd("sockets", &out, comm);
+    if let Some(cg) = cgroup {
+        let procs = std::ffi::CString::new(
+            cg.join("cgroup.procs")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .unwrap();
+        // SAFETY: only async-signal-safe calls between fork and exec; "0" moves the writer.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+                Ok(())
+            });
+        }
+    }
+    let st = cmd.status().unwrap();
+    assert!(st.success(), "workload failed: {st}");
+    let m = parse(&out);
+    let _ = fs::remove_file(&out);
+    m
+}
+
+// ---------------------------------------------------------------------------------------------
+// A running `mptcp-trace upgrade`.
+
+struct Upgrader {
+    child: Child,
+    ready: PathBuf,
+}
+
+impl Upgrader {
+    fn start(args: &[&str]) -> Upgrader {
+        let ready = std::env::temp_dir().join(format!("upgrade-ready-{}", tag("u")));
+        let _ = fs::remove_file(&ready);
+        let mut child = Command::new(mptcp_trace_bin())
+            .arg("upgrade")
+            .args(args)
+            .arg("--ready-file")
+            .arg(&ready)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while !ready.exists() {
+            if let Some(st) = child.try_wait().unwrap() {
+                let mut e = String::new();
+                child.stderr.take().unwrap().read_to_string(&mut e).unwrap();
+                panic!("upgrade {args:?} exited with {st}: {e}");
+            }
+            assert!(start.elapsed() < TIMEOUT, "upgrade not ready");
+            thread::sleep(Duration::from_millis(50));
+        }
+        Upgrader { child, ready }
+    }
+
+    fn signal(mut self, sig: i32) -> String {
+        // SAFETY: plain syscall on our child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+        let out = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap())
+            .wait_with_output()
+            .unwrap();
+        let _ = fs::remove_file(&self.ready);
+        if sig == libc::SIGINT {
+            assert!(out.status.success(), "{}", text(&out));
+        }
+        text(&out)
+    }
+}
+
+impl Drop for Upgrader {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_file(&self.ready);
+    }
+}
+
+/// A test-owned cgroup (removed on drop).
+struct Cgroup(PathBuf);
+
+impl Cgroup {
+    fn new(name: &str) -> Cgroup {
+        let p = cgroup2_mount().expect("cgroup2").join(tag(name));
+        fs::create_dir_all(&p).unwrap();
+        Cgroup(p)
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let mut dirs: Vec<PathBuf> = fs::read_dir(&self.0)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default();
+        dirs.push(self.0.clone());
+        for d in dirs {
+            for _ in 0..50 {
+                if fs::remove_dir(&d).is_ok() || !d.exists() {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests.
+
+#[test]
+fn run_upgrades_std_sockets_but_not_udp_or_socketpair() {
+    let kind = expect();
+    if kind != Expect::Works {
+        return assert_refused(kind, &["run", "--", "true"]);
+    }
+    let out = out_file("run-sockets");
+    let mut cmd = Command::new(mptcp_trace_bin());
+    cmd.args(["run", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "workload", "--nocapture"])
+        .env(ROLE, "sockets")
+        .env(OUT, &out)
+        .stdout(Stdio::null());
+    let st = cmd.status().unwrap();
+    assert!(st.success(), "{st}");
+    let m = parse(&out);
+    for key in ["listener", "client", "accepted", "nonblock_cloexec_v6"] {
+        assert_eq!(proto(&m, key), MPTCP, "{key}: {m:?}");
+    }
+    assert_eq!(proto(&m, "udp"), libc::IPPROTO_UDP, "{m:?}");
+    assert_eq!(proto(&m, "socketpair"), 0, "{m:?}");
+    // Outside the run's cgroup nothing changed, and nothing is left behind.
+    assert_eq!(proto(&sockets_now("run-after", None, None), "client"), TCP);
+    assert_no_program_left();
+    let leftovers: Vec<_> = fs::read_dir(cgroup2_mount().unwrap())
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("mptcp-trace-run.")
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "cgroups left: {leftovers:?}");
+}
+
+#[test]
+fn run_exits_with_the_command_status() {
+    let kind = expect();
+    if kind != Expect::Works {
+        return assert_refused(kind, &["run", "--", "sh", "-c", "exit 7"]);
+    }
+    let o = trace(&["run", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(o.status.code(), Some(7), "{}", text(&o));
+    let o = trace(&["run", "--", "sh", "-c", "kill -KILL $$"]);
+    assert_eq!(o.status.code(), Some(128 + 9), "{}", text(&o));
+}
+
+#[test]
+fn run_client_and_server_join_a_second_subflow_over_blue() {
+    let kind = expect();
+    if kind != Expect::Works {
+        return assert_refused(kind, &["run", "--", "true"]);
+    }
+    let bed = TestBed::create(&tag("upg")).expect("test bed");
+    let port = 4400 + (std::process::id() % 500) as u16;
+    let server_addr = format!("{}:{port}", testbed::RED_SERVER_V4);
+    let (sout, cout) = (out_file("bed-server"), out_file("bed-client"));
+    let _ = fs::remove_file(sout.with_extension("listening"));
+    let run_in = |ns: &str, role: String, out: &Path| {
+        Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(mptcp_trace_bin())
+            .args(["run", "--"])
+            .arg(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", "workload", "--nocapture"])
+            .env(ROLE, role)
+            .env(OUT, out)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut server = run_in(&bed.server, format!("server {server_addr}"), &sout);
+    let start = Instant::now();
+    while !sout.with_extension("listening").exists() {
+        assert!(start.elapsed() < TIMEOUT, "server not listening");
+        assert!(server.try_wait().unwrap().is_none(), "server exited");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let st = run_in(&bed.client, format!("client {server_addr}"), &cout)
+        .wait()
+        .unwrap();
+    assert!(st.success(), "client: {st}");
+    assert!(server.wait().unwrap().success());
+    let (s, c) = (parse(&sout), parse(&cout));
+    assert_eq!(proto(&s, "listener"), MPTCP, "{s:?}");
+    assert_eq!(proto(&s, "accepted"), MPTCP, "{s:?}");
+    assert_eq!(proto(&c, "client"), MPTCP, "{c:?}");
+    assert_eq!(s["received"], "100000");
+    assert_eq!(c["acked"], "100000");
+    assert!(proto(&c, "extra_subflows") >= 1, "no second subflow: {c:?}");
+    assert!(
+        c["locals"].split(',').any(|a| a == testbed::BLUE_CLIENT_V4),
+        "no subflow from the blue address: {c:?}"
+    );
+    assert_no_program_left();
+}
+
+#[test]
+fn cgroup_scope_covers_the_cgroup_and_below_only() {
+    let kind = expect();
+    let cg = Cgroup::new("upg-cg");
+    let cg_arg = cg.0.to_str().unwrap().to_string();
+    if kind != Expect::Works {
+        return assert_refused(kind, &["upgrade", "--cgroup", &cg_arg]);
+    }
+    let child = cg.0.join("child");
+    fs::create_dir(&child).unwrap();
+    let up = Upgrader::start(&["--cgroup", &cg_arg]);
+    assert_eq!(
+        proto(&sockets_now("cg-in", None, Some(&cg.0)), "client"),
+        MPTCP
+    );
+    assert_eq!(
+        proto(&sockets_now("cg-below", None, Some(&child)), "client"),
+        MPTCP
+    );
+    let outside = Cgroup::new("upg-cg-outside");
+    assert_eq!(
+        proto(&sockets_now("cg-out", None, Some(&outside.0)), "client"),
+        TCP
+    );
+    assert_eq!(proto(&sockets_now("cg-self", None, None), "listener"), TCP);
+    let report = up.signal(libc::SIGINT);
+    // listener, client and the v6 socket of the two runs inside: 6 upgraded.
+    assert!(
+        report.contains("in scope 6, upgraded to MPTCP 6"),
+        "{report}"
+    );
+    assert_no_program_left();
+}
+
+#[test]
+fn comm_scope_matches_any_of_the_names() {
+    let kind = expect();
+    if kind != Expect::Works {
+        return assert_refused(kind, &["upgrade", "--comm", "upg-a", "--comm", "upg-b"]);
+    }
+    let up = Upgrader::start(&["--comm", "upg-a", "--comm", "upg-b"]);
+    assert_eq!(
+        proto(&sockets_now("comm-a", Some("upg-a"), None), "client"),
+        MPTCP
+    );
+    assert_eq!(
+        proto(&sockets_now("comm-b", Some("upg-b"), None), "listener"),
+        MPTCP
+    );
+    assert_eq!(
+        proto(&sockets_now("comm-c", Some("upg-c"), None), "client"),
+        TCP
+    );
+    drop(up.signal(libc::SIGTERM));
+    assert_no_program_left();
+}
+
+#[test]
+fn count_only_counts_and_changes_nothing() {
+    let kind = expect();
+    if kind != Expect::Works {
+        return assert_refused(kind, &["upgrade", "--comm", "upg-count", "--count-only"]);
+    }
+    let up = Upgrader::start(&["--comm", "upg-count", "--count-only"]);
+    let m = sockets_now("count", Some("upg-count"), None);
+    for key in ["listener", "client", "nonblock_cloexec_v6"] {
+        assert_eq!(proto(&m, key), TCP, "{key}: {m:?}");
+    }
+    let report = up.signal(libc::SIGINT);
+    assert!(
+        report.contains("in scope 3, upgraded to MPTCP 0"),
+        "{report}"
+    );
+    let o = trace(&["run", "--count-only", "--", "true"]);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+#[test]
+fn sigkill_of_an_unpinned_upgrade_detaches_it() {
+    let kind = expect();
+    if kind != Expect::Works {
+        return assert_refused(kind, &["upgrade", "--comm", "upg-kill"]);
+    }
+    let up = Upgrader::start(&["--comm", "upg-kill"]);
+    assert_eq!(
+        proto(&sockets_now("kill-1", Some("upg-kill"), None), "client"),
+        MPTCP
+    );
+    up.signal(libc::SIGKILL);
+    assert_no_program_left();
+    assert_eq!(
+        proto(&sockets_now("kill-2", Some("upg-kill"), None), "client"),
+        TCP
+    );
+}
+
+#[test]
+fn pinned_upgrade_survives_and_off_removes_it() {
+    let kind = expect();
+    if kind != Expect::Works {
+        return assert_refused(kind, &["upgrade", "--comm", "upg-pin", "--pin"]);
+    }
+    let o = trace(&["upgrade", "--comm", "upg-pin", "--pin"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let mode = fs::metadata(PIN_DIR).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    assert_eq!(
+        proto(&sockets_now("pin-1", Some("upg-pin"), None), "client"),
+        MPTCP
+    );
+    // A second pin is refused and changes nothing.
+    let again = trace(&["upgrade", "--all", "--pin"]);
+    assert_eq!(again.status.code(), Some(2), "{}", text(&again));
+    assert_eq!(proto(&sockets_now("pin-2", None, None), "client"), TCP);
+    let st = text(&trace(&["upgrade", "--status"]));
+    assert!(st.contains("comm upg-pin"), "{st}");
+    assert!(st.contains("upgraded to MPTCP 3"), "{st}");
+    let off = trace(&["upgrade", "--off"]);
+    assert!(off.status.success(), "{}", text(&off));
+    assert!(!Path::new(PIN_DIR).join("upgrade_link").exists());
+    assert_no_program_left();
+    assert_eq!(
+        proto(&sockets_now("pin-3", Some("upg-pin"), None), "client"),
+        TCP
+    );
+    assert!(text(&trace(&["upgrade", "--status"])).contains("not pinned"));
+}
+
+#[test]
+fn bad_scopes_and_disabled_mptcp_are_refused_with_status_2() {
+    let kind = expect();
+    for args in [
+        &["upgrade", "--pid", "4294967294"][..],
+        &["upgrade", "--cgroup", "/no/such/cgroup"],
+        &["upgrade", "--comm", "a-name-longer-than-15"],
+        &["upgrade"],
+    ] {
+        let o = trace(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+    }
+    // net.mptcp.enabled=0 in the caller's network namespace.
+    let ns = tag("upg-nomptcp");
+    testbed::ip(&["netns", "add", &ns]).unwrap();
+    let o = Command::new("ip")
+        .args(["netns", "exec", &ns, "sh", "-c"])
+        .arg(format!(
+            "sysctl -q -w net.mptcp.enabled=0 && exec {} upgrade --all",
+            mptcp_trace_bin().display()
+        ))
+        .output()
+        .unwrap();
+    let _ = testbed::ip(&["netns", "del", &ns]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    if kind == Expect::HookMissing {
+        assert!(text(&o).contains("needs Linux ≥ 6.6"), "{}", text(&o));
+    } else {
+        assert!(text(&o).contains("net.mptcp.enabled = 0"), "{}", text(&o));
+    }
+    assert_no_program_left();
+    assert!(!Path::new(PIN_DIR).join("upgrade_link").exists());
+}
