@@ -200,9 +200,26 @@ pub fn to_event(r: &RawEvent, clock: &Clock) -> Result<Event, DecodeError> {
                 e.srtt_us = Some(r.srtt_us);
             }
         }
-        Kind::ConnEstablished | Kind::Lost => {}
+        Kind::ConnEstablished | Kind::AddrAnnounced | Kind::AddrRemoved | Kind::Lost => {}
     }
     Ok(e)
+}
+
+/// `addr_announced`/`addr_removed` from a path-manager netlink event.
+pub fn addr_event(a: &crate::pm_events::PmAddr, clock: &Clock) -> Event {
+    let ts = monotonic_ns();
+    let kind = if a.announced {
+        Kind::AddrAnnounced
+    } else {
+        Kind::AddrRemoved
+    };
+    let mut e = Event::new(kind, ts, clock.rfc3339(ts));
+    e.token = Some(format!("{:08x}", a.token));
+    e.netns = Some(a.netns);
+    e.remote_id = Some(a.remote_id);
+    e.addr = a.addr;
+    e.port = a.port.filter(|&p| p != 0);
+    e
 }
 
 /// The `lost` event, made in userspace from the kernel's drop counters.

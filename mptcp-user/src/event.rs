@@ -27,6 +27,10 @@ pub enum Kind {
     SubflowEstablished,
     /// A subflow closed.
     SubflowClosed,
+    /// The peer announced an address (ADD_ADDR), from the kernel's MPTCP netlink events.
+    AddrAnnounced,
+    /// The peer withdrew an address (RM_ADDR), from the kernel's MPTCP netlink events.
+    AddrRemoved,
     /// Events were dropped because the ring buffer was full.
     Lost,
 }
@@ -40,6 +44,8 @@ impl Kind {
             Kind::ConnClosed => "conn_closed",
             Kind::SubflowEstablished => "subflow_established",
             Kind::SubflowClosed => "subflow_closed",
+            Kind::AddrAnnounced => "addr_announced",
+            Kind::AddrRemoved => "addr_removed",
             Kind::Lost => "lost",
         }
     }
@@ -102,9 +108,13 @@ pub struct Event {
     /// subflow_*: interface of the subflow's route.
     pub ifindex: Option<u32>,
     pub ifname: Option<String>,
-    /// subflow_*: MPTCP address ids (`ip mptcp endpoint show` ids).
+    /// subflow_*: MPTCP address ids (`ip mptcp endpoint show` ids); addr_*: the id the peer
+    /// gave the address.
     pub local_id: Option<i32>,
     pub remote_id: Option<u8>,
+    /// addr_announced: the address the peer announced (and its port, when it gave one).
+    pub addr: Option<IpAddr>,
+    pub port: Option<u16>,
     pub backup: Option<bool>,
     /// subflow_*: true for an MP_JOIN subflow, false for the initial one.
     pub join: Option<bool>,
@@ -157,6 +167,8 @@ impl Event {
             ifname: None,
             local_id: None,
             remote_id: None,
+            addr: None,
+            port: None,
             backup: None,
             join: None,
             bytes_sent: None,

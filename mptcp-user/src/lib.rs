@@ -10,6 +10,7 @@ pub mod live;
 pub mod loader;
 pub mod offsets;
 pub mod peer;
+pub mod pm_events;
 pub mod testbed;
 pub mod text;
 pub mod upgrade;

@@ -79,6 +79,9 @@ pub fn line(e: &Event) -> String {
                 );
             }
         }
+        Kind::AddrAnnounced | Kind::AddrRemoved => {
+            let _ = write!(d, "remote_id={} ", e.remote_id.unwrap_or(0));
+        }
         Kind::Lost => {
             let _ = write!(d, "count={} ", e.count.unwrap_or(0));
         }
@@ -92,6 +95,8 @@ pub fn line(e: &Event) -> String {
     }
     let (local, remote) = if e.event == Kind::Lost {
         (String::new(), String::new())
+    } else if matches!(e.event, Kind::AddrAnnounced | Kind::AddrRemoved) {
+        ("-".into(), endpoint(e.addr, e.port))
     } else {
         (endpoint(e.saddr, e.sport), endpoint(e.daddr, e.dport))
     };

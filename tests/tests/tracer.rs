@@ -700,3 +700,99 @@ fn bad_filter_values_fail_with_one_line_and_exit_code_2() {
     }
     assert_eq!(loaded_programs_named("inet_sock_set_state"), before);
 }
+
+#[test]
+fn address_announcements_match_the_kernel() {
+    require_root();
+    let bed = TestBed::create(&tag("addr")).unwrap();
+    let cns = TestBed::netns_inode(&bed.client).unwrap();
+    let sns = TestBed::netns_inode(&bed.server).unwrap();
+    // The server announces its blue address (ADD_ADDR) to its clients.
+    let endpoint = [
+        "mptcp",
+        "endpoint",
+        "add",
+        testbed::BLUE_SERVER_V4,
+        "dev",
+        "blue-server",
+    ];
+    testbed::ip(
+        &[
+            &["-n", bed.server.as_str()][..],
+            &endpoint,
+            &["id", "5", "signal"],
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let mon_c = Monitor::start(&bed.client);
+    let tracer = Tracer::start(&[]);
+    let addr: SocketAddr = "10.0.0.1:4326".parse().unwrap();
+    let srv = server(&bed, addr, Proto::Mptcp, 1);
+    let plan = Send {
+        bytes: 8 << 20,
+        warmup: Duration::from_millis(300),
+        spread: Duration::from_secs(3),
+    };
+    let cname = bed.client.clone();
+    let cli = thread::spawn(move || {
+        testbed::in_netns(&cname, move || peer::send(addr, Proto::Mptcp, plan)).unwrap()
+    });
+    let announced = |ev: &[Event]| ev.iter().any(|e| e.event == Kind::AddrAnnounced);
+    tracer.wait_for("addr_announced", WAIT, announced);
+    // Withdrawing the endpoint sends RM_ADDR.
+    testbed::ip(&["-n", &bed.server, "mptcp", "endpoint", "delete", "id", "5"]).unwrap();
+    tracer.wait_for("addr_removed", WAIT, |ev| {
+        ev.iter().any(|e| e.event == Kind::AddrRemoved)
+    });
+    assert_eq!(cli.join().unwrap().unwrap(), plan.bytes);
+    srv.join().unwrap().unwrap();
+    tracer.wait_for("conn_closed", WAIT, |ev| {
+        closed_in(cns, 1)(ev) && closed_in(sns, 1)(ev)
+    });
+    let run = tracer.stop();
+    let pm = mon_c.stop();
+
+    let ev = events_in(&run.events, cns);
+    let ours = |k: Kind| -> Vec<String> {
+        let mut v: Vec<String> = ev
+            .iter()
+            .filter(|e| e.event == k)
+            .map(|e| {
+                assert_eq!(
+                    e.pid,
+                    Some(std::process::id()),
+                    "owner of the connection: {e:?}"
+                );
+                let addr = e.addr.map(|a| a.to_string()).unwrap_or_default();
+                format!(
+                    "{} {} {addr}",
+                    e.token.as_deref().unwrap(),
+                    e.remote_id.unwrap()
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let kernel = |k: &str| -> Vec<String> {
+        let mut v: Vec<String> = pm
+            .iter()
+            .filter(|p| p.kind == k)
+            .map(|p| {
+                let addr = p.get("daddr4").or(p.get("daddr6")).unwrap_or_default();
+                format!(
+                    "{} {} {addr}",
+                    p.get("token").unwrap(),
+                    p.get("remid").unwrap()
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(ours(Kind::AddrAnnounced), kernel("ANNOUNCED"));
+    assert_eq!(ours(Kind::AddrRemoved), kernel("REMOVED"));
+    assert_eq!(ours(Kind::AddrAnnounced).len(), 1);
+    assert!(ours(Kind::AddrAnnounced)[0].ends_with(" 5 192.168.0.1"));
+}

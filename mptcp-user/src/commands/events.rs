@@ -19,7 +19,9 @@ use crate::{
     decode::{self, Clock},
     event::Event,
     filter::Filter,
-    loader, text,
+    loader,
+    pm_events::{Owners, PmWatcher},
+    text,
 };
 
 /// Writes events in the chosen format; a closed pipe is reported as `Ok(false)`.
@@ -85,11 +87,16 @@ pub async fn run(args: EventsArgs) -> Result<()> {
         ebpf,
         degraded: _,
     } = loader::load(filter.kernel_config())?;
+    // Address announcements come from the kernel's MPTCP netlink events, per namespace.
+    let (pm_tx, mut pm_rx) = tokio::sync::mpsc::unbounded_channel();
+    let netns_filter = Some(filter.kernel_config().filter_netns).filter(|&n| n != 0);
+    let mut pm = PmWatcher::new(pm_tx, netns_filter);
+    let mut owners = Owners::default();
+    let clock = Clock::now();
     if let Some(path) = &args.ready_file {
         std::fs::write(path, b"ready\n")
             .with_context(|| format!("cannot create ready file {}", path.display()))?;
     }
-    let clock = Clock::now();
     let mut printer = Printer {
         out: BufWriter::new(io::stdout().lock()),
         json: args.json,
@@ -110,6 +117,7 @@ pub async fn run(args: EventsArgs) -> Result<()> {
     tokio::pin!(deadline);
     let mut lost = 0u64;
     let mut malformed = 0u64;
+    let mut ticks = 0u64;
 
     while open {
         tokio::select! {
@@ -118,13 +126,13 @@ pub async fn run(args: EventsArgs) -> Result<()> {
                 let rb = guard.get_inner_mut();
                 while let Some(item) = rb.next() {
                     match decode::decode(&item, &clock) {
-                        Ok(e) if filter.accept(&e) => {
-                            if !printer.print(&e)? {
+                        Ok(e) => {
+                            owners.observe(&e);
+                            if filter.accept(&e) && !printer.print(&e)? {
                                 open = false;
                                 break;
                             }
                         }
-                        Ok(_) => {}
                         Err(err) => {
                             malformed += 1;
                             warn!("dropped a malformed record: {err}");
@@ -144,8 +152,19 @@ pub async fn run(args: EventsArgs) -> Result<()> {
                 guard.get_inner_mut().flush();
                 guard.clear_ready();
             }
+            Some(a) = pm_rx.recv() => {
+                let mut e = decode::addr_event(&a, &clock);
+                owners.enrich(&mut e);
+                if filter.accept(&e) {
+                    open = printer.print(&e)? && printer.flush()?;
+                }
+            }
             _ = tick.tick() => {
                 open = report_lost(counters.lost(), &mut lost, &clock, &mut printer)?;
+                ticks += 1;
+                if ticks.is_multiple_of(4) {
+                    pm.rescan();
+                }
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,

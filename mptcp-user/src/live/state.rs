@@ -417,7 +417,8 @@ impl State {
                     }
                 }
             }
-            Kind::Lost => {}
+            // Address announcements are shown by `events`; the view shows the paths in use.
+            Kind::AddrAnnounced | Kind::AddrRemoved | Kind::Lost => {}
         }
     }
 
