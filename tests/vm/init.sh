@@ -2,7 +2,8 @@
 # /init of the qemu guests booted by `cargo xtask vm-test` (xtask/src/vm.rs builds the initramfs
 # around it). Mounts what the tracer and the tests need, loads the kernel modules listed in
 # /etc/vm/modules, runs every executable in /tests with libtest's --test-threads=1 plus the
-# arguments in /etc/vm/test-args, prints one result line for the runner and powers off.
+# arguments in /etc/vm/test-args (each killed after /etc/vm/exe-timeout seconds), prints one
+# result line for the runner and powers off.
 #
 # The result line is parsed by the runner; keep its format:
 #   MPTCP-TRACE-VM-RESULT kernel=<uname -r> passed=<tests> failed=<tests>
@@ -50,14 +51,17 @@ echo "vm: preflight: exit $?, $(($(date +%s) - start)) s"
 passed=0
 failed=0
 args=$(cat /etc/vm/test-args 2>/dev/null)
+limit=$(cat /etc/vm/exe-timeout 2>/dev/null || echo 600)
 for t in /tests/*; do
   [ -x "$t" ] || continue
   echo "vm: ==> $(basename "$t")"
   start=$(date +%s)
+  # Streamed to the console as it runs, kept for the summary; a hung executable is killed so
+  # that the others still run and the result line is still printed.
   # shellcheck disable=SC2086 # the arguments are split on purpose
-  "$t" --test-threads=1 $args >/tmp/out 2>&1
-  rc=$?
-  cat /tmp/out
+  { timeout -s KILL "$limit" "$t" --test-threads=1 $args 2>&1; echo $? >/tmp/rc; } | tee /tmp/out
+  rc=$(cat /tmp/rc)
+  if [ "$rc" -eq 137 ]; then echo "vm: $(basename "$t") killed after $limit s"; fi
   # libtest's summary: "test result: ok. 3 passed; 0 failed; 0 ignored; ..."
   p=$(sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\1/p' /tmp/out | tail -n1)
   f=$(sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\2/p' /tmp/out | tail -n1)

@@ -41,6 +41,10 @@ pub struct VmTestArgs {
     /// Time limit for each guest, from boot to power-off, in seconds.
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
+    /// Time limit for each test executable inside the guest, in seconds: a hung one is killed
+    /// and counted as failed, and the rest still run.
+    #[arg(long, default_value_t = 180)]
+    pub exe_timeout: u64,
     /// Virtual CPUs of each guest.
     #[arg(long, default_value_t = 2)]
     pub smp: u32,
@@ -54,6 +58,7 @@ impl Default for VmTestArgs {
         VmTestArgs {
             kernel: "all".into(),
             timeout: 300,
+            exe_timeout: 180,
             smp: 2,
             test_args: Vec::new(),
         }
@@ -93,7 +98,7 @@ pub fn run(args: VmTestArgs) -> Result<()> {
     let artifacts = build()?;
     let work = target_dir()?.join("vm");
     fs::create_dir_all(&work)?;
-    let base = build_base_initramfs(&work, &artifacts, &args.test_args)?;
+    let base = build_base_initramfs(&work, &artifacts, &args)?;
 
     let mut results = Vec::new();
     for kernel in &kernels {
@@ -375,7 +380,7 @@ impl Stage {
 }
 
 /// The kernel-independent part: init, busybox, iproute2, the binaries and the tests.
-fn build_base_initramfs(work: &Path, art: &Artifacts, test_args: &[String]) -> Result<PathBuf> {
+fn build_base_initramfs(work: &Path, art: &Artifacts, args: &VmTestArgs) -> Result<PathBuf> {
     let mut stage = Stage::new(work.join("base"))?;
     stage.write("/init", INIT.as_bytes(), 0o755)?;
     let busybox = find_in_path("busybox")?;
@@ -402,7 +407,16 @@ fn build_base_initramfs(work: &Path, art: &Artifacts, test_args: &[String]) -> R
         stage.add_executable(exe, &format!("/tests/{name}"))?;
     }
     stage.write("/etc/vm/env", env.as_bytes(), 0o644)?;
-    stage.write("/etc/vm/test-args", test_args.join(" ").as_bytes(), 0o644)?;
+    stage.write(
+        "/etc/vm/test-args",
+        args.test_args.join(" ").as_bytes(),
+        0o644,
+    )?;
+    stage.write(
+        "/etc/vm/exe-timeout",
+        args.exe_timeout.to_string().as_bytes(),
+        0o644,
+    )?;
     let libs = stage.libs.len();
     let out = work.join("base.cpio.gz");
     stage.pack(&out)?;
