@@ -137,6 +137,9 @@ pub struct Config {
     pub filter_tgid: u32,
     /// Only sockets in the network namespace with this inode number.
     pub filter_netns: u32,
+    /// 1: also report plain TCP connections (`--all-tcp`).
+    pub all_tcp: u32,
+    pub _pad: u32,
 }
 
 /// What a [`RawEvent`] reports. Numbers are part of the kernel↔user contract.
@@ -181,6 +184,8 @@ pub mod flags {
     pub const OWNER_KNOWN: u8 = 1 << 5;
     /// The peer sent MP_TCPRST: `reset_reason` holds its reason code.
     pub const MPTCP_RESET: u8 = 1 << 6;
+    /// A plain TCP connection, reported because of `--all-tcp`: `conn` is its socket.
+    pub const PLAIN_TCP: u8 = 1 << 7;
 }
 
 /// One ring-buffer record. Which fields are meaningful depends on `kind`; unused ones are zero.

@@ -32,6 +32,8 @@ use mptcp_common::{
 static CONFIG: Config = Config {
     filter_tgid: 0,
     filter_netns: 0,
+    all_tcp: 0,
+    _pad: 0,
 };
 
 macro_rules! config {
@@ -86,7 +88,9 @@ struct Conn {
     /// The MPTCP socket reached CLOSE; conn_closed waits for the last live subflow so that it
     /// is the connection's last event.
     closing: u8,
-    _pad: [u8; 4],
+    /// Local port once established: a plain TCP socket has released it when CLOSE fires.
+    sport: u16,
+    _pad: [u8; 2],
 }
 
 #[repr(C)]
@@ -268,7 +272,8 @@ fn on_msk(msk: u64, old: u8, new: u8) {
             filtered: filtered as u8,
             announced: 0,
             closing: 0,
-            _pad: [0; 4],
+            sport: 0,
+            _pad: [0; 2],
         };
         if CONNS.insert(&msk, &conn, 0).is_err() {
             bump(counter::LOST);
@@ -370,7 +375,11 @@ fn close_conn(s: &Subject, c: &Conn) {
             addr_from: s.conn,
             ..*s
         };
-        emit(&subject, Some(&copy), |_| {});
+        emit(&subject, Some(&copy), |ev| {
+            if ev.sport == 0 {
+                ev.sport = copy.sport;
+            }
+        });
     }
 }
 
@@ -504,6 +513,93 @@ fn on_subflow(sk: u64, old: u8, new: u8) {
     }
 }
 
+/// A plain TCP socket's state change (`--all-tcp`): the same lifecycle as an MPTCP
+/// connection — owner recorded at connect or from its listener, created/established when the
+/// handshake completes, closed at CLOSE — keyed by the socket itself.
+fn on_plain_tcp(sk: u64, old: u8, new: u8) {
+    let netns = kernel::netns(sk);
+    let listen_key = || ListenKey {
+        netns,
+        port: read_or_zero(sk, off!(skc_num)) as u32,
+    };
+    if new == tcp_state::LISTEN {
+        let _ = LISTENERS.insert(&listen_key(), &current_owner(), 0);
+        return;
+    }
+    if old == tcp_state::LISTEN && new == tcp_state::CLOSE {
+        let _ = LISTENERS.remove(&listen_key());
+        return;
+    }
+    let filter_netns = config!(filter_netns);
+    if filter_netns != 0 && netns != filter_netns {
+        return;
+    }
+    let subject = Subject {
+        kind: EventKind::ConnEstablished,
+        conn: sk,
+        sk: 0,
+        addr_from: sk,
+        token: 0,
+        netns,
+        oldstate: old,
+        newstate: new,
+    };
+    let server = old == tcp_state::SYN_RECV && new == tcp_state::ESTABLISHED;
+    if (old == tcp_state::CLOSE && new == tcp_state::SYN_SENT) || server {
+        let owner = if server {
+            unsafe { LISTENERS.get(&listen_key()) }.copied()
+        } else {
+            Some(current_owner())
+        };
+        let filter_tgid = config!(filter_tgid);
+        let conn = Conn {
+            owner: owner.unwrap_or(NO_OWNER),
+            start_ns: unsafe { bpf_ktime_get_ns() },
+            live: 0,
+            subflows: 0,
+            flags: flags::PLAIN_TCP
+                | if server { flags::SERVER } else { 0 }
+                | if owner.is_some() {
+                    flags::OWNER_KNOWN
+                } else {
+                    0
+                },
+            filtered: (filter_tgid != 0 && owner.map(|o| o.tgid) != Some(filter_tgid)) as u8,
+            announced: 0,
+            closing: 0,
+            sport: 0,
+            _pad: [0; 2],
+        };
+        if CONNS.insert(&sk, &conn, 0).is_err() {
+            bump(counter::LOST);
+        }
+        if !server {
+            return;
+        }
+    }
+    let Some(c) = CONNS.get_ptr_mut(&sk) else {
+        return;
+    };
+    // SAFETY: map values stay valid for the whole program run (RCU).
+    let c = unsafe { &mut *c };
+    if c.filtered != 0 {
+        if new == tcp_state::CLOSE {
+            let _ = CONNS.remove(&sk);
+        }
+        return;
+    }
+    if new == tcp_state::ESTABLISHED {
+        c.sport = read_or_zero(sk, off!(skc_num)) as u16;
+        announce(&subject, c, true);
+    } else if new == tcp_state::CLOSE && old != tcp_state::CLOSE {
+        if c.announced == 0 {
+            // A connect that failed: report it all the same.
+            announce(&subject, c, false);
+        }
+        close_conn(&subject, c);
+    }
+}
+
 fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let sk: u64 = ctx.arg::<u64>(0);
     let old = ctx.arg::<i32>(1) as u8;
@@ -512,7 +608,12 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
     if proto == IPPROTO_MPTCP {
         on_msk(sk, old, new);
     } else if proto == IPPROTO_TCP {
-        on_subflow(sk, old, new);
+        if kernel::subflow_ctx(sk) != 0 {
+            on_subflow(sk, old, new);
+        } else if config!(all_tcp) != 0 {
+            // Read-only config: with --all-tcp off the verifier drops this branch.
+            on_plain_tcp(sk, old, new);
+        }
     }
     Ok(())
 }

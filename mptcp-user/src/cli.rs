@@ -202,6 +202,11 @@ pub struct FilterArgs {
     /// Only IPv6 connections.
     #[arg(short = '6', long = "ipv6")]
     pub ipv6: bool,
+
+    /// Also show plain TCP connections (conn_* events with "protocol":"tcp"): to find the
+    /// programs that do not use MPTCP yet.
+    #[arg(long)]
+    pub all_tcp: bool,
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::{
 
 use mptcp_common::{flags, EventKind, RawEvent, AF_INET, AF_INET6};
 
-use crate::event::{Event, Family, Kind, Side};
+use crate::event::{Event, Family, Kind, Protocol, Side};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -161,6 +161,9 @@ pub fn to_event(r: &RawEvent, clock: &Clock) -> Result<Event, DecodeError> {
         e.pid = Some(r.pid);
         e.comm = cstr(&r.comm);
         e.cgroup_id = Some(r.cgroup_id);
+    }
+    if r.flags & flags::PLAIN_TCP != 0 {
+        e.protocol = Some(Protocol::Tcp);
     }
     e.family = match r.family {
         AF_INET => Some(Family::Ipv4),

@@ -64,6 +64,13 @@ pub enum Side {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// A plain TCP connection (shown with `--all-tcp`).
+    Tcp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum Family {
     Ipv4,
     Ipv6,
@@ -89,6 +96,8 @@ pub struct Event {
     /// connection predates the tracer.
     pub pid: Option<u32>,
     pub comm: Option<String>,
+    /// `tcp` on the conn_* events of plain TCP connections (`--all-tcp`); absent for MPTCP.
+    pub protocol: Option<Protocol>,
     /// `ipv4` or `ipv6`.
     pub family: Option<Family>,
     /// Local address of the socket the event is about.
@@ -154,6 +163,7 @@ impl Event {
             netns: None,
             pid: None,
             comm: None,
+            protocol: None,
             family: None,
             saddr: None,
             sport: None,

@@ -141,6 +141,7 @@ impl Filter {
         if let Some(ns) = &args.netns {
             kernel.filter_netns = resolve_netns(ns)?;
         }
+        kernel.all_tcp = args.all_tcp as u32;
         if let Some(c) = &args.comm {
             if c.is_empty() || c.len() > 15 {
                 return Err(FilterError::Comm(c.clone()));

@@ -40,6 +40,9 @@ pub fn line(e: &Event) -> String {
                 _ => "client",
             };
             let _ = write!(d, "{side} ");
+            if e.protocol.is_some() {
+                d.push_str("tcp ");
+            }
         }
         Kind::ConnFallback => {
             let _ = write!(d, "reason={} ", e.reason.as_deref().unwrap_or("?"));

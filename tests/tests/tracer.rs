@@ -14,6 +14,7 @@ use integration_tests::{
     loaded_program_ids, loaded_programs_named, mptcp_peer_bin, mptcp_trace_bin, peer, require_root,
     tag, testbed, ChildGuard, Event, Kind, Monitor, PmEvent, Side, Tracer,
 };
+use mptcp_user::event::Protocol;
 use peer::{Proto, Send};
 use testbed::TestBed;
 
@@ -342,6 +343,7 @@ fn plain_tcp_server_makes_the_connection_fall_back() {
         TestBed::netns_inode(&bed.server).unwrap(),
     );
     let tracer = Tracer::start(&[]);
+    let all_tcp = Tracer::start(&["--all-tcp", "--netns", &bed.server]);
     let addr: SocketAddr = "10.0.0.1:4322".parse().unwrap();
     let srv = server(&bed, addr, Proto::Tcp, 1);
     client(
@@ -374,6 +376,27 @@ fn plain_tcp_server_makes_the_connection_fall_back() {
         events_in(&run.events, sns).is_empty(),
         "the plain TCP server has no MPTCP socket"
     );
+    // With --all-tcp the plain TCP end shows up, marked as such.
+    all_tcp.wait_for("the plain TCP close", WAIT, closed_in(sns, 1));
+    let tcp = all_tcp.stop().events;
+    assert_eq!(
+        kinds(&tcp),
+        [Kind::ConnCreated, Kind::ConnEstablished, Kind::ConnClosed],
+        "{tcp:#?}"
+    );
+    for e in &tcp {
+        assert_eq!(e.protocol, Some(Protocol::Tcp), "{e:?}");
+        assert_eq!(
+            e.pid,
+            Some(std::process::id()),
+            "owner of the listener: {e:?}"
+        );
+        assert_eq!(
+            (e.sport, e.saddr),
+            (Some(4322), Some("10.0.0.1".parse().unwrap()))
+        );
+    }
+    assert_eq!(tcp[0].side, Some(Side::Server));
 }
 
 #[test]
