@@ -296,27 +296,6 @@ pub fn run(cmd: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_ip_mptcp_monitor_lines() {
-        let e = parse_pm_line(
-            "[SF_ESTABLISHED] token=4e9baa70 remid=0 locid=1 saddr4=192.168.0.2 daddr4=10.0.0.1 \
-             sport=57995 dport=4401 backup=0 ifindex=3",
-        )
-        .unwrap();
-        assert_eq!(e.kind, "SF_ESTABLISHED");
-        assert_eq!(e.get("token"), Some("4e9baa70"));
-        assert_eq!(e.saddr(), Some("192.168.0.2"));
-        assert_eq!(e.get("sport"), Some("57995"));
-        let closed = parse_pm_line("[        CLOSED] token=db2d95f2").unwrap();
-        assert_eq!(closed.kind, "CLOSED");
-        assert!(parse_pm_line("garbage").is_none());
-    }
-}
-
 /// The `mptcp-peer` helper binary: `$MPTCP_PEER_BIN`, else cargo's build of it (test
 /// executables live in `target/debug/deps`, binaries one level up).
 pub fn mptcp_peer_bin() -> PathBuf {
@@ -352,4 +331,25 @@ pub fn loaded_programs_named(name: &str) -> usize {
         .filter_map(Result::ok)
         .filter(|p| p.name_as_str().is_some_and(|n| n == prefix))
         .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ip_mptcp_monitor_lines() {
+        let e = parse_pm_line(
+            "[SF_ESTABLISHED] token=4e9baa70 remid=0 locid=1 saddr4=192.168.0.2 daddr4=10.0.0.1 \
+             sport=57995 dport=4401 backup=0 ifindex=3",
+        )
+        .unwrap();
+        assert_eq!(e.kind, "SF_ESTABLISHED");
+        assert_eq!(e.get("token"), Some("4e9baa70"));
+        assert_eq!(e.saddr(), Some("192.168.0.2"));
+        assert_eq!(e.get("sport"), Some("57995"));
+        let closed = parse_pm_line("[        CLOSED] token=db2d95f2").unwrap();
+        assert_eq!(closed.kind, "CLOSED");
+        assert!(parse_pm_line("garbage").is_none());
+    }
 }
