@@ -10,7 +10,6 @@
 use std::{
     cell::RefCell,
     collections::{BTreeMap, HashSet},
-    fmt::Write as _,
     io::{self, Write},
     net::SocketAddr,
     rc::Rc,
@@ -44,28 +43,9 @@ pub const PATH_MBIT: u64 = 50;
 const WARMUP: Duration = Duration::from_secs(1);
 
 /// What the demo says about the upgrade, truthfully: none happens.
-pub fn upgrade_note() -> String {
-    let mut s = String::from(
-        "no TCP→MPTCP upgrade runs in this demo: the upgrader is not part of this build",
-    );
-    if let Some(mode) = lockdown_mode() {
-        if mode != "none" {
-            let _ = write!(
-                s,
-                ", and this kernel (lockdown={mode}) refuses BPF trampolines (fmod_ret), which it needs"
-            );
-        }
-    }
-    s + "; the demo opens native MPTCP sockets (IPPROTO_MPTCP) instead."
-}
-
-/// The bracketed mode in /sys/kernel/security/lockdown (`none [integrity] confidentiality`).
-fn lockdown_mode() -> Option<String> {
-    let s = std::fs::read_to_string("/sys/kernel/security/lockdown").ok()?;
-    let start = s.find('[')? + 1;
-    let end = s[start..].find(']')? + start;
-    Some(s[start..end].to_string())
-}
+pub const UPGRADE_NOTE: &str = "the demo opens native MPTCP sockets (IPPROTO_MPTCP); no TCP→MPTCP \
+     upgrade happens (it needs a BPF trampoline, fmod_ret, which locked-down kernels such as \
+     this project's hosts refuse)";
 
 /// One subflow in the summary.
 #[derive(Clone, Debug, Default)]
@@ -76,12 +56,15 @@ struct PathBytes {
     bytes: Option<u64>,
 }
 
+/// A client connection's token and its subflows (by subflow id), in order of arrival.
+type ClientConn = (Option<String>, Vec<(u64, PathBytes)>);
+
 /// Client-side connections and their subflows' byte counts, from the events.
 #[derive(Debug, Default)]
 pub struct Summary {
     client_netns: u32,
     /// conn_id → (token, subflow_id → path)
-    conns: BTreeMap<u64, (Option<String>, Vec<(u64, PathBytes)>)>,
+    conns: BTreeMap<u64, ClientConn>,
     servers: HashSet<u64>,
 }
 
@@ -270,7 +253,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     // From here on SIGINT/SIGTERM are ours: no signal leaves the test bed behind.
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    let note = upgrade_note();
+    let note = UPGRADE_NOTE;
     let tag = format!("demo{}", std::process::id());
     let bed = TestBed::create(&tag).context("building the test bed")?;
     shape_paths(&bed, PATH_MBIT)?;
@@ -317,10 +300,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             collector,
             keep,
             live::Options {
-                banner: Some(format!(
-                    "demo: bed {} / {} · {note}",
-                    bed.client, bed.server
-                )),
+                banner: Some(format!("demo ({} / {}): {note}", bed.client, bed.server)),
                 duration: args.duration.map(Duration::from_secs),
             },
         )

@@ -327,3 +327,57 @@ mod tests {
         assert!(me.bytes_acked >= 10_000 || me.bytes_sent >= 10_000);
     }
 }
+
+/// The cost of one poll: `cargo test -p mptcp-user --release --lib sock_diag_poll_cost --
+/// --ignored --nocapture` (numbers in BENCHMARKS.md). Not a timed test: it only prints.
+#[cfg(test)]
+mod bench {
+    use super::*;
+
+    fn thread_cpu_ns() -> u64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid pointer; the clock exists on Linux.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    }
+
+    #[test]
+    #[ignore = "benchmark: run with --ignored --nocapture"]
+    fn sock_diag_poll_cost() {
+        let rl = libc::rlimit {
+            rlim_cur: 65536,
+            rlim_max: 65536,
+        };
+        // SAFETY: plain syscall with a valid pointer (may fail without privileges).
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) };
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut keep = Vec::new();
+        let mut diag = NetnsDiag::here().unwrap();
+        println!("| established TCP sockets in the netns | CPU per poll (user+sys, this thread) | wall per poll |");
+        println!("|---:|---:|---:|");
+        for target in [10usize, 100, 1000, 5000] {
+            while keep.len() < target {
+                let c = std::net::TcpStream::connect(addr).unwrap();
+                let (s, _) = l.accept().unwrap();
+                keep.push((c, s));
+            }
+            let base = diag.dump().unwrap().len();
+            let rounds = 50u32;
+            let (cpu0, wall0) = (thread_cpu_ns(), std::time::Instant::now());
+            for _ in 0..rounds {
+                std::hint::black_box(diag.dump().unwrap());
+            }
+            let cpu = (thread_cpu_ns() - cpu0) / rounds as u64;
+            let wall = wall0.elapsed() / rounds;
+            println!(
+                "| {base} | {:.1} µs | {:.1} µs |",
+                cpu as f64 / 1e3,
+                wall.as_nanos() as f64 / 1e3
+            );
+        }
+    }
+}

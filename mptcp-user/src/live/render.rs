@@ -7,7 +7,7 @@ use ratatui::{
     layout::{Constraint, Layout, Rect},
     style::{Color, Modifier, Style},
     text::{Line, Span},
-    widgets::{Block, Borders, Clear, Paragraph},
+    widgets::{Block, Borders, Clear, Paragraph, Wrap},
     Frame,
 };
 
@@ -307,10 +307,15 @@ fn centered(area: Rect, w: u16, h: u16) -> Rect {
 pub fn render(state: &State, frame: &mut Frame) {
     let area = frame.area();
     let foot = footer(state);
+    // The footer wraps (the demo's banner is long); count the rows it takes.
+    let foot_height = foot
+        .iter()
+        .map(|l| (l.width() as u16).div_ceil(area.width.max(1)).max(1))
+        .sum::<u16>();
     let [top, mid, bottom] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Min(0),
-        Constraint::Length(foot.len() as u16),
+        Constraint::Length(foot_height),
     ])
     .areas(area);
     frame.render_widget(Paragraph::new(header(state)), top);
@@ -321,7 +326,7 @@ pub fn render(state: &State, frame: &mut Frame) {
         _ => 0,
     };
     frame.render_widget(Paragraph::new(lines).scroll((scroll, 0)), mid);
-    frame.render_widget(Paragraph::new(foot), bottom);
+    frame.render_widget(Paragraph::new(foot).wrap(Wrap { trim: true }), bottom);
     if state.ui.help {
         let popup = centered(area, 66, HELP.len() as u16 + 2);
         frame.render_widget(Clear, popup);

@@ -35,6 +35,9 @@ pub enum Update {
     Tick(u64),
 }
 
+/// An address and port.
+pub type Endpoint = (IpAddr, u16);
+
 /// Identity of a connection within one run: network namespace and kernel socket address.
 pub type ConnKey = (u32, u64);
 
@@ -424,7 +427,7 @@ impl State {
 
     fn diag(&mut self, netns: u32, at_ns: u64, socks: &[SockInfo]) {
         self.now_ns = self.now_ns.max(at_ns);
-        let index: HashMap<((IpAddr, u16), (IpAddr, u16)), &SockInfo> = socks
+        let index: HashMap<(Endpoint, Endpoint), &SockInfo> = socks
             .iter()
             .map(|s| ((canon(s.local), canon(s.remote)), s))
             .collect();
