@@ -218,21 +218,35 @@ fn emit(s: &Subject, conn: Option<&Conn>, fill: impl FnOnce(&mut RawEvent)) {
     slot.submit(0);
 }
 
+/// Records who owns a listener (it owns the connections the listener accepts) and forgets it
+/// when the listener closes. Returns whether the transition was a listener's.
+#[inline(always)]
+fn track_listener(sk: u64, netns: u32, old: u8, new: u8) -> bool {
+    let key = ListenKey {
+        netns,
+        port: read_or_zero(sk, off!(skc_num)) as u32,
+    };
+    if new == tcp_state::LISTEN {
+        let _ = LISTENERS.insert(&key, &current_owner(), 0);
+        true
+    } else if old == tcp_state::LISTEN && new == tcp_state::CLOSE {
+        let _ = LISTENERS.remove(&key);
+        true
+    } else {
+        false
+    }
+}
+
 /// A state change of the MPTCP socket itself.
 fn on_msk(msk: u64, old: u8, new: u8) {
     let netns = kernel::netns(msk);
+    if track_listener(msk, netns, old, new) {
+        return;
+    }
     let listen_key = || ListenKey {
         netns,
         port: read_or_zero(msk, off!(skc_num)) as u32,
     };
-    if new == tcp_state::LISTEN {
-        let _ = LISTENERS.insert(&listen_key(), &current_owner(), 0);
-        return;
-    }
-    if old == tcp_state::LISTEN && new == tcp_state::CLOSE {
-        let _ = LISTENERS.remove(&listen_key());
-        return;
-    }
     let filter_netns = config!(filter_netns);
     let subject = Subject {
         kind: EventKind::ConnEstablished,
@@ -518,18 +532,13 @@ fn on_subflow(sk: u64, old: u8, new: u8) {
 /// handshake completes, closed at CLOSE — keyed by the socket itself.
 fn on_plain_tcp(sk: u64, old: u8, new: u8) {
     let netns = kernel::netns(sk);
+    if track_listener(sk, netns, old, new) {
+        return;
+    }
     let listen_key = || ListenKey {
         netns,
         port: read_or_zero(sk, off!(skc_num)) as u32,
     };
-    if new == tcp_state::LISTEN {
-        let _ = LISTENERS.insert(&listen_key(), &current_owner(), 0);
-        return;
-    }
-    if old == tcp_state::LISTEN && new == tcp_state::CLOSE {
-        let _ = LISTENERS.remove(&listen_key());
-        return;
-    }
     let filter_netns = config!(filter_netns);
     if filter_netns != 0 && netns != filter_netns {
         return;
