@@ -33,22 +33,81 @@ use crate::{
 struct RunCgroup {
     path: PathBuf,
     mount: PathBuf,
+    /// Our own mount of the cgroup2 hierarchy, when none was visible (`ip netns exec` mounts a
+    /// fresh /sys without it); unmounted on drop.
+    own_mount: bool,
+}
+
+/// Mounts the cgroup2 hierarchy on a private directory under /run.
+fn mount_cgroup2() -> Result<PathBuf, UpgradeError> {
+    let dir = PathBuf::from(format!("/run/mptcp-trace-cgroup2.{}", std::process::id()));
+    let io = |what: &str| {
+        let what = format!("{what} {}", dir.display());
+        move |source| UpgradeError::Io { what, source }
+    };
+    fs::create_dir_all(&dir).map_err(io("cannot create"))?;
+    let target = CString::new(dir.as_os_str().as_bytes()).expect("no NUL");
+    // SAFETY: NUL-terminated strings.
+    let r = unsafe {
+        libc::mount(
+            c"cgroup2".as_ptr(),
+            target.as_ptr(),
+            c"cgroup2".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        let _ = fs::remove_dir(&dir);
+        debug!("mounting cgroup2 on {}: {e}", dir.display());
+        return Err(UpgradeError::NoCgroup2);
+    }
+    Ok(dir)
 }
 
 impl RunCgroup {
     fn create() -> Result<RunCgroup, UpgradeError> {
-        let mount = cgroup2_mount().ok_or(UpgradeError::NoCgroup2)?;
+        let (mount, own_mount) = match cgroup2_mount() {
+            Some(m) => (m, false),
+            None => (mount_cgroup2()?, true),
+        };
         let path = mount.join(format!("mptcp-trace-run.{}", std::process::id()));
-        fs::create_dir(&path).map_err(|source| UpgradeError::Io {
-            what: format!("cannot create cgroup {}", path.display()),
-            source,
-        })?;
-        Ok(RunCgroup { path, mount })
+        let mut cg = RunCgroup {
+            path,
+            mount,
+            own_mount,
+        };
+        if let Err(source) = fs::create_dir(&cg.path) {
+            cg.unmount();
+            return Err(UpgradeError::Io {
+                what: format!("cannot create cgroup {}", cg.path.display()),
+                source,
+            });
+        }
+        Ok(cg)
+    }
+
+    fn unmount(&mut self) {
+        if std::mem::take(&mut self.own_mount) {
+            if let Ok(c) = CString::new(self.mount.as_os_str().as_bytes()) {
+                // SAFETY: NUL-terminated path.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+            let _ = fs::remove_dir(&self.mount);
+        }
     }
 }
 
 impl Drop for RunCgroup {
     fn drop(&mut self) {
+        self.remove();
+        self.unmount();
+    }
+}
+
+impl RunCgroup {
+    fn remove(&mut self) {
         // The kernel may need a moment to notice the last member is gone.
         for attempt in 0..100 {
             // Background processes CMD left behind go back to the root cgroup (and out of the
