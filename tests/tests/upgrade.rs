@@ -273,13 +273,16 @@ fn workload_server(addr: SocketAddr, out_path: &Path, out: &mut Vec<String>) {
 fn workload_client(addr: SocketAddr, out: &mut Vec<String>) {
     let mut conn = TcpStream::connect(addr).unwrap();
     out.push(format!("client={}", so_protocol(&conn).unwrap()));
+    // Some data first: the path manager adds subflows once the connection is fully
+    // established, which a client that only waits may never be.
+    conn.write_all(&[0x5a; 1000]).unwrap();
     let start = Instant::now();
     while extra_subflows(&conn) == 0 && start.elapsed() < Duration::from_secs(20) {
         thread::sleep(Duration::from_millis(100));
     }
     out.push(format!("extra_subflows={}", extra_subflows(&conn)));
     out.push(format!("locals={}", subflow_locals(&conn).join(",")));
-    conn.write_all(&[0x5a; 100_000]).unwrap();
+    conn.write_all(&[0x5a; 99_000]).unwrap();
     conn.shutdown(std::net::Shutdown::Write).unwrap();
     let mut ack = [0u8; 8];
     conn.read_exact(&mut ack).unwrap();
