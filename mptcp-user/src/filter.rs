@@ -190,6 +190,10 @@ impl Filter {
                 return false;
             }
         }
+        if e.conn_id == 0 {
+            // Not tied to a connection we saw (an address event of an unknown connection).
+            return self.judge(e);
+        }
         let verdict = match self.verdicts.get(&e.conn_id) {
             Some(&v) => v,
             None => {
@@ -206,6 +210,10 @@ impl Filter {
 
     fn judge(&mut self, e: &Event) -> bool {
         if self.token.is_some() && e.token.is_none() {
+            return false;
+        }
+        // The kernel applies it to its own events; address events come from netlink.
+        if self.kernel.filter_tgid != 0 && e.pid != Some(self.kernel.filter_tgid) {
             return false;
         }
         if let Some(c) = &self.comm {
@@ -300,6 +308,20 @@ mod tests {
             f.accept(&Event::new(Kind::Lost, 1, String::new())),
             "loss always shown"
         );
+    }
+
+    #[test]
+    fn events_without_a_connection_are_judged_one_by_one() {
+        let mut f = Filter::new(&FilterArgs {
+            pid: Some(std::process::id()),
+            ..Default::default()
+        })
+        .unwrap();
+        let mut mine = Event::new(Kind::AddrAnnounced, 1, String::new());
+        mine.pid = Some(std::process::id());
+        let stranger = Event::new(Kind::AddrRemoved, 1, String::new());
+        assert!(!f.accept(&stranger), "unknown owner fails a pid filter");
+        assert!(f.accept(&mine), "not tainted by the stranger's verdict");
     }
 
     #[test]

@@ -63,6 +63,33 @@ impl<W: Write> Printer<W> {
     }
 }
 
+/// Where ring-buffer records go: decoded, remembered for address events, filtered, printed.
+struct Sink {
+    clock: Clock,
+    filter: Filter,
+    owners: Owners,
+    malformed: u64,
+}
+
+impl Sink {
+    /// Handles one record; `Ok(false)` when the reader closed the pipe.
+    fn record<W: Write>(&mut self, item: &[u8], printer: &mut Printer<W>) -> io::Result<bool> {
+        match decode::decode(item, &self.clock) {
+            Ok(e) => {
+                self.owners.observe(&e);
+                if self.filter.accept(&e) {
+                    return printer.print(&e);
+                }
+            }
+            Err(err) => {
+                self.malformed += 1;
+                warn!("dropped a malformed record: {err}");
+            }
+        }
+        Ok(true)
+    }
+}
+
 /// Emits a `lost` event when the kernel's drop counter moved since the last report.
 fn report_lost<W: Write>(
     total: u64,
@@ -79,7 +106,7 @@ fn report_lost<W: Write>(
 }
 
 pub async fn run(args: EventsArgs) -> Result<()> {
-    let mut filter = Filter::new(&args.filters)?;
+    let filter = Filter::new(&args.filters)?;
     let loader::Tracer {
         events,
         counters,
@@ -91,7 +118,6 @@ pub async fn run(args: EventsArgs) -> Result<()> {
     let (pm_tx, mut pm_rx) = tokio::sync::mpsc::unbounded_channel();
     let netns_filter = Some(filter.kernel_config().filter_netns).filter(|&n| n != 0);
     let mut pm = PmWatcher::new(pm_tx, netns_filter);
-    let mut owners = Owners::default();
     let clock = Clock::now();
     if let Some(path) = &args.ready_file {
         std::fs::write(path, b"ready\n")
@@ -116,7 +142,12 @@ pub async fn run(args: EventsArgs) -> Result<()> {
     let deadline = sleep(Duration::from_secs(args.duration.unwrap_or(u64::MAX / 4)));
     tokio::pin!(deadline);
     let mut lost = 0u64;
-    let mut malformed = 0u64;
+    let mut sink = Sink {
+        clock,
+        filter,
+        owners: Owners::default(),
+        malformed: 0,
+    };
     let mut ticks = 0u64;
 
     while open {
@@ -125,18 +156,9 @@ pub async fn run(args: EventsArgs) -> Result<()> {
                 let mut guard = guard?;
                 let rb = guard.get_inner_mut();
                 while let Some(item) = rb.next() {
-                    match decode::decode(&item, &clock) {
-                        Ok(e) => {
-                            owners.observe(&e);
-                            if filter.accept(&e) && !printer.print(&e)? {
-                                open = false;
-                                break;
-                            }
-                        }
-                        Err(err) => {
-                            malformed += 1;
-                            warn!("dropped a malformed record: {err}");
-                        }
+                    if !sink.record(&item, &mut printer)? {
+                        open = false;
+                        break;
                     }
                 }
                 guard.clear_ready();
@@ -153,9 +175,18 @@ pub async fn run(args: EventsArgs) -> Result<()> {
                 guard.clear_ready();
             }
             Some(a) = pm_rx.recv() => {
+                // The connection's own events were recorded before the kernel processed the
+                // ADD_ADDR: drain them first so the address event finds its owner.
+                let rb = ring.get_mut();
+                while let Some(item) = rb.next() {
+                    if !sink.record(&item, &mut printer)? {
+                        open = false;
+                        break;
+                    }
+                }
                 let mut e = decode::addr_event(&a, &clock);
-                owners.enrich(&mut e);
-                if filter.accept(&e) {
+                sink.owners.enrich(&mut e);
+                if open && sink.filter.accept(&e) {
                     open = printer.print(&e)? && printer.flush()?;
                 }
             }
@@ -182,8 +213,8 @@ pub async fn run(args: EventsArgs) -> Result<()> {
     drop(logger);
     drop(ebpf);
     let mut summary = format!("mptcp-trace: {shown} events shown, {lost} lost");
-    if malformed > 0 {
-        summary += &format!(", {malformed} malformed records dropped");
+    if sink.malformed > 0 {
+        summary += &format!(", {} malformed records dropped", sink.malformed);
     }
     eprintln!("{summary}");
     Ok(())
