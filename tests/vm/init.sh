@@ -41,13 +41,6 @@ export CI=true MPTCP_TRACE_BIN=/bin/mptcp-trace RUST_BACKTRACE=1
 kernel=$(uname -r)
 echo "vm: kernel $kernel, $(nproc) cpu(s), $(awk '/MemTotal/ { print $2 }' /proc/meminfo) kB"
 
-# Not counted: shows verbatim how the tracer's programs load on this kernel (warnings about
-# missing kernel features, verifier errors) before any test depends on them.
-echo "vm: preflight: mptcp-trace events --json --duration 3"
-start=$(date +%s)
-mptcp-trace events --json --duration 3
-echo "vm: preflight: exit $?, $(($(date +%s) - start)) s"
-
 passed=0
 failed=0
 args=$(cat /etc/vm/test-args 2>/dev/null)

@@ -48,6 +48,11 @@ pub struct VmTestArgs {
     /// Virtual CPUs of each guest.
     #[arg(long, default_value_t = 2)]
     pub smp: u32,
+    /// Ship the dev-profile `mptcp-trace` (and other binaries) instead of release builds. The
+    /// release build starts about twice as fast under TCG, which the suite feels at every
+    /// tracer start; this saves its compile time.
+    #[arg(long)]
+    pub debug_binaries: bool,
     /// Extra arguments for every test executable in the guest (libtest's), e.g. a name filter.
     #[arg(last = true)]
     pub test_args: Vec<String>,
@@ -60,6 +65,7 @@ impl Default for VmTestArgs {
             timeout: 300,
             exe_timeout: 180,
             smp: 2,
+            debug_binaries: false,
             test_args: Vec::new(),
         }
     }
@@ -95,7 +101,7 @@ struct Outcome {
 
 pub fn run(args: VmTestArgs) -> Result<()> {
     let kernels = select_kernels(&args.kernel)?;
-    let artifacts = build()?;
+    let artifacts = build(!args.debug_binaries)?;
     let work = target_dir()?.join("vm");
     fs::create_dir_all(&work)?;
     let base = build_base_initramfs(&work, &artifacts, &args)?;
@@ -238,11 +244,13 @@ fn cargo_executables(args: &[&str]) -> Result<Vec<(String, PathBuf, bool)>> {
     Ok(exes)
 }
 
-fn build() -> Result<Artifacts> {
+fn build(release: bool) -> Result<Artifacts> {
+    let mut build = vec!["build", "--workspace", "--exclude", "mptcp-ebpf", "--bins"];
+    if release {
+        build.push("--release");
+    }
     let mut bins = BTreeMap::new();
-    for (name, exe, _) in
-        cargo_executables(&["build", "--workspace", "--exclude", "mptcp-ebpf", "--bins"])?
-    {
+    for (name, exe, _) in cargo_executables(&build)? {
         bins.insert(name, exe);
     }
     ensure!(
@@ -254,7 +262,8 @@ fn build() -> Result<Artifacts> {
         if test {
             tests.insert(name, exe);
         } else {
-            bins.insert(name, exe);
+            // The test build's own copies of the binaries: the ones built above win.
+            bins.entry(name).or_insert(exe);
         }
     }
     ensure!(
