@@ -124,7 +124,9 @@ pub fn run(args: VmTestArgs) -> Result<()> {
                     "vm {}: {} passed, {} failed ({}, {secs} s)",
                     kernel.series, o.passed, o.failed, kernel.release
                 );
-                ok &= o.failed == 0 && (o.passed > 0 || !args.test_args.is_empty());
+                // No test at all is a failure too: a filter that matches nothing, or an init
+                // that found no executables.
+                ok &= o.failed == 0 && o.passed > 0;
             }
             Err(e) => {
                 println!(
