@@ -5,7 +5,9 @@
 //! way out (duration over, `q`, Ctrl-C, SIGTERM or an error), then prints what crossed each
 //! path.
 //!
-//! The TCP→MPTCP upgrade is not used: the demo says so and opens native MPTCP sockets.
+//! The peers open plain TCP sockets and the eBPF upgrade (scoped to this process) makes them
+//! MPTCP where the kernel allows it; elsewhere (Linux < 6.6, kernels that refuse BPF
+//! trampolines) the demo opens native MPTCP sockets and says so.
 
 use std::{
     cell::RefCell,
@@ -34,7 +36,9 @@ use crate::{
     live::{self, Collector, State, Update},
     peer::{self, Proto},
     testbed::{self, TestBed},
+    upgrade::{Upgrade, UpgradeError},
 };
+use mptcp_common::upgrade::{scope, Policy};
 
 const PORT: u16 = 4321;
 /// Each path's rate limit (tbf on the client's veths), Mbit/s: both paths fill up, so the
@@ -42,10 +46,41 @@ const PORT: u16 = 4321;
 pub const PATH_MBIT: u64 = 50;
 const WARMUP: Duration = Duration::from_secs(1);
 
-/// What the demo says about the upgrade, truthfully: none happens.
-pub const UPGRADE_NOTE: &str = "the demo opens native MPTCP sockets (IPPROTO_MPTCP); no TCP→MPTCP \
-     upgrade happens (it needs a BPF trampoline, fmod_ret, which locked-down kernels such as \
-     this project's hosts refuse)";
+/// Turns the demo's own plain TCP sockets into MPTCP with the eBPF upgrade, scoped to this
+/// process, where the kernel allows it; elsewhere the demo opens native MPTCP sockets. Returns
+/// the attached upgrade (kept until the end), the protocol the peers ask for, and what to tell
+/// the user — truthfully.
+fn try_upgrade() -> (Option<Upgrade>, Proto, String) {
+    let mut policy = Policy::NONE;
+    policy.scope = scope::PID;
+    policy.tgid = std::process::id();
+    match Upgrade::attach(policy) {
+        Ok(u) => (
+            Some(u),
+            Proto::Tcp,
+            "the demo's client and server open plain TCP sockets; the eBPF upgrade \
+             (fmod_ret on update_socket_protocol, scoped to this process) turns them into MPTCP"
+                .into(),
+        ),
+        Err(e) => {
+            let why = match e {
+                UpgradeError::HookMissing(_) => "it needs Linux ≥ 6.6",
+                UpgradeError::TrampolinesRefused => {
+                    "this kernel refuses BPF trampolines (fmod_ret): lockdown or a security policy"
+                }
+                _ => "see `mptcp-trace upgrade --all --count-only`",
+            };
+            (
+                None,
+                Proto::Mptcp,
+                format!(
+                    "the TCP→MPTCP upgrade is not available ({why}); the demo opens native \
+                     MPTCP sockets (IPPROTO_MPTCP) instead"
+                ),
+            )
+        }
+    }
+}
 
 /// One subflow in the summary.
 #[derive(Clone, Debug, Default)]
@@ -170,11 +205,11 @@ impl Drop for Traffic {
     }
 }
 
-fn start_traffic(bed: &TestBed, transfer: Duration, repeat: bool) -> Result<Traffic> {
+fn start_traffic(bed: &TestBed, proto: Proto, transfer: Duration, repeat: bool) -> Result<Traffic> {
     let addr: SocketAddr = format!("{}:{PORT}", testbed::RED_SERVER_V4).parse()?;
     let (ready_tx, ready_rx) = std_mpsc::channel();
     testbed::spawn_in_netns(&bed.server, move || -> io::Result<()> {
-        let listener = peer::listen(addr, Proto::Mptcp);
+        let listener = peer::listen(addr, proto);
         let listener = match listener {
             Ok(l) => {
                 let _ = ready_tx.send(Ok(()));
@@ -205,7 +240,7 @@ fn start_traffic(bed: &TestBed, transfer: Duration, repeat: bool) -> Result<Traf
     };
     testbed::spawn_in_netns(&bed.client, move || {
         while !st.load(Ordering::Relaxed) {
-            if let Err(e) = peer::send(addr, Proto::Mptcp, plan) {
+            if let Err(e) = peer::send(addr, proto, plan) {
                 log::warn!("demo client: {e}");
             }
             if !repeat {
@@ -253,7 +288,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     // From here on SIGINT/SIGTERM are ours: no signal leaves the test bed behind.
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    let note = UPGRADE_NOTE;
+    let (upgrade, proto, note) = try_upgrade();
     let tag = format!("demo{}", std::process::id());
     let bed = TestBed::create(&tag).context("building the test bed")?;
     shape_paths(&bed, PATH_MBIT)?;
@@ -290,12 +325,12 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             testbed::BLUE_CLIENT_V4,
             testbed::RED_SERVER_V4
         );
-        let traffic = start_traffic(&bed, transfer, false)?;
+        let traffic = start_traffic(&bed, proto, transfer, false)?;
         let r = json_loop(collector, keep, &clock, duration, &mut sigint, &mut sigterm).await;
         drop(traffic);
         r
     } else {
-        let traffic = start_traffic(&bed, Duration::from_secs(10), true)?;
+        let traffic = start_traffic(&bed, proto, Duration::from_secs(10), true)?;
         let r = live::run(
             collector,
             keep,
@@ -309,6 +344,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         r.map(|state| summary.borrow_mut().merge_live(&state))
     };
     drop(bed);
+    drop(upgrade);
     let lines = summary.borrow().lines();
     let mut out: Box<dyn Write> = if args.json {
         Box::new(io::stderr())
