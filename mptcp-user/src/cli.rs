@@ -105,6 +105,15 @@ pub struct UpgradeArgs {
     /// Create this file once the upgrade is attached (for scripts and tests).
     #[arg(long, value_name = "PATH", conflicts_with = "pin")]
     pub ready_file: Option<PathBuf>,
+
+    /// Also trace the scope's MPTCP connections while the upgrade runs (event lines on stdout;
+    /// filtered by the scope's --cgroup, --pid and a single --comm).
+    #[arg(long, conflicts_with = "pin")]
+    pub events: bool,
+
+    /// With --events: NDJSON instead of text lines.
+    #[arg(long, requires = "events")]
+    pub json: bool,
 }
 
 #[derive(Debug, Args, Default, Clone)]
@@ -112,6 +121,14 @@ pub struct RunArgs {
     /// Count the sockets CMD creates that would be upgraded, change nothing.
     #[arg(long)]
     pub count_only: bool,
+
+    /// Also trace CMD's MPTCP connections (event lines on stderr; CMD keeps stdout).
+    #[arg(long)]
+    pub trace: bool,
+
+    /// With --trace: NDJSON instead of text lines.
+    #[arg(long, requires = "trace")]
+    pub json: bool,
 
     /// The command and its arguments.
     #[arg(

@@ -533,37 +533,62 @@ fn run_exits_with_the_command_status() {
 fn run_client_and_server_join_a_second_subflow_over_blue() {
     let kind = expect();
     if kind != Expect::Works {
-        return assert_refused(kind, &["run", "--", "true"]);
+        return assert_refused(kind, &["run", "--trace", "--", "true"]);
     }
     let bed = TestBed::create(&tag("upg")).expect("test bed");
     let port = 4400 + (std::process::id() % 500) as u16;
     let server_addr = format!("{}:{port}", testbed::RED_SERVER_V4);
     let (sout, cout) = (out_file("bed-server"), out_file("bed-client"));
     let _ = fs::remove_file(sout.with_extension("listening"));
-    let run_in = |ns: &str, role: String, out: &Path| {
+    let run_in = |ns: &str, role: String, out: &Path, run_args: &[&str]| {
         Command::new("ip")
             .args(["netns", "exec", ns])
             .arg(mptcp_trace_bin())
-            .args(["run", "--"])
+            .arg("run")
+            .args(run_args)
+            .arg("--")
             .arg(std::env::current_exe().unwrap())
             .args(["--ignored", "--exact", "workload", "--nocapture"])
             .env(ROLE, role)
             .env(OUT, out)
             .stdout(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap()
     };
-    let mut server = run_in(&bed.server, format!("server {server_addr}"), &sout);
+    let mut server = run_in(&bed.server, format!("server {server_addr}"), &sout, &[]);
     let start = Instant::now();
     while !sout.with_extension("listening").exists() {
         assert!(start.elapsed() < TIMEOUT, "server not listening");
         assert!(server.try_wait().unwrap().is_none(), "server exited");
         thread::sleep(Duration::from_millis(50));
     }
-    let st = run_in(&bed.client, format!("client {server_addr}"), &cout)
-        .wait()
-        .unwrap();
-    assert!(st.success(), "client: {st}");
+    // The client also traces its own connection (`run --trace`): events on stderr.
+    let client = run_in(
+        &bed.client,
+        format!("client {server_addr}"),
+        &cout,
+        &["--trace", "--json"],
+    )
+    .wait_with_output()
+    .unwrap();
+    let st = client.status;
+    let stderr = String::from_utf8_lossy(&client.stderr);
+    assert!(st.success(), "client: {st}\n{stderr}");
+    let events: Vec<integration_tests::Event> = stderr
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let join = events
+        .iter()
+        .find(|e| e.event == integration_tests::Kind::SubflowEstablished && e.join == Some(true));
+    assert!(
+        join.is_some_and(
+            |e| e.saddr.map(|a| a.to_string()).as_deref() == Some(testbed::BLUE_CLIENT_V4)
+        ),
+        "run --trace shows the upgraded connection's join over blue:\n{stderr}"
+    );
     assert!(server.wait().unwrap().success());
     let (s, c) = (parse(&sout), parse(&cout));
     assert_eq!(proto(&s, "listener"), MPTCP, "{s:?}");

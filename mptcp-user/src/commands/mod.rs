@@ -4,4 +4,5 @@ pub mod events;
 pub mod live;
 pub mod run;
 pub mod schema;
+pub mod side_tracer;
 pub mod upgrade;

@@ -6,7 +6,7 @@
 //! are forwarded to CMD.
 
 use std::{
-    ffi::CString,
+    ffi::{CString, OsString},
     fs,
     os::unix::{ffi::OsStrExt, process::CommandExt, process::ExitStatusExt},
     path::{Path, PathBuf},
@@ -22,6 +22,7 @@ use mptcp_common::upgrade::Policy;
 
 use crate::{
     cli::RunArgs,
+    commands::side_tracer::{Output, SideTracer},
     filter::cgroup2_mount,
     upgrade::{
         policy::{CgroupRef, PolicyExt},
@@ -148,6 +149,15 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     policy.count_only = args.count_only as u32;
     let up = Upgrade::attach(policy)?;
     debug!("run: upgrading {}", policy.describe());
+    let tracer = if args.trace {
+        let filter = [
+            OsString::from("--cgroup"),
+            cgroup.path.clone().into_os_string(),
+        ];
+        Some(SideTracer::start(&filter, args.json, Output::Stderr)?)
+    } else {
+        None
+    };
 
     let procs = CString::new(cgroup.path.join("cgroup.procs").as_os_str().as_bytes())
         .context("cgroup path")?;
@@ -185,6 +195,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         libc::signal(libc::SIGHUP, forward as *const () as libc::sighandler_t);
     }
     let status = child.wait().context("waiting for the command")?;
+    if let Some(t) = tracer {
+        // Subflows close shortly after their process exits.
+        t.stop(Duration::from_millis(1500));
+    }
     debug!("run: {}", up.counts());
     drop(up);
     drop(cgroup);

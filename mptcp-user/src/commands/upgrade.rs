@@ -1,13 +1,14 @@
 //! `mptcp-trace upgrade`: attach the TCP→MPTCP upgrade for a scope until Ctrl-C/SIGTERM (then
 //! print the counters), or pin it (`--pin`); `--status` and `--off` for a pinned one.
 
-use std::fs;
+use std::{ffi::OsString, fs};
 
 use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
-    cli::UpgradeArgs,
+    cli::{ScopeArgs, UpgradeArgs},
+    commands::side_tracer::{Output, SideTracer},
     upgrade::{self, policy, policy::PolicyExt, Upgrade},
 };
 
@@ -46,6 +47,15 @@ pub async fn run(args: UpgradeArgs) -> Result<()> {
         "upgrade: {what} TCP sockets of {} until Ctrl-C",
         policy.describe()
     );
+    let tracer = if args.events {
+        Some(SideTracer::start(
+            &trace_filters(&args.scope),
+            args.json,
+            Output::Stdout,
+        )?)
+    } else {
+        None
+    };
     if let Some(path) = &args.ready_file {
         fs::write(path, b"").with_context(|| format!("cannot create {}", path.display()))?;
     }
@@ -56,9 +66,28 @@ pub async fn run(args: UpgradeArgs) -> Result<()> {
         _ = int.recv() => {}
     }
     let counts = up.counts();
+    if let Some(t) = tracer {
+        t.stop(std::time::Duration::ZERO);
+    }
     drop(up);
     println!("upgrade: stopped; {counts}");
     Ok(())
+}
+
+/// The tracer filters that select what the upgrade's scope selects, as far as they can: the
+/// tracer has no uid filter and takes one command name.
+fn trace_filters(scope: &ScopeArgs) -> Vec<OsString> {
+    let mut f: Vec<OsString> = Vec::new();
+    if let Some(c) = &scope.cgroup {
+        f.extend(["--cgroup".into(), c.clone().into_os_string()]);
+    }
+    if let Some(p) = scope.pid {
+        f.extend(["--pid".into(), p.to_string().into()]);
+    }
+    if let [comm] = scope.comm.as_slice() {
+        f.extend(["--comm".into(), comm.into()]);
+    }
+    f
 }
 
 fn status() -> Result<()> {
