@@ -16,8 +16,10 @@
 for applet in $(/bin/busybox --list); do
   [ -e "/bin/$applet" ] || /bin/busybox ln -s busybox "/bin/$applet"
 done
-export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root TERM=dumb
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root TERM=linux
 
+mkdir -p /dev/pts
+mount -t devpts devpts /dev/pts # tmux
 mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
 mkdir -p /var /root /run/netns
@@ -49,10 +51,11 @@ for t in /tests/*; do
   [ -x "$t" ] || continue
   echo "vm: ==> $(basename "$t")"
   start=$(date +%s)
-  # Streamed to the console as it runs, kept for the summary; a hung executable is killed so
+  # Streamed to the console as it runs (--nocapture: a killed executable still shows why its
+  # earlier tests failed), kept for the summary; a hung executable is killed so
   # that the others still run and the result line is still printed.
   # shellcheck disable=SC2086 # the arguments are split on purpose
-  { timeout -s KILL "$limit" "$t" --test-threads=1 $args 2>&1; echo $? >/tmp/rc; } | tee /tmp/out
+  { timeout -s KILL "$limit" "$t" --test-threads=1 --nocapture $args 2>&1; echo $? >/tmp/rc; } | tee /tmp/out
   rc=$(cat /tmp/rc)
   if [ "$rc" -eq 137 ]; then echo "vm: $(basename "$t") killed after $limit s"; fi
   # libtest's summary: "test result: ok. 3 passed; 0 failed; 0 ignored; ..."

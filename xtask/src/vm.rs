@@ -29,9 +29,12 @@ const RESULT_MARKER: &str = "MPTCP-TRACE-VM-RESULT";
 /// Where `scripts/fetch-kernels.sh` puts the kernels (`MPTCP_TRACE_KERNELS` overrides it).
 const DEFAULT_KERNELS_DIR: &str = "/var/cache/mptcp-trace/kernels";
 /// Modules loaded in the guest (with what they depend on), from the kernel's own tree.
-const MODULES: &[&str] = &["veth", "sch_netem"];
-/// iproute2's tools, used by the test bed and the tests.
-const HOST_TOOLS: &[&str] = &["ip", "ss", "tc"];
+/// `sch_tbf` limits the demo's paths; `sch_netem` is there for tests that add delay or loss.
+const MODULES: &[&str] = &["veth", "sch_tbf", "sch_netem"];
+/// Host tools the test bed and the tests run: iproute2's, and tmux for the live view tests.
+const HOST_TOOLS: &[&str] = &["ip", "ss", "tc", "tmux"];
+/// Host directories copied as they are: terminfo for tmux.
+const HOST_DIRS: &[&str] = &["/lib/terminfo"];
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct VmTestArgs {
@@ -403,8 +406,17 @@ fn build_base_initramfs(work: &Path, art: &Artifacts, args: &VmTestArgs) -> Resu
     fs::create_dir_all(stage.path("/bin"))?;
     fs::copy(&busybox, stage.path("/bin/busybox"))?;
     symlink("busybox", stage.path("/bin/sh"))?;
+    fs::create_dir_all(stage.path("/lib"))?;
     for tool in HOST_TOOLS {
         stage.add_executable(&find_in_path(tool)?, &format!("/bin/{tool}"))?;
+    }
+    for dir in HOST_DIRS {
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(dir)
+            .arg(stage.path(dir).parent().expect("absolute host dir"))
+            .status()?;
+        ensure!(status.success(), "cp -a {dir} failed");
     }
     // Each binary is announced as $<NAME>_BIN (MPTCP_TRACE_BIN, MPTCP_PEER_BIN), the variable
     // the tests read before falling back to cargo's target directory.
