@@ -47,6 +47,24 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
     })
 }
 
+/// A cgroup directory and every cgroup below it (depth first). A cgroup's id is its
+/// directory's inode number.
+pub fn cgroup_dirs(root: &Path) -> impl Iterator<Item = PathBuf> {
+    let mut stack = vec![root.to_path_buf()];
+    std::iter::from_fn(move || {
+        let dir = stack.pop()?;
+        if let Ok(entries) = fs::read_dir(&dir) {
+            stack.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+        Some(dir)
+    })
+}
+
 /// The inode of a network namespace given by name, path or number.
 pub fn resolve_netns(spec: &str) -> Result<u32, FilterError> {
     if let Ok(n) = spec.parse::<u32>() {
@@ -88,21 +106,10 @@ impl CgroupTree {
     }
 
     fn rescan(&mut self) {
-        self.ids.clear();
-        let mut stack = vec![self.root.clone()];
-        while let Some(dir) = stack.pop() {
-            if let Ok(m) = fs::metadata(&dir) {
-                self.ids.insert(m.ino());
-            }
-            if let Ok(entries) = fs::read_dir(&dir) {
-                stack.extend(
-                    entries
-                        .flatten()
-                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                        .map(|e| e.path()),
-                );
-            }
-        }
+        self.ids = cgroup_dirs(&self.root)
+            .filter_map(|d| fs::metadata(d).ok())
+            .map(|m| m.ino())
+            .collect();
     }
 
     /// Whether `id` is the root or below it; a cgroup created after the last scan triggers a

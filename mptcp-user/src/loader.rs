@@ -73,7 +73,8 @@ pub struct Tracer {
 /// The programs' per-CPU counters (`mptcp_common::counter`).
 pub struct Counters(PerCpuArray<MapData, u64>);
 
-fn bump_memlock_rlimit() {
+/// Lifts RLIMIT_MEMLOCK for map and program memory on kernels that still count it.
+pub fn bump_memlock_rlimit() {
     let rlim = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,
         rlim_max: libc::RLIM_INFINITY,

@@ -167,7 +167,7 @@ impl Upgrade {
     /// Checks the kernel, loads the program with `policy` in its map and attaches it.
     pub fn attach(policy: Policy) -> Result<Upgrade, UpgradeError> {
         let btf_id = preflight()?;
-        bump_memlock_rlimit();
+        crate::loader::bump_memlock_rlimit();
         let mut obj =
             aya_obj::Object::parse(OBJECT).map_err(|e| UpgradeError::Object(e.to_string()))?;
         let mut maps: HashMap<String, MapData> = HashMap::new();
@@ -284,21 +284,6 @@ impl Upgrade {
             return Err(e);
         }
         Ok(dir)
-    }
-}
-
-fn bump_memlock_rlimit() {
-    let rlim = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
-    // SAFETY: plain syscall with a valid pointer.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
-        // Kernels ≥ 5.11 charge BPF memory to the memory cgroup instead: not an error.
-        debug!(
-            "cannot raise RLIMIT_MEMLOCK: {}",
-            io::Error::last_os_error()
-        );
     }
 }
 

@@ -14,7 +14,10 @@ use mptcp_common::{
 };
 
 use super::UpgradeError;
-use crate::{cli::ScopeArgs, filter::cgroup2_mount};
+use crate::{
+    cli::ScopeArgs,
+    filter::{cgroup2_mount, cgroup_dirs},
+};
 
 /// A cgroup v2 directory as the program sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,22 +59,7 @@ impl CgroupRef {
 
     /// The cgroup directory with inode `id` below the cgroup2 mount, if any (for `--status`).
     pub fn find_by_id(id: u64) -> Option<PathBuf> {
-        let mount = cgroup2_mount()?;
-        let mut stack = vec![mount];
-        while let Some(dir) = stack.pop() {
-            if fs::metadata(&dir).is_ok_and(|m| m.ino() == id) {
-                return Some(dir);
-            }
-            if let Ok(entries) = fs::read_dir(&dir) {
-                stack.extend(
-                    entries
-                        .flatten()
-                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                        .map(|e| e.path()),
-                );
-            }
-        }
-        None
+        cgroup_dirs(&cgroup2_mount()?).find(|d| fs::metadata(d).is_ok_and(|m| m.ino() == id))
     }
 }
 
