@@ -134,7 +134,8 @@ impl Tracer {
             readers,
             ready,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // Generous: the verifier is slow under qemu without KVM (the VM matrix).
+        let deadline = Instant::now() + Duration::from_secs(180);
         while !t.ready.exists() {
             if let Ok(Some(status)) = t.child.0.try_wait() {
                 thread::sleep(Duration::from_millis(100));

@@ -18,7 +18,8 @@ use mptcp_user::event::Protocol;
 use peer::{Proto, Send};
 use testbed::TestBed;
 
-const WAIT: Duration = Duration::from_secs(20);
+/// Upper bound for events to show up: generous for the VM matrix (qemu without KVM).
+const WAIT: Duration = Duration::from_secs(60);
 
 fn events_in(events: &[Event], netns: u32) -> Vec<Event> {
     events
@@ -445,19 +446,32 @@ fn aborted_connection_reports_resets_on_both_ends() {
         closed_in(cns, 1)(ev) && closed_in(sns, 1)(ev)
     });
     let run = tracer.stop();
-    for (ns, want) in [(sns, "rst_received"), (cns, "rst_sent")] {
+    // Every subflow ends in a reset. The aborting client sends them; the server receives
+    // them — and, depending on the kernel, may itself reset a subflow it has not heard the
+    // RST on yet (6.1 and 6.12 do so on the join subflow after MP_FASTCLOSE).
+    let resets = ["rst_received", "rst_sent"];
+    for (ns, must_see) in [(sns, "rst_received"), (cns, "rst_sent")] {
         let closes: Vec<Event> = events_in(&run.events, ns)
             .into_iter()
             .filter(|e| e.event == Kind::SubflowClosed)
             .collect();
         assert_eq!(closes.len(), 2, "{closes:#?}");
-        for c in &closes {
-            let reason = c.reason.as_deref().unwrap();
+        let reasons: Vec<&str> = closes
+            .iter()
+            .map(|c| c.reason.as_deref().unwrap())
+            .collect();
+        for r in &reasons {
             assert!(
-                reason == want || reason.starts_with("mp_tcprst:"),
-                "expected {want}, got {reason}: {c:?}"
+                resets.contains(r) || r.starts_with("mp_tcprst:"),
+                "a reset reason, got {r}: {closes:#?}"
             );
         }
+        assert!(
+            reasons
+                .iter()
+                .any(|r| *r == must_see || r.starts_with("mp_tcprst:")),
+            "{must_see} on at least one subflow: {closes:#?}"
+        );
     }
 }
 

@@ -29,12 +29,21 @@ const RESULT_MARKER: &str = "MPTCP-TRACE-VM-RESULT";
 /// Where `scripts/fetch-kernels.sh` puts the kernels (`MPTCP_TRACE_KERNELS` overrides it).
 const DEFAULT_KERNELS_DIR: &str = "/var/cache/mptcp-trace/kernels";
 /// Modules loaded in the guest (with what they depend on), from the kernel's own tree.
-/// `sch_tbf` limits the demo's paths; `sch_netem` is there for tests that add delay or loss.
-const MODULES: &[&str] = &["veth", "sch_tbf", "sch_netem"];
+/// `sch_tbf` limits the demo's paths; `sch_netem` is there for tests that add delay or loss;
+/// `inet_diag`/`tcp_diag`/`mptcp_diag` answer the live view's sock_diag polls (and `ss`): a host
+/// loads them on demand through modprobe, the guest has no modprobe.
+const MODULES: &[&str] = &[
+    "veth",
+    "sch_tbf",
+    "sch_netem",
+    "inet_diag",
+    "tcp_diag",
+    "mptcp_diag",
+];
 /// Host tools the test bed and the tests run: iproute2's, and tmux for the live view tests.
 const HOST_TOOLS: &[&str] = &["ip", "ss", "tc", "tmux"];
-/// Host directories copied as they are: terminfo for tmux.
-const HOST_DIRS: &[&str] = &["/lib/terminfo"];
+/// Host directories copied as they are: terminfo and the C.UTF-8 locale for tmux.
+const HOST_DIRS: &[&str] = &["/lib/terminfo", "/usr/lib/locale/C.utf8"];
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct VmTestArgs {
@@ -411,11 +420,13 @@ fn build_base_initramfs(work: &Path, art: &Artifacts, args: &VmTestArgs) -> Resu
         stage.add_executable(&find_in_path(tool)?, &format!("/bin/{tool}"))?;
     }
     for dir in HOST_DIRS {
-        let status = Command::new("cp")
-            .arg("-a")
-            .arg(dir)
-            .arg(stage.path(dir).parent().expect("absolute host dir"))
-            .status()?;
+        let parent = stage
+            .path(dir)
+            .parent()
+            .expect("absolute host dir")
+            .to_path_buf();
+        fs::create_dir_all(&parent)?;
+        let status = Command::new("cp").arg("-a").arg(dir).arg(parent).status()?;
         ensure!(status.success(), "cp -a {dir} failed");
     }
     // Each binary is announced as $<NAME>_BIN (MPTCP_TRACE_BIN, MPTCP_PEER_BIN), the variable
