@@ -23,6 +23,7 @@ pub enum Command {
     /// Stream one line per event (or NDJSON with --json) until Ctrl-C.
     ///
     /// Example: sudo mptcp-trace events
+    ///
     /// Example: sudo mptcp-trace events --json --netns mptcp-client | jq .
     Events(EventsArgs),
     /// Full-screen live view: one block per connection, one row per subflow with live
@@ -34,6 +35,7 @@ pub enum Command {
     /// and show it live (or as NDJSON); everything it made is removed on exit.
     ///
     /// Example: sudo mptcp-trace demo
+    ///
     /// Example: sudo mptcp-trace demo --json --duration 5 | jq -c 'select(.event=="subflow_established")'
     Demo(DemoArgs),
     /// Print the JSON schema of the NDJSON events (schema version 1).
@@ -44,8 +46,11 @@ pub enum Command {
     /// processes, until Ctrl-C (prints the counters then) or, with --pin, until `upgrade --off`.
     ///
     /// Example: sudo mptcp-trace upgrade --cgroup system.slice/nginx.service
+    ///
     /// Example: sudo mptcp-trace upgrade --comm curl --comm wget --pin
+    ///
     /// Example: sudo mptcp-trace upgrade --all --count-only
+    ///
     /// Example: sudo mptcp-trace upgrade --status
     Upgrade(UpgradeArgs),
     /// Run CMD in a fresh cgroup with the TCP→MPTCP upgrade scoped to it (an eBPF
