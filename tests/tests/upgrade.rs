@@ -336,6 +336,39 @@ fn workload_cmd(role: &str, out: &Path, comm: Option<&str>) -> Command {
     c
 }
 
+/// The kernel's MPTCP MIB counters (`MPTcpExt` in /proc/net/netstat) of a namespace.
+fn mptcp_mib(ns: &str) -> HashMap<String, u64> {
+    let text = testbed::in_netns(ns, || fs::read_to_string("/proc/thread-self/net/netstat"))
+        .unwrap()
+        .expect("netstat");
+    let mut lines = text.lines().filter(|l| l.starts_with("MPTcpExt:"));
+    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .skip(1)
+        .map(|(n, v)| (n.to_string(), v.parse().unwrap()))
+        .collect()
+}
+
+/// How much a counter grew between two readings.
+fn grew(before: &HashMap<String, u64>, after: &HashMap<String, u64>, name: &str) -> u64 {
+    after[name] - before.get(name).copied().unwrap_or(0)
+}
+
+/// Whether an ELF executable has no program interpreter (statically linked).
+fn is_static_elf(path: &Path) -> bool {
+    let b = fs::read(path).unwrap();
+    let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(b[0x20..0x28].try_into().unwrap()) as usize;
+    let (phentsize, phnum) = (u16_at(0x36), u16_at(0x38));
+    const PT_INTERP: u32 = 3;
+    (0..phnum).all(|i| {
+        let o = phoff + i * phentsize;
+        u32::from_le_bytes(b[o..o + 4].try_into().unwrap()) != PT_INTERP
+    })
+}
+
 fn out_file(name: &str) -> PathBuf {
     let p = std::env::temp_dir().join(format!("upgrade-{}.out", tag(name)));
     let _ = fs::remove_file(&p);
@@ -564,6 +597,7 @@ fn run_client_and_server_join_a_second_subflow_over_blue() {
         thread::sleep(Duration::from_millis(50));
     }
     // The client also traces its own connection (`run --trace`): events on stderr.
+    let mib_before = mptcp_mib(&bed.client);
     let client = run_in(
         &bed.client,
         format!("client {server_addr}"),
@@ -589,6 +623,25 @@ fn run_client_and_server_join_a_second_subflow_over_blue() {
         ),
         "run --trace shows the upgraded connection's join over blue:\n{stderr}"
     );
+    // The kernel's own MIB counters agree with our events: one MP_CAPABLE SYN per connection
+    // we reported, one MP_JOIN SYN per join we reported.
+    let mib_after = mptcp_mib(&bed.client);
+    let count = |k: integration_tests::Kind, join: Option<bool>| {
+        events
+            .iter()
+            .filter(|e| e.event == k && (join.is_none() || e.join == join))
+            .count() as u64
+    };
+    assert_eq!(
+        grew(&mib_before, &mib_after, "MPCapableSYNTX"),
+        count(integration_tests::Kind::ConnCreated, None),
+        "MPCapableSYNTX vs conn_created:\n{stderr}"
+    );
+    assert_eq!(
+        grew(&mib_before, &mib_after, "MPJoinSynTx"),
+        count(integration_tests::Kind::SubflowEstablished, Some(true)),
+        "MPJoinSynTx vs joins:\n{stderr}"
+    );
     assert!(server.wait().unwrap().success());
     let (s, c) = (parse(&sout), parse(&cout));
     assert_eq!(proto(&s, "listener"), MPTCP, "{s:?}");
@@ -600,6 +653,56 @@ fn run_client_and_server_join_a_second_subflow_over_blue() {
     assert!(
         c["locals"].split(',').any(|a| a == testbed::BLUE_CLIENT_V4),
         "no subflow from the blue address: {c:?}"
+    );
+    assert_no_program_left();
+}
+
+/// What LD_PRELOAD (mptcpize) cannot do: a statically linked program is upgraded too.
+#[test]
+fn a_statically_linked_client_is_upgraded() {
+    let kind = expect();
+    let busybox = Path::new("/bin/busybox");
+    assert!(
+        is_static_elf(busybox),
+        "busybox-static provides a static /bin/busybox"
+    );
+    if kind != Expect::Works {
+        return assert_refused(kind, &["run", "--", "/bin/busybox", "true"]);
+    }
+    let bed = TestBed::create(&tag("static")).expect("test bed");
+    let port = 4900 + (std::process::id() % 90) as u16;
+    let addr: SocketAddr = format!("{}:{port}", testbed::RED_SERVER_V4)
+        .parse()
+        .unwrap();
+    let listener = testbed::in_netns(&bed.server, move || {
+        mptcp_user::peer::listen(addr, mptcp_user::peer::Proto::Mptcp)
+    })
+    .unwrap()
+    .expect("listen");
+    let server = thread::spawn(move || {
+        let (mut c, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 6];
+        c.read_exact(&mut buf).unwrap();
+        buf
+    });
+    let before = mptcp_mib(&bed.server);
+    let out = Command::new("ip")
+        .args(["netns", "exec", &bed.client])
+        .arg(mptcp_trace_bin())
+        .args(["run", "--", "/bin/busybox", "sh", "-c"])
+        .arg(format!(
+            "echo hello | /bin/busybox nc {} {port}",
+            testbed::RED_SERVER_V4
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(&server.join().unwrap(), b"hello\n", "{}", text(&out));
+    let after = mptcp_mib(&bed.server);
+    assert_eq!(
+        grew(&before, &after, "MPCapableSYNRX"),
+        1,
+        "the server saw an MP_CAPABLE SYN from busybox nc: {}",
+        text(&out)
     );
     assert_no_program_left();
 }
