@@ -179,3 +179,32 @@ impl Counters {
         self.get(counter::LOST)
     }
 }
+
+/// The programs' own log records (aya-log) as an async source for a `select!` loop.
+pub struct KernelLog(Option<tokio::io::unix::AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>>);
+
+impl KernelLog {
+    /// Registers the logger with the runtime; `None` (no log map) never yields.
+    pub fn register(
+        logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    ) -> std::io::Result<Self> {
+        Ok(KernelLog(match logger {
+            // SAFETY: the logger owns its fd for as long as the AsyncFd holds it.
+            Some(l) => Some(
+                unsafe { tokio::io::unix::AsyncFd::register(l) }.map_err(|e| e.into_parts().1)?,
+            ),
+            None => None,
+        }))
+    }
+
+    /// Waits for kernel log records and forwards them to the `log` crate.
+    pub async fn forward(&mut self) -> std::io::Result<()> {
+        let Some(fd) = self.0.as_mut() else {
+            return std::future::pending().await;
+        };
+        let mut guard = fd.readable_mut().await?;
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
+        Ok(())
+    }
+}

@@ -130,12 +130,9 @@ pub async fn run(args: EventsArgs) -> Result<()> {
     };
     let mut open = args.json || printer.header()?;
 
-    // SAFETY: each value owns its fd for as long as the AsyncFd holds it.
+    // SAFETY: the ring buffer owns its fd for as long as the AsyncFd holds it.
     let mut ring = unsafe { AsyncFd::register(events) }.context("polling the ring buffer")?;
-    let mut logger = match logger {
-        Some(l) => Some(unsafe { AsyncFd::register(l) }.map_err(|e| e.into_parts().1)?),
-        None => None,
-    };
+    let mut logger = loader::KernelLog::register(logger)?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = interval(Duration::from_millis(500));
@@ -164,16 +161,7 @@ pub async fn run(args: EventsArgs) -> Result<()> {
                 guard.clear_ready();
                 open = open && printer.flush()?;
             }
-            Some(guard) = async {
-                match logger.as_mut() {
-                    Some(l) => Some(l.readable_mut().await),
-                    None => None,
-                }
-            } => {
-                let mut guard = guard?;
-                guard.get_inner_mut().flush();
-                guard.clear_ready();
-            }
+            r = logger.forward() => r?,
             Some(a) = pm_rx.recv() => {
                 // The connection's own events were recorded before the kernel processed the
                 // ADD_ADDR: drain them first so the address event finds its owner.

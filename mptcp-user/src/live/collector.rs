@@ -67,12 +67,9 @@ impl Collector {
             mut filter,
             clock,
         } = self;
-        // SAFETY: each value owns its fd for as long as the AsyncFd holds it.
+        // SAFETY: the ring buffer owns its fd for as long as the AsyncFd holds it.
         let mut ring = unsafe { AsyncFd::register(events) }.context("polling the ring buffer")?;
-        let mut logger = match logger {
-            Some(l) => Some(unsafe { AsyncFd::register(l) }.map_err(|e| e.into_parts().1)?),
-            None => None,
-        };
+        let mut logger = loader::KernelLog::register(logger)?;
         let mut tick = interval(Duration::from_millis(500));
         let mut open = true;
         while open {
@@ -91,16 +88,7 @@ impl Collector {
                     }
                     guard.clear_ready();
                 }
-                Some(guard) = async {
-                    match logger.as_mut() {
-                        Some(l) => Some(l.readable_mut().await),
-                        None => None,
-                    }
-                } => {
-                    let mut guard = guard?;
-                    guard.get_inner_mut().flush();
-                    guard.clear_ready();
-                }
+                r = logger.forward() => r?,
                 _ = tick.tick() => {
                     open = tx.send(Update::Lost(counters.lost())).is_ok();
                 }
