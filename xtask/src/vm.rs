@@ -149,6 +149,12 @@ pub fn run(args: VmTestArgs) -> Result<()> {
             }
         }
     }
+    // One plain closing line over every guest, in the form CI reads.
+    let (passed, failed) = results
+        .iter()
+        .filter_map(|(_, r, _)| r.as_ref().ok())
+        .fold((0, 0), |(p, f), o| (p + o.passed, f + o.failed));
+    println!("vm-matrix: {passed} passed, {failed} failed");
     ensure!(ok, "VM tests failed");
     Ok(())
 }
