@@ -56,8 +56,12 @@ fi
 
 # Kernels for the VM tests (never installed as the host's kernel: only extracted).
 here=$(cd "$(dirname "$0")/.." && pwd)
-if [ -x "$here/scripts/fetch-kernels.sh" ]; then
-  "$here/scripts/fetch-kernels.sh"
-fi
+"$here/scripts/fetch-kernels.sh"
+
+# The tool itself, so that `sudo mptcp-trace demo` works right after set-up. A release build:
+# `cargo xtask vm-test` builds the same artifacts, so the suite does not pay for it twice.
+log "building mptcp-trace (release) and installing it as /usr/local/bin/mptcp-trace"
+(cd "$here" && cargo build --quiet --locked --release -p mptcp-user)
+install -m 0755 "${CARGO_TARGET_DIR:-$here/target}/release/mptcp-trace" /usr/local/bin/mptcp-trace
 
 log "done"
