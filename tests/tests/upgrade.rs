@@ -53,24 +53,32 @@ fn kernel_version() -> (u32, u32) {
     (it.next().unwrap(), it.next().unwrap())
 }
 
+/// The kernel's lockdown mode, read once per test process: tests run in parallel, and a
+/// securityfs mount one test made must not be unmounted under another's read.
 fn lockdown() -> String {
-    let file = Path::new("/sys/kernel/security/lockdown");
-    let mut mounted = false;
-    if !file.exists() {
-        mounted = Command::new("mount")
-            .args(["-t", "securityfs", "none", "/sys/kernel/security"])
-            .status()
-            .is_ok_and(|s| s.success());
-    }
-    let mode = fs::read_to_string(file).unwrap_or_else(|_| "[none]".into());
-    if mounted {
-        let _ = Command::new("umount").arg("/sys/kernel/security").status();
-    }
-    mode.split_whitespace()
-        .find(|w| w.starts_with('['))
-        .unwrap_or("[none]")
-        .trim_matches(['[', ']'])
-        .to_string()
+    static MODE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    MODE.get_or_init(|| {
+        let file = Path::new("/sys/kernel/security/lockdown");
+        let mut mounted = false;
+        if !file.exists() {
+            mounted = Command::new("mount")
+                .args(["-t", "securityfs", "none", "/sys/kernel/security"])
+                .status()
+                .is_ok_and(|s| s.success());
+        }
+        let mode = fs::read_to_string(file);
+        if mounted {
+            let _ = Command::new("umount").arg("/sys/kernel/security").status();
+        }
+        // A kernel without the lockdown LSM has no such file: no lockdown.
+        let mode = mode.unwrap_or_else(|_| "[none]".into());
+        mode.split_whitespace()
+            .find(|w| w.starts_with('['))
+            .unwrap_or("[none]")
+            .trim_matches(['[', ']'])
+            .to_string()
+    })
+    .clone()
 }
 
 fn expect() -> Expect {
@@ -696,6 +704,8 @@ fn a_statically_linked_client_is_upgraded() {
         ))
         .output()
         .unwrap();
+    // Fail rather than wait forever on the server when the run itself failed.
+    assert!(out.status.success(), "{}", text(&out));
     assert_eq!(&server.join().unwrap(), b"hello\n", "{}", text(&out));
     let after = mptcp_mib(&bed.server);
     assert_eq!(
