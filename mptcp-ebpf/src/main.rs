@@ -218,14 +218,20 @@ fn emit(s: &Subject, conn: Option<&Conn>, fill: impl FnOnce(&mut RawEvent)) {
     slot.submit(0);
 }
 
+/// A listener's identity: its namespace and local port (a server connection shares both).
+#[inline(always)]
+fn listen_key(sk: u64, netns: u32) -> ListenKey {
+    ListenKey {
+        netns,
+        port: read_or_zero(sk, off!(skc_num)) as u32,
+    }
+}
+
 /// Records who owns a listener (it owns the connections the listener accepts) and forgets it
 /// when the listener closes. Returns whether the transition was a listener's.
 #[inline(always)]
 fn track_listener(sk: u64, netns: u32, old: u8, new: u8) -> bool {
-    let key = ListenKey {
-        netns,
-        port: read_or_zero(sk, off!(skc_num)) as u32,
-    };
+    let key = listen_key(sk, netns);
     if new == tcp_state::LISTEN {
         let _ = LISTENERS.insert(&key, &current_owner(), 0);
         true
@@ -246,10 +252,6 @@ fn on_msk(msk: u64, old: u8, new: u8) {
     if track_listener(msk, netns, old, new) {
         return;
     }
-    let listen_key = || ListenKey {
-        netns,
-        port: read_or_zero(msk, off!(skc_num)) as u32,
-    };
     let filter_netns = config!(filter_netns);
     let subject = Subject {
         kind: EventKind::ConnEstablished,
@@ -270,7 +272,7 @@ fn on_msk(msk: u64, old: u8, new: u8) {
         let owner = if client {
             Some(current_owner())
         } else {
-            unsafe { LISTENERS.get(&listen_key()) }.copied()
+            unsafe { LISTENERS.get(&listen_key(msk, netns)) }.copied()
         };
         let filter_tgid = config!(filter_tgid);
         let filtered = (filter_netns != 0 && netns != filter_netns)
@@ -544,10 +546,6 @@ fn on_plain_tcp(sk: u64, old: u8, new: u8) {
     if track_listener(sk, netns, old, new) {
         return;
     }
-    let listen_key = || ListenKey {
-        netns,
-        port: read_or_zero(sk, off!(skc_num)) as u32,
-    };
     let filter_netns = config!(filter_netns);
     if filter_netns != 0 && netns != filter_netns {
         return;
@@ -565,7 +563,7 @@ fn on_plain_tcp(sk: u64, old: u8, new: u8) {
     let server = old == tcp_state::SYN_RECV && new == tcp_state::ESTABLISHED;
     if (old == tcp_state::CLOSE && new == tcp_state::SYN_SENT) || server {
         let owner = if server {
-            unsafe { LISTENERS.get(&listen_key()) }.copied()
+            unsafe { LISTENERS.get(&listen_key(sk, netns)) }.copied()
         } else {
             Some(current_owner())
         };
