@@ -76,6 +76,12 @@ struct Conn {
     /// Subflows established and not yet closed (updated atomically: subflows of one
     /// connection may close on different CPUs; 64-bit because BPF's atomics are).
     live: u64,
+    /// Non-zero once the MPTCP socket reached CLOSE; conn_closed waits for the last live
+    /// subflow so that it is the connection's last event. Set with an atomic add, like `live`
+    /// is changed: each side writes with a locked instruction (a full barrier) before it reads
+    /// the other's field, so the socket's CLOSE and its last subflow's CLOSE, racing on two
+    /// CPUs, cannot both miss each other.
+    closing: u64,
     /// Subflows established so far.
     subflows: u32,
     /// `flags::SERVER`, `flags::OWNER_KNOWN`.
@@ -85,12 +91,10 @@ struct Conn {
     /// conn_created/conn_established were sent. They wait for the first subflow, because the
     /// MPTCP socket has no addresses yet when it starts connecting or is cloned by a listener.
     announced: u8,
-    /// The MPTCP socket reached CLOSE; conn_closed waits for the last live subflow so that it
-    /// is the connection's last event.
-    closing: u8,
+    _pad0: u8,
     /// Local port once established: a plain TCP socket has released it when CLOSE fires.
     sport: u16,
-    _pad: [u8; 2],
+    _pad: [u8; 6],
 }
 
 #[repr(C)]
@@ -291,8 +295,9 @@ fn on_msk(msk: u64, old: u8, new: u8) {
             filtered: filtered as u8,
             announced: 0,
             closing: 0,
+            _pad0: 0,
             sport: 0,
-            _pad: [0; 2],
+            _pad: [0; 6],
         };
         if CONNS.insert(&msk, &conn, 0).is_err() {
             bump(counter::LOST);
@@ -336,7 +341,7 @@ fn on_msk(msk: u64, old: u8, new: u8) {
         match conn_ptr {
             Some(c) => {
                 let c = unsafe { &mut *c };
-                c.closing = 1;
+                atomic_add(&mut c.closing, 1);
                 if live_subflows(c) == 0 {
                     close_conn(&subject, c);
                 }
@@ -524,7 +529,7 @@ fn on_subflow(sk: u64, old: u8, new: u8) {
         if let Some(c) = conn_ptr {
             let c = unsafe { &mut *c };
             atomic_add(&mut c.live, u64::MAX);
-            if c.closing != 0 && live_subflows(c) == 0 {
+            if unsafe { core::ptr::read_volatile(&c.closing) } != 0 && live_subflows(c) == 0 {
                 let s = Subject {
                     addr_from: msk,
                     ..subject
@@ -583,8 +588,9 @@ fn on_plain_tcp(sk: u64, old: u8, new: u8) {
             filtered: (filter_tgid != 0 && owner.map(|o| o.tgid) != Some(filter_tgid)) as u8,
             announced: 0,
             closing: 0,
+            _pad0: 0,
             sport: 0,
-            _pad: [0; 2],
+            _pad: [0; 6],
         };
         if CONNS.insert(&sk, &conn, 0).is_err() {
             bump(counter::LOST);
