@@ -222,6 +222,10 @@ impl PmWatcher {
             only,
         };
         w.rescan();
+        // Subscriptions happen on their threads: give them a moment before the caller reports
+        // ready, so traffic started right after does not miss its first announcements. (Only
+        // here: later rescans run on the event loop and must not block it.)
+        std::thread::sleep(Duration::from_millis(20));
         w
     }
 
@@ -294,9 +298,6 @@ impl PmWatcher {
                 }
             });
         }
-        // Subscriptions happen on their threads: give fresh ones a moment before returning, so
-        // callers that rescan before traffic starts do not miss its first announcements.
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
