@@ -128,18 +128,98 @@ pub struct Offsets {
     pub msk_first: Field,
 }
 
-/// Filters the programs apply themselves because they are cheap there; the rest is applied in
-/// userspace. `0` means "no filter". Handed to the programs as the read-only global `CONFIG`.
+/// How many values one selector flag holds (`--pid A --pid B`, `--comm`, `--netns`).
+pub const MAX_PIDS: usize = 8;
+pub const MAX_COMMS: usize = 8;
+pub const MAX_NETNS: usize = 8;
+
+/// Bits of [`Scope::flags`]. `ALL` selects every process; otherwise a process is selected when
+/// it matches every criterion whose bit is set (any of the pids, any of the names). No bit set:
+/// nothing is selected, so a zeroed scope never upgrades or shows anything by accident.
+pub mod scope {
+    pub const ALL: u32 = 1 << 0;
+    /// The process's cgroup is `cgroup_id` or below it (`cgroup_level` deep).
+    pub const CGROUP: u32 = 1 << 1;
+    /// The process's `comm` is one of `comms[..n_comms]`.
+    pub const COMM: u32 = 1 << 2;
+    /// The process id (tgid) is one of `pids[..n_pids]`.
+    pub const PID: u32 = 1 << 3;
+    /// The process's real uid is `uid`.
+    pub const UID: u32 = 1 << 4;
+}
+
+/// Which processes: the one selector both kernel programs apply to the process that owns a
+/// socket. The upgrade matches the caller of `socket()`; the tracer matches the connection's
+/// owner (the process that connected, or the one that created the listener), once, when the
+/// connection is created, so a verdict can never be inherited by a reused socket address.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scope {
+    /// [`scope`] bits.
+    pub flags: u32,
+    /// Depth of `cgroup_id` below the cgroup2 root (the root is level 0).
+    pub cgroup_level: u32,
+    /// cgroup v2 id (the directory's inode number).
+    pub cgroup_id: u64,
+    pub uid: u32,
+    pub n_pids: u32,
+    pub pids: [u32; MAX_PIDS],
+    pub n_comms: u32,
+    pub _pad: u32,
+    /// NUL-padded command names (at most 15 bytes each, as in `/proc/PID/comm`).
+    pub comms: [[u8; TASK_COMM_LEN]; MAX_COMMS],
+}
+
+impl Scope {
+    /// Nothing selected.
+    pub const NONE: Scope = Scope {
+        flags: 0,
+        cgroup_level: 0,
+        cgroup_id: 0,
+        uid: 0,
+        n_pids: 0,
+        pids: [0; MAX_PIDS],
+        n_comms: 0,
+        _pad: 0,
+        comms: [[0; TASK_COMM_LEN]; MAX_COMMS],
+    };
+    /// Every process.
+    pub const ALL: Scope = Scope {
+        flags: scope::ALL,
+        ..Scope::NONE
+    };
+}
+
+impl Default for Scope {
+    fn default() -> Self {
+        Scope::ALL
+    }
+}
+
+/// The tracer's kernel-side selection, handed to the programs as the read-only global
+/// `CONFIG`: everything that can be decided in the kernel is, so that unrelated traffic costs
+/// neither ring-buffer space nor userspace CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// Only connections owned by this process (tgid).
-    pub filter_tgid: u32,
-    /// Only sockets in the network namespace with this inode number.
-    pub filter_netns: u32,
+    /// Whose connections (their owner).
+    pub scope: Scope,
+    /// Only sockets in one of these network namespaces (inode numbers); 0 entries: any.
+    pub n_netns: u32,
+    pub netns: [u32; MAX_NETNS],
     /// 1: also report plain TCP connections (`--all-tcp`).
     pub all_tcp: u32,
-    pub _pad: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            scope: Scope::ALL,
+            n_netns: 0,
+            netns: [0; MAX_NETNS],
+            all_tcp: 0,
+        }
+    }
 }
 
 /// What a [`RawEvent`] reports. Numbers are part of the kernel↔user contract.
@@ -233,13 +313,17 @@ pub struct RawEvent {
     pub _pad: [u8; 7],
 }
 
-/// Index of the per-CPU counters in the `COUNTERS` map.
+/// Index of the per-CPU counters in the `COUNTERS` map. Every way an event can go missing in
+/// the kernel has its own counter, so a gap in the stream is always accounted for.
 pub mod counter {
     /// Ring-buffer reservations that failed: events lost.
     pub const LOST: u32 = 0;
-    /// Events the programs saw and dropped because of a kernel-side filter.
-    pub const FILTERED: u32 = 1;
+    /// Connections (or subflows) the programs could not track because their map was full:
+    /// their later events are missing.
+    pub const MAP_FULL: u32 = 1;
     pub const COUNT: u32 = 2;
+    /// How userspace names each counter in the `lost` breakdown (NDJSON field names).
+    pub const NAMES: [&str; COUNT as usize] = ["ring_buffer", "map_full"];
 }
 
 #[cfg(feature = "user")]
@@ -249,6 +333,7 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::RawEvent {}
     unsafe impl aya::Pod for super::upgrade::Policy {}
+    unsafe impl aya::Pod for super::Scope {}
 }
 
 #[cfg(test)]
@@ -266,12 +351,16 @@ mod tests {
     }
 
     #[test]
-    fn upgrade_policy_has_no_implicit_padding() {
-        use upgrade::{Policy, MAX_COMMS};
+    fn selector_types_have_no_implicit_padding() {
+        use upgrade::Policy;
+        let scope = 4 * 2 + 8 + 4 * 2 + 4 * MAX_PIDS + 4 * 2 + TASK_COMM_LEN * MAX_COMMS;
+        assert_eq!(core::mem::size_of::<Scope>(), scope);
+        assert_eq!(core::mem::size_of::<Policy>(), scope + 8);
         assert_eq!(
-            core::mem::size_of::<Policy>(),
-            4 * 2 + 8 + 4 * 4 + TASK_COMM_LEN * MAX_COMMS
+            core::mem::size_of::<Config>(),
+            scope + 4 + 4 * MAX_NETNS + 4
         );
+        assert_eq!(core::mem::size_of::<Config>() % 8, 0);
     }
 
     #[test]
@@ -335,56 +424,22 @@ mod tests {
 /// pinned upgrade's scope can be read back by `upgrade --status`); the program counts into the
 /// per-CPU array `UPGRADE_COUNTERS`, indexed by [`upgrade::counter`].
 pub mod upgrade {
-    use super::TASK_COMM_LEN;
-
-    /// How many `--comm` names one policy holds.
-    pub const MAX_COMMS: usize = 8;
-
-    /// Bits of [`Policy::scope`]. `ALL` puts every socket in scope; otherwise a socket is in
-    /// scope when its creator matches every criterion whose bit is set (and `COMM` matches any
-    /// of the names). No bit set: nothing is in scope.
-    pub mod scope {
-        pub const ALL: u32 = 1 << 0;
-        /// The creator's cgroup is `cgroup_id` or below it (`cgroup_level` deep).
-        pub const CGROUP: u32 = 1 << 1;
-        /// The creator's `comm` is one of `comms[..n_comms]`.
-        pub const COMM: u32 = 1 << 2;
-        /// The creator's process id (tgid) is `tgid`.
-        pub const PID: u32 = 1 << 3;
-        /// The creator's real uid is `uid`.
-        pub const UID: u32 = 1 << 4;
-    }
-
     /// The upgrade's scope, read by the program on every `socket()`.
     #[repr(C)]
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct Policy {
-        /// [`scope`] bits.
-        pub scope: u32,
+        pub scope: super::Scope,
         /// 1: count what would be upgraded, change nothing.
         pub count_only: u32,
-        /// cgroup v2 id (the directory's inode number).
-        pub cgroup_id: u64,
-        /// Depth of that cgroup below the cgroup2 root (the root is level 0).
-        pub cgroup_level: u32,
-        pub tgid: u32,
-        pub uid: u32,
-        pub n_comms: u32,
-        /// NUL-padded command names (at most 15 bytes each, as in `/proc/PID/comm`).
-        pub comms: [[u8; TASK_COMM_LEN]; MAX_COMMS],
+        pub _pad: u32,
     }
 
     impl Policy {
         /// Nothing in scope.
         pub const NONE: Policy = Policy {
-            scope: 0,
+            scope: super::Scope::NONE,
             count_only: 0,
-            cgroup_id: 0,
-            cgroup_level: 0,
-            tgid: 0,
-            uid: 0,
-            n_comms: 0,
-            comms: [[0; TASK_COMM_LEN]; MAX_COMMS],
+            _pad: 0,
         };
     }
 
