@@ -24,22 +24,44 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use kernel::{off, read_or_zero};
 use mptcp_common::{
-    counter, flags, tcp_state, Config, EventKind, RawEvent, IPPROTO_MPTCP, IPPROTO_TCP,
-    TASK_COMM_LEN,
+    counter, flags, tcp_state, Config, EventKind, RawEvent, Scope, IPPROTO_MPTCP, IPPROTO_TCP,
+    MAX_NETNS, TASK_COMM_LEN,
 };
 
 #[unsafe(no_mangle)]
 static CONFIG: Config = Config {
-    filter_tgid: 0,
-    filter_netns: 0,
+    scope: Scope::ALL,
+    n_netns: 0,
+    netns: [0; MAX_NETNS],
     all_tcp: 0,
-    _pad: 0,
 };
 
 macro_rules! config {
     ($name:ident) => {
         unsafe { core::ptr::read_volatile(&CONFIG.$name) }
     };
+}
+
+// Interim bridge to the shared Scope: one pid and one namespace (the kernel branch replaces
+// this with the full scope match).
+macro_rules! filter_tgid {
+    () => {{
+        let s = unsafe { core::ptr::read_volatile(&CONFIG.scope) };
+        if s.flags & mptcp_common::scope::PID != 0 {
+            s.pids[0]
+        } else {
+            0
+        }
+    }};
+}
+macro_rules! filter_netns {
+    () => {{
+        if config!(n_netns) > 0 {
+            unsafe { core::ptr::read_volatile(&CONFIG.netns[0]) }
+        } else {
+            0
+        }
+    }};
 }
 
 /// 4 MiB: room for ~22k records, so a burst of a few thousand connections is not lost while
@@ -256,7 +278,7 @@ fn on_msk(msk: u64, old: u8, new: u8) {
     if track_listener(msk, netns, old, new) {
         return;
     }
-    let filter_netns = config!(filter_netns);
+    let filter_netns = filter_netns!();
     let subject = Subject {
         kind: EventKind::ConnEstablished,
         conn: msk,
@@ -278,7 +300,7 @@ fn on_msk(msk: u64, old: u8, new: u8) {
         } else {
             unsafe { LISTENERS.get(&listen_key(msk, netns)) }.copied()
         };
-        let filter_tgid = config!(filter_tgid);
+        let filter_tgid = filter_tgid!();
         let filtered = (filter_netns != 0 && netns != filter_netns)
             || (filter_tgid != 0 && owner.map(|o| o.tgid) != Some(filter_tgid));
         let conn = Conn {
@@ -300,10 +322,7 @@ fn on_msk(msk: u64, old: u8, new: u8) {
             _pad: [0; 6],
         };
         if CONNS.insert(&msk, &conn, 0).is_err() {
-            bump(counter::LOST);
-        }
-        if filtered {
-            bump(counter::FILTERED);
+            bump(counter::MAP_FULL);
         }
         return;
     }
@@ -412,16 +431,13 @@ fn close_conn(s: &Subject, c: &Conn) {
 #[inline(always)]
 fn visible(conn: Option<&Conn>, netns: u32, filter_netns: u32) -> bool {
     if filter_netns != 0 && netns != filter_netns {
-        bump(counter::FILTERED);
         return false;
     }
     let visible = match conn {
         Some(c) => c.filtered == 0,
-        None => config!(filter_tgid) == 0,
+        None => filter_tgid!() == 0,
     };
-    if !visible {
-        bump(counter::FILTERED);
-    }
+    if !visible {}
     visible
 }
 
@@ -446,7 +462,7 @@ fn on_subflow(sk: u64, old: u8, new: u8) {
     let conn_ptr = CONNS.get_ptr_mut(&msk);
     // SAFETY: map values stay valid for the whole program run (RCU).
     let conn = conn_ptr.map(|p| unsafe { &*p });
-    if !visible(conn, netns, config!(filter_netns)) {
+    if !visible(conn, netns, filter_netns!()) {
         if closed {
             let _ = SUBFLOWS.remove(&sk);
         }
@@ -551,7 +567,7 @@ fn on_plain_tcp(sk: u64, old: u8, new: u8) {
     if track_listener(sk, netns, old, new) {
         return;
     }
-    let filter_netns = config!(filter_netns);
+    let filter_netns = filter_netns!();
     if filter_netns != 0 && netns != filter_netns {
         return;
     }
@@ -572,7 +588,7 @@ fn on_plain_tcp(sk: u64, old: u8, new: u8) {
         } else {
             Some(current_owner())
         };
-        let filter_tgid = config!(filter_tgid);
+        let filter_tgid = filter_tgid!();
         let conn = Conn {
             owner: owner.unwrap_or(NO_OWNER),
             start_ns: unsafe { bpf_ktime_get_ns() },
@@ -593,7 +609,7 @@ fn on_plain_tcp(sk: u64, old: u8, new: u8) {
             _pad: [0; 6],
         };
         if CONNS.insert(&sk, &conn, 0).is_err() {
-            bump(counter::LOST);
+            bump(counter::MAP_FULL);
         }
         if !server {
             return;

@@ -8,11 +8,21 @@ use clap::{Args, Parser, Subcommand};
 ///
 /// Example: sudo mptcp-trace events --json --port 4321
 #[derive(Debug, Parser)]
-#[command(name = "mptcp-trace", version, propagate_version = true)]
+#[command(
+    name = "mptcp-trace",
+    version,
+    propagate_version = true,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     /// More logging on stderr: -v debug (includes the kernel programs' log lines), -vv trace.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+
+    /// Without a command: the live view on a terminal, event lines in a pipe, with these
+    /// selectors.
+    #[command(flatten)]
+    pub select: SelectArgs,
 
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -60,36 +70,16 @@ pub enum Command {
     Run(RunArgs),
 }
 
-/// Which processes the upgrade applies to. A socket is upgraded when its creator matches every
-/// flag given (any of the --comm names).
 #[derive(Debug, Args, Default, Clone)]
-pub struct ScopeArgs {
-    /// Processes in this cgroup v2 directory or below it (absolute path, or relative to the
-    /// cgroup2 mount).
-    #[arg(long, value_name = "PATH")]
-    pub cgroup: Option<PathBuf>,
-
-    /// Processes with this command name (as in /proc/PID/comm; repeat for several).
-    #[arg(long, value_name = "NAME")]
-    pub comm: Vec<String>,
-
-    /// The process with this id (all of its threads; not its children).
-    #[arg(long, value_name = "PID")]
-    pub pid: Option<u32>,
-
-    /// Processes running as this user id.
-    #[arg(long, value_name = "UID")]
-    pub uid: Option<u32>,
+pub struct UpgradeArgs {
+    /// Which processes: --cgroup, --comm (repeatable), --pid (repeatable), --uid; several
+    /// combine with "and".
+    #[command(flatten)]
+    pub select: SelectArgs,
 
     /// Every process on the machine.
     #[arg(long, conflicts_with_all = ["cgroup", "comm", "pid", "uid"])]
     pub all: bool,
-}
-
-#[derive(Debug, Args, Default, Clone)]
-pub struct UpgradeArgs {
-    #[command(flatten)]
-    pub scope: ScopeArgs,
 
     /// Count the sockets that would be upgraded, change nothing.
     #[arg(long)]
@@ -111,8 +101,8 @@ pub struct UpgradeArgs {
     #[arg(long, value_name = "PATH", conflicts_with = "pin")]
     pub ready_file: Option<PathBuf>,
 
-    /// Also trace the scope's MPTCP connections while the upgrade runs (event lines on stdout;
-    /// filtered by the scope's --cgroup, --pid and a single --comm).
+    /// Also trace the scope's MPTCP connections while the upgrade runs (event lines on stdout),
+    /// in this process: exactly the processes the upgrade selects.
     #[arg(long, conflicts_with = "pin")]
     pub events: bool,
 
@@ -160,7 +150,7 @@ pub struct EventsArgs {
     pub duration: Option<u64>,
 
     #[command(flatten)]
-    pub filters: FilterArgs,
+    pub select: SelectArgs,
 }
 
 #[derive(Debug, Args, Default, Clone)]
@@ -170,7 +160,7 @@ pub struct LiveArgs {
     pub duration: Option<u64>,
 
     #[command(flatten)]
-    pub filters: FilterArgs,
+    pub select: SelectArgs,
 }
 
 #[derive(Debug, Args, Default, Clone)]
@@ -184,38 +174,47 @@ pub struct DemoArgs {
     pub duration: Option<u64>,
 }
 
-/// Filters shared by the tracing commands. A connection is shown when it matches all of them.
+/// Which connections: the one set of selector flags of every command. Process flags (pid, comm,
+/// cgroup, uid) and netns are applied in the kernel when a connection is created; addresses,
+/// ports, tokens and the family match any subflow of a connection. Repeated flags mean "any of
+/// them"; different flags combine with "and".
 #[derive(Debug, Args, Default, Clone)]
-pub struct FilterArgs {
-    /// Only connections owned by this process id (applied in the kernel).
+pub struct SelectArgs {
+    /// Only connections owned by this process id (repeatable).
     #[arg(long, value_name = "PID")]
-    pub pid: Option<u32>,
+    pub pid: Vec<u32>,
 
-    /// Only connections owned by a process with this command name (as in /proc/PID/comm).
+    /// Only connections owned by a process with this command name, as in /proc/PID/comm
+    /// (repeatable).
     #[arg(long, value_name = "NAME")]
-    pub comm: Option<String>,
+    pub comm: Vec<String>,
 
-    /// Only connections owned by processes in this cgroup v2 directory or below it
-    /// (absolute path, or relative to the cgroup2 mount).
+    /// Only connections owned by processes in this cgroup v2 directory or below it (absolute,
+    /// or relative to the cgroup2 mount).
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
 
-    /// Only this network namespace: a name from `ip netns`, a path such as
-    /// /proc/PID/ns/net, or an inode number (applied in the kernel).
+    /// Only connections owned by processes running as this user id.
+    #[arg(long, value_name = "UID")]
+    pub uid: Option<u32>,
+
+    /// Only this network namespace: a name from `ip netns`, an absolute path such as
+    /// /proc/PID/ns/net, or the inode of a namespace that exists (repeatable).
     #[arg(long, value_name = "NAME|PATH|INODE")]
-    pub netns: Option<String>,
+    pub netns: Vec<String>,
 
-    /// Only connections with this local or remote port.
+    /// Only connections with a subflow using this local or remote port (repeatable).
     #[arg(long, value_name = "PORT")]
-    pub port: Option<u16>,
+    pub port: Vec<u16>,
 
-    /// Only connections with this local or remote address.
+    /// Only connections with a subflow using this local or remote address (repeatable).
     #[arg(long, value_name = "ADDR")]
-    pub addr: Option<std::net::IpAddr>,
+    pub addr: Vec<std::net::IpAddr>,
 
-    /// Only the connection with this local token (hex, as `ip mptcp monitor` prints it).
+    /// Only the connection with this local token: hex, as `ip mptcp monitor` prints it
+    /// (repeatable).
     #[arg(long, value_name = "TOKEN")]
-    pub token: Option<String>,
+    pub token: Vec<String>,
 
     /// Only IPv4 connections.
     #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
@@ -258,9 +257,9 @@ mod tests {
             panic!("not events")
         };
         assert!(a.json);
-        assert_eq!(a.filters.port, Some(4321));
-        assert!(a.filters.ipv4);
-        assert_eq!(a.filters.netns.as_deref(), Some("blue"));
+        assert_eq!(a.select.port, [4321]);
+        assert!(a.select.ipv4);
+        assert_eq!(a.select.netns, ["blue"]);
     }
 
     #[test]
@@ -280,8 +279,8 @@ mod tests {
         let Some(Command::Upgrade(a)) = cli.command else {
             panic!("not upgrade")
         };
-        assert_eq!(a.scope.comm, ["curl", "wget"]);
-        assert_eq!(a.scope.uid, Some(0));
+        assert_eq!(a.select.comm, ["curl", "wget"]);
+        assert_eq!(a.select.uid, Some(0));
         assert!(a.pin && !a.count_only);
         let cli = Cli::try_parse_from(["mptcp-trace", "run", "--", "sh", "-c", "exit 3"]).unwrap();
         let Some(Command::Run(r)) = cli.command else {
@@ -297,6 +296,16 @@ mod tests {
             let err = Cli::try_parse_from(args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}");
         }
+    }
+
+    #[test]
+    fn the_bare_command_takes_selectors() {
+        let cli =
+            Cli::try_parse_from(["mptcp-trace", "--netns", "x", "--port", "1", "--port", "2"])
+                .unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.select.port, [1, 2]);
+        assert!(Cli::try_parse_from(["mptcp-trace", "--port", "1", "events"]).is_err());
     }
 
     #[test]

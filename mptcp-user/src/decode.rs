@@ -8,7 +8,10 @@ use std::{
 
 use mptcp_common::{flags, EventKind, RawEvent, AF_INET, AF_INET6};
 
-use crate::event::{Event, Family, Kind, Protocol, Side};
+use crate::event::{
+    Addr, Conn, ConnClosed, ConnCreated, ConnEstablished, ConnFallback, Data, Event, Family, Ids,
+    Lost, Protocol, Side, Subflow, SubflowClosed, SubflowEstablished, Token, Tuple,
+};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -16,6 +19,8 @@ pub enum DecodeError {
     Size { got: usize, expected: usize },
     #[error("ring-buffer record of unknown kind {0}")]
     Kind(u32),
+    #[error("ring-buffer record of unknown address family {0}")]
+    Family(u16),
 }
 
 /// Converts the kernel's CLOCK_MONOTONIC stamps to wall-clock time.
@@ -144,98 +149,113 @@ fn close_reason(r: &RawEvent) -> String {
 }
 
 pub fn to_event(r: &RawEvent, clock: &Clock) -> Result<Event, DecodeError> {
-    let kind = match EventKind::from_u32(r.kind).ok_or(DecodeError::Kind(r.kind))? {
-        EventKind::ConnCreated => Kind::ConnCreated,
-        EventKind::ConnEstablished => Kind::ConnEstablished,
-        EventKind::ConnFallback => Kind::ConnFallback,
-        EventKind::ConnClosed => Kind::ConnClosed,
-        EventKind::SubflowEstablished => Kind::SubflowEstablished,
-        EventKind::SubflowClosed => Kind::SubflowClosed,
+    let kind = EventKind::from_u32(r.kind).ok_or(DecodeError::Kind(r.kind))?;
+    let (saddr, daddr) = (addr(r.family, &r.saddr), addr(r.family, &r.daddr));
+    let (Some(saddr), Some(daddr)) = (saddr, daddr) else {
+        return Err(DecodeError::Family(r.family));
     };
-    let mut e = Event::new(kind, r.ts_ns, clock.rfc3339(r.ts_ns));
-    e.conn_id = r.conn;
-    e.subflow_id = r.sk;
-    e.token = (r.token != 0).then(|| format!("{:08x}", r.token));
-    e.netns = (r.netns != 0).then_some(r.netns);
-    if r.flags & flags::OWNER_KNOWN != 0 {
-        e.pid = Some(r.pid);
-        e.comm = cstr(&r.comm);
-        e.cgroup_id = Some(r.cgroup_id);
-    }
-    if r.flags & flags::PLAIN_TCP != 0 {
-        e.protocol = Some(Protocol::Tcp);
-    }
-    e.family = match r.family {
-        AF_INET => Some(Family::Ipv4),
-        AF_INET6 => Some(Family::Ipv6),
-        _ => None,
+    // A v4-mapped pair is an IPv4 connection on a dual-stack socket.
+    let tuple = Tuple {
+        family: Family::of(saddr),
+        saddr,
+        sport: r.sport,
+        daddr,
+        dport: r.dport,
     };
-    e.saddr = addr(r.family, &r.saddr);
-    e.daddr = addr(r.family, &r.daddr);
-    e.sport = Some(r.sport);
-    e.dport = Some(r.dport);
-    match kind {
-        Kind::ConnCreated => {
-            e.side = Some(if r.flags & flags::SERVER != 0 {
+    let owner_known = r.flags & flags::OWNER_KNOWN != 0;
+    let conn = Conn {
+        token: (r.token != 0).then_some(Token(r.token)),
+        netns: (r.netns != 0).then_some(r.netns),
+        pid: owner_known.then_some(r.pid),
+        comm: if owner_known { cstr(&r.comm) } else { None },
+        protocol: (r.flags & flags::PLAIN_TCP != 0).then_some(Protocol::Tcp),
+        ids: Ids {
+            conn: r.conn,
+            subflow: r.sk,
+            cgroup: owner_known.then_some(r.cgroup_id),
+        },
+    };
+    let subflow = || Subflow {
+        ifindex: (r.ifindex != 0).then_some(r.ifindex),
+        ifname: cstr(&r.ifname),
+        local_id: u8::try_from(r.local_id).ok(),
+        remote_id: r.remote_id,
+        backup: r.flags & flags::BACKUP != 0,
+        join: r.flags & flags::JOIN != 0,
+    };
+    let data = match kind {
+        EventKind::ConnCreated => Data::ConnCreated(ConnCreated {
+            conn,
+            tuple,
+            side: if r.flags & flags::SERVER != 0 {
                 Side::Server
             } else {
                 Side::Client
-            });
-        }
-        Kind::ConnFallback => e.reason = Some("mp_capable_not_negotiated".into()),
-        Kind::ConnClosed => {
-            e.duration_ns = (r.start_ns != 0).then(|| r.ts_ns.saturating_sub(r.start_ns));
-            e.subflows_total = Some(r.subflows);
-        }
-        Kind::SubflowEstablished | Kind::SubflowClosed => {
-            e.ifindex = (r.ifindex != 0).then_some(r.ifindex);
-            e.ifname = cstr(&r.ifname);
-            e.local_id = Some(r.local_id as i32);
-            e.remote_id = Some(r.remote_id);
-            e.backup = Some(r.flags & flags::BACKUP != 0);
-            e.join = Some(r.flags & flags::JOIN != 0);
-            if kind == Kind::SubflowClosed {
-                e.reason = Some(close_reason(r));
-                e.bytes_sent = Some(r.bytes_sent);
-                e.bytes_acked = Some(r.bytes_acked);
-                e.bytes_received = Some(r.bytes_received);
-                e.retrans = Some(r.retrans);
-                e.srtt_us = Some(r.srtt_us);
-            }
-        }
-        Kind::ConnEstablished | Kind::AddrAnnounced | Kind::AddrRemoved | Kind::Lost => {}
-    }
-    Ok(e)
-}
-
-/// `addr_announced`/`addr_removed` from a path-manager netlink event.
-pub fn addr_event(a: &crate::pm_events::PmAddr, clock: &Clock) -> Event {
-    let ts = monotonic_ns();
-    let kind = if a.announced {
-        Kind::AddrAnnounced
-    } else {
-        Kind::AddrRemoved
+            },
+        }),
+        EventKind::ConnEstablished => Data::ConnEstablished(ConnEstablished { conn, tuple }),
+        EventKind::ConnFallback => Data::ConnFallback(ConnFallback {
+            conn,
+            tuple,
+            reason: "mp_capable_not_negotiated".into(),
+        }),
+        EventKind::ConnClosed => Data::ConnClosed(ConnClosed {
+            conn,
+            tuple,
+            duration_ns: (r.start_ns != 0).then(|| r.ts_ns.saturating_sub(r.start_ns)),
+            subflows_total: r.subflows,
+        }),
+        EventKind::SubflowEstablished => Data::SubflowEstablished(SubflowEstablished {
+            conn,
+            tuple,
+            subflow: subflow(),
+        }),
+        EventKind::SubflowClosed => Data::SubflowClosed(SubflowClosed {
+            conn,
+            tuple,
+            reason: close_reason(r),
+            subflow: subflow(),
+            bytes_sent: r.bytes_sent,
+            bytes_acked: r.bytes_acked,
+            bytes_received: r.bytes_received,
+            retrans: r.retrans,
+            srtt_us: r.srtt_us,
+        }),
     };
-    let mut e = Event::new(kind, ts, clock.rfc3339(ts));
-    e.token = Some(format!("{:08x}", a.token));
-    e.netns = Some(a.netns);
-    e.remote_id = Some(a.remote_id);
-    e.addr = a.addr;
-    e.port = a.port.filter(|&p| p != 0);
-    e
+    Ok(Event::new(r.ts_ns, clock.rfc3339(r.ts_ns), data))
 }
 
-/// The `lost` event, made in userspace from the kernel's drop counters.
-pub fn lost(count: u64, clock: &Clock) -> Event {
+/// `addr_announced`/`addr_removed` from a path-manager netlink event stamped `ts_ns`.
+pub fn addr_event(a: &crate::trace::pm::PmAddr, ts_ns: u64, clock: &Clock) -> Event {
+    let addr = Addr {
+        conn: Conn {
+            token: Some(Token(a.token)),
+            netns: Some(a.netns),
+            ..Conn::default()
+        },
+        family: None,
+        remote_id: a.remote_id,
+        addr: a.addr.map(|a| a.to_canonical()),
+        port: a.port.filter(|&p| p != 0),
+    };
+    let data = if a.announced {
+        Data::AddrAnnounced(addr)
+    } else {
+        Data::AddrRemoved(addr)
+    };
+    Event::new(ts_ns, clock.rfc3339(ts_ns), data)
+}
+
+/// The `lost` event, made in userspace from the kernel's loss counters.
+pub fn lost(l: Lost, clock: &Clock) -> Event {
     let ts = monotonic_ns();
-    let mut e = Event::new(Kind::Lost, ts, clock.rfc3339(ts));
-    e.count = Some(count);
-    e
+    Event::new(ts, clock.rfc3339(ts), Data::Lost(l))
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::event::Kind;
     use mptcp_common::EventKind;
 
     pub(crate) fn sample(kind: EventKind) -> RawEvent {
@@ -289,17 +309,23 @@ pub(crate) mod tests {
             &Clock::fixed(0),
         )
         .unwrap();
-        assert_eq!(e.event, Kind::SubflowEstablished);
-        assert_eq!(e.token.as_deref(), Some("0a0b0c0d"));
-        assert_eq!(e.saddr, Some("192.168.0.2".parse().unwrap()));
-        assert_eq!(e.daddr, Some("10.0.0.1".parse().unwrap()));
-        assert_eq!((e.sport, e.dport), (Some(48726), Some(4321)));
-        assert_eq!(e.ifname.as_deref(), Some("blue-client"));
-        assert_eq!(e.join, Some(true));
-        assert_eq!(e.local_id, Some(1));
-        assert_eq!(e.comm.as_deref(), Some("client"));
+        assert_eq!(e.kind(), Kind::SubflowEstablished);
+        assert_eq!(e.token(), Some(Token(0x0a0b0c0d)));
+        let t = e.tuple().unwrap();
+        assert_eq!(t.saddr, "192.168.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!(t.daddr, "10.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!((t.sport, t.dport), (48726, 4321));
+        let sf = e.subflow().unwrap();
+        assert_eq!(sf.ifname.as_deref(), Some("blue-client"));
+        assert!(sf.join);
+        assert_eq!(sf.local_id, Some(1));
+        assert_eq!(e.comm(), Some("client"));
         assert_eq!(e.time, "1970-01-01T00:00:02.000000000Z");
-        assert_eq!(e.bytes_sent, None, "counters only on close");
+        let json = serde_json::to_string(&e).unwrap();
+        assert!(
+            !json.contains("bytes_sent"),
+            "counters only on close: {json}"
+        );
     }
 
     #[test]
@@ -338,7 +364,10 @@ pub(crate) mod tests {
     #[test]
     fn close_reasons_prefer_the_most_specific() {
         let mut r = sample(EventKind::SubflowClosed);
-        let reason = |r: &RawEvent| to_event(r, &Clock::fixed(0)).unwrap().reason.unwrap();
+        let reason = |r: &RawEvent| match to_event(r, &Clock::fixed(0)).unwrap().data {
+            Data::SubflowClosed(d) => d.reason,
+            other => panic!("{other:?}"),
+        };
         assert_eq!(reason(&r), "closed");
         r.sk_err = libc::ECONNRESET as u32;
         assert_eq!(reason(&r), "ECONNRESET");
@@ -356,10 +385,13 @@ pub(crate) mod tests {
         let mut r = sample(EventKind::ConnClosed);
         r.flags = 0;
         let e = to_event(&r, &Clock::fixed(0)).unwrap();
-        assert_eq!(e.pid, None);
-        assert_eq!(e.comm, None);
-        assert_eq!(e.duration_ns, Some(1_000_000_000));
-        assert_eq!(e.subflows_total, Some(2));
+        assert_eq!(e.pid(), None);
+        assert_eq!(e.comm(), None);
+        let Data::ConnClosed(d) = &e.data else {
+            panic!("{e:?}")
+        };
+        assert_eq!(d.duration_ns, Some(1_000_000_000));
+        assert_eq!(d.subflows_total, 2);
         let json = serde_json::to_string(&e).unwrap();
         assert!(!json.contains("\"pid\""), "{json}");
         assert!(json.starts_with("{\"v\":1,\"time\":"), "{json}");
@@ -370,10 +402,19 @@ pub(crate) mod tests {
         let mut r = sample(EventKind::ConnCreated);
         r.family = AF_INET6;
         r.saddr = Ipv4Addr::new(10, 0, 0, 2).to_ipv6_mapped().octets();
-        r.daddr = "fe80::1".parse::<Ipv6Addr>().unwrap().octets();
+        r.daddr = Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped().octets();
         let e = to_event(&r, &Clock::fixed(0)).unwrap();
-        assert_eq!(e.saddr, Some("10.0.0.2".parse().unwrap()));
-        assert_eq!(e.daddr, Some("fe80::1".parse().unwrap()));
-        assert_eq!(e.side, Some(Side::Client));
+        let t = e.tuple().unwrap();
+        assert_eq!(t.saddr, "10.0.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!(t.daddr, "10.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            t.family,
+            Family::Ipv4,
+            "a dual-stack socket talking IPv4 is IPv4"
+        );
+        let Data::ConnCreated(d) = &e.data else {
+            panic!("{e:?}")
+        };
+        assert_eq!(d.side, Side::Client);
     }
 }

@@ -1,37 +1,31 @@
-//! The typed event: what `--json` prints (schema version 1, see the README), what the text
-//! output and the live view read. Built from a raw ring-buffer record by [`crate::decode`].
+//! The typed event: one enum, one variant per kind, with the parts kinds share (the connection,
+//! its endpoints, the subflow) flattened in. It is what `--json` prints (schema version 1, see
+//! the README), what the text output and the live view read, and what `mptcp-trace schema`
+//! describes — per kind, with the fields each kind always carries marked required.
 //!
-//! Fields are added, never renamed. Each is optional so that one struct serves every kind;
-//! which kinds carry which fields is documented on the field and in the README.
+//! Serialization order is the NDJSON order and is part of the contract: `v`, `time`, `ts_ns`,
+//! `event`, the connection, the endpoints, then the kind's own fields. Fields are added, never
+//! renamed; a field this kernel cannot know is absent, never guessed.
 
-use std::net::IpAddr;
+use std::{fmt, net::IpAddr};
 
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_with::skip_serializing_none;
 
 pub const SCHEMA_VERSION: u8 = 1;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
+/// The event kinds, as the `event` field names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
-    /// An MPTCP socket started connecting, or a listener accepted an MP_CAPABLE SYN.
     ConnCreated,
-    /// The connection is established.
     ConnEstablished,
-    /// The connection fell back to plain TCP.
     ConnFallback,
-    /// The MPTCP socket closed.
     ConnClosed,
-    /// The initial subflow or an MP_JOIN subflow reached ESTABLISHED.
     SubflowEstablished,
-    /// A subflow closed.
     SubflowClosed,
-    /// The peer announced an address (ADD_ADDR), from the kernel's MPTCP netlink events.
     AddrAnnounced,
-    /// The peer withdrew an address (RM_ADDR), from the kernel's MPTCP netlink events.
     AddrRemoved,
-    /// Events were dropped because the ring buffer was full.
     Lost,
 }
 
@@ -55,6 +49,12 @@ impl Kind {
     }
 }
 
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Side {
@@ -69,132 +69,441 @@ pub enum Protocol {
     Tcp,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Family {
     Ipv4,
     Ipv6,
 }
 
-/// One event, schema version 1.
-#[skip_serializing_none]
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct Event {
-    /// Schema version: 1.
-    pub v: u8,
-    /// Wall-clock time of the event, RFC 3339 with nanoseconds (UTC).
-    pub time: String,
-    /// CLOCK_MONOTONIC nanoseconds, as the kernel stamped the event.
-    pub ts_ns: u64,
-    pub event: Kind,
-    /// The connection's local token, 8 lowercase hex digits, as `ip mptcp monitor` prints it in
-    /// this network namespace.
-    pub token: Option<String>,
-    /// Inode number of the network namespace (`ls -L -i /run/netns/NAME`, `lsns -t net`).
-    pub netns: Option<u32>,
-    /// Process that owns the MPTCP socket (also for subflows a kworker created). Absent when the
-    /// connection predates the tracer.
-    pub pid: Option<u32>,
-    pub comm: Option<String>,
-    /// `tcp` on the conn_* events of plain TCP connections (`--all-tcp`); absent for MPTCP.
-    pub protocol: Option<Protocol>,
-    /// `ipv4` or `ipv6`.
-    pub family: Option<Family>,
-    /// Local address of the socket the event is about.
-    pub saddr: Option<IpAddr>,
-    pub sport: Option<u16>,
-    pub daddr: Option<IpAddr>,
-    pub dport: Option<u16>,
-    /// conn_created: whether this end connected or accepted.
-    pub side: Option<Side>,
-    /// conn_fallback: why; subflow_closed: `closed`, `rst_received`, `rst_sent`,
-    /// `mp_tcprst:<reason>` (the peer's MP_TCPRST reason) or an errno name.
-    pub reason: Option<String>,
-    /// conn_closed: time since conn_created.
-    pub duration_ns: Option<u64>,
-    /// conn_closed: subflows established over the connection's life.
-    pub subflows_total: Option<u32>,
-    /// subflow_*: interface of the subflow's route.
-    pub ifindex: Option<u32>,
-    pub ifname: Option<String>,
-    /// subflow_*: MPTCP address ids (`ip mptcp endpoint show` ids); addr_*: the id the peer
-    /// gave the address.
-    pub local_id: Option<i32>,
-    pub remote_id: Option<u8>,
-    /// addr_announced: the address the peer announced (and its port, when it gave one).
-    pub addr: Option<IpAddr>,
-    pub port: Option<u16>,
-    pub backup: Option<bool>,
-    /// subflow_*: true for an MP_JOIN subflow, false for the initial one.
-    pub join: Option<bool>,
-    /// subflow_closed: TCP counters of the subflow (`tcp_info` names).
-    pub bytes_sent: Option<u64>,
-    pub bytes_acked: Option<u64>,
-    pub bytes_received: Option<u64>,
-    pub retrans: Option<u32>,
-    /// subflow_closed: smoothed RTT in microseconds.
-    pub srtt_us: Option<u32>,
-    /// lost: how many events were dropped since the previous `lost` event.
-    pub count: Option<u64>,
-    /// Cgroup id (inode of the cgroup v2 directory) of the owning process.
-    #[serde(skip)]
-    #[schemars(skip)]
-    pub cgroup_id: Option<u64>,
-    /// Kernel address of the MPTCP socket: the connection's identity within one run. Not part of
-    /// the schema; used to group subflows before the token is known.
-    #[serde(skip)]
-    #[schemars(skip)]
-    pub conn_id: u64,
-    /// Kernel address of the subflow socket (subflow events), likewise internal.
-    #[serde(skip)]
-    #[schemars(skip)]
-    pub subflow_id: u64,
-}
-
-impl Event {
-    /// An event with only the common fields set.
-    pub fn new(event: Kind, ts_ns: u64, time: String) -> Self {
-        Event {
-            v: SCHEMA_VERSION,
-            time,
-            ts_ns,
-            event,
-            token: None,
-            netns: None,
-            pid: None,
-            comm: None,
-            protocol: None,
-            family: None,
-            saddr: None,
-            sport: None,
-            daddr: None,
-            dport: None,
-            side: None,
-            reason: None,
-            duration_ns: None,
-            subflows_total: None,
-            ifindex: None,
-            ifname: None,
-            local_id: None,
-            remote_id: None,
-            addr: None,
-            port: None,
-            backup: None,
-            join: None,
-            bytes_sent: None,
-            bytes_acked: None,
-            bytes_received: None,
-            retrans: None,
-            srtt_us: None,
-            count: None,
-            cgroup_id: None,
-            conn_id: 0,
-            subflow_id: 0,
+impl Family {
+    pub fn of(a: IpAddr) -> Family {
+        match a {
+            IpAddr::V4(_) => Family::Ipv4,
+            IpAddr::V6(_) => Family::Ipv6,
         }
     }
 }
 
-/// The JSON schema of one NDJSON line.
+/// An MPTCP token: 32 bits, written as 8 lowercase hex digits (what `ip mptcp monitor` prints).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Token(pub u32);
+
+impl fmt::Display for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:08x}", self.0)
+    }
+}
+
+impl Serialize for Token {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut buf = [0u8; 8];
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = HEX[((self.0 >> (28 - 4 * i)) & 0xf) as usize];
+        }
+        s.serialize_str(std::str::from_utf8(&buf).expect("hex is ASCII"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Token {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.len() != 8
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(serde::de::Error::custom(
+                "a token is 8 lowercase hex digits",
+            ));
+        }
+        u32::from_str_radix(&s, 16)
+            .map(Token)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for Token {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Token".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        schemars::json_schema!({
+            "description": "An MPTCP token: 8 lowercase hex digits, as `ip mptcp monitor` prints it.",
+            "type": "string",
+            "pattern": "^[0-9a-f]{8}$"
+        })
+    }
+}
+
+fn ip_schema(_: &mut SchemaGenerator) -> Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "anyOf": [{ "format": "ipv4" }, { "format": "ipv6" }]
+    })
+}
+
+fn date_time_schema(_: &mut SchemaGenerator) -> Schema {
+    schemars::json_schema!({ "type": "string", "format": "date-time" })
+}
+
+/// Kernel identities of the sockets an event is about: the connection's identity within one
+/// run, used to group events before the token is known. Never serialized.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ids {
+    /// Kernel address of the MPTCP socket (0 when not known).
+    pub conn: u64,
+    /// Kernel address of the subflow socket (subflow events).
+    pub subflow: u64,
+    /// Cgroup id (inode of the cgroup v2 directory) of the owning process.
+    pub cgroup: Option<u64>,
+}
+
+/// What every event about a connection carries.
+#[skip_serializing_none]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Conn {
+    /// The connection's local token, as `ip mptcp monitor` prints it in this network namespace;
+    /// absent for plain TCP connections.
+    pub token: Option<Token>,
+    /// Inode number of the network namespace (`ls -L -i /run/netns/NAME`, `lsns -t net`).
+    pub netns: Option<u32>,
+    /// Process that owns the MPTCP socket (also for subflows a kworker created).
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    /// `tcp` on the conn_* events of plain TCP connections (`--all-tcp`); absent for MPTCP.
+    pub protocol: Option<Protocol>,
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub ids: Ids,
+}
+
+/// The endpoints of the socket the event is about (local side first).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Tuple {
+    pub family: Family,
+    #[schemars(schema_with = "ip_schema")]
+    pub saddr: IpAddr,
+    pub sport: u16,
+    #[schemars(schema_with = "ip_schema")]
+    pub daddr: IpAddr,
+    pub dport: u16,
+}
+
+/// What the subflow events say about the subflow.
+#[skip_serializing_none]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Subflow {
+    /// Interface of the subflow's route.
+    pub ifindex: Option<u32>,
+    pub ifname: Option<String>,
+    /// MPTCP address ids (`ip mptcp endpoint show` ids); absent while not assigned.
+    pub local_id: Option<u8>,
+    pub remote_id: u8,
+    pub backup: bool,
+    /// True for an MP_JOIN subflow, false for the initial one.
+    pub join: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ConnCreated {
+    #[serde(flatten)]
+    pub conn: Conn,
+    #[serde(flatten)]
+    pub tuple: Tuple,
+    /// Whether this end connected or accepted.
+    pub side: Side,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ConnEstablished {
+    #[serde(flatten)]
+    pub conn: Conn,
+    #[serde(flatten)]
+    pub tuple: Tuple,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ConnFallback {
+    #[serde(flatten)]
+    pub conn: Conn,
+    #[serde(flatten)]
+    pub tuple: Tuple,
+    /// Why the connection continues as plain TCP.
+    pub reason: String,
+}
+
+#[skip_serializing_none]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ConnClosed {
+    #[serde(flatten)]
+    pub conn: Conn,
+    #[serde(flatten)]
+    pub tuple: Tuple,
+    /// Time since conn_created; absent when the connection predates the tracer.
+    pub duration_ns: Option<u64>,
+    /// Subflows established over the connection's life.
+    pub subflows_total: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SubflowEstablished {
+    #[serde(flatten)]
+    pub conn: Conn,
+    #[serde(flatten)]
+    pub tuple: Tuple,
+    #[serde(flatten)]
+    pub subflow: Subflow,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SubflowClosed {
+    #[serde(flatten)]
+    pub conn: Conn,
+    #[serde(flatten)]
+    pub tuple: Tuple,
+    /// `closed`, `rst_received`, `rst_sent`, `mp_tcprst:<reason>` (the peer's MP_TCPRST
+    /// reason) or an errno name.
+    pub reason: String,
+    #[serde(flatten)]
+    pub subflow: Subflow,
+    /// TCP counters of the subflow at close (`tcp_info` names).
+    pub bytes_sent: u64,
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
+    pub retrans: u32,
+    /// Smoothed RTT in microseconds.
+    pub srtt_us: u32,
+}
+
+/// `addr_announced` / `addr_removed`, from the kernel's MPTCP path-manager netlink events.
+#[skip_serializing_none]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Addr {
+    #[serde(flatten)]
+    pub conn: Conn,
+    /// The connection's family, when the connection is known.
+    pub family: Option<Family>,
+    /// The id the peer gave the address.
+    pub remote_id: u8,
+    /// addr_announced: the address and, when the peer gave one, its port.
+    #[schemars(schema_with = "ip_schema")]
+    pub addr: Option<IpAddr>,
+    pub port: Option<u16>,
+}
+
+/// Events that went missing since the previous `lost` event, by cause.
+#[skip_serializing_none]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Lost {
+    /// Total of the causes below.
+    pub count: u64,
+    /// Ring-buffer reservations that failed (the reader was too slow).
+    pub ring_buffer: u64,
+    /// Connections or subflows the programs could not track (their map was full).
+    pub map_full: u64,
+    /// Program runs the kernel skipped because they would have re-entered on one CPU
+    /// (`bpf_prog_info.recursion_misses`, Linux ≥ 6.2; absent where the kernel cannot tell).
+    pub recursion_misses: Option<u64>,
+    /// Path-manager netlink messages the kernel dropped because our socket was full.
+    pub netlink: u64,
+}
+
+/// The kind-specific part of an event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Data {
+    /// An MPTCP socket started connecting, or a listener accepted an MP_CAPABLE SYN.
+    ConnCreated(ConnCreated),
+    /// The connection is established.
+    ConnEstablished(ConnEstablished),
+    /// The connection fell back to plain TCP.
+    ConnFallback(ConnFallback),
+    /// The MPTCP socket closed (after its subflows).
+    ConnClosed(ConnClosed),
+    /// The initial subflow or an MP_JOIN subflow reached ESTABLISHED.
+    SubflowEstablished(SubflowEstablished),
+    /// A subflow closed.
+    SubflowClosed(SubflowClosed),
+    /// The peer announced an address (ADD_ADDR).
+    AddrAnnounced(Addr),
+    /// The peer withdrew an address (RM_ADDR).
+    AddrRemoved(Addr),
+    /// Events went missing; loss is never silent.
+    Lost(Lost),
+}
+
+/// One event, schema version 1.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Event {
+    /// Schema version: 1.
+    #[schemars(range(min = 1, max = 1))]
+    pub v: u8,
+    /// Wall-clock time of the event, RFC 3339 with nanoseconds (UTC).
+    #[schemars(schema_with = "date_time_schema")]
+    pub time: String,
+    /// CLOCK_MONOTONIC nanoseconds, as the kernel stamped the event.
+    pub ts_ns: u64,
+    #[serde(flatten)]
+    pub data: Data,
+}
+
+impl Event {
+    pub fn new(ts_ns: u64, time: String, data: Data) -> Self {
+        Event {
+            v: SCHEMA_VERSION,
+            time,
+            ts_ns,
+            data,
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        match &self.data {
+            Data::ConnCreated(_) => Kind::ConnCreated,
+            Data::ConnEstablished(_) => Kind::ConnEstablished,
+            Data::ConnFallback(_) => Kind::ConnFallback,
+            Data::ConnClosed(_) => Kind::ConnClosed,
+            Data::SubflowEstablished(_) => Kind::SubflowEstablished,
+            Data::SubflowClosed(_) => Kind::SubflowClosed,
+            Data::AddrAnnounced(_) => Kind::AddrAnnounced,
+            Data::AddrRemoved(_) => Kind::AddrRemoved,
+            Data::Lost(_) => Kind::Lost,
+        }
+    }
+
+    /// The connection part (every kind but `lost`).
+    pub fn conn(&self) -> Option<&Conn> {
+        Some(match &self.data {
+            Data::ConnCreated(d) => &d.conn,
+            Data::ConnEstablished(d) => &d.conn,
+            Data::ConnFallback(d) => &d.conn,
+            Data::ConnClosed(d) => &d.conn,
+            Data::SubflowEstablished(d) => &d.conn,
+            Data::SubflowClosed(d) => &d.conn,
+            Data::AddrAnnounced(d) | Data::AddrRemoved(d) => &d.conn,
+            Data::Lost(_) => return None,
+        })
+    }
+
+    pub fn conn_mut(&mut self) -> Option<&mut Conn> {
+        Some(match &mut self.data {
+            Data::ConnCreated(d) => &mut d.conn,
+            Data::ConnEstablished(d) => &mut d.conn,
+            Data::ConnFallback(d) => &mut d.conn,
+            Data::ConnClosed(d) => &mut d.conn,
+            Data::SubflowEstablished(d) => &mut d.conn,
+            Data::SubflowClosed(d) => &mut d.conn,
+            Data::AddrAnnounced(d) | Data::AddrRemoved(d) => &mut d.conn,
+            Data::Lost(_) => return None,
+        })
+    }
+
+    /// The endpoints of the socket the event is about (conn_* and subflow_*).
+    pub fn tuple(&self) -> Option<&Tuple> {
+        Some(match &self.data {
+            Data::ConnCreated(d) => &d.tuple,
+            Data::ConnEstablished(d) => &d.tuple,
+            Data::ConnFallback(d) => &d.tuple,
+            Data::ConnClosed(d) => &d.tuple,
+            Data::SubflowEstablished(d) => &d.tuple,
+            Data::SubflowClosed(d) => &d.tuple,
+            _ => return None,
+        })
+    }
+
+    /// The subflow part (subflow_*).
+    pub fn subflow(&self) -> Option<&Subflow> {
+        match &self.data {
+            Data::SubflowEstablished(d) => Some(&d.subflow),
+            Data::SubflowClosed(d) => Some(&d.subflow),
+            _ => None,
+        }
+    }
+
+    pub fn token(&self) -> Option<Token> {
+        self.conn()?.token
+    }
+
+    pub fn netns(&self) -> Option<u32> {
+        self.conn()?.netns
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.conn()?.pid
+    }
+
+    pub fn comm(&self) -> Option<&str> {
+        self.conn()?.comm.as_deref()
+    }
+
+    pub fn ids(&self) -> Ids {
+        self.conn().map(|c| c.ids).unwrap_or_default()
+    }
+
+    /// The family of the socket or connection the event is about.
+    pub fn family(&self) -> Option<Family> {
+        match &self.data {
+            Data::AddrAnnounced(d) | Data::AddrRemoved(d) => d.family,
+            _ => self.tuple().map(|t| t.family),
+        }
+    }
+}
+
+/// The JSON schema (draft 2020-12) of one NDJSON line: a `oneOf` over the kinds, each with the
+/// fields it always carries required. Options are plain optional properties (never `null`).
 pub fn json_schema() -> serde_json::Value {
-    serde_json::to_value(schemars::schema_for!(Event)).expect("schema serializes")
+    use schemars::transform::RecursiveTransform;
+    let mut settings = schemars::generate::SchemaSettings::draft2020_12();
+    // Absent fields are left out, never `null`: take `null` out of every optional field.
+    settings
+        .transforms
+        .push(Box::new(RecursiveTransform(|s: &mut Schema| {
+            if let Some(serde_json::Value::Array(types)) = s.get_mut("type") {
+                types.retain(|t| t != "null");
+                if types.len() == 1 {
+                    let t = types[0].clone();
+                    s.insert("type".into(), t);
+                }
+            }
+            for key in ["anyOf", "oneOf"] {
+                if let Some(serde_json::Value::Array(alts)) = s.get_mut(key) {
+                    alts.retain(|a| a.get("type").and_then(|t| t.as_str()) != Some("null"));
+                    if alts.len() == 1 && key == "anyOf" {
+                        let only = alts.remove(0);
+                        s.remove(key);
+                        if let serde_json::Value::Object(m) = only {
+                            for (k, v) in m {
+                                s.insert(k, v);
+                            }
+                        }
+                    }
+                }
+            }
+        })));
+    let schema = settings.into_generator().into_root_schema_for::<Event>();
+    serde_json::to_value(schema).expect("schema serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_as_eight_hex_digits() {
+        assert_eq!(
+            serde_json::to_string(&Token(0x5c0089f8)).unwrap(),
+            "\"5c0089f8\""
+        );
+        assert_eq!(serde_json::to_string(&Token(1)).unwrap(), "\"00000001\"");
+        assert_eq!(
+            serde_json::from_str::<Token>("\"00abcdef\"").unwrap(),
+            Token(0xabcdef)
+        );
+        for bad in ["\"ABCDEF00\"", "\"nothex!!\"", "\"123\"", "\"+0000001\""] {
+            assert!(serde_json::from_str::<Token>(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -10,7 +10,7 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
 };
 use log::{debug, warn};
-use mptcp_common::{counter, Config};
+use mptcp_common::Config;
 
 use crate::offsets::{self, OffsetError, VMLINUX_BTF};
 
@@ -33,10 +33,8 @@ const PROGRAMS: &[(&str, bool, &str)] = &[
 pub enum LoadError {
     #[error(transparent)]
     Offsets(#[from] OffsetError),
-    #[error(
-        "loading eBPF programs needs root (CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN); run with sudo"
-    )]
-    NotRoot,
+    #[error("{0}")]
+    Privileges(String),
     #[error("the kernel refused to load the eBPF object: {0}")]
     Load(#[source] aya::EbpfError),
     #[error("cannot {what} program {name}: {source}")]
@@ -68,6 +66,51 @@ pub struct Tracer {
     pub ebpf: Ebpf,
     /// Members or programs this kernel lacks, each with what is lost.
     pub degraded: Vec<String>,
+    /// The attached programs, for their kernel statistics.
+    pub programs: Vec<(&'static str, aya::programs::ProgramFd)>,
+}
+
+/// What stays of a [`Tracer`] once the ring buffer, counters and log were taken: the attached
+/// programs (dropping it detaches them) and what the kernel can say about them.
+pub struct Attached {
+    _ebpf: Ebpf,
+    pub degraded: Vec<String>,
+    programs: Vec<(&'static str, aya::programs::ProgramFd)>,
+}
+
+impl Attached {
+    /// Program runs the kernel skipped, summed over the programs; `None` when this kernel
+    /// cannot tell (Linux < 6.2).
+    pub fn recursion_misses(&self) -> Option<u64> {
+        use std::os::fd::AsFd;
+        let mut total = 0;
+        for (name, fd) in &self.programs {
+            match crate::upgrade::raw_bpf::recursion_misses(fd.as_fd()) {
+                Ok(Some(n)) => total += n,
+                Ok(None) => return None,
+                Err(e) => {
+                    debug!("bpf_prog_info of {name}: {e}");
+                    return None;
+                }
+            }
+        }
+        Some(total)
+    }
+}
+
+impl Tracer {
+    /// Keeps the programs attached after the other parts were taken.
+    pub fn attached(
+        ebpf: Ebpf,
+        degraded: Vec<String>,
+        programs: Vec<(&'static str, aya::programs::ProgramFd)>,
+    ) -> Attached {
+        Attached {
+            _ebpf: ebpf,
+            degraded,
+            programs,
+        }
+    }
 }
 
 /// The programs' per-CPU counters (`mptcp_common::counter`).
@@ -90,10 +133,9 @@ pub fn bump_memlock_rlimit() {
 }
 
 pub fn load(config: Config) -> Result<Tracer, LoadError> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err(LoadError::NotRoot);
-    }
+    use crate::sys::caps::{self, Cap};
+    caps::require(&[Cap::Bpf, Cap::Perfmon, Cap::NetAdmin], "tracing")
+        .map_err(LoadError::Privileges)?;
     bump_memlock_rlimit();
     let resolved = offsets::resolve_from(Path::new(VMLINUX_BTF))?;
     let mut degraded = resolved.missing.clone();
@@ -114,9 +156,13 @@ pub fn load(config: Config) -> Result<Tracer, LoadError> {
             None
         }
     };
+    let mut programs = Vec::new();
     for &(name, required, what) in PROGRAMS {
         match attach(&mut ebpf, &btf, name) {
-            Ok(()) => debug!("attached tp_btf/{name}"),
+            Ok(fd) => {
+                debug!("attached tp_btf/{name}");
+                programs.push((name, fd));
+            }
             Err(e) if required => return Err(e),
             Err(e) => {
                 warn!("{e}: {what} are not reported");
@@ -143,10 +189,15 @@ pub fn load(config: Config) -> Result<Tracer, LoadError> {
         logger,
         ebpf,
         degraded,
+        programs,
     })
 }
 
-fn attach(ebpf: &mut Ebpf, btf: &Btf, name: &'static str) -> Result<(), LoadError> {
+fn attach(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    name: &'static str,
+) -> Result<aya::programs::ProgramFd, LoadError> {
     let prog: &mut BtfTracePoint = ebpf
         .program_mut(name)
         .ok_or(LoadError::Map(name))?
@@ -166,17 +217,19 @@ fn attach(ebpf: &mut Ebpf, btf: &Btf, name: &'static str) -> Result<(), LoadErro
         name,
         source,
     })?;
-    Ok(())
+    prog.fd()
+        .and_then(|fd| fd.try_clone().map_err(Into::into))
+        .map_err(|source| LoadError::Program {
+            what: "read",
+            name,
+            source,
+        })
 }
 
 impl Counters {
     /// Sum over CPUs of one of the kernel's counters.
     pub fn get(&self, idx: u32) -> u64 {
         self.0.get(&idx, 0).map(|v| v.iter().sum()).unwrap_or(0)
-    }
-
-    pub fn lost(&self) -> u64 {
-        self.get(counter::LOST)
     }
 }
 

@@ -6,7 +6,10 @@ use clap::Parser;
 use mptcp_user::{
     cli::{Cli, Command, EventsArgs, LiveArgs},
     commands,
-    filter::FilterError,
+    loader::LoadError,
+    output::ReadyFileError,
+    select::SelectError,
+    trace::TraceError,
     upgrade::UpgradeError,
 };
 
@@ -24,11 +27,11 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         // `run` exits with its command's status.
-        Some(Command::Run(args)) => commands::run::run(args),
+        Some(Command::Run(args)) => block_on_code(commands::run::run(args)),
         Some(Command::Upgrade(args)) => {
             block_on(commands::upgrade::run(args)).map(|()| ExitCode::SUCCESS)
         }
-        other => dispatch(other).map(|()| ExitCode::SUCCESS),
+        other => dispatch(other, cli.select).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -44,7 +47,17 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("mptcp-trace: {e:#}");
             // Bad input and refusals are exit code 2, like clap's own usage errors.
-            if e.downcast_ref::<FilterError>().is_some() {
+            let refused = e.downcast_ref::<SelectError>().is_some()
+                || e.downcast_ref::<ReadyFileError>().is_some()
+                || matches!(
+                    e.downcast_ref::<TraceError>(),
+                    Some(TraceError::Load(LoadError::Privileges(_)))
+                )
+                || matches!(
+                    e.downcast_ref::<LoadError>(),
+                    Some(LoadError::Privileges(_))
+                );
+            if refused {
                 ExitCode::from(2)
             } else if let Some(u) = e.downcast_ref::<UpgradeError>() {
                 ExitCode::from(u.exit_code())
@@ -55,7 +68,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn dispatch(command: Option<Command>) -> anyhow::Result<()> {
+fn dispatch(command: Option<Command>, select: mptcp_user::cli::SelectArgs) -> anyhow::Result<()> {
     match command {
         Some(Command::Run(_) | Command::Upgrade(_)) => unreachable!("handled in main"),
         Some(Command::Schema) => commands::schema::run(),
@@ -64,10 +77,25 @@ fn dispatch(command: Option<Command>) -> anyhow::Result<()> {
         Some(Command::Demo(args)) => block_on(commands::demo::run(args)),
         // A terminal gets the live view; a pipe or file gets event lines.
         None if std::io::IsTerminal::is_terminal(&std::io::stdout()) => {
-            block_on(commands::live::run(LiveArgs::default()))
+            block_on(commands::live::run(LiveArgs {
+                select,
+                ..LiveArgs::default()
+            }))
         }
-        None => block_on(commands::events::run(EventsArgs::default())),
+        None => block_on(commands::events::run(EventsArgs {
+            select,
+            ..EventsArgs::default()
+        })),
     }
+}
+
+fn block_on_code<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(
+    f: F,
+) -> anyhow::Result<ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
 }
 
 fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {

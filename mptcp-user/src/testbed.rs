@@ -6,13 +6,11 @@
 //! Namespace names carry a unique tag so several beds can coexist; everything is removed when
 //! the [`TestBed`] is dropped.
 
-use std::{
-    fs,
-    os::{fd::AsRawFd, unix::fs::MetadataExt},
-    process::Command,
-};
+use std::{fs, os::unix::fs::MetadataExt, process::Command};
 
 use anyhow::{bail, Context, Result};
+
+use crate::sys::netns;
 
 pub const RED_SERVER_V4: &str = "10.0.0.1";
 pub const RED_CLIENT_V4: &str = "10.0.0.2";
@@ -190,16 +188,10 @@ fn sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
 /// Runs `f` on a thread that has entered the named network namespace: sockets it creates
 /// live there. The caller's own namespace is untouched.
 pub fn in_netns<T: Send, F: FnOnce() -> T + Send>(ns: &str, f: F) -> Result<T> {
-    let file = fs::File::open(format!("/run/netns/{ns}")).with_context(|| format!("netns {ns}"))?;
+    let path = netns::named(ns);
     std::thread::scope(|scope| {
         scope
-            .spawn(move || {
-                // SAFETY: setns on this thread only; the fd is valid for the call.
-                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    bail!("setns {ns}: {}", std::io::Error::last_os_error());
-                }
-                Ok(f())
-            })
+            .spawn(|| netns::run_in(&path, f).with_context(|| format!("netns {ns}")))
             .join()
             .map_err(|_| anyhow::anyhow!("thread in netns {ns} panicked"))?
     })
@@ -209,14 +201,6 @@ pub fn in_netns<T: Send, F: FnOnce() -> T + Send>(ns: &str, f: F) -> Result<T> {
 pub fn spawn_in_netns<T: Send + 'static, F: FnOnce() -> T + Send + 'static>(
     ns: &str,
     f: F,
-) -> Result<std::thread::JoinHandle<Result<T>>> {
-    let file = fs::File::open(format!("/run/netns/{ns}")).with_context(|| format!("netns {ns}"))?;
-    let ns = ns.to_string();
-    Ok(std::thread::spawn(move || {
-        // SAFETY: as above.
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!("setns {ns}: {}", std::io::Error::last_os_error());
-        }
-        Ok(f())
-    }))
+) -> Result<std::thread::JoinHandle<T>> {
+    netns::spawn_in(&netns::named(ns), f).with_context(|| format!("netns {ns}"))
 }

@@ -2,7 +2,7 @@
 
 use std::{fmt::Write, net::IpAddr};
 
-use crate::event::{Event, Kind, Side};
+use crate::event::{Data, Event, Side, Subflow};
 
 pub const HEADER: &str =
     "TIME            EVENT                TOKEN     LOCAL                  REMOTE                 DETAILS";
@@ -29,85 +29,122 @@ fn bytes(n: u64) -> String {
     }
 }
 
+/// A kernel-provided string (command name, interface name) made safe for a terminal: control
+/// characters and backslashes are written as `\xNN`, so a process cannot clear the screen,
+/// forge lines (LF) or overwrite fields (CR) through its name.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(|c| c.is_control() || c == '\\') {
+        return s.into();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() || c == '\\' {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                let _ = write!(out, "\\x{b:02x}");
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
+}
+
+fn subflow_details(d: &mut String, sf: &Subflow) {
+    let _ = write!(
+        d,
+        "dev={} ids={}→{} {}",
+        printable(sf.ifname.as_deref().unwrap_or("?")),
+        sf.local_id.map_or("?".to_string(), |i| i.to_string()),
+        sf.remote_id,
+        if sf.join { "join " } else { "initial " },
+    );
+    if sf.backup {
+        d.push_str("backup ");
+    }
+}
+
 /// One line, without a trailing newline.
 pub fn line(e: &Event) -> String {
     let mut details = String::new();
     let d = &mut details;
-    match e.event {
-        Kind::ConnCreated => {
-            let side = match e.side {
-                Some(Side::Server) => "server",
-                _ => "client",
+    match &e.data {
+        Data::ConnCreated(c) => {
+            let side = match c.side {
+                Side::Server => "server",
+                Side::Client => "client",
             };
             let _ = write!(d, "{side} ");
-            if e.protocol.is_some() {
+            if c.conn.protocol.is_some() {
                 d.push_str("tcp ");
             }
         }
-        Kind::ConnFallback => {
-            let _ = write!(d, "reason={} ", e.reason.as_deref().unwrap_or("?"));
+        Data::ConnFallback(c) => {
+            let _ = write!(d, "reason={} ", c.reason);
         }
-        Kind::ConnClosed => {
-            if let Some(ns) = e.duration_ns {
+        Data::ConnClosed(c) => {
+            if let Some(ns) = c.duration_ns {
                 let _ = write!(d, "duration={:.3}s ", ns as f64 / 1e9);
             }
-            let _ = write!(d, "subflows={} ", e.subflows_total.unwrap_or(0));
+            let _ = write!(d, "subflows={} ", c.subflows_total);
         }
-        Kind::SubflowEstablished | Kind::SubflowClosed => {
+        Data::SubflowEstablished(c) => subflow_details(d, &c.subflow),
+        Data::SubflowClosed(c) => {
+            subflow_details(d, &c.subflow);
             let _ = write!(
                 d,
-                "dev={} ids={}→{} {}",
-                e.ifname.as_deref().unwrap_or("?"),
-                e.local_id.unwrap_or(0),
-                e.remote_id.unwrap_or(0),
-                if e.join == Some(true) {
-                    "join "
-                } else {
-                    "initial "
-                },
+                "reason={} sent={} acked={} recv={} retrans={} rtt={}us ",
+                c.reason,
+                bytes(c.bytes_sent),
+                bytes(c.bytes_acked),
+                bytes(c.bytes_received),
+                c.retrans,
+                c.srtt_us,
             );
-            if e.backup == Some(true) {
-                d.push_str("backup ");
-            }
-            if e.event == Kind::SubflowClosed {
-                let _ = write!(
-                    d,
-                    "reason={} sent={} acked={} recv={} retrans={} rtt={}us ",
-                    e.reason.as_deref().unwrap_or("?"),
-                    bytes(e.bytes_sent.unwrap_or(0)),
-                    bytes(e.bytes_acked.unwrap_or(0)),
-                    bytes(e.bytes_received.unwrap_or(0)),
-                    e.retrans.unwrap_or(0),
-                    e.srtt_us.unwrap_or(0),
-                );
+        }
+        Data::AddrAnnounced(a) | Data::AddrRemoved(a) => {
+            let _ = write!(d, "remote_id={} ", a.remote_id);
+        }
+        Data::Lost(l) => {
+            let _ = write!(
+                d,
+                "count={} ring_buffer={} map_full={} netlink={} ",
+                l.count, l.ring_buffer, l.map_full, l.netlink
+            );
+            if let Some(r) = l.recursion_misses {
+                let _ = write!(d, "recursion_misses={r} ");
             }
         }
-        Kind::AddrAnnounced | Kind::AddrRemoved => {
-            let _ = write!(d, "remote_id={} ", e.remote_id.unwrap_or(0));
+        Data::ConnEstablished(_) => {}
+    }
+    if let Some(c) = e.conn() {
+        if let Some(pid) = c.pid {
+            let _ = write!(
+                d,
+                "pid={pid} comm={} ",
+                printable(c.comm.as_deref().unwrap_or("?"))
+            );
         }
-        Kind::Lost => {
-            let _ = write!(d, "count={} ", e.count.unwrap_or(0));
+        if let Some(ns) = c.netns {
+            let _ = write!(d, "netns={ns}");
         }
-        Kind::ConnEstablished => {}
     }
-    if let Some(pid) = e.pid {
-        let _ = write!(d, "pid={pid} comm={} ", e.comm.as_deref().unwrap_or("?"));
-    }
-    if let Some(ns) = e.netns {
-        let _ = write!(d, "netns={ns}");
-    }
-    let (local, remote) = if e.event == Kind::Lost {
-        (String::new(), String::new())
-    } else if matches!(e.event, Kind::AddrAnnounced | Kind::AddrRemoved) {
-        ("-".into(), endpoint(e.addr, e.port))
-    } else {
-        (endpoint(e.saddr, e.sport), endpoint(e.daddr, e.dport))
+    let (local, remote) = match &e.data {
+        Data::Lost(_) => (String::new(), String::new()),
+        Data::AddrAnnounced(a) | Data::AddrRemoved(a) => ("-".into(), endpoint(a.addr, a.port)),
+        _ => match e.tuple() {
+            Some(t) => (
+                endpoint(Some(t.saddr), Some(t.sport)),
+                endpoint(Some(t.daddr), Some(t.dport)),
+            ),
+            None => ("-".into(), "-".into()),
+        },
     };
     format!(
         "{:<15} {:<20} {:<9} {:<22} {:<22} {}",
         clock(&e.time),
-        e.event.as_str(),
-        e.token.as_deref().unwrap_or("-"),
+        e.kind().as_str(),
+        e.token().map_or("-".to_string(), |t| t.to_string()),
         local,
         remote,
         details.trim_end()
@@ -142,5 +179,21 @@ mod tests {
             "[fe80::1]:80"
         );
         assert_eq!(bytes(20 << 20), "20M");
+    }
+
+    #[test]
+    fn control_characters_in_names_cannot_reach_the_terminal() {
+        let evil = "\x1b[2J\x1b[31mX\rY\nFA";
+        assert_eq!(printable(evil), "\\x1b[2J\\x1b[31mX\\x0dY\\x0aFA");
+        assert_eq!(printable("mptcp-peer"), "mptcp-peer");
+        assert_eq!(
+            printable("a\\b"),
+            "a\\x5cb",
+            "the escape itself cannot be forged"
+        );
+        let mut e = to_event(&sample(EventKind::ConnCreated), &Clock::fixed(0)).unwrap();
+        e.conn_mut().unwrap().comm = Some(evil.into());
+        let l = line(&e);
+        assert!(!l.chars().any(|c| c.is_control()), "{l:?}");
     }
 }

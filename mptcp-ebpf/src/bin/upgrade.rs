@@ -30,8 +30,9 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray},
 };
 use mptcp_common::{
-    upgrade::{counter, is_tcp_socket, scope, Policy, MAX_COMMS},
-    IPPROTO_MPTCP, TASK_COMM_LEN,
+    scope,
+    upgrade::{counter, is_tcp_socket, Policy},
+    Scope, IPPROTO_MPTCP, MAX_COMMS, MAX_PIDS, TASK_COMM_LEN,
 };
 
 /// Written by the loader before attaching (one entry).
@@ -56,7 +57,7 @@ fn bump(idx: u32) {
 }
 
 #[inline(always)]
-fn comm_matches(p: &Policy) -> bool {
+fn comm_matches(p: &Scope) -> bool {
     let Ok(comm) = bpf_get_current_comm() else {
         return false;
     };
@@ -89,16 +90,31 @@ fn comm_matches(p: &Policy) -> bool {
 
 /// Whether the current task is in the policy's scope.
 #[inline(always)]
-fn in_scope(p: &Policy) -> bool {
-    let s = p.scope;
+fn in_scope(p: &Scope) -> bool {
+    let s = p.flags;
     if s & scope::ALL != 0 {
         return true;
     }
     if s == 0 {
         return false;
     }
-    if s & scope::PID != 0 && (bpf_get_current_pid_tgid() >> 32) as u32 != p.tgid {
-        return false;
+    if s & scope::PID != 0 {
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        let mut found = false;
+        let mut i = 0;
+        while i < MAX_PIDS {
+            if i >= p.n_pids as usize {
+                break;
+            }
+            if p.pids[i] == tgid {
+                found = true;
+                break;
+            }
+            i += 1;
+        }
+        if !found {
+            return false;
+        }
     }
     if s & scope::UID != 0 && bpf_get_current_uid_gid() as u32 != p.uid {
         return false;
@@ -128,7 +144,7 @@ fn decide(family: i32, ty: i32, protocol: i32) -> i32 {
     let Some(p) = UPGRADE_POLICY.get(0) else {
         return 0;
     };
-    if !in_scope(p) {
+    if !in_scope(&p.scope) {
         return 0;
     }
     bump(counter::IN_SCOPE);

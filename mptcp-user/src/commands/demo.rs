@@ -23,22 +23,19 @@ use std::{
 };
 
 use anyhow::{anyhow, Context, Result};
-use tokio::{
-    signal::unix::{signal, Signal, SignalKind},
-    sync::mpsc,
-    time::sleep,
-};
 
 use crate::{
-    cli::{DemoArgs, FilterArgs},
-    decode,
-    event::{Event, Kind, Side},
-    live::{self, Collector, State, Update},
+    cli::DemoArgs,
+    event::{Data, Event, Side},
+    live::{self, State},
+    output::{self, Printer},
     peer::{self, Proto},
+    select::Selector,
+    sys::{netns, signals::Stop},
     testbed::{self, TestBed},
+    trace::Pipeline,
     upgrade::{Upgrade, UpgradeError},
 };
-use mptcp_common::upgrade::{scope, Policy};
 
 const PORT: u16 = 4321;
 /// Each path's rate limit (tbf on the client's veths), Mbit/s: both paths fill up, so the
@@ -51,9 +48,7 @@ const WARMUP: Duration = Duration::from_secs(1);
 /// the attached upgrade (kept until the end), the protocol the peers ask for, and what to tell
 /// the user — truthfully.
 fn try_upgrade() -> (Option<Upgrade>, Proto, String) {
-    let mut policy = Policy::NONE;
-    policy.scope = scope::PID;
-    policy.tgid = std::process::id();
+    let policy = Selector::for_pid(std::process::id()).policy(false);
     match Upgrade::attach(policy) {
         Ok(u) => (
             Some(u),
@@ -112,34 +107,40 @@ impl Summary {
     }
 
     pub fn absorb(&mut self, e: &Event) {
-        if e.netns != Some(self.client_netns) || self.servers.contains(&e.conn_id) {
+        let Some(c) = e.conn() else {
+            return;
+        };
+        let id = c.ids.conn;
+        if c.netns != Some(self.client_netns) || self.servers.contains(&id) {
             return;
         }
-        if e.event == Kind::ConnCreated && e.side == Some(Side::Server) {
-            self.servers.insert(e.conn_id);
-            return;
+        if let Data::ConnCreated(d) = &e.data {
+            if d.side == Side::Server {
+                self.servers.insert(id);
+                return;
+            }
         }
-        let (token, subs) = self.conns.entry(e.conn_id).or_default();
+        let (token, subs) = self.conns.entry(id).or_default();
         if token.is_none() {
-            token.clone_from(&e.token);
+            *token = c.token.map(|t| t.to_string());
         }
-        match e.event {
-            Kind::SubflowEstablished => {
-                let ifname = e.ifname.clone().unwrap_or_else(|| "?".into());
-                subs.retain(|(id, _)| *id != e.subflow_id);
+        match &e.data {
+            Data::SubflowEstablished(d) => {
+                let ifname = d.subflow.ifname.clone().unwrap_or_else(|| "?".into());
+                subs.retain(|(sid, _)| *sid != c.ids.subflow);
                 subs.push((
-                    e.subflow_id,
+                    c.ids.subflow,
                     PathBytes {
                         path: ifname.split('-').next().unwrap_or(&ifname).to_string(),
-                        from: e.saddr.map_or("?".into(), |a| a.to_string()),
-                        to: e.daddr.map_or("?".into(), |a| a.to_string()),
+                        from: d.tuple.saddr.to_string(),
+                        to: d.tuple.daddr.to_string(),
                         bytes: None,
                     },
                 ));
             }
-            Kind::SubflowClosed => {
-                if let Some((_, p)) = subs.iter_mut().find(|(id, _)| *id == e.subflow_id) {
-                    p.bytes = e.bytes_sent;
+            Data::SubflowClosed(d) => {
+                if let Some((_, p)) = subs.iter_mut().find(|(sid, _)| *sid == c.ids.subflow) {
+                    p.bytes = Some(d.bytes_sent);
                 }
             }
             _ => {}
@@ -277,36 +278,60 @@ pub fn shape_paths(bed: &TestBed, mbit: u64) -> Result<()> {
     Ok(())
 }
 
-/// Whether a signal already arrived (polls once).
-async fn arrived(sig: &mut Signal) -> bool {
-    tokio::time::timeout(Duration::ZERO, sig.recv())
-        .await
-        .is_ok()
+/// Removes the test beds of demos whose process is gone (killed with SIGKILL, say): their
+/// namespaces are named after the demo's pid.
+fn remove_stale_beds() {
+    let Ok(dir) = std::fs::read_dir(netns::NAMED_DIR) else {
+        return;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("mptcp-client-demo")
+            .or_else(|| name.strip_prefix("mptcp-server-demo"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            log::warn!("removing {name}, left by demo {pid} (no longer running)");
+            let _ = testbed::ip(&["netns", "del", &name]);
+        }
+    }
 }
 
-pub async fn run(args: DemoArgs) -> Result<()> {
-    // From here on SIGINT/SIGTERM are ours: no signal leaves the test bed behind.
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
+pub async fn run(mut args: DemoArgs) -> Result<()> {
+    // From here on SIGINT/SIGTERM/SIGHUP are ours: no signal leaves the test bed behind.
+    let mut stop = Stop::install()?;
+    if !args.json && !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        eprintln!("mptcp-trace demo: stdout is not a terminal: streaming NDJSON (as with --json)");
+        args.json = true;
+    }
+    remove_stale_beds();
     let (upgrade, proto, note) = try_upgrade();
     let tag = format!("demo{}", std::process::id());
     let bed = TestBed::create(&tag).context("building the test bed")?;
     shape_paths(&bed, PATH_MBIT)?;
     let client_ns = TestBed::netns_inode(&bed.client)?;
     let server_ns = TestBed::netns_inode(&bed.server)?;
-    let collector = Collector::load(&FilterArgs::default())?;
-    let clock = collector.clock;
+    let sel = Selector {
+        netns: vec![
+            netns::Netns {
+                inode: client_ns,
+                path: netns::named(&bed.client),
+            },
+            netns::Netns {
+                inode: server_ns,
+                path: netns::named(&bed.server),
+            },
+        ],
+        ..Selector::default()
+    };
+    let pipe = Pipeline::start(&sel)?;
     let summary = Rc::new(RefCell::new(Summary::new(client_ns)));
     let sum = summary.clone();
-    let keep = move |e: &Event| {
-        let ours =
-            e.event == Kind::Lost || matches!(e.netns, Some(n) if n == client_ns || n == server_ns);
-        if ours {
-            sum.borrow_mut().absorb(e);
-        }
-        ours
-    };
-    if arrived(&mut sigint).await || arrived(&mut sigterm).await {
+    let absorb = move |e: &Event| sum.borrow_mut().absorb(e);
+    if stop.arrived().await {
         return Ok(());
     }
     let result = if args.json {
@@ -326,14 +351,14 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             testbed::RED_SERVER_V4
         );
         let traffic = start_traffic(&bed, proto, transfer, false)?;
-        let r = json_loop(collector, keep, &clock, duration, &mut sigint, &mut sigterm).await;
+        let r = json_stream(pipe, absorb, duration, &mut stop).await;
         drop(traffic);
         r
     } else {
         let traffic = start_traffic(&bed, proto, Duration::from_secs(10), true)?;
         let r = live::run(
-            collector,
-            keep,
+            pipe,
+            absorb,
             live::Options {
                 banner: Some(format!("demo ({} / {}): {note}", bed.client, bed.server)),
                 duration: args.duration.map(Duration::from_secs),
@@ -341,7 +366,13 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         )
         .await;
         drop(traffic);
-        r.map(|state| summary.borrow_mut().merge_live(&state))
+        r.map(|(state, pipe)| {
+            summary.borrow_mut().merge_live(&state);
+            let (_, totals) = pipe.finish();
+            if totals.lost.count > 0 {
+                eprintln!("mptcp-trace demo: {}", totals.describe());
+            }
+        })
     };
     drop(bed);
     drop(upgrade);
@@ -357,43 +388,28 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     result
 }
 
-async fn json_loop(
-    collector: Collector,
-    keep: impl FnMut(&Event) -> bool,
-    clock: &decode::Clock,
+async fn json_stream(
+    mut pipe: Pipeline,
+    mut absorb: impl FnMut(&Event),
     duration: Duration,
-    sigint: &mut Signal,
-    sigterm: &mut Signal,
+    stop: &mut Stop,
 ) -> Result<()> {
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let coll = collector.run(tx, keep);
-    tokio::pin!(coll);
-    let deadline = sleep(duration);
-    tokio::pin!(deadline);
-    let mut out = io::stdout().lock();
-    let mut reported = 0u64;
-    loop {
-        let line = tokio::select! {
-            r = &mut coll => return r,
-            Some(u) = rx.recv() => match u {
-                Update::Event(e) => Some(serde_json::to_string(&e)?),
-                Update::Lost(total) if total > reported => {
-                    let e = decode::lost(total - reported, clock);
-                    reported = total;
-                    Some(serde_json::to_string(&e)?)
-                }
-                _ => None,
-            },
-            _ = sigint.recv() => return Ok(()),
-            _ = sigterm.recv() => return Ok(()),
-            _ = &mut deadline => return Ok(()),
-        };
-        if let Some(l) = line {
-            match writeln!(out, "{l}").and_then(|_| out.flush()) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
-                Err(e) => return Err(e.into()),
-            }
+    let mut out = Printer::new(io::stdout(), true);
+    let until = async {
+        tokio::select! {
+            _ = stop.recv() => {}
+            _ = tokio::time::sleep(duration) => {}
         }
+    };
+    let end = output::stream(&mut pipe, &mut out, until, &mut absorb).await?;
+    let (rest, totals) = pipe.finish();
+    if end == output::End::Stopped {
+        output::finish(&mut out, &rest, &mut absorb)?;
     }
+    eprintln!(
+        "mptcp-trace demo: {} events shown, {}",
+        out.printed,
+        totals.describe()
+    );
+    Ok(())
 }

@@ -4,5 +4,4 @@ pub mod events;
 pub mod live;
 pub mod run;
 pub mod schema;
-pub mod side_tracer;
 pub mod upgrade;

@@ -3,32 +3,41 @@
 //!
 //! Everything CMD starts stays in the cgroup and is upgraded too. Ctrl-C goes to CMD (the
 //! terminal sends it to the whole foreground group) while `run` ignores it; SIGTERM and SIGHUP
-//! are forwarded to CMD.
+//! are forwarded to CMD. With `--trace`, the same process traces exactly the run's cgroup
+//! (the upgrade's scope, in the kernel) and prints on stderr, so CMD keeps stdout.
 
 use std::{
-    ffi::{CString, OsString},
+    cell::RefCell,
+    collections::HashSet,
+    ffi::CString,
     fs,
+    future::pending,
+    io,
     os::unix::{ffi::OsStrExt, process::CommandExt, process::ExitStatusExt},
     path::{Path, PathBuf},
     process::{Command, ExitCode},
-    sync::atomic::{AtomicI32, Ordering},
     thread,
     time::Duration,
 };
 
 use anyhow::{Context, Result};
 use log::{debug, warn};
-use mptcp_common::upgrade::Policy;
 
 use crate::{
     cli::RunArgs,
-    commands::side_tracer::{Output, SideTracer},
-    filter::cgroup2_mount,
-    upgrade::{
-        policy::{CgroupRef, PolicyExt},
-        Upgrade, UpgradeError,
+    event::Kind,
+    output::{self, Printer},
+    select::Selector,
+    sys::{
+        cgroup::{self, Cgroup},
+        signals::Stop,
     },
+    trace::Pipeline,
+    upgrade::{Upgrade, UpgradeError},
 };
+
+/// After CMD exits, how long `--trace` waits for its connections' last events.
+const CLOSE_GRACE: Duration = Duration::from_secs(3);
 
 /// The cgroup made for CMD; removed on drop (leftover processes are moved out first).
 struct RunCgroup {
@@ -62,14 +71,17 @@ fn mount_cgroup2() -> Result<PathBuf, UpgradeError> {
         let e = std::io::Error::last_os_error();
         let _ = fs::remove_dir(&dir);
         debug!("mounting cgroup2 on {}: {e}", dir.display());
-        return Err(UpgradeError::NoCgroup2);
+        return Err(UpgradeError::Io {
+            what: "no cgroup v2 hierarchy is mounted, and mounting one failed".into(),
+            source: e,
+        });
     }
     Ok(dir)
 }
 
 impl RunCgroup {
     fn create() -> Result<RunCgroup, UpgradeError> {
-        let (mount, own_mount) = match cgroup2_mount() {
+        let (mount, own_mount) = match cgroup::mount() {
             Some(m) => (m, false),
             None => (mount_cgroup2()?, true),
         };
@@ -111,14 +123,20 @@ impl RunCgroup {
     fn remove(&mut self) {
         // The kernel may need a moment to notice the last member is gone.
         for attempt in 0..100 {
-            // Background processes CMD left behind go back to the root cgroup (and out of the
-            // upgrade's scope) so the cgroup can go.
+            // Background processes CMD left behind go back to the cgroup `run` itself lives in
+            // (and out of the upgrade's scope) so the cgroup can go.
+            let home = Cgroup::of_process(std::process::id())
+                .map(|c| c.path)
+                .unwrap_or_else(|_| self.mount.clone());
             let procs = fs::read_to_string(self.path.join("cgroup.procs")).unwrap_or_default();
             for pid in procs.split_whitespace() {
                 if attempt == 0 {
-                    warn!("process {pid} outlived the command; moving it out of the run's cgroup");
+                    warn!(
+                        "process {pid} outlived the command; moving it back to {}",
+                        home.display()
+                    );
                 }
-                let _ = fs::write(self.mount.join("cgroup.procs"), pid);
+                let _ = fs::write(home.join("cgroup.procs"), pid);
             }
             match fs::remove_dir(&self.path) {
                 Ok(()) => return,
@@ -131,30 +149,22 @@ impl RunCgroup {
     }
 }
 
-static CHILD: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn forward(sig: libc::c_int) {
-    let pid = CHILD.load(Ordering::Relaxed);
-    if pid > 0 {
-        // SAFETY: kill is async-signal-safe.
-        unsafe { libc::kill(pid, sig) };
-    }
-}
-
-pub fn run(args: RunArgs) -> Result<ExitCode> {
+pub async fn run(args: RunArgs) -> Result<ExitCode> {
     let cgroup = RunCgroup::create()?;
-    let cg = CgroupRef::resolve(&cgroup.path)?;
-    let mut policy = Policy::NONE;
-    policy.set_cgroup(&cg);
-    policy.count_only = args.count_only as u32;
-    let up = Upgrade::attach(policy)?;
-    debug!("run: upgrading {}", policy.describe());
-    let tracer = if args.trace {
-        let filter = [
-            OsString::from("--cgroup"),
-            cgroup.path.clone().into_os_string(),
-        ];
-        Some(SideTracer::start(&filter, args.json, Output::Stderr)?)
+    let cg = Cgroup::resolve(&cgroup.path).map_err(|e| UpgradeError::Io {
+        what: format!("the run's cgroup {}", cgroup.path.display()),
+        source: io::Error::other(e),
+    })?;
+    let sel = Selector::for_cgroup(cg);
+    let mut stop = Stop::install()?;
+    let up = Upgrade::attach(sel.policy(args.count_only))?;
+    debug!("run: upgrading {}", sel.describe());
+    // The tracer is attached before CMD starts: its first connection is seen.
+    let mut trace = if args.trace {
+        Some((
+            Pipeline::start(&sel)?,
+            Printer::new(io::stderr(), args.json),
+        ))
     } else {
         None
     };
@@ -186,18 +196,73 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let mut child = cmd
         .spawn()
         .with_context(|| format!("cannot run {}", Path::new(program).display()))?;
-    CHILD.store(child.id() as i32, Ordering::Relaxed);
-    // SAFETY: installing handlers; `forward` only calls kill.
-    unsafe {
-        libc::signal(libc::SIGINT, libc::SIG_IGN);
-        libc::signal(libc::SIGQUIT, libc::SIG_IGN);
-        libc::signal(libc::SIGTERM, forward as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGHUP, forward as *const () as libc::sighandler_t);
-    }
-    let status = child.wait().context("waiting for the command")?;
-    if let Some(t) = tracer {
-        // Subflows close shortly after their process exits.
-        t.stop(Duration::from_millis(1500));
+    let pid = child.id() as i32;
+    // SAFETY: ignoring a signal; CMD (already started) keeps its own dispositions.
+    unsafe { libc::signal(libc::SIGQUIT, libc::SIG_IGN) };
+    let mut wait = tokio::task::spawn_blocking(move || child.wait());
+    // Connections of CMD still open, so that the trace ends with their last events.
+    let open: RefCell<HashSet<(Option<u32>, u64)>> = RefCell::default();
+    let mut track = |e: &crate::event::Event| {
+        let key = (e.netns(), e.ids().conn);
+        match e.kind() {
+            Kind::ConnCreated => {
+                open.borrow_mut().insert(key);
+            }
+            Kind::ConnClosed => {
+                open.borrow_mut().remove(&key);
+            }
+            _ => {}
+        }
+    };
+    let status = loop {
+        let forward = async {
+            loop {
+                let sig = stop.recv().await;
+                // Ctrl-C reached CMD from the terminal already; TERM and HUP are passed on.
+                if sig != libc::SIGINT {
+                    // SAFETY: kill(2) on our own child.
+                    unsafe { libc::kill(pid, sig) };
+                }
+            }
+        };
+        let traced = async {
+            match &mut trace {
+                Some((pipe, out)) => output::stream(pipe, out, pending(), &mut track).await,
+                None => pending().await,
+            }
+        };
+        tokio::select! {
+            r = &mut wait => break r.context("waiting for the command")??,
+            () = forward => {}
+            r = traced => {
+                r?;
+                // The reader of stderr went away: CMD goes on, untraced.
+                trace = None;
+            }
+        }
+    };
+    if let Some((mut pipe, mut out)) = trace {
+        // Subflows close shortly after their process exits: wait for the last closes.
+        let deadline = tokio::time::Instant::now() + CLOSE_GRACE;
+        while !open.borrow().is_empty() {
+            match tokio::time::timeout_at(deadline, pipe.next()).await {
+                Ok(e) => {
+                    let e = e?;
+                    track(&e);
+                    if !out.print(&e)? {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        let (rest, totals) = pipe.finish();
+        output::finish(&mut out, &rest, &mut track)?;
+        eprintln!(
+            "mptcp-trace: {} events shown, {}",
+            out.printed,
+            totals.describe()
+        );
     }
     debug!("run: {}", up.counts());
     drop(up);

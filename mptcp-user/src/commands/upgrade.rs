@@ -1,15 +1,17 @@
 //! `mptcp-trace upgrade`: attach the TCP→MPTCP upgrade for a scope until Ctrl-C/SIGTERM (then
 //! print the counters), or pin it (`--pin`); `--status` and `--off` for a pinned one.
 
-use std::{ffi::OsString, fs};
+use std::io;
 
-use anyhow::{Context, Result};
-use tokio::signal::unix::{signal, SignalKind};
+use anyhow::Result;
 
 use crate::{
-    cli::{ScopeArgs, UpgradeArgs},
-    commands::side_tracer::{Output, SideTracer},
-    upgrade::{self, policy, policy::PolicyExt, Upgrade},
+    cli::UpgradeArgs,
+    output::{self, Printer, ReadyFile},
+    select::{describe_scope, Selector},
+    sys::signals::Stop,
+    trace::Pipeline,
+    upgrade::{self, Upgrade},
 };
 
 pub async fn run(args: UpgradeArgs) -> Result<()> {
@@ -27,7 +29,14 @@ pub async fn run(args: UpgradeArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let policy = policy::from_args(&args.scope, args.count_only)?;
+    let sel = Selector::for_upgrade(&args.select, args.all)?;
+    let ready = args
+        .ready_file
+        .as_deref()
+        .map(ReadyFile::check)
+        .transpose()?;
+    let mut stop = Stop::install()?;
+    let policy = sel.policy(args.count_only);
     let up = Upgrade::attach(policy)?;
     let what = if args.count_only {
         "counting (count only)"
@@ -38,56 +47,58 @@ pub async fn run(args: UpgradeArgs) -> Result<()> {
         let dir = up.pin()?;
         println!(
             "upgrade: {what} TCP sockets of {}; pinned in {} (remove with `mptcp-trace upgrade --off`)",
-            policy.describe(),
+            sel.describe(),
             dir.display()
         );
         return Ok(());
     }
     eprintln!(
         "upgrade: {what} TCP sockets of {} until Ctrl-C",
-        policy.describe()
+        sel.describe()
     );
-    let tracer = if args.events {
-        Some(SideTracer::start(
-            &trace_filters(&args.scope),
-            args.json,
-            Output::Stdout,
-        )?)
+    // The tracer sees exactly the processes the upgrade selects: the same scope, in the kernel.
+    let mut trace = if args.events {
+        Some((
+            Pipeline::start(&sel)?,
+            Printer::new(io::stdout(), args.json),
+        ))
     } else {
         None
     };
-    if let Some(path) = &args.ready_file {
-        fs::write(path, b"").with_context(|| format!("cannot create {}", path.display()))?;
+    if let Some(r) = &ready {
+        r.signal()?;
     }
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    match &mut trace {
+        Some((pipe, out)) => {
+            if out.header()? {
+                output::stream(
+                    pipe,
+                    out,
+                    async {
+                        stop.recv().await;
+                    },
+                    |_| {},
+                )
+                .await?;
+            }
+        }
+        None => {
+            stop.recv().await;
+        }
     }
     let counts = up.counts();
-    if let Some(t) = tracer {
-        t.stop(std::time::Duration::ZERO);
+    if let Some((pipe, mut out)) = trace {
+        let (rest, totals) = pipe.finish();
+        output::finish(&mut out, &rest, |_| {})?;
+        eprintln!(
+            "mptcp-trace: {} events shown, {}",
+            out.printed,
+            totals.describe()
+        );
     }
     drop(up);
     println!("upgrade: stopped; {counts}");
     Ok(())
-}
-
-/// The tracer filters that select what the upgrade's scope selects, as far as they can: the
-/// tracer has no uid filter and takes one command name.
-fn trace_filters(scope: &ScopeArgs) -> Vec<OsString> {
-    let mut f: Vec<OsString> = Vec::new();
-    if let Some(c) = &scope.cgroup {
-        f.extend(["--cgroup".into(), c.clone().into_os_string()]);
-    }
-    if let Some(p) = scope.pid {
-        f.extend(["--pid".into(), p.to_string().into()]);
-    }
-    if let [comm] = scope.comm.as_slice() {
-        f.extend(["--comm".into(), comm.into()]);
-    }
-    f
 }
 
 fn status() -> Result<()> {
@@ -95,7 +106,11 @@ fn status() -> Result<()> {
         None => println!("upgrade: not pinned (nothing in {})", upgrade::PIN_DIR),
         Some(s) => {
             println!("upgrade: pinned in {}", s.dir.display());
-            println!("scope: {}", s.policy.describe());
+            let mut scope = describe_scope(&s.policy.scope, None);
+            if s.policy.count_only != 0 {
+                scope += " (count only)";
+            }
+            println!("scope: {scope}");
             println!("counters: {}", s.counts);
         }
     }

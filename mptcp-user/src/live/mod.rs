@@ -9,7 +9,6 @@ pub mod render;
 pub mod state;
 
 use std::{
-    collections::VecDeque,
     io,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -26,14 +25,13 @@ use crossterm::{
 };
 use ratatui::{backend::CrosstermBackend, Terminal};
 use tokio::{
-    signal::unix::{signal, SignalKind},
     sync::mpsc,
     time::{interval, sleep},
 };
 
-use crate::{decode, event::Event};
+use crate::{decode, event::Event, sys::signals::Stop, trace::Pipeline};
 
-pub use collector::{Collector, DiagThread};
+pub use collector::DiagThread;
 pub use state::{State, Update};
 
 /// What a key asks the loop to do.
@@ -79,7 +77,12 @@ pub fn key(state: &mut State, k: KeyEvent) -> Action {
         KeyCode::Enter => state.toggle_fold(),
         KeyCode::Char('/') => ui.editing_filter = true,
         KeyCode::Char('s') => ui.sort = ui.sort.next(),
-        KeyCode::Char('p') => ui.paused = !ui.paused,
+        KeyCode::Char('p') => {
+            // Paused, the view shows a frozen copy; the state keeps absorbing updates, so
+            // nothing piles up and resuming shows the present.
+            ui.paused = !ui.paused;
+            state.frozen = ui.paused.then(|| Box::new(state.snapshot()));
+        }
         KeyCode::Char('?') => ui.help = true,
         _ => return Action::None,
     }
@@ -166,17 +169,16 @@ pub struct Options {
     pub duration: Option<Duration>,
 }
 
-/// Runs the live view on the terminal until `q`, Ctrl-C, SIGTERM or the duration; `keep`
-/// sees every accepted event first and may drop it. Returns the final state.
+/// Runs the live view on the terminal until `q`, Ctrl-C, SIGTERM, SIGHUP or the duration;
+/// `each` sees every event first. Returns the final state and the pipeline (still attached,
+/// for its totals; the caller finishes it).
 pub async fn run(
-    collector: Collector,
-    keep: impl FnMut(&Event) -> bool,
+    mut pipe: Pipeline,
+    mut each: impl FnMut(&Event),
     opts: Options,
-) -> Result<State> {
+) -> Result<(State, Pipeline)> {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let diag = DiagThread::spawn(tx.clone(), Duration::from_secs(1));
-    let coll = collector.run(tx, keep);
-    tokio::pin!(coll);
+    let diag = DiagThread::spawn(tx, Duration::from_secs(1));
 
     let mut state = State::default();
     state.ui.banner = opts.banner;
@@ -187,37 +189,26 @@ pub async fn run(
     terminal.clear()?;
     let (ktx, mut keys) = mpsc::unbounded_channel();
     let input = InputThread::spawn(ktx);
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut hup = signal(SignalKind::hangup())?;
+    let mut stop = Stop::install()?;
     let mut tick = interval(Duration::from_millis(250));
     let deadline = sleep(opts.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
     tokio::pin!(deadline);
-    // Updates held back while paused, applied on resume.
-    let mut held: VecDeque<Update> = VecDeque::new();
 
     let result: Result<()> = loop {
         let mut redraw = false;
         tokio::select! {
-            r = &mut coll => break r,
-            Some(u) = rx.recv() => {
-                if state.ui.paused {
-                    held.push_back(u);
-                } else {
-                    state.apply(u);
+            e = pipe.next() => match e {
+                Ok(e) => {
+                    each(&e);
+                    state.apply(Update::Event(Box::new(e)));
                 }
-            }
+                Err(e) => break Err(e.into()),
+            },
+            Some(u) = rx.recv() => state.apply(u),
             Some(ev) = keys.recv() => match ev {
                 term::Event::Key(k) => match key(&mut state, k) {
                     Action::Quit => break Ok(()),
-                    Action::Redraw => {
-                        redraw = true;
-                        if !state.ui.paused {
-                            while let Some(u) = held.pop_front() {
-                                state.apply(u);
-                            }
-                        }
-                    }
+                    Action::Redraw => redraw = true,
                     Action::None => {}
                 },
                 term::Event::Resize(..) => {
@@ -227,26 +218,23 @@ pub async fn run(
                 _ => {}
             },
             _ = tick.tick() => {
-                if !state.ui.paused {
-                    state.apply(Update::Tick(decode::monotonic_ns()));
-                }
+                state.apply(Update::Tick(decode::monotonic_ns()));
                 diag.set_netns(state.live_netns().into_iter().collect());
                 redraw = true;
             }
-            _ = sigint.recv() => break Ok(()),
-            _ = sigterm.recv() => break Ok(()),
-            _ = hup.recv() => break Ok(()),
+            _ = stop.recv() => break Ok(()),
             _ = &mut deadline => break Ok(()),
         }
         if redraw {
-            terminal.draw(|f| render::render(&state, f))?;
+            let shown = state.frozen.as_deref().unwrap_or(&state);
+            terminal.draw(|f| render::render(shown, f))?;
         }
     };
     drop(input);
     drop(terminal);
     drop(guard);
     drop(diag);
-    result.map(|()| state)
+    result.map(|()| (state, pipe))
 }
 
 #[cfg(test)]

@@ -11,7 +11,8 @@ use ratatui::{
     Frame,
 };
 
-use super::state::{Conn, ConnState, State, Subflow};
+use super::state::{Conn, ConnState, PeerAddr, State, Subflow};
+use crate::text::printable;
 
 /// Below this width the subflow rows drop the byte totals, ids and backup columns.
 const WIDE: u16 = 120;
@@ -73,7 +74,7 @@ fn header(state: &State) -> Line<'static> {
             state.open_subflows(),
             state.joins_last_minute(),
             state.fallbacks_last_minute(),
-            state.lost,
+            state.lost.count,
         )),
     ];
     if let Some(n) = state.upgraded {
@@ -91,7 +92,13 @@ fn header(state: &State) -> Line<'static> {
                 .add_modifier(Modifier::BOLD),
         ));
     }
-    if state.lost > 0 {
+    if let Some(n) = state.lost.recursion_misses.filter(|&n| n > 0) {
+        parts.push(Span::styled(
+            format!(" (skipped program runs {n})"),
+            Style::default().fg(Color::Red),
+        ));
+    }
+    if state.lost.count > 0 {
         parts[1].style = Style::default().fg(Color::Red);
     }
     Line::from(parts)
@@ -141,7 +148,7 @@ fn conn_line(state: &State, c: &Conn, selected: bool, folded: bool) -> Line<'sta
         None => "",
     };
     let owner = match (c.pid, &c.comm) {
-        (Some(p), Some(n)) => format!("pid {p} {n}"),
+        (Some(p), Some(n)) => format!("pid {p} {}", printable(n)),
         (Some(p), None) => format!("pid {p}"),
         _ => "pid ?".into(),
     };
@@ -203,7 +210,7 @@ fn subflow_line(sf: &Subflow, last: bool, wide: bool, conn_closed: bool) -> Line
         format!(
             "  {tree} {:<46} {:<12} {:>5} {:<4} {:<10} {:>8} {:>8} {:>9} {:>9} {:>8} {:>5}",
             format!("{} → {}", endpoint(sf.local), endpoint(sf.remote)),
-            sf.ifname.as_deref().unwrap_or("?"),
+            printable(sf.ifname.as_deref().unwrap_or("?")),
             ids,
             if sf.backup { "yes" } else { "-" },
             state,
@@ -233,6 +240,24 @@ fn subflow_line(sf: &Subflow, last: bool, wide: bool, conn_closed: bool) -> Line
     Line::styled(text, dim(style, conn_closed || !sf.is_open()))
 }
 
+/// An ADD_ADDR / RM_ADDR of the peer, under its connection, highlighted.
+fn peer_addr_line(a: &PeerAddr, conn_closed: bool) -> Line<'static> {
+    let what = match (a.announced, a.addr) {
+        (true, Some((ip, Some(port)))) => format!(
+            "peer announced {} (id {})",
+            endpoint((ip, port)),
+            a.remote_id
+        ),
+        (true, Some((ip, None))) => format!("peer announced {ip} (id {})", a.remote_id),
+        (true, None) => format!("peer announced id {}", a.remote_id),
+        (false, _) => format!("peer removed address id {}", a.remote_id),
+    };
+    Line::styled(
+        format!("  ⇢ {what}"),
+        dim(Style::default().fg(Color::Cyan), conn_closed),
+    )
+}
+
 /// The body lines and the index of the selected connection's line.
 fn body(state: &State, wide: bool) -> (Vec<Line<'static>>, Option<usize>) {
     let mut lines = vec![columns(wide)];
@@ -255,6 +280,9 @@ fn body(state: &State, wide: bool) -> (Vec<Line<'static>>, Option<usize>) {
             let n = c.subflows.len();
             for (i, sf) in c.subflows.iter().enumerate() {
                 lines.push(subflow_line(sf, i + 1 == n, wide, !c.is_open()));
+            }
+            for a in &c.peer_addrs {
+                lines.push(peer_addr_line(a, !c.is_open()));
             }
         }
     }

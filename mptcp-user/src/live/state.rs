@@ -7,7 +7,7 @@ use std::{
     net::IpAddr,
 };
 
-use crate::event::{Event, Kind, Side};
+use crate::event::{Data, Event, Kind, Lost, Side};
 
 use super::diag::SockInfo;
 
@@ -29,8 +29,6 @@ pub enum Update {
         at_ns: u64,
         socks: Vec<SockInfo>,
     },
-    /// The kernel's total of dropped events so far.
-    Lost(u64),
     /// Time passes (CLOCK_MONOTONIC ns): ages, lingering, windows.
     Tick(u64),
 }
@@ -38,8 +36,19 @@ pub enum Update {
 /// An address and port.
 pub type Endpoint = (IpAddr, u16);
 
-/// Identity of a connection within one run: network namespace and kernel socket address.
-pub type ConnKey = (u32, u64);
+/// Identity of a connection within one run: network namespace, kernel socket address, and how
+/// many connections used that address before it (the kernel reuses a closed socket's memory
+/// at once, so the address alone would merge a new connection into the old one).
+pub type ConnKey = (u32, u64, u64);
+
+/// An address the peer announced (ADD_ADDR) or withdrew (RM_ADDR).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeerAddr {
+    pub announced: bool,
+    pub remote_id: u8,
+    pub addr: Option<(IpAddr, Option<u16>)>,
+    pub at_ns: u64,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConnState {
@@ -67,9 +76,14 @@ pub struct Conn {
     pub reset: Option<String>,
     pub closed_ns: Option<u64>,
     pub subflows: Vec<Subflow>,
+    /// ADD_ADDR / RM_ADDR seen for this connection, oldest first (at most [`MAX_PEER_ADDRS`]).
+    pub peer_addrs: Vec<PeerAddr>,
     /// Order of arrival, for the default sort.
     pub seq: u64,
 }
+
+/// Address events kept per connection.
+pub const MAX_PEER_ADDRS: usize = 8;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Subflow {
@@ -190,8 +204,12 @@ pub struct Ui {
 pub struct State {
     pub now_ns: u64,
     pub conns: BTreeMap<ConnKey, Conn>,
-    /// Events the kernel dropped (ring buffer full) since the tracer started.
-    pub lost: u64,
+    /// The current connection on each (namespace, socket address): its generation.
+    current: HashMap<(u32, u64), u64>,
+    /// Events that went missing since the tracer started, by cause.
+    pub lost: Lost,
+    /// While paused: the view shown (the state itself keeps absorbing updates).
+    pub frozen: Option<Box<State>>,
     /// Sockets the TCP→MPTCP upgrade changed. Stays `None` (and is not shown) until an upgrade
     /// source feeds it.
     pub upgraded: Option<u64>,
@@ -210,7 +228,6 @@ impl State {
                 at_ns,
                 socks,
             } => self.diag(netns, at_ns, &socks),
-            Update::Lost(total) => self.lost = self.lost.max(total),
             Update::Tick(now) => self.tick(now),
         }
     }
@@ -287,8 +304,28 @@ impl State {
         }
     }
 
+    /// A copy of the state to show while paused.
+    pub fn snapshot(&self) -> State {
+        State {
+            frozen: None,
+            ..self.clone()
+        }
+    }
+
+    /// The entry of the connection `e` is about; a conn_created on a socket address that had a
+    /// connection before starts a new entry (the old one lingers, closed).
     fn conn_mut(&mut self, e: &Event) -> &mut Conn {
-        let key = (e.netns.unwrap_or(0), e.conn_id);
+        let c = e.conn().expect("only connection events reach here");
+        let addr = (c.netns.unwrap_or(0), c.ids.conn);
+        let gen = self.current.entry(addr).or_insert(0);
+        if e.kind() == Kind::ConnCreated
+            && self.conns.get(&(addr.0, addr.1, *gen)).is_some_and(|old| {
+                old.state == ConnState::Closed || old.token != c.token.map(|t| t.to_string())
+            })
+        {
+            *gen += 1;
+        }
+        let key = (addr.0, addr.1, *gen);
         let seq = &mut self.seq;
         self.conns.entry(key).or_insert_with(|| {
             *seq += 1;
@@ -307,6 +344,7 @@ impl State {
                 reset: None,
                 closed_ns: None,
                 subflows: Vec::new(),
+                peer_addrs: Vec::new(),
                 seq: *seq,
             }
         })
@@ -314,39 +352,50 @@ impl State {
 
     fn event(&mut self, e: &Event) {
         self.now_ns = self.now_ns.max(e.ts_ns);
-        if e.event == Kind::Lost {
-            self.lost += e.count.unwrap_or(0);
+        if let Data::Lost(l) = &e.data {
+            self.lost.count += l.count;
+            self.lost.ring_buffer += l.ring_buffer;
+            self.lost.map_full += l.map_full;
+            self.lost.netlink += l.netlink;
+            if let Some(r) = l.recursion_misses {
+                *self.lost.recursion_misses.get_or_insert(0) += r;
+            }
+            return;
+        }
+        if matches!(e.data, Data::AddrAnnounced(_) | Data::AddrRemoved(_)) && e.ids().conn == 0 {
+            // An address event of a connection the view does not show.
             return;
         }
         let c = self.conn_mut(e);
+        let conn = e.conn().expect("not lost");
         if c.token.is_none() {
-            c.token.clone_from(&e.token);
+            c.token = conn.token.map(|t| t.to_string());
         }
-        if e.pid.is_some() && c.pid.is_none() {
-            c.pid = e.pid;
-            c.comm.clone_from(&e.comm);
+        if conn.pid.is_some() && c.pid.is_none() {
+            c.pid = conn.pid;
+            c.comm.clone_from(&conn.comm);
         }
-        match e.event {
-            Kind::ConnCreated => {
+        let ends = e.tuple().map(|t| ((t.saddr, t.sport), (t.daddr, t.dport)));
+        match &e.data {
+            Data::ConnCreated(d) => {
                 c.created_ns = e.ts_ns;
-                c.side = e.side;
-                let local = e.saddr.zip(e.sport);
-                let remote = e.daddr.zip(e.dport);
-                (c.client, c.server) = match e.side {
-                    Some(Side::Server) => (remote, local),
-                    _ => (local, remote),
+                c.side = Some(d.side);
+                let (local, remote) = ends.expect("conn events have endpoints");
+                (c.client, c.server) = match d.side {
+                    Side::Server => (Some(remote), Some(local)),
+                    Side::Client => (Some(local), Some(remote)),
                 };
             }
-            Kind::ConnEstablished => {
+            Data::ConnEstablished(_) => {
                 if c.state == ConnState::Connecting {
                     c.state = ConnState::Established;
                 }
             }
-            Kind::ConnFallback => {
-                c.fallback = Some(e.reason.clone().unwrap_or_else(|| "unknown".into()));
+            Data::ConnFallback(d) => {
+                c.fallback = Some(d.reason.clone());
                 self.fallbacks.push_back(e.ts_ns);
             }
-            Kind::ConnClosed => {
+            Data::ConnClosed(_) => {
                 c.state = ConnState::Closed;
                 c.closed_ns = Some(e.ts_ns);
                 for sf in c.subflows.iter_mut().filter(|s| s.is_open()) {
@@ -354,29 +403,26 @@ impl State {
                     sf.state = "closed".into();
                 }
             }
-            Kind::SubflowEstablished => {
+            Data::SubflowEstablished(d) => {
                 if c.state == ConnState::Connecting {
                     c.state = ConnState::Established;
                 }
-                let (Some(local), Some(remote)) = (e.saddr.zip(e.sport), e.daddr.zip(e.dport))
-                else {
-                    return;
-                };
-                let join = e.join.unwrap_or(false) || !c.subflows.is_empty();
+                let (local, remote) = ends.expect("subflow events have endpoints");
+                let join = d.subflow.join || !c.subflows.is_empty();
                 if c.client.is_none() {
-                    (c.client, c.server) = match e.side.or(c.side) {
+                    (c.client, c.server) = match c.side {
                         Some(Side::Server) => (Some(remote), Some(local)),
                         _ => (Some(local), Some(remote)),
                     };
                 }
                 let sf = Subflow {
-                    id: e.subflow_id,
+                    id: conn.ids.subflow,
                     local,
                     remote,
-                    ifname: e.ifname.clone(),
-                    local_id: e.local_id,
-                    remote_id: e.remote_id,
-                    backup: e.backup.unwrap_or(false),
+                    ifname: d.subflow.ifname.clone(),
+                    local_id: d.subflow.local_id.map(i32::from),
+                    remote_id: Some(d.subflow.remote_id),
+                    backup: d.subflow.backup,
                     join,
                     state: "estab".into(),
                     closed_ns: None,
@@ -390,7 +436,7 @@ impl State {
                     rx_rate: 0.0,
                     last_sample: None,
                 };
-                match c.subflows.iter_mut().find(|s| s.id == e.subflow_id) {
+                match c.subflows.iter_mut().find(|s| s.id == conn.ids.subflow) {
                     Some(old) => *old = sf,
                     None => c.subflows.push(sf),
                 }
@@ -398,30 +444,38 @@ impl State {
                     self.joins.push_back(e.ts_ns);
                 }
             }
-            Kind::SubflowClosed => {
-                let idx = c.subflows.iter().position(|s| s.id == e.subflow_id);
+            Data::SubflowClosed(d) => {
+                let idx = c.subflows.iter().position(|s| s.id == conn.ids.subflow);
                 let Some(sf) = idx.map(|i| &mut c.subflows[i]) else {
                     return;
                 };
                 sf.closed_ns = Some(e.ts_ns);
                 sf.state = "closed".into();
-                sf.reason.clone_from(&e.reason);
+                sf.reason = Some(d.reason.clone());
                 // The close carries the final counters: they win over the last sample.
-                sf.bytes_sent = e.bytes_sent.unwrap_or(sf.bytes_sent);
-                sf.bytes_acked = e.bytes_acked.unwrap_or(sf.bytes_acked);
-                sf.bytes_received = e.bytes_received.unwrap_or(sf.bytes_received);
-                sf.retrans = e.retrans.unwrap_or(sf.retrans);
-                sf.srtt_us = e.srtt_us.or(sf.srtt_us);
+                sf.bytes_sent = d.bytes_sent;
+                sf.bytes_acked = d.bytes_acked;
+                sf.bytes_received = d.bytes_received;
+                sf.retrans = d.retrans;
+                sf.srtt_us = Some(d.srtt_us);
                 sf.tx_rate = 0.0;
                 sf.rx_rate = 0.0;
-                if let Some(r) = &e.reason {
-                    if r.starts_with("rst") || r.starts_with("mp_tcprst") {
-                        c.reset = Some(r.clone());
-                    }
+                if d.reason.starts_with("rst") || d.reason.starts_with("mp_tcprst") {
+                    c.reset = Some(d.reason.clone());
                 }
             }
-            // Address announcements are shown by `events`; the view shows the paths in use.
-            Kind::AddrAnnounced | Kind::AddrRemoved | Kind::Lost => {}
+            Data::AddrAnnounced(a) | Data::AddrRemoved(a) => {
+                if c.peer_addrs.len() == MAX_PEER_ADDRS {
+                    c.peer_addrs.remove(0);
+                }
+                c.peer_addrs.push(PeerAddr {
+                    announced: matches!(e.data, Data::AddrAnnounced(_)),
+                    remote_id: a.remote_id,
+                    addr: a.addr.map(|ad| (ad, a.port)),
+                    at_ns: e.ts_ns,
+                });
+            }
+            Data::Lost(_) => {}
         }
     }
 
@@ -485,6 +539,9 @@ impl State {
             }
         }
         self.ui.folded.retain(|k| self.conns.contains_key(k));
+        let conns = &self.conns;
+        self.current
+            .retain(|&(ns, a), gen| conns.contains_key(&(ns, a, *gen)));
     }
 }
 

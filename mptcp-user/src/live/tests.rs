@@ -11,7 +11,10 @@ use super::{
     state::{ConnState, SortBy, State, Update, LINGER_NS, WINDOW_NS},
     Action,
 };
-use crate::event::{Event, Kind, Side};
+use crate::event::{
+    Conn, ConnClosed, ConnCreated, ConnEstablished, ConnFallback, Data, Event, Family, Ids, Lost,
+    Side, Subflow as EvSubflow, SubflowClosed, SubflowEstablished, Token, Tuple,
+};
 
 const S: u64 = 1_000_000_000;
 const NS: u32 = 4026532319;
@@ -22,26 +25,96 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-fn ev(kind: Kind, conn: u64, t: u64) -> Event {
-    let mut e = Event::new(kind, t, String::new());
-    e.netns = Some(NS);
-    e.conn_id = conn;
-    e
+fn conn(id: u64, sub: u64) -> Conn {
+    Conn {
+        token: None,
+        netns: Some(NS),
+        pid: None,
+        comm: None,
+        protocol: None,
+        ids: Ids {
+            conn: id,
+            subflow: sub,
+            cgroup: None,
+        },
+    }
 }
 
-fn created(conn: u64, token: &str, t: u64, client: (&str, u16), server: (&str, u16)) -> Update {
-    let mut e = ev(Kind::ConnCreated, conn, t);
-    e.token = Some(token.into());
-    e.pid = Some(4242);
-    e.comm = Some("curl".into());
-    e.side = Some(Side::Client);
-    (e.saddr, e.sport) = (Some(ip(client.0)), Some(client.1));
-    (e.daddr, e.dport) = (Some(ip(server.0)), Some(server.1));
-    Update::Event(Box::new(e))
+fn tuple(local: (&str, u16), remote: (&str, u16)) -> Tuple {
+    Tuple {
+        family: Family::of(ip(local.0)),
+        saddr: ip(local.0),
+        sport: local.1,
+        daddr: ip(remote.0),
+        dport: remote.1,
+    }
+}
+
+fn ev(data: Data, t: u64) -> Event {
+    Event::new(t, String::new(), data)
+}
+
+fn established(c: u64, t: u64) -> Update {
+    Update::Event(Box::new(ev(
+        Data::ConnEstablished(ConnEstablished {
+            conn: conn(c, 0),
+            tuple: tuple(RED, SRV),
+        }),
+        t,
+    )))
+}
+
+fn created(c: u64, token: &str, t: u64, client: (&str, u16), server: (&str, u16)) -> Update {
+    let mut cn = conn(c, 0);
+    cn.token = Some(Token(u32::from_str_radix(token, 16).unwrap()));
+    cn.pid = Some(4242);
+    cn.comm = Some("curl".into());
+    Update::Event(Box::new(ev(
+        Data::ConnCreated(ConnCreated {
+            conn: cn,
+            tuple: tuple(client, server),
+            side: Side::Client,
+        }),
+        t,
+    )))
+}
+
+fn closed(c: u64, t: u64) -> Update {
+    Update::Event(Box::new(ev(
+        Data::ConnClosed(ConnClosed {
+            conn: conn(c, 0),
+            tuple: tuple(RED, SRV),
+            duration_ns: None,
+            subflows_total: 1,
+        }),
+        t,
+    )))
+}
+
+fn fallback(c: u64, t: u64, reason: &str) -> Update {
+    Update::Event(Box::new(ev(
+        Data::ConnFallback(ConnFallback {
+            conn: conn(c, 0),
+            tuple: tuple(RED, SRV),
+            reason: reason.into(),
+        }),
+        t,
+    )))
+}
+
+fn sf_info(ifname: &str, join: bool) -> EvSubflow {
+    EvSubflow {
+        ifindex: None,
+        ifname: Some(ifname.into()),
+        local_id: Some(if join { 1 } else { 0 }),
+        remote_id: 0,
+        backup: false,
+        join,
+    }
 }
 
 fn subflow(
-    conn: u64,
+    c: u64,
     id: u64,
     t: u64,
     local: (&str, u16),
@@ -49,28 +122,42 @@ fn subflow(
     ifname: &str,
     join: bool,
 ) -> Update {
-    let mut e = ev(Kind::SubflowEstablished, conn, t);
-    e.subflow_id = id;
-    (e.saddr, e.sport) = (Some(ip(local.0)), Some(local.1));
-    (e.daddr, e.dport) = (Some(ip(remote.0)), Some(remote.1));
-    e.ifname = Some(ifname.into());
-    e.local_id = Some(if join { 1 } else { 0 });
-    e.remote_id = Some(0);
-    e.backup = Some(false);
-    e.join = Some(join);
-    Update::Event(Box::new(e))
+    Update::Event(Box::new(ev(
+        Data::SubflowEstablished(SubflowEstablished {
+            conn: conn(c, id),
+            tuple: tuple(local, remote),
+            subflow: sf_info(ifname, join),
+        }),
+        t,
+    )))
 }
 
-fn subflow_closed(conn: u64, id: u64, t: u64, reason: &str, sent: u64) -> Update {
-    let mut e = ev(Kind::SubflowClosed, conn, t);
-    e.subflow_id = id;
-    e.reason = Some(reason.into());
-    e.bytes_sent = Some(sent);
-    e.bytes_acked = Some(sent);
-    e.bytes_received = Some(0);
-    e.retrans = Some(3);
-    e.srtt_us = Some(1200);
-    Update::Event(Box::new(e))
+fn subflow_closed(c: u64, id: u64, t: u64, reason: &str, sent: u64) -> Update {
+    Update::Event(Box::new(ev(
+        Data::SubflowClosed(SubflowClosed {
+            conn: conn(c, id),
+            tuple: tuple(RED, SRV),
+            reason: reason.into(),
+            subflow: sf_info("red-client", false),
+            bytes_sent: sent,
+            bytes_acked: sent,
+            bytes_received: 0,
+            retrans: 3,
+            srtt_us: 1200,
+        }),
+        t,
+    )))
+}
+
+fn lost(n: u64) -> Update {
+    Update::Event(Box::new(ev(
+        Data::Lost(Lost {
+            count: n,
+            ring_buffer: n,
+            ..Lost::default()
+        }),
+        0,
+    )))
 }
 
 fn sock(local: (&str, u16), remote: (&str, u16), sent: u64, rtt_us: u32) -> SockInfo {
@@ -95,11 +182,7 @@ const SRV: (&str, u16) = ("10.0.0.1", 4321);
 fn model() -> State {
     let mut s = State::default();
     s.apply(created(C1, "6d816c04", 10 * S, RED, SRV));
-    s.apply(Update::Event(Box::new(ev(
-        Kind::ConnEstablished,
-        C1,
-        10 * S,
-    ))));
+    s.apply(established(C1, 10 * S));
     s.apply(subflow(C1, 1, 10 * S, RED, SRV, "red-client", false));
     s.apply(subflow(C1, 2, 11 * S, BLUE, SRV, "blue-client", true));
     s.apply(created(C2, "0badf00d", 12 * S, ("10.0.0.2", 50002), SRV));
@@ -112,9 +195,7 @@ fn model() -> State {
         "red-client",
         false,
     ));
-    let mut fb = ev(Kind::ConnFallback, C2, 12 * S);
-    fb.reason = Some("mp_capable_missing".into());
-    s.apply(Update::Event(Box::new(fb)));
+    s.apply(fallback(C2, 12 * S, "mp_capable_missing"));
     for (t, k) in [(13 * S, 0u64), (14 * S, 1)] {
         s.apply(Update::Diag {
             netns: NS,
@@ -137,12 +218,12 @@ fn joins_and_fallbacks_are_counted() {
     assert_eq!(s.open_subflows(), 3);
     assert_eq!(s.joins_last_minute(), 1);
     assert_eq!(s.fallbacks_last_minute(), 1);
-    let c1 = &s.conns[&(NS, C1)];
+    let c1 = &s.conns[&(NS, C1, 0)];
     assert_eq!(c1.state, ConnState::Established);
     assert!(!c1.subflows[0].join && c1.subflows[1].join);
     assert_eq!(c1.subflows[1].local_id, Some(1));
     assert_eq!(
-        s.conns[&(NS, C2)].fallback.as_deref(),
+        s.conns[&(NS, C2, 0)].fallback.as_deref(),
         Some("mp_capable_missing")
     );
     // The "last minute" window forgets.
@@ -154,7 +235,7 @@ fn joins_and_fallbacks_are_counted() {
 #[test]
 fn rates_come_from_two_samples() {
     let s = model();
-    let c1 = &s.conns[&(NS, C1)];
+    let c1 = &s.conns[&(NS, C1, 0)];
     assert_eq!(c1.subflows[0].tx_rate, 2_097_152.0);
     assert_eq!(c1.subflows[0].rx_rate, 0.0);
     assert_eq!(c1.subflows[0].bytes_sent, 3_097_152);
@@ -164,7 +245,7 @@ fn rates_come_from_two_samples() {
     // A sample without that socket leaves the rate; no sample for 3 s makes it stale.
     let mut s = s;
     s.apply(Update::Tick(18 * S));
-    assert_eq!(s.conns[&(NS, C1)].subflows[0].tx_rate, 0.0);
+    assert_eq!(s.conns[&(NS, C1, 0)].subflows[0].tx_rate, 0.0);
 }
 
 #[test]
@@ -177,7 +258,7 @@ fn a_single_sample_gives_no_rate_yet() {
         at_ns: 2 * S,
         socks: vec![sock(RED, SRV, 5000, 10)],
     });
-    let sf = &s.conns[&(NS, C1)].subflows[0];
+    let sf = &s.conns[&(NS, C1, 0)].subflows[0];
     assert_eq!((sf.tx_rate, sf.bytes_sent), (0.0, 5000));
     // A sample from another namespace does not touch it.
     s.apply(Update::Diag {
@@ -185,14 +266,14 @@ fn a_single_sample_gives_no_rate_yet() {
         at_ns: 3 * S,
         socks: vec![sock(RED, SRV, 9000, 10)],
     });
-    assert_eq!(s.conns[&(NS, C1)].subflows[0].bytes_sent, 5000);
+    assert_eq!(s.conns[&(NS, C1, 0)].subflows[0].bytes_sent, 5000);
 }
 
 #[test]
 fn closes_keep_final_counters_and_linger() {
     let mut s = model();
     s.apply(subflow_closed(C1, 2, 15 * S, "closed", 7_000_000));
-    let c1 = &s.conns[&(NS, C1)];
+    let c1 = &s.conns[&(NS, C1, 0)];
     let blue = &c1.subflows[1];
     assert!(!blue.is_open());
     assert_eq!(
@@ -203,12 +284,12 @@ fn closes_keep_final_counters_and_linger() {
     assert_eq!(s.open_subflows(), 2);
     // Still there (dimmed) within the linger time, gone after.
     s.apply(Update::Tick(15 * S + LINGER_NS));
-    assert_eq!(s.conns[&(NS, C1)].subflows.len(), 2);
+    assert_eq!(s.conns[&(NS, C1, 0)].subflows.len(), 2);
     s.apply(Update::Tick(15 * S + LINGER_NS + 1));
-    assert_eq!(s.conns[&(NS, C1)].subflows.len(), 1);
+    assert_eq!(s.conns[&(NS, C1, 0)].subflows.len(), 1);
     // Closing the connection closes what is left and lingers the whole block.
-    s.apply(Update::Event(Box::new(ev(Kind::ConnClosed, C1, 21 * S))));
-    let c1 = &s.conns[&(NS, C1)];
+    s.apply(closed(C1, 21 * S));
+    let c1 = &s.conns[&(NS, C1, 0)];
     assert_eq!(c1.state, ConnState::Closed);
     assert!(c1.subflows.iter().all(|sf| !sf.is_open()));
     assert_eq!(s.open_conns(), 1);
@@ -217,24 +298,89 @@ fn closes_keep_final_counters_and_linger() {
         "connection 2 is still open there"
     );
     s.apply(Update::Tick(21 * S + LINGER_NS + 1));
-    assert!(!s.conns.contains_key(&(NS, C1)));
+    assert!(!s.conns.contains_key(&(NS, C1, 0)));
 }
 
 #[test]
 fn resets_mark_the_connection() {
     let mut s = model();
     s.apply(subflow_closed(C1, 1, 15 * S, "rst_received", 10));
-    assert_eq!(s.conns[&(NS, C1)].reset.as_deref(), Some("rst_received"));
+    assert_eq!(s.conns[&(NS, C1, 0)].reset.as_deref(), Some("rst_received"));
     s.apply(subflow_closed(C2, 3, 15 * S, "mp_tcprst:2", 10));
-    assert_eq!(s.conns[&(NS, C2)].reset.as_deref(), Some("mp_tcprst:2"));
+    assert_eq!(s.conns[&(NS, C2, 0)].reset.as_deref(), Some("mp_tcprst:2"));
 }
 
 #[test]
-fn lost_events_only_grow() {
+fn lost_events_add_up() {
     let mut s = State::default();
-    s.apply(Update::Lost(5));
-    s.apply(Update::Lost(3));
-    assert_eq!(s.lost, 5);
+    s.apply(lost(5));
+    s.apply(lost(3));
+    assert_eq!((s.lost.count, s.lost.ring_buffer), (8, 8));
+}
+
+#[test]
+fn a_reused_socket_address_starts_a_new_connection() {
+    // The kernel reuses a closed MPTCP socket's memory at once: the next connection has the
+    // same address (conn id) and a new token.
+    let mut s = model();
+    s.apply(closed(C1, 15 * S));
+    s.apply(created(
+        C1,
+        "00c0ffee",
+        15 * S + 1,
+        ("10.0.0.2", 50010),
+        SRV,
+    ));
+    s.apply(subflow(
+        C1,
+        9,
+        15 * S + 2,
+        ("10.0.0.2", 50010),
+        SRV,
+        "red-client",
+        false,
+    ));
+    let old = &s.conns[&(NS, C1, 0)];
+    let new = &s.conns[&(NS, C1, 1)];
+    assert_eq!(old.state, ConnState::Closed);
+    assert_eq!(old.token.as_deref(), Some("6d816c04"));
+    assert_eq!(new.token.as_deref(), Some("00c0ffee"));
+    assert_eq!(new.state, ConnState::Established);
+    assert_eq!(new.subflows.len(), 1);
+    // The old one lingers and goes; the new one stays.
+    s.apply(Update::Tick(15 * S + LINGER_NS + 1));
+    assert!(!s.conns.contains_key(&(NS, C1, 0)));
+    assert!(s.conns.contains_key(&(NS, C1, 1)));
+    s.apply(subflow_closed(C1, 9, 21 * S, "closed", 5));
+    assert!(
+        !s.conns[&(NS, C1, 1)].subflows[0].is_open(),
+        "events find the new entry"
+    );
+}
+
+#[test]
+fn address_events_show_under_their_connection() {
+    let mut s = model();
+    let mut c = conn(C1, 0);
+    c.token = Some(Token(0x6d816c04));
+    s.apply(Update::Event(Box::new(ev(
+        Data::AddrAnnounced(crate::event::Addr {
+            conn: c,
+            family: Some(Family::Ipv4),
+            remote_id: 1,
+            addr: Some(ip("192.168.0.1")),
+            port: None,
+        }),
+        14 * S,
+    ))));
+    let c1 = &s.conns[&(NS, C1, 0)];
+    assert_eq!(c1.peer_addrs.len(), 1);
+    assert!(c1.peer_addrs[0].announced);
+    let screen = text(&draw(&s, 150, 20)).join("\n");
+    assert!(
+        screen.contains("⇢ peer announced 192.168.0.1 (id 1)"),
+        "{screen}"
+    );
 }
 
 fn press(s: &mut State, code: KeyCode) -> Action {
@@ -245,17 +391,17 @@ fn press(s: &mut State, code: KeyCode) -> Action {
 fn keys_move_fold_filter_sort_pause_and_quit() {
     let mut s = model();
     assert_eq!(press(&mut s, KeyCode::Down), Action::Redraw);
-    assert_eq!(s.ui.selected, Some((NS, C1)));
+    assert_eq!(s.ui.selected, Some((NS, C1, 0)));
     press(&mut s, KeyCode::Char('j'));
-    assert_eq!(s.ui.selected, Some((NS, C2)));
+    assert_eq!(s.ui.selected, Some((NS, C2, 0)));
     press(&mut s, KeyCode::Char('j'));
-    assert_eq!(s.ui.selected, Some((NS, C2)), "stays on the last");
+    assert_eq!(s.ui.selected, Some((NS, C2, 0)), "stays on the last");
     press(&mut s, KeyCode::Up);
     press(&mut s, KeyCode::Enter);
-    assert!(s.ui.folded.contains(&(NS, C1)));
+    assert!(s.ui.folded.contains(&(NS, C1, 0)));
     press(&mut s, KeyCode::Char('s'));
     assert_eq!(s.ui.sort, SortBy::Throughput);
-    assert_eq!(s.visible()[0].key, (NS, C1));
+    assert_eq!(s.visible()[0].key, (NS, C1, 0));
     press(&mut s, KeyCode::Char('/'));
     for c in "badf".chars() {
         press(&mut s, KeyCode::Char(c));
@@ -269,7 +415,7 @@ fn keys_move_fold_filter_sort_pause_and_quit() {
     press(&mut s, KeyCode::Enter);
     assert_eq!(s.ui.filter, "badf");
     assert_eq!(s.visible().len(), 1);
-    assert_eq!(s.visible()[0].key, (NS, C2));
+    assert_eq!(s.visible()[0].key, (NS, C2, 0));
     press(&mut s, KeyCode::Char('p'));
     assert!(s.ui.paused);
     press(&mut s, KeyCode::Char('?'));

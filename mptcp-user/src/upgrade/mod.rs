@@ -3,7 +3,6 @@
 //! [`raw_bpf`] loads and attaches it), and keeps it attached for as long as the [`Upgrade`]
 //! lives — or, pinned, until `upgrade --off`.
 
-pub mod policy;
 pub mod raw_bpf;
 
 use std::{
@@ -47,8 +46,8 @@ const TRACING_STILL_WORKS: &str = "tracing still works (mptcp-trace events)";
 /// [`UpgradeError::Object`] is a refusal with exit status 2 that leaves nothing behind.
 #[derive(Debug, thiserror::Error)]
 pub enum UpgradeError {
-    #[error("the upgrade needs root (CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN for BPF trampolines, CAP_SYS_ADMIN for cgroups); run with sudo")]
-    NotRoot,
+    #[error("{0}")]
+    Privileges(String),
     #[error("the upgrade needs Linux ≥ 6.6: this kernel ({0}) has no `update_socket_protocol` hook; {TRACING_STILL_WORKS}")]
     HookMissing(String),
     #[error("cannot read kernel BTF at {VMLINUX_BTF} ({0}): the upgrade needs CONFIG_DEBUG_INFO_BTF=y; {TRACING_STILL_WORKS}")]
@@ -63,18 +62,6 @@ pub enum UpgradeError {
     MptcpDisabled,
     #[error("this kernel has no MPTCP (/proc/sys/net/mptcp/enabled is missing: CONFIG_MPTCP=n)")]
     NoMptcp,
-    #[error("--cgroup {0}: not a cgroup v2 directory")]
-    Cgroup(String),
-    #[error("no cgroup v2 mount found in /proc/self/mountinfo (mount one with `mount -t cgroup2 none /sys/fs/cgroup`)")]
-    NoCgroup2,
-    #[error("--pid {0}: no such process")]
-    NoProcess(u32),
-    #[error("--comm {0:?}: a command name has 1 to 15 bytes")]
-    Comm(String),
-    #[error("--comm: at most {0} names")]
-    TooManyComms(usize),
-    #[error("say what to upgrade: --cgroup PATH, --comm NAME, --pid PID, --uid UID or --all (or --status / --off)")]
-    NoScope,
     #[error("an upgrade is already pinned at {PIN_DIR} ({0}); remove it first with `mptcp-trace upgrade --off`")]
     AlreadyPinned(String),
     #[error("{what}: {source}")]
@@ -108,13 +95,18 @@ fn osrelease() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// BPF trampolines need CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN; pins and cgroups need
+/// CAP_SYS_ADMIN too.
+fn require_privileges() -> Result<(), UpgradeError> {
+    use crate::sys::caps::{self, Cap};
+    caps::require(&[Cap::Bpf, Cap::Perfmon, Cap::SysAdmin], "the upgrade")
+        .map_err(UpgradeError::Privileges)
+}
+
 /// The checks that need no BPF: root, the hook in BTF, MPTCP enabled here. Returns the hook's
 /// BTF id.
 pub fn preflight() -> Result<u32, UpgradeError> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err(UpgradeError::NotRoot);
-    }
+    require_privileges()?;
     let btf =
         btf_rs::Btf::from_file(VMLINUX_BTF).map_err(|e| UpgradeError::NoBtf(e.to_string()))?;
     let id =
@@ -364,10 +356,7 @@ pub struct PinnedStatus {
 
 /// The pinned upgrade, if there is one.
 pub fn pinned_status() -> Result<Option<PinnedStatus>, UpgradeError> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err(UpgradeError::NotRoot);
-    }
+    require_privileges()?;
     let dir = PathBuf::from(PIN_DIR);
     if !dir.join(PIN_LINK).exists() {
         return Ok(None);
@@ -398,9 +387,6 @@ pub fn pinned_status() -> Result<Option<PinnedStatus>, UpgradeError> {
 /// Removes a pinned upgrade: the program detaches when its link's last pin goes. Returns
 /// whether there was one.
 pub fn unpin() -> Result<bool, UpgradeError> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err(UpgradeError::NotRoot);
-    }
+    require_privileges()?;
     Ok(remove_pins(Path::new(PIN_DIR)))
 }

@@ -177,6 +177,27 @@ pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
     sys_bpf(bpf_cmd::BPF_OBJ_PIN, &mut obj_attr(&p, Some(fd))).map(drop)
 }
 
+/// How many times the kernel skipped the program behind `prog` because it would have re-entered
+/// on one CPU (`bpf_prog_info.recursion_misses`, Linux ≥ 6.2). `None` when this kernel's
+/// `bpf_prog_info` has no such field (it fills fewer bytes than the field's end).
+pub fn recursion_misses(prog: BorrowedFd<'_>) -> io::Result<Option<u64>> {
+    use aya_obj::generated::bpf_prog_info;
+    // SAFETY: plain data; all-zero is valid.
+    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: writing the BPF_OBJ_GET_INFO_BY_FD member of a zeroed union.
+    let i = unsafe { &mut attr.info };
+    i.bpf_fd = prog.as_raw_fd() as u32;
+    i.info_len = std::mem::size_of::<bpf_prog_info>() as u32;
+    i.info = &mut info as *mut _ as u64;
+    sys_bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    // SAFETY: reading back the member the kernel updated.
+    let filled = unsafe { attr.info.info_len } as usize;
+    let end = std::mem::offset_of!(bpf_prog_info, recursion_misses) + 8;
+    Ok((filled >= end).then_some(info.recursion_misses))
+}
+
 /// Opens a pinned BPF object.
 pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     let p = c_path(path)?;

@@ -1,0 +1,79 @@
+//! Privileges by capability, not by uid: a process granted CAP_BPF, CAP_PERFMON and
+//! CAP_NET_ADMIN may trace without being root.
+
+use std::fs;
+
+/// Capability numbers (linux/capability.h).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Cap {
+    NetAdmin = 12,
+    SysAdmin = 21,
+    SysResource = 24,
+    Perfmon = 38,
+    Bpf = 39,
+}
+
+impl Cap {
+    pub fn name(self) -> &'static str {
+        match self {
+            Cap::NetAdmin => "CAP_NET_ADMIN",
+            Cap::SysAdmin => "CAP_SYS_ADMIN",
+            Cap::SysResource => "CAP_SYS_RESOURCE",
+            Cap::Perfmon => "CAP_PERFMON",
+            Cap::Bpf => "CAP_BPF",
+        }
+    }
+}
+
+/// The effective capability set of this process (`CapEff` in /proc/self/status).
+pub fn effective() -> u64 {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The capabilities of `needed` this process lacks.
+pub fn missing(needed: &[Cap]) -> Vec<Cap> {
+    let eff = effective();
+    needed
+        .iter()
+        .copied()
+        .filter(|&c| eff & (1u64 << c as u32) == 0)
+        .collect()
+}
+
+/// `Err(message)` naming what is missing, for `what` ("tracing", "the upgrade"...).
+pub fn require(needed: &[Cap], what: &str) -> Result<(), String> {
+    let m = missing(needed);
+    if m.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = m.iter().map(|c| c.name()).collect();
+    Err(format!(
+        "{what} needs {} (missing: {}); run with sudo, or grant them, e.g. `setpriv --ambient-caps +bpf,+perfmon,+net_admin …`",
+        needed.iter().map(|c| c.name()).collect::<Vec<_>>().join(", "),
+        names.join(", ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_only_what_is_missing() {
+        let eff = effective();
+        let have_bpf = eff & (1 << Cap::Bpf as u32) != 0;
+        assert_eq!(missing(&[Cap::Bpf]).is_empty(), have_bpf);
+        match require(&[Cap::Bpf, Cap::NetAdmin], "tracing") {
+            Ok(()) => assert!(missing(&[Cap::Bpf, Cap::NetAdmin]).is_empty()),
+            Err(m) => assert!(m.contains("missing: CAP_"), "{m}"),
+        }
+    }
+}

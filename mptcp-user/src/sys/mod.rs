@@ -1,0 +1,7 @@
+//! Operating-system idioms, one module each, so that every command enters a namespace, finds a
+//! cgroup, checks a capability or waits for a signal the same way.
+
+pub mod caps;
+pub mod cgroup;
+pub mod netns;
+pub mod signals;

@@ -1,0 +1,334 @@
+//! The one event pipeline: load and attach the programs, drain the ring buffer, watch the
+//! path manager's netlink events, give address events their connection's owner, apply the
+//! userspace half of the selector, merge both sources in time order, and account for every
+//! event that went missing. Every command that shows events — `events`, `live`, `demo`,
+//! `run --trace`, `upgrade --events` — is a sink of one [`Pipeline`] in its own process.
+//!
+//! ```text
+//! ring buffer ─▶ decode ─┐
+//!                        ├─▶ owners ─▶ selector (userspace part) ─▶ reorder ─▶ next()
+//! netlink PM ────────────┘                        loss counters ──▶ `lost` events
+//! ```
+
+pub mod filter;
+pub mod order;
+pub mod owners;
+pub mod pm;
+
+use std::{collections::VecDeque, io, time::Duration};
+
+use aya::maps::{MapData, RingBuf};
+use log::warn;
+use mptcp_common::counter;
+use tokio::{
+    io::unix::AsyncFd,
+    time::{interval, sleep, Interval, MissedTickBehavior},
+};
+
+use crate::{
+    decode::{self, monotonic_ns, Clock},
+    event::{Event, Kind, Lost},
+    loader::{self, Counters, KernelLog, LoadError},
+    select::Selector,
+};
+
+use filter::ConnMatcher;
+use order::Reorder;
+use owners::Owners;
+use pm::{PmAddr, PmStats, PmWatcher};
+
+/// How often loss counters are read and new namespaces looked for.
+const TICK: Duration = Duration::from_millis(500);
+/// Namespaces are rescanned every this many ticks.
+const RESCAN_TICKS: u64 = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("cannot watch the path manager's netlink events: {0}")]
+    Netlink(#[source] io::Error),
+    #[error("polling the ring buffer: {0}")]
+    Ring(#[source] io::Error),
+}
+
+/// Loss and rejection totals since the pipeline started.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub lost: Lost,
+    pub pm: PmStats,
+    /// Ring-buffer records that failed to decode (never reinterpreted).
+    pub malformed: u64,
+    /// Events of connections the userspace selector did not match.
+    pub filtered: u64,
+}
+
+impl Totals {
+    /// The exit summary's loss part, e.g. `0 lost` or `3 lost (ring buffer 3)`.
+    pub fn describe(&self) -> String {
+        let l = &self.lost;
+        let mut s = format!("{} lost", l.count);
+        let mut causes = Vec::new();
+        for (n, what) in [
+            (l.ring_buffer, "ring buffer full"),
+            (l.map_full, "map full"),
+            (l.netlink, "netlink overrun"),
+        ] {
+            if n > 0 {
+                causes.push(format!("{what} {n}"));
+            }
+        }
+        match l.recursion_misses {
+            Some(n) if n > 0 => causes.push(format!("skipped program runs {n}")),
+            Some(_) => {}
+            None => causes.push("skipped program runs unknown (Linux < 6.2)".into()),
+        }
+        if !causes.is_empty() {
+            s += &format!(" ({})", causes.join(", "));
+        }
+        if self.pm.forged > 0 {
+            s += &format!(
+                ", {} forged path-manager messages dropped (not sent by the kernel)",
+                self.pm.forged
+            );
+        }
+        if self.pm.unknown_token > 0 {
+            s += &format!(
+                ", {} path-manager messages for unknown connections dropped",
+                self.pm.unknown_token
+            );
+        }
+        if self.pm.unwatched > 0 {
+            s += &format!(
+                ", {} network namespaces not watched (limit {})",
+                self.pm.unwatched,
+                pm::MAX_WATCHED
+            );
+        }
+        if self.malformed > 0 {
+            s += &format!(", {} malformed records dropped", self.malformed);
+        }
+        s
+    }
+}
+
+/// Everything but the ring buffer, so that records can be handled while the ring buffer's
+/// readiness guard is held.
+struct Core {
+    tracer: loader::Attached,
+    counters: Counters,
+    pm: PmWatcher,
+    clock: Clock,
+    owners: Owners,
+    matcher: ConnMatcher,
+    order: Reorder,
+    ready: VecDeque<Event>,
+    totals: Totals,
+    reported: Lost,
+    pm_buf: Vec<PmAddr>,
+}
+
+impl Core {
+    fn record(&mut self, item: &[u8]) {
+        match decode::decode(item, &self.clock) {
+            Ok(e) => self.event(e),
+            Err(err) => {
+                self.totals.malformed += 1;
+                warn!("dropped a malformed record: {err}");
+            }
+        }
+    }
+
+    fn event(&mut self, e: Event) {
+        if let Some(ns) = e.netns() {
+            if e.kind() == Kind::ConnCreated {
+                // Traffic in a namespace the watcher does not know yet (created since the last
+                // rescan): subscribe now, before its first announcement.
+                self.pm.saw(ns);
+            }
+        }
+        self.owners.observe(&e);
+        let order = &mut self.order;
+        self.matcher.push(e, &mut |e| order.push(e));
+    }
+
+    fn drain_ring(&mut self, rb: &mut RingBuf<MapData>) {
+        while let Some(item) = rb.next() {
+            self.record(&item);
+        }
+    }
+
+    fn drain_pm(&mut self) {
+        let owners = &self.owners;
+        self.pm_buf.clear();
+        self.pm
+            .drain(|ns, token| owners.knows(ns, token), &mut self.pm_buf);
+        let ts = monotonic_ns();
+        for a in std::mem::take(&mut self.pm_buf) {
+            let mut e = decode::addr_event(&a, ts, &self.clock);
+            self.owners.enrich(&mut e);
+            let order = &mut self.order;
+            self.matcher.push(e, &mut |e| order.push(e));
+        }
+    }
+
+    fn release(&mut self, now: u64) {
+        let ready = &mut self.ready;
+        self.order.release(now, &mut |e| ready.push_back(e));
+    }
+
+    /// The loss totals now.
+    fn lost_now(&self) -> Lost {
+        let ring_buffer = self.counters.get(counter::LOST);
+        let map_full = self.counters.get(counter::MAP_FULL);
+        let recursion_misses = self.tracer.recursion_misses();
+        let netlink = self.pm.stats.overruns;
+        Lost {
+            count: ring_buffer + map_full + recursion_misses.unwrap_or(0) + netlink,
+            ring_buffer,
+            map_full,
+            recursion_misses,
+            netlink,
+        }
+    }
+
+    /// Queues a `lost` event when anything went missing since the last one.
+    fn report_loss(&mut self) {
+        let now = self.lost_now();
+        if now.count > self.reported.count {
+            let prev = &self.reported;
+            let delta = Lost {
+                count: now.count - prev.count,
+                ring_buffer: now.ring_buffer - prev.ring_buffer,
+                map_full: now.map_full - prev.map_full,
+                recursion_misses: now
+                    .recursion_misses
+                    .map(|n| n - prev.recursion_misses.unwrap_or(0)),
+                netlink: now.netlink - prev.netlink,
+            };
+            self.ready.push_back(decode::lost(delta, &self.clock));
+        }
+        self.reported = now;
+    }
+}
+
+/// The attached tracer and everything downstream of it. Dropping it detaches the programs.
+pub struct Pipeline {
+    ring: AsyncFd<RingBuf<MapData>>,
+    log: KernelLog,
+    tick: Interval,
+    ticks: u64,
+    core: Core,
+}
+
+impl Pipeline {
+    /// Loads and attaches the programs for `sel` and subscribes to the path manager's events.
+    /// When it returns, tracing is live: nothing that happens from now on is missed.
+    pub fn start(sel: &Selector) -> Result<Pipeline, TraceError> {
+        let loader::Tracer {
+            events,
+            counters,
+            logger,
+            ebpf,
+            degraded,
+            programs,
+        } = loader::load(sel.config())?;
+        let tracer = loader::Tracer::attached(ebpf, degraded, programs);
+        let pm = PmWatcher::new(sel.netns_inodes()).map_err(TraceError::Netlink)?;
+        // SAFETY: the ring buffer owns its fd for as long as the AsyncFd holds it.
+        let ring =
+            unsafe { AsyncFd::register(events) }.map_err(|e| TraceError::Ring(e.into_parts().1))?;
+        let log = KernelLog::register(logger).map_err(TraceError::Ring)?;
+        let mut tick = interval(TICK);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut core = Core {
+            tracer,
+            counters,
+            pm,
+            clock: Clock::now(),
+            owners: Owners::default(),
+            matcher: ConnMatcher::new(sel.conn.clone()),
+            order: Reorder::default(),
+            ready: VecDeque::new(),
+            totals: Totals::default(),
+            reported: Lost::default(),
+            pm_buf: Vec::new(),
+        };
+        // Loss before the first event counts too, but only from now on.
+        core.reported = core.lost_now();
+        Ok(Pipeline {
+            ring,
+            log,
+            tick,
+            ticks: 0,
+            core,
+        })
+    }
+
+    /// What this kernel lacks (missing fields, programs), each with what is lost.
+    pub fn degraded(&self) -> &[String] {
+        &self.core.tracer.degraded
+    }
+
+    pub fn clock(&self) -> Clock {
+        self.core.clock
+    }
+
+    /// The next event, in time order. Cancel-safe: an event is never half-delivered, so the
+    /// caller may race it against signals in a `select!`.
+    pub async fn next(&mut self) -> io::Result<Event> {
+        loop {
+            if let Some(e) = self.core.ready.pop_front() {
+                return Ok(e);
+            }
+            let due = self.core.order.next_due();
+            let wait = due.map(|d| Duration::from_nanos(d.saturating_sub(monotonic_ns())));
+            tokio::select! {
+                guard = self.ring.readable_mut() => {
+                    let mut guard = guard?;
+                    self.core.drain_ring(guard.get_inner_mut());
+                    guard.clear_ready();
+                }
+                r = self.core.pm.readable() => {
+                    r?;
+                    // The connection's own records were written before the kernel handled the
+                    // option: read them first so the address event finds its owner.
+                    self.core.drain_ring(self.ring.get_mut());
+                    self.core.drain_pm();
+                }
+                r = self.log.forward() => r?,
+                _ = self.tick.tick() => {
+                    self.ticks += 1;
+                    if self.ticks.is_multiple_of(RESCAN_TICKS) {
+                        self.core.pm.rescan();
+                    }
+                    self.core.report_loss();
+                }
+                _ = sleep(wait.unwrap_or(Duration::ZERO)), if wait.is_some() => {}
+            }
+            self.core.release(monotonic_ns());
+        }
+    }
+
+    /// Loss and rejection totals so far.
+    pub fn totals(&self) -> Totals {
+        let mut t = self.core.totals.clone();
+        t.lost = self.core.lost_now();
+        t.pm = self.core.pm.stats;
+        t.filtered = self.core.matcher.filtered;
+        t
+    }
+
+    /// Stops: reads what is still waiting, releases every held event in order, reports the
+    /// last loss, and returns those events with the totals. The programs are detached when the
+    /// returned pipeline part is dropped, which happens here.
+    pub fn finish(mut self) -> (Vec<Event>, Totals) {
+        self.core.drain_ring(self.ring.get_mut());
+        self.core.drain_pm();
+        self.core.release(u64::MAX);
+        self.core.report_loss();
+        let totals = self.totals();
+        let events = self.core.ready.drain(..).collect();
+        (events, totals)
+    }
+}
