@@ -8,12 +8,7 @@ use clap::{Args, Parser, Subcommand};
 ///
 /// Example: sudo mptcp-trace events --json --port 4321
 #[derive(Debug, Parser)]
-#[command(
-    name = "mptcp-trace",
-    version,
-    propagate_version = true,
-    args_conflicts_with_subcommands = true
-)]
+#[command(name = "mptcp-trace", version, propagate_version = true)]
 pub struct Cli {
     /// More logging on stderr: -v debug (includes the kernel programs' log lines), -vv trace.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -26,6 +21,24 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+impl Cli {
+    /// Parses the command line; selectors go after the command when there is one (`mptcp-trace
+    /// events --port 80`), so selectors before a command are a usage error, not ignored.
+    pub fn parse_checked() -> Cli {
+        use clap::{CommandFactory, Parser};
+        let cli = Cli::parse();
+        if cli.command.is_some() && cli.select != SelectArgs::default() {
+            Cli::command()
+                .error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    "selectors go after the command (e.g. `mptcp-trace events --port 80`)",
+                )
+                .exit();
+        }
+        cli
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -178,7 +191,7 @@ pub struct DemoArgs {
 /// cgroup, uid) and netns are applied in the kernel when a connection is created; addresses,
 /// ports, tokens and the family match any subflow of a connection. Repeated flags mean "any of
 /// them"; different flags combine with "and".
-#[derive(Debug, Args, Default, Clone)]
+#[derive(Debug, Args, Default, Clone, PartialEq, Eq)]
 pub struct SelectArgs {
     /// Only connections owned by this process id (repeatable).
     #[arg(long, value_name = "PID")]
@@ -305,7 +318,12 @@ mod tests {
                 .unwrap();
         assert!(cli.command.is_none());
         assert_eq!(cli.select.port, [1, 2]);
-        assert!(Cli::try_parse_from(["mptcp-trace", "--port", "1", "events"]).is_err());
+        let both = Cli::try_parse_from(["mptcp-trace", "--port", "1", "events"]).unwrap();
+        assert_ne!(
+            both.select,
+            SelectArgs::default(),
+            "caught by parse_checked"
+        );
     }
 
     #[test]

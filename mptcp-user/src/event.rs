@@ -289,6 +289,7 @@ pub struct Addr {
     /// The id the peer gave the address.
     pub remote_id: u8,
     /// addr_announced: the address and, when the peer gave one, its port.
+    #[serde(default)]
     #[schemars(schema_with = "ip_schema")]
     pub addr: Option<IpAddr>,
     pub port: Option<u16>,

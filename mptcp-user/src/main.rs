@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use mptcp_user::{
     cli::{Cli, Command, EventsArgs, LiveArgs},
     commands,
@@ -14,7 +13,7 @@ use mptcp_user::{
 };
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_checked();
     let level = match cli.verbose {
         0 => log::LevelFilter::Warn,
         1 => log::LevelFilter::Debug,

@@ -15,9 +15,140 @@ use std::{
 };
 
 pub use mptcp_user::{
-    event::{Event, Kind, Side},
+    event::{Family, Kind, Protocol, Side},
     peer, testbed,
 };
+
+use mptcp_user::event::Data;
+
+/// One NDJSON line as the tests read it: parsed (and so validated) as the tool's typed
+/// [`mptcp_user::event::Event`], then laid flat so that assertions can name any field of any
+/// kind. `raw` keeps the typed event.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    pub event: Kind,
+    pub time: String,
+    pub ts_ns: u64,
+    pub token: Option<String>,
+    pub netns: Option<u32>,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub protocol: Option<Protocol>,
+    pub family: Option<Family>,
+    pub saddr: Option<std::net::IpAddr>,
+    pub sport: Option<u16>,
+    pub daddr: Option<std::net::IpAddr>,
+    pub dport: Option<u16>,
+    pub side: Option<Side>,
+    pub reason: Option<String>,
+    pub duration_ns: Option<u64>,
+    pub subflows_total: Option<u32>,
+    pub ifindex: Option<u32>,
+    pub ifname: Option<String>,
+    pub local_id: Option<i32>,
+    pub remote_id: Option<u8>,
+    pub addr: Option<std::net::IpAddr>,
+    pub port: Option<u16>,
+    pub backup: Option<bool>,
+    pub join: Option<bool>,
+    pub bytes_sent: Option<u64>,
+    pub bytes_acked: Option<u64>,
+    pub bytes_received: Option<u64>,
+    pub retrans: Option<u32>,
+    pub srtt_us: Option<u32>,
+    pub count: Option<u64>,
+    pub lost: Option<mptcp_user::event::Lost>,
+    pub raw: Option<mptcp_user::event::Event>,
+}
+
+impl From<mptcp_user::event::Event> for Event {
+    fn from(e: mptcp_user::event::Event) -> Self {
+        let mut f = Event {
+            event: e.kind(),
+            time: e.time.clone(),
+            ts_ns: e.ts_ns,
+            token: None,
+            netns: None,
+            pid: None,
+            comm: None,
+            protocol: None,
+            family: None,
+            saddr: None,
+            sport: None,
+            daddr: None,
+            dport: None,
+            side: None,
+            reason: None,
+            duration_ns: None,
+            subflows_total: None,
+            ifindex: None,
+            ifname: None,
+            local_id: None,
+            remote_id: None,
+            addr: None,
+            port: None,
+            backup: None,
+            join: None,
+            bytes_sent: None,
+            bytes_acked: None,
+            bytes_received: None,
+            retrans: None,
+            srtt_us: None,
+            count: None,
+            lost: None,
+            raw: None,
+        };
+        if let Some(c) = e.conn() {
+            f.token = c.token.map(|t| t.to_string());
+            f.netns = c.netns;
+            f.pid = c.pid;
+            f.comm.clone_from(&c.comm);
+            f.protocol = c.protocol;
+        }
+        if let Some(t) = e.tuple() {
+            f.family = Some(t.family);
+            (f.saddr, f.sport, f.daddr, f.dport) =
+                (Some(t.saddr), Some(t.sport), Some(t.daddr), Some(t.dport));
+        }
+        if let Some(sf) = e.subflow() {
+            f.ifindex = sf.ifindex;
+            f.ifname.clone_from(&sf.ifname);
+            f.local_id = sf.local_id.map(i32::from);
+            f.remote_id = Some(sf.remote_id);
+            f.backup = Some(sf.backup);
+            f.join = Some(sf.join);
+        }
+        match &e.data {
+            Data::ConnCreated(d) => f.side = Some(d.side),
+            Data::ConnFallback(d) => f.reason = Some(d.reason.clone()),
+            Data::ConnClosed(d) => {
+                f.duration_ns = d.duration_ns;
+                f.subflows_total = Some(d.subflows_total);
+            }
+            Data::SubflowClosed(d) => {
+                f.reason = Some(d.reason.clone());
+                f.bytes_sent = Some(d.bytes_sent);
+                f.bytes_acked = Some(d.bytes_acked);
+                f.bytes_received = Some(d.bytes_received);
+                f.retrans = Some(d.retrans);
+                f.srtt_us = Some(d.srtt_us);
+            }
+            Data::AddrAnnounced(a) | Data::AddrRemoved(a) => {
+                f.family = a.family;
+                f.remote_id = Some(a.remote_id);
+                f.addr = a.addr;
+                f.port = a.port;
+            }
+            Data::Lost(l) => {
+                f.count = Some(l.count);
+                f.lost = Some(l.clone());
+            }
+            Data::ConnEstablished(_) | Data::SubflowEstablished(_) => {}
+        }
+        f.raw = Some(e);
+        f
+    }
+}
 
 /// Fails the test (never skips) when not run as root.
 pub fn require_root() {
@@ -30,9 +161,12 @@ pub fn require_root() {
     );
 }
 
-/// A tag that keeps namespace names unique across tests and runs.
+/// A tag that keeps namespace names unique across tests, runs and calls: the name, the process
+/// id and a per-process counter (kept short: interface and namespace names are limited).
 pub fn tag(name: &str) -> String {
-    format!("{name}-{}", std::process::id())
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{name}-{}-{n}", std::process::id())
 }
 
 /// The `mptcp-trace` binary under test: `$MPTCP_TRACE_BIN`, else the workspace's build.
@@ -195,12 +329,27 @@ impl Tracer {
     }
 }
 
+/// Parses NDJSON lines; a line that does not validate against `mptcp-trace schema` or does
+/// not parse as the typed event fails the test.
 pub fn parse_events(lines: &[String]) -> Vec<Event> {
+    static VALIDATOR: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+    let v = VALIDATOR.get_or_init(|| {
+        jsonschema::options()
+            .should_validate_formats(true)
+            .build(&mptcp_user::event::json_schema())
+            .expect("the schema compiles")
+    });
     lines
         .iter()
         .map(|l| {
-            serde_json::from_str::<Event>(l)
+            let value: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad NDJSON line {l:?}: {e}"));
+            if let Err(e) = v.validate(&value) {
+                panic!("NDJSON line does not match the schema: {l}\n{e}");
+            }
+            serde_json::from_value::<mptcp_user::event::Event>(value)
                 .unwrap_or_else(|e| panic!("bad NDJSON line {l:?}: {e}"))
+                .into()
         })
         .collect()
 }

@@ -12,9 +12,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use integration_tests::{parse_events, tag, Event, Kind};
 use mptcp_user::{
     commands::demo::shape_paths,
-    event::{Event, Kind},
     peer::{self, Proto},
     testbed::{self, TestBed},
 };
@@ -162,7 +162,7 @@ fn tx_rate<'a>(screen: &'a str, local: &str) -> Option<&'a str> {
 #[test]
 fn live_view_shows_both_subflows_with_throughput_and_q_restores_the_terminal() {
     require_root();
-    let tag = format!("live{}", std::process::id());
+    let tag = tag("live");
     let bed = TestBed::create(&tag).expect("test bed");
     shape_paths(&bed, 50).expect("shape the paths");
     let tmux = Tmux::start(
@@ -301,10 +301,7 @@ fn demo_json_emits_both_subflows_and_leaves_nothing_behind() {
     let st = wait_exit(&mut demo.0, Duration::from_secs(40));
     let stderr = stderr_of(&mut demo.0);
     assert!(st.success(), "demo failed: {st}\n{stderr}");
-    let events: Vec<Event> = lines
-        .try_iter()
-        .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect();
+    let events: Vec<Event> = parse_events(&lines.try_iter().collect::<Vec<_>>());
     let established: Vec<&Event> = events
         .iter()
         .filter(|e| e.event == Kind::SubflowEstablished)

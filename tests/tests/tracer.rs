@@ -551,7 +551,7 @@ fn two_hundred_concurrent_connections_are_all_accounted_for() {
         })
         .collect();
     for c in clients {
-        assert_eq!(c.join().unwrap().unwrap().unwrap(), 20_000);
+        assert_eq!(c.join().unwrap().unwrap(), 20_000);
     }
     assert_eq!(srv.join().unwrap().unwrap().len(), N);
     tracer.wait_for("every conn_closed", Duration::from_secs(60), |ev| {

@@ -22,8 +22,8 @@ use std::{
 
 use integration_tests::{loaded_programs_named, mptcp_trace_bin, require_root, tag};
 use mptcp_user::{
-    filter::cgroup2_mount,
     peer::so_protocol,
+    sys::cgroup::mount as cgroup2_mount,
     testbed::{self, TestBed},
 };
 
@@ -617,11 +617,13 @@ fn run_client_and_server_join_a_second_subflow_over_blue() {
     let st = client.status;
     let stderr = String::from_utf8_lossy(&client.stderr);
     assert!(st.success(), "client: {st}\n{stderr}");
-    let events: Vec<integration_tests::Event> = stderr
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let events: Vec<integration_tests::Event> = integration_tests::parse_events(
+        &stderr
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(str::to_string)
+            .collect::<Vec<_>>(),
+    );
     let join = events
         .iter()
         .find(|e| e.event == integration_tests::Kind::SubflowEstablished && e.join == Some(true));

@@ -58,7 +58,7 @@ fn traces_a_two_path_transfer_in_the_test_bed() {
         .unwrap()
         .expect("client transfer");
     assert_eq!(acked, 1 << 20);
-    let served = server.join().unwrap().unwrap().expect("server");
+    let served = server.join().unwrap().expect("server");
     assert_eq!(served, vec![1 << 20]);
 
     tracer.wait_for("conn_closed", EVENTS_TIMEOUT, |ev| {
