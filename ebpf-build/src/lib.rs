@@ -168,8 +168,13 @@ impl From<Missing> for BuildError {
     }
 }
 
-/// Builds `mptcp-ebpf` and returns the object's path.
-pub fn build(workspace: &Path, release: bool) -> Result<PathBuf, BuildError> {
+/// `cargo <subcommand> --package mptcp-ebpf --target bpfel-unknown-none -Z build-std=core` with
+/// the eBPF toolchain, the linker on PATH and nothing inherited from an outer cargo.
+fn ebpf_cargo(
+    workspace: &Path,
+    subcommand: &str,
+    release: bool,
+) -> Result<(Command, Toolchain), BuildError> {
     let toolchain = find_toolchain()?;
     let linker = find_bpf_linker()?;
     let mut cmd = match &toolchain {
@@ -178,11 +183,7 @@ pub fn build(workspace: &Path, release: bool) -> Result<PathBuf, BuildError> {
             c.args(["run", "nightly", "cargo"]);
             c
         }
-        Toolchain::Debian { cargo, rustc } => {
-            let mut c = Command::new(cargo);
-            c.env("RUSTC", rustc).env("RUSTC_BOOTSTRAP", "1");
-            c
-        }
+        Toolchain::Debian { cargo, .. } => Command::new(cargo),
     };
     // Variables set by an outer cargo (when called from a build script) would point the nested
     // build at the host compiler, its flags and its jobserver.
@@ -197,13 +198,16 @@ pub fn build(workspace: &Path, release: bool) -> Result<PathBuf, BuildError> {
             cmd.env_remove(key.as_ref());
         }
     }
+    let linker_dir = linker.parent().unwrap_or(Path::new("/"));
+    let mut paths: Vec<PathBuf> = Vec::new();
     if let Toolchain::Debian { rustc, .. } = &toolchain {
         cmd.env("RUSTC", rustc).env("RUSTC_BOOTSTRAP", "1");
+        // Debian's cargo-clippy/clippy-driver match Debian's rustc; rustup's proxies (in the
+        // same directory as bpf-linker, usually) would not.
+        paths.push("/usr/bin".into());
     }
-    let linker_dir = linker.parent().unwrap_or(Path::new("/"));
-    let path = env::var_os("PATH").unwrap_or_default();
-    let mut paths: Vec<PathBuf> = vec![linker_dir.to_path_buf()];
-    paths.extend(env::split_paths(&path));
+    paths.push(linker_dir.to_path_buf());
+    paths.extend(env::split_paths(&env::var_os("PATH").unwrap_or_default()));
     cmd.env(
         "PATH",
         env::join_paths(paths).map_err(|e| BuildError::Failed(e.to_string()))?,
@@ -211,7 +215,7 @@ pub fn build(workspace: &Path, release: bool) -> Result<PathBuf, BuildError> {
     .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", &linker)
     .current_dir(workspace)
     .args([
-        "build",
+        subcommand,
         "--package",
         "mptcp-ebpf",
         "--target",
@@ -224,6 +228,27 @@ pub fn build(workspace: &Path, release: bool) -> Result<PathBuf, BuildError> {
     if release {
         cmd.arg("--release");
     }
+    Ok((cmd, toolchain))
+}
+
+/// Lints the eBPF crate for its own target (`cargo clippy -- -D warnings`).
+pub fn lint(workspace: &Path) -> Result<(), BuildError> {
+    let (mut cmd, toolchain) = ebpf_cargo(workspace, "clippy", true)?;
+    cmd.args(["--", "-D", "warnings"]);
+    let status = cmd
+        .status()
+        .map_err(|e| BuildError::Failed(format!("cannot run {toolchain} clippy: {e}")))?;
+    if !status.success() {
+        return Err(BuildError::Failed(format!(
+            "clippy on the eBPF crate ({toolchain}) exited with {status}"
+        )));
+    }
+    Ok(())
+}
+
+/// Builds `mptcp-ebpf` and returns the object's path.
+pub fn build(workspace: &Path, release: bool) -> Result<PathBuf, BuildError> {
+    let (mut cmd, toolchain) = ebpf_cargo(workspace, "build", release)?;
     let status = cmd
         .status()
         .map_err(|e| BuildError::Failed(format!("cannot run {toolchain}: {e}")))?;

@@ -446,10 +446,12 @@ pub fn run(cmd: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The `mptcp-peer` helper binary: `$MPTCP_PEER_BIN`, else cargo's build of it (test
-/// executables live in `target/debug/deps`, binaries one level up).
-pub fn mptcp_peer_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("MPTCP_PEER_BIN") {
+/// A helper binary of this crate (`tests/src/bin/NAME.rs`): `$NAME_BIN` (upper case, `-` as
+/// `_`, as the VM runner exports them), else cargo's build of it (test executables live in
+/// `target/debug/deps`, binaries one level up).
+pub fn helper_bin(name: &str) -> PathBuf {
+    let var = format!("{}_BIN", name.to_uppercase().replace('-', "_"));
+    if let Some(p) = std::env::var_os(var) {
         return p.into();
     }
     let exe = std::env::current_exe().expect("test executable path");
@@ -457,13 +459,18 @@ pub fn mptcp_peer_bin() -> PathBuf {
         .parent()
         .and_then(|deps| deps.parent())
         .expect("target/debug/deps")
-        .join("mptcp-peer");
+        .join(name);
     assert!(
         bin.exists(),
         "{} missing: cargo builds it with the tests",
         bin.display()
     );
     bin
+}
+
+/// The `mptcp-peer` helper binary.
+pub fn mptcp_peer_bin() -> PathBuf {
+    helper_bin("mptcp-peer")
 }
 
 /// Ids of every loaded eBPF program.

@@ -43,6 +43,8 @@ pub fn run(args: TestArgs) -> Result<()> {
             "cargo fmt --check",
             cargo().args(["fmt", "--all", "--", "--check"]),
         )?;
+        eprintln!("==> cargo clippy (eBPF crate, bpfel-unknown-none)");
+        ebpf_build::lint(&workspace_root())?;
         step(
             "cargo clippy",
             cargo().args([
@@ -61,6 +63,8 @@ pub fn run(args: TestArgs) -> Result<()> {
         "cargo build",
         cargo().args(["build", "--workspace", "--exclude", "mptcp-ebpf", "--bins"]),
     )?;
+    // The root-only integration tests are not a default member (plain `cargo test` as a normal
+    // user runs the unit tests); here they run too.
     let mut test = cargo();
     test.args(["test", "--workspace", "--exclude", "mptcp-ebpf"]);
     if !args.cargo_test_args.is_empty() {

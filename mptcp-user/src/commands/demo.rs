@@ -307,6 +307,15 @@ pub async fn run(mut args: DemoArgs) -> Result<()> {
         eprintln!("mptcp-trace demo: stdout is not a terminal: streaming NDJSON (as with --json)");
         args.json = true;
     }
+    {
+        use crate::sys::caps::{self, Cap};
+        // Namespaces, qdiscs and the tracer: refuse before making anything.
+        caps::require(
+            &[Cap::SysAdmin, Cap::NetAdmin, Cap::Bpf, Cap::Perfmon],
+            "the demo",
+        )
+        .map_err(crate::loader::LoadError::Privileges)?;
+    }
     remove_stale_beds();
     let (upgrade, proto, note) = try_upgrade();
     let tag = format!("demo{}", std::process::id());

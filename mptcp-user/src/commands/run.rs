@@ -150,6 +150,8 @@ impl RunCgroup {
 }
 
 pub async fn run(args: RunArgs) -> Result<ExitCode> {
+    // Refuse before creating anything (a cgroup) when the privileges are missing.
+    crate::upgrade::require_privileges()?;
     let cgroup = RunCgroup::create()?;
     let cg = Cgroup::resolve(&cgroup.path).map_err(|e| UpgradeError::Io {
         what: format!("the run's cgroup {}", cgroup.path.display()),

@@ -55,10 +55,15 @@ pub fn require(needed: &[Cap], what: &str) -> Result<(), String> {
         return Ok(());
     }
     let names: Vec<&str> = m.iter().map(|c| c.name()).collect();
+    let grant: Vec<String> = needed
+        .iter()
+        .map(|c| format!("+{}", c.name().trim_start_matches("CAP_").to_lowercase()))
+        .collect();
     Err(format!(
-        "{what} needs {} (missing: {}); run with sudo, or grant them, e.g. `setpriv --ambient-caps +bpf,+perfmon,+net_admin …`",
+        "{what} needs {} (missing: {}); run as root, or grant them (e.g. `setpriv --inh-caps {g} --ambient-caps {g} …`)",
         needed.iter().map(|c| c.name()).collect::<Vec<_>>().join(", "),
-        names.join(", ")
+        names.join(", "),
+        g = grant.join(",")
     ))
 }
 

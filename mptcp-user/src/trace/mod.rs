@@ -64,28 +64,17 @@ pub struct Totals {
 }
 
 impl Totals {
-    /// The exit summary's loss part, e.g. `0 lost` or `3 lost (ring buffer 3)`.
+    /// The exit summary's loss part: `0 lost (ring buffer 0, map full 0, skipped program runs
+    /// 0, netlink overruns 0)`; every cause is named, also when it is zero.
     pub fn describe(&self) -> String {
         let l = &self.lost;
-        let mut s = format!("{} lost", l.count);
-        let mut causes = Vec::new();
-        for (n, what) in [
-            (l.ring_buffer, "ring buffer full"),
-            (l.map_full, "map full"),
-            (l.netlink, "netlink overrun"),
-        ] {
-            if n > 0 {
-                causes.push(format!("{what} {n}"));
-            }
-        }
-        match l.recursion_misses {
-            Some(n) if n > 0 => causes.push(format!("skipped program runs {n}")),
-            Some(_) => {}
-            None => causes.push("skipped program runs unknown (Linux < 6.2)".into()),
-        }
-        if !causes.is_empty() {
-            s += &format!(" ({})", causes.join(", "));
-        }
+        let skipped = l
+            .recursion_misses
+            .map_or("unknown (Linux < 6.2)".to_string(), |n| n.to_string());
+        let mut s = format!(
+            "{} lost (ring buffer {}, map full {}, skipped program runs {skipped}, netlink overruns {})",
+            l.count, l.ring_buffer, l.map_full, l.netlink
+        );
         if self.pm.forged > 0 {
             s += &format!(
                 ", {} forged path-manager messages dropped (not sent by the kernel)",

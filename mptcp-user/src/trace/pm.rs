@@ -42,15 +42,15 @@ const FAMILY: &str = "mptcp_pm";
 const GROUP: &str = "mptcp_pm_events";
 
 /// `enum mptcp_event_type` (include/uapi/linux/mptcp_pm.h).
-const MPTCP_EVENT_ANNOUNCED: u8 = 6;
-const MPTCP_EVENT_REMOVED: u8 = 7;
+pub const MPTCP_EVENT_ANNOUNCED: u8 = 6;
+pub const MPTCP_EVENT_REMOVED: u8 = 7;
 
 /// `MPTCP_ATTR_*` of the events.
-const ATTR_TOKEN: u16 = 1;
-const ATTR_REM_ID: u16 = 4;
-const ATTR_DADDR4: u16 = 7;
+pub const ATTR_TOKEN: u16 = 1;
+pub const ATTR_REM_ID: u16 = 4;
+pub const ATTR_DADDR4: u16 = 7;
 const ATTR_DADDR6: u16 = 8;
-const ATTR_DPORT: u16 = 10;
+pub const ATTR_DPORT: u16 = 10;
 
 /// An address the peer announced or withdrew.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -142,6 +142,16 @@ fn resolve(socket: &Socket) -> std::io::Result<(u16, u32)> {
         }
     }
     Ok((family.ok_or_else(not_found)?, group.ok_or_else(not_found)?))
+}
+
+/// The `mptcp_pm` family id and its events group id, as this thread's namespace resolves them
+/// (for tests that play a forger).
+pub fn family_and_group() -> io::Result<(u16, u32)> {
+    let mut socket = Socket::new(NETLINK_GENERIC)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    set_rcvtimeo(&socket, Duration::from_secs(2));
+    resolve(&socket)
 }
 
 /// Opens a socket subscribed to the MPTCP events of the namespace this thread is in.

@@ -97,7 +97,7 @@ fn osrelease() -> String {
 
 /// BPF trampolines need CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN; pins and cgroups need
 /// CAP_SYS_ADMIN too.
-fn require_privileges() -> Result<(), UpgradeError> {
+pub fn require_privileges() -> Result<(), UpgradeError> {
     use crate::sys::caps::{self, Cap};
     caps::require(&[Cap::Bpf, Cap::Perfmon, Cap::SysAdmin], "the upgrade")
         .map_err(UpgradeError::Privileges)

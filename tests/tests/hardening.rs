@@ -1,0 +1,367 @@
+//! What an unprivileged user on the same machine, a careless script or a signal can do to the
+//! tracer, and what it must not achieve: forged or injected output, root writing through a
+//! planted link, threads per namespace, bad input accepted, a stream that never ends.
+
+use std::{
+    fs,
+    io::Read,
+    net::SocketAddr,
+    os::unix::fs::symlink,
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use integration_tests::{
+    helper_bin, mptcp_trace_bin, peer, require_root, tag, testbed, ChildGuard, Kind, Tracer,
+};
+use mptcp_user::sys::netns;
+use peer::{Proto, Send};
+use testbed::TestBed;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn threads_of(pid: u32) -> usize {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn wait_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        assert!(start.elapsed() < limit, "still running after {limit:?}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A process's name (up to 15 bytes) reaches the terminal only escaped: it cannot clear the
+/// screen, forge lines (LF) or overwrite fields (CR).
+#[test]
+fn control_characters_in_a_process_name_never_reach_the_terminal() {
+    require_root();
+    let bed = TestBed::create(&tag("inject")).unwrap();
+    let ready = std::env::temp_dir().join(format!("{}.ready", tag("inject")));
+    let mut child = ChildGuard(
+        Command::new(mptcp_trace_bin())
+            .args(["events", "--netns", &bed.client, "--ready-file"])
+            .arg(&ready)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let start = Instant::now();
+    while !ready.exists() {
+        assert!(start.elapsed() < WAIT, "tracer not ready");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let addr: SocketAddr = format!("{}:4321", testbed::RED_SERVER_V4).parse().unwrap();
+    let listener = testbed::in_netns(&bed.server, move || peer::listen(addr, Proto::Mptcp))
+        .unwrap()
+        .unwrap();
+    let srv = thread::spawn(move || peer::serve(&listener, 1));
+    let client_ns = netns::named(&bed.client);
+    thread::spawn(move || {
+        let evil = c"\x1b[2J\x1b[31mX\rY\nFA";
+        // SAFETY: naming this thread; the string is NUL-terminated and 15 bytes long.
+        unsafe { libc::prctl(libc::PR_SET_NAME, evil.as_ptr()) };
+        netns::run_in(&client_ns, || {
+            peer::send(
+                addr,
+                Proto::Mptcp,
+                Send {
+                    bytes: 1000,
+                    warmup: Duration::ZERO,
+                    spread: Duration::ZERO,
+                },
+            )
+        })
+        .unwrap()
+        .unwrap();
+    })
+    .join()
+    .unwrap();
+    srv.join().unwrap().unwrap();
+    thread::sleep(Duration::from_millis(1500));
+    // SAFETY: kill(2) on our child.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGINT) };
+    let mut out = Vec::new();
+    child
+        .0
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_end(&mut out)
+        .unwrap();
+    child.0.wait().unwrap();
+    let _ = fs::remove_file(&ready);
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        !text.contains('\x1b') && !text.contains('\r'),
+        "a control character reached the terminal: {text:?}"
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() > 2, "{text}");
+    for l in &lines[1..] {
+        // Every line is an event line: a time, then a kind; none was forged by a LF.
+        assert!(
+            l.as_bytes().get(2) == Some(&b':') && l.contains("conn_") || l.contains("subflow_"),
+            "not an event line: {l:?}"
+        );
+    }
+    assert!(
+        text.contains(r"comm=\x1b[2J\x1b[31mX\x0dY\x0aFA"),
+        "the name is shown, escaped: {text}"
+    );
+}
+
+/// Anyone with their own user and network namespace may broadcast on the MPTCP events group
+/// there. The tracer takes only the kernel's messages (sender port id 0) and counts the rest.
+#[test]
+fn forged_path_manager_events_are_dropped_and_counted() {
+    let tracer = Tracer::start(&[]);
+    let forge = Command::new(helper_bin("pm-forge"))
+        .args(["announce", "27", "deadbeef", "3"])
+        .output()
+        .unwrap();
+    assert!(
+        forge.status.success() && String::from_utf8_lossy(&forge.stdout).contains("sent 27"),
+        "the forger could not send: {}",
+        String::from_utf8_lossy(&forge.stderr)
+    );
+    thread::sleep(Duration::from_millis(500));
+    let run = tracer.stop();
+    assert!(run.status.success(), "{}", run.stderr);
+    assert!(
+        !run.events
+            .iter()
+            .any(|e| e.token.as_deref() == Some("deadbeef")
+                || e.addr.map(|a| a.to_string()).as_deref() == Some("6.6.6.6")),
+        "a forged announcement was shown: {:?}",
+        run.events
+    );
+    assert!(
+        run.stderr
+            .contains("27 forged path-manager messages dropped"),
+        "forgeries not counted: {}",
+        run.stderr
+    );
+}
+
+/// Namespaces cost a socket each, never a thread: an ordinary user can make thousands.
+#[test]
+fn many_network_namespaces_cost_no_threads() {
+    let tracer = Tracer::start(&[]);
+    let before = threads_of(tracer.pid());
+    let idle: Vec<ChildGuard> = (0..60)
+        .map(|_| {
+            ChildGuard(
+                Command::new(helper_bin("pm-forge"))
+                    .args(["idle", "20"])
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    // Two rescans (every 2 s) find them all.
+    thread::sleep(Duration::from_secs(5));
+    let during = threads_of(tracer.pid());
+    drop(idle);
+    let run = tracer.stop();
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!(
+        during, before,
+        "the tracer grew from {before} to {during} threads with 60 more namespaces"
+    );
+}
+
+/// The ready file is checked before anything is loaded and never written through a link.
+#[test]
+fn a_bad_ready_file_is_refused_before_anything_is_attached() {
+    require_root();
+    let dir = std::env::temp_dir().join(tag("ready"));
+    fs::create_dir_all(&dir).unwrap();
+    let victim = dir.join("victim");
+    fs::write(&victim, "precious\n").unwrap();
+    symlink(&victim, dir.join("planted")).unwrap();
+    for path in [
+        dir.join("planted"),
+        dir.join("no/such/dir/ready"),
+        "/dev/full".into(),
+        victim.clone(),
+    ] {
+        let out = Command::new(mptcp_trace_bin())
+            .args(["-v", "events", "--duration", "1", "--ready-file"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{}: {stderr}", path.display());
+        assert!(stderr.contains("--ready-file"), "{stderr}");
+        assert!(
+            !stderr.contains("attached"),
+            "loaded before refusing: {stderr}"
+        );
+    }
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "precious\n");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Each of these was accepted once (and traced everything); each is one line and status 2.
+#[test]
+fn malformed_selectors_are_refused_with_status_2() {
+    require_root();
+    let fake = std::env::temp_dir().join(tag("fakecg"));
+    fs::create_dir_all(&fake).unwrap();
+    fs::write(fake.join("cgroup.procs"), "").unwrap();
+    // A thread id is not a process id.
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let t = thread::spawn(move || {
+        // SAFETY: gettid has no preconditions.
+        tid_tx.send(unsafe { libc::gettid() }).unwrap();
+        let _ = stop_rx.recv();
+    });
+    let tid = tid_rx.recv().unwrap().to_string();
+    let fake_s = fake.display().to_string();
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["--token", "+1"],
+        vec!["--token", "0x0x1"],
+        vec!["--netns", ""],
+        vec!["--netns", "../../proc/1/ns/net"],
+        vec!["--netns", "/etc/passwd"],
+        vec!["--netns", "0"],
+        vec!["--netns", "12345"],
+        vec!["--cgroup", "../../../etc"],
+        vec!["--cgroup", &fake_s],
+        vec!["--pid", &tid],
+        vec!["--comm", "sixteen-bytes-xx"],
+    ];
+    for args in cases {
+        let out = Command::new(mptcp_trace_bin())
+            .arg("events")
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} accepted: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+    }
+    stop_tx.send(()).unwrap();
+    t.join().unwrap();
+    fs::remove_dir_all(&fake).unwrap();
+}
+
+/// SIGHUP (a closed terminal) stops like SIGTERM: a summary, status 0.
+#[test]
+fn sighup_ends_events_with_a_summary() {
+    let tracer = Tracer::start(&[]);
+    // SAFETY: kill(2) on our child.
+    unsafe { libc::kill(tracer.pid() as i32, libc::SIGHUP) };
+    let run = tracer.stop();
+    assert!(run.status.success(), "{:?} {}", run.status, run.stderr);
+    assert!(
+        run.stderr.contains("events shown, 0 lost"),
+        "{}",
+        run.stderr
+    );
+}
+
+/// `events | head -1` ends when head does, even when no event ever comes.
+#[test]
+fn a_closed_pipe_ends_events_without_traffic() {
+    require_root();
+    let quiet = TestBed::create(&tag("pipe")).unwrap();
+    let mut child = ChildGuard(
+        Command::new(mptcp_trace_bin())
+            .args(["events", "--netns", &quiet.client])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdout = child.0.stdout.take().unwrap();
+    let mut first = [0u8; 4];
+    stdout.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"TIME", "the header comes first");
+    drop(stdout);
+    let st = wait_exit(&mut child.0, Duration::from_secs(10));
+    assert!(st.success(), "{st}");
+}
+
+/// A demo killed with SIGKILL leaves its namespaces; the next demo removes them. SIGHUP ends a
+/// demo cleanly.
+#[test]
+fn namespaces_of_a_killed_demo_are_removed_by_the_next_one() {
+    require_root();
+    let mut first = ChildGuard(
+        Command::new(mptcp_trace_bin())
+            .args(["demo", "--json", "--duration", "30"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = first.0.id();
+    let client = format!("mptcp-client-demo{pid}");
+    let start = Instant::now();
+    while !netns::named(&client).exists() {
+        assert!(start.elapsed() < WAIT, "the first demo made no test bed");
+        thread::sleep(Duration::from_millis(50));
+    }
+    thread::sleep(Duration::from_millis(500));
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    assert!(netns::named(&client).exists(), "SIGKILL left the test bed");
+    let mut second = ChildGuard(
+        Command::new(mptcp_trace_bin())
+            .args(["demo", "--json", "--duration", "30"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let second_pid = second.0.id();
+    let start = Instant::now();
+    while netns::named(&client).exists() {
+        assert!(
+            start.elapsed() < WAIT,
+            "the next demo did not remove {client}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!netns::named(&format!("mptcp-server-demo{pid}")).exists());
+    // SIGHUP: a clean end, its own namespaces removed.
+    thread::sleep(Duration::from_secs(2));
+    // SAFETY: kill(2) on our child.
+    unsafe { libc::kill(second_pid as i32, libc::SIGHUP) };
+    let st = wait_exit(&mut second.0, WAIT);
+    assert!(st.success(), "demo after SIGHUP: {st}");
+    for side in ["client", "server"] {
+        assert!(!netns::named(&format!("mptcp-{side}-demo{second_pid}")).exists());
+    }
+}
+
+/// A lost event is reported with its causes, and the summary always names every cause.
+#[test]
+fn the_summary_names_every_loss_cause() {
+    let tracer = Tracer::start(&[]);
+    let run = tracer.stop();
+    assert!(
+        run.stderr
+            .contains("0 lost (ring buffer 0, map full 0, skipped program runs ")
+            && run.stderr.contains("netlink overruns 0)"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.events.iter().all(|e| e.event != Kind::Lost));
+}
