@@ -4,12 +4,14 @@
 pub mod cli;
 pub mod commands;
 pub mod decode;
+pub mod doctor;
 pub mod event;
 pub mod filter;
 pub mod live;
 pub mod loader;
 pub mod offsets;
 pub mod peer;
+pub mod pm_config;
 pub mod pm_events;
 pub mod testbed;
 pub mod text;

@@ -6,6 +6,7 @@ use clap::Parser;
 use mptcp_user::{
     cli::{Cli, Command, EventsArgs, LiveArgs},
     commands,
+    doctor::UnknownNetns,
     filter::FilterError,
     upgrade::UpgradeError,
 };
@@ -25,6 +26,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         // `run` exits with its command's status.
         Some(Command::Run(args)) => commands::run::run(args),
+        // `doctor` exits 1 when a check fails.
+        Some(Command::Doctor(args)) => commands::doctor::run(args),
         Some(Command::Upgrade(args)) => {
             block_on(commands::upgrade::run(args)).map(|()| ExitCode::SUCCESS)
         }
@@ -44,7 +47,9 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("mptcp-trace: {e:#}");
             // Bad input and refusals are exit code 2, like clap's own usage errors.
-            if e.downcast_ref::<FilterError>().is_some() {
+            if e.downcast_ref::<FilterError>().is_some()
+                || e.downcast_ref::<UnknownNetns>().is_some()
+            {
                 ExitCode::from(2)
             } else if let Some(u) = e.downcast_ref::<UpgradeError>() {
                 ExitCode::from(u.exit_code())
@@ -57,7 +62,7 @@ fn main() -> ExitCode {
 
 fn dispatch(command: Option<Command>) -> anyhow::Result<()> {
     match command {
-        Some(Command::Run(_) | Command::Upgrade(_)) => unreachable!("handled in main"),
+        Some(Command::Run(_) | Command::Upgrade(_) | Command::Doctor(_)) => unreachable!("handled in main"),
         Some(Command::Schema) => commands::schema::run(),
         Some(Command::Events(args)) => block_on(commands::events::run(args)),
         Some(Command::Live(args)) => block_on(commands::live::run(args)),
