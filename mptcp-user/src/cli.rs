@@ -322,7 +322,13 @@ mod tests {
     #[test]
     fn parses_doctor() {
         let cli = Cli::try_parse_from([
-            "mptcp-trace", "doctor", "--netns", "a", "--netns", "b", "--json",
+            "mptcp-trace",
+            "doctor",
+            "--netns",
+            "a",
+            "--netns",
+            "b",
+            "--json",
         ])
         .unwrap();
         let Some(Command::Doctor(d)) = cli.command else {

@@ -62,7 +62,9 @@ fn main() -> ExitCode {
 
 fn dispatch(command: Option<Command>) -> anyhow::Result<()> {
     match command {
-        Some(Command::Run(_) | Command::Upgrade(_) | Command::Doctor(_)) => unreachable!("handled in main"),
+        Some(Command::Run(_) | Command::Upgrade(_) | Command::Doctor(_)) => {
+            unreachable!("handled in main")
+        }
         Some(Command::Schema) => commands::schema::run(),
         Some(Command::Events(args)) => block_on(commands::events::run(args)),
         Some(Command::Live(args)) => block_on(commands::live::run(args)),

@@ -228,9 +228,8 @@ fn upgrade_check(sec: &Security, btf: Option<&btf_rs::Btf>, caps: Option<u64>) -
         )
         .fix("sysctl -w net.mptcp.enabled=1"),
         Err(UpgradeError::TrampolinesRefused) => {
-            let mut d = format!(
-                "the kernel refused fmod_ret/{HOOK} (the real upgrade program) with EPERM"
-            );
+            let mut d =
+                format!("the kernel refused fmod_ret/{HOOK} (the real upgrade program) with EPERM");
             let mut all_refused = false;
             if let Some(id) = hook_id {
                 let fm = probe::trampoline(id, true);
@@ -271,8 +270,13 @@ fn upgrade_check(sec: &Security, btf: Option<&btf_rs::Btf>, caps: Option<u64>) -
             } else {
                 ", inside a user namespace (BPF needs its capabilities in the initial one)"
             };
-            let lockdown_innocent = matches!(sec.lockdown.as_deref(), None | Some("none" | "integrity"));
-            if lockdown_innocent && lsm_progs.is_empty() && missing.as_deref() == Some(&[]) && userns {
+            let lockdown_innocent =
+                matches!(sec.lockdown.as_deref(), None | Some("none" | "integrity"));
+            if lockdown_innocent
+                && lsm_progs.is_empty()
+                && missing.as_deref() == Some(&[])
+                && userns
+            {
                 d += ". Cause not found by these checks: a kernel build or policy choice outside \
                       them";
                 if all_refused {
@@ -284,7 +288,9 @@ fn upgrade_check(sec: &Security, btf: Option<&btf_rs::Btf>, caps: Option<u64>) -
             Check::host(name, Status::Fail, d)
         }
         Err(UpgradeError::Rejected { error, log }) => {
-            let errno = error.raw_os_error().map_or(error.to_string(), probe::errno_name);
+            let errno = error
+                .raw_os_error()
+                .map_or(error.to_string(), probe::errno_name);
             let tail: Vec<&str> = log.lines().rev().take(5).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
             Check::host(
@@ -355,7 +361,9 @@ pub fn checks() -> Vec<Check> {
             Status::Ok,
             format!(
                 "{VMLINUX_BTF} ({} KiB, parsed)",
-                fs::metadata(VMLINUX_BTF).map(|m| m.len() / 1024).unwrap_or(0)
+                fs::metadata(VMLINUX_BTF)
+                    .map(|m| m.len() / 1024)
+                    .unwrap_or(0)
             ),
         ),
         Err(e) => Check::host(
@@ -383,7 +391,8 @@ pub fn checks() -> Vec<Check> {
                 "no MPTCP in this kernel (net.mptcp sysctls {}, mptcp_pm family: {}): it needs \
                  CONFIG_MPTCP=y (it cannot be a module); no command fixes that",
                 if s { "present" } else { "missing" },
-                f.as_ref().map_or_else(|e| e.to_string(), |id| format!("id {id}"))
+                f.as_ref()
+                    .map_or_else(|e| e.to_string(), |id| format!("id {id}"))
             ),
         ),
     });
@@ -396,7 +405,11 @@ pub fn checks() -> Vec<Check> {
             _ => Status::Ok,
         },
         match sec.lockdown.as_deref() {
-            Some(mode) => format!("{mode} ({}; LSMs {})", sec.note, sec.lsms.as_deref().unwrap_or("unknown")),
+            Some(mode) => format!(
+                "{mode} ({}; LSMs {})",
+                sec.note,
+                sec.lsms.as_deref().unwrap_or("unknown")
+            ),
             None => sec.note.clone(),
         },
     ));
@@ -440,7 +453,9 @@ pub fn checks() -> Vec<Check> {
             },
         ),
         None => {
-            let v1_tmpfs = mounts_of(&mountinfo, "tmpfs").iter().any(|m| m == "/sys/fs/cgroup");
+            let v1_tmpfs = mounts_of(&mountinfo, "tmpfs")
+                .iter()
+                .any(|m| m == "/sys/fs/cgroup");
             Check::host(
                 "cgroup2",
                 Status::Fail,
@@ -455,14 +470,20 @@ pub fn checks() -> Vec<Check> {
     });
 
     v.push(match caps {
-        None => Check::host("capabilities", Status::Fail, "cannot read CapEff in /proc/self/status"),
+        None => Check::host(
+            "capabilities",
+            Status::Fail,
+            "cannot read CapEff in /proc/self/status",
+        ),
         Some(eff) => {
             let missing = missing_caps(eff, last_cap());
             if missing.is_empty() {
                 Check::host(
                     "capabilities",
                     Status::Ok,
-                    format!("CapEff {eff:016x} has CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYS_ADMIN"),
+                    format!(
+                        "CapEff {eff:016x} has CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYS_ADMIN"
+                    ),
                 )
             } else {
                 Check::host(

@@ -310,7 +310,10 @@ mod tests {
             ns(None, false).sysctl("net.mptcp.enabled=1"),
             "nsenter --net=/proc/42/ns/net sysctl -w net.mptcp.enabled=1"
         );
-        assert_eq!(ns(None, true).label(), "inode 4026532000 (pid 42, this one)");
+        assert_eq!(
+            ns(None, true).label(),
+            "inode 4026532000 (pid 42, this one)"
+        );
     }
 
     #[test]

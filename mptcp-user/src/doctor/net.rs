@@ -85,11 +85,19 @@ impl Addr {
         let p = self.prefix_len as u32;
         let net = match self.addr {
             IpAddr::V4(a) => {
-                let mask = if p == 0 { 0 } else { u32::MAX << (32 - p.min(32)) };
+                let mask = if p == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - p.min(32))
+                };
                 IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
             }
             IpAddr::V6(a) => {
-                let mask = if p == 0 { 0 } else { u128::MAX << (128 - p.min(128)) };
+                let mask = if p == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - p.min(128))
+                };
                 IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
             }
         };
@@ -444,6 +452,10 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(s.listening_ports(), [4321]);
-        assert_eq!(s.outgoing(), 1, "the accepted socket on 4321 is not outgoing");
+        assert_eq!(
+            s.outgoing(),
+            1,
+            "the accepted socket on 4321 is not outgoing"
+        );
     }
 }

@@ -157,7 +157,10 @@ fn describe(e: &Endpoint, net: Option<&NetState>) -> String {
 
 /// `ip mptcp endpoint add …` re-creating `e` with `flags` instead of its own.
 fn endpoint_add(e: &Endpoint, net: &NetState, names: &[&str]) -> String {
-    let mut s = format!("mptcp endpoint add {}", e.addr.map(|a| a.to_string()).unwrap_or_default());
+    let mut s = format!(
+        "mptcp endpoint add {}",
+        e.addr.map(|a| a.to_string()).unwrap_or_default()
+    );
     if let Some(p) = e.port {
         s += &format!(" port {p}");
     }
@@ -177,7 +180,11 @@ pub fn judge(ns: &NetnsRef, f: &Facts) -> Vec<Check> {
     let c = |name: &str, status, detail: String| Check::netns(ns, name, status, detail);
 
     match &f.enabled {
-        Ok(x) if x == "1" => v.push(c("mptcp_enabled", Status::Ok, "net.mptcp.enabled = 1".into())),
+        Ok(x) if x == "1" => v.push(c(
+            "mptcp_enabled",
+            Status::Ok,
+            "net.mptcp.enabled = 1".into(),
+        )),
         Ok(x) => v.push(
             c(
                 "mptcp_enabled",
@@ -193,7 +200,9 @@ pub fn judge(ns: &NetnsRef, f: &Facts) -> Vec<Check> {
             v.push(c(
                 "mptcp_enabled",
                 Status::Fail,
-                format!("no MPTCP in this kernel ({e}): it needs CONFIG_MPTCP=y; no command fixes that"),
+                format!(
+                    "no MPTCP in this kernel ({e}): it needs CONFIG_MPTCP=y; no command fixes that"
+                ),
             ));
             return v;
         }
@@ -354,7 +363,11 @@ pub fn judge(ns: &NetnsRef, f: &Facts) -> Vec<Check> {
         .filter(|e| e.has(flag::SIGNAL) && !e.has(flag::SUBFLOW))
         .collect();
     if signal.is_empty() {
-        v.push(c("signal_endpoints", Status::Ok, "no signal-only endpoint".into()));
+        v.push(c(
+            "signal_endpoints",
+            Status::Ok,
+            "no signal-only endpoint".into(),
+        ));
     } else {
         let ids = signal
             .iter()
@@ -443,12 +456,14 @@ fn endpoint_check(ns: &NetnsRef, e: &Endpoint, net: &NetState) -> Check {
     let index = e.ifindex.unwrap_or(holder.index);
     let dev = link_name(&net.links, index);
     let Some(link) = net.link(index) else {
-        return c(Status::Fail, format!("its interface (ifindex {index}) is gone"))
-            .fix(ns.ip(&format!("mptcp endpoint delete id {}", e.id)));
+        return c(
+            Status::Fail,
+            format!("its interface (ifindex {index}) is gone"),
+        )
+        .fix(ns.ip(&format!("mptcp endpoint delete id {}", e.id)));
     };
     if !link.is_up() {
-        return c(Status::Fail, format!("{dev} is down"))
-            .fix(ns.ip(&format!("link set {dev} up")));
+        return c(Status::Fail, format!("{dev} is down")).fix(ns.ip(&format!("link set {dev} up")));
     }
     if !link.has_carrier() {
         return c(
@@ -493,7 +508,10 @@ fn subflow_endpoint_check(
         .addrs
         .iter()
         .filter(|a| a.is_usable())
-        .filter(|a| net.link(a.index).is_some_and(|l| l.is_up() && !l.is_loopback()))
+        .filter(|a| {
+            net.link(a.index)
+                .is_some_and(|l| l.is_up() && !l.is_loopback())
+        })
         .collect();
     let mut ifaces: Vec<u32> = usable.iter().map(|a| a.index).collect();
     ifaces.sort();
@@ -528,7 +546,10 @@ fn subflow_endpoint_check(
     };
     let dev = link_name(&net.links, second.index);
     let first = link_name(&net.links, primary);
-    let fix = ns.ip(&format!("mptcp endpoint add {} dev {dev} subflow", second.addr));
+    let fix = ns.ip(&format!(
+        "mptcp endpoint add {} dev {dev} subflow",
+        second.addr
+    ));
     match role {
         Role::Server => c(
             Status::Ok,
@@ -696,7 +717,11 @@ mod tests {
             Some("ip netns exec c sysctl -w net.mptcp.enabled=1")
         );
         f.enabled = Err("missing".into());
-        assert_eq!(judge(&ns(), &f).len(), 1, "nothing else to check without MPTCP");
+        assert_eq!(
+            judge(&ns(), &f).len(),
+            1,
+            "nothing else to check without MPTCP"
+        );
     }
 
     #[test]
@@ -705,10 +730,7 @@ mod tests {
         pm(&mut f).limits.subflows = 0;
         let c = get(&f, "subflows_limit");
         assert_eq!(c.status, Status::Fail);
-        assert_eq!(
-            c.fix.as_deref(),
-            Some("ip -n c mptcp limits set subflow 2")
-        );
+        assert_eq!(c.fix.as_deref(), Some("ip -n c mptcp limits set subflow 2"));
         // Without endpoints: a server rejects every join (fail), otherwise a warning.
         pm(&mut f).endpoints.clear();
         assert_eq!(get(&f, "subflows_limit").status, Status::Warn);

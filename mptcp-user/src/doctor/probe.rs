@@ -65,13 +65,8 @@ pub fn trampoline(btf_id: u32, fmod_ret: bool) -> ProbeResult {
     let insns = return_zero();
     let license: &CStr = c"GPL";
     let mut log = vec![0u8; LOG_SIZE];
-    let mut attr = raw_bpf::fmod_ret_load_attr(
-        &insns,
-        license,
-        "mptcp_doctor",
-        btf_id,
-        Some(&mut log),
-    );
+    let mut attr =
+        raw_bpf::fmod_ret_load_attr(&insns, license, "mptcp_doctor", btf_id, Some(&mut log));
     if !fmod_ret {
         // The BPF_PROG_LOAD member of the attr built above (a plain-data union field).
         attr.__bindgen_anon_3.expected_attach_type = bpf_attach_type::BPF_TRACE_FENTRY as u32;
@@ -163,13 +158,18 @@ mod tests {
             log: "0: R1=ctx()\nattach to unsupported member\nprocessed 0 insns".into(),
             attach_errno: None,
         };
-        assert!(r.describe().ends_with("attach to unsupported member / processed 0 insns"));
+        assert!(r
+            .describe()
+            .ends_with("attach to unsupported member / processed 0 insns"));
         let r = ProbeResult {
             load_errno: None,
             log: String::new(),
             attach_errno: Some(Some(libc::EBUSY)),
         };
-        assert_eq!(r.describe(), "loads, attach EBUSY (Device or resource busy)");
+        assert_eq!(
+            r.describe(),
+            "loads, attach EBUSY (Device or resource busy)"
+        );
         assert_eq!(errno_name(9999), "errno 9999 (Unknown error 9999)");
     }
 
