@@ -17,6 +17,8 @@ use crate::{
     upgrade::{raw_bpf, Upgrade, UpgradeError, BPFFS, HOOK, PIN_DIR},
 };
 
+/// The tracepoint the tracer itself uses, as a `tp_btf` target.
+const TP_TYPEDEF: &str = "btf_trace_inet_sock_set_state";
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 const LOCKDOWN: &str = "/sys/kernel/security/lockdown";
 const LSM: &str = "/sys/kernel/security/lsm";
@@ -232,8 +234,8 @@ fn upgrade_check(sec: &Security, btf: Option<&btf_rs::Btf>, caps: Option<u64>) -
                 format!("the kernel refused fmod_ret/{HOOK} (the real upgrade program) with EPERM");
             let mut all_refused = false;
             if let Some(id) = hook_id {
-                let fm = probe::trampoline(id, true);
-                let fe = probe::trampoline(id, false);
+                let fm = probe::load(id, probe::Kind::FmodRet);
+                let fe = probe::load(id, probe::Kind::Fentry);
                 all_refused = fm.load_errno.is_some() && fe.load_errno.is_some();
                 d += &format!(
                     ". Probed with a 2-instruction program on {HOOK}: as fmod_ret {}; as fentry \
@@ -243,6 +245,14 @@ fn upgrade_check(sec: &Security, btf: Option<&btf_rs::Btf>, caps: Option<u64>) -
                 );
                 if all_refused {
                     d += " (every BPF trampoline is refused, not only fmod_ret)";
+                }
+                // The same program type without a trampoline: is tracing refused as a whole?
+                if let Some(tp) = btf.and_then(|b| typedef_btf_id(b, TP_TYPEDEF)) {
+                    let r = probe::load(tp, probe::Kind::TpBtf);
+                    d += &format!("; as tp_btf on inet_sock_set_state {}", r.describe());
+                    if r.load_errno.is_none() && all_refused {
+                        d += " (so BTF tracing works and only trampolines are refused)";
+                    }
                 }
             }
             d += &format!(
@@ -316,6 +326,14 @@ fn upgrade_check(sec: &Security, btf: Option<&btf_rs::Btf>, caps: Option<u64>) -
         ),
         Err(e) => Check::host(name, Status::Fail, e.to_string()),
     }
+}
+
+/// The BTF id of the typedef `name` (the `btf_trace_*` of a tracepoint).
+fn typedef_btf_id(btf: &btf_rs::Btf, name: &str) -> Option<u32> {
+    btf.resolve_ids_by_name(name)
+        .ok()?
+        .into_iter()
+        .find(|&id| matches!(btf.resolve_type_by_id(id), Ok(btf_rs::Type::Typedef(_))))
 }
 
 fn last_cap() -> u32 {
@@ -398,21 +416,25 @@ pub fn checks() -> Vec<Check> {
     });
 
     let sec = security();
-    v.push(Check::host(
-        "lockdown",
-        match sec.lockdown.as_deref() {
-            Some("confidentiality") => Status::Warn,
-            _ => Status::Ok,
-        },
-        match sec.lockdown.as_deref() {
-            Some(mode) => format!(
+    v.push(match (sec.lockdown.as_deref(), &sec.lsms) {
+        (Some(mode), _) => Check::host(
+            "lockdown",
+            if mode == "confidentiality" {
+                Status::Warn
+            } else {
+                Status::Ok
+            },
+            format!(
                 "{mode} ({}; LSMs {})",
                 sec.note,
                 sec.lsms.as_deref().unwrap_or("unknown")
             ),
-            None => sec.note.clone(),
-        },
-    ));
+        ),
+        // securityfs was read: this kernel has no lockdown LSM.
+        (None, Some(_)) => Check::host("lockdown", Status::Ok, sec.note.clone()),
+        (None, None) => Check::host("lockdown", Status::Warn, format!("unknown: {}", sec.note))
+            .fix("sudo mptcp-trace doctor"),
+    });
 
     let caps = effective_caps();
     v.push(upgrade_check(&sec, btf.as_ref().ok(), caps));

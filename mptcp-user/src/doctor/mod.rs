@@ -271,7 +271,7 @@ pub fn resolve_namespaces(specs: &[String]) -> Result<Vec<NetnsRef>, UnknownNetn
 pub fn run(namespaces: &[NetnsRef]) -> Report {
     let mut checks = host::checks();
     for ns in namespaces {
-        checks.extend(netns::checks(ns));
+        checks.extend(netns::checks(ns).unwrap_or_default());
     }
     Report::new(checks)
 }

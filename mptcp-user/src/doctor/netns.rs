@@ -84,16 +84,26 @@ impl Facts {
     }
 }
 
-/// Reads and judges one namespace.
-pub fn checks(ns: &NetnsRef) -> Vec<Check> {
-    match Facts::read(&ns.path) {
-        Ok(f) => judge(ns, &f),
-        Err(e) => vec![Check::netns(
+/// Reads and judges one namespace; `None` when it vanished meanwhile (its last process exited
+/// or it was deleted): a namespace that no longer exists has nothing to fix.
+pub fn checks(ns: &NetnsRef) -> Option<Vec<Check>> {
+    // Our own namespace needs no setns (which needs CAP_SYS_ADMIN): read it on a thread as is.
+    let facts = if ns.current {
+        std::thread::scope(|s| s.spawn(Facts::here).join())
+            .map_err(|_| "namespace thread panicked".to_string())
+    } else {
+        Facts::read(&ns.path)
+    };
+    match facts {
+        Ok(f) => Some(judge(ns, &f)),
+        Err(_) if !ns.path.exists() => None,
+        Err(e) => Some(vec![Check::netns(
             ns,
             "netns",
             Status::Fail,
             format!("cannot enter the namespace: {e}"),
-        )],
+        )
+        .fix("sudo mptcp-trace doctor")]),
     }
 }
 

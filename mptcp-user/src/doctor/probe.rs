@@ -59,17 +59,34 @@ fn prog_load(attr: &mut bpf_attr) -> io::Result<OwnedFd> {
     }
 }
 
-/// Loads `r0 = 0; exit` on the function with BTF id `btf_id`: as `fmod_ret` (then attaches it
-/// and detaches it at once) when `fmod_ret`, else as `fentry` (load only).
-pub fn trampoline(btf_id: u32, fmod_ret: bool) -> ProbeResult {
+/// The kind of tracing program a probe loads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `fmod_ret` on a function (a BPF trampoline); attached and detached at once.
+    FmodRet,
+    /// `fentry` on a function (a BPF trampoline); load only.
+    Fentry,
+    /// `tp_btf` on a tracepoint (`btf_trace_*` typedef; no trampoline); load only.
+    TpBtf,
+}
+
+/// Loads `r0 = 0; exit` as a `kind` program on the BTF id `btf_id`.
+pub fn load(btf_id: u32, kind: Kind) -> ProbeResult {
+    let fmod_ret = kind == Kind::FmodRet;
     let insns = return_zero();
     let license: &CStr = c"GPL";
     let mut log = vec![0u8; LOG_SIZE];
     let mut attr =
         raw_bpf::fmod_ret_load_attr(&insns, license, "mptcp_doctor", btf_id, Some(&mut log));
-    if !fmod_ret {
-        // The BPF_PROG_LOAD member of the attr built above (a plain-data union field).
-        attr.__bindgen_anon_3.expected_attach_type = bpf_attach_type::BPF_TRACE_FENTRY as u32;
+    // The BPF_PROG_LOAD member of the attr built above (a plain-data union field).
+    match kind {
+        Kind::FmodRet => {}
+        Kind::Fentry => {
+            attr.__bindgen_anon_3.expected_attach_type = bpf_attach_type::BPF_TRACE_FENTRY as u32
+        }
+        Kind::TpBtf => {
+            attr.__bindgen_anon_3.expected_attach_type = bpf_attach_type::BPF_TRACE_RAW_TP as u32
+        }
     }
     let loaded = prog_load(&mut attr);
     let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
