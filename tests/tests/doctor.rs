@@ -149,7 +149,7 @@ fn bed(name: &str) -> TestBed {
 }
 
 #[test]
-fn a_healthy_bed_is_all_ok_and_the_host_checks_tell_the_truth() {
+fn doctor_a_healthy_bed_is_all_ok_and_the_host_checks_tell_the_truth() {
     let bed = bed("dr-ok");
     let _listener = listen(&bed);
     let (code, r) = report(&bed);
@@ -258,7 +258,7 @@ fn a_healthy_bed_is_all_ok_and_the_host_checks_tell_the_truth() {
 }
 
 #[test]
-fn mptcp_disabled() {
+fn doctor_mptcp_disabled() {
     let bed = bed("dr-off");
     sh(&format!(
         "ip netns exec {} sysctl -q -w net.mptcp.enabled=0",
@@ -269,7 +269,7 @@ fn mptcp_disabled() {
 }
 
 #[test]
-fn subflows_limit_zero_with_endpoints() {
+fn doctor_subflows_limit_zero_with_endpoints() {
     let bed = bed("dr-lim");
     testbed::ip(&["-n", &bed.client, "mptcp", "limits", "set", "subflow", "0"]).unwrap();
     let c = fix_and_recheck(&bed, &bed.client, "subflows_limit", Status::Fail, false);
@@ -281,7 +281,7 @@ fn subflows_limit_zero_with_endpoints() {
 }
 
 #[test]
-fn add_addr_accepted_zero() {
+fn doctor_add_addr_accepted_zero() {
     let bed = bed("dr-aa");
     let args = ["mptcp", "limits", "set", "add_addr_accepted", "0"];
     testbed::ip(&[&["-n", bed.client.as_str()][..], &args].concat()).unwrap();
@@ -289,7 +289,7 @@ fn add_addr_accepted_zero() {
 }
 
 #[test]
-fn no_subflow_endpoint_on_the_client() {
+fn doctor_no_subflow_endpoint_on_the_client() {
     let bed = bed("dr-nosf");
     testbed::ip(&["-n", &bed.client, "mptcp", "endpoint", "delete", "id", "1"]).unwrap();
     // Nothing tells the role yet: a warning.
@@ -317,7 +317,7 @@ fn no_subflow_endpoint_on_the_client() {
 }
 
 #[test]
-fn endpoint_on_a_down_interface() {
+fn doctor_endpoint_on_a_down_interface() {
     let bed = bed("dr-down");
     testbed::ip(&["-n", &bed.client, "link", "set", "blue-client", "down"]).unwrap();
     let c = fix_and_recheck(&bed, &bed.client, "endpoint:1", Status::Fail, false);
@@ -325,7 +325,7 @@ fn endpoint_on_a_down_interface() {
 }
 
 #[test]
-fn endpoint_address_on_no_interface() {
+fn doctor_endpoint_address_on_no_interface() {
     let bed = bed("dr-noaddr");
     let args = [
         "mptcp",
@@ -342,7 +342,7 @@ fn endpoint_address_on_no_interface() {
 }
 
 #[test]
-fn signal_endpoint_on_the_client() {
+fn doctor_signal_endpoint_on_the_client() {
     let bed = bed("dr-sig");
     let args = [
         "mptcp",
@@ -368,7 +368,7 @@ fn signal_endpoint_on_the_client() {
 }
 
 #[test]
-fn an_unknown_netns_is_bad_input() {
+fn doctor_an_unknown_netns_is_bad_input() {
     require_root();
     let out = doctor(&["--netns", "mptcp-no-such-namespace"]);
     assert_eq!(out.code, 2);
