@@ -344,15 +344,17 @@ fn doctor_endpoint_address_on_no_interface() {
 #[test]
 fn doctor_signal_endpoint_on_the_client() {
     let bed = bed("dr-sig");
+    // The blue address announced (`signal`) instead of used (`subflow`).
+    testbed::ip(&["-n", &bed.client, "mptcp", "endpoint", "delete", "id", "1"]).unwrap();
     let args = [
         "mptcp",
         "endpoint",
         "add",
-        "10.0.0.2",
+        testbed::BLUE_CLIENT_V4,
         "dev",
-        "red-client",
+        "blue-client",
         "id",
-        "3",
+        "1",
         "signal",
     ];
     testbed::ip(&[&["-n", bed.client.as_str()][..], &args].concat()).unwrap();
@@ -363,8 +365,12 @@ fn doctor_signal_endpoint_on_the_client() {
     let _listener = listen(&bed);
     let _conn = connect(&bed);
     fix_and_recheck(&bed, &bed.client, "signal_endpoints", Status::Fail, false);
-    let ep = get(&bed, &bed.client, "endpoint:3");
-    assert!(ep.detail.contains("subflow"), "{ep:#?}");
+    let ep = get(&bed, &bed.client, "endpoint:1");
+    assert!(ep.detail.contains("192.168.0.2 subflow"), "{ep:#?}");
+    assert_eq!(
+        get(&bed, &bed.client, "subflow_endpoint").status,
+        Status::Ok
+    );
 }
 
 #[test]

@@ -384,20 +384,22 @@ pub fn judge(ns: &NetnsRef, f: &Facts) -> Vec<Check> {
             .map(|e| describe(e, Some(net)))
             .collect::<Vec<_>>()
             .join("; ");
+        let (_, ifaces, primary) = paths(net);
         let fix = signal
             .iter()
             .map(|e| {
+                let delete = ns.ip(&format!("mptcp endpoint delete id {}", e.id));
+                // On the first path's interface a `subflow` endpoint would be skipped anyway.
+                if ifaces.len() >= 2 && endpoint_iface(e, net) == primary {
+                    return delete;
+                }
                 let mut keep = vec!["subflow"];
                 keep.extend(
                     e.flag_names()
                         .into_iter()
                         .filter(|n| matches!(*n, "backup" | "fullmesh")),
                 );
-                format!(
-                    "{} && {}",
-                    ns.ip(&format!("mptcp endpoint delete id {}", e.id)),
-                    ns.ip(&endpoint_add(e, net, &keep))
-                )
+                format!("{delete} && {}", ns.ip(&endpoint_add(e, net, &keep)))
             })
             .collect::<Vec<_>>()
             .join(" && ");
@@ -502,18 +504,9 @@ fn endpoint_check(ns: &NetnsRef, e: &Endpoint, net: &NetState) -> Check {
     c(Status::Ok, detail)
 }
 
-fn subflow_endpoint_check(
-    ns: &NetnsRef,
-    eps: &[Endpoint],
-    net: &NetState,
-    role: Role,
-    n_subflow: usize,
-) -> Check {
-    let c = |status, detail: String| Check::netns(ns, "subflow_endpoint", status, detail);
-    if n_subflow > 0 {
-        return c(Status::Ok, format!("{n_subflow} subflow endpoint(s)"));
-    }
-    // Usable addresses on up, non-loopback interfaces.
+/// The namespace's paths: usable addresses on up, non-loopback interfaces, those interfaces,
+/// and the first path's interface (the default route's, else the lowest-numbered one).
+fn paths(net: &NetState) -> (Vec<&Addr>, Vec<u32>, Option<u32>) {
     let usable: Vec<&Addr> = net
         .addrs
         .iter()
@@ -526,20 +519,64 @@ fn subflow_endpoint_check(
     let mut ifaces: Vec<u32> = usable.iter().map(|a| a.index).collect();
     ifaces.sort();
     ifaces.dedup();
-    if ifaces.len() < 2 {
-        return c(
-            Status::Ok,
-            "no subflow endpoint, and no second address on another up interface: one path".into(),
-        );
-    }
-    // The first path: the default route's interface, else the lowest-numbered interface.
     let primary = net
         .routes
         .iter()
         .find(|r| r.dst.is_none() && r.table == 254 && !r.oifs.is_empty())
         .map(|r| r.oifs[0])
         .filter(|i| ifaces.contains(i))
-        .unwrap_or(ifaces[0]);
+        .or(ifaces.first().copied());
+    (usable, ifaces, primary)
+}
+
+/// The interface an endpoint's subflows leave from: its `dev`, else the one with its address.
+fn endpoint_iface(e: &Endpoint, net: &NetState) -> Option<u32> {
+    e.ifindex.or_else(|| {
+        e.addr
+            .and_then(|a| net.holders(&a).first().map(|h| h.index))
+    })
+}
+
+fn subflow_endpoint_check(
+    ns: &NetnsRef,
+    eps: &[Endpoint],
+    net: &NetState,
+    role: Role,
+    n_subflow: usize,
+) -> Check {
+    let c = |status, detail: String| Check::netns(ns, "subflow_endpoint", status, detail);
+    let (usable, ifaces, primary) = paths(net);
+    let (Some(primary), true) = (primary, ifaces.len() >= 2) else {
+        return c(
+            Status::Ok,
+            if n_subflow > 0 {
+                format!("{n_subflow} subflow endpoint(s)")
+            } else {
+                "no subflow endpoint, and no second address on another up interface: one path"
+                    .into()
+            },
+        );
+    };
+    let (on_first, elsewhere): (Vec<&Endpoint>, Vec<&Endpoint>) = eps
+        .iter()
+        .filter(|e| e.has(flag::SUBFLOW))
+        .partition(|e| endpoint_iface(e, net) == Some(primary));
+    if !elsewhere.is_empty() {
+        return c(Status::Ok, format!("{n_subflow} subflow endpoint(s)"));
+    }
+    let mut none = "no subflow endpoint".to_string();
+    if !on_first.is_empty() {
+        none = format!(
+            "no subflow endpoint off the first path ({} on {} only, whose address the first \
+             subflow already uses)",
+            on_first
+                .iter()
+                .map(|e| format!("id {}", e.id))
+                .collect::<Vec<_>>()
+                .join(", "),
+            link_name(&net.links, primary)
+        );
+    }
     let mut candidates: Vec<&Addr> = usable
         .iter()
         .filter(|a| a.index != primary)
@@ -564,17 +601,17 @@ fn subflow_endpoint_check(
         Role::Server => c(
             Status::Ok,
             format!(
-                "no subflow endpoint: fine for a namespace that only accepts connections (its \
-                 clients open the extra subflows); {} on {dev} could be announced to them with \
-                 a `signal` endpoint",
+                "{none}: fine for a namespace that only accepts connections (its clients open \
+                 the extra subflows); {} on {dev} could be announced to them with a `signal` \
+                 endpoint",
                 second.addr
             ),
         ),
         Role::Client | Role::Both => c(
             Status::Fail,
             format!(
-                "no subflow endpoint, although {} on {dev} is a second path besides {first}: \
-                 connections from here keep one subflow",
+                "{none}, although {} on {dev} is a second path besides {first}: connections \
+                 from here keep one subflow",
                 second.addr
             ),
         )
@@ -582,9 +619,9 @@ fn subflow_endpoint_check(
         Role::Unknown => c(
             Status::Warn,
             format!(
-                "no subflow endpoint, although {} on {dev} is a second path besides {first}; \
-                 cannot tell whether this namespace opens connections (no listening socket and \
-                 no connection right now): if it does, they keep one subflow",
+                "{none}, although {} on {dev} is a second path besides {first}; cannot tell \
+                 whether this namespace opens connections (no listening socket and no \
+                 connection right now): if it does, they keep one subflow",
                 second.addr
             ),
         )
@@ -829,20 +866,14 @@ mod tests {
     #[test]
     fn signal_endpoints_on_a_client_fail_and_warn_when_the_role_is_unknown() {
         let mut f = client();
-        pm(&mut f).endpoints.push(Endpoint {
-            id: 3,
-            addr: Some("10.0.0.2".parse().unwrap()),
-            port: None,
-            flags: flag::SIGNAL | flag::BACKUP,
-            ifindex: Some(2),
-        });
+        pm(&mut f).endpoints[0].flags = flag::SIGNAL | flag::BACKUP;
         let c = get(&f, "signal_endpoints");
         assert_eq!(c.status, Status::Warn);
         assert_eq!(
             c.fix.as_deref(),
             Some(
-                "ip -n c mptcp endpoint delete id 3 && ip -n c mptcp endpoint add 10.0.0.2 \
-                 dev red-client id 3 subflow backup"
+                "ip -n c mptcp endpoint delete id 1 && ip -n c mptcp endpoint add 192.168.0.2 \
+                 dev blue-client id 1 subflow backup"
             )
         );
         net(&mut f).tcp = outgoing();
@@ -853,6 +884,39 @@ mod tests {
             state: TCP_LISTEN,
         });
         assert_eq!(get(&f, "signal_endpoints").status, Status::Ok);
+        // On the first path's own address it is only removed.
+        let mut f = client();
+        pm(&mut f).endpoints.push(Endpoint {
+            id: 3,
+            addr: Some("10.0.0.2".parse().unwrap()),
+            port: None,
+            flags: flag::SIGNAL,
+            ifindex: Some(2),
+        });
+        assert_eq!(
+            get(&f, "signal_endpoints").fix.as_deref(),
+            Some("ip -n c mptcp endpoint delete id 3")
+        );
+    }
+
+    #[test]
+    fn a_subflow_endpoint_on_the_first_path_only_is_no_second_path() {
+        let mut f = client();
+        net(&mut f).tcp = outgoing();
+        pm(&mut f).endpoints[0] = Endpoint {
+            id: 3,
+            addr: Some("10.0.0.2".parse().unwrap()),
+            port: None,
+            flags: flag::SUBFLOW,
+            ifindex: None,
+        };
+        let c = get(&f, "subflow_endpoint");
+        assert_eq!(c.status, Status::Fail, "{c:?}");
+        assert!(c.detail.contains("id 3 on red-client only"), "{}", c.detail);
+        assert_eq!(
+            c.fix.as_deref(),
+            Some("ip -n c mptcp endpoint add 192.168.0.2 dev blue-client subflow")
+        );
     }
 
     #[test]
