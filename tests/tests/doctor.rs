@@ -88,13 +88,24 @@ fn get(bed: &TestBed, ns: &str, name: &str) -> Check {
     c
 }
 
+/// Runs a fix command line as a shell would: `A && B` runs B after A succeeded. (Not through
+/// `sh -c`: the VM guests' busybox shell would run its own `ip` applet, not iproute2's.)
 fn sh(cmd: &str) {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
-    assert!(
-        out.status.success(),
-        "fix `{cmd}` failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    for part in cmd.split(" && ") {
+        let words: Vec<&str> = part.split_whitespace().collect();
+        assert!(
+            words
+                .iter()
+                .all(|w| !w.contains(['\'', '"', '$', '|', ';'])),
+            "not a plain command line: {part}"
+        );
+        let out = Command::new(words[0]).args(&words[1..]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "fix `{part}` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// Asserts `name` in `ns` has `status` and a fix, runs the fix, and waits for the check to be

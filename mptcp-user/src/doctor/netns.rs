@@ -385,12 +385,18 @@ pub fn judge(ns: &NetnsRef, f: &Facts) -> Vec<Check> {
             .collect::<Vec<_>>()
             .join("; ");
         let (_, ifaces, primary) = paths(net);
+        let on_first = |e: &Endpoint| ifaces.len() >= 2 && endpoint_iface(e, net) == primary;
+        let advice = if signal.iter().all(|e| on_first(e)) {
+            "its address is the first path's own, so it adds no path from here"
+        } else {
+            "to use the address for a second path from here it must be a `subflow` endpoint"
+        };
         let fix = signal
             .iter()
             .map(|e| {
                 let delete = ns.ip(&format!("mptcp endpoint delete id {}", e.id));
                 // On the first path's interface a `subflow` endpoint would be skipped anyway.
-                if ifaces.len() >= 2 && endpoint_iface(e, net) == primary {
+                if on_first(e) {
                     return delete;
                 }
                 let mut keep = vec!["subflow"];
@@ -415,8 +421,7 @@ pub fn judge(ns: &NetnsRef, f: &Facts) -> Vec<Check> {
                 format!(
                     "{ids}: this namespace only connects, and a `signal` endpoint only \
                      announces the address to its servers, which open no subflow back by \
-                     default; to use the address for a second path from here it must be a \
-                     `subflow` endpoint"
+                     default; {advice}"
                 ),
             )
             .fix(fix),
@@ -426,7 +431,7 @@ pub fn judge(ns: &NetnsRef, f: &Facts) -> Vec<Check> {
                 format!(
                     "{ids}: cannot tell whether this namespace accepts connections (no \
                      listening socket and no connection right now). `signal` is for a host \
-                     that accepts connections; if this one only connects, use `subflow`"
+                     that accepts connections; if this one only connects: {advice}"
                 ),
             )
             .fix(fix),
