@@ -81,6 +81,26 @@ pub enum Command {
     ///
     /// Example: sudo mptcp-trace run -- curl http://10.0.0.1:8080/
     Run(RunArgs),
+    /// Check the host and each network namespace for what MPTCP and mptcp-trace need: one
+    /// line per check (✓ ok, ⚠ warning, ✗ failure), each failure with the command that fixes
+    /// it. Exit status: 0 without ✗, 1 with at least one ✗, 2 for bad input.
+    ///
+    /// Example: sudo mptcp-trace doctor
+    ///
+    /// Example: sudo mptcp-trace doctor --netns mptcp-client --netns mptcp-server --json | jq .
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Args, Default, Clone)]
+pub struct DoctorArgs {
+    /// Only this network namespace (repeat for several): a name from `ip netns`, a path such
+    /// as /proc/PID/ns/net, or an inode number. Default: every namespace on the host.
+    #[arg(long, value_name = "NAME|PATH|INODE")]
+    pub netns: Vec<String>,
+
+    /// One JSON object with every check (name, scope, netns, status, detail, fix).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args, Default, Clone)]
@@ -324,6 +344,25 @@ mod tests {
             SelectArgs::default(),
             "caught by parse_checked"
         );
+    }
+
+    #[test]
+    fn parses_doctor() {
+        let cli = Cli::try_parse_from([
+            "mptcp-trace",
+            "doctor",
+            "--netns",
+            "a",
+            "--netns",
+            "b",
+            "--json",
+        ])
+        .unwrap();
+        let Some(Command::Doctor(d)) = cli.command else {
+            panic!("not doctor")
+        };
+        assert_eq!(d.netns, ["a", "b"]);
+        assert!(d.json);
     }
 
     #[test]

@@ -4,12 +4,14 @@
 pub mod cli;
 pub mod commands;
 pub mod decode;
+pub mod doctor;
 pub mod event;
 pub mod live;
 pub mod loader;
 pub mod offsets;
 pub mod output;
 pub mod peer;
+pub mod pm_config;
 pub mod select;
 pub mod sys;
 pub mod testbed;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use mptcp_user::{
     cli::{Cli, Command, EventsArgs, LiveArgs},
     commands,
+    doctor::UnknownNetns,
     loader::LoadError,
     output::ReadyFileError,
     select::SelectError,
@@ -27,6 +28,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         // `run` exits with its command's status.
         Some(Command::Run(args)) => block_on_code(commands::run::run(args)),
+        // `doctor` exits 1 when a check fails.
+        Some(Command::Doctor(args)) => commands::doctor::run(args),
         Some(Command::Upgrade(args)) => {
             block_on(commands::upgrade::run(args)).map(|()| ExitCode::SUCCESS)
         }
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
             eprintln!("mptcp-trace: {e:#}");
             // Bad input and refusals are exit code 2, like clap's own usage errors.
             let refused = e.downcast_ref::<SelectError>().is_some()
+                || e.downcast_ref::<UnknownNetns>().is_some()
                 || e.downcast_ref::<ReadyFileError>().is_some()
                 || matches!(
                     e.downcast_ref::<TraceError>(),
@@ -69,7 +73,9 @@ fn main() -> ExitCode {
 
 fn dispatch(command: Option<Command>, select: mptcp_user::cli::SelectArgs) -> anyhow::Result<()> {
     match command {
-        Some(Command::Run(_) | Command::Upgrade(_)) => unreachable!("handled in main"),
+        Some(Command::Run(_) | Command::Upgrade(_) | Command::Doctor(_)) => {
+            unreachable!("handled in main")
+        }
         Some(Command::Schema) => commands::schema::run(),
         Some(Command::Events(args)) => block_on(commands::events::run(args)),
         Some(Command::Live(args)) => block_on(commands::live::run(args)),

@@ -1,5 +1,6 @@
 //! One module per verb.
 pub mod demo;
+pub mod doctor;
 pub mod events;
 pub mod live;
 pub mod run;
