@@ -10,7 +10,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use mptcp_common::Config;
+use mptcp_common::{scope, Config, Scope};
 
 use crate::{
     cli::FilterArgs,
@@ -143,10 +143,16 @@ impl Filter {
             if !Path::new(&format!("/proc/{pid}")).exists() {
                 return Err(FilterError::NoProcess(pid));
             }
-            kernel.filter_tgid = pid;
+            kernel.scope = Scope {
+                flags: scope::PID,
+                n_pids: 1,
+                ..Scope::NONE
+            };
+            kernel.scope.pids[0] = pid;
         }
         if let Some(ns) = &args.netns {
-            kernel.filter_netns = resolve_netns(ns)?;
+            kernel.netns[0] = resolve_netns(ns)?;
+            kernel.n_netns = 1;
         }
         kernel.all_tcp = args.all_tcp as u32;
         if let Some(c) = &args.comm {
@@ -220,7 +226,8 @@ impl Filter {
             return false;
         }
         // The kernel applies it to its own events; address events come from netlink.
-        if self.kernel.filter_tgid != 0 && e.pid != Some(self.kernel.filter_tgid) {
+        let s = &self.kernel.scope;
+        if s.flags & scope::PID != 0 && e.pid != Some(s.pids[0]) {
             return false;
         }
         if let Some(c) = &self.comm {

@@ -175,8 +175,18 @@ impl Counters {
         self.0.get(&idx, 0).map(|v| v.iter().sum()).unwrap_or(0)
     }
 
+    /// Everything the programs could not report, all causes together (`counter::NAMES`).
     pub fn lost(&self) -> u64 {
-        self.get(counter::LOST)
+        (0..counter::COUNT).map(|i| self.get(i)).sum()
+    }
+
+    /// Each cause of loss with its NDJSON name (`counter::NAMES`), for the `lost` breakdown.
+    pub fn breakdown(&self) -> [(&'static str, u64); counter::COUNT as usize] {
+        let mut out = [("", 0); counter::COUNT as usize];
+        for (i, (slot, name)) in out.iter_mut().zip(counter::NAMES).enumerate() {
+            *slot = (name, self.get(i as u32));
+        }
+        out
     }
 }
 

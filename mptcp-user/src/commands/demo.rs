@@ -38,7 +38,7 @@ use crate::{
     testbed::{self, TestBed},
     upgrade::{Upgrade, UpgradeError},
 };
-use mptcp_common::upgrade::{scope, Policy};
+use mptcp_common::{scope, upgrade::Policy};
 
 const PORT: u16 = 4321;
 /// Each path's rate limit (tbf on the client's veths), Mbit/s: both paths fill up, so the
@@ -52,8 +52,9 @@ const WARMUP: Duration = Duration::from_secs(1);
 /// the user — truthfully.
 fn try_upgrade() -> (Option<Upgrade>, Proto, String) {
     let mut policy = Policy::NONE;
-    policy.scope = scope::PID;
-    policy.tgid = std::process::id();
+    policy.scope.flags = scope::PID;
+    policy.scope.n_pids = 1;
+    policy.scope.pids[0] = std::process::id();
     match Upgrade::attach(policy) {
         Ok(u) => (
             Some(u),

@@ -116,7 +116,8 @@ pub async fn run(args: EventsArgs) -> Result<()> {
     } = loader::load(filter.kernel_config())?;
     // Address announcements come from the kernel's MPTCP netlink events, per namespace.
     let (pm_tx, mut pm_rx) = tokio::sync::mpsc::unbounded_channel();
-    let netns_filter = Some(filter.kernel_config().filter_netns).filter(|&n| n != 0);
+    let kernel = filter.kernel_config();
+    let netns_filter = Some(kernel.netns[0]).filter(|_| kernel.n_netns != 0);
     let mut pm = PmWatcher::new(pm_tx, netns_filter);
     let clock = Clock::now();
     if let Some(path) = &args.ready_file {

@@ -8,10 +8,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use mptcp_common::{
-    upgrade::{scope, Policy, MAX_COMMS},
-    TASK_COMM_LEN,
-};
+use mptcp_common::{scope, upgrade::Policy, MAX_COMMS, TASK_COMM_LEN};
 
 use super::UpgradeError;
 use crate::{
@@ -68,7 +65,7 @@ pub fn from_args(args: &ScopeArgs, count_only: bool) -> Result<Policy, UpgradeEr
     let mut p = Policy::NONE;
     p.count_only = count_only as u32;
     if args.all {
-        p.scope = scope::ALL;
+        p.scope.flags = scope::ALL;
         return Ok(p);
     }
     if let Some(spec) = &args.cgroup {
@@ -78,24 +75,25 @@ pub fn from_args(args: &ScopeArgs, count_only: bool) -> Result<Policy, UpgradeEr
         if pid == 0 || !Path::new(&format!("/proc/{pid}")).exists() {
             return Err(UpgradeError::NoProcess(pid));
         }
-        p.scope |= scope::PID;
-        p.tgid = pid;
+        p.scope.flags |= scope::PID;
+        p.scope.pids[0] = pid;
+        p.scope.n_pids = 1;
     }
     if let Some(uid) = args.uid {
-        p.scope |= scope::UID;
-        p.uid = uid;
+        p.scope.flags |= scope::UID;
+        p.scope.uid = uid;
     }
     if !args.comm.is_empty() {
         if args.comm.len() > MAX_COMMS {
             return Err(UpgradeError::TooManyComms(MAX_COMMS));
         }
-        for (slot, name) in p.comms.iter_mut().zip(&args.comm) {
+        for (slot, name) in p.scope.comms.iter_mut().zip(&args.comm) {
             *slot = encode_comm(name)?;
         }
-        p.n_comms = args.comm.len() as u32;
-        p.scope |= scope::COMM;
+        p.scope.n_comms = args.comm.len() as u32;
+        p.scope.flags |= scope::COMM;
     }
-    if p.scope == 0 {
+    if p.scope.flags == 0 {
         return Err(UpgradeError::NoScope);
     }
     Ok(p)
@@ -120,35 +118,36 @@ pub trait PolicyExt {
 
 impl PolicyExt for Policy {
     fn set_cgroup(&mut self, cg: &CgroupRef) {
-        self.scope |= scope::CGROUP;
-        self.cgroup_id = cg.id;
-        self.cgroup_level = cg.level;
+        self.scope.flags |= scope::CGROUP;
+        self.scope.cgroup_id = cg.id;
+        self.scope.cgroup_level = cg.level;
     }
 
     fn describe(&self) -> String {
         let mut parts = Vec::new();
-        if self.scope & scope::ALL != 0 {
+        let sc = &self.scope;
+        if sc.flags & scope::ALL != 0 {
             parts.push("every process".to_string());
         }
-        if self.scope & scope::CGROUP != 0 {
-            let path = CgroupRef::find_by_id(self.cgroup_id)
+        if sc.flags & scope::CGROUP != 0 {
+            let path = CgroupRef::find_by_id(sc.cgroup_id)
                 .map_or_else(|| "(removed)".to_string(), |p| p.display().to_string());
             parts.push(format!(
                 "cgroup {path} and below (id {}, level {})",
-                self.cgroup_id, self.cgroup_level
+                sc.cgroup_id, sc.cgroup_level
             ));
         }
-        if self.scope & scope::PID != 0 {
-            parts.push(format!("pid {}", self.tgid));
+        if sc.flags & scope::PID != 0 {
+            parts.push(format!("pid {}", sc.pids[0]));
         }
-        if self.scope & scope::UID != 0 {
-            parts.push(format!("uid {}", self.uid));
+        if sc.flags & scope::UID != 0 {
+            parts.push(format!("uid {}", sc.uid));
         }
-        if self.scope & scope::COMM != 0 {
-            let names: Vec<String> = self
+        if sc.flags & scope::COMM != 0 {
+            let names: Vec<String> = sc
                 .comms
                 .iter()
-                .take(self.n_comms as usize)
+                .take(sc.n_comms as usize)
                 .map(|c| {
                     let end = c.iter().position(|&b| b == 0).unwrap_or(c.len());
                     String::from_utf8_lossy(&c[..end]).into_owned()
@@ -185,7 +184,7 @@ mod tests {
             true,
         )
         .unwrap();
-        assert_eq!(p.scope, scope::ALL);
+        assert_eq!(p.scope.flags, scope::ALL);
         assert_eq!(p.count_only, 1);
         assert_eq!(p.describe(), "every process (count only)");
     }
@@ -209,12 +208,12 @@ mod tests {
             false,
         )
         .unwrap();
-        assert_eq!(p.scope, scope::COMM | scope::UID);
-        assert_eq!(p.n_comms, 2);
-        assert_eq!(&p.comms[0][..5], b"curl\0");
-        assert_eq!(&p.comms[1][..7], b"iperf3\0");
-        assert_eq!(p.comms[2], [0; TASK_COMM_LEN]);
-        assert_eq!(p.uid, 1000);
+        assert_eq!(p.scope.flags, scope::COMM | scope::UID);
+        assert_eq!(p.scope.n_comms, 2);
+        assert_eq!(&p.scope.comms[0][..5], b"curl\0");
+        assert_eq!(&p.scope.comms[1][..7], b"iperf3\0");
+        assert_eq!(p.scope.comms[2], [0; TASK_COMM_LEN]);
+        assert_eq!(p.scope.uid, 1000);
         assert_eq!(p.describe(), "uid 1000 and comm curl|iperf3");
     }
 
@@ -274,7 +273,7 @@ mod tests {
             false,
         )
         .unwrap();
-        assert_eq!((p.scope, p.tgid), (scope::PID, me));
+        assert_eq!((p.scope.flags, p.scope.pids[0], p.scope.n_pids), (scope::PID, me, 1));
     }
 
     #[test]
