@@ -2,7 +2,11 @@
 //! to the programs as read-only globals, loads and attaches every program, and hands back the
 //! maps userspace reads. Dropping the [`Tracer`] detaches everything (links are fd-owned).
 
-use std::path::Path;
+use std::{
+    io,
+    os::fd::{AsFd, OwnedFd},
+    path::Path,
+};
 
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
@@ -68,6 +72,25 @@ pub struct Tracer {
     pub ebpf: Ebpf,
     /// Members or programs this kernel lacks, each with what is lost.
     pub degraded: Vec<String>,
+    /// Every attached program, for its recursion misses (runs the kernel skipped).
+    pub programs: Vec<AttachedProgram>,
+}
+
+/// One attached tracing program: its name and a descriptor of its own (a duplicate, so it
+/// outlives a destructured [`Tracer`] as long as the caller keeps it; it does not keep the
+/// program attached — the links in `Ebpf` do).
+#[derive(Debug)]
+pub struct AttachedProgram {
+    pub name: &'static str,
+    pub fd: OwnedFd,
+}
+
+impl AttachedProgram {
+    /// Runs the kernel skipped because the program would have re-entered itself on one CPU
+    /// (`bpf_prog_info.recursion_misses`); `None` when this kernel does not report it.
+    pub fn recursion_misses(&self) -> io::Result<Option<u64>> {
+        crate::upgrade::raw_bpf::recursion_misses(self.fd.as_fd())
+    }
 }
 
 /// The programs' per-CPU counters (`mptcp_common::counter`).
@@ -114,9 +137,13 @@ pub fn load(config: Config) -> Result<Tracer, LoadError> {
             None
         }
     };
+    let mut programs = Vec::new();
     for &(name, required, what) in PROGRAMS {
         match attach(&mut ebpf, &btf, name) {
-            Ok(()) => debug!("attached tp_btf/{name}"),
+            Ok(fd) => {
+                debug!("attached tp_btf/{name}");
+                programs.push(AttachedProgram { name, fd });
+            }
             Err(e) if required => return Err(e),
             Err(e) => {
                 warn!("{e}: {what} are not reported");
@@ -143,10 +170,12 @@ pub fn load(config: Config) -> Result<Tracer, LoadError> {
         logger,
         ebpf,
         degraded,
+        programs,
     })
 }
 
-fn attach(ebpf: &mut Ebpf, btf: &Btf, name: &'static str) -> Result<(), LoadError> {
+/// Loads and attaches one program; returns a duplicate of its descriptor.
+fn attach(ebpf: &mut Ebpf, btf: &Btf, name: &'static str) -> Result<OwnedFd, LoadError> {
     let prog: &mut BtfTracePoint = ebpf
         .program_mut(name)
         .ok_or(LoadError::Map(name))?
@@ -166,7 +195,21 @@ fn attach(ebpf: &mut Ebpf, btf: &Btf, name: &'static str) -> Result<(), LoadErro
         name,
         source,
     })?;
-    Ok(())
+    let fd = prog
+        .fd()
+        .map_err(|source| LoadError::Program {
+            what: "find the descriptor of",
+            name,
+            source,
+        })?
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| LoadError::Program {
+            what: "duplicate the descriptor of",
+            name,
+            source: aya::programs::ProgramError::IOError(e),
+        })?;
+    Ok(fd)
 }
 
 impl Counters {

@@ -113,6 +113,7 @@ pub async fn run(args: EventsArgs) -> Result<()> {
         logger,
         ebpf,
         degraded: _,
+        programs: _,
     } = loader::load(filter.kernel_config())?;
     // Address announcements come from the kernel's MPTCP netlink events, per namespace.
     let (pm_tx, mut pm_rx) = tokio::sync::mpsc::unbounded_channel();

@@ -63,6 +63,7 @@ impl Collector {
                     logger,
                     ebpf,
                     degraded: _,
+                    programs: _,
                 },
             mut filter,
             clock,

@@ -158,6 +158,8 @@ fn read_counts(map: &PerCpuArray<MapData, u64>) -> Counts {
 /// pinned.
 pub struct Upgrade {
     link: OwnedFd,
+    /// The program itself (the link holds it too): for its recursion misses.
+    prog: OwnedFd,
     policy: Array<MapData, Policy>,
     counters: PerCpuArray<MapData, u64>,
     pub policy_value: Policy,
@@ -239,11 +241,10 @@ impl Upgrade {
                 UpgradeError::Attach(e)
             }
         })?;
-        // The link holds the program; the program holds its maps.
-        drop(prog_fd);
         debug!("attached fmod_ret/{HOOK}");
         Ok(Upgrade {
             link,
+            prog: prog_fd,
             policy: policy_map,
             counters,
             policy_value: policy,
@@ -252,6 +253,13 @@ impl Upgrade {
 
     pub fn counts(&self) -> Counts {
         read_counts(&self.counters)
+    }
+
+    /// `socket()` calls the kernel ran without the upgrade because the program would have
+    /// re-entered itself on that CPU: each is an in-scope socket that silently stayed TCP.
+    /// `None` when this kernel does not report it.
+    pub fn recursion_misses(&self) -> io::Result<Option<u64>> {
+        raw_bpf::recursion_misses(self.prog.as_fd())
     }
 
     /// Pins the link and the maps under [`PIN_DIR`]; the upgrade then outlives this process.

@@ -1,6 +1,7 @@
 //! The few `bpf(2)` commands aya 0.14 cannot issue for us: loading an `fmod_ret` program
 //! (`BPF_PROG_TYPE_TRACING` + `BPF_MODIFY_RETURN` + the target's BTF id), attaching it with
-//! `BPF_LINK_CREATE`, and pinning/opening the link in bpffs. Maps, ELF parsing and relocation
+//! `BPF_LINK_CREATE`, pinning/opening the link in bpffs, and reading a program's
+//! `recursion_misses` (`BPF_OBJ_GET_INFO_BY_FD`; aya 0.14's `ProgramInfo` does not expose it). Maps, ELF parsing and relocation
 //! stay with aya/aya-obj (see `super::load`); `bpf_attr` is aya-obj's generated binding of the
 //! kernel's uapi header, so no layout is written by hand here.
 
@@ -14,7 +15,9 @@ use std::{
     path::Path,
 };
 
-use aya_obj::generated::{bpf_attach_type, bpf_attr, bpf_cmd, bpf_insn, bpf_prog_type};
+use aya_obj::generated::{
+    bpf_attach_type, bpf_attr, bpf_cmd, bpf_insn, bpf_prog_info, bpf_prog_type,
+};
 use btf_rs::{Btf, Type};
 
 /// `BPF_OBJ_NAME_LEN`: program names are at most 15 bytes plus NUL.
@@ -183,6 +186,39 @@ pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     sys_bpf_fd(bpf_cmd::BPF_OBJ_GET, &mut obj_attr(&p, None))
 }
 
+/// `BPF_OBJ_GET_INFO_BY_FD` on a program: its `bpf_prog_info` and how many bytes of it the
+/// kernel filled in (older kernels know a shorter struct and leave the rest zero).
+pub fn prog_info(fd: BorrowedFd<'_>) -> io::Result<(bpf_prog_info, usize)> {
+    // SAFETY: plain data; zero is "not asked for" for every pointer/count member.
+    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: writing the BPF_OBJ_GET_INFO_BY_FD member of a zeroed union.
+    let i = unsafe { &mut attr.info };
+    i.bpf_fd = fd.as_raw_fd() as u32;
+    i.info_len = std::mem::size_of::<bpf_prog_info>() as u32;
+    i.info = &mut info as *mut bpf_prog_info as u64;
+    sys_bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    // SAFETY: the kernel wrote back how much it filled.
+    let len = unsafe { attr.info.info_len } as usize;
+    Ok((info, len))
+}
+
+/// `recursion_misses` of an info the kernel filled `len` bytes of: `None` when this kernel's
+/// `bpf_prog_info` ends before the field (Linux < 5.12), which is "unknown", not 0.
+pub fn recursion_misses_in(info: &bpf_prog_info, len: usize) -> Option<u64> {
+    let end = std::mem::offset_of!(bpf_prog_info, recursion_misses) + std::mem::size_of::<u64>();
+    (len >= end).then_some(info.recursion_misses)
+}
+
+/// How many times the kernel skipped the program because it would have re-entered itself on
+/// the same CPU (tracing programs; the kernel counts it nowhere else, so without this the
+/// loss is silent). `Ok(None)`: this kernel does not report it.
+pub fn recursion_misses(fd: BorrowedFd<'_>) -> io::Result<Option<u64>> {
+    let (info, len) = prog_info(fd)?;
+    Ok(recursion_misses_in(&info, len))
+}
+
 #[cfg(test)]
 mod tests {
     use std::mem::offset_of;
@@ -290,6 +326,50 @@ mod tests {
         assert!(func_btf_id(&btf, "__sys_socket").is_some());
         assert_eq!(func_btf_id(&btf, "mptcp_sock"), None);
         assert_eq!(func_btf_id(&btf, "no_such_function_anywhere"), None);
+    }
+
+    /// Loads `r0 = 0; exit` as a socket filter: the smallest real program to ask about.
+    fn load_trivial_program() -> OwnedFd {
+        // BPF_ALU64|BPF_MOV|BPF_K r0 = 0; BPF_JMP|BPF_EXIT.
+        let raw: [[u8; 8]; 2] = [[0xb7, 0, 0, 0, 0, 0, 0, 0], [0x95, 0, 0, 0, 0, 0, 0, 0]];
+        // SAFETY: bpf_insn is 8 bytes of plain data.
+        let insns: [bpf_insn; 2] = unsafe { std::mem::transmute(raw) };
+        let license = c"GPL";
+        // SAFETY: as in fmod_ret_load_attr.
+        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: writing the BPF_PROG_LOAD member of a zeroed union.
+        let u = unsafe { &mut attr.__bindgen_anon_3 };
+        u.prog_type = bpf_prog_type::BPF_PROG_TYPE_SOCKET_FILTER as u32;
+        u.insn_cnt = insns.len() as u32;
+        u.insns = insns.as_ptr() as u64;
+        u.license = license.as_ptr() as u64;
+        u.prog_name = obj_name("mptcp_rm_test");
+        sys_bpf_fd(bpf_cmd::BPF_PROG_LOAD, &mut attr)
+            .expect("load a trivial socket filter (this test needs root)")
+    }
+
+    #[test]
+    fn reads_recursion_misses_of_a_real_program() {
+        use std::os::fd::AsFd;
+        let prog = load_trivial_program();
+        let (info, len) = prog_info(prog.as_fd()).unwrap();
+        assert_eq!(
+            info.type_,
+            bpf_prog_type::BPF_PROG_TYPE_SOCKET_FILTER as u32,
+            "the info is this program's"
+        );
+        let name: Vec<u8> = info.name.iter().map(|&c| c as u8).collect();
+        assert_eq!(&name[..14], b"mptcp_rm_test\0");
+        assert!(len > 0 && len <= std::mem::size_of::<bpf_prog_info>());
+        // This machine's kernel (≥ 5.12) reports the field; the program never ran.
+        assert_eq!(recursion_misses(prog.as_fd()).unwrap(), Some(0));
+        // A kernel that fills less than the field: unknown, not 0.
+        let end = std::mem::offset_of!(bpf_prog_info, recursion_misses) + 8;
+        assert_eq!(recursion_misses_in(&info, end - 1), None);
+        assert_eq!(recursion_misses_in(&info, end), Some(0));
+        // Not a BPF object: an error, not a number.
+        let f = std::fs::File::open("/dev/null").unwrap();
+        assert!(recursion_misses(f.as_fd()).is_err());
     }
 
     #[test]
