@@ -290,12 +290,7 @@ fn new_conn(owner: &Owner, known: bool, flags: u8) -> Conn {
         live: 0,
         closing: 0,
         subflows: 0,
-        flags: flags
-            | if known {
-                flags::OWNER_KNOWN
-            } else {
-                0
-            },
+        flags: flags | if known { flags::OWNER_KNOWN } else { 0 },
         announced: 0,
         sport: 0,
         _pad: 0,
@@ -679,7 +674,11 @@ fn on_subflow(sk: u64, ctx: u64, old: u8, new: u8) {
         if sf_flags & flags::JOIN == 0 {
             if let Some(c) = conn_ptr {
                 // The first subflow carries the connection's addresses.
-                announce(&subject.with(EventKind::ConnCreated), unsafe { &mut *c }, true);
+                announce(
+                    &subject.with(EventKind::ConnCreated),
+                    unsafe { &mut *c },
+                    true,
+                );
             }
         }
     } else if known.is_some() {

@@ -273,7 +273,10 @@ mod tests {
             false,
         )
         .unwrap();
-        assert_eq!((p.scope.flags, p.scope.pids[0], p.scope.n_pids), (scope::PID, me, 1));
+        assert_eq!(
+            (p.scope.flags, p.scope.pids[0], p.scope.n_pids),
+            (scope::PID, me, 1)
+        );
     }
 
     #[test]

@@ -219,6 +219,33 @@ pub fn recursion_misses(fd: BorrowedFd<'_>) -> io::Result<Option<u64>> {
     Ok(recursion_misses_in(&info, len))
 }
 
+/// How many keys a hash map holds (`BPF_MAP_GET_NEXT_KEY` until ENOENT; `key_size` from the
+/// map's info). For leak checks and fill levels: the count is a snapshot while the programs run.
+pub fn count_keys(map: BorrowedFd<'_>, key_size: usize) -> io::Result<usize> {
+    let mut cur = vec![0u8; key_size];
+    let mut next = vec![0u8; key_size];
+    let mut n = 0;
+    let mut first = true;
+    loop {
+        // SAFETY: as above.
+        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: writing the BPF_MAP_*_ELEM member of a zeroed union; a null key asks for the
+        // first key.
+        let a = unsafe { &mut attr.__bindgen_anon_2 };
+        a.map_fd = map.as_raw_fd() as u32;
+        a.key = if first { 0 } else { cur.as_ptr() as u64 };
+        a.__bindgen_anon_1.next_key = next.as_mut_ptr() as u64;
+        match sys_bpf(bpf_cmd::BPF_MAP_GET_NEXT_KEY, &mut attr) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(n),
+            Err(e) => return Err(e),
+        }
+        n += 1;
+        first = false;
+        std::mem::swap(&mut cur, &mut next);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::mem::offset_of;
