@@ -42,6 +42,9 @@ type SubflowKey = (
     Option<u16>,
 );
 
+/// Keys with their (opened, closed) counts that do not balance.
+type Gaps<'a, K> = Vec<(&'a K, (u32, u32))>;
+
 /// What the tracer reported, folded as the lines arrive (a few hundred thousand events would
 /// not fit the tests' usual collect-every-line helper).
 #[derive(Default)]
@@ -88,7 +91,7 @@ impl Tally {
 
     /// Connections with created ≠ 1 or closed ≠ 1, and subflows established but not closed
     /// (or closed twice).
-    fn gaps(&self) -> (Vec<(&ConnKey, (u32, u32))>, Vec<(&SubflowKey, (u32, u32))>) {
+    fn gaps(&self) -> (Gaps<'_, ConnKey>, Gaps<'_, SubflowKey>) {
         let conns = self
             .conns
             .iter()
