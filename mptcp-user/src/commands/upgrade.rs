@@ -97,6 +97,10 @@ fn status() -> Result<()> {
             println!("upgrade: pinned in {}", s.dir.display());
             println!("scope: {}", s.policy.describe());
             println!("counters: {}", s.counts);
+            match s.recursion_misses {
+                Some(n) => println!("skipped by the kernel (recursion): {n}"),
+                None => println!("skipped by the kernel (recursion): not reported by this kernel"),
+            }
         }
     }
     Ok(())

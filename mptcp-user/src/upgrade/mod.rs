@@ -368,6 +368,9 @@ pub struct PinnedStatus {
     pub dir: PathBuf,
     pub policy: Policy,
     pub counts: Counts,
+    /// `socket()` calls the pinned program was skipped for (re-entry on one CPU): in-scope
+    /// sockets that stayed TCP. `None` when the kernel does not report it.
+    pub recursion_misses: Option<u64>,
 }
 
 /// The pinned upgrade, if there is one.
@@ -381,8 +384,12 @@ pub fn pinned_status() -> Result<Option<PinnedStatus>, UpgradeError> {
         return Ok(None);
     }
     // Opening the link proves it is a live BPF object, not a stale file.
-    raw_bpf::obj_get(&dir.join(PIN_LINK))
+    let link = raw_bpf::obj_get(&dir.join(PIN_LINK))
         .map_err(UpgradeError::io("cannot open the pinned link"))?;
+    let prog = raw_bpf::link_prog(link.as_fd())
+        .map_err(UpgradeError::io("cannot find the pinned link's program"))?;
+    let recursion_misses = raw_bpf::recursion_misses(prog.as_fd())
+        .map_err(UpgradeError::io("cannot read the pinned program's info"))?;
     let open = |name: &str| {
         MapData::from_pin(dir.join(name)).map_err(|e| UpgradeError::Io {
             what: format!("cannot open pinned map {name}"),
@@ -399,6 +406,7 @@ pub fn pinned_status() -> Result<Option<PinnedStatus>, UpgradeError> {
             .get(&0, 0)
             .map_err(|e| UpgradeError::Object(e.to_string()))?,
         counts: read_counts(&counters),
+        recursion_misses,
         dir,
     }))
 }

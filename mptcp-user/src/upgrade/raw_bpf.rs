@@ -16,7 +16,7 @@ use std::{
 };
 
 use aya_obj::generated::{
-    bpf_attach_type, bpf_attr, bpf_cmd, bpf_insn, bpf_prog_info, bpf_prog_type,
+    bpf_attach_type, bpf_attr, bpf_cmd, bpf_insn, bpf_link_info, bpf_prog_info, bpf_prog_type,
 };
 use btf_rs::{Btf, Type};
 
@@ -219,6 +219,26 @@ pub fn recursion_misses(fd: BorrowedFd<'_>) -> io::Result<Option<u64>> {
     Ok(recursion_misses_in(&info, len))
 }
 
+/// The program a BPF link (e.g. a pinned one) runs, as a descriptor of its own: the link's
+/// `prog_id` (`BPF_OBJ_GET_INFO_BY_FD`), then `BPF_PROG_GET_FD_BY_ID`.
+pub fn link_prog(link: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    // SAFETY: plain data; zero is "not asked for" for every pointer/count member.
+    let mut info: bpf_link_info = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: writing the BPF_OBJ_GET_INFO_BY_FD member of a zeroed union.
+    let i = unsafe { &mut attr.info };
+    i.bpf_fd = link.as_raw_fd() as u32;
+    i.info_len = std::mem::size_of::<bpf_link_info>() as u32;
+    i.info = &mut info as *mut bpf_link_info as u64;
+    sys_bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    // SAFETY: as above.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: writing the BPF_*_GET_FD_BY_ID member of a zeroed union.
+    attr.__bindgen_anon_6.__bindgen_anon_1.prog_id = info.prog_id;
+    sys_bpf_fd(bpf_cmd::BPF_PROG_GET_FD_BY_ID, &mut attr)
+}
+
 /// How many keys a hash map holds (`BPF_MAP_GET_NEXT_KEY` until ENOENT; `key_size` from the
 /// map's info). For leak checks and fill levels: the count is a snapshot while the programs run.
 pub fn count_keys(map: BorrowedFd<'_>, key_size: usize) -> io::Result<usize> {
@@ -357,8 +377,13 @@ mod tests {
 
     /// Loads `r0 = 0; exit` as a socket filter: the smallest real program to ask about.
     fn load_trivial_program() -> OwnedFd {
-        // BPF_ALU64|BPF_MOV|BPF_K r0 = 0; BPF_JMP|BPF_EXIT.
-        let raw: [[u8; 8]; 2] = [[0xb7, 0, 0, 0, 0, 0, 0, 0], [0x95, 0, 0, 0, 0, 0, 0, 0]];
+        load_returning(bpf_prog_type::BPF_PROG_TYPE_SOCKET_FILTER, 0)
+    }
+
+    /// Loads `r0 = ret; exit` as a program of type `ty`.
+    fn load_returning(ty: bpf_prog_type, ret: u8) -> OwnedFd {
+        // BPF_ALU64|BPF_MOV|BPF_K r0 = ret; BPF_JMP|BPF_EXIT.
+        let raw: [[u8; 8]; 2] = [[0xb7, 0, 0, 0, ret, 0, 0, 0], [0x95, 0, 0, 0, 0, 0, 0, 0]];
         // SAFETY: bpf_insn is 8 bytes of plain data.
         let insns: [bpf_insn; 2] = unsafe { std::mem::transmute(raw) };
         let license = c"GPL";
@@ -366,7 +391,7 @@ mod tests {
         let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
         // SAFETY: writing the BPF_PROG_LOAD member of a zeroed union.
         let u = unsafe { &mut attr.__bindgen_anon_3 };
-        u.prog_type = bpf_prog_type::BPF_PROG_TYPE_SOCKET_FILTER as u32;
+        u.prog_type = ty as u32;
         u.insn_cnt = insns.len() as u32;
         u.insns = insns.as_ptr() as u64;
         u.license = license.as_ptr() as u64;
@@ -397,6 +422,32 @@ mod tests {
         // Not a BPF object: an error, not a number.
         let f = std::fs::File::open("/dev/null").unwrap();
         assert!(recursion_misses(f.as_fd()).is_err());
+    }
+
+    /// A link's program is found again from the link alone (what `upgrade --status` does with
+    /// the pinned link): an XDP_PASS program linked to `lo` of a private network namespace.
+    #[test]
+    fn finds_the_program_behind_a_link() {
+        use std::os::fd::AsFd;
+        std::thread::spawn(|| {
+            // SAFETY: unshare on this thread only: its `lo` is not the host's.
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+            let prog = load_returning(bpf_prog_type::BPF_PROG_TYPE_XDP, 2);
+            // SAFETY: as in tracing_link_attr.
+            let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+            // SAFETY: writing the BPF_LINK_CREATE member of a zeroed union.
+            let l = unsafe { &mut attr.link_create };
+            l.__bindgen_anon_1.prog_fd = prog.as_raw_fd() as u32;
+            l.__bindgen_anon_2.target_ifindex = 1;
+            l.attach_type = bpf_attach_type::BPF_XDP as u32;
+            let link = sys_bpf_fd(bpf_cmd::BPF_LINK_CREATE, &mut attr).expect("link XDP to lo");
+            let found = link_prog(link.as_fd()).unwrap();
+            let id = |fd: &OwnedFd| prog_info(fd.as_fd()).unwrap().0.id;
+            assert_eq!(id(&found), id(&prog));
+            assert_eq!(recursion_misses(found.as_fd()).unwrap(), Some(0));
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]
