@@ -196,6 +196,113 @@ impl Default for Scope {
     }
 }
 
+/// The process a [`Scope`] is matched against: the caller of `socket()` for the upgrade, a
+/// connection's owner for the tracer. Plain data, filled by the programs from helpers
+/// (`bpf_get_current_*`) and by the unit tests by hand.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    /// `bpf_get_current_cgroup_id()`: the process's own cgroup v2 id.
+    pub cgroup_id: u64,
+    /// `bpf_get_current_ancestor_cgroup_id(scope.cgroup_level)`: the id of the process's
+    /// cgroup ancestor at the scope's cgroup depth (its own cgroup when that is the depth; 0
+    /// when the process is not that deep, or when the scope has no [`scope::CGROUP`]: the
+    /// helper is called only then, so the tracer loads on kernels without it for tracing).
+    pub ancestor_cgroup_id: u64,
+    /// Process id (tgid).
+    pub tgid: u32,
+    /// Real uid (`bpf_get_current_uid_gid() as u32`).
+    pub uid: u32,
+    /// NUL-padded command name (`bpf_get_current_comm`).
+    pub comm: [u8; TASK_COMM_LEN],
+}
+
+impl Owner {
+    /// No process known (a listener that predates the tracer).
+    pub const UNKNOWN: Owner = Owner {
+        cgroup_id: 0,
+        ancestor_cgroup_id: 0,
+        tgid: 0,
+        uid: 0,
+        comm: [0; TASK_COMM_LEN],
+    };
+}
+
+/// A command name as two words: comparing two NUL-padded names is two compares, no byte loop
+/// (cheap for the verifier, identical to a 16-byte `memcmp`).
+#[inline(always)]
+const fn comm_words(c: &[u8; TASK_COMM_LEN]) -> (u64, u64) {
+    (
+        u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]),
+        u64::from_ne_bytes([c[8], c[9], c[10], c[11], c[12], c[13], c[14], c[15]]),
+    )
+}
+
+impl Scope {
+    /// Whether the process `o` is in this scope: [`scope::ALL`] selects everything, no bit
+    /// selects nothing, otherwise every criterion whose bit is set must match (the pid any of
+    /// `pids[..n_pids]`, the name any of `comms[..n_comms]`, compared as NUL-padded 16-byte
+    /// names). The one definition both kernel programs and userspace use; loops are bounded
+    /// by the array sizes, so the verifier sees them end.
+    #[inline(always)]
+    pub fn selects(&self, o: &Owner) -> bool {
+        let f = self.flags;
+        if f & scope::ALL != 0 {
+            return true;
+        }
+        if f == 0 {
+            return false;
+        }
+        if f & scope::PID != 0 {
+            let n = self.n_pids as usize;
+            let mut hit = false;
+            let mut i = 0;
+            while i < MAX_PIDS {
+                if i >= n {
+                    break;
+                }
+                if self.pids[i] == o.tgid {
+                    hit = true;
+                    break;
+                }
+                i += 1;
+            }
+            if !hit {
+                return false;
+            }
+        }
+        if f & scope::UID != 0 && o.uid != self.uid {
+            return false;
+        }
+        // The ancestor at the scope cgroup's depth is the scope cgroup itself exactly when the
+        // process is in it or below it.
+        if f & scope::CGROUP != 0 && o.ancestor_cgroup_id != self.cgroup_id {
+            return false;
+        }
+        if f & scope::COMM != 0 {
+            let n = self.n_comms as usize;
+            let have = comm_words(&o.comm);
+            let mut hit = false;
+            let mut i = 0;
+            while i < MAX_COMMS {
+                if i >= n {
+                    break;
+                }
+                let want = comm_words(&self.comms[i]);
+                if want.0 == have.0 && want.1 == have.1 {
+                    hit = true;
+                    break;
+                }
+                i += 1;
+            }
+            if !hit {
+                return false;
+            }
+        }
+        true
+    }
+}
+
 /// The tracer's kernel-side selection, handed to the programs as the read-only global
 /// `CONFIG`: everything that can be decided in the kernel is, so that unrelated traffic costs
 /// neither ring-buffer space nor userspace CPU.
@@ -321,9 +428,14 @@ pub mod counter {
     /// Connections (or subflows) the programs could not track because their map was full:
     /// their later events are missing.
     pub const MAP_FULL: u32 = 1;
-    pub const COUNT: u32 = 2;
+    /// A tracked connection (or subflow) whose entry was still in its map when a new socket
+    /// at the same kernel address started: the old one's close was never seen, so its
+    /// `conn_closed` (or `subflow_closed`) is missing. Should stay 0; it exists so that any
+    /// path the programs do not know about still shows up as loss instead of a silent leak.
+    pub const STALE: u32 = 2;
+    pub const COUNT: u32 = 3;
     /// How userspace names each counter in the `lost` breakdown (NDJSON field names).
-    pub const NAMES: [&str; COUNT as usize] = ["ring_buffer", "map_full"];
+    pub const NAMES: [&str; COUNT as usize] = ["ring_buffer", "map_full", "stale_entry"];
 }
 
 #[cfg(feature = "user")]
@@ -334,6 +446,7 @@ mod pod {
     unsafe impl aya::Pod for super::RawEvent {}
     unsafe impl aya::Pod for super::upgrade::Policy {}
     unsafe impl aya::Pod for super::Scope {}
+    unsafe impl aya::Pod for super::Owner {}
 }
 
 #[cfg(test)]
@@ -361,6 +474,150 @@ mod tests {
             scope + 4 + 4 * MAX_NETNS + 4
         );
         assert_eq!(core::mem::size_of::<Config>() % 8, 0);
+    }
+
+    fn name(s: &str) -> [u8; TASK_COMM_LEN] {
+        let mut out = [0; TASK_COMM_LEN];
+        out[..s.len()].copy_from_slice(s.as_bytes());
+        out
+    }
+
+    fn curl() -> Owner {
+        Owner {
+            cgroup_id: 900,
+            ancestor_cgroup_id: 77,
+            tgid: 4242,
+            uid: 1000,
+            comm: name("curl"),
+        }
+    }
+
+    #[test]
+    fn owner_has_no_implicit_padding() {
+        assert_eq!(core::mem::size_of::<Owner>(), 8 * 2 + 4 * 2 + TASK_COMM_LEN);
+    }
+
+    #[test]
+    fn all_selects_everything_and_nothing_selects_nothing() {
+        assert!(Scope::ALL.selects(&curl()));
+        assert!(Scope::ALL.selects(&Owner::UNKNOWN));
+        assert!(!Scope::NONE.selects(&curl()));
+        // ALL wins over any other bit.
+        let s = Scope {
+            flags: scope::ALL | scope::UID,
+            uid: 1,
+            ..Scope::NONE
+        };
+        assert!(s.selects(&curl()));
+    }
+
+    #[test]
+    fn pid_matches_any_of_the_listed_pids_only() {
+        let mut s = Scope {
+            flags: scope::PID,
+            n_pids: 2,
+            ..Scope::NONE
+        };
+        s.pids[0] = 1;
+        s.pids[1] = 4242;
+        assert!(s.selects(&curl()));
+        s.n_pids = 1;
+        assert!(!s.selects(&curl()), "pids past n_pids are ignored");
+        // Zero pids listed: nothing matches, not even tgid 0.
+        s.n_pids = 0;
+        assert!(!s.selects(&Owner::UNKNOWN));
+        // A count larger than the array is bounded by it.
+        s.n_pids = 1000;
+        s.pids = [4242; MAX_PIDS];
+        assert!(s.selects(&curl()));
+    }
+
+    #[test]
+    fn comm_is_compared_as_a_whole_nul_padded_name() {
+        let mut s = Scope {
+            flags: scope::COMM,
+            n_comms: 2,
+            ..Scope::NONE
+        };
+        s.comms[0] = name("wget");
+        s.comms[1] = name("curl");
+        assert!(s.selects(&curl()));
+        for other in ["cur", "curl2", "Curl", "wge"] {
+            let o = Owner {
+                comm: name(other),
+                ..curl()
+            };
+            assert!(!s.selects(&o), "{other}");
+        }
+        // 15 bytes, the longest name the kernel keeps.
+        s.comms[1] = name("fifteen-bytes-x");
+        let long = Owner {
+            comm: name("fifteen-bytes-x"),
+            ..curl()
+        };
+        assert!(s.selects(&long));
+        s.n_comms = 1;
+        assert!(!s.selects(&long), "names past n_comms are ignored");
+    }
+
+    #[test]
+    fn cgroup_matches_through_the_ancestor_id() {
+        let s = Scope {
+            flags: scope::CGROUP,
+            cgroup_id: 77,
+            cgroup_level: 2,
+            ..Scope::NONE
+        };
+        assert!(s.selects(&curl()));
+        let elsewhere = Owner {
+            ancestor_cgroup_id: 78,
+            ..curl()
+        };
+        assert!(!s.selects(&elsewhere));
+        // The process's own cgroup id does not count: only the ancestor at the level does.
+        let own = Owner {
+            cgroup_id: 77,
+            ancestor_cgroup_id: 0,
+            ..curl()
+        };
+        assert!(!s.selects(&own));
+    }
+
+    #[test]
+    fn every_set_criterion_must_match() {
+        let mut s = Scope {
+            flags: scope::UID | scope::COMM | scope::PID | scope::CGROUP,
+            uid: 1000,
+            n_pids: 1,
+            n_comms: 1,
+            cgroup_id: 77,
+            ..Scope::NONE
+        };
+        s.pids[0] = 4242;
+        s.comms[0] = name("curl");
+        assert!(s.selects(&curl()));
+        for o in [
+            Owner { uid: 0, ..curl() },
+            Owner { tgid: 1, ..curl() },
+            Owner {
+                comm: name("ncat"),
+                ..curl()
+            },
+            Owner {
+                ancestor_cgroup_id: 1,
+                ..curl()
+            },
+        ] {
+            assert!(!s.selects(&o), "{o:?}");
+        }
+        // An unknown owner never matches a restricted scope.
+        assert!(!s.selects(&Owner::UNKNOWN));
+        let uid0 = Scope {
+            flags: scope::UID,
+            uid: 0,
+            ..Scope::NONE
+        };
+        assert!(uid0.selects(&Owner::UNKNOWN), "uid 0 is a real uid");
     }
 
     #[test]

@@ -14,20 +14,23 @@
 mod kernel;
 
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
     },
     macros::{btf_tracepoint, map},
     maps::{HashMap, PerCpuArray, RingBuf},
     programs::BtfTracePointContext,
 };
-use aya_log_ebpf::warn;
 use kernel::{off, read_or_zero};
 use mptcp_common::{
-    counter, flags, tcp_state, Config, EventKind, RawEvent, Scope, IPPROTO_MPTCP, IPPROTO_TCP,
-    MAX_NETNS, TASK_COMM_LEN,
+    counter, flags, scope, tcp_state, Config, EventKind, Owner, RawEvent, Scope, IPPROTO_MPTCP,
+    IPPROTO_TCP, MAX_NETNS, TASK_COMM_LEN,
 };
 
+/// The kernel-side selection (read-only data, set by the loader before load: the verifier sees
+/// its values as constants and drops the branches they rule out).
 #[unsafe(no_mangle)]
 static CONFIG: Config = Config {
     scope: Scope::ALL,
@@ -36,33 +39,17 @@ static CONFIG: Config = Config {
     all_tcp: 0,
 };
 
-macro_rules! config {
-    ($name:ident) => {
-        unsafe { core::ptr::read_volatile(&CONFIG.$name) }
-    };
+/// `CONFIG` through a pointer the compiler cannot see through, so it does not fold the
+/// defaults above; the loads stay loads from the frozen map, which the verifier knows.
+#[inline(always)]
+fn config() -> &'static Config {
+    let p: *const Config = &CONFIG;
+    // SAFETY: reading back a pointer to a static.
+    unsafe { &*core::ptr::read_volatile(&p) }
 }
 
-// Interim bridge to the shared Scope: one pid and one namespace (the kernel branch replaces
-// this with the full scope match).
-macro_rules! filter_tgid {
-    () => {{
-        let s = unsafe { core::ptr::read_volatile(&CONFIG.scope) };
-        if s.flags & mptcp_common::scope::PID != 0 {
-            s.pids[0]
-        } else {
-            0
-        }
-    }};
-}
-macro_rules! filter_netns {
-    () => {{
-        if config!(n_netns) > 0 {
-            unsafe { core::ptr::read_volatile(&CONFIG.netns[0]) }
-        } else {
-            0
-        }
-    }};
-}
+/// `-EEXIST`, what a `BPF_NOEXIST` insert of a present key returns.
+const EEXIST: i32 = -17;
 
 /// 4 MiB: room for ~22k records, so a burst of a few thousand connections is not lost while
 /// userspace is descheduled.
@@ -72,51 +59,41 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
-/// The process that owns a socket.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Owner {
-    cgroup_id: u64,
-    tgid: u32,
-    _pad: u32,
-    comm: [u8; TASK_COMM_LEN],
-}
-
-const NO_OWNER: Owner = Owner {
-    cgroup_id: 0,
-    tgid: 0,
-    _pad: 0,
-    comm: [0; TASK_COMM_LEN],
-};
-
-/// One live MPTCP connection, keyed by the MPTCP socket's address.
+/// One live connection, keyed by the MPTCP socket's address (by the socket's own for plain
+/// TCP). Only connections inside the kernel-side selection get one: nothing about the others
+/// is kept or reported.
+///
+/// Who writes what (the SAFETY argument for every access below):
+/// - `owner`, `start_ns`, `flags`: written once, by the insert, before any other program run
+///   can find the entry; read-only afterwards.
+/// - `live`, `closing`, `subflows`: written by several sockets' handlers, which may run on two
+///   CPUs at once (subflows of one connection, and the MPTCP socket itself): only ever changed
+///   with [`atomic_add`].
+/// - `announced`: written only by the program run that won the connection's claim in `CLAIMS`
+///   (see [`announce`]); everyone else only reads it, as a hint.
+/// - `sport`: plain TCP only, written by that socket's own transitions, which the kernel
+///   serializes under the socket's lock.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Conn {
     owner: Owner,
     start_ns: u64,
-    /// Subflows established and not yet closed (updated atomically: subflows of one
-    /// connection may close on different CPUs; 64-bit because BPF's atomics are).
+    /// Subflows established and not yet closed (64-bit because BPF's atomics are).
     live: u64,
     /// Non-zero once the MPTCP socket reached CLOSE; conn_closed waits for the last live
-    /// subflow so that it is the connection's last event. Set with an atomic add, like `live`
-    /// is changed: each side writes with a locked instruction (a full barrier) before it reads
-    /// the other's field, so the socket's CLOSE and its last subflow's CLOSE, racing on two
-    /// CPUs, cannot both miss each other.
+    /// subflow so that it is the connection's last event. Each side writes with a locked
+    /// instruction (a full barrier on x86) before it reads the other's field, so the socket's
+    /// CLOSE and its last subflow's CLOSE, racing on two CPUs, cannot both miss each other.
     closing: u64,
     /// Subflows established so far.
-    subflows: u32,
-    /// `flags::SERVER`, `flags::OWNER_KNOWN`.
+    subflows: u64,
+    /// `flags::SERVER`, `flags::OWNER_KNOWN`, `flags::PLAIN_TCP`.
     flags: u8,
-    /// Outside the kernel-side filter: report nothing about it.
-    filtered: u8,
-    /// conn_created/conn_established were sent. They wait for the first subflow, because the
-    /// MPTCP socket has no addresses yet when it starts connecting or is cloned by a listener.
+    /// conn_created was sent (a hint: the claim in `CLAIMS` decides).
     announced: u8,
-    _pad0: u8,
     /// Local port once established: a plain TCP socket has released it when CLOSE fires.
     sport: u16,
-    _pad: [u8; 6],
+    _pad: u32,
 }
 
 #[repr(C)]
@@ -126,43 +103,197 @@ struct ListenKey {
     port: u32,
 }
 
-/// What is remembered per subflow between its transitions.
+/// What is remembered per subflow between its transitions, from its first one (the client's
+/// CLOSE→SYN_SENT, the server's SYN_RECV→ESTABLISHED) to its CLOSE, so that a subflow whose
+/// MPTCP context the kernel has already dropped (`mptcp_subflow_drop_ctx()` clears
+/// `icsk_ulp_data` and `is_mptcp`) still closes, still gives back its `live` count and so
+/// still lets its connection close.
+///
+/// Who writes what: `rst` only by [`mark_reset`] (one byte, in place); every other field only
+/// by [`on_subflow`], whose runs for one socket the kernel serializes (state changes happen
+/// under the socket's lock). Fields are written in place once the entry exists, never by
+/// re-inserting the whole value, so neither writer can undo the other's bytes.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Subflow {
+    /// The MPTCP socket (0: unknown).
+    conn: u64,
+    /// `start_ns` of the connection incarnation this subflow is counted in (`live`), 0 when
+    /// it is not counted: a decrement goes only to that incarnation, never to a new
+    /// connection that reuses the address.
+    conn_start: u64,
+    token: u32,
+    /// Local port at ESTABLISHED: the kernel may have released it when CLOSE fires.
+    sport: u16,
     /// `flags::RST_*` seen on it.
     rst: u8,
     /// Counted in its connection's `live`.
     live: u8,
-    /// Local port at ESTABLISHED: the kernel has already released it when CLOSE fires.
-    sport: u16,
-    _pad: u32,
+    /// `flags::JOIN` / `flags::BACKUP` as seen at ESTABLISHED.
+    flags: u8,
+    _pad: [u8; 7],
 }
+
+const NO_SUBFLOW: Subflow = Subflow {
+    conn: 0,
+    conn_start: 0,
+    token: 0,
+    sport: 0,
+    rst: 0,
+    live: 0,
+    flags: 0,
+    _pad: [0; 7],
+};
+
+/// One connection incarnation: the claim key of [`announce`].
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ClaimKey {
+    conn: u64,
+    start_ns: u64,
+}
+
+// Map sizes. Both ends of a local connection count, so 65,536 connections is 32,768 local
+// MPTCP connections open at once; each has up to a few subflows (131,072). Preallocated (the
+// default): a full map makes an insert fail, which is counted in `counter::MAP_FULL`, never
+// silent. About 25 MB of kernel memory in all.
 
 #[map]
 static CONNS: HashMap<u64, Conn> = HashMap::with_max_entries(65536, 0);
 
-/// MPTCP listeners by (netns, port): whoever listens owns the connections it accepts.
+/// Who announced each connection: a `BPF_NOEXIST` insert is the atomic claim that works on
+/// every kernel (5.10 has no BPF_CMPXCHG); removed with the connection.
+#[map]
+static CLAIMS: HashMap<ClaimKey, u8> = HashMap::with_max_entries(65536, 0);
+
+/// Listeners by (netns, port): whoever listens owns the connections it accepts.
 #[map]
 static LISTENERS: HashMap<ListenKey, Owner> = HashMap::with_max_entries(4096, 0);
 
 #[map]
 static SUBFLOWS: HashMap<u64, Subflow> = HashMap::with_max_entries(131072, 0);
 
+/// `*dst += v` as one BPF_XADD; the result is not read, which keeps it valid on every BPF ISA
+/// version (fetching atomics need v3, Linux 5.12).
+#[inline(always)]
+fn atomic_add(dst: &mut u64, v: u64) {
+    // SAFETY: `dst` points into a map value, valid for the program run.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            dst, v,
+        )
+    };
+}
+
 #[inline(always)]
 fn bump(idx: u32) {
     if let Some(c) = COUNTERS.get_ptr_mut(idx) {
-        // SAFETY: per-CPU slot, no concurrent writer.
-        unsafe { *c += 1 };
+        // SAFETY: the slot lives as long as the map. Atomic although per-CPU: tracing programs
+        // only disable migration, so another program run (a softirq, or another task on a
+        // preemptible kernel) can interleave on this CPU.
+        atomic_add(unsafe { &mut *c }, 1);
     }
 }
 
+/// The current task as a [`Owner`]. The ancestor cgroup id is asked for only when the scope
+/// has `--cgroup`: `bpf_get_current_ancestor_cgroup_id` is allowed for tracing programs only
+/// since Linux 5.14, and with the flag off (read-only config) the verifier never sees the call.
+#[inline(always)]
 fn current_owner() -> Owner {
+    let s = &config().scope;
     Owner {
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        ancestor_cgroup_id: if s.flags & scope::CGROUP != 0 {
+            // SAFETY: plain helper call.
+            unsafe { bpf_get_current_ancestor_cgroup_id(s.cgroup_level as i32) }
+        } else {
+            0
+        },
         tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        _pad: 0,
+        uid: bpf_get_current_uid_gid() as u32,
         comm: bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]),
+    }
+}
+
+/// Whether the socket's network namespace is one of `--netns` (any when none is given).
+#[inline(always)]
+fn netns_selected(netns: u32) -> bool {
+    let c = config();
+    let n = c.n_netns as usize;
+    if n == 0 {
+        return true;
+    }
+    let mut i = 0;
+    while i < MAX_NETNS {
+        if i >= n {
+            break;
+        }
+        if c.netns[i] == netns {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// The kernel-side selection, decided once per connection when it is created. A connection
+/// whose owner is unknown (its listener predates the tracer) is selected only by `ALL`.
+#[inline(always)]
+fn selected(owner: &Owner, known: bool, netns: u32) -> bool {
+    if !netns_selected(netns) {
+        return false;
+    }
+    let s = &config().scope;
+    if known {
+        s.selects(owner)
+    } else {
+        s.flags & scope::ALL != 0
+    }
+}
+
+/// Who owns a connection being created: the current task for a client (it connects in its
+/// own context), the listener's owner for a server (cloned in softirq); `false` when that
+/// listener predates the tracer. A pair, not an `Option`: copying an `Option<Owner>` makes
+/// LLVM copy the undefined payload of `None`, which the verifier refuses.
+#[inline(always)]
+fn creator(client: bool, sk: u64, netns: u32) -> (Owner, bool) {
+    if client {
+        return (current_owner(), true);
+    }
+    match unsafe { LISTENERS.get(&listen_key(sk, netns)) } {
+        Some(o) => (*o, true),
+        None => (Owner::UNKNOWN, false),
+    }
+}
+
+/// Starts tracking a selected connection. An entry still present at this address is one whose
+/// close was never seen: counted, and replaced.
+#[inline(always)]
+fn track(key: u64, conn: &Conn) {
+    if let Some(old) = unsafe { CONNS.get(&key) } {
+        bump(counter::STALE);
+        let _ = CLAIMS.remove(&ClaimKey {
+            conn: key,
+            start_ns: old.start_ns,
+        });
+    }
+    if CONNS.insert(&key, conn, 0).is_err() {
+        bump(counter::MAP_FULL);
+    }
+}
+
+#[inline(always)]
+fn new_conn(owner: &Owner, known: bool, flags: u8) -> Conn {
+    Conn {
+        owner: *owner,
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        live: 0,
+        closing: 0,
+        subflows: 0,
+        flags: flags | if known { flags::OWNER_KNOWN } else { 0 },
+        announced: 0,
+        sport: 0,
+        _pad: 0,
     }
 }
 
@@ -213,7 +344,7 @@ fn emit(s: &Subject, conn: Option<&Conn>, fill: impl FnOnce(&mut RawEvent)) {
             ev.cgroup_id = c.owner.cgroup_id;
             ev.pid = c.owner.tgid;
             ev.comm = c.owner.comm;
-            ev.subflows = c.subflows;
+            ev.subflows = c.subflows as u32;
             ev.flags = c.flags;
         }
         None => {
@@ -259,7 +390,10 @@ fn listen_key(sk: u64, netns: u32) -> ListenKey {
 fn track_listener(sk: u64, netns: u32, old: u8, new: u8) -> bool {
     let key = listen_key(sk, netns);
     if new == tcp_state::LISTEN {
-        let _ = LISTENERS.insert(&key, &current_owner(), 0);
+        if LISTENERS.insert(&key, &current_owner(), 0).is_err() {
+            // Its connections will have no owner (and be outside any restricted scope).
+            bump(counter::MAP_FULL);
+        }
         true
     } else if old == tcp_state::LISTEN && new == tcp_state::CLOSE {
         let _ = LISTENERS.remove(&key);
@@ -278,7 +412,25 @@ fn on_msk(msk: u64, old: u8, new: u8) {
     if track_listener(msk, netns, old, new) {
         return;
     }
-    let filter_netns = filter_netns!();
+    let client = old == tcp_state::CLOSE && new == tcp_state::SYN_SENT;
+    let server = old == tcp_state::LISTEN && new == tcp_state::ESTABLISHED;
+    if client || server {
+        let (owner, known) = creator(client, msk, netns);
+        if selected(&owner, known, netns) {
+            track(
+                msk,
+                &new_conn(&owner, known, if server { flags::SERVER } else { 0 }),
+            );
+        }
+        return;
+    }
+
+    let conn_ptr = CONNS.get_ptr_mut(&msk);
+    // No entry: outside the selection, or it predates the tracer (shown only when everything
+    // is selected).
+    if conn_ptr.is_none() && !selected(&Owner::UNKNOWN, false, netns) {
+        return;
+    }
     let subject = Subject {
         kind: EventKind::ConnEstablished,
         conn: msk,
@@ -289,58 +441,6 @@ fn on_msk(msk: u64, old: u8, new: u8) {
         oldstate: old,
         newstate: new,
     };
-
-    let client = old == tcp_state::CLOSE && new == tcp_state::SYN_SENT;
-    let server = old == tcp_state::LISTEN && new == tcp_state::ESTABLISHED;
-    if client || server {
-        // A client connects in its own context; a server's connection is cloned in softirq and
-        // belongs to whoever created the listener.
-        let owner = if client {
-            Some(current_owner())
-        } else {
-            unsafe { LISTENERS.get(&listen_key(msk, netns)) }.copied()
-        };
-        let filter_tgid = filter_tgid!();
-        let filtered = (filter_netns != 0 && netns != filter_netns)
-            || (filter_tgid != 0 && owner.map(|o| o.tgid) != Some(filter_tgid));
-        let conn = Conn {
-            owner: owner.unwrap_or(NO_OWNER),
-            start_ns: unsafe { bpf_ktime_get_ns() },
-            subflows: 0,
-            live: 0,
-            flags: if server { flags::SERVER } else { 0 }
-                | if owner.is_some() {
-                    flags::OWNER_KNOWN
-                } else {
-                    0
-                },
-            filtered: filtered as u8,
-            announced: 0,
-            closing: 0,
-            _pad0: 0,
-            sport: 0,
-            _pad: [0; 6],
-        };
-        if CONNS.insert(&msk, &conn, 0).is_err() {
-            bump(counter::MAP_FULL);
-        }
-        return;
-    }
-
-    let conn_ptr = CONNS.get_ptr_mut(&msk);
-    // SAFETY: map values stay valid for the whole program run (RCU).
-    let conn = conn_ptr.map(|p| unsafe { &mut *p });
-    if !visible(conn.as_deref(), netns, filter_netns) {
-        if new == tcp_state::CLOSE {
-            let _ = CONNS.remove(&msk);
-        }
-        return;
-    }
-    if old == tcp_state::SYN_SENT && (new == tcp_state::ESTABLISHED || new == tcp_state::CLOSE) {
-        if let Some(c) = conn_ptr {
-            announce(&subject, unsafe { &mut *c }, new == tcp_state::ESTABLISHED);
-        }
-    }
     if old == tcp_state::SYN_SENT && new == tcp_state::ESTABLISHED {
         // By the time the MPTCP socket is established the first subflow has processed the
         // SYN/ACK, so its `mp_capable` says whether the peer spoke MPTCP.
@@ -359,6 +459,7 @@ fn on_msk(msk: u64, old: u8, new: u8) {
     } else if new == tcp_state::CLOSE && old != tcp_state::CLOSE {
         match conn_ptr {
             Some(c) => {
+                // SAFETY: `closing`/`live` are only changed atomically (see `Conn`).
                 let c = unsafe { &mut *c };
                 atomic_add(&mut c.closing, 1);
                 if live_subflows(c) == 0 {
@@ -372,12 +473,32 @@ fn on_msk(msk: u64, old: u8, new: u8) {
 }
 
 /// Sends conn_created (stamped with the moment the connection started) and, when
-/// `established`, conn_established, once per connection.
+/// `established`, conn_established — exactly once per connection, whichever CPUs race: the
+/// sender is the one program run whose `BPF_NOEXIST` insert of the connection's claim
+/// succeeds (the hash map's bucket lock makes that atomic on every kernel). Called from the
+/// initial subflow's handshake (never from a join: it carries the connection's addresses),
+/// from a plain TCP socket's, and from [`close_conn`] for a connection that closed before any
+/// subflow was established (a failed connect), so that conn_closed never comes alone.
 #[inline(always)]
 fn announce(s: &Subject, c: &mut Conn, established: bool) {
-    if c.announced != 0 {
+    // SAFETY (read): `announced` is a hint written by the claimant only.
+    if unsafe { core::ptr::read_volatile(&c.announced) } != 0 {
         return;
     }
+    let key = ClaimKey {
+        conn: s.conn,
+        start_ns: c.start_ns,
+    };
+    match CLAIMS.insert(&key, &1, BPF_NOEXIST as u64) {
+        Ok(()) => {}
+        Err(EEXIST) => return,
+        Err(_) => {
+            // Full: conn_created is missing, and counted.
+            bump(counter::MAP_FULL);
+            return;
+        }
+    }
+    // SAFETY (write): we won the claim; nobody else writes `announced`.
     c.announced = 1;
     let start = c.start_ns;
     let s = Subject { sk: 0, ..*s };
@@ -389,18 +510,6 @@ fn announce(s: &Subject, c: &mut Conn, established: bool) {
     }
 }
 
-/// `*dst += v` as one BPF_XADD; the result is not read, which keeps it valid on every BPF ISA
-/// version (fetching atomics need v3).
-#[inline(always)]
-fn atomic_add(dst: &mut u64, v: u64) {
-    // SAFETY: `dst` points into a map value, valid for the program run.
-    unsafe {
-        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
-            dst, v,
-        )
-    };
-}
-
 #[inline(always)]
 fn live_subflows(c: &Conn) -> u64 {
     unsafe { core::ptr::read_volatile(&c.live) }
@@ -409,15 +518,22 @@ fn live_subflows(c: &Conn) -> u64 {
 /// Sends conn_closed once: whoever removes the entry (the MPTCP socket's CLOSE or its last
 /// subflow's, possibly on two CPUs at once) reports it.
 #[inline(always)]
-fn close_conn(s: &Subject, c: &Conn) {
+fn close_conn(s: &Subject, c: &mut Conn) {
+    let subject = Subject {
+        kind: EventKind::ConnClosed,
+        sk: 0,
+        addr_from: s.conn,
+        ..*s
+    };
+    // A connection that never got a subflow established (a failed connect) is announced now.
+    announce(&subject, c, false);
+    // Copied before the remove: a removed entry may be reused by the next insert.
     let copy = *c;
     if CONNS.remove(&s.conn).is_ok() {
-        let subject = Subject {
-            kind: EventKind::ConnClosed,
-            sk: 0,
-            addr_from: s.conn,
-            ..*s
-        };
+        let _ = CLAIMS.remove(&ClaimKey {
+            conn: s.conn,
+            start_ns: copy.start_ns,
+        });
         emit(&subject, Some(&copy), |ev| {
             if ev.sport == 0 {
                 ev.sport = copy.sport;
@@ -426,47 +542,73 @@ fn close_conn(s: &Subject, c: &Conn) {
     }
 }
 
-/// Whether events about a connection pass the kernel-side filters. Connections that predate
-/// the tracer have no entry: they are shown unless a process filter is set.
-#[inline(always)]
-fn visible(conn: Option<&Conn>, netns: u32, filter_netns: u32) -> bool {
-    if filter_netns != 0 && netns != filter_netns {
-        return false;
-    }
-    let visible = match conn {
-        Some(c) => c.filtered == 0,
-        None => filter_tgid!() == 0,
-    };
-    if !visible {}
-    visible
-}
-
-/// A state change of one TCP subflow of an MPTCP connection.
+/// A state change of one TCP subflow of an MPTCP connection. `ctx` is its MPTCP context, or 0
+/// when the kernel has already dropped it (then only a remembered subflow's CLOSE is handled).
 // Not inlined: each handler gets its own stack frame, so the deepest call chain stays
 // within the verifier's 512-byte combined limit (6.12 counts it strictly).
 #[inline(never)]
-fn on_subflow(sk: u64, old: u8, new: u8) {
+fn on_subflow(sk: u64, ctx: u64, old: u8, new: u8) {
+    let connecting = old == tcp_state::CLOSE && new == tcp_state::SYN_SENT;
     let established =
         new == tcp_state::ESTABLISHED && (old == tcp_state::SYN_SENT || old == tcp_state::SYN_RECV);
     // A listener's subflow closing is not a subflow of any connection.
     let closed = new == tcp_state::CLOSE && old != tcp_state::CLOSE && old != tcp_state::LISTEN;
-    if !established && !closed {
+    if !connecting && !established && !closed {
         return;
     }
-    let ctx = kernel::subflow_ctx(sk);
-    let msk = read_or_zero(ctx, off!(sf_conn));
-    if ctx == 0 || msk == 0 {
-        return;
+    let state_ptr = SUBFLOWS.get_ptr_mut(&sk);
+    // SAFETY: see `Subflow` for who writes it; a copy for reading.
+    let known = state_ptr.map(|p| unsafe { *p });
+    let mut msk = read_or_zero(ctx, off!(sf_conn));
+    if msk == 0 {
+        match known {
+            Some(k) if k.conn != 0 => msk = k.conn,
+            _ => return,
+        }
     }
     let netns = kernel::netns(sk);
     let conn_ptr = CONNS.get_ptr_mut(&msk);
-    // SAFETY: map values stay valid for the whole program run (RCU).
-    let conn = conn_ptr.map(|p| unsafe { &*p });
-    if !visible(conn, netns, filter_netns!()) {
-        if closed {
+    if conn_ptr.is_none() && !selected(&Owner::UNKNOWN, false, netns) {
+        if closed && known.is_some() {
             let _ = SUBFLOWS.remove(&sk);
         }
         return;
+    }
+    let mut token = kernel::token(msk, ctx);
+    if ctx == 0 || token == 0 {
+        // The context is gone and the MPTCP socket may be too: the token seen before.
+        token = known.map(|k| k.token).unwrap_or(token);
+    }
+
+    if connecting {
+        // The client's subflows (initial and joins) are remembered from their first
+        // transition, so a later CLOSE is recognised even without a context.
+        if known.is_some_and(|k| k.live != 0) {
+            bump(counter::STALE);
+        }
+        let state = Subflow {
+            conn: msk,
+            token,
+            ..NO_SUBFLOW
+        };
+        if SUBFLOWS.insert(&sk, &state, 0).is_err() {
+            bump(counter::MAP_FULL);
+        }
+        return;
+    }
+
+    // On the client, `mp_join` is only set after the SYN_SENT→ESTABLISHED transition, but
+    // `request_join` is set when the join subflow is created; on the server `mp_join` is set.
+    let mut sf_flags = 0;
+    if read_or_zero(ctx, off!(sf_request_join)) | read_or_zero(ctx, off!(sf_mp_join)) != 0 {
+        sf_flags |= flags::JOIN;
+    }
+    if read_or_zero(ctx, off!(sf_backup)) != 0 {
+        sf_flags |= flags::BACKUP;
+    }
+    let mut state = known.unwrap_or(NO_SUBFLOW);
+    if ctx == 0 {
+        sf_flags = state.flags;
     }
     let subject = Subject {
         kind: if established {
@@ -477,37 +619,69 @@ fn on_subflow(sk: u64, old: u8, new: u8) {
         conn: msk,
         sk,
         addr_from: sk,
-        token: kernel::token(msk, ctx),
+        token,
         netns,
         oldstate: old,
         newstate: new,
     };
-    // On the client, `mp_join` is only set after the SYN_SENT→ESTABLISHED transition, but
-    // `request_join` is set when the join subflow is created; on the server `mp_join` is set.
-    let join = read_or_zero(ctx, off!(sf_request_join)) | read_or_zero(ctx, off!(sf_mp_join));
-    let backup = read_or_zero(ctx, off!(sf_backup));
 
-    let mut state = Subflow {
-        rst: 0,
-        live: 0,
-        sport: 0,
-        _pad: 0,
-    };
     if established {
-        if let Some(c) = conn_ptr {
-            let c = unsafe { &mut *c };
-            // The first subflow carries the connection's addresses.
-            announce(&subject.with(EventKind::ConnCreated), c, true);
-            c.subflows += 1;
-            atomic_add(&mut c.live, 1);
-            state.live = 1;
+        if state.live != 0 {
+            // A previous subflow at this address never closed (its CLOSE was missed).
+            bump(counter::STALE);
         }
+        state.live = 0;
+        state.conn_start = 0;
+        if let Some(c) = conn_ptr {
+            // SAFETY: `live`/`subflows` are only changed atomically. Done first, right after
+            // the lookup, so the window in which the connection could be closed (and its
+            // entry reused) between our lookup and our write is a few instructions.
+            let c = unsafe { &mut *c };
+            atomic_add(&mut c.live, 1);
+            atomic_add(&mut c.subflows, 1);
+            state.live = 1;
+            state.conn_start = c.start_ns;
+        }
+        state.conn = msk;
+        state.token = token;
+        state.flags = sf_flags;
         state.sport = read_or_zero(sk, off!(skc_num)) as u16;
-        let prev_rst = unsafe { SUBFLOWS.get(&sk) }.map(|s| s.rst).unwrap_or(0);
-        state.rst = prev_rst;
-        let _ = SUBFLOWS.insert(&sk, &state, 0);
-    } else if let Some(s) = unsafe { SUBFLOWS.get(&sk) } {
-        state = *s;
+        let stored = match state_ptr {
+            Some(p) => {
+                // SAFETY: this socket's handler is the only writer of these fields (see
+                // `Subflow`); `rst` is left to `mark_reset`.
+                let p = unsafe { &mut *p };
+                p.conn = state.conn;
+                p.conn_start = state.conn_start;
+                p.token = state.token;
+                p.sport = state.sport;
+                p.flags = state.flags;
+                p.live = state.live;
+                true
+            }
+            None => SUBFLOWS.insert(&sk, &state, 0).is_ok(),
+        };
+        if !stored {
+            bump(counter::MAP_FULL);
+            if state.live != 0 {
+                // Without an entry its CLOSE could not give the count back: don't count it.
+                if let Some(c) = conn_ptr {
+                    atomic_add(unsafe { &mut (*c).live }, u64::MAX);
+                }
+                state.live = 0;
+            }
+        }
+        if sf_flags & flags::JOIN == 0 {
+            if let Some(c) = conn_ptr {
+                // The first subflow carries the connection's addresses.
+                announce(
+                    &subject.with(EventKind::ConnCreated),
+                    unsafe { &mut *c },
+                    true,
+                );
+            }
+        }
+    } else if known.is_some() {
         let _ = SUBFLOWS.remove(&sk);
     }
 
@@ -516,12 +690,7 @@ fn on_subflow(sk: u64, old: u8, new: u8) {
         ev.ifindex = kernel::device(sk, &mut ev.ifname);
         ev.local_id = read_or_zero(ctx, off!(sf_local_id)) as i16;
         ev.remote_id = read_or_zero(ctx, off!(sf_remote_id)) as u8;
-        if join != 0 {
-            ev.flags |= flags::JOIN;
-        }
-        if backup != 0 {
-            ev.flags |= flags::BACKUP;
-        }
+        ev.flags |= sf_flags;
         if closed {
             if ev.sport == 0 {
                 ev.sport = state.sport;
@@ -543,14 +712,19 @@ fn on_subflow(sk: u64, old: u8, new: u8) {
 
     if closed && state.live != 0 {
         if let Some(c) = conn_ptr {
+            // SAFETY: `live`/`closing` are only changed atomically.
             let c = unsafe { &mut *c };
-            atomic_add(&mut c.live, u64::MAX);
-            if unsafe { core::ptr::read_volatile(&c.closing) } != 0 && live_subflows(c) == 0 {
-                let s = Subject {
-                    addr_from: msk,
-                    ..subject
-                };
-                close_conn(&s, c);
+            // Only the incarnation it was counted in: a new connection at a reused address
+            // must not lose a count it never got.
+            if c.start_ns == state.conn_start {
+                atomic_add(&mut c.live, u64::MAX);
+                if unsafe { core::ptr::read_volatile(&c.closing) } != 0 && live_subflows(c) == 0 {
+                    let s = Subject {
+                        addr_from: msk,
+                        ..subject
+                    };
+                    close_conn(&s, c);
+                }
             }
         }
     }
@@ -558,17 +732,14 @@ fn on_subflow(sk: u64, old: u8, new: u8) {
 
 /// A plain TCP socket's state change (`--all-tcp`): the same lifecycle as an MPTCP
 /// connection — owner recorded at connect or from its listener, created/established when the
-/// handshake completes, closed at CLOSE — keyed by the socket itself.
+/// handshake completes, closed at CLOSE — keyed by the socket itself. All of one socket's
+/// transitions are serialized by the kernel (socket lock), so its entry has one writer.
 // Not inlined: each handler gets its own stack frame, so the deepest call chain stays
 // within the verifier's 512-byte combined limit (6.12 counts it strictly).
 #[inline(never)]
 fn on_plain_tcp(sk: u64, old: u8, new: u8) {
     let netns = kernel::netns(sk);
     if track_listener(sk, netns, old, new) {
-        return;
-    }
-    let filter_netns = filter_netns!();
-    if filter_netns != 0 && netns != filter_netns {
         return;
     }
     let subject = Subject {
@@ -583,34 +754,18 @@ fn on_plain_tcp(sk: u64, old: u8, new: u8) {
     };
     let server = old == tcp_state::SYN_RECV && new == tcp_state::ESTABLISHED;
     if (old == tcp_state::CLOSE && new == tcp_state::SYN_SENT) || server {
-        let owner = if server {
-            unsafe { LISTENERS.get(&listen_key(sk, netns)) }.copied()
-        } else {
-            Some(current_owner())
-        };
-        let filter_tgid = filter_tgid!();
-        let conn = Conn {
-            owner: owner.unwrap_or(NO_OWNER),
-            start_ns: unsafe { bpf_ktime_get_ns() },
-            live: 0,
-            subflows: 0,
-            flags: flags::PLAIN_TCP
-                | if server { flags::SERVER } else { 0 }
-                | if owner.is_some() {
-                    flags::OWNER_KNOWN
-                } else {
-                    0
-                },
-            filtered: (filter_tgid != 0 && owner.map(|o| o.tgid) != Some(filter_tgid)) as u8,
-            announced: 0,
-            closing: 0,
-            _pad0: 0,
-            sport: 0,
-            _pad: [0; 6],
-        };
-        if CONNS.insert(&sk, &conn, 0).is_err() {
-            bump(counter::MAP_FULL);
+        let (owner, known) = creator(!server, sk, netns);
+        if !selected(&owner, known, netns) {
+            return;
         }
+        track(
+            sk,
+            &new_conn(
+                &owner,
+                known,
+                flags::PLAIN_TCP | if server { flags::SERVER } else { 0 },
+            ),
+        );
         if !server {
             return;
         }
@@ -618,22 +773,13 @@ fn on_plain_tcp(sk: u64, old: u8, new: u8) {
     let Some(c) = CONNS.get_ptr_mut(&sk) else {
         return;
     };
-    // SAFETY: map values stay valid for the whole program run (RCU).
+    // SAFETY: this socket's transitions are the only writers (see above).
     let c = unsafe { &mut *c };
-    if c.filtered != 0 {
-        if new == tcp_state::CLOSE {
-            let _ = CONNS.remove(&sk);
-        }
-        return;
-    }
     if new == tcp_state::ESTABLISHED {
         c.sport = read_or_zero(sk, off!(skc_num)) as u16;
         announce(&subject, c, true);
     } else if new == tcp_state::CLOSE && old != tcp_state::CLOSE {
-        if c.announced == 0 {
-            // A connect that failed: report it all the same.
-            announce(&subject, c, false);
-        }
+        // A connect that failed is announced by close_conn all the same.
         close_conn(&subject, c);
     }
 }
@@ -647,9 +793,13 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
     if proto == IPPROTO_MPTCP {
         on_msk(sk, old, new);
     } else if proto == IPPROTO_TCP {
-        if kernel::subflow_ctx(sk) != 0 {
-            on_subflow(sk, old, new);
-        } else if config!(all_tcp) != 0 {
+        let sf = kernel::subflow_ctx(sk);
+        if sf != 0 {
+            on_subflow(sk, sf, old, new);
+        } else if new == tcp_state::CLOSE && SUBFLOWS.get_ptr(&sk).is_some() {
+            // A subflow whose context the kernel dropped before its CLOSE.
+            on_subflow(sk, 0, old, new);
+        } else if config().all_tcp != 0 {
             // Read-only config: with --all-tcp off the verifier drops this branch.
             on_plain_tcp(sk, old, new);
         }
@@ -657,21 +807,15 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
     Ok(())
 }
 
-/// Remembers an RST on an MPTCP subflow until the subflow closes.
+/// Remembers an RST on a tracked MPTCP subflow until the subflow closes. Only an entry that
+/// exists is marked (from the subflow's first transition on): `tcp_send_reset` also fires for
+/// request and time-wait sockets, which must not leave entries behind.
 fn mark_reset(ctx: &BtfTracePointContext, bit: u8) {
     let sk = ctx.arg::<u64>(0);
-    if kernel::subflow_ctx(sk) == 0 {
-        return;
-    }
-    let mut state = unsafe { SUBFLOWS.get(&sk) }.copied().unwrap_or(Subflow {
-        rst: 0,
-        live: 0,
-        sport: 0,
-        _pad: 0,
-    });
-    state.rst |= bit;
-    if SUBFLOWS.insert(&sk, &state, 0).is_err() {
-        warn!(ctx, "SUBFLOWS map full: a subflow's reset is not reported");
+    if let Some(p) = SUBFLOWS.get_ptr_mut(&sk) {
+        // SAFETY: `rst` has this one writer (see `Subflow`); a byte store cannot tear the
+        // neighbouring fields. Two resets of one subflow at the same instant may keep one bit.
+        unsafe { (*p).rst |= bit };
     }
 }
 

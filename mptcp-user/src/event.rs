@@ -305,6 +305,9 @@ pub struct Lost {
     pub ring_buffer: u64,
     /// Connections or subflows the programs could not track (their map was full).
     pub map_full: u64,
+    /// Entries whose close was never seen, replaced when the kernel reused their socket.
+    #[serde(default)]
+    pub stale_entry: u64,
     /// Program runs the kernel skipped because they would have re-entered on one CPU
     /// (`bpf_prog_info.recursion_misses`, Linux ≥ 6.2; absent where the kernel cannot tell).
     pub recursion_misses: Option<u64>,

@@ -108,8 +108,8 @@ pub fn line(e: &Event) -> String {
         Data::Lost(l) => {
             let _ = write!(
                 d,
-                "count={} ring_buffer={} map_full={} netlink={} ",
-                l.count, l.ring_buffer, l.map_full, l.netlink
+                "count={} ring_buffer={} map_full={} stale_entry={} netlink={} ",
+                l.count, l.ring_buffer, l.map_full, l.stale_entry, l.netlink
             );
             if let Some(r) = l.recursion_misses {
                 let _ = write!(d, "recursion_misses={r} ");

@@ -57,7 +57,7 @@ fn the_readmes_lines_are_valid() {
         r#"{"v":1,"time":"2026-11-25T09:30:24.112656848Z","ts_ns":2047247481732,"event":"subflow_established","token":"5c0089f8","netns":4026532177,"pid":8679,"comm":"mptcp-peer","family":"ipv4","saddr":"10.0.0.2","sport":59132,"daddr":"10.0.0.1","dport":4321,"ifindex":2,"ifname":"red-client","local_id":0,"remote_id":0,"backup":false,"join":false}"#,
         r#"{"v":1,"time":"2026-11-25T09:30:24.421602431Z","ts_ns":2047556427315,"event":"subflow_closed","token":"5c0089f8","netns":4026532177,"pid":8679,"comm":"mptcp-peer","family":"ipv4","saddr":"10.0.0.2","sport":59132,"daddr":"10.0.0.1","dport":4321,"reason":"closed","ifindex":2,"ifname":"red-client","local_id":0,"remote_id":0,"backup":false,"join":false,"bytes_sent":2793663,"bytes_acked":2793665,"bytes_received":9,"retrans":0,"srtt_us":28}"#,
         r#"{"v":1,"time":"2026-11-25T09:30:24.421602431Z","ts_ns":5,"event":"addr_announced","token":"5c0089f8","netns":4026532177,"remote_id":1,"addr":"fd00:0:0:192::1"}"#,
-        r#"{"v":1,"time":"2026-11-25T09:30:24.421602431Z","ts_ns":5,"event":"lost","count":3,"ring_buffer":3,"map_full":0,"recursion_misses":0,"netlink":0}"#,
+        r#"{"v":1,"time":"2026-11-25T09:30:24.421602431Z","ts_ns":5,"event":"lost","count":3,"ring_buffer":3,"map_full":0,"stale_entry":0,"recursion_misses":0,"netlink":0}"#,
     ] {
         let value: serde_json::Value = serde_json::from_str(good).unwrap();
         if let Err(e) = v.validate(&value) {

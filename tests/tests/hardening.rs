@@ -358,7 +358,7 @@ fn the_summary_names_every_loss_cause() {
     let run = tracer.stop();
     assert!(
         run.stderr
-            .contains("0 lost (ring buffer 0, map full 0, skipped program runs ")
+            .contains("0 lost (ring buffer 0, map full 0, stale entries 0, skipped program runs ")
             && run.stderr.contains("netlink overruns 0)"),
         "{}",
         run.stderr

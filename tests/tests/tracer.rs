@@ -838,3 +838,107 @@ fn address_announcements_match_the_kernel() {
     assert_eq!(ours(Kind::AddrAnnounced).len(), 1);
     assert!(ours(Kind::AddrAnnounced)[0].ends_with(" 5 192.168.0.1"));
 }
+
+/// Two MP_JOIN subflows per connection, established at the same moment, for many connections
+/// at once: `subflows_total` must count every `subflow_established` of its connection (the
+/// count is updated by several CPUs), and `conn_created` must come exactly once however the
+/// handlers race.
+#[test]
+fn concurrent_joins_are_all_counted() {
+    require_root();
+    const THREADS: usize = 8;
+    const PER_THREAD: usize = 10;
+    const N: usize = THREADS * PER_THREAD;
+    let bed = TestBed::create(&tag("joins")).unwrap();
+    let c = bed.client.as_str();
+    // A second `subflow` endpoint (the bed has the blue one): with limits of 2 subflows on
+    // both ends, the path manager starts both joins together when the connection is fully
+    // established.
+    testbed::ip(&["-n", c, "addr", "add", "10.0.0.3/24", "dev", "red-client"]).unwrap();
+    testbed::ip(&[
+        "-n",
+        c,
+        "mptcp",
+        "endpoint",
+        "add",
+        "10.0.0.3",
+        "dev",
+        "red-client",
+        "id",
+        "3",
+        "subflow",
+    ])
+    .unwrap();
+    let (cns, sns) = (
+        TestBed::netns_inode(&bed.client).unwrap(),
+        TestBed::netns_inode(&bed.server).unwrap(),
+    );
+    let tracer = Tracer::start(&[]);
+    let addr: SocketAddr = "10.0.0.1:4341".parse().unwrap();
+    let srv = server(&bed, addr, Proto::Mptcp, N);
+    let clients: Vec<_> = (0..THREADS)
+        .map(|_| {
+            testbed::spawn_in_netns(&bed.client, move || {
+                (0..PER_THREAD)
+                    .map(|_| {
+                        peer::send(
+                            addr,
+                            Proto::Mptcp,
+                            Send {
+                                bytes: 64 << 10,
+                                // Long enough for both joins to establish before the close.
+                                warmup: Duration::from_millis(300),
+                                spread: Duration::ZERO,
+                            },
+                        )
+                    })
+                    .collect::<std::io::Result<Vec<u64>>>()
+            })
+            .unwrap()
+        })
+        .collect();
+    for c in clients {
+        let acked = c.join().unwrap().unwrap();
+        assert!(acked.iter().all(|&a| a == 64 << 10), "{acked:?}");
+    }
+    assert_eq!(srv.join().unwrap().unwrap().len(), N);
+    tracer.wait_for("every conn_closed", WAIT, |ev| {
+        closed_in(cns, N)(ev) && closed_in(sns, N)(ev)
+    });
+    thread::sleep(Duration::from_millis(300));
+    let run = tracer.stop();
+    assert!(run.stderr.contains(" 0 lost"), "{}", run.stderr);
+    for ns in [cns, sns] {
+        // Per connection: (conn_created, subflow_established, subflows_total of conn_closed).
+        let mut per: HashMap<String, (usize, u32, Option<u32>)> = HashMap::new();
+        for e in events_in(&run.events, ns) {
+            let token = e.token.clone().expect("every event has a token");
+            let p = per.entry(token).or_default();
+            match e.event {
+                Kind::ConnCreated => p.0 += 1,
+                Kind::SubflowEstablished => p.1 += 1,
+                Kind::ConnClosed => {
+                    assert!(p.2.is_none(), "conn_closed twice: {e:?}");
+                    p.2 = e.subflows_total;
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(per.len(), N, "distinct connections in netns {ns}");
+        let mut three = 0;
+        for (token, (created, established, total)) in &per {
+            assert_eq!(*created, 1, "{token}: conn_created exactly once");
+            assert_eq!(
+                *total,
+                Some(*established),
+                "{token}: subflows_total counts every subflow_established"
+            );
+            three += (*established == 3) as usize;
+        }
+        // The point of the test: most connections did get both joins.
+        assert!(
+            three >= N / 2,
+            "only {three} of {N} connections had 3 subflows"
+        );
+    }
+}

@@ -32,7 +32,7 @@ use aya_ebpf::{
 use mptcp_common::{
     scope,
     upgrade::{counter, is_tcp_socket, Policy},
-    Scope, IPPROTO_MPTCP, MAX_COMMS, MAX_PIDS, TASK_COMM_LEN,
+    Owner, Scope, IPPROTO_MPTCP, TASK_COMM_LEN,
 };
 
 /// Written by the loader before attaching (one entry).
@@ -56,82 +56,37 @@ fn bump(idx: u32) {
     }
 }
 
+/// The caller of `socket()`, with only the fields the scope looks at filled in (the others
+/// stay 0): a comm copy or a cgroup walk is paid for only when the scope asks for it.
 #[inline(always)]
-fn comm_matches(p: &Scope) -> bool {
-    let Ok(comm) = bpf_get_current_comm() else {
-        return false;
-    };
-    let n = p.n_comms as usize;
-    let mut i = 0;
-    while i < MAX_COMMS {
-        if i >= n {
-            break;
-        }
-        let want = &p.comms[i];
-        let mut same = true;
-        let mut j = 0;
-        while j < TASK_COMM_LEN {
-            if want[j] != comm[j] {
-                same = false;
-                break;
-            }
-            if want[j] == 0 {
-                break;
-            }
-            j += 1;
-        }
-        if same {
-            return true;
-        }
-        i += 1;
+fn caller(s: &Scope) -> Owner {
+    let f = s.flags;
+    let mut o = Owner::UNKNOWN;
+    if f & scope::PID != 0 {
+        o.tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     }
-    false
+    if f & scope::UID != 0 {
+        o.uid = bpf_get_current_uid_gid() as u32;
+    }
+    if f & scope::CGROUP != 0 {
+        // SAFETY: plain helper call (allowed for tracing programs since Linux 5.14; the upgrade
+        // needs ≥ 6.6 anyway).
+        o.ancestor_cgroup_id = unsafe { bpf_get_current_ancestor_cgroup_id(s.cgroup_level as i32) };
+    }
+    if f & scope::COMM != 0 {
+        o.comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
+    }
+    o
 }
 
-/// Whether the current task is in the policy's scope.
+/// Whether the current task is in the policy's scope (`Scope::selects`, shared with the tracer).
 #[inline(always)]
-fn in_scope(p: &Scope) -> bool {
-    let s = p.flags;
-    if s & scope::ALL != 0 {
+fn in_scope(p: &Policy) -> bool {
+    let s = &p.scope;
+    if s.flags & scope::ALL != 0 {
         return true;
     }
-    if s == 0 {
-        return false;
-    }
-    if s & scope::PID != 0 {
-        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-        let mut found = false;
-        let mut i = 0;
-        while i < MAX_PIDS {
-            if i >= p.n_pids as usize {
-                break;
-            }
-            if p.pids[i] == tgid {
-                found = true;
-                break;
-            }
-            i += 1;
-        }
-        if !found {
-            return false;
-        }
-    }
-    if s & scope::UID != 0 && bpf_get_current_uid_gid() as u32 != p.uid {
-        return false;
-    }
-    if s & scope::CGROUP != 0 {
-        // The ancestor at the policy cgroup's depth is the policy cgroup itself exactly when
-        // the task is in it or below it.
-        // SAFETY: plain helper call.
-        let id = unsafe { bpf_get_current_ancestor_cgroup_id(p.cgroup_level as i32) };
-        if id != p.cgroup_id {
-            return false;
-        }
-    }
-    if s & scope::COMM != 0 && !comm_matches(p) {
-        return false;
-    }
-    true
+    s.selects(&caller(s))
 }
 
 /// What `update_socket_protocol` should return: `IPPROTO_MPTCP`, or 0 to leave the socket.
@@ -144,7 +99,7 @@ fn decide(family: i32, ty: i32, protocol: i32) -> i32 {
     let Some(p) = UPGRADE_POLICY.get(0) else {
         return 0;
     };
-    if !in_scope(&p.scope) {
+    if !in_scope(p) {
         return 0;
     }
     bump(counter::IN_SCOPE);

@@ -112,6 +112,10 @@ fn status() -> Result<()> {
             }
             println!("scope: {scope}");
             println!("counters: {}", s.counts);
+            match s.recursion_misses {
+                Some(n) => println!("skipped by the kernel (recursion): {n}"),
+                None => println!("skipped by the kernel (recursion): not reported by this kernel"),
+            }
         }
     }
     Ok(())

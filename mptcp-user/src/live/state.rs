@@ -356,6 +356,7 @@ impl State {
             self.lost.count += l.count;
             self.lost.ring_buffer += l.ring_buffer;
             self.lost.map_full += l.map_full;
+            self.lost.stale_entry += l.stale_entry;
             self.lost.netlink += l.netlink;
             if let Some(r) = l.recursion_misses {
                 *self.lost.recursion_misses.get_or_insert(0) += r;

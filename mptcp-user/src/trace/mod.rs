@@ -72,8 +72,8 @@ impl Totals {
             .recursion_misses
             .map_or("unknown (Linux < 6.2)".to_string(), |n| n.to_string());
         let mut s = format!(
-            "{} lost (ring buffer {}, map full {}, skipped program runs {skipped}, netlink overruns {})",
-            l.count, l.ring_buffer, l.map_full, l.netlink
+            "{} lost (ring buffer {}, map full {}, stale entries {}, skipped program runs {skipped}, netlink overruns {})",
+            l.count, l.ring_buffer, l.map_full, l.stale_entry, l.netlink
         );
         if self.pm.forged > 0 {
             s += &format!(
@@ -170,12 +170,14 @@ impl Core {
     fn lost_now(&self) -> Lost {
         let ring_buffer = self.counters.get(counter::LOST);
         let map_full = self.counters.get(counter::MAP_FULL);
+        let stale_entry = self.counters.get(counter::STALE);
         let recursion_misses = self.tracer.recursion_misses();
         let netlink = self.pm.stats.overruns;
         Lost {
-            count: ring_buffer + map_full + recursion_misses.unwrap_or(0) + netlink,
+            count: ring_buffer + map_full + stale_entry + recursion_misses.unwrap_or(0) + netlink,
             ring_buffer,
             map_full,
+            stale_entry,
             recursion_misses,
             netlink,
         }
@@ -190,6 +192,7 @@ impl Core {
                 count: now.count - prev.count,
                 ring_buffer: now.ring_buffer - prev.ring_buffer,
                 map_full: now.map_full - prev.map_full,
+                stale_entry: now.stale_entry - prev.stale_entry,
                 recursion_misses: now
                     .recursion_misses
                     .map(|n| n - prev.recursion_misses.unwrap_or(0)),

@@ -150,6 +150,8 @@ fn read_counts(map: &PerCpuArray<MapData, u64>) -> Counts {
 /// pinned.
 pub struct Upgrade {
     link: OwnedFd,
+    /// The program itself (the link holds it too): for its recursion misses.
+    prog: OwnedFd,
     policy: Array<MapData, Policy>,
     counters: PerCpuArray<MapData, u64>,
     pub policy_value: Policy,
@@ -231,11 +233,10 @@ impl Upgrade {
                 UpgradeError::Attach(e)
             }
         })?;
-        // The link holds the program; the program holds its maps.
-        drop(prog_fd);
         debug!("attached fmod_ret/{HOOK}");
         Ok(Upgrade {
             link,
+            prog: prog_fd,
             policy: policy_map,
             counters,
             policy_value: policy,
@@ -244,6 +245,13 @@ impl Upgrade {
 
     pub fn counts(&self) -> Counts {
         read_counts(&self.counters)
+    }
+
+    /// `socket()` calls the kernel ran without the upgrade because the program would have
+    /// re-entered itself on that CPU: each is an in-scope socket that silently stayed TCP.
+    /// `None` when this kernel does not report it.
+    pub fn recursion_misses(&self) -> io::Result<Option<u64>> {
+        raw_bpf::recursion_misses(self.prog.as_fd())
     }
 
     /// Pins the link and the maps under [`PIN_DIR`]; the upgrade then outlives this process.
@@ -352,6 +360,9 @@ pub struct PinnedStatus {
     pub dir: PathBuf,
     pub policy: Policy,
     pub counts: Counts,
+    /// `socket()` calls the pinned program was skipped for (re-entry on one CPU): in-scope
+    /// sockets that stayed TCP. `None` when the kernel does not report it.
+    pub recursion_misses: Option<u64>,
 }
 
 /// The pinned upgrade, if there is one.
@@ -362,8 +373,12 @@ pub fn pinned_status() -> Result<Option<PinnedStatus>, UpgradeError> {
         return Ok(None);
     }
     // Opening the link proves it is a live BPF object, not a stale file.
-    raw_bpf::obj_get(&dir.join(PIN_LINK))
+    let link = raw_bpf::obj_get(&dir.join(PIN_LINK))
         .map_err(UpgradeError::io("cannot open the pinned link"))?;
+    let prog = raw_bpf::link_prog(link.as_fd())
+        .map_err(UpgradeError::io("cannot find the pinned link's program"))?;
+    let recursion_misses = raw_bpf::recursion_misses(prog.as_fd())
+        .map_err(UpgradeError::io("cannot read the pinned program's info"))?;
     let open = |name: &str| {
         MapData::from_pin(dir.join(name)).map_err(|e| UpgradeError::Io {
             what: format!("cannot open pinned map {name}"),
@@ -380,6 +395,7 @@ pub fn pinned_status() -> Result<Option<PinnedStatus>, UpgradeError> {
             .get(&0, 0)
             .map_err(|e| UpgradeError::Object(e.to_string()))?,
         counts: read_counts(&counters),
+        recursion_misses,
         dir,
     }))
 }

@@ -1,6 +1,7 @@
 //! The few `bpf(2)` commands aya 0.14 cannot issue for us: loading an `fmod_ret` program
 //! (`BPF_PROG_TYPE_TRACING` + `BPF_MODIFY_RETURN` + the target's BTF id), attaching it with
-//! `BPF_LINK_CREATE`, and pinning/opening the link in bpffs. Maps, ELF parsing and relocation
+//! `BPF_LINK_CREATE`, pinning/opening the link in bpffs, and reading a program's
+//! `recursion_misses` (`BPF_OBJ_GET_INFO_BY_FD`; aya 0.14's `ProgramInfo` does not expose it). Maps, ELF parsing and relocation
 //! stay with aya/aya-obj (see `super::load`); `bpf_attr` is aya-obj's generated binding of the
 //! kernel's uapi header, so no layout is written by hand here.
 
@@ -14,7 +15,9 @@ use std::{
     path::Path,
 };
 
-use aya_obj::generated::{bpf_attach_type, bpf_attr, bpf_cmd, bpf_insn, bpf_prog_type};
+use aya_obj::generated::{
+    bpf_attach_type, bpf_attr, bpf_cmd, bpf_insn, bpf_link_info, bpf_prog_info, bpf_prog_type,
+};
 use btf_rs::{Btf, Type};
 
 /// `BPF_OBJ_NAME_LEN`: program names are at most 15 bytes plus NUL.
@@ -177,31 +180,90 @@ pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
     sys_bpf(bpf_cmd::BPF_OBJ_PIN, &mut obj_attr(&p, Some(fd))).map(drop)
 }
 
-/// How many times the kernel skipped the program behind `prog` because it would have re-entered
-/// on one CPU (`bpf_prog_info.recursion_misses`, Linux ≥ 6.2). `None` when this kernel's
-/// `bpf_prog_info` has no such field (it fills fewer bytes than the field's end).
-pub fn recursion_misses(prog: BorrowedFd<'_>) -> io::Result<Option<u64>> {
-    use aya_obj::generated::bpf_prog_info;
-    // SAFETY: plain data; all-zero is valid.
+/// Opens a pinned BPF object.
+pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    let p = c_path(path)?;
+    sys_bpf_fd(bpf_cmd::BPF_OBJ_GET, &mut obj_attr(&p, None))
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD` on a program: its `bpf_prog_info` and how many bytes of it the
+/// kernel filled in (older kernels know a shorter struct and leave the rest zero).
+pub fn prog_info(fd: BorrowedFd<'_>) -> io::Result<(bpf_prog_info, usize)> {
+    // SAFETY: plain data; zero is "not asked for" for every pointer/count member.
     let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
     let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
     // SAFETY: writing the BPF_OBJ_GET_INFO_BY_FD member of a zeroed union.
     let i = unsafe { &mut attr.info };
-    i.bpf_fd = prog.as_raw_fd() as u32;
+    i.bpf_fd = fd.as_raw_fd() as u32;
     i.info_len = std::mem::size_of::<bpf_prog_info>() as u32;
-    i.info = &mut info as *mut _ as u64;
+    i.info = &mut info as *mut bpf_prog_info as u64;
     sys_bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    // SAFETY: reading back the member the kernel updated.
-    let filled = unsafe { attr.info.info_len } as usize;
-    let end = std::mem::offset_of!(bpf_prog_info, recursion_misses) + 8;
-    Ok((filled >= end).then_some(info.recursion_misses))
+    // SAFETY: the kernel wrote back how much it filled.
+    let len = unsafe { attr.info.info_len } as usize;
+    Ok((info, len))
 }
 
-/// Opens a pinned BPF object.
-pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
-    let p = c_path(path)?;
-    sys_bpf_fd(bpf_cmd::BPF_OBJ_GET, &mut obj_attr(&p, None))
+/// `recursion_misses` of an info the kernel filled `len` bytes of: `None` when this kernel's
+/// `bpf_prog_info` ends before the field (Linux < 5.12), which is "unknown", not 0.
+pub fn recursion_misses_in(info: &bpf_prog_info, len: usize) -> Option<u64> {
+    let end = std::mem::offset_of!(bpf_prog_info, recursion_misses) + std::mem::size_of::<u64>();
+    (len >= end).then_some(info.recursion_misses)
+}
+
+/// How many times the kernel skipped the program because it would have re-entered itself on
+/// the same CPU (tracing programs; the kernel counts it nowhere else, so without this the
+/// loss is silent). `Ok(None)`: this kernel does not report it.
+pub fn recursion_misses(fd: BorrowedFd<'_>) -> io::Result<Option<u64>> {
+    let (info, len) = prog_info(fd)?;
+    Ok(recursion_misses_in(&info, len))
+}
+
+/// The program a BPF link (e.g. a pinned one) runs, as a descriptor of its own: the link's
+/// `prog_id` (`BPF_OBJ_GET_INFO_BY_FD`), then `BPF_PROG_GET_FD_BY_ID`.
+pub fn link_prog(link: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    // SAFETY: plain data; zero is "not asked for" for every pointer/count member.
+    let mut info: bpf_link_info = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: writing the BPF_OBJ_GET_INFO_BY_FD member of a zeroed union.
+    let i = unsafe { &mut attr.info };
+    i.bpf_fd = link.as_raw_fd() as u32;
+    i.info_len = std::mem::size_of::<bpf_link_info>() as u32;
+    i.info = &mut info as *mut bpf_link_info as u64;
+    sys_bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    // SAFETY: as above.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: writing the BPF_*_GET_FD_BY_ID member of a zeroed union.
+    attr.__bindgen_anon_6.__bindgen_anon_1.prog_id = info.prog_id;
+    sys_bpf_fd(bpf_cmd::BPF_PROG_GET_FD_BY_ID, &mut attr)
+}
+
+/// How many keys a hash map holds (`BPF_MAP_GET_NEXT_KEY` until ENOENT; `key_size` from the
+/// map's info). For leak checks and fill levels: the count is a snapshot while the programs run.
+pub fn count_keys(map: BorrowedFd<'_>, key_size: usize) -> io::Result<usize> {
+    let mut cur = vec![0u8; key_size];
+    let mut next = vec![0u8; key_size];
+    let mut n = 0;
+    let mut first = true;
+    loop {
+        // SAFETY: as above.
+        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: writing the BPF_MAP_*_ELEM member of a zeroed union; a null key asks for the
+        // first key.
+        let a = unsafe { &mut attr.__bindgen_anon_2 };
+        a.map_fd = map.as_raw_fd() as u32;
+        a.key = if first { 0 } else { cur.as_ptr() as u64 };
+        a.__bindgen_anon_1.next_key = next.as_mut_ptr() as u64;
+        match sys_bpf(bpf_cmd::BPF_MAP_GET_NEXT_KEY, &mut attr) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(n),
+            Err(e) => return Err(e),
+        }
+        n += 1;
+        first = false;
+        std::mem::swap(&mut cur, &mut next);
+    }
 }
 
 #[cfg(test)]
@@ -311,6 +373,81 @@ mod tests {
         assert!(func_btf_id(&btf, "__sys_socket").is_some());
         assert_eq!(func_btf_id(&btf, "mptcp_sock"), None);
         assert_eq!(func_btf_id(&btf, "no_such_function_anywhere"), None);
+    }
+
+    /// Loads `r0 = 0; exit` as a socket filter: the smallest real program to ask about.
+    fn load_trivial_program() -> OwnedFd {
+        load_returning(bpf_prog_type::BPF_PROG_TYPE_SOCKET_FILTER, 0)
+    }
+
+    /// Loads `r0 = ret; exit` as a program of type `ty`.
+    fn load_returning(ty: bpf_prog_type, ret: u8) -> OwnedFd {
+        // BPF_ALU64|BPF_MOV|BPF_K r0 = ret; BPF_JMP|BPF_EXIT.
+        let raw: [[u8; 8]; 2] = [[0xb7, 0, 0, 0, ret, 0, 0, 0], [0x95, 0, 0, 0, 0, 0, 0, 0]];
+        // SAFETY: bpf_insn is 8 bytes of plain data.
+        let insns: [bpf_insn; 2] = unsafe { std::mem::transmute(raw) };
+        let license = c"GPL";
+        // SAFETY: as in fmod_ret_load_attr.
+        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: writing the BPF_PROG_LOAD member of a zeroed union.
+        let u = unsafe { &mut attr.__bindgen_anon_3 };
+        u.prog_type = ty as u32;
+        u.insn_cnt = insns.len() as u32;
+        u.insns = insns.as_ptr() as u64;
+        u.license = license.as_ptr() as u64;
+        u.prog_name = obj_name("mptcp_rm_test");
+        sys_bpf_fd(bpf_cmd::BPF_PROG_LOAD, &mut attr)
+            .expect("load a trivial socket filter (this test needs root)")
+    }
+
+    #[test]
+    fn reads_recursion_misses_of_a_real_program() {
+        use std::os::fd::AsFd;
+        let prog = load_trivial_program();
+        let (info, len) = prog_info(prog.as_fd()).unwrap();
+        assert_eq!(
+            info.type_,
+            bpf_prog_type::BPF_PROG_TYPE_SOCKET_FILTER as u32,
+            "the info is this program's"
+        );
+        let name: Vec<u8> = info.name.iter().map(|&c| c as u8).collect();
+        assert_eq!(&name[..14], b"mptcp_rm_test\0");
+        assert!(len > 0 && len <= std::mem::size_of::<bpf_prog_info>());
+        // This machine's kernel (≥ 5.12) reports the field; the program never ran.
+        assert_eq!(recursion_misses(prog.as_fd()).unwrap(), Some(0));
+        // A kernel that fills less than the field: unknown, not 0.
+        let end = std::mem::offset_of!(bpf_prog_info, recursion_misses) + 8;
+        assert_eq!(recursion_misses_in(&info, end - 1), None);
+        assert_eq!(recursion_misses_in(&info, end), Some(0));
+        // Not a BPF object: an error, not a number.
+        let f = std::fs::File::open("/dev/null").unwrap();
+        assert!(recursion_misses(f.as_fd()).is_err());
+    }
+
+    /// A link's program is found again from the link alone (what `upgrade --status` does with
+    /// the pinned link): an XDP_PASS program linked to `lo` of a private network namespace.
+    #[test]
+    fn finds_the_program_behind_a_link() {
+        use std::os::fd::AsFd;
+        std::thread::spawn(|| {
+            // SAFETY: unshare on this thread only: its `lo` is not the host's.
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+            let prog = load_returning(bpf_prog_type::BPF_PROG_TYPE_XDP, 2);
+            // SAFETY: as in tracing_link_attr.
+            let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+            // SAFETY: writing the BPF_LINK_CREATE member of a zeroed union.
+            let l = unsafe { &mut attr.link_create };
+            l.__bindgen_anon_1.prog_fd = prog.as_raw_fd() as u32;
+            l.__bindgen_anon_2.target_ifindex = 1;
+            l.attach_type = bpf_attach_type::BPF_XDP as u32;
+            let link = sys_bpf_fd(bpf_cmd::BPF_LINK_CREATE, &mut attr).expect("link XDP to lo");
+            let found = link_prog(link.as_fd()).unwrap();
+            let id = |fd: &OwnedFd| prog_info(fd.as_fd()).unwrap().0.id;
+            assert_eq!(id(&found), id(&prog));
+            assert_eq!(recursion_misses(found.as_fd()).unwrap(), Some(0));
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]
