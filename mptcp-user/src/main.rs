@@ -10,8 +10,27 @@ use mptcp_user::{
     upgrade::UpgradeError,
 };
 
+/// `run`'s own failures (usage errors included), like env(1) and timeout(1).
+const RUN_FAILED: u8 = 125;
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // The seccomp supervisor `run` starts is this binary again.
+    if let Some(code) = mptcp_user::upgrade::supervisor::main_if_requested() {
+        return code;
+    }
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            let usage_error = e.use_stderr();
+            return if usage_error && is_run() {
+                ExitCode::from(RUN_FAILED)
+            } else {
+                ExitCode::from(e.exit_code() as u8)
+            };
+        }
+    };
+    let is_run = matches!(cli.command, Some(Command::Run(_)));
     let level = match cli.verbose {
         0 => log::LevelFilter::Warn,
         1 => log::LevelFilter::Debug,
@@ -43,6 +62,9 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("mptcp-trace: {e:#}");
+            if is_run {
+                return ExitCode::from(RUN_FAILED);
+            }
             // Bad input and refusals are exit code 2, like clap's own usage errors.
             if e.downcast_ref::<FilterError>().is_some() {
                 ExitCode::from(2)
@@ -53,6 +75,14 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Whether the command line names the `run` verb (its first word that is not an option).
+fn is_run() -> bool {
+    std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .is_some_and(|a| a == "run")
 }
 
 fn dispatch(command: Option<Command>) -> anyhow::Result<()> {

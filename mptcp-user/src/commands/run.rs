@@ -1,6 +1,12 @@
 //! `mptcp-trace run -- CMD ARGS…`: a fresh cgroup under the cgroup2 root, the upgrade scoped to
 //! it, CMD started inside it; the cgroup is removed afterwards and CMD's status is ours.
 //!
+//! Two upgrade methods (`--method`): `bpf`, the fmod_ret program scoped to the cgroup, and
+//! `seccomp` ([`crate::upgrade::seccomp`]), a seccomp filter CMD installs before exec whose
+//! notifications a supervisor in the same cgroup answers with MPTCP sockets. `auto` takes bpf
+//! where the kernel allows it. Exit statuses follow env(1): 125 our failure, 126 CMD cannot be
+//! executed, 127 not found, else CMD's (128+N for signal N).
+//!
 //! Everything CMD starts stays in the cgroup and is upgraded too. Ctrl-C goes to CMD (the
 //! terminal sends it to the whole foreground group) while `run` ignores it; SIGTERM and SIGHUP
 //! are forwarded to CMD.
@@ -21,11 +27,12 @@ use log::{debug, warn};
 use mptcp_common::upgrade::Policy;
 
 use crate::{
-    cli::RunArgs,
+    cli::{RunArgs, RunMethod},
     commands::side_tracer::{Output, SideTracer},
     filter::cgroup2_mount,
     upgrade::{
         policy::{CgroupRef, PolicyExt},
+        seccomp::{join_cgroup, Method, Outcome, SeccompUpgrade, Upgraded},
         Upgrade, UpgradeError,
     },
 };
@@ -37,6 +44,9 @@ struct RunCgroup {
     /// Our own mount of the cgroup2 hierarchy, when none was visible (`ip netns exec` mounts a
     /// fresh /sys without it); unmounted on drop.
     own_mount: bool,
+    /// Our own helpers that may still be in the cgroup at the end (the seccomp supervisor
+    /// serving processes CMD left behind): moved out without a warning.
+    quiet_pids: Vec<String>,
 }
 
 /// Mounts the cgroup2 hierarchy on a private directory under /run.
@@ -78,6 +88,7 @@ impl RunCgroup {
             path,
             mount,
             own_mount,
+            quiet_pids: Vec::new(),
         };
         if let Err(source) = fs::create_dir(&cg.path) {
             cg.unmount();
@@ -115,7 +126,7 @@ impl RunCgroup {
             // upgrade's scope) so the cgroup can go.
             let procs = fs::read_to_string(self.path.join("cgroup.procs")).unwrap_or_default();
             for pid in procs.split_whitespace() {
-                if attempt == 0 {
+                if attempt == 0 && !self.quiet_pids.iter().any(|p| p == pid) {
                     warn!("process {pid} outlived the command; moving it out of the run's cgroup");
                 }
                 let _ = fs::write(self.mount.join("cgroup.procs"), pid);
@@ -141,14 +152,126 @@ extern "C" fn forward(sig: libc::c_int) {
     }
 }
 
+/// A flag shared with CMD's child (a MAP_SHARED page): set once everything before exec
+/// succeeded, so a failed spawn tells "CMD cannot be executed" (126/127) from our own failure
+/// (125).
+struct ExecStage(usize);
+
+impl ExecStage {
+    fn new() -> Result<ExecStage> {
+        // SAFETY: anonymous shared mapping of one page; unmapped on drop.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error()).context("mmap");
+        }
+        Ok(ExecStage(p as usize))
+    }
+
+    fn flag(&self) -> &std::sync::atomic::AtomicU32 {
+        // SAFETY: the page is mapped, zeroed, aligned, and lives as long as self.
+        unsafe { &*(self.0 as *const std::sync::atomic::AtomicU32) }
+    }
+}
+
+impl Drop for ExecStage {
+    fn drop(&mut self) {
+        // SAFETY: our mapping.
+        unsafe { libc::munmap(self.0 as *mut libc::c_void, 4096) };
+    }
+}
+
+/// The upgrade method in force for this run.
+enum Active {
+    Bpf(Upgrade),
+    Seccomp(SeccompUpgrade),
+}
+
+/// What `run` does with each socket record until the event pipeline takes them: `-v` shows
+/// every one; a socket kept TCP is worth one warning.
+fn log_record() -> Box<dyn FnMut(&Upgraded) + Send> {
+    let mut warned = false;
+    Box::new(move |u: &Upgraded| {
+        if matches!(u.outcome, Outcome::KeptTcp { .. }) && !warned {
+            warned = true;
+            eprintln!("mptcp-trace: {u}");
+        } else {
+            debug!("run: {u}");
+        }
+    })
+}
+
+/// A short reason for auto's fallback line (the full one is `upgrade`'s refusal).
+fn short_reason(e: &UpgradeError) -> String {
+    match e {
+        UpgradeError::HookMissing(v) => format!("Linux {v} has no update_socket_protocol hook"),
+        UpgradeError::TrampolinesRefused(r) => format!(
+            "the kernel refused the BPF trampoline: {} returned {}",
+            r.op,
+            crate::upgrade::seccomp::errno_name(r.errno)
+        ),
+        UpgradeError::MptcpDisabled => "net.mptcp.enabled = 0 here".into(),
+        other => other.to_string(),
+    }
+}
+
+fn choose(args: &RunArgs, policy: Policy, procs: &Path) -> Result<Active> {
+    let seccomp = || -> Result<Active> {
+        Ok(Active::Seccomp(SeccompUpgrade::start(
+            procs,
+            args.count_only,
+            log_record(),
+        )?))
+    };
+    match args.method {
+        RunMethod::Bpf => Ok(Active::Bpf(Upgrade::attach(policy)?)),
+        RunMethod::Seccomp => seccomp(),
+        RunMethod::Auto => match Upgrade::attach(policy) {
+            Ok(u) => Ok(Active::Bpf(u)),
+            Err(
+                e @ (UpgradeError::HookMissing(_)
+                | UpgradeError::TrampolinesRefused(_)
+                | UpgradeError::NoBtf(_)
+                | UpgradeError::MptcpDisabled
+                | UpgradeError::Rejected { .. }
+                | UpgradeError::Attach(_)),
+            ) => {
+                debug!("run: bpf method unavailable: {e}");
+                let s = seccomp()?;
+                eprintln!(
+                    "mptcp-trace: run: using the seccomp method ({}; `mptcp-trace upgrade` explains)",
+                    short_reason(&e)
+                );
+                Ok(s)
+            }
+            Err(e) => Err(e.into()),
+        },
+    }
+}
+
 pub fn run(args: RunArgs) -> Result<ExitCode> {
-    let cgroup = RunCgroup::create()?;
+    let mut cgroup = RunCgroup::create()?;
     let cg = CgroupRef::resolve(&cgroup.path)?;
     let mut policy = Policy::NONE;
     policy.set_cgroup(&cg);
     policy.count_only = args.count_only as u32;
-    let up = Upgrade::attach(policy)?;
-    debug!("run: upgrading {}", policy.describe());
+    let procs_path = cgroup.path.join("cgroup.procs");
+    let mut active = choose(&args, policy, &procs_path)?;
+    match &active {
+        Active::Bpf(_) => debug!("run: method {}, upgrading {}", Method::Bpf, policy.describe()),
+        Active::Seccomp(s) => {
+            debug!("run: method {}", Method::Seccomp);
+            cgroup.quiet_pids.push(s.supervisor_pid().to_string());
+        }
+    }
     let tracer = if args.trace {
         let filter = [
             OsString::from("--cgroup"),
@@ -159,33 +282,50 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         None
     };
 
-    let procs = CString::new(cgroup.path.join("cgroup.procs").as_os_str().as_bytes())
-        .context("cgroup path")?;
+    let procs = CString::new(procs_path.as_os_str().as_bytes()).context("cgroup path")?;
     let (program, rest) = args.command.split_first().expect("clap requires CMD");
     let mut cmd = Command::new(program);
     cmd.args(rest);
-    // SAFETY: the closure only makes async-signal-safe calls (open, write, close) on memory
-    // prepared before fork.
+    let stage = ExecStage::new()?;
+    let stage_addr = stage.0;
+    let setup = match &active {
+        Active::Seccomp(s) => Some(s.child_setup()),
+        Active::Bpf(_) => None,
+    };
+    // SAFETY: the closure only makes async-signal-safe calls (open, write, close, seccomp,
+    // sendmsg, an atomic store) on memory prepared before fork.
     unsafe {
         cmd.pre_exec(move || {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
+            join_cgroup(&procs)?;
+            if let Some(s) = &setup {
+                s.run()?;
             }
-            // "0": the writing process itself.
-            let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
-            let err = std::io::Error::last_os_error();
-            libc::close(fd);
-            if ok {
-                Ok(())
-            } else {
-                Err(err)
-            }
+            (*(stage_addr as *const std::sync::atomic::AtomicU32)).store(1, Ordering::SeqCst);
+            Ok(())
         });
     }
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot run {}", Path::new(program).display()))?;
+    let spawned = cmd.spawn();
+    if let Active::Seccomp(s) = &mut active {
+        s.spawned();
+    }
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) if stage.flag().load(Ordering::SeqCst) == 1 => {
+            // Everything was in place; exec itself failed: env(1)'s 127 / 126.
+            eprintln!("mptcp-trace: cannot run {}: {e}", Path::new(program).display());
+            let code = if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+            return Ok(ExitCode::from(code));
+        }
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!("cannot prepare {} to run", Path::new(program).display())
+            })
+        }
+    };
     CHILD.store(child.id() as i32, Ordering::Relaxed);
     // SAFETY: installing handlers; `forward` only calls kill.
     unsafe {
@@ -199,8 +339,17 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         // Subflows close shortly after their process exits.
         t.stop(Duration::from_millis(1500));
     }
-    debug!("run: {}", up.counts());
-    drop(up);
+    match active {
+        Active::Bpf(up) => {
+            debug!("run: {}", up.counts());
+            drop(up);
+        }
+        Active::Seccomp(s) => {
+            if let Some(c) = s.finish(Duration::from_secs(2)) {
+                debug!("run: {c}");
+            }
+        }
+    }
     drop(cgroup);
     let code = match (status.code(), status.signal()) {
         (Some(c), _) => c as u8,
