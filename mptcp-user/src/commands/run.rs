@@ -191,7 +191,7 @@ impl Drop for ExecStage {
 
 /// The upgrade method in force for this run.
 enum Active {
-    Bpf(Upgrade),
+    Bpf(Box<Upgrade>),
     Seccomp(SeccompUpgrade),
 }
 
@@ -232,10 +232,10 @@ fn choose(args: &RunArgs, policy: Policy, procs: &Path) -> Result<Active> {
         )?))
     };
     match args.method {
-        RunMethod::Bpf => Ok(Active::Bpf(Upgrade::attach(policy)?)),
+        RunMethod::Bpf => Ok(Active::Bpf(Box::new(Upgrade::attach(policy)?))),
         RunMethod::Seccomp => seccomp(),
         RunMethod::Auto => match Upgrade::attach(policy) {
-            Ok(u) => Ok(Active::Bpf(u)),
+            Ok(u) => Ok(Active::Bpf(Box::new(u))),
             Err(
                 e @ (UpgradeError::HookMissing(_)
                 | UpgradeError::TrampolinesRefused(_)
@@ -266,7 +266,11 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let procs_path = cgroup.path.join("cgroup.procs");
     let mut active = choose(&args, policy, &procs_path)?;
     match &active {
-        Active::Bpf(_) => debug!("run: method {}, upgrading {}", Method::Bpf, policy.describe()),
+        Active::Bpf(_) => debug!(
+            "run: method {}, upgrading {}",
+            Method::Bpf,
+            policy.describe()
+        ),
         Active::Seccomp(s) => {
             debug!("run: method {}", Method::Seccomp);
             cgroup.quiet_pids.push(s.supervisor_pid().to_string());
@@ -312,7 +316,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         Ok(c) => c,
         Err(e) if stage.flag().load(Ordering::SeqCst) == 1 => {
             // Everything was in place; exec itself failed: env(1)'s 127 / 126.
-            eprintln!("mptcp-trace: cannot run {}: {e}", Path::new(program).display());
+            eprintln!(
+                "mptcp-trace: cannot run {}: {e}",
+                Path::new(program).display()
+            );
             let code = if e.kind() == std::io::ErrorKind::NotFound {
                 127
             } else {
@@ -321,9 +328,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             return Ok(ExitCode::from(code));
         }
         Err(e) => {
-            return Err(e).with_context(|| {
-                format!("cannot prepare {} to run", Path::new(program).display())
-            })
+            return Err(e)
+                .with_context(|| format!("cannot prepare {} to run", Path::new(program).display()))
         }
     };
     CHILD.store(child.id() as i32, Ordering::Relaxed);

@@ -52,7 +52,7 @@ const TRACING_STILL_WORKS: &str = "tracing still works (mptcp-trace events)";
 pub enum UpgradeError {
     #[error("the upgrade needs root (CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN for BPF trampolines, CAP_SYS_ADMIN for cgroups); run with sudo")]
     NotRoot,
-    #[error("the upgrade needs Linux ≥ 6.6: this kernel ({0}) has no `update_socket_protocol` hook; {TRACING_STILL_WORKS}")]
+    #[error("the upgrade needs Linux ≥ 6.6: this kernel ({0}) has no `update_socket_protocol` hook; `mptcp-trace run -- CMD` works on it (seccomp user notification, Linux ≥ 5.9); {TRACING_STILL_WORKS}")]
     HookMissing(String),
     #[error("cannot read kernel BTF at {VMLINUX_BTF} ({0}): the upgrade needs CONFIG_DEBUG_INFO_BTF=y; {TRACING_STILL_WORKS}")]
     NoBtf(String),
@@ -227,11 +227,9 @@ impl Upgrade {
         let prog_fd = match raw_bpf::load_fmod_ret(insns, &license, PROGRAM, btf_id) {
             Ok(fd) => fd,
             Err(e) if e.io.raw_os_error() == Some(libc::EPERM) => {
-                return Err(UpgradeError::TrampolinesRefused(refusal::Refusal::diagnose(
-                    "BPF_PROG_LOAD",
-                    &e.io,
-                    &e.log,
-                )))
+                return Err(UpgradeError::TrampolinesRefused(
+                    refusal::Refusal::diagnose("BPF_PROG_LOAD", &e.io, &e.log),
+                ))
             }
             Err(e) => {
                 return Err(UpgradeError::Rejected {
@@ -243,7 +241,11 @@ impl Upgrade {
         debug!("loaded fmod_ret/{HOOK} ({} instructions)", insns.len());
         let link = raw_bpf::link_create(prog_fd.as_fd()).map_err(|e| {
             if e.raw_os_error() == Some(libc::EPERM) {
-                UpgradeError::TrampolinesRefused(refusal::Refusal::diagnose("BPF_LINK_CREATE", &e, ""))
+                UpgradeError::TrampolinesRefused(refusal::Refusal::diagnose(
+                    "BPF_LINK_CREATE",
+                    &e,
+                    "",
+                ))
             } else {
                 UpgradeError::Attach(e)
             }

@@ -119,7 +119,10 @@ impl fmt::Display for Refusal {
             )?;
         }
         match self.lockdown.as_deref() {
-            None => write!(f, "; kernel lockdown unknown (no /sys/kernel/security/lockdown)")?,
+            None => write!(
+                f,
+                "; kernel lockdown unknown (no /sys/kernel/security/lockdown)"
+            )?,
             Some("none") => write!(f, "; kernel lockdown is off (none), so it is not the cause")?,
             Some("confidentiality") => write!(
                 f,
@@ -165,13 +168,22 @@ mod tests {
     #[test]
     fn never_blames_lockdown_without_cause() {
         let t = r(Some("none"), vec![]);
-        assert!(t.contains("BPF_PROG_LOAD returned EPERM with an empty verifier log"), "{t}");
-        assert!(t.contains("lockdown is off (none), so it is not the cause"), "{t}");
+        assert!(
+            t.contains("BPF_PROG_LOAD returned EPERM with an empty verifier log"),
+            "{t}"
+        );
+        assert!(
+            t.contains("lockdown is off (none), so it is not the cause"),
+            "{t}"
+        );
         let t = r(Some("integrity"), vec![]);
         assert!(t.contains("not a proven cause"), "{t}");
         assert!(t.contains("active LSMs: lockdown,capability,yama"), "{t}");
         let t = r(None, vec!["CAP_BPF"]);
         assert!(t.contains("missing effective capabilities CAP_BPF"), "{t}");
-        assert_eq!(parse_lockdown("none [integrity] confidentiality\n"), "integrity");
+        assert_eq!(
+            parse_lockdown("none [integrity] confidentiality\n"),
+            "integrity"
+        );
     }
 }

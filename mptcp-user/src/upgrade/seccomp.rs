@@ -455,7 +455,8 @@ impl SeccompUpgrade {
             return Err(UpgradeError::io("socketpair")(io::Error::last_os_error()));
         }
         // SAFETY: fresh descriptors we own.
-        let (sup_end, cmd_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (sup_end, cmd_end) =
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         let procs = CString::new(procs.as_os_str().as_bytes()).expect("no NUL");
         let level = log::max_level().to_string();
         let mut cmd = Command::new("/proc/self/exe");

@@ -35,8 +35,7 @@ use libseccomp::{notify_id_valid, ScmpNotifReq, ScmpNotifResp, ScmpNotifRespFlag
 use log::{debug, warn};
 
 use super::seccomp::{
-    recv_fd, Method, Outcome, Upgraded, COUNT_ONLY_ENV, SUPERVISOR_ENV,
-    SUPERVISOR_FD,
+    recv_fd, Method, Outcome, Upgraded, COUNT_ONLY_ENV, SUPERVISOR_ENV, SUPERVISOR_FD,
 };
 use crate::event::Family;
 
@@ -245,7 +244,10 @@ fn handle(st: &mut State, req: &ScmpNotifReq) -> Option<Upgraded> {
     let caller = match caller {
         Ok(c) => c,
         Err(e) => {
-            warn!("seccomp: cannot read the identity of tid {}: {e}; its socket stays TCP", req.pid);
+            warn!(
+                "seccomp: cannot read the identity of tid {}: {e}; its socket stays TCP",
+                req.pid
+            );
             respond_continue(st, id);
             rec.outcome = Outcome::KeptTcp {
                 errno: e.raw_os_error().unwrap_or(libc::EIO),
@@ -274,7 +276,11 @@ fn handle(st: &mut State, req: &ScmpNotifReq) -> Option<Upgraded> {
             return Some(rec);
         }
     };
-    let newfd_flags = if rec.cloexec { libc::O_CLOEXEC as u32 } else { 0 };
+    let newfd_flags = if rec.cloexec {
+        libc::O_CLOEXEC as u32
+    } else {
+        0
+    };
     rec.outcome = match install(st, id, &sock, newfd_flags) {
         Ok(()) => Outcome::Upgraded,
         // Killed (or interrupted by a signal: it will call again) between ID_VALID and here.
@@ -294,7 +300,9 @@ fn mptcp_socket(family: i32, ty: i32) -> Result<OwnedFd, i32> {
     // SAFETY: plain system call.
     let fd = unsafe { libc::socket(family, ty | libc::SOCK_CLOEXEC, libc::IPPROTO_MPTCP) };
     if fd < 0 {
-        return Err(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO));
+        return Err(io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO));
     }
     // SAFETY: fresh descriptor.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -312,7 +320,11 @@ fn mptcp_socket_as(
     let netns = caller.netns.as_raw_fd();
     let enter_ns = caller.netns_ino != own_netns;
     let creds = (caller.creds != *own_creds).then(|| caller.creds.clone());
-    let last = || io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
+    let last = || {
+        io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO)
+    };
     std::thread::scope(|s| {
         s.spawn(move || {
             // SAFETY: these system calls change only the calling thread (raw syscalls, not
@@ -356,7 +368,9 @@ fn addfd(st: &State, id: u64, sock: &OwnedFd, flags: u64, newfd_flags: u32) -> R
         )
     };
     if r < 0 {
-        Err(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
+        Err(io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO))
     } else {
         Ok(r)
     }
@@ -398,8 +412,9 @@ mod tests {
         assert_eq!(c.uid, [1000, 1000, 1000, 1001]);
         assert_eq!(c.gid, [100; 4]);
         assert_eq!(c.groups, [4, 27]);
-        let none = parse_status("Name:\tx\nTgid:\t1\nUid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nGroups:\t\n")
-            .unwrap();
+        let none =
+            parse_status("Name:\tx\nTgid:\t1\nUid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nGroups:\t\n")
+                .unwrap();
         assert!(none.2.groups.is_empty());
     }
 }
