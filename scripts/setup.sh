@@ -21,6 +21,9 @@ PACKAGES=(
   # driving the live view in tests
   tmux
   gcc pkg-config
+  # run's seccomp upgrade method (libseccomp builds the filter); libc6-dev's libc.a links the
+  # tests' static Go-like client (gcc -static); util-linux for setpriv
+  libseccomp-dev libc6-dev util-linux
 )
 
 missing=()
