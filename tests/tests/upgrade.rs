@@ -692,7 +692,9 @@ fn run_client_and_server_join_a_second_subflow_over_blue() {
         thread::sleep(Duration::from_millis(50));
     }
     // The client also traces its own connection (`run --trace`): events on stderr.
-    let mib_before = mptcp_mib(&bed.client);
+    // The server's receive-side counters: they exist on every kernel (the client's
+    // MPCapableSYNTX/MPJoinSynTx only from 6.2), and only this connection runs in the bed.
+    let mib_before = mptcp_mib(&bed.server);
     let client = run_in(
         &bed.client,
         format!("client {server_addr}"),
@@ -720,7 +722,7 @@ fn run_client_and_server_join_a_second_subflow_over_blue() {
     );
     // The kernel's own MIB counters agree with our events: one MP_CAPABLE SYN per connection
     // we reported, one MP_JOIN SYN per join we reported.
-    let mib_after = mptcp_mib(&bed.client);
+    let mib_after = mptcp_mib(&bed.server);
     let count = |k: integration_tests::Kind, join: Option<bool>| {
         events
             .iter()
@@ -728,14 +730,14 @@ fn run_client_and_server_join_a_second_subflow_over_blue() {
             .count() as u64
     };
     assert_eq!(
-        grew(&mib_before, &mib_after, "MPCapableSYNTX"),
+        grew(&mib_before, &mib_after, "MPCapableSYNRX"),
         count(integration_tests::Kind::ConnCreated, None),
-        "MPCapableSYNTX vs conn_created:\n{stderr}"
+        "MPCapableSYNRX vs conn_created:\n{stderr}"
     );
     assert_eq!(
-        grew(&mib_before, &mib_after, "MPJoinSynTx"),
+        grew(&mib_before, &mib_after, "MPJoinSynRx"),
         count(integration_tests::Kind::SubflowEstablished, Some(true)),
-        "MPJoinSynTx vs joins:\n{stderr}"
+        "MPJoinSynRx vs joins:\n{stderr}"
     );
     assert!(server.wait().unwrap().success());
     let (s, c) = (parse(&sout), parse(&cout));
@@ -967,18 +969,25 @@ fn bad_scopes_and_disabled_mptcp_are_refused_with_status_2() {
 // The seccomp method (`run --method seccomp`), on every kernel ≥ 5.9, judged by the kernel's
 // own MPTcpExt counters and sock_diag, not by our output.
 
-/// The static Go-like client (tests/c/go-like-client.c, built by build.rs), written out once
-/// per test process.
-fn go_like_client() -> PathBuf {
-    static BIN: &[u8] = include_bytes!(env!("GO_LIKE_CLIENT"));
-    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    PATH.get_or_init(|| {
-        let p = std::env::temp_dir().join(format!("go-like-client-{}", std::process::id()));
-        fs::write(&p, BIN).unwrap();
+/// A C helper built by build.rs, written out once per test process.
+fn helper(name: &str, bytes: &[u8], once: &'static std::sync::OnceLock<PathBuf>) -> PathBuf {
+    once.get_or_init(|| {
+        let p = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+        fs::write(&p, bytes).unwrap();
         fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
         p
     })
     .clone()
+}
+
+/// The static Go-like client (tests/c/go-like-client.c).
+fn go_like_client() -> PathBuf {
+    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    helper(
+        "go-like-client",
+        include_bytes!(env!("GO_LIKE_CLIENT")),
+        &PATH,
+    )
 }
 
 /// Removes a file when dropped.
@@ -1239,4 +1248,83 @@ fn seccomp_sockets_carry_the_callers_uid_and_cgroup() {
     assert!(ss.contains("uid:65534"), "owner uid: {ss}");
     let cgroup = format!("cgroup:/mptcp-trace-run.{}", run.0.id());
     assert!(ss.contains(&cgroup), "{cgroup}: {ss}");
+}
+
+/// Not a test: the cost of socket()+close() under each upgrade method, side by side, for
+/// BENCHMARKS.md. Rounds are interleaved; the median of each is printed.
+/// `cargo test -p integration-tests --release --test upgrade -- --ignored --nocapture bench_socket_cost`
+#[test]
+#[ignore = "benchmark, run by hand"]
+fn bench_socket_cost() {
+    require_root();
+    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let bench = helper("socket-bench", include_bytes!(env!("SOCKET_BENCH")), &PATH);
+    let n = std::env::var("SOCKET_BENCH_N").unwrap_or_else(|_| "20000".into());
+    let b = bench.to_str().unwrap();
+    let tb = mptcp_trace_bin();
+    let t = tb.to_str().unwrap();
+    let variants: Vec<(&str, Vec<&str>)> = vec![
+        ("no upgrade", vec![b, &n]),
+        ("mptcpize run", vec!["mptcpize", "run", b, &n]),
+        (
+            "mptcp-trace run --method bpf",
+            vec![t, "run", "--method", "bpf", "--", b, &n],
+        ),
+        (
+            "mptcp-trace run --method seccomp",
+            vec![t, "run", "--method", "seccomp", "--", b, &n],
+        ),
+    ];
+    let mut results: Vec<Vec<f64>> = vec![vec![]; variants.len()];
+    let mut protocol = vec![String::new(); variants.len()];
+    for _round in 0..5 {
+        for (i, (_, argv)) in variants.iter().enumerate() {
+            let Ok(o) = Command::new(argv[0]).args(&argv[1..]).output() else {
+                protocol[i] = "not installed".into();
+                continue;
+            };
+            let out = String::from_utf8_lossy(&o.stdout).to_string();
+            let Some(ns) = out
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("ns_per_socket="))
+            else {
+                protocol[i] = format!("failed (exit {:?})", o.status.code());
+                continue;
+            };
+            results[i].push(ns.parse().unwrap());
+            protocol[i] = out
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("protocol="))
+                .unwrap_or("?")
+                .to_string();
+        }
+    }
+    let median = |v: &Vec<f64>| {
+        let mut v = v.clone();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v.get(v.len() / 2).copied()
+    };
+    let base = median(&results[0]).unwrap();
+    let mptcpize = median(&results[1]);
+    println!(
+        "kernel {}, {n} sockets per run, median of 5 runs",
+        fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap()
+            .trim()
+    );
+    println!(
+        "| method | SO_PROTOCOL | ns per socket()+close() | vs no upgrade | vs mptcpize run |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    for (i, (name, _)) in variants.iter().enumerate() {
+        match median(&results[i]) {
+            Some(m) => println!(
+                "| {name} | {} | {m:.0} | {:.2}× | {} |",
+                protocol[i],
+                m / base,
+                mptcpize.map_or("–".into(), |z| format!("{:.2}×", m / z))
+            ),
+            None => println!("| {name} | {} | – | – | – |", protocol[i]),
+        }
+    }
 }
