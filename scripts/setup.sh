@@ -15,7 +15,7 @@ PACKAGES=(
   # eBPF compiler: Debian's Rust with library sources for -Z build-std, LLVM for bpf-linker
   rustc-web cargo-web rust-web-src llvm-22-dev libpolly-22-dev libzstd-dev
   # the test bed and oracles: ip mptcp / ss, ncat, tcpdump, mptcpize, bpftrace for comparison
-  iproute2 ncat tcpdump mptcpd bpftrace bpftool kmod
+  iproute2 ncat tcpdump mptcpd mptcpize bpftrace bpftool kmod
   # the VM tests: qemu (TCG), busybox initramfs
   qemu-system-x86 busybox-static cpio xz-utils zstd
   # driving the live view in tests

@@ -1328,3 +1328,27 @@ fn bench_socket_cost() {
         }
     }
 }
+
+/// Ctrl-C reaches the whole foreground process group: the supervisor must outlive it, or the
+/// sockets CMD opens while it shuts down would fail (ENOSYS).
+#[test]
+fn seccomp_supervisor_survives_a_sigint_to_the_process_group() {
+    require_root();
+    let out = out_file("sc-sigint");
+    let exe = std::env::current_exe().unwrap();
+    let st = Command::new(mptcp_trace_bin())
+        .args(["run", "--method", "seccomp", "--", "sh", "-c"])
+        .arg(format!(
+            "trap '' INT; kill -INT 0; sleep 0.3; exec {} --ignored --exact workload --nocapture",
+            exe.display()
+        ))
+        .env(ROLE, "sockets")
+        .env(OUT, &out)
+        .stdout(Stdio::null())
+        // Its own process group, so the SIGINT does not reach the test harness.
+        .process_group(0)
+        .status()
+        .unwrap();
+    assert!(st.success(), "{st}");
+    assert_eq!(proto(&parse(&out), "client"), MPTCP);
+}

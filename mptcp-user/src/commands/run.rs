@@ -304,9 +304,20 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             if let Some(s) = &setup {
                 s.run()?;
             }
+            // CMD gets Ctrl-C as usual (an ignored disposition would survive exec).
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::signal(libc::SIGQUIT, libc::SIG_DFL);
             (*(stage_addr as *const std::sync::atomic::AtomicU32)).store(1, Ordering::SeqCst);
             Ok(())
         });
+    }
+    // Ctrl-C goes to CMD (the terminal sends it to the whole foreground group); `run` ignores
+    // it from before CMD exists, so that even a CMD that signals its group at once cannot
+    // kill `run` first.
+    // SAFETY: plain signal dispositions.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGQUIT, libc::SIG_IGN);
     }
     let spawned = cmd.spawn();
     if let Active::Seccomp(s) = &mut active {
@@ -335,8 +346,6 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     CHILD.store(child.id() as i32, Ordering::Relaxed);
     // SAFETY: installing handlers; `forward` only calls kill.
     unsafe {
-        libc::signal(libc::SIGINT, libc::SIG_IGN);
-        libc::signal(libc::SIGQUIT, libc::SIG_IGN);
         libc::signal(libc::SIGTERM, forward as *const () as libc::sighandler_t);
         libc::signal(libc::SIGHUP, forward as *const () as libc::sighandler_t);
     }

@@ -473,6 +473,12 @@ impl SeccompUpgrade {
         unsafe {
             cmd.pre_exec(move || {
                 join_cgroup(&procs)?;
+                // Ctrl-C and hang-ups reach the whole foreground group; the supervisor stays
+                // until the last process holding the filter is gone (see supervisor.rs).
+                // Ignored from before exec, so that no early signal can kill it.
+                libc::signal(libc::SIGINT, libc::SIG_IGN);
+                libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+                libc::signal(libc::SIGHUP, libc::SIG_IGN);
                 if sup_raw == SUPERVISOR_FD {
                     if libc::fcntl(sup_raw, libc::F_SETFD, 0) != 0 {
                         return Err(io::Error::last_os_error());

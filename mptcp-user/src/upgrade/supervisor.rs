@@ -48,8 +48,17 @@ pub fn main_if_requested() -> Option<ExitCode> {
         .format_target(false)
         .format_timestamp(None)
         .init();
-    // SAFETY: PR_SET_NAME with a NUL-terminated name of ≤ 15 bytes.
-    unsafe { libc::prctl(libc::PR_SET_NAME, c"mptcp-seccomp".as_ptr()) };
+    // SAFETY: PR_SET_NAME with a NUL-terminated name of ≤ 15 bytes; ignoring signals.
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, c"mptcp-seccomp".as_ptr());
+        // Ctrl-C and a hang-up reach the whole foreground group: CMD decides what they mean,
+        // and may still open sockets while it shuts down, so the supervisor stays until the
+        // last process holding the filter is gone. (Were it killed, their TCP socket() calls
+        // would fail with ENOSYS.)
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
     let count_only = std::env::var_os(COUNT_ONLY_ENV).is_some();
     Some(match serve(count_only) {
         Ok(()) => ExitCode::SUCCESS,
