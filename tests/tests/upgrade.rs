@@ -1046,13 +1046,14 @@ fn join_server(
     })
 }
 
-/// `ip netns exec NS mptcp-trace run --method seccomp -- CMD…`, stdin/stdout/stderr piped.
+/// `ip netns exec NS mptcp-trace -v run --method seccomp -- CMD…`, stdin/stdout/stderr piped
+/// (`-v`: the run's record of each socket and its totals on stderr).
 fn seccomp_run_in(ns: &str, cmd: &[&std::ffi::OsStr]) -> integration_tests::ChildGuard {
     integration_tests::ChildGuard(
         Command::new("ip")
             .args(["netns", "exec", ns])
             .arg(mptcp_trace_bin())
-            .args(["run", "--method", "seccomp", "--"])
+            .args(["-v", "run", "--method", "seccomp", "--"])
             .args(cmd)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -1173,6 +1174,13 @@ fn seccomp_go_like_nonblocking_cloexec_client_becomes_mptcp_and_joins() {
     assert!(t.contains("protocol=262 nonblock=1 cloexec=1"), "{t}");
     assert!(t.contains("reply=bye"), "{t}");
     assert_joined(&before, &mptcp_mib(&bed.server), &t);
+    // Our records agree with the kernel's one MP_CAPABLE SYN.
+    assert!(
+        t.contains(
+            "TCP sockets seen 1, upgraded to MPTCP 1, kept TCP (no MPTCP in their namespace) 0"
+        ),
+        "{t}"
+    );
 }
 
 #[test]
@@ -1195,6 +1203,12 @@ fn seccomp_keeps_tcp_where_mptcp_is_disabled_and_says_why() {
     assert!(t.contains("reply=bye"), "{t}");
     assert!(t.contains("kept TCP") && t.contains("ENOPROTOOPT"), "{t}");
     assert!(t.contains("net.mptcp.enabled = 0"), "{t}");
+    assert!(
+        t.contains(
+            "TCP sockets seen 1, upgraded to MPTCP 0, kept TCP (no MPTCP in their namespace) 1"
+        ),
+        "{t}"
+    );
     assert_eq!(
         grew(&before, &mptcp_mib(&bed.server), "MPCapableSYNRX"),
         0,
