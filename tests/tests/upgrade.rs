@@ -560,8 +560,13 @@ impl Drop for Cgroup {
 
 /// `run --method METHOD` of the socket workload: TCP sockets become MPTCP, the rest stays.
 fn run_sockets(name: &str, method: &str) {
+    run_sockets_env(name, method, &[]);
+}
+
+fn run_sockets_env(name: &str, method: &str, env: &[(&str, &str)]) {
     let out = out_file(name);
     let mut cmd = Command::new(mptcp_trace_bin());
+    cmd.envs(env.iter().copied());
     cmd.args(["run", "--method", method, "--"])
         .arg(std::env::current_exe().unwrap())
         .args(["--ignored", "--exact", "workload", "--nocapture"])
@@ -608,6 +613,18 @@ fn run_upgrades_std_sockets_but_not_udp_or_socketpair() {
 fn run_seccomp_upgrades_tcp_only_not_udp_unix_raw_or_socketpair() {
     require_root();
     run_sockets("run-sockets-seccomp", "seccomp");
+}
+
+/// The two-step ADDFD of Linux 5.9–5.13 (install, then answer with the descriptor number),
+/// forced on this kernel: the same sockets, the same flags.
+#[test]
+fn run_seccomp_two_step_addfd_as_on_5_9_to_5_13() {
+    require_root();
+    run_sockets_env(
+        "run-sockets-2step",
+        "seccomp",
+        &[("MPTCP_TRACE_SECCOMP_TWO_STEP_ADDFD", "1")],
+    );
 }
 
 #[test]

@@ -43,6 +43,9 @@ use crate::event::Family;
 pub const SUPERVISOR_ENV: &str = "MPTCP_TRACE_SECCOMP_SUPERVISOR";
 /// Set (to "1") when the supervisor only counts: every socket stays TCP.
 pub const COUNT_ONLY_ENV: &str = "MPTCP_TRACE_SECCOMP_COUNT_ONLY";
+/// Set (to "1") to install sockets in two steps (ADDFD, then a response with the descriptor)
+/// as on Linux 5.9–5.13 even where SECCOMP_ADDFD_FLAG_SEND exists: for the tests.
+pub const TWO_STEP_ENV: &str = "MPTCP_TRACE_SECCOMP_TWO_STEP_ADDFD";
 /// The descriptor on which the supervisor receives the listener.
 pub const SUPERVISOR_FD: RawFd = 3;
 

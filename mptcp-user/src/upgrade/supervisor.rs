@@ -35,7 +35,7 @@ use libseccomp::{notify_id_valid, ScmpNotifReq, ScmpNotifResp, ScmpNotifRespFlag
 use log::{debug, warn};
 
 use super::seccomp::{
-    recv_fd, Method, Outcome, Upgraded, COUNT_ONLY_ENV, SUPERVISOR_ENV, SUPERVISOR_FD,
+    recv_fd, Method, Outcome, Upgraded, COUNT_ONLY_ENV, SUPERVISOR_ENV, SUPERVISOR_FD, TWO_STEP_ENV,
 };
 use crate::event::Family;
 
@@ -142,7 +142,7 @@ fn serve(count_only: bool) -> io::Result<()> {
         own_creds: parse_status(&own)?.2,
         cgroup2: crate::filter::cgroup2_mount(),
         count_only,
-        addfd_send: true,
+        addfd_send: std::env::var_os(TWO_STEP_ENV).is_none(),
     };
     let mut out = io::stdout().lock();
     loop {
