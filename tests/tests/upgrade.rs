@@ -1155,17 +1155,42 @@ fn seccomp_ipv6_busybox_nc_becomes_mptcp_and_joins_the_second_path() {
     );
 }
 
-/// Runs the Go-like client under the seccomp method; returns (its output, the run's output).
-fn go_like_run(bed: &TestBed, addr: SocketAddr, join: bool) -> (HashMap<String, u64>, Output) {
+/// Runs the Go-like client under the seccomp method; returns (the server's counters before,
+/// the run's output). `enter_ns`: `run` starts in the host's namespace and CMD enters the
+/// client's itself (`ip netns exec`), so the socket must follow the caller's namespace.
+fn go_like_run(
+    bed: &TestBed,
+    addr: SocketAddr,
+    join: bool,
+    enter_ns: bool,
+) -> (HashMap<String, u64>, Output) {
     let before = mptcp_mib(&bed.server);
     let server = join_server(bed, addr, join.then(|| before.clone()));
     let bin = go_like_client();
     assert!(is_static_elf(&bin), "the Go-like client is static");
     let (ip, port) = (addr.ip().to_string(), addr.port().to_string());
-    let mut run = seccomp_run_in(
-        &bed.client,
-        &[bin.as_ref(), ip.as_ref(), port.as_ref(), "hello\n".as_ref()],
-    );
+    let client_args = [bin.as_ref(), ip.as_ref(), port.as_ref(), "hello\n".as_ref()];
+    let mut run = if enter_ns {
+        let mut cmd: Vec<&std::ffi::OsStr> = vec![
+            "ip".as_ref(),
+            "netns".as_ref(),
+            "exec".as_ref(),
+            bed.client.as_ref(),
+        ];
+        cmd.extend(client_args);
+        integration_tests::ChildGuard(
+            Command::new(mptcp_trace_bin())
+                .args(["-v", "run", "--method", "seccomp", "--"])
+                .args(cmd)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        )
+    } else {
+        seccomp_run_in(&bed.client, &client_args)
+    };
     drop(run.0.stdin.take());
     let line = server.join().unwrap();
     let out = std::mem::replace(&mut run.0, Command::new("true").spawn().unwrap())
@@ -1183,7 +1208,7 @@ fn seccomp_go_like_nonblocking_cloexec_client_becomes_mptcp_and_joins() {
     let addr = format!("{}:{port}", testbed::RED_SERVER_V4)
         .parse()
         .unwrap();
-    let (before, out) = go_like_run(&bed, addr, true);
+    let (before, out) = go_like_run(&bed, addr, true, false);
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     // The caller's flags survived the replacement: O_NONBLOCK on the file, FD_CLOEXEC on
@@ -1200,6 +1225,23 @@ fn seccomp_go_like_nonblocking_cloexec_client_becomes_mptcp_and_joins() {
     );
 }
 
+/// CMD moves itself into another network namespace (`ip netns exec` inside the run): its
+/// MPTCP socket is created there, not in the supervisor's namespace.
+#[test]
+fn seccomp_socket_follows_the_callers_network_namespace() {
+    require_root();
+    let bed = TestBed::create(&tag("sc-setns")).expect("test bed");
+    let port = 7000 + (std::process::id() % 400) as u16;
+    let addr = format!("{}:{port}", testbed::RED_SERVER_V4)
+        .parse()
+        .unwrap();
+    let (before, out) = go_like_run(&bed, addr, true, true);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("protocol=262 nonblock=1 cloexec=1"), "{t}");
+    assert_joined(&before, &mptcp_mib(&bed.server), &t);
+}
+
 #[test]
 fn seccomp_keeps_tcp_where_mptcp_is_disabled_and_says_why() {
     require_root();
@@ -1213,7 +1255,7 @@ fn seccomp_keeps_tcp_where_mptcp_is_disabled_and_says_why() {
     let addr = format!("{}:{port}", testbed::RED_SERVER_V4)
         .parse()
         .unwrap();
-    let (before, out) = go_like_run(&bed, addr, false);
+    let (before, out) = go_like_run(&bed, addr, false, false);
     let t = text(&out);
     assert!(out.status.success(), "CMD still connects: {t}");
     assert!(t.contains("protocol=6 nonblock=1 cloexec=1"), "{t}");

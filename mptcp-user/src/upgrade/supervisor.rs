@@ -78,11 +78,13 @@ struct Creds {
 }
 
 struct Caller {
+    tid: u32,
     tgid: u32,
     comm: String,
     creds: Creds,
-    netns: OwnedFd,
     netns_ino: u64,
+    /// The caller's network namespace, opened only when it is not ours.
+    netns: Option<OwnedFd>,
     cgroup_id: u64,
 }
 
@@ -121,6 +123,8 @@ struct State {
     own_netns_ino: u64,
     own_creds: Creds,
     cgroup2: Option<PathBuf>,
+    /// Cgroup ids by path (a cgroup's id is its directory's inode).
+    cgroup_ids: std::collections::HashMap<String, u64>,
     count_only: bool,
     /// Whether SECCOMP_ADDFD_FLAG_SEND works (Linux ≥ 5.14); learned from the first ADDFD.
     addfd_send: bool,
@@ -141,10 +145,13 @@ fn serve(count_only: bool) -> io::Result<()> {
         own_netns_ino: fs::metadata("/proc/thread-self/ns/net")?.ino(),
         own_creds: parse_status(&own)?.2,
         cgroup2: crate::filter::cgroup2_mount(),
+        cgroup_ids: Default::default(),
         count_only,
         addfd_send: std::env::var_os(TWO_STEP_ENV).is_none(),
     };
-    let mut out = io::stdout().lock();
+    // Records are flushed whenever no request is waiting: one write per burst, not per socket.
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let mut timeout = 0;
     loop {
         let mut pfd = libc::pollfd {
             fd: st.listener.as_raw_fd(),
@@ -152,7 +159,14 @@ fn serve(count_only: bool) -> io::Result<()> {
             revents: 0,
         };
         // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut pfd, 1, -1) };
+        let n = unsafe { libc::poll(&mut pfd, 1, timeout) };
+        if n == 0 {
+            // The run process may be gone (killed); the upgrade goes on regardless.
+            let _ = out.flush();
+            timeout = -1;
+            continue;
+        }
+        timeout = 0;
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -172,42 +186,61 @@ fn serve(count_only: bool) -> io::Result<()> {
             if let Some(rec) = handle(&mut st, &req) {
                 log::trace!("seccomp: {rec}");
                 let line = serde_json::to_string(&rec).expect("serializable");
-                // The run process may be gone (killed); the upgrade goes on regardless.
-                let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+                let _ = writeln!(out, "{line}");
             }
         } else if pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
             debug!("seccomp supervisor: no process holds the filter any more");
+            let _ = out.flush();
             return Ok(());
         }
     }
 }
 
-fn read_caller(st: &State, tid: u32) -> io::Result<Caller> {
+fn read_caller(st: &mut State, tid: u32) -> io::Result<Caller> {
     let status = fs::read_to_string(format!("/proc/{tid}/status"))?;
     let (tgid, comm, creds) = parse_status(&status)?;
-    let ns_path = CString::new(format!("/proc/{tid}/ns/net")).expect("no NUL");
-    // SAFETY: NUL-terminated path.
-    let fd = unsafe { libc::open(ns_path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fresh descriptor.
-    let netns = unsafe { OwnedFd::from_raw_fd(fd) };
-    let netns_ino = fs::File::from(netns.try_clone()?).metadata()?.ino();
+    let ns_path = format!("/proc/{tid}/ns/net");
+    let netns_ino = fs::metadata(&ns_path)?.ino();
+    let netns = if netns_ino == st.own_netns_ino {
+        None
+    } else {
+        let c = CString::new(ns_path).expect("no NUL");
+        // SAFETY: NUL-terminated path.
+        let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fresh descriptor.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // The namespace opened must be the one whose inode was checked.
+        if fs::File::from(fd.try_clone()?).metadata()?.ino() != netns_ino {
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        Some(fd)
+    };
     let cgroup_id = fs::read_to_string(format!("/proc/{tid}/cgroup"))
         .ok()
         .and_then(|t| {
             let rel = t.lines().find_map(|l| l.strip_prefix("0::"))?.to_string();
+            if let Some(id) = st.cgroup_ids.get(&rel) {
+                return Some(*id);
+            }
             let dir = st.cgroup2.as_ref()?.join(rel.trim_start_matches('/'));
-            fs::metadata(dir).ok().map(|m| m.ino())
+            let id = fs::metadata(dir).ok()?.ino();
+            if st.cgroup_ids.len() > 1024 {
+                st.cgroup_ids.clear();
+            }
+            st.cgroup_ids.insert(rel, id);
+            Some(id)
         })
         .unwrap_or(0);
     Ok(Caller {
+        tid,
         tgid,
         comm,
         creds,
-        netns,
         netns_ino,
+        netns,
         cgroup_id,
     })
 }
@@ -272,10 +305,10 @@ fn handle(st: &mut State, req: &ScmpNotifReq) -> Option<Upgraded> {
         rec.outcome = Outcome::Counted;
         return Some(rec);
     }
-    let sock = if caller.netns_ino == st.own_netns_ino && caller.creds == st.own_creds {
+    let sock = if caller.netns.is_none() && caller.creds == st.own_creds {
         mptcp_socket(family, ty)
     } else {
-        mptcp_socket_as(&caller, st.own_netns_ino, &st.own_creds, family, ty)
+        mptcp_socket_as(&caller, &st.own_creds, family, ty)
     };
     let sock = match sock {
         Ok(s) => s,
@@ -321,14 +354,16 @@ fn mptcp_socket(family: i32, ty: i32) -> Result<OwnedFd, i32> {
 /// thread ends right after, so the credentials it took die with it.
 fn mptcp_socket_as(
     caller: &Caller,
-    own_netns: u64,
     own_creds: &Creds,
     family: i32,
     ty: i32,
 ) -> Result<OwnedFd, i32> {
-    let netns = caller.netns.as_raw_fd();
-    let enter_ns = caller.netns_ino != own_netns;
+    let netns = caller.netns.as_ref().map(|fd| fd.as_raw_fd());
     let creds = (caller.creds != *own_creds).then(|| caller.creds.clone());
+    debug!(
+        "seccomp: creating tid {}'s socket in netns {} as uid {:?}",
+        caller.tid, caller.netns_ino, caller.creds.uid
+    );
     let last = || {
         io::Error::last_os_error()
             .raw_os_error()
@@ -339,8 +374,10 @@ fn mptcp_socket_as(
             // SAFETY: these system calls change only the calling thread (raw syscalls, not
             // glibc's process-wide set*id wrappers); `netns` stays open during the call.
             unsafe {
-                if enter_ns && libc::setns(netns, libc::CLONE_NEWNET) != 0 {
-                    return Err(last());
+                if let Some(ns) = netns {
+                    if libc::setns(ns, libc::CLONE_NEWNET) != 0 {
+                        return Err(last());
+                    }
                 }
                 if let Some(c) = creds {
                     if libc::syscall(libc::SYS_setgroups, c.groups.len(), c.groups.as_ptr()) != 0
