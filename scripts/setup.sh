@@ -15,12 +15,15 @@ PACKAGES=(
   # eBPF compiler: Debian's Rust with library sources for -Z build-std, LLVM for bpf-linker
   rustc-web cargo-web rust-web-src rust-web-clippy llvm-22-dev libpolly-22-dev libzstd-dev
   # the test bed and oracles: ip mptcp / ss, ncat, tcpdump, mptcpize, bpftrace for comparison
-  iproute2 ncat tcpdump mptcpd bpftrace bpftool kmod
+  iproute2 ncat tcpdump mptcpd mptcpize bpftrace bpftool kmod
   # the VM tests: qemu (TCG), busybox initramfs
   qemu-system-x86 busybox-static cpio xz-utils zstd
   # driving the live view in tests
   tmux
   gcc pkg-config
+  # run's seccomp upgrade method (libseccomp builds the filter); libc6-dev's libc.a links the
+  # tests' static Go-like client (gcc -static); util-linux for setpriv
+  libseccomp-dev libc6-dev util-linux
 )
 
 missing=()

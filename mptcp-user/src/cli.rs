@@ -24,20 +24,17 @@ pub struct Cli {
 }
 
 impl Cli {
-    /// Parses the command line; selectors go after the command when there is one (`mptcp-trace
+    /// Selectors go after the command when there is one (`mptcp-trace
     /// events --port 80`), so selectors before a command are a usage error, not ignored.
-    pub fn parse_checked() -> Cli {
-        use clap::{CommandFactory, Parser};
-        let cli = Cli::parse();
-        if cli.command.is_some() && cli.select != SelectArgs::default() {
-            Cli::command()
-                .error(
-                    clap::error::ErrorKind::ArgumentConflict,
-                    "selectors go after the command (e.g. `mptcp-trace events --port 80`)",
-                )
-                .exit();
+    pub fn check_selectors(&self) -> Result<(), clap::Error> {
+        use clap::CommandFactory;
+        if self.command.is_some() && self.select != SelectArgs::default() {
+            return Err(Cli::command().error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "selectors go after the command (e.g. `mptcp-trace events --port 80`)",
+            ));
         }
-        cli
+        Ok(())
     }
 }
 
@@ -76,10 +73,16 @@ pub enum Command {
     ///
     /// Example: sudo mptcp-trace upgrade --status
     Upgrade(UpgradeArgs),
-    /// Run CMD in a fresh cgroup with the TCP→MPTCP upgrade scoped to it (an eBPF
-    /// `mptcpize run` that also covers static and Go binaries); exits with CMD's status.
+    /// Run CMD in a fresh cgroup with the TCP→MPTCP upgrade scoped to it (an `mptcpize run`
+    /// that also covers static and Go binaries); exits with CMD's status.
+    ///
+    /// Exit status: 125 when mptcp-trace itself fails (bad options included), 126 when CMD
+    /// is found but cannot be executed, 127 when it is not found, otherwise CMD's own status
+    /// (128+N when a signal N killed it).
     ///
     /// Example: sudo mptcp-trace run -- curl http://10.0.0.1:8080/
+    ///
+    /// Example: sudo mptcp-trace run --method seccomp -- busybox nc 10.0.0.1 4321
     Run(RunArgs),
     /// Check the host and each network namespace for what MPTCP and mptcp-trace need: one
     /// line per check (✓ ok, ⚠ warning, ✗ failure), each failure with the command that fixes
@@ -144,8 +147,25 @@ pub struct UpgradeArgs {
     pub json: bool,
 }
 
+/// How `run` upgrades CMD's sockets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum RunMethod {
+    /// bpf where the kernel has the hook and lets the program load, else seccomp.
+    #[default]
+    Auto,
+    /// fmod_ret on update_socket_protocol (Linux ≥ 6.6, BPF trampolines allowed).
+    Bpf,
+    /// seccomp user notification on socket(); the supervisor installs an MPTCP socket in
+    /// CMD with SECCOMP_IOCTL_NOTIF_ADDFD (Linux ≥ 5.9).
+    Seccomp,
+}
+
 #[derive(Debug, Args, Default, Clone)]
 pub struct RunArgs {
+    /// How to upgrade: auto (bpf if the kernel allows it, else seccomp), bpf or seccomp.
+    #[arg(long, value_enum, default_value_t = RunMethod::Auto)]
+    pub method: RunMethod,
+
     /// Count the sockets CMD creates that would be upgraded, change nothing.
     #[arg(long)]
     pub count_only: bool,
@@ -320,6 +340,13 @@ mod tests {
             panic!("not run")
         };
         assert_eq!(r.command, ["sh", "-c", "exit 3"]);
+        assert_eq!(r.method, RunMethod::Auto);
+        let cli =
+            Cli::try_parse_from(["mptcp-trace", "run", "--method", "seccomp", "--", "nc"]).unwrap();
+        let Some(Command::Run(r)) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(r.method, RunMethod::Seccomp);
         for args in [
             &["mptcp-trace", "upgrade", "--all", "--comm", "x"][..],
             &["mptcp-trace", "upgrade", "--status", "--all"],

@@ -2,6 +2,8 @@
 
 use std::process::ExitCode;
 
+use clap::Parser;
+
 use mptcp_user::{
     cli::{Cli, Command, EventsArgs, LiveArgs},
     commands,
@@ -13,8 +15,31 @@ use mptcp_user::{
     upgrade::UpgradeError,
 };
 
+/// `run`'s own failures (usage errors included), like env(1) and timeout(1).
+const RUN_FAILED: u8 = 125;
+
 fn main() -> ExitCode {
-    let cli = Cli::parse_checked();
+    // The seccomp supervisor `run` starts is this binary again.
+    if let Some(code) = mptcp_user::upgrade::supervisor::main_if_requested() {
+        return code;
+    }
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            let usage_error = e.use_stderr();
+            return if usage_error && is_run() {
+                ExitCode::from(RUN_FAILED)
+            } else {
+                ExitCode::from(e.exit_code() as u8)
+            };
+        }
+    };
+    if let Err(e) = cli.check_selectors() {
+        let _ = e.print();
+        return ExitCode::from(2);
+    }
+    let is_run = matches!(cli.command, Some(Command::Run(_)));
     let level = match cli.verbose {
         0 => log::LevelFilter::Warn,
         1 => log::LevelFilter::Debug,
@@ -27,7 +52,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         // `run` exits with its command's status.
-        Some(Command::Run(args)) => block_on_code(commands::run::run(args)),
+        Some(Command::Run(args)) => commands::run::run(args),
         // `doctor` exits 1 when a check fails.
         Some(Command::Doctor(args)) => commands::doctor::run(args),
         Some(Command::Upgrade(args)) => {
@@ -48,6 +73,9 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("mptcp-trace: {e:#}");
+            if is_run {
+                return ExitCode::from(RUN_FAILED);
+            }
             // Bad input and refusals are exit code 2, like clap's own usage errors.
             let refused = e.downcast_ref::<SelectError>().is_some()
                 || e.downcast_ref::<UnknownNetns>().is_some()
@@ -71,6 +99,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// Whether the command line names the `run` verb (its first word that is not an option).
+fn is_run() -> bool {
+    std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .is_some_and(|a| a == "run")
+}
+
 fn dispatch(command: Option<Command>, select: mptcp_user::cli::SelectArgs) -> anyhow::Result<()> {
     match command {
         Some(Command::Run(_) | Command::Upgrade(_) | Command::Doctor(_)) => {
@@ -92,15 +128,6 @@ fn dispatch(command: Option<Command>, select: mptcp_user::cli::SelectArgs) -> an
             ..EventsArgs::default()
         })),
     }
-}
-
-fn block_on_code<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(
-    f: F,
-) -> anyhow::Result<ExitCode> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(f)
 }
 
 fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {

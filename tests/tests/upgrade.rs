@@ -139,12 +139,27 @@ fn assert_refused(kind: Expect, args: &[&str]) {
                 t.contains("refused to load the upgrade's BPF trampoline"),
                 "{t}"
             );
-            assert!(t.contains("lockdown"), "{t}");
+            // What the kernel returned and what was checked, not a guess.
+            assert!(t.contains("BPF_PROG_LOAD returned EPERM"), "{t}");
+            assert!(t.contains("Checked:"), "{t}");
+            let mode = lockdown();
+            if mode == "none" {
+                assert!(
+                    t.contains("lockdown is off (none), so it is not the cause"),
+                    "{t}"
+                );
+            } else {
+                assert!(t.contains(&format!("lockdown is {mode}")), "{t}");
+            }
             assert!(t.contains("mptcpize run"), "{t}");
         }
         Expect::Works => unreachable!(),
     }
     assert!(t.contains("tracing still works"), "{t}");
+    // `upgrade` names what works on this kernel instead.
+    if args[0] == "upgrade" {
+        assert!(t.contains("mptcp-trace run -- CMD"), "{t}");
+    }
     assert!(
         !Path::new(PIN_DIR).join("upgrade_link").exists(),
         "{PIN_DIR} has an upgrade after a refusal"
@@ -256,6 +271,25 @@ fn workload_sockets(out: &mut Vec<String>) {
         0
     );
     out.push(format!("socketpair={}", fd_protocol(pair[0])));
+    let unix = raw_socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+    out.push(format!("unix={}", fd_protocol(unix)));
+    let raw = raw_socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP);
+    out.push(format!("raw={}", fd_protocol(raw)));
+}
+
+/// Drops to uid/gid 65534 (no supplementary groups), listens on `addr` and waits until a
+/// connection comes (the test reads the listener's owner and cgroup from sock_diag meanwhile).
+fn workload_listen_as_nobody(addr: SocketAddr, out_path: &Path, out: &mut Vec<String>) {
+    // SAFETY: plain system calls; this process is single-threaded here.
+    unsafe {
+        assert_eq!(libc::setgroups(0, std::ptr::null()), 0);
+        assert_eq!(libc::setresgid(65534, 65534, 65534), 0);
+        assert_eq!(libc::setresuid(65534, 65534, 65534), 0);
+    }
+    let listener = TcpListener::bind(addr).unwrap();
+    out.push(format!("listener={}", so_protocol(&listener).unwrap()));
+    fs::write(out_path.with_extension("listening"), "").unwrap();
+    let _ = listener.accept().unwrap();
 }
 
 /// Serves one connection: reads to EOF, answers the byte count.
@@ -320,6 +354,9 @@ fn workload() {
             workload_server(words.next().unwrap().parse().unwrap(), &out_path, &mut out)
         }
         Some("client") => workload_client(words.next().unwrap().parse().unwrap(), &mut out),
+        Some("listen-as-nobody") => {
+            workload_listen_as_nobody(words.next().unwrap().parse().unwrap(), &out_path, &mut out)
+        }
         other => panic!("unknown role {other:?}"),
     }
     fs::write(&out_path, out.join("\n")).unwrap();
@@ -521,21 +558,24 @@ impl Drop for Cgroup {
 // ---------------------------------------------------------------------------------------------
 // Tests.
 
-#[test]
-fn run_upgrades_std_sockets_but_not_udp_or_socketpair() {
-    let kind = expect();
-    if kind != Expect::Works {
-        return assert_refused(kind, &["run", "--", "true"]);
-    }
-    let out = out_file("run-sockets");
+/// `run --method METHOD` of the socket workload: TCP sockets become MPTCP, the rest stays.
+fn run_sockets(name: &str, method: &str) {
+    run_sockets_env(name, method, &[]);
+}
+
+fn run_sockets_env(name: &str, method: &str, env: &[(&str, &str)]) {
+    let out = out_file(name);
     let mut cmd = Command::new(mptcp_trace_bin());
-    cmd.args(["run", "--"])
+    cmd.envs(env.iter().copied());
+    cmd.args(["run", "--method", method, "--"])
         .arg(std::env::current_exe().unwrap())
         .args(["--ignored", "--exact", "workload", "--nocapture"])
         .env(ROLE, "sockets")
         .env(OUT, &out)
         .stdout(Stdio::null());
-    let st = cmd.status().unwrap();
+    let mut child = cmd.spawn().unwrap();
+    let run_pid = child.id();
+    let st = child.wait().unwrap();
     assert!(st.success(), "{st}");
     let m = parse(&out);
     for key in ["listener", "client", "accepted", "nonblock_cloexec_v6"] {
@@ -543,39 +583,103 @@ fn run_upgrades_std_sockets_but_not_udp_or_socketpair() {
     }
     assert_eq!(proto(&m, "udp"), libc::IPPROTO_UDP, "{m:?}");
     assert_eq!(proto(&m, "socketpair"), 0, "{m:?}");
-    // Outside the run's cgroup nothing changed, and nothing is left behind.
-    assert_eq!(proto(&sockets_now("run-after", None, None), "client"), TCP);
+    assert_eq!(proto(&m, "unix"), 0, "{m:?}");
+    assert_eq!(
+        proto(&m, "raw"),
+        TCP,
+        "a raw IPPROTO_TCP socket stays raw: {m:?}"
+    );
+    // Outside the run nothing changed, and nothing is left behind.
+    assert_eq!(
+        proto(&sockets_now(&format!("{name}-after"), None, None), "client"),
+        TCP
+    );
     assert_no_program_left();
-    let leftovers: Vec<_> = fs::read_dir(cgroup2_mount().unwrap())
+    let cg = cgroup2_mount()
         .unwrap()
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("mptcp-trace-run.")
-        })
-        .collect();
-    assert!(leftovers.is_empty(), "cgroups left: {leftovers:?}");
+        .join(format!("mptcp-trace-run.{run_pid}"));
+    assert!(!cg.exists(), "cgroup left: {}", cg.display());
+}
+
+/// `auto` works on every kernel the tests run on: bpf where the kernel allows it, else
+/// seccomp.
+#[test]
+fn run_upgrades_std_sockets_but_not_udp_or_socketpair() {
+    expect();
+    run_sockets("run-sockets", "auto");
+}
+
+#[test]
+fn run_seccomp_upgrades_tcp_only_not_udp_unix_raw_or_socketpair() {
+    require_root();
+    run_sockets("run-sockets-seccomp", "seccomp");
+}
+
+/// The two-step ADDFD of Linux 5.9–5.13 (install, then answer with the descriptor number),
+/// forced on this kernel: the same sockets, the same flags.
+#[test]
+fn run_seccomp_two_step_addfd_as_on_5_9_to_5_13() {
+    require_root();
+    run_sockets_env(
+        "run-sockets-2step",
+        "seccomp",
+        &[("MPTCP_TRACE_SECCOMP_TWO_STEP_ADDFD", "1")],
+    );
 }
 
 #[test]
 fn run_exits_with_the_command_status() {
     let kind = expect();
-    if kind != Expect::Works {
-        return assert_refused(kind, &["run", "--", "sh", "-c", "exit 7"]);
+    for method in ["auto", "seccomp"] {
+        let o = trace(&["run", "--method", method, "--", "sh", "-c", "exit 7"]);
+        assert_eq!(o.status.code(), Some(7), "{method}: {}", text(&o));
+        let o = trace(&["run", "--method", method, "--", "sh", "-c", "kill -KILL $$"]);
+        assert_eq!(o.status.code(), Some(128 + 9), "{method}: {}", text(&o));
+        // Not found: 127; found but not executable (a directory, a non-executable file): 126.
+        let o = trace(&["run", "--method", method, "--", "/no/such/program"]);
+        assert_eq!(o.status.code(), Some(127), "{method}: {}", text(&o));
+        assert!(text(&o).contains("/no/such/program"), "{}", text(&o));
+        for not_exec in ["/", "/proc/self/status"] {
+            let o = trace(&["run", "--method", method, "--", not_exec]);
+            assert_eq!(
+                o.status.code(),
+                Some(126),
+                "{method} {not_exec}: {}",
+                text(&o)
+            );
+        }
     }
-    let o = trace(&["run", "--", "sh", "-c", "exit 7"]);
-    assert_eq!(o.status.code(), Some(7), "{}", text(&o));
-    let o = trace(&["run", "--", "sh", "-c", "kill -KILL $$"]);
-    assert_eq!(o.status.code(), Some(128 + 9), "{}", text(&o));
+    // mptcp-trace's own failures: 125 (a bad option, a method this kernel refuses).
+    let o = trace(&["run", "--method", "bogus", "--", "true"]);
+    assert_eq!(o.status.code(), Some(125), "{}", text(&o));
+    let o = trace(&["run", "--method"]);
+    assert_eq!(o.status.code(), Some(125), "{}", text(&o));
+    let o = trace(&["run"]);
+    assert_eq!(o.status.code(), Some(125), "{}", text(&o));
+    let o = trace(&["run", "--method", "bpf", "--", "true"]);
+    match kind {
+        Expect::Works => assert!(o.status.success(), "{}", text(&o)),
+        Expect::HookMissing => {
+            assert_eq!(o.status.code(), Some(125), "{}", text(&o));
+            assert!(text(&o).contains("needs Linux ≥ 6.6"), "{}", text(&o));
+        }
+        Expect::Refused => {
+            assert_eq!(o.status.code(), Some(125), "{}", text(&o));
+            assert!(
+                text(&o).contains("BPF_PROG_LOAD returned EPERM"),
+                "{}",
+                text(&o)
+            );
+        }
+    }
+    // The other commands keep 2 for bad input.
+    assert_eq!(trace(&["events", "--port", "x"]).status.code(), Some(2));
+    assert_no_program_left();
 }
 
 #[test]
 fn run_client_and_server_join_a_second_subflow_over_blue() {
-    let kind = expect();
-    if kind != Expect::Works {
-        return assert_refused(kind, &["run", "--trace", "--", "true"]);
-    }
+    expect();
     let bed = TestBed::create(&tag("upg")).expect("test bed");
     let port = 4400 + (std::process::id() % 500) as u16;
     let server_addr = format!("{}:{port}", testbed::RED_SERVER_V4);
@@ -605,7 +709,9 @@ fn run_client_and_server_join_a_second_subflow_over_blue() {
         thread::sleep(Duration::from_millis(50));
     }
     // The client also traces its own connection (`run --trace`): events on stderr.
-    let mib_before = mptcp_mib(&bed.client);
+    // The server's receive-side counters: they exist on every kernel (the client's
+    // MPCapableSYNTX/MPJoinSynTx only from 6.2), and only this connection runs in the bed.
+    let mib_before = mptcp_mib(&bed.server);
     let client = run_in(
         &bed.client,
         format!("client {server_addr}"),
@@ -635,7 +741,7 @@ fn run_client_and_server_join_a_second_subflow_over_blue() {
     );
     // The kernel's own MIB counters agree with our events: one MP_CAPABLE SYN per connection
     // we reported, one MP_JOIN SYN per join we reported.
-    let mib_after = mptcp_mib(&bed.client);
+    let mib_after = mptcp_mib(&bed.server);
     let count = |k: integration_tests::Kind, join: Option<bool>| {
         events
             .iter()
@@ -643,14 +749,14 @@ fn run_client_and_server_join_a_second_subflow_over_blue() {
             .count() as u64
     };
     assert_eq!(
-        grew(&mib_before, &mib_after, "MPCapableSYNTX"),
+        grew(&mib_before, &mib_after, "MPCapableSYNRX"),
         count(integration_tests::Kind::ConnCreated, None),
-        "MPCapableSYNTX vs conn_created:\n{stderr}"
+        "MPCapableSYNRX vs conn_created:\n{stderr}"
     );
     assert_eq!(
-        grew(&mib_before, &mib_after, "MPJoinSynTx"),
+        grew(&mib_before, &mib_after, "MPJoinSynRx"),
         count(integration_tests::Kind::SubflowEstablished, Some(true)),
-        "MPJoinSynTx vs joins:\n{stderr}"
+        "MPJoinSynRx vs joins:\n{stderr}"
     );
     assert!(server.wait().unwrap().success());
     let (s, c) = (parse(&sout), parse(&cout));
@@ -670,15 +776,12 @@ fn run_client_and_server_join_a_second_subflow_over_blue() {
 /// What LD_PRELOAD (mptcpize) cannot do: a statically linked program is upgraded too.
 #[test]
 fn a_statically_linked_client_is_upgraded() {
-    let kind = expect();
+    expect();
     let busybox = Path::new("/bin/busybox");
     assert!(
         is_static_elf(busybox),
         "busybox-static provides a static /bin/busybox"
     );
-    if kind != Expect::Works {
-        return assert_refused(kind, &["run", "--", "/bin/busybox", "true"]);
-    }
     let bed = TestBed::create(&tag("static")).expect("test bed");
     let port = 4900 + (std::process::id() % 90) as u16;
     let addr: SocketAddr = format!("{}:{port}", testbed::RED_SERVER_V4)
@@ -879,4 +982,448 @@ fn bad_scopes_and_disabled_mptcp_are_refused_with_status_2() {
     }
     assert_no_program_left();
     assert!(!Path::new(PIN_DIR).join("upgrade_link").exists());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The seccomp method (`run --method seccomp`), on every kernel ≥ 5.9, judged by the kernel's
+// own MPTcpExt counters and sock_diag, not by our output.
+
+/// A C helper built by build.rs, written out once per test process.
+fn helper(name: &str, bytes: &[u8], once: &'static std::sync::OnceLock<PathBuf>) -> PathBuf {
+    once.get_or_init(|| {
+        let p = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+        fs::write(&p, bytes).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    })
+    .clone()
+}
+
+/// The static Go-like client (tests/c/go-like-client.c).
+fn go_like_client() -> PathBuf {
+    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    helper(
+        "go-like-client",
+        include_bytes!(env!("GO_LIKE_CLIENT")),
+        &PATH,
+    )
+}
+
+/// Removes a file when dropped.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// A native MPTCP server (IPPROTO_MPTCP listener) in the bed's server namespace for one
+/// connection: reads a line; with `join_from` (the server's counters before the client
+/// started) it waits, at most 20 s, until the namespace's MPJoinSynRx grew, so the client stays
+/// connected while the second subflow joins; then answers "bye" and closes. Returns the line.
+fn join_server(
+    bed: &TestBed,
+    addr: SocketAddr,
+    join_from: Option<HashMap<String, u64>>,
+) -> thread::JoinHandle<String> {
+    let listener = testbed::in_netns(&bed.server, move || {
+        mptcp_user::peer::listen(addr, mptcp_user::peer::Proto::Mptcp)
+    })
+    .unwrap()
+    .expect("listen");
+    listener.set_nonblocking(true).unwrap();
+    let ns = bed.server.clone();
+    thread::spawn(move || {
+        let start = Instant::now();
+        let conn = loop {
+            match listener.accept() {
+                Ok((c, _)) => break c,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if start.elapsed() > TIMEOUT {
+                        return "no connection".into();
+                    }
+                    thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        conn.set_nonblocking(false).unwrap();
+        conn.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(&conn), &mut line).unwrap();
+        if let Some(before) = join_from {
+            let start = Instant::now();
+            while grew(&before, &mptcp_mib(&ns), "MPJoinSynRx") == 0
+                && start.elapsed() < Duration::from_secs(20)
+            {
+                thread::sleep(Duration::from_millis(100));
+            }
+        }
+        (&conn).write_all(b"bye\n").unwrap();
+        line
+    })
+}
+
+/// `ip netns exec NS mptcp-trace -v run --method seccomp -- CMD…`, stdin/stdout/stderr piped
+/// (`-v`: the run's record of each socket and its totals on stderr).
+fn seccomp_run_in(ns: &str, cmd: &[&std::ffi::OsStr]) -> integration_tests::ChildGuard {
+    integration_tests::ChildGuard(
+        Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(mptcp_trace_bin())
+            .args(["-v", "run", "--method", "seccomp", "--"])
+            .args(cmd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// The client's connection went MPTCP and joined the second path: the server namespace saw
+/// one MP_CAPABLE SYN and at least one MP_JOIN SYN.
+fn assert_joined(before: &HashMap<String, u64>, after: &HashMap<String, u64>, what: &str) {
+    assert_eq!(
+        grew(before, after, "MPCapableSYNRX"),
+        1,
+        "MP_CAPABLE SYNs at the server: {what}"
+    );
+    assert!(
+        grew(before, after, "MPJoinSynRx") >= 1,
+        "no MP_JOIN SYN at the server: {what}"
+    );
+}
+
+/// Runs `busybox nc ADDR PORT` under the seccomp method in the client namespace against the
+/// join server; returns what the run printed.
+fn busybox_nc_joins(bed: &TestBed, addr: SocketAddr) {
+    let before = mptcp_mib(&bed.server);
+    let server = join_server(bed, addr, Some(before.clone()));
+    let (ip, port) = (addr.ip().to_string(), addr.port().to_string());
+    let mut run = seccomp_run_in(
+        &bed.client,
+        &[
+            "/bin/busybox".as_ref(),
+            "nc".as_ref(),
+            ip.as_ref(),
+            port.as_ref(),
+        ],
+    );
+    let mut stdin = run.0.stdin.take().unwrap();
+    stdin.write_all(b"hello\n").unwrap();
+    let line = server.join().unwrap();
+    // nc sees the server close; its stdin closes too.
+    drop(stdin);
+    let out = std::mem::replace(&mut run.0, Command::new("true").spawn().unwrap())
+        .wait_with_output()
+        .unwrap();
+    let t = text(&out);
+    assert_eq!(line, "hello\n", "the server got nothing: {t}");
+    assert!(out.status.success(), "{t}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("bye"), "{t}");
+    assert_joined(&before, &mptcp_mib(&bed.server), &t);
+}
+
+#[test]
+fn seccomp_static_busybox_nc_becomes_mptcp_and_joins_the_second_path() {
+    require_root();
+    assert!(
+        is_static_elf(Path::new("/bin/busybox")),
+        "busybox-static provides /bin/busybox"
+    );
+    let bed = TestBed::create(&tag("sc-nc")).expect("test bed");
+    let port = 5000 + (std::process::id() % 400) as u16;
+    busybox_nc_joins(
+        &bed,
+        format!("{}:{port}", testbed::RED_SERVER_V4)
+            .parse()
+            .unwrap(),
+    );
+}
+
+#[test]
+fn seccomp_ipv6_busybox_nc_becomes_mptcp_and_joins_the_second_path() {
+    require_root();
+    let bed = TestBed::create(&tag("sc-nc6")).expect("test bed");
+    bed.use_ipv6_endpoint().unwrap();
+    let port = 5400 + (std::process::id() % 400) as u16;
+    busybox_nc_joins(
+        &bed,
+        format!("[{}]:{port}", testbed::RED_SERVER_V6)
+            .parse()
+            .unwrap(),
+    );
+}
+
+/// Runs the Go-like client under the seccomp method; returns (the server's counters before,
+/// the run's output). `enter_ns`: `run` starts in the host's namespace and CMD enters the
+/// client's itself (`ip netns exec`), so the socket must follow the caller's namespace.
+fn go_like_run(
+    bed: &TestBed,
+    addr: SocketAddr,
+    join: bool,
+    enter_ns: bool,
+) -> (HashMap<String, u64>, Output) {
+    let before = mptcp_mib(&bed.server);
+    let server = join_server(bed, addr, join.then(|| before.clone()));
+    let bin = go_like_client();
+    assert!(is_static_elf(&bin), "the Go-like client is static");
+    let (ip, port) = (addr.ip().to_string(), addr.port().to_string());
+    let client_args = [bin.as_ref(), ip.as_ref(), port.as_ref(), "hello\n".as_ref()];
+    let mut run = if enter_ns {
+        let mut cmd: Vec<&std::ffi::OsStr> = vec![
+            "ip".as_ref(),
+            "netns".as_ref(),
+            "exec".as_ref(),
+            bed.client.as_ref(),
+        ];
+        cmd.extend(client_args);
+        integration_tests::ChildGuard(
+            Command::new(mptcp_trace_bin())
+                .args(["-v", "run", "--method", "seccomp", "--"])
+                .args(cmd)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        )
+    } else {
+        seccomp_run_in(&bed.client, &client_args)
+    };
+    drop(run.0.stdin.take());
+    let line = server.join().unwrap();
+    let out = std::mem::replace(&mut run.0, Command::new("true").spawn().unwrap())
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(line, "hello\n", "{}", text(&out));
+    (before, out)
+}
+
+#[test]
+fn seccomp_go_like_nonblocking_cloexec_client_becomes_mptcp_and_joins() {
+    require_root();
+    let bed = TestBed::create(&tag("sc-go")).expect("test bed");
+    let port = 5800 + (std::process::id() % 400) as u16;
+    let addr = format!("{}:{port}", testbed::RED_SERVER_V4)
+        .parse()
+        .unwrap();
+    let (before, out) = go_like_run(&bed, addr, true, false);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    // The caller's flags survived the replacement: O_NONBLOCK on the file, FD_CLOEXEC on
+    // the descriptor.
+    assert!(t.contains("protocol=262 nonblock=1 cloexec=1"), "{t}");
+    assert!(t.contains("reply=bye"), "{t}");
+    assert_joined(&before, &mptcp_mib(&bed.server), &t);
+    // Our records agree with the kernel's one MP_CAPABLE SYN.
+    assert!(
+        t.contains(
+            "TCP sockets seen 1, upgraded to MPTCP 1, kept TCP (no MPTCP in their namespace) 0"
+        ),
+        "{t}"
+    );
+}
+
+/// CMD moves itself into another network namespace (`ip netns exec` inside the run): its
+/// MPTCP socket is created there, not in the supervisor's namespace.
+#[test]
+fn seccomp_socket_follows_the_callers_network_namespace() {
+    require_root();
+    let bed = TestBed::create(&tag("sc-setns")).expect("test bed");
+    let port = 7000 + (std::process::id() % 400) as u16;
+    let addr = format!("{}:{port}", testbed::RED_SERVER_V4)
+        .parse()
+        .unwrap();
+    let (before, out) = go_like_run(&bed, addr, true, true);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("protocol=262 nonblock=1 cloexec=1"), "{t}");
+    assert_joined(&before, &mptcp_mib(&bed.server), &t);
+}
+
+#[test]
+fn seccomp_keeps_tcp_where_mptcp_is_disabled_and_says_why() {
+    require_root();
+    let bed = TestBed::create(&tag("sc-off")).expect("test bed");
+    testbed::in_netns(&bed.client, || {
+        fs::write("/proc/sys/net/mptcp/enabled", "0")
+    })
+    .unwrap()
+    .unwrap();
+    let port = 6200 + (std::process::id() % 400) as u16;
+    let addr = format!("{}:{port}", testbed::RED_SERVER_V4)
+        .parse()
+        .unwrap();
+    let (before, out) = go_like_run(&bed, addr, false, false);
+    let t = text(&out);
+    assert!(out.status.success(), "CMD still connects: {t}");
+    assert!(t.contains("protocol=6 nonblock=1 cloexec=1"), "{t}");
+    assert!(t.contains("reply=bye"), "{t}");
+    assert!(t.contains("kept TCP") && t.contains("ENOPROTOOPT"), "{t}");
+    assert!(t.contains("net.mptcp.enabled = 0"), "{t}");
+    assert!(
+        t.contains(
+            "TCP sockets seen 1, upgraded to MPTCP 0, kept TCP (no MPTCP in their namespace) 1"
+        ),
+        "{t}"
+    );
+    assert_eq!(
+        grew(&before, &mptcp_mib(&bed.server), "MPCapableSYNRX"),
+        0,
+        "an MP_CAPABLE SYN came from a namespace with MPTCP disabled: {t}"
+    );
+}
+
+/// The socket carries the caller's identity, as the kernel reports it (sock_diag, what
+/// `ss -e --cgroup` prints): owner uid 65534 after the caller dropped root, and the run's
+/// cgroup. Meanwhile a process outside CMD's tree is untouched.
+#[test]
+fn seccomp_sockets_carry_the_callers_uid_and_cgroup() {
+    require_root();
+    let port = 6600 + (std::process::id() % 400) as u16;
+    let addr = format!("127.0.0.1:{port}");
+    let out = out_file("sc-nobody");
+    let listening = RemoveOnDrop(out.with_extension("listening"));
+    let _ = fs::remove_file(&listening.0);
+    let mut run = integration_tests::ChildGuard(
+        Command::new(mptcp_trace_bin())
+            .args(["run", "--method", "seccomp", "--"])
+            .arg(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", "workload", "--nocapture"])
+            .env(ROLE, format!("listen-as-nobody {addr}"))
+            .env(OUT, &out)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let start = Instant::now();
+    while !listening.0.exists() {
+        assert!(start.elapsed() < TIMEOUT, "workload not listening");
+        assert!(run.0.try_wait().unwrap().is_none(), "run exited");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let ss = Command::new("ss")
+        .args(["-Mlne", "--cgroup", &format!("sport = :{port}")])
+        .output()
+        .unwrap();
+    let ss = String::from_utf8_lossy(&ss.stdout).to_string();
+    // Outside CMD's tree, while the run is active: plain TCP.
+    assert_eq!(proto(&sockets_now("sc-outside", None, None), "client"), TCP);
+    let _ = TcpStream::connect(&addr).unwrap();
+    let st = run.0.wait().unwrap();
+    assert!(st.success(), "{st}");
+    assert_eq!(proto(&parse(&out), "listener"), MPTCP);
+    assert!(
+        ss.contains(&format!("127.0.0.1:{port}")),
+        "no MPTCP listener in ss -M: {ss}"
+    );
+    assert!(ss.contains("uid:65534"), "owner uid: {ss}");
+    let cgroup = format!("cgroup:/mptcp-trace-run.{}", run.0.id());
+    assert!(ss.contains(&cgroup), "{cgroup}: {ss}");
+}
+
+/// Not a test: the cost of socket()+close() under each upgrade method, side by side, for
+/// BENCHMARKS.md. Rounds are interleaved; the median of each is printed.
+/// `cargo test -p integration-tests --release --test upgrade -- --ignored --nocapture bench_socket_cost`
+#[test]
+#[ignore = "benchmark, run by hand"]
+fn bench_socket_cost() {
+    require_root();
+    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let bench = helper("socket-bench", include_bytes!(env!("SOCKET_BENCH")), &PATH);
+    let n = std::env::var("SOCKET_BENCH_N").unwrap_or_else(|_| "20000".into());
+    let b = bench.to_str().unwrap();
+    let tb = mptcp_trace_bin();
+    let t = tb.to_str().unwrap();
+    let variants: Vec<(&str, Vec<&str>)> = vec![
+        ("no upgrade", vec![b, &n]),
+        ("mptcpize run", vec!["mptcpize", "run", b, &n]),
+        (
+            "mptcp-trace run --method bpf",
+            vec![t, "run", "--method", "bpf", "--", b, &n],
+        ),
+        (
+            "mptcp-trace run --method seccomp",
+            vec![t, "run", "--method", "seccomp", "--", b, &n],
+        ),
+    ];
+    let mut results: Vec<Vec<f64>> = vec![vec![]; variants.len()];
+    let mut protocol = vec![String::new(); variants.len()];
+    for _round in 0..5 {
+        for (i, (_, argv)) in variants.iter().enumerate() {
+            let Ok(o) = Command::new(argv[0]).args(&argv[1..]).output() else {
+                protocol[i] = "not installed".into();
+                continue;
+            };
+            let out = String::from_utf8_lossy(&o.stdout).to_string();
+            let Some(ns) = out
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("ns_per_socket="))
+            else {
+                protocol[i] = format!("failed (exit {:?})", o.status.code());
+                continue;
+            };
+            results[i].push(ns.parse().unwrap());
+            protocol[i] = out
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("protocol="))
+                .unwrap_or("?")
+                .to_string();
+        }
+    }
+    let median = |v: &Vec<f64>| {
+        let mut v = v.clone();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v.get(v.len() / 2).copied()
+    };
+    let base = median(&results[0]).unwrap();
+    let mptcpize = median(&results[1]);
+    println!(
+        "kernel {}, {n} sockets per run, median of 5 runs",
+        fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap()
+            .trim()
+    );
+    println!(
+        "| method | SO_PROTOCOL | ns per socket()+close() | vs no upgrade | vs mptcpize run |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    for (i, (name, _)) in variants.iter().enumerate() {
+        match median(&results[i]) {
+            Some(m) => println!(
+                "| {name} | {} | {m:.0} | {:.2}× | {} |",
+                protocol[i],
+                m / base,
+                mptcpize.map_or("–".into(), |z| format!("{:.2}×", m / z))
+            ),
+            None => println!("| {name} | {} | – | – | – |", protocol[i]),
+        }
+    }
+}
+
+/// Ctrl-C reaches the whole foreground process group: the supervisor must outlive it, or the
+/// sockets CMD opens while it shuts down would fail (ENOSYS).
+#[test]
+fn seccomp_supervisor_survives_a_sigint_to_the_process_group() {
+    require_root();
+    let out = out_file("sc-sigint");
+    let exe = std::env::current_exe().unwrap();
+    let st = Command::new(mptcp_trace_bin())
+        .args(["run", "--method", "seccomp", "--", "sh", "-c"])
+        .arg(format!(
+            "trap '' INT; kill -INT 0; sleep 0.3; exec {} --ignored --exact workload --nocapture",
+            exe.display()
+        ))
+        .env(ROLE, "sockets")
+        .env(OUT, &out)
+        .stdout(Stdio::null())
+        // Its own process group, so the SIGINT does not reach the test harness.
+        .process_group(0)
+        .status()
+        .unwrap();
+    assert!(st.success(), "{st}");
+    assert_eq!(proto(&parse(&out), "client"), MPTCP);
 }

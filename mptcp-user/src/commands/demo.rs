@@ -60,8 +60,8 @@ fn try_upgrade() -> (Option<Upgrade>, Proto, String) {
         Err(e) => {
             let why = match e {
                 UpgradeError::HookMissing(_) => "it needs Linux ≥ 6.6",
-                UpgradeError::TrampolinesRefused => {
-                    "this kernel refuses BPF trampolines (fmod_ret): lockdown or a security policy"
+                UpgradeError::TrampolinesRefused(_) => {
+                    "this kernel refuses BPF trampolines (fmod_ret); `mptcp-trace upgrade` says why"
                 }
                 _ => "see `mptcp-trace upgrade --all --count-only`",
             };

@@ -1,39 +1,45 @@
 //! `mptcp-trace run -- CMD ARGS…`: a fresh cgroup under the cgroup2 root, the upgrade scoped to
 //! it, CMD started inside it; the cgroup is removed afterwards and CMD's status is ours.
 //!
+//! Two upgrade methods (`--method`): `bpf`, the fmod_ret program scoped to the cgroup, and
+//! `seccomp` ([`crate::upgrade::seccomp`]), a seccomp filter CMD installs before exec whose
+//! notifications a supervisor in the same cgroup answers with MPTCP sockets. `auto` takes bpf
+//! where the kernel allows it. Exit statuses follow env(1): 125 our failure, 126 CMD cannot be
+//! executed, 127 not found, else CMD's (128+N for signal N).
+//!
 //! Everything CMD starts stays in the cgroup and is upgraded too. Ctrl-C goes to CMD (the
 //! terminal sends it to the whole foreground group) while `run` ignores it; SIGTERM and SIGHUP
-//! are forwarded to CMD. With `--trace`, the same process traces exactly the run's cgroup
-//! (the upgrade's scope, in the kernel) and prints on stderr, so CMD keeps stdout.
+//! are forwarded to CMD. With `--trace`, this process also traces exactly the run's cgroup
+//! (in the kernel) and prints on stderr, so CMD keeps stdout.
 
 use std::{
     cell::RefCell,
     collections::HashSet,
     ffi::CString,
-    fs,
-    future::pending,
-    io,
+    fs, io,
     os::unix::{ffi::OsStrExt, process::CommandExt, process::ExitStatusExt},
     path::{Path, PathBuf},
     process::{Command, ExitCode},
+    sync::atomic::{AtomicI32, Ordering},
     thread,
     time::Duration,
 };
 
 use anyhow::{Context, Result};
 use log::{debug, warn};
+use mptcp_common::upgrade::Policy;
 
 use crate::{
-    cli::RunArgs,
-    event::Kind,
+    cli::{RunArgs, RunMethod},
+    event::{Event, Kind},
     output::{self, Printer},
     select::Selector,
-    sys::{
-        cgroup::{self, Cgroup},
-        signals::Stop,
-    },
+    sys::cgroup::{self, Cgroup},
     trace::Pipeline,
-    upgrade::{Upgrade, UpgradeError},
+    upgrade::{
+        seccomp::{join_cgroup, Method, Outcome, SeccompUpgrade, Upgraded},
+        Upgrade, UpgradeError,
+    },
 };
 
 /// After CMD exits, how long `--trace` waits for its connections' last events.
@@ -46,6 +52,9 @@ struct RunCgroup {
     /// Our own mount of the cgroup2 hierarchy, when none was visible (`ip netns exec` mounts a
     /// fresh /sys without it); unmounted on drop.
     own_mount: bool,
+    /// Our own helpers that may still be in the cgroup at the end (the seccomp supervisor
+    /// serving processes CMD left behind): moved out without a warning.
+    quiet_pids: Vec<String>,
 }
 
 /// Mounts the cgroup2 hierarchy on a private directory under /run.
@@ -90,6 +99,7 @@ impl RunCgroup {
             path,
             mount,
             own_mount,
+            quiet_pids: Vec::new(),
         };
         if let Err(source) = fs::create_dir(&cg.path) {
             cg.unmount();
@@ -130,7 +140,7 @@ impl RunCgroup {
                 .unwrap_or_else(|_| self.mount.clone());
             let procs = fs::read_to_string(self.path.join("cgroup.procs")).unwrap_or_default();
             for pid in procs.split_whitespace() {
-                if attempt == 0 {
+                if attempt == 0 && !self.quiet_pids.iter().any(|p| p == pid) {
                     warn!(
                         "process {pid} outlived the command; moving it back to {}",
                         home.display()
@@ -149,62 +159,83 @@ impl RunCgroup {
     }
 }
 
-pub async fn run(args: RunArgs) -> Result<ExitCode> {
-    // Refuse before creating anything (a cgroup) when the privileges are missing.
-    crate::upgrade::require_privileges()?;
-    let cgroup = RunCgroup::create()?;
-    let cg = Cgroup::resolve(&cgroup.path).map_err(|e| UpgradeError::Io {
-        what: format!("the run's cgroup {}", cgroup.path.display()),
-        source: io::Error::other(e),
-    })?;
-    let sel = Selector::for_cgroup(cg);
-    let mut stop = Stop::install()?;
-    let up = Upgrade::attach(sel.policy(args.count_only))?;
-    debug!("run: upgrading {}", sel.describe());
-    // The tracer is attached before CMD starts: its first connection is seen.
-    let mut trace = if args.trace {
-        Some((
-            Pipeline::start(&sel)?,
-            Printer::new(io::stderr(), args.json),
-        ))
-    } else {
-        None
-    };
+static CHILD: AtomicI32 = AtomicI32::new(0);
 
-    let procs = CString::new(cgroup.path.join("cgroup.procs").as_os_str().as_bytes())
-        .context("cgroup path")?;
-    let (program, rest) = args.command.split_first().expect("clap requires CMD");
-    let mut cmd = Command::new(program);
-    cmd.args(rest);
-    // SAFETY: the closure only makes async-signal-safe calls (open, write, close) on memory
-    // prepared before fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // "0": the writing process itself.
-            let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
-            let err = std::io::Error::last_os_error();
-            libc::close(fd);
-            if ok {
-                Ok(())
-            } else {
-                Err(err)
-            }
-        });
+extern "C" fn forward(sig: libc::c_int) {
+    let pid = CHILD.load(Ordering::Relaxed);
+    if pid > 0 {
+        // SAFETY: kill is async-signal-safe.
+        unsafe { libc::kill(pid, sig) };
     }
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot run {}", Path::new(program).display()))?;
-    let pid = child.id() as i32;
-    // SAFETY: ignoring a signal; CMD (already started) keeps its own dispositions.
-    unsafe { libc::signal(libc::SIGQUIT, libc::SIG_IGN) };
+}
+
+/// A flag shared with CMD's child (a MAP_SHARED page): set once everything before exec
+/// succeeded, so a failed spawn tells "CMD cannot be executed" (126/127) from our own failure
+/// (125).
+struct ExecStage(usize);
+
+impl ExecStage {
+    fn new() -> Result<ExecStage> {
+        // SAFETY: anonymous shared mapping of one page; unmapped on drop.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error()).context("mmap");
+        }
+        Ok(ExecStage(p as usize))
+    }
+
+    fn flag(&self) -> &std::sync::atomic::AtomicU32 {
+        // SAFETY: the page is mapped, zeroed, aligned, and lives as long as self.
+        unsafe { &*(self.0 as *const std::sync::atomic::AtomicU32) }
+    }
+}
+
+impl Drop for ExecStage {
+    fn drop(&mut self) {
+        // SAFETY: our mapping.
+        unsafe { libc::munmap(self.0 as *mut libc::c_void, 4096) };
+    }
+}
+
+/// The upgrade method in force for this run.
+enum Active {
+    Bpf(Box<Upgrade>),
+    Seccomp(SeccompUpgrade),
+}
+
+/// What `run` does with each socket record until the event pipeline takes them: `-v` shows
+/// every one; a socket kept TCP is worth one warning.
+fn log_record() -> Box<dyn FnMut(&Upgraded) + Send> {
+    let mut warned = false;
+    Box::new(move |u: &Upgraded| {
+        if matches!(u.outcome, Outcome::KeptTcp { .. }) && !warned {
+            warned = true;
+            eprintln!("mptcp-trace: {u}");
+        } else {
+            debug!("run: {u}");
+        }
+    })
+}
+
+/// Prints the run's events until CMD exits, then until its connections closed (at most
+/// [`CLOSE_GRACE`]), then the summary.
+async fn trace_until_exit(
+    mut child: std::process::Child,
+    mut pipe: Pipeline,
+    mut out: Printer<io::Stderr>,
+) -> Result<std::process::ExitStatus> {
     let mut wait = tokio::task::spawn_blocking(move || child.wait());
-    // Connections of CMD still open, so that the trace ends with their last events.
     let open: RefCell<HashSet<(Option<u32>, u64)>> = RefCell::default();
-    let mut track = |e: &crate::event::Event| {
+    let mut track = |e: &Event| {
         let key = (e.netns(), e.ids().conn);
         match e.kind() {
             Kind::ConnCreated => {
@@ -216,35 +247,18 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
             _ => {}
         }
     };
+    let mut printing = true;
     let status = loop {
-        let forward = async {
-            loop {
-                let sig = stop.recv().await;
-                // Ctrl-C reached CMD from the terminal already; TERM and HUP are passed on.
-                if sig != libc::SIGINT {
-                    // SAFETY: kill(2) on our own child.
-                    unsafe { libc::kill(pid, sig) };
-                }
-            }
-        };
-        let traced = async {
-            match &mut trace {
-                Some((pipe, out)) => output::stream(pipe, out, pending(), &mut track).await,
-                None => pending().await,
-            }
-        };
         tokio::select! {
             r = &mut wait => break r.context("waiting for the command")??,
-            () = forward => {}
-            r = traced => {
+            r = output::stream(&mut pipe, &mut out, std::future::pending(), &mut track), if printing => {
                 r?;
                 // The reader of stderr went away: CMD goes on, untraced.
-                trace = None;
+                printing = false;
             }
         }
     };
-    if let Some((mut pipe, mut out)) = trace {
-        // Subflows close shortly after their process exits: wait for the last closes.
+    if printing {
         let deadline = tokio::time::Instant::now() + CLOSE_GRACE;
         while !open.borrow().is_empty() {
             match tokio::time::timeout_at(deadline, pipe.next()).await {
@@ -258,16 +272,173 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
                 Err(_) => break,
             }
         }
-        let (rest, totals) = pipe.finish();
-        output::finish(&mut out, &rest, &mut track)?;
-        eprintln!(
-            "mptcp-trace: {} events shown, {}",
-            out.printed,
-            totals.describe()
-        );
     }
-    debug!("run: {}", up.counts());
-    drop(up);
+    let (rest, totals) = pipe.finish();
+    if printing {
+        output::finish(&mut out, &rest, &mut track)?;
+    }
+    eprintln!(
+        "mptcp-trace: {} events shown, {}",
+        out.printed,
+        totals.describe()
+    );
+    Ok(status)
+}
+
+/// A short reason for auto's fallback line (the full one is `upgrade`'s refusal).
+fn short_reason(e: &UpgradeError) -> String {
+    match e {
+        UpgradeError::HookMissing(v) => format!("Linux {v} has no update_socket_protocol hook"),
+        UpgradeError::TrampolinesRefused(r) => format!(
+            "the kernel refused the BPF trampoline: {} returned {}",
+            r.op,
+            crate::upgrade::seccomp::errno_name(r.errno)
+        ),
+        UpgradeError::MptcpDisabled => "net.mptcp.enabled = 0 here".into(),
+        other => other.to_string(),
+    }
+}
+
+fn choose(args: &RunArgs, policy: Policy, procs: &Path) -> Result<Active> {
+    let seccomp = || -> Result<Active> {
+        Ok(Active::Seccomp(SeccompUpgrade::start(
+            procs,
+            args.count_only,
+            log_record(),
+        )?))
+    };
+    match args.method {
+        RunMethod::Bpf => Ok(Active::Bpf(Box::new(Upgrade::attach(policy)?))),
+        RunMethod::Seccomp => seccomp(),
+        RunMethod::Auto => match Upgrade::attach(policy) {
+            Ok(u) => Ok(Active::Bpf(Box::new(u))),
+            Err(
+                e @ (UpgradeError::HookMissing(_)
+                | UpgradeError::TrampolinesRefused(_)
+                | UpgradeError::NoBtf(_)
+                | UpgradeError::MptcpDisabled
+                | UpgradeError::Rejected { .. }
+                | UpgradeError::Attach(_)),
+            ) => {
+                debug!("run: bpf method unavailable: {e}");
+                let s = seccomp()?;
+                eprintln!(
+                    "mptcp-trace: run: using the seccomp method ({}; `mptcp-trace upgrade` explains)",
+                    short_reason(&e)
+                );
+                Ok(s)
+            }
+            Err(e) => Err(e.into()),
+        },
+    }
+}
+
+pub fn run(args: RunArgs) -> Result<ExitCode> {
+    let mut cgroup = RunCgroup::create()?;
+    let cg = Cgroup::resolve(&cgroup.path).map_err(|e| UpgradeError::Io {
+        what: format!("the run's cgroup {}", cgroup.path.display()),
+        source: io::Error::other(e),
+    })?;
+    let sel = Selector::for_cgroup(cg);
+    let policy = sel.policy(args.count_only);
+    let procs_path = cgroup.path.join("cgroup.procs");
+    let mut active = choose(&args, policy, &procs_path)?;
+    match &active {
+        Active::Bpf(_) => debug!("run: method {}, upgrading {}", Method::Bpf, sel.describe()),
+        Active::Seccomp(s) => {
+            debug!("run: method {}", Method::Seccomp);
+            cgroup.quiet_pids.push(s.supervisor_pid().to_string());
+        }
+    }
+    // The tracer is attached before CMD starts, in this process: its first connection is seen.
+    let tracer = if args.trace {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let pipe = rt.block_on(async { Pipeline::start(&sel) })?;
+        Some((rt, pipe, Printer::new(io::stderr(), args.json)))
+    } else {
+        None
+    };
+
+    let procs = CString::new(procs_path.as_os_str().as_bytes()).context("cgroup path")?;
+    let (program, rest) = args.command.split_first().expect("clap requires CMD");
+    let mut cmd = Command::new(program);
+    cmd.args(rest);
+    let stage = ExecStage::new()?;
+    let stage_addr = stage.0;
+    let setup = match &active {
+        Active::Seccomp(s) => Some(s.child_setup()),
+        Active::Bpf(_) => None,
+    };
+    // SAFETY: the closure only makes async-signal-safe calls (open, write, close, seccomp,
+    // sendmsg, an atomic store) on memory prepared before fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            join_cgroup(&procs)?;
+            if let Some(s) = &setup {
+                s.run()?;
+            }
+            // CMD gets Ctrl-C as usual (an ignored disposition would survive exec).
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::signal(libc::SIGQUIT, libc::SIG_DFL);
+            (*(stage_addr as *const std::sync::atomic::AtomicU32)).store(1, Ordering::SeqCst);
+            Ok(())
+        });
+    }
+    // Ctrl-C goes to CMD (the terminal sends it to the whole foreground group); `run` ignores
+    // it from before CMD exists, so that even a CMD that signals its group at once cannot
+    // kill `run` first.
+    // SAFETY: plain signal dispositions.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+    }
+    let spawned = cmd.spawn();
+    if let Active::Seccomp(s) = &mut active {
+        s.spawned();
+    }
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) if stage.flag().load(Ordering::SeqCst) == 1 => {
+            // Everything was in place; exec itself failed: env(1)'s 127 / 126.
+            eprintln!(
+                "mptcp-trace: cannot run {}: {e}",
+                Path::new(program).display()
+            );
+            let code = if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+            return Ok(ExitCode::from(code));
+        }
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot prepare {} to run", Path::new(program).display()))
+        }
+    };
+    CHILD.store(child.id() as i32, Ordering::Relaxed);
+    // SAFETY: installing handlers; `forward` only calls kill.
+    unsafe {
+        libc::signal(libc::SIGTERM, forward as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGHUP, forward as *const () as libc::sighandler_t);
+    }
+    let status = match tracer {
+        Some((rt, pipe, out)) => rt.block_on(trace_until_exit(child, pipe, out))?,
+        None => child.wait().context("waiting for the command")?,
+    };
+    match active {
+        Active::Bpf(up) => {
+            debug!("run: {}", up.counts());
+            drop(up);
+        }
+        Active::Seccomp(s) => {
+            if let Some(c) = s.finish(Duration::from_secs(2)) {
+                debug!("run: {c}");
+            }
+        }
+    }
     drop(cgroup);
     let code = match (status.code(), status.signal()) {
         (Some(c), _) => c as u8,

@@ -229,7 +229,7 @@ fn upgrade_check(sec: &Security, btf: Option<&btf_rs::Btf>, caps: Option<u64>) -
              would fail to open there",
         )
         .fix("sysctl -w net.mptcp.enabled=1"),
-        Err(UpgradeError::TrampolinesRefused) => {
+        Err(UpgradeError::TrampolinesRefused(_)) => {
             let mut d =
                 format!("the kernel refused fmod_ret/{HOOK} (the real upgrade program) with EPERM");
             let mut all_refused = false;

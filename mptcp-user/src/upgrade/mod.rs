@@ -4,6 +4,9 @@
 //! lives — or, pinned, until `upgrade --off`.
 
 pub mod raw_bpf;
+pub mod refusal;
+pub mod seccomp;
+pub mod supervisor;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -48,12 +51,14 @@ const TRACING_STILL_WORKS: &str = "tracing still works (mptcp-trace events)";
 pub enum UpgradeError {
     #[error("{0}")]
     Privileges(String),
-    #[error("the upgrade needs Linux ≥ 6.6: this kernel ({0}) has no `update_socket_protocol` hook; {TRACING_STILL_WORKS}")]
+    #[error("the upgrade needs Linux ≥ 6.6: this kernel ({0}) has no `update_socket_protocol` hook; `mptcp-trace run -- CMD` works on it (seccomp user notification, Linux ≥ 5.9); {TRACING_STILL_WORKS}")]
     HookMissing(String),
     #[error("cannot read kernel BTF at {VMLINUX_BTF} ({0}): the upgrade needs CONFIG_DEBUG_INFO_BTF=y; {TRACING_STILL_WORKS}")]
     NoBtf(String),
-    #[error("the kernel refused to load the upgrade's BPF trampoline program (fmod_ret on update_socket_protocol: EPERM): kernel lockdown or a security policy forbids fentry/fmod_ret programs here. {TRACING_STILL_WORKS}. Fallback for dynamically linked programs: `mptcpize run CMD` (LD_PRELOAD, package mptcpd)")]
-    TrampolinesRefused,
+    #[error("the kernel refused to load the upgrade's BPF trampoline program (fmod_ret on update_socket_protocol): {0}. {TRACING_STILL_WORKS}. What works on this kernel: `mptcp-trace run -- CMD` (seccomp user notification on socket(), also for static binaries); for dynamically linked programs also `mptcpize run CMD` (LD_PRELOAD, package mptcpd)")]
+    TrampolinesRefused(refusal::Refusal),
+    #[error("the seccomp upgrade method cannot run here: {0}")]
+    SeccompUnavailable(String),
     #[error("the kernel rejected the upgrade program: {error}{}", if log.is_empty() { String::new() } else { format!("\nverifier log:\n{log}") })]
     Rejected { error: io::Error, log: String },
     #[error("cannot attach the upgrade to update_socket_protocol: {0}")]
@@ -89,7 +94,7 @@ impl UpgradeError {
     }
 }
 
-fn osrelease() -> String {
+pub(crate) fn osrelease() -> String {
     fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
@@ -216,7 +221,9 @@ impl Upgrade {
         let prog_fd = match raw_bpf::load_fmod_ret(insns, &license, PROGRAM, btf_id) {
             Ok(fd) => fd,
             Err(e) if e.io.raw_os_error() == Some(libc::EPERM) => {
-                return Err(UpgradeError::TrampolinesRefused)
+                return Err(UpgradeError::TrampolinesRefused(
+                    refusal::Refusal::diagnose("BPF_PROG_LOAD", &e.io, &e.log),
+                ))
             }
             Err(e) => {
                 return Err(UpgradeError::Rejected {
@@ -228,7 +235,11 @@ impl Upgrade {
         debug!("loaded fmod_ret/{HOOK} ({} instructions)", insns.len());
         let link = raw_bpf::link_create(prog_fd.as_fd()).map_err(|e| {
             if e.raw_os_error() == Some(libc::EPERM) {
-                UpgradeError::TrampolinesRefused
+                UpgradeError::TrampolinesRefused(refusal::Refusal::diagnose(
+                    "BPF_LINK_CREATE",
+                    &e,
+                    "",
+                ))
             } else {
                 UpgradeError::Attach(e)
             }
