@@ -200,6 +200,11 @@ impl Lines {
         })
     }
 
+    /// Collects the lines of `r` in the background.
+    pub fn collect_from(&self, r: impl Read + Send + 'static) {
+        let _ = self.collect(r);
+    }
+
     pub fn snapshot(&self) -> Vec<String> {
         self.0.lock().unwrap().clone()
     }
