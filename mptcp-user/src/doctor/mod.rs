@@ -213,7 +213,7 @@ fn current_inode() -> Option<u32> {
 /// Every namespace on the host: named ones first (by name), then the others by inode.
 pub fn all_namespaces() -> Vec<NetnsRef> {
     let current = current_inode();
-    let mut v: Vec<NetnsRef> = crate::live::diag::netns_files()
+    let mut v: Vec<NetnsRef> = crate::sys::netns::all()
         .into_iter()
         .map(|(inode, path)| to_ref(inode, path, current))
         .collect();

@@ -4,16 +4,10 @@
 //! traced subflows by 4-tuple.
 //!
 //! A netlink socket belongs to the namespace it was created in, whichever thread later uses
-//! it: [`NetnsDiag::open`] creates it once on a helper thread that has entered the namespace,
+//! it: [`NetnsDiag::open`] creates it once after entering the namespace (and entering back),
 //! and every poll after that is two `send`s and a few `recv`s from the caller's thread.
 
-use std::{
-    collections::HashMap,
-    fs, io,
-    net::IpAddr,
-    os::{fd::AsRawFd, unix::fs::MetadataExt},
-    path::{Path, PathBuf},
-};
+use std::{collections::HashMap, io, net::IpAddr, path::Path};
 
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
@@ -116,18 +110,7 @@ impl NetnsDiag {
 
     /// A socket in the namespace that `ns_file` (/run/netns/NAME, /proc/PID/ns/net) names.
     pub fn open(ns_file: &Path) -> io::Result<Self> {
-        let file = fs::File::open(ns_file)?;
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                // SAFETY: setns on this short-lived thread only; the fd is valid.
-                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Self::here()
-            })
-            .join()
-            .map_err(|_| io::Error::other("sock_diag helper thread panicked"))?
-        })
+        crate::sys::netns::run_in(ns_file, Self::here)?
     }
 
     /// Every TCP socket of the namespace that is not listening or in TIME_WAIT.
@@ -198,41 +181,6 @@ impl NetnsDiag {
     }
 }
 
-/// Finds a file for each network namespace inode: /run/netns/* first, then /proc/*/ns/net.
-pub fn netns_files() -> HashMap<u32, PathBuf> {
-    let mut map = HashMap::new();
-    if let Ok(dir) = fs::read_dir("/run/netns") {
-        for e in dir.flatten() {
-            if let Ok(m) = fs::metadata(e.path()) {
-                map.entry(m.ino() as u32).or_insert(e.path());
-            }
-        }
-    }
-    if let Ok(dir) = fs::read_dir("/proc") {
-        for e in dir.flatten() {
-            let name = e.file_name();
-            if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
-                continue;
-            }
-            let path = e.path().join("ns/net");
-            // "net:[4026531840]": no stat needed.
-            let Ok(link) = fs::read_link(&path) else {
-                continue;
-            };
-            let Some(ino) = link
-                .to_str()
-                .and_then(|s| s.strip_prefix("net:["))
-                .and_then(|s| s.strip_suffix(']'))
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            map.entry(ino).or_insert(path);
-        }
-    }
-    map
-}
-
 /// One sock_diag socket per namespace, opened on demand.
 #[derive(Default)]
 pub struct Poller {
@@ -249,7 +197,7 @@ impl Poller {
             .filter(|n| !self.socks.contains_key(n))
             .collect();
         if !missing.is_empty() {
-            let files = netns_files();
+            let files = crate::sys::netns::all();
             for n in missing {
                 match files.get(&n).map(|p| NetnsDiag::open(p)) {
                     Some(Ok(d)) => {
