@@ -87,6 +87,7 @@ pub async fn run(args: UpgradeArgs) -> Result<()> {
         }
     }
     let counts = up.counts();
+    let up_skipped = up.recursion_misses();
     if let Some((pipe, mut out)) = trace {
         let (rest, totals) = pipe.finish();
         output::finish(&mut out, &rest, |_| {})?;
@@ -97,7 +98,13 @@ pub async fn run(args: UpgradeArgs) -> Result<()> {
         );
     }
     drop(up);
-    println!("upgrade: stopped; {counts}");
+    // A run the kernel skipped is a socket() the upgrade never saw: it stayed TCP.
+    let skipped = match up_skipped {
+        Ok(Some(n)) => n.to_string(),
+        Ok(None) => "unknown (Linux < 6.2)".into(),
+        Err(e) => format!("unknown ({e})"),
+    };
+    println!("upgrade: stopped; {counts}; skipped program runs {skipped}");
     Ok(())
 }
 
