@@ -43,10 +43,6 @@ impl Kind {
             Kind::Lost => "lost",
         }
     }
-
-    pub fn is_subflow(self) -> bool {
-        matches!(self, Kind::SubflowEstablished | Kind::SubflowClosed)
-    }
 }
 
 impl fmt::Display for Kind {

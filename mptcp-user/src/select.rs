@@ -29,14 +29,12 @@ pub enum SelectError {
     NoProcess(u32),
     #[error("--pid {pid}: that is a thread of process {tgid}; give the process id")]
     Thread { pid: u32, tgid: u32 },
-    #[error("--netns {spec}: {source}")]
-    Netns {
-        spec: String,
-        #[source]
-        source: NetnsError,
-    },
+    // The cause is part of the one line, not a second link of the error chain (which
+    // `{:#}` would print again).
+    #[error("--netns {spec}: {why}")]
+    Netns { spec: String, why: NetnsError },
     #[error("--cgroup {0}")]
-    Cgroup(#[source] CgroupError),
+    Cgroup(CgroupError),
     #[error("--token {0:?}: expected 1 to 8 hex digits (as `ip mptcp monitor` prints it)")]
     Token(String),
     #[error("--comm {0:?}: a command name has 1 to 15 bytes")]
@@ -138,9 +136,9 @@ impl Selector {
         }
         too_many(&a.netns, "netns", MAX_NETNS)?;
         for spec in &a.netns {
-            let ns = Netns::resolve(spec).map_err(|source| SelectError::Netns {
+            let ns = Netns::resolve(spec).map_err(|why| SelectError::Netns {
                 spec: spec.clone(),
-                source,
+                why,
             })?;
             if !s.netns.contains(&ns) {
                 s.netns.push(ns);

@@ -32,6 +32,10 @@ fn threads_of(pid: u32) -> usize {
         .unwrap()
 }
 
+fn fds_of(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
 fn wait_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
     let start = Instant::now();
     loop {
@@ -162,6 +166,7 @@ fn forged_path_manager_events_are_dropped_and_counted() {
 fn many_network_namespaces_cost_no_threads() {
     let tracer = Tracer::start(&[]);
     let before = threads_of(tracer.pid());
+    let fds_before = fds_of(tracer.pid());
     let idle: Vec<ChildGuard> = (0..60)
         .map(|_| {
             ChildGuard(
@@ -175,12 +180,19 @@ fn many_network_namespaces_cost_no_threads() {
     // Two rescans (every 2 s) find them all.
     thread::sleep(Duration::from_secs(5));
     let during = threads_of(tracer.pid());
+    let fds_during = fds_of(tracer.pid());
     drop(idle);
     let run = tracer.stop();
     assert!(run.status.success(), "{}", run.stderr);
     assert_eq!(
         during, before,
         "the tracer grew from {before} to {during} threads with 60 more namespaces"
+    );
+    // And they are watched: a socket each, on the one epoll set (most of them: one may still
+    // be starting, and tests running beside add and remove namespaces of their own).
+    assert!(
+        fds_during >= fds_before + 50,
+        "the 60 namespaces are not watched: {fds_before} → {fds_during} descriptors"
     );
 }
 

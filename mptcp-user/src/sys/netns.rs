@@ -28,7 +28,7 @@ pub enum NetnsError {
     NoSuchName(String),
     #[error("no network namespace with inode {0} (see `lsns -t net`)")]
     NoSuchInode(u32),
-    #[error("{path}: {reason}")]
+    #[error("{reason}")]
     BadFile { path: String, reason: String },
     #[error("an empty network namespace name")]
     Empty,
@@ -109,11 +109,6 @@ impl Netns {
         let path = PathBuf::from("/proc/self/ns/net");
         let inode = fs::metadata(&path)?.ino() as u32;
         Ok(Netns { inode, path })
-    }
-
-    /// Switches the calling thread into this namespace until the guard is dropped.
-    pub fn enter(&self) -> io::Result<EnterGuard> {
-        enter_file(&self.path)
     }
 }
 
@@ -210,14 +205,6 @@ pub fn all() -> HashMap<u32, PathBuf> {
         }
     }
     map
-}
-
-/// The name `ip netns` gives a namespace inode, if any.
-pub fn name_of(inode: u32) -> Option<String> {
-    fs::read_dir(NAMED_DIR).ok()?.flatten().find_map(|e| {
-        (fs::metadata(e.path()).ok()?.ino() as u32 == inode)
-            .then(|| e.file_name().to_string_lossy().into_owned())
-    })
 }
 
 #[cfg(test)]

@@ -262,10 +262,6 @@ impl Pipeline {
         &self.core.tracer.degraded
     }
 
-    pub fn clock(&self) -> Clock {
-        self.core.clock
-    }
-
     /// The next event, in time order. Cancel-safe: an event is never half-delivered, so the
     /// caller may race it against signals in a `select!`.
     pub async fn next(&mut self) -> io::Result<Event> {

@@ -61,12 +61,4 @@ impl Owners {
             a.family = Some(o.family);
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.by_token.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_token.is_empty()
-    }
 }

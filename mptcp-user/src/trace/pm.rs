@@ -290,10 +290,6 @@ impl PmWatcher {
         Ok(w)
     }
 
-    pub fn watched(&self) -> usize {
-        self.watched.len()
-    }
-
     /// Subscribes to namespaces that appeared and drops those that are gone.
     pub fn rescan(&mut self) {
         let current = netns::all();
