@@ -162,9 +162,73 @@ fn subscribe() -> io::Result<(Socket, u16)> {
     // The family lookup is one request and one answer; do not wait forever for it.
     set_rcvtimeo(&socket, Duration::from_secs(2));
     let (family, group) = resolve(&socket)?;
+    keep_address_events(&socket)?;
     socket.add_membership(group)?;
     socket.set_non_blocking(true)?;
     Ok((socket, family))
+}
+
+/// Receive buffer of a subscribed socket: room for thousands of address events between two
+/// drains (the default, ~200 KiB, holds a few hundred).
+const RCVBUF: libc::c_int = 4 << 20;
+
+/// Keeps only ADD_ADDR / RM_ADDR events in the socket's receive queue, and gives it room.
+///
+/// The events group carries every MPTCP event of the namespace — created, established, each
+/// subflow, closed: about six per connection. Queued unread while the ring buffer is drained,
+/// they filled the default receive buffer under churn (200 connections in a slow guest), the
+/// kernel dropped messages (ENOBUFS), and the tracer had to report a loss that may only have
+/// been of messages it ignores. A classic BPF socket filter on the generic-netlink command drops
+/// those in the kernel, before they are queued; what passes is what we read, so an overrun is a
+/// real loss. Forged messages (any sender) of these two commands still pass and are counted.
+fn keep_address_events(socket: &Socket) -> io::Result<()> {
+    use libc::{sock_filter, BPF_ABS, BPF_B, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET};
+    let op = |code: u32, k: u32, jt: u8, jf: u8| sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    // nlmsghdr is 16 bytes; genlmsghdr's first byte is the command.
+    const CMD_OFFSET: u32 = 16;
+    let mut code = [
+        op(BPF_LD | BPF_B | BPF_ABS, CMD_OFFSET, 0, 0),
+        op(
+            BPF_JMP | BPF_JEQ | BPF_K,
+            MPTCP_EVENT_ANNOUNCED.into(),
+            2,
+            0,
+        ),
+        op(BPF_JMP | BPF_JEQ | BPF_K, MPTCP_EVENT_REMOVED.into(), 1, 0),
+        op(BPF_RET | BPF_K, 0, 0, 0),
+        op(BPF_RET | BPF_K, u32::MAX, 0, 0),
+    ];
+    let prog = libc::sock_fprog {
+        len: code.len() as u16,
+        filter: code.as_mut_ptr(),
+    };
+    setsockopt(socket, libc::SO_ATTACH_FILTER, &prog)?;
+    // SO_RCVBUFFORCE passes net.core.rmem_max (we have CAP_NET_ADMIN); SO_RCVBUF is the
+    // best a process without it gets.
+    setsockopt(socket, libc::SO_RCVBUFFORCE, &RCVBUF)
+        .or_else(|_| setsockopt(socket, libc::SO_RCVBUF, &RCVBUF))
+}
+
+fn setsockopt<T>(socket: &Socket, opt: libc::c_int, value: &T) -> io::Result<()> {
+    // SAFETY: valid fd; `value` is a live `T` of the size passed.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            value as *const T as *const libc::c_void,
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn set_rcvtimeo(socket: &Socket, d: Duration) {
@@ -172,16 +236,8 @@ fn set_rcvtimeo(socket: &Socket, d: Duration) {
         tv_sec: d.as_secs() as libc::time_t,
         tv_usec: d.subsec_micros() as libc::suseconds_t,
     };
-    // SAFETY: valid fd and option buffer.
-    unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            &tv as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::timeval>() as u32,
-        )
-    };
+    // Best effort: without it the one-answer lookup could wait longer, never wrongly.
+    let _ = setsockopt(socket, libc::SO_RCVTIMEO, &tv);
 }
 
 /// An epoll instance: readable (for the async runtime) whenever one of its sockets is.
