@@ -19,7 +19,7 @@ use crate::{
 
 /// At most this many events are held for one connection that has not matched yet; later ones
 /// replace the oldest held (counted).
-const MAX_HELD: usize = 64;
+pub const MAX_HELD: usize = 64;
 
 const TOKEN: u8 = 1 << 0;
 const PORT: u8 = 1 << 1;
@@ -230,5 +230,20 @@ mod tests {
         });
         let shown = run(&mut m, vec![ev(EventKind::ConnCreated, 1, [10, 0, 0, 2])]);
         assert!(shown.is_empty(), "IPv4: held, never matches");
+    }
+
+    #[test]
+    fn held_events_beyond_the_limit_are_counted() {
+        let mut m = ConnMatcher::new(ConnFilter {
+            addrs: vec!["192.168.0.2".parse().unwrap()],
+            ..ConnFilter::default()
+        });
+        let mut evs: Vec<Event> = (0..MAX_HELD + 5)
+            .map(|_| ev(EventKind::SubflowEstablished, 1, [10, 0, 0, 2]))
+            .collect();
+        evs.push(ev(EventKind::SubflowEstablished, 1, [192, 168, 0, 2]));
+        let shown = run(&mut m, evs);
+        assert_eq!(shown.len(), MAX_HELD + 1, "the newest held, then the match");
+        assert_eq!(m.overflowed, 5);
     }
 }

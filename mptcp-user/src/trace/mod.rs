@@ -61,6 +61,9 @@ pub struct Totals {
     pub malformed: u64,
     /// Events of connections the userspace selector did not match.
     pub filtered: u64,
+    /// Events held for a connection that had not matched yet, dropped because it held too many
+    /// (see `filter::MAX_HELD`): missing from the output if the connection matched later.
+    pub held_dropped: u64,
 }
 
 impl Totals {
@@ -92,6 +95,13 @@ impl Totals {
                 ", {} network namespaces not watched (limit {})",
                 self.pm.unwatched,
                 pm::MAX_WATCHED
+            );
+        }
+        if self.held_dropped > 0 {
+            s += &format!(
+                ", {} events held for a not-yet-matching connection dropped (over {} each)",
+                self.held_dropped,
+                filter::MAX_HELD
             );
         }
         if self.malformed > 0 {
@@ -304,6 +314,7 @@ impl Pipeline {
         t.lost = self.core.lost_now();
         t.pm = self.core.pm.stats;
         t.filtered = self.core.matcher.filtered;
+        t.held_dropped = self.core.matcher.overflowed;
         t
     }
 
@@ -318,5 +329,26 @@ impl Pipeline {
         let totals = self.totals();
         let events = self.core.ready.drain(..).collect();
         (events, totals)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_names_dropped_held_events_only_when_there_are_some() {
+        let t = Totals {
+            held_dropped: 3,
+            ..Totals::default()
+        };
+        assert!(
+            t.describe().contains(
+                ", 3 events held for a not-yet-matching connection dropped (over 64 each)"
+            ),
+            "{}",
+            t.describe()
+        );
+        assert!(!Totals::default().describe().contains("held"));
     }
 }
