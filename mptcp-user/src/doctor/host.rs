@@ -14,6 +14,7 @@ use mptcp_common::upgrade::Policy;
 use super::{probe, Check, Status};
 use crate::{
     offsets::VMLINUX_BTF,
+    sys::caps::{self, Cap},
     upgrade::{raw_bpf, Upgrade, UpgradeError, BPFFS, HOOK, PIN_DIR},
 };
 
@@ -24,12 +25,7 @@ const LOCKDOWN: &str = "/sys/kernel/security/lockdown";
 const LSM: &str = "/sys/kernel/security/lsm";
 
 /// The capabilities BPF tracing and the path-manager checks need, by bit number.
-const CAPS: [(u32, &str); 4] = [
-    (39, "CAP_BPF"),
-    (38, "CAP_PERFMON"),
-    (12, "CAP_NET_ADMIN"),
-    (21, "CAP_SYS_ADMIN"),
-];
+const CAPS: [Cap; 4] = [Cap::Bpf, Cap::Perfmon, Cap::NetAdmin, Cap::SysAdmin];
 
 fn read(path: &str) -> Option<String> {
     fs::read_to_string(path).ok().map(|s| s.trim().to_string())
@@ -116,24 +112,13 @@ fn read_security(note: String) -> Security {
     }
 }
 
-/// `CapEff` of /proc/self/status.
-pub fn effective_caps() -> Option<u64> {
-    let status = fs::read_to_string("/proc/self/status").ok()?;
-    parse_cap_eff(&status)
-}
-
-pub fn parse_cap_eff(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
-    u64::from_str_radix(line.trim_start_matches("CapEff:").trim(), 16).ok()
-}
-
 /// Capabilities from `CAPS` missing in `eff`. Before Linux 5.8 there is no CAP_BPF or
 /// CAP_PERFMON (`cap_last_cap` < 38): CAP_SYS_ADMIN covers them.
 pub fn missing_caps(eff: u64, last_cap: u32) -> Vec<&'static str> {
-    CAPS.iter()
-        .filter(|(bit, _)| *bit <= last_cap)
-        .filter(|(bit, _)| eff & (1u64 << bit) == 0)
-        .map(|(_, n)| *n)
+    let known: Vec<Cap> = CAPS.into_iter().filter(|&c| c as u32 <= last_cap).collect();
+    caps::missing_in(eff, &known)
+        .into_iter()
+        .map(Cap::name)
         .collect()
 }
 
@@ -196,14 +181,9 @@ pub fn lockdown_verdict(mode: Option<&str>) -> String {
 
 fn upgrade_check(sec: &Security, btf: Option<&btf_rs::Btf>, caps: Option<u64>) -> Check {
     let name = "upgrade";
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Check::host(
-            name,
-            Status::Fail,
-            "not probed: loading the upgrade's BPF program needs root",
-        )
-        .fix("sudo mptcp-trace doctor");
+    if let Err(e) = crate::upgrade::require_privileges() {
+        return Check::host(name, Status::Fail, format!("not probed: {e}"))
+            .fix("sudo mptcp-trace doctor");
     }
     let hook_id = btf.and_then(|b| raw_bpf::func_btf_id(b, HOOK));
     match try_upgrade() {
@@ -436,7 +416,7 @@ pub fn checks() -> Vec<Check> {
             .fix("sudo mptcp-trace doctor"),
     });
 
-    let caps = effective_caps();
+    let caps = caps::effective();
     v.push(upgrade_check(&sec, btf.as_ref().ok(), caps));
 
     v.push(if is_bpffs(BPFFS) {
@@ -596,7 +576,7 @@ mod tests {
             Some("integrity")
         );
         assert_eq!(parse_lockdown(""), None);
-        let eff = parse_cap_eff("Name:\tx\nCapEff:\t000001fffeffffff\n").unwrap();
+        let eff = caps::parse_cap_eff("Name:\tx\nCapEff:\t000001fffeffffff\n").unwrap();
         assert!(missing_caps(eff, 40).is_empty());
         assert_eq!(missing_caps(0, 40).len(), 4);
         assert_eq!(

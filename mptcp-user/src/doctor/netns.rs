@@ -2,7 +2,7 @@
 //! misconfigurations that leave a connection with one subflow. Facts are read on a short-lived
 //! thread inside the namespace ([`Facts::read`]); [`judge`] turns them into verdicts.
 
-use std::{fs, net::IpAddr, os::fd::AsRawFd, path::Path};
+use std::{fs, net::IpAddr, path::Path};
 
 use super::{
     net::{link_name, Addr, NetState},
@@ -63,24 +63,9 @@ impl Facts {
         }
     }
 
-    /// Reads them on a thread that entered the namespace behind `path`.
+    /// Reads them inside the namespace behind `path` (this thread enters it and comes back).
     pub fn read(path: &Path) -> Result<Facts, String> {
-        let file = fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        std::thread::scope(|s| {
-            s.spawn(move || {
-                // SAFETY: setns on this thread only; the fd is valid for the call.
-                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(format!(
-                        "setns {}: {}",
-                        path.display(),
-                        std::io::Error::last_os_error()
-                    ));
-                }
-                Ok(Facts::here())
-            })
-            .join()
-            .map_err(|_| "namespace thread panicked".to_string())?
-        })
+        crate::sys::netns::run_in(path, Facts::here).map_err(|e| format!("{}: {e}", path.display()))
     }
 }
 

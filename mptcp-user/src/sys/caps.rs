@@ -26,26 +26,31 @@ impl Cap {
     }
 }
 
-/// The effective capability set of this process (`CapEff` in /proc/self/status).
-pub fn effective() -> u64 {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .unwrap_or(0)
+/// `CapEff` of a /proc/PID/status text.
+pub fn parse_cap_eff(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
 }
 
-/// The capabilities of `needed` this process lacks.
-pub fn missing(needed: &[Cap]) -> Vec<Cap> {
-    let eff = effective();
+/// The effective capability set of this process (`CapEff` in /proc/self/status).
+pub fn effective() -> Option<u64> {
+    parse_cap_eff(&fs::read_to_string("/proc/self/status").ok()?)
+}
+
+/// The capabilities of `needed` missing in the set `eff`.
+pub fn missing_in(eff: u64, needed: &[Cap]) -> Vec<Cap> {
     needed
         .iter()
         .copied()
         .filter(|&c| eff & (1u64 << c as u32) == 0)
         .collect()
+}
+
+/// The capabilities of `needed` this process lacks.
+pub fn missing(needed: &[Cap]) -> Vec<Cap> {
+    missing_in(effective().unwrap_or(0), needed)
 }
 
 /// `Err(message)` naming what is missing, for `what` ("tracing", "the upgrade"...).
@@ -73,7 +78,7 @@ mod tests {
 
     #[test]
     fn names_only_what_is_missing() {
-        let eff = effective();
+        let eff = effective().unwrap();
         let have_bpf = eff & (1 << Cap::Bpf as u32) != 0;
         assert_eq!(missing(&[Cap::Bpf]).is_empty(), have_bpf);
         match require(&[Cap::Bpf, Cap::NetAdmin], "tracing") {

@@ -5,8 +5,10 @@
 
 use std::{ffi::CString, fmt, fs, io};
 
-/// Capability bits (linux/capability.h) that loading and attaching a trampoline needs.
-const CAPS: [(u32, &str); 3] = [(21, "CAP_SYS_ADMIN"), (39, "CAP_BPF"), (38, "CAP_PERFMON")];
+use crate::sys::caps::{self, Cap};
+
+/// The capabilities that loading and attaching a trampoline needs.
+const CAPS: [Cap; 3] = [Cap::SysAdmin, Cap::Bpf, Cap::Perfmon];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
@@ -24,24 +26,12 @@ pub struct Refusal {
 
 impl Refusal {
     pub fn diagnose(op: &'static str, err: &io::Error, log: &str) -> Refusal {
-        let cap_eff = fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("CapEff:"))
-                    .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-            })
-            .unwrap_or(0);
         let (lockdown, lsms) = read_securityfs();
         Refusal {
             op,
             errno: err.raw_os_error().unwrap_or(0),
             verifier_log: log.trim().to_string(),
-            missing_caps: CAPS
-                .iter()
-                .filter(|(bit, _)| cap_eff & (1 << bit) == 0)
-                .map(|(_, n)| *n)
-                .collect(),
+            missing_caps: caps::missing(&CAPS).iter().map(|c| c.name()).collect(),
             lockdown: lockdown.map(|l| parse_lockdown(&l)),
             lsms: lsms.map(|s| s.trim().to_string()),
         }
