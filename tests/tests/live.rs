@@ -173,7 +173,9 @@ fn live_view_shows_both_subflows_with_throughput_and_q_restores_the_terminal() {
             bed.client
         ),
     );
-    let (ready, screen) = tmux.wait_for(Duration::from_secs(20), |s| {
+    // Loading and verifying the programs takes seconds in a qemu guest without KVM, more on a
+    // busy host: the start is waited for generously, the measurements below are not.
+    let (ready, screen) = tmux.wait_for(Duration::from_secs(90), |s| {
         s.contains("mptcp-trace  connections")
     });
     assert!(ready, "the live view did not start:\n{screen}");
@@ -214,7 +216,7 @@ fn live_view_shows_both_subflows_with_throughput_and_q_restores_the_terminal() {
     assert!(screen.contains("red-client") && screen.contains("blue-client"));
 
     tmux.keys("q");
-    let (exited, screen) = tmux.wait_for(Duration::from_secs(10), |s| s.contains("EXITED rc="));
+    let (exited, screen) = tmux.wait_for(Duration::from_secs(30), |s| s.contains("EXITED rc="));
     assert!(exited, "q did not end the live view:\n{screen}");
     assert!(screen.contains("EXITED rc=0"), "{screen}");
     assert_eq!(
