@@ -144,7 +144,7 @@ pub fn open_root(mount: bool) -> Result<Option<OwnedFd>, UpgradeError> {
     // SAFETY: fstatfs fills the struct on success.
     let ok = unsafe { libc::fstatfs(root.as_raw_fd(), sfs.as_mut_ptr()) } == 0
         // SAFETY: initialised by the successful call.
-        && unsafe { sfs.assume_init() }.f_type as i64 == BPF_FS_MAGIC;
+        && is_bpf_magic(&unsafe { sfs.assume_init() });
     if !ok {
         return Err(UpgradeError::Io {
             what: format!("{BPFFS} is not a bpffs"),
@@ -174,6 +174,12 @@ pub fn open_root(mount: bool) -> Result<Option<OwnedFd>, UpgradeError> {
         ));
     }
     Ok(Some(root))
+}
+
+/// `f_type`'s type differs between architectures, hence the cast.
+#[allow(clippy::unnecessary_cast)]
+fn is_bpf_magic(st: &libc::statfs) -> bool {
+    st.f_type as i64 == BPF_FS_MAGIC
 }
 
 /// Checks a directory opened with `O_NOFOLLOW`: owned by root, writable by nobody else.
