@@ -486,13 +486,41 @@ pub fn loaded_program_ids() -> std::collections::HashSet<u32> {
         .collect()
 }
 
-/// Number of loaded eBPF programs whose (15-character) name starts like `name`.
-pub fn loaded_programs_named(name: &str) -> usize {
-    let prefix: String = name.chars().take(15).collect();
+/// The `prog_id:` lines of fdinfo text (program and link descriptors carry one).
+pub fn prog_ids_in_fdinfo(info: &str) -> Vec<u32> {
+    info.lines()
+        .filter_map(|l| l.strip_prefix("prog_id:")?.trim().parse().ok())
+        .collect()
+}
+
+/// Ids of the eBPF programs process `pid` holds through its descriptors (programs and links),
+/// from /proc/PID/fdinfo: what that process, and no other, keeps loaded. Empty when the
+/// process is gone or not readable.
+pub fn prog_ids_held_by(pid: u32) -> std::collections::HashSet<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .flat_map(|info| prog_ids_in_fdinfo(&info))
+        .collect()
+}
+
+/// Ids of the eBPF programs some live process holds through a descriptor.
+pub fn prog_ids_held_by_any_process() -> std::collections::HashSet<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .flat_map(prog_ids_held_by)
+        .collect()
+}
+
+/// The (at most 15-character) name of loaded program `id`.
+pub fn program_name(id: u32) -> Option<String> {
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
-        .filter(|p| p.name_as_str().is_some_and(|n| n == prefix))
-        .count()
+        .find(|p| p.id() == id)
+        .and_then(|p| p.name_as_str().map(str::to_string))
 }
 
 #[cfg(test)]

@@ -9,18 +9,22 @@
 //! `std::net` sockets of an unmodified program. Needs root.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fs,
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::{fd::AsRawFd, unix::fs::PermissionsExt, unix::process::CommandExt},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
+    sync::{Mutex, MutexGuard},
     thread,
     time::{Duration, Instant},
 };
 
-use integration_tests::{loaded_programs_named, mptcp_trace_bin, require_root, tag};
+use integration_tests::{
+    loaded_program_ids, mptcp_trace_bin, prog_ids_held_by, prog_ids_held_by_any_process,
+    prog_ids_in_fdinfo, program_name, require_root, tag,
+};
 use mptcp_user::{
     peer::so_protocol,
     sys::cgroup::mount as cgroup2_mount,
@@ -110,25 +114,69 @@ fn text(o: &Output) -> String {
     )
 }
 
-fn upgrade_programs() -> usize {
-    loaded_programs_named(PROG_NAME)
-}
-
-/// Waits (program release is deferred) until no upgrade program is loaded.
-fn assert_no_program_left() {
+/// Waits (program release is deferred) until none of `ids` — programs one process held — is
+/// loaded any more.
+fn assert_programs_gone(ids: &HashSet<u32>, what: &str) {
     let start = Instant::now();
-    while upgrade_programs() != 0 {
+    loop {
+        let left: Vec<u32> = loaded_program_ids().intersection(ids).copied().collect();
+        if left.is_empty() {
+            return;
+        }
         assert!(
             start.elapsed() < Duration::from_secs(10),
-            "an {PROG_NAME} program is still loaded"
+            "{what}: programs {left:?} are still loaded"
         );
         thread::sleep(Duration::from_millis(100));
     }
 }
 
+/// For a process too short-lived to read its descriptors: waits until no upgrade program
+/// loaded since `before` is left that no live process holds — one only a pin or a leaked
+/// attachment keeps, which is what that process could have left. Others' upgrades are held
+/// by their processes; others' pins cannot appear meanwhile (callers hold [`pin_path`]).
+fn assert_no_orphan_program_since(before: &HashSet<u32>, what: &str) {
+    let start = Instant::now();
+    loop {
+        let held = prog_ids_held_by_any_process();
+        let orphans: Vec<u32> = loaded_program_ids()
+            .difference(before)
+            .filter(|id| !held.contains(id))
+            .filter(|&&id| program_name(id).as_deref() == Some(PROG_NAME))
+            .copied()
+            .collect();
+        if orphans.is_empty() {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{what}: {PROG_NAME} programs {orphans:?} left loaded, held by no process"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Serialises the tests that create, plant, read or remove anything at the one global
+/// [`PIN_DIR`]. A test that panicked while holding it leaves its guards' cleanup done, so a
+/// poisoned lock is still good.
+fn pin_path() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The program the link pinned in [`PIN_DIR`] runs, by id (the kernel's fdinfo of the opened
+/// link), or `None` when nothing is pinned.
+fn pinned_program_id() -> Option<u32> {
+    let link =
+        mptcp_user::upgrade::raw_bpf::obj_get(&Path::new(PIN_DIR).join("upgrade_link")).ok()?;
+    let info = fs::read_to_string(format!("/proc/self/fdinfo/{}", link.as_raw_fd())).unwrap();
+    prog_ids_in_fdinfo(&info).first().copied()
+}
+
 /// The refusal this kernel must give for `args`: exit 2, the explanation, nothing left.
 fn assert_refused(kind: Expect, args: &[&str]) {
-    let before = upgrade_programs();
+    let _pins = pin_path();
+    let before = loaded_program_ids();
     let o = trace(args);
     let t = text(&o);
     assert_eq!(o.status.code(), Some(2), "{args:?}: {t}");
@@ -164,8 +212,7 @@ fn assert_refused(kind: Expect, args: &[&str]) {
         !Path::new(PIN_DIR).join("upgrade_link").exists(),
         "{PIN_DIR} has an upgrade after a refusal"
     );
-    assert_eq!(upgrade_programs(), before, "a program was left loaded");
-    assert_eq!(before, 0);
+    assert_no_orphan_program_since(&before, &format!("{args:?}"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -348,6 +395,16 @@ fn workload() {
     let role = role.into_string().unwrap();
     let mut words = role.split_whitespace();
     let mut out = Vec::new();
+    // What the process that started us (`mptcp-trace run`) holds: the test checks these
+    // programs are gone once it exited.
+    // SAFETY: plain syscall.
+    let parent = unsafe { libc::getppid() } as u32;
+    let mut progs: Vec<String> = prog_ids_held_by(parent)
+        .iter()
+        .map(u32::to_string)
+        .collect();
+    progs.sort();
+    out.push(format!("parent_progs={}", progs.join(",")));
     match words.next() {
         Some("sockets") => workload_sockets(&mut out),
         Some("server") => {
@@ -429,6 +486,23 @@ fn parse(out: &Path) -> HashMap<String, String> {
         .collect()
 }
 
+/// The programs the workload's parent held (see [`workload`]).
+fn parent_progs(m: &HashMap<String, String>) -> HashSet<u32> {
+    m.get("parent_progs")
+        .unwrap_or_else(|| panic!("no parent_progs in {m:?}"))
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect()
+}
+
+/// How many of `ids` are upgrade programs.
+fn upgrade_programs_in(ids: &HashSet<u32>) -> usize {
+    ids.iter()
+        .filter(|&&id| program_name(id).as_deref() == Some(PROG_NAME))
+        .count()
+}
+
 fn proto(m: &HashMap<String, String>, key: &str) -> i32 {
     m.get(key)
         .unwrap_or_else(|| panic!("no {key} in {m:?}"))
@@ -472,6 +546,8 @@ fn sockets_now(name: &str, comm: Option<&str>, cgroup: Option<&Path>) -> HashMap
 struct Upgrader {
     child: Child,
     ready: PathBuf,
+    /// The programs this process holds once ready: what must be gone after it stopped.
+    progs: HashSet<u32>,
 }
 
 impl Upgrader {
@@ -497,7 +573,17 @@ impl Upgrader {
             assert!(start.elapsed() < TIMEOUT, "upgrade not ready");
             thread::sleep(Duration::from_millis(50));
         }
-        Upgrader { child, ready }
+        let progs = prog_ids_held_by(child.id());
+        assert_eq!(
+            upgrade_programs_in(&progs),
+            1,
+            "upgrade {args:?} holds its program: {progs:?}"
+        );
+        Upgrader {
+            child,
+            ready,
+            progs,
+        }
     }
 
     fn signal(mut self, sig: i32) -> String {
@@ -578,6 +664,14 @@ fn run_sockets_env(name: &str, method: &str, env: &[(&str, &str)]) {
     let st = child.wait().unwrap();
     assert!(st.success(), "{st}");
     let m = parse(&out);
+    let progs = parent_progs(&m);
+    if method != "seccomp" && expect() == Expect::Works {
+        assert_eq!(
+            upgrade_programs_in(&progs),
+            1,
+            "the run holds its upgrade: {m:?}"
+        );
+    }
     for key in ["listener", "client", "accepted", "nonblock_cloexec_v6"] {
         assert_eq!(proto(&m, key), MPTCP, "{key}: {m:?}");
     }
@@ -594,7 +688,7 @@ fn run_sockets_env(name: &str, method: &str, env: &[(&str, &str)]) {
         proto(&sockets_now(&format!("{name}-after"), None, None), "client"),
         TCP
     );
-    assert_no_program_left();
+    assert_programs_gone(&progs, "run --method {method}");
     let cg = cgroup2_mount()
         .unwrap()
         .join(format!("mptcp-trace-run.{run_pid}"));
@@ -630,11 +724,36 @@ fn run_seccomp_two_step_addfd_as_on_5_9_to_5_13() {
 #[test]
 fn run_exits_with_the_command_status() {
     let kind = expect();
+    // The orphan check below must not see a pin test's program.
+    let _pins = pin_path();
+    let before = loaded_program_ids();
+    // CMD reports the programs its parent, the run, holds (fdinfo `prog_id:` lines, on
+    // stderr): each must be gone once the run exited.
+    let report = "grep -hs ^prog_id: /proc/$PPID/fdinfo/* >&2";
+    let mut held = HashSet::new();
     for method in ["auto", "seccomp"] {
-        let o = trace(&["run", "--method", method, "--", "sh", "-c", "exit 7"]);
+        let o = trace(&[
+            "run",
+            "--method",
+            method,
+            "--",
+            "sh",
+            "-c",
+            &format!("{report}; exit 7"),
+        ]);
         assert_eq!(o.status.code(), Some(7), "{method}: {}", text(&o));
-        let o = trace(&["run", "--method", method, "--", "sh", "-c", "kill -KILL $$"]);
+        held.extend(prog_ids_in_fdinfo(&text(&o)));
+        let o = trace(&[
+            "run",
+            "--method",
+            method,
+            "--",
+            "sh",
+            "-c",
+            &format!("{report}; kill -KILL $$"),
+        ]);
         assert_eq!(o.status.code(), Some(128 + 9), "{method}: {}", text(&o));
+        held.extend(prog_ids_in_fdinfo(&text(&o)));
         // Not found: 127; found but not executable (a directory, a non-executable file): 126.
         let o = trace(&["run", "--method", method, "--", "/no/such/program"]);
         assert_eq!(o.status.code(), Some(127), "{method}: {}", text(&o));
@@ -656,9 +775,22 @@ fn run_exits_with_the_command_status() {
     assert_eq!(o.status.code(), Some(125), "{}", text(&o));
     let o = trace(&["run"]);
     assert_eq!(o.status.code(), Some(125), "{}", text(&o));
-    let o = trace(&["run", "--method", "bpf", "--", "true"]);
+    let o = trace(&[
+        "run",
+        "--method",
+        "bpf",
+        "--",
+        "sh",
+        "-c",
+        &format!("{report}; true"),
+    ]);
     match kind {
-        Expect::Works => assert!(o.status.success(), "{}", text(&o)),
+        Expect::Works => {
+            assert!(o.status.success(), "{}", text(&o));
+            let ids = prog_ids_in_fdinfo(&text(&o)).into_iter().collect();
+            assert_eq!(upgrade_programs_in(&ids), 1, "{}", text(&o));
+            held.extend(ids);
+        }
         Expect::HookMissing => {
             assert_eq!(o.status.code(), Some(125), "{}", text(&o));
             assert!(text(&o).contains("needs Linux ≥ 6.6"), "{}", text(&o));
@@ -674,7 +806,9 @@ fn run_exits_with_the_command_status() {
     }
     // The other commands keep 2 for bad input.
     assert_eq!(trace(&["events", "--port", "x"]).status.code(), Some(2));
-    assert_no_program_left();
+    assert_programs_gone(&held, "the runs");
+    // The runs whose CMD never started (not found, not executable, refused) left none either.
+    assert_no_orphan_program_since(&before, "the runs");
 }
 
 #[test]
@@ -770,7 +904,9 @@ fn run_client_and_server_join_a_second_subflow_over_blue() {
         c["locals"].split(',').any(|a| a == testbed::BLUE_CLIENT_V4),
         "no subflow from the blue address: {c:?}"
     );
-    assert_no_program_left();
+    let mut runs = parent_progs(&s);
+    runs.extend(parent_progs(&c));
+    assert_programs_gone(&runs, "the runs of client and server");
 }
 
 /// What LD_PRELOAD (mptcpize) cannot do: a statically linked program is upgraded too.
@@ -803,8 +939,10 @@ fn a_statically_linked_client_is_upgraded() {
         .args(["netns", "exec", &bed.client])
         .arg(mptcp_trace_bin())
         .args(["run", "--", "/bin/busybox", "sh", "-c"])
+        // First the programs the run (the shell's parent) holds, on stderr.
         .arg(format!(
-            "echo hello | /bin/busybox nc {} {port}",
+            "/bin/busybox grep -hs ^prog_id: /proc/$PPID/fdinfo/* >&2; \
+             echo hello | /bin/busybox nc {} {port}",
             testbed::RED_SERVER_V4
         ))
         .output()
@@ -819,7 +957,8 @@ fn a_statically_linked_client_is_upgraded() {
         "the server saw an MP_CAPABLE SYN from busybox nc: {}",
         text(&out)
     );
-    assert_no_program_left();
+    let held = prog_ids_in_fdinfo(&text(&out)).into_iter().collect();
+    assert_programs_gone(&held, "the run");
 }
 
 #[test]
@@ -847,13 +986,14 @@ fn cgroup_scope_covers_the_cgroup_and_below_only() {
         TCP
     );
     assert_eq!(proto(&sockets_now("cg-self", None, None), "listener"), TCP);
+    let progs = up.progs.clone();
     let report = up.signal(libc::SIGINT);
     // listener, client and the v6 socket of the two runs inside: 6 upgraded.
     assert!(
         report.contains("in scope 6, upgraded to MPTCP 6"),
         "{report}"
     );
-    assert_no_program_left();
+    assert_programs_gone(&progs, "upgrade --cgroup");
 }
 
 #[test]
@@ -875,8 +1015,9 @@ fn comm_scope_matches_any_of_the_names() {
         proto(&sockets_now("comm-c", Some("upg-c"), None), "client"),
         TCP
     );
+    let progs = up.progs.clone();
     drop(up.signal(libc::SIGTERM));
-    assert_no_program_left();
+    assert_programs_gone(&progs, "upgrade --comm");
 }
 
 #[test]
@@ -910,8 +1051,9 @@ fn sigkill_of_an_unpinned_upgrade_detaches_it() {
         proto(&sockets_now("kill-1", Some("upg-kill"), None), "client"),
         MPTCP
     );
+    let progs = up.progs.clone();
     up.signal(libc::SIGKILL);
-    assert_no_program_left();
+    assert_programs_gone(&progs, "upgrade killed with SIGKILL");
     assert_eq!(
         proto(&sockets_now("kill-2", Some("upg-kill"), None), "client"),
         TCP
@@ -924,8 +1066,12 @@ fn pinned_upgrade_survives_and_off_removes_it() {
     if kind != Expect::Works {
         return assert_refused(kind, &["upgrade", "--comm", "upg-pin", "--pin"]);
     }
+    let _pins = pin_path();
+    let _cleanup = PinDirCleanup::new();
     let o = trace(&["upgrade", "--comm", "upg-pin", "--pin"]);
     assert!(o.status.success(), "{}", text(&o));
+    let pinned = HashSet::from([pinned_program_id().expect("a pinned link")]);
+    assert_eq!(upgrade_programs_in(&pinned), 1, "{pinned:?}");
     let mode = fs::metadata(PIN_DIR).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700);
     assert_eq!(
@@ -942,7 +1088,7 @@ fn pinned_upgrade_survives_and_off_removes_it() {
     let off = trace(&["upgrade", "--off"]);
     assert!(off.status.success(), "{}", text(&off));
     assert!(!Path::new(PIN_DIR).join("upgrade_link").exists());
-    assert_no_program_left();
+    assert_programs_gone(&pinned, "the pinned upgrade after --off");
     assert_eq!(
         proto(&sockets_now("pin-3", Some("upg-pin"), None), "client"),
         TCP
@@ -953,6 +1099,8 @@ fn pinned_upgrade_survives_and_off_removes_it() {
 #[test]
 fn bad_scopes_and_disabled_mptcp_are_refused_with_status_2() {
     let kind = expect();
+    let _pins = pin_path();
+    let before = loaded_program_ids();
     for args in [
         &["upgrade", "--pid", "4294967294"][..],
         &["upgrade", "--cgroup", "/no/such/cgroup"],
@@ -980,8 +1128,272 @@ fn bad_scopes_and_disabled_mptcp_are_refused_with_status_2() {
     } else {
         assert!(text(&o).contains("net.mptcp.enabled = 0"), "{}", text(&o));
     }
-    assert_no_program_left();
+    assert_no_orphan_program_since(&before, "the refused upgrades");
     assert!(!Path::new(PIN_DIR).join("upgrade_link").exists());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The pin directory: bpffs is world-writable when mounted without `mode=`, so anything at
+// /sys/fs/bpf/mptcp-trace may have been planted by another user. Every test here holds
+// [`pin_path`] and a [`PinDirCleanup`].
+
+const BPFFS: &str = "/sys/fs/bpf";
+
+fn bpffs_mounted() -> bool {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(4) == Some(&BPFFS) && l.split(" - ").nth(1).is_some_and(|t| t.starts_with("bpf "))
+        })
+}
+
+/// Leaves the pin path as the test found it, even when the test fails: removes whatever is at
+/// [`PIN_DIR`] (a link, not its target; a directory with its pins) and the staging directories
+/// of `--pin` runs, the paths in `extra`, and unmounts the bpffs it mounted.
+struct PinDirCleanup {
+    mounted: bool,
+    extra: Vec<PathBuf>,
+}
+
+impl PinDirCleanup {
+    fn new() -> PinDirCleanup {
+        assert!(
+            fs::symlink_metadata(PIN_DIR).is_err(),
+            "{PIN_DIR} exists before the test: remove it (`mptcp-trace upgrade --off`)"
+        );
+        PinDirCleanup {
+            mounted: false,
+            extra: vec![],
+        }
+    }
+
+    /// A bpffs at /sys/fs/bpf as a plain `mount -t bpf` makes it (mode 1777), for planting.
+    fn with_bpffs() -> PinDirCleanup {
+        let mut c = PinDirCleanup::new();
+        if !bpffs_mounted() {
+            let st = Command::new("mount")
+                .args(["-t", "bpf", "bpf", BPFFS])
+                .status()
+                .unwrap();
+            assert!(st.success(), "mount bpffs: {st}");
+            c.mounted = true;
+        }
+        c
+    }
+
+    /// A directory of uid 65534 in /tmp with the files `--off` would remove and one more,
+    /// mode 0755: the target of a planted link.
+    fn victim(&mut self, name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(tag(name));
+        fs::create_dir(&d).unwrap();
+        self.extra.push(d.clone());
+        for f in ["upgrade_link", "upgrade_policy", "upgrade_counters", "keep"] {
+            fs::write(d.join(f), "not yours").unwrap();
+        }
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::chown(&d, Some(65534), Some(65534)).unwrap();
+        d
+    }
+}
+
+/// Removes a bpffs directory's entries (pins, or empty directories) and the directory.
+fn remove_bpffs_dir(d: &Path) {
+    for e in fs::read_dir(d).into_iter().flatten().flatten() {
+        let _ = fs::remove_file(e.path()).or_else(|_| fs::remove_dir(e.path()));
+    }
+    let _ = fs::remove_dir(d);
+}
+
+/// The `--pin` staging directories (`.mptcp-trace.*`) in the bpffs root.
+fn staging_dirs() -> Vec<PathBuf> {
+    fs::read_dir(BPFFS)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".mptcp-trace."))
+        .map(|e| e.path())
+        .collect()
+}
+
+impl Drop for PinDirCleanup {
+    fn drop(&mut self) {
+        match fs::symlink_metadata(PIN_DIR) {
+            Ok(m) if m.file_type().is_dir() => remove_bpffs_dir(Path::new(PIN_DIR)),
+            Ok(_) => {
+                let _ = fs::remove_file(PIN_DIR);
+            }
+            Err(_) => {}
+        }
+        for d in staging_dirs() {
+            remove_bpffs_dir(&d);
+        }
+        for p in &self.extra {
+            let _ = fs::remove_dir_all(p);
+        }
+        if self.mounted {
+            let _ = Command::new("umount").arg(BPFFS).status();
+        }
+    }
+}
+
+/// `args` must be refused because of what is at [`PIN_DIR`]: exit 2, one line naming the
+/// path, the problem and the fix; nothing loaded, nothing pinned, nothing staged.
+fn assert_pin_dir_refused(args: &[&str], problem: &str, fix: &str) {
+    let before = loaded_program_ids();
+    let o = trace(args);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {t}");
+    assert!(
+        t.contains(&format!("refusing {PIN_DIR}: ")),
+        "{args:?}: {t}"
+    );
+    assert!(t.contains(problem), "{args:?}: {t}");
+    assert!(t.contains(fix), "{args:?}: {t}");
+    assert_eq!(t.trim_end().lines().count(), 1, "one line: {t}");
+    assert_no_orphan_program_since(&before, &format!("{args:?}"));
+    assert!(staging_dirs().is_empty(), "{:?}", staging_dirs());
+}
+
+const PIN_COMMANDS: [&[&str]; 3] = [
+    &["upgrade", "--off"],
+    &["upgrade", "--status"],
+    &["upgrade", "--pin", "--all"],
+];
+
+/// A user's symbolic link at /sys/fs/bpf/mptcp-trace: root's `--off` must not delete the
+/// files it points to, `--pin` must not chmod or fill it, `--status` must not read it.
+#[test]
+fn a_planted_pin_dir_symlink_is_refused_not_followed() {
+    require_root();
+    let _pins = pin_path();
+    let mut cleanup = PinDirCleanup::with_bpffs();
+    let victim = cleanup.victim("pin-victim");
+    std::os::unix::fs::symlink(&victim, PIN_DIR).unwrap();
+    std::os::unix::fs::lchown(PIN_DIR, Some(65534), Some(65534)).unwrap();
+    for args in PIN_COMMANDS {
+        assert_pin_dir_refused(
+            args,
+            &format!("it is a symbolic link (to {:?})", victim),
+            &format!("remove the link (`rm {PIN_DIR}`)"),
+        );
+        for f in ["upgrade_link", "upgrade_policy", "upgrade_counters", "keep"] {
+            assert!(
+                victim.join(f).exists(),
+                "{args:?} removed {f} from the target"
+            );
+        }
+        let mode = fs::metadata(&victim).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o755, "{args:?} changed the target's mode");
+        assert!(
+            fs::symlink_metadata(PIN_DIR)
+                .unwrap()
+                .file_type()
+                .is_symlink(),
+            "{args:?} replaced the link"
+        );
+    }
+}
+
+/// A directory at /sys/fs/bpf/mptcp-trace that another user owns, or that others can write:
+/// its owner could rename root's pins away. Refused, and left as it is.
+#[test]
+fn a_pin_dir_owned_by_another_user_or_writable_by_others_is_refused() {
+    require_root();
+    let _pins = pin_path();
+    let _cleanup = PinDirCleanup::with_bpffs();
+    fs::create_dir(PIN_DIR).unwrap();
+    fs::set_permissions(PIN_DIR, fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(PIN_DIR, Some(65534), Some(65534)).unwrap();
+    let fix = format!("remove it (`rm -r {PIN_DIR}`)");
+    for args in PIN_COMMANDS {
+        assert_pin_dir_refused(args, "it is owned by uid 65534, not root", &fix);
+        let m = fs::symlink_metadata(PIN_DIR).unwrap();
+        assert_eq!(
+            (
+                std::os::unix::fs::MetadataExt::uid(&m),
+                m.permissions().mode() & 0o7777
+            ),
+            (65534, 0o700),
+            "{args:?} changed the directory"
+        );
+    }
+    std::os::unix::fs::chown(PIN_DIR, Some(0), Some(0)).unwrap();
+    fs::set_permissions(PIN_DIR, fs::Permissions::from_mode(0o777)).unwrap();
+    for args in PIN_COMMANDS {
+        assert_pin_dir_refused(args, "group or others can write it (mode 0777)", &fix);
+        let mode = fs::metadata(PIN_DIR).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o777, "{args:?} changed the directory");
+    }
+}
+
+/// Two `--pin` at once: exactly one wins and its pins stay (the loser removes only its own),
+/// `--status` reports the winner, the winner's scope is upgraded and the loser's is not;
+/// `--off` then removes it all. Several rounds, so that both reach the rename together.
+#[test]
+fn two_concurrent_pins_one_wins_and_its_pins_stay() {
+    let kind = expect();
+    if kind != Expect::Works {
+        return assert_refused(kind, &["upgrade", "--all", "--pin"]);
+    }
+    let _pins = pin_path();
+    let _cleanup = PinDirCleanup::new();
+    for round in 0..3 {
+        let comms = [format!("upg-race-a{round}"), format!("upg-race-b{round}")];
+        let children: Vec<Child> = comms
+            .iter()
+            .map(|c| {
+                Command::new(mptcp_trace_bin())
+                    .args(["upgrade", "--comm", c, "--pin"])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let outs: Vec<Output> = children
+            .into_iter()
+            .map(|c| c.wait_with_output().unwrap())
+            .collect();
+        let all: Vec<String> = outs.iter().map(text).collect();
+        let won: Vec<usize> = (0..2).filter(|&i| outs[i].status.success()).collect();
+        assert_eq!(won.len(), 1, "round {round}: exactly one pin wins: {all:?}");
+        let (w, l) = (won[0], 1 - won[0]);
+        assert_eq!(outs[l].status.code(), Some(2), "round {round}: {all:?}");
+        assert!(all[l].contains("already pinned"), "round {round}: {all:?}");
+        let pinned =
+            HashSet::from([pinned_program_id()
+                .unwrap_or_else(|| panic!("round {round}: nothing pinned: {all:?}"))]);
+        assert_eq!(upgrade_programs_in(&pinned), 1, "{pinned:?}");
+        let st = text(&trace(&["upgrade", "--status"]));
+        assert!(st.contains(&format!("comm {}", comms[w])), "{st}");
+        assert_eq!(
+            proto(
+                &sockets_now(&format!("race-w{round}"), Some(&comms[w]), None),
+                "client"
+            ),
+            MPTCP
+        );
+        assert_eq!(
+            proto(
+                &sockets_now(&format!("race-l{round}"), Some(&comms[l]), None),
+                "client"
+            ),
+            TCP,
+            "the loser's upgrade is gone"
+        );
+        assert!(staging_dirs().is_empty(), "{:?}", staging_dirs());
+        let off = trace(&["upgrade", "--off"]);
+        assert!(
+            text(&off).contains("removed the pinned upgrade"),
+            "{}",
+            text(&off)
+        );
+        assert_programs_gone(&pinned, "the pinned upgrade after --off");
+        assert!(fs::symlink_metadata(PIN_DIR).is_err(), "{PIN_DIR} left");
+        assert!(text(&trace(&["upgrade", "--status"])).contains("not pinned"));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -37,6 +37,10 @@ pub async fn run(args: UpgradeArgs) -> Result<()> {
         .transpose()?;
     let mut stop = Stop::install()?;
     let policy = sel.policy(args.count_only);
+    if args.pin {
+        // A planted or occupied pin directory is refused before anything is loaded.
+        upgrade::check_pin_dir()?;
+    }
     let up = Upgrade::attach(policy)?;
     let what = if args.count_only {
         "counting (count only)"

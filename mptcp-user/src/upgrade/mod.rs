@@ -3,6 +3,7 @@
 //! [`raw_bpf`] loads and attaches it), and keeps it attached for as long as the [`Upgrade`]
 //! lives — or, pinned, until `upgrade --off`.
 
+pub mod pindir;
 pub mod raw_bpf;
 pub mod refusal;
 pub mod seccomp;
@@ -12,10 +13,7 @@ use std::{
     collections::{HashMap, HashSet},
     ffi::CString,
     fs, io,
-    os::{
-        fd::{AsFd, AsRawFd, OwnedFd},
-        unix::fs::{DirBuilderExt, PermissionsExt},
-    },
+    os::fd::{AsFd, AsRawFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -35,11 +33,13 @@ const POLICY_MAP: &str = "UPGRADE_POLICY";
 const COUNTERS_MAP: &str = "UPGRADE_COUNTERS";
 
 pub const BPFFS: &str = "/sys/fs/bpf";
-/// Where `--pin` leaves the upgrade (mode 0700).
+/// Where `--pin` leaves the upgrade: a directory owned by root, mode 0700 (see [`pindir`]).
 pub const PIN_DIR: &str = "/sys/fs/bpf/mptcp-trace";
 const PIN_LINK: &str = "upgrade_link";
 const PIN_POLICY: &str = "upgrade_policy";
 const PIN_COUNTERS: &str = "upgrade_counters";
+/// Everything `--pin` puts in [`PIN_DIR`].
+const PINS: [&str; 3] = [PIN_LINK, PIN_POLICY, PIN_COUNTERS];
 /// `BPF_FS_MAGIC` from linux/magic.h.
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
@@ -69,6 +69,14 @@ pub enum UpgradeError {
     NoMptcp,
     #[error("an upgrade is already pinned at {PIN_DIR} ({0}); remove it first with `mptcp-trace upgrade --off`")]
     AlreadyPinned(String),
+    /// The pin directory (or the bpffs root) is not something only root controls: another
+    /// user could have planted it.
+    #[error("refusing {path}: {problem}; nothing was changed. To fix: {fix}")]
+    UnsafePinDir {
+        path: String,
+        problem: String,
+        fix: String,
+    },
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -266,35 +274,88 @@ impl Upgrade {
     }
 
     /// Pins the link and the maps under [`PIN_DIR`]; the upgrade then outlives this process.
+    /// The pins go into a private directory first, renamed into place only when complete
+    /// (`RENAME_NOREPLACE`): of two concurrent `--pin` one wins, the other removes only its
+    /// own pins and says "already pinned".
     pub fn pin(self) -> Result<PathBuf, UpgradeError> {
-        let dir = ensure_pin_dir()?;
-        if let Some(existing) = pinned_files(&dir).first() {
-            return Err(UpgradeError::AlreadyPinned(existing.display().to_string()));
-        }
+        let root = pindir::open_root(true)?.expect("open_root(true) mounts bpffs");
+        let root = root.as_fd();
+        clear_way(root)?;
+        let staging = pindir::stage(root)?;
+        let dir = staging.dir.as_fd();
         let result = (|| {
             self.policy
                 .map()
-                .pin(dir.join(PIN_POLICY))
+                .pin(pindir::fd_path(dir, PIN_POLICY))
                 .map_err(|e| UpgradeError::Io {
                     what: "cannot pin the policy map".into(),
                     source: io::Error::other(e),
                 })?;
             self.counters
                 .map()
-                .pin(dir.join(PIN_COUNTERS))
+                .pin(pindir::fd_path(dir, PIN_COUNTERS))
                 .map_err(|e| UpgradeError::Io {
                     what: "cannot pin the counters map".into(),
                     source: io::Error::other(e),
                 })?;
             // The link last: once it is pinned the upgrade is complete.
-            raw_bpf::obj_pin(self.link.as_fd(), &dir.join(PIN_LINK))
-                .map_err(UpgradeError::io("cannot pin the upgrade link"))
+            raw_bpf::obj_pin(self.link.as_fd(), &pindir::fd_path(dir, PIN_LINK))
+                .map_err(UpgradeError::io("cannot pin the upgrade link"))?;
+            staging.publish(root).map_err(UpgradeError::io(format!(
+                "cannot rename the pins to {PIN_DIR}"
+            )))
         })();
-        if let Err(e) = result {
-            remove_pins(&dir);
-            return Err(e);
+        match result {
+            Ok(true) => Ok(PathBuf::from(PIN_DIR)),
+            Ok(false) => {
+                // Another upgrade was pinned meanwhile; its pins stay untouched.
+                staging.discard(root, &PINS);
+                Err(UpgradeError::AlreadyPinned(
+                    "pinned by another `mptcp-trace upgrade --pin` meanwhile".into(),
+                ))
+            }
+            Err(e) => {
+                staging.discard(root, &PINS);
+                Err(e)
+            }
         }
-        Ok(dir)
+    }
+}
+
+/// Checks that nothing stands where the pins will go: a checked pin directory with our pins
+/// is an upgrade pinned already; an empty one (left by hand) is removed; anything else is
+/// refused as it is.
+fn clear_way(root: std::os::fd::BorrowedFd<'_>) -> Result<(), UpgradeError> {
+    let Some(dir) = pindir::open_checked(root)? else {
+        return Ok(());
+    };
+    if let Some(existing) = pindir::present(dir.as_fd(), &PINS).first() {
+        return Err(UpgradeError::AlreadyPinned(format!("{PIN_DIR}/{existing}")));
+    }
+    pindir::remove_dir(root);
+    if pindir::open_checked(root)?.is_some() {
+        // Not empty: files that are not ours, or pins that arrived meanwhile.
+        return Err(UpgradeError::AlreadyPinned(format!(
+            "{PIN_DIR} is not empty"
+        )));
+    }
+    Ok(())
+}
+
+/// The checks `--pin` makes before loading anything, so that a refused pin directory leaves
+/// nothing loaded: the same checks [`Upgrade::pin`] makes again at the end.
+pub fn check_pin_dir() -> Result<(), UpgradeError> {
+    require_privileges()?;
+    let Some(root) = pindir::open_root(false)? else {
+        // No bpffs yet: nobody can have planted anything; `pin` mounts one.
+        return Ok(());
+    };
+    let Some(dir) = pindir::open_checked(root.as_fd())? else {
+        return Ok(());
+    };
+    match pindir::present(dir.as_fd(), &PINS).first() {
+        Some(existing) => Err(UpgradeError::AlreadyPinned(format!("{PIN_DIR}/{existing}"))),
+        None => Ok(()),
     }
 }
 
@@ -309,62 +370,6 @@ fn is_bpffs(path: &Path) -> bool {
     }
 }
 
-/// `/sys/fs/bpf/mptcp-trace`, mode 0700, mounting bpffs first when nothing is mounted there.
-fn ensure_pin_dir() -> Result<PathBuf, UpgradeError> {
-    let bpffs = Path::new(BPFFS);
-    if !is_bpffs(bpffs) {
-        debug!("mounting bpffs at {BPFFS}");
-        // SAFETY: constant NUL-terminated strings.
-        let r = unsafe {
-            libc::mount(
-                c"bpf".as_ptr(),
-                c"/sys/fs/bpf".as_ptr(),
-                c"bpf".as_ptr(),
-                0,
-                c"mode=0700".as_ptr().cast(),
-            )
-        };
-        if r != 0 {
-            return Err(UpgradeError::Io {
-                what: format!("no bpffs at {BPFFS} and mounting one failed"),
-                source: io::Error::last_os_error(),
-            });
-        }
-    }
-    let dir = PathBuf::from(PIN_DIR);
-    if !dir.exists() {
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .map_err(UpgradeError::io(format!("cannot create {PIN_DIR}")))?;
-    }
-    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
-        .map_err(UpgradeError::io(format!("cannot chmod {PIN_DIR}")))?;
-    Ok(dir)
-}
-
-fn pinned_files(dir: &Path) -> Vec<PathBuf> {
-    [PIN_LINK, PIN_POLICY, PIN_COUNTERS]
-        .iter()
-        .map(|f| dir.join(f))
-        .filter(|p| p.exists())
-        .collect()
-}
-
-/// Removes the upgrade's pins (and the directory when nothing else is in it). Returns whether
-/// anything was there.
-fn remove_pins(dir: &Path) -> bool {
-    let files = pinned_files(dir);
-    for f in &files {
-        if let Err(e) = fs::remove_file(f) {
-            log::warn!("cannot remove {}: {e}", f.display());
-        }
-    }
-    // Fails harmlessly when other pins (not ours) live there.
-    let _ = fs::remove_dir(dir);
-    !files.is_empty()
-}
-
 /// What `upgrade --status` reports about a pinned upgrade.
 #[derive(Debug)]
 pub struct PinnedStatus {
@@ -376,22 +381,29 @@ pub struct PinnedStatus {
     pub recursion_misses: Option<u64>,
 }
 
-/// The pinned upgrade, if there is one.
+/// The pinned upgrade, if there is one. A pin directory that is not root's own is refused,
+/// not read: its contents may be anyone's.
 pub fn pinned_status() -> Result<Option<PinnedStatus>, UpgradeError> {
     require_privileges()?;
-    let dir = PathBuf::from(PIN_DIR);
-    if !dir.join(PIN_LINK).exists() {
+    let Some(root) = pindir::open_root(false)? else {
+        return Ok(None);
+    };
+    let Some(dir) = pindir::open_checked(root.as_fd())? else {
+        return Ok(None);
+    };
+    let dir = dir.as_fd();
+    if pindir::present(dir, &[PIN_LINK]).is_empty() {
         return Ok(None);
     }
     // Opening the link proves it is a live BPF object, not a stale file.
-    let link = raw_bpf::obj_get(&dir.join(PIN_LINK))
+    let link = raw_bpf::obj_get(&pindir::fd_path(dir, PIN_LINK))
         .map_err(UpgradeError::io("cannot open the pinned link"))?;
     let prog = raw_bpf::link_prog(link.as_fd())
         .map_err(UpgradeError::io("cannot find the pinned link's program"))?;
     let recursion_misses = raw_bpf::recursion_misses(prog.as_fd())
         .map_err(UpgradeError::io("cannot read the pinned program's info"))?;
     let open = |name: &str| {
-        MapData::from_pin(dir.join(name)).map_err(|e| UpgradeError::Io {
+        MapData::from_pin(pindir::fd_path(dir, name)).map_err(|e| UpgradeError::Io {
             what: format!("cannot open pinned map {name}"),
             source: io::Error::other(e),
         })
@@ -407,13 +419,26 @@ pub fn pinned_status() -> Result<Option<PinnedStatus>, UpgradeError> {
             .map_err(|e| UpgradeError::Object(e.to_string()))?,
         counts: read_counts(&counters),
         recursion_misses,
-        dir,
+        dir: PathBuf::from(PIN_DIR),
     }))
 }
 
 /// Removes a pinned upgrade: the program detaches when its link's last pin goes. Returns
-/// whether there was one.
+/// whether there was one. Also removes the staging directories of `--pin` runs killed before
+/// their rename (each may hold an attached upgrade). Only a pin directory that is root's own
+/// is touched, through its descriptor, never through a link.
 pub fn unpin() -> Result<bool, UpgradeError> {
     require_privileges()?;
-    Ok(remove_pins(Path::new(PIN_DIR)))
+    let Some(root) = pindir::open_root(false)? else {
+        return Ok(false);
+    };
+    let root = root.as_fd();
+    let abandoned = pindir::remove_abandoned(root, &PINS);
+    let Some(dir) = pindir::open_checked(root)? else {
+        return Ok(abandoned > 0);
+    };
+    let removed = pindir::remove(dir.as_fd(), &PINS);
+    // Fails harmlessly when other files live there.
+    pindir::remove_dir(root);
+    Ok(!removed.is_empty() || abandoned > 0)
 }
