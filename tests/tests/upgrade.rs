@@ -1427,3 +1427,74 @@ fn seccomp_supervisor_survives_a_sigint_to_the_process_group() {
     assert!(st.success(), "{st}");
     assert_eq!(proto(&parse(&out), "client"), MPTCP);
 }
+
+/// The eBPF program ids process `pid` holds, as its descriptors' fdinfo lists them (a program
+/// fd, or a link fd naming the program it holds).
+fn program_ids_of(pid: u32) -> std::collections::HashSet<u32> {
+    fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .filter_map(|e| fs::read_to_string(e.ok()?.path()).ok())
+        .flat_map(|info| {
+            info.lines()
+                .filter_map(|l| l.strip_prefix("prog_id:")?.trim().parse::<u32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Issue 16 item 7: `upgrade --events` traces in-process, so a SIGKILL takes the tracer's
+/// programs with the upgrade's: every program id the process held is gone afterwards. Where
+/// the upgrade is refused, the refusal comes before any tracing program is loaded.
+#[test]
+fn sigkill_of_upgrade_with_events_leaves_no_program() {
+    let kind = expect();
+    let args = ["upgrade", "--all", "--events"];
+    if kind != Expect::Works {
+        assert_refused(kind, &args);
+        // The tracer is loaded only once the upgrade is attached: `-v` logs every attach.
+        let o = trace(&[&["-v"][..], &args].concat());
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{t}");
+        assert!(
+            !t.contains("attached tp_btf/"),
+            "tracing programs were loaded before the refusal: {t}"
+        );
+        return;
+    }
+    let up = Upgrader::start(&["--all", "--events"]);
+    let held = program_ids_of(up.child.id());
+    let names: HashMap<u32, String> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| held.contains(&p.id()))
+        .map(|p| (p.id(), p.name_as_str().unwrap_or("").to_string()))
+        .collect();
+    assert!(
+        names.values().any(|n| n == PROG_NAME),
+        "the upgrade program is not among {names:?}"
+    );
+    assert!(
+        names.values().any(|n| n != PROG_NAME),
+        "no tracing program among {names:?}"
+    );
+    up.signal(libc::SIGKILL);
+    // Programs are freed after an RCU grace period, not at the last close.
+    let start = Instant::now();
+    loop {
+        let left: Vec<_> = integration_tests::loaded_program_ids()
+            .intersection(&held)
+            .copied()
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "programs {left:?} of the killed upgrade are still loaded ({names:?})"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !Path::new(PIN_DIR).join("upgrade_link").exists(),
+        "an unpinned upgrade left a pin"
+    );
+}
