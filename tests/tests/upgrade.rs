@@ -1498,3 +1498,89 @@ fn sigkill_of_upgrade_with_events_leaves_no_program() {
         "an unpinned upgrade left a pin"
     );
 }
+
+/// Issue 16 item 15: a process CMD leaves behind goes back to the cgroup `run` was started
+/// in — the caller's, here a test cgroup — not to the cgroup2 root, and the run's own cgroup
+/// is removed.
+#[test]
+fn run_moves_what_cmd_leaves_behind_back_to_the_callers_cgroup() {
+    require_root();
+    let home = Cgroup::new("run-home");
+    let procs = std::ffi::CString::new(
+        home.0
+            .join("cgroup.procs")
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .unwrap();
+    let mut cmd = Command::new(mptcp_trace_bin());
+    // The background sleep must not hold our stdout pipe open for 30 s.
+    // Files, not pipes: the seccomp supervisor (auto's method where trampolines are refused)
+    // keeps serving the sleep, and so holds its copies of them, after `run` exited.
+    let out_path = out_file("run-home.out");
+    let err_path = out_file("run-home.err");
+    cmd.args([
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "sleep 30 >/dev/null 2>&1 & echo $!",
+    ])
+    .stdout(fs::File::create(&out_path).unwrap())
+    .stderr(fs::File::create(&err_path).unwrap());
+    // SAFETY: only open/write/close between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let r = libc::write(fd, b"0".as_ptr().cast(), 1);
+            libc::close(fd);
+            if r != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let run_pid = child.id();
+    let status = child.wait().unwrap();
+    let stderr = fs::read_to_string(&err_path).unwrap();
+    assert!(status.success(), "{stderr}");
+    let sleep: i32 = fs::read_to_string(&out_path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _ = fs::remove_file(&out_path);
+    let _ = fs::remove_file(&err_path);
+    // The cgroup2 line ("0::PATH"; hybrid hosts list v1 hierarchies too).
+    let cgroup_of = fs::read_to_string(format!("/proc/{sleep}/cgroup")).map(|s| {
+        s.lines()
+            .find(|l| l.starts_with("0::"))
+            .unwrap_or_default()
+            .to_string()
+    });
+    // SAFETY: kill(2) of the sleep this test started (through run), before any assertion.
+    unsafe { libc::kill(sleep, libc::SIGKILL) };
+    let rel = home.0.strip_prefix(cgroup2_mount().unwrap()).unwrap();
+    assert_eq!(
+        cgroup_of.unwrap(),
+        format!("0::/{}", rel.display()),
+        "the background sleep is not back in the caller's cgroup"
+    );
+    assert!(
+        stderr.contains(&format!("process {sleep} outlived the command")),
+        "{stderr}"
+    );
+    let own = cgroup2_mount()
+        .unwrap()
+        .join(format!("mptcp-trace-run.{run_pid}"));
+    assert!(!own.exists(), "cgroup left: {}", own.display());
+    // The sleep is reparented to init, which reaps it; then the test cgroup can go.
+    let start = Instant::now();
+    while Path::new(&format!("/proc/{sleep}")).exists() && start.elapsed() < TIMEOUT {
+        thread::sleep(Duration::from_millis(20));
+    }
+}
