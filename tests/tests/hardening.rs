@@ -393,14 +393,15 @@ fn namespaces_of_a_killed_demo_are_removed_by_the_next_one() {
     );
     let second_pid = second.0.id();
     let start = Instant::now();
-    while netns::named(&client).exists() {
+    // Both, one after the other (in name order).
+    let server = format!("mptcp-server-demo{pid}");
+    while netns::named(&client).exists() || netns::named(&server).exists() {
         assert!(
             start.elapsed() < WAIT,
-            "the next demo did not remove {client}"
+            "the next demo did not remove {client} and {server}"
         );
         thread::sleep(Duration::from_millis(50));
     }
-    assert!(!netns::named(&format!("mptcp-server-demo{pid}")).exists());
     // SIGHUP: a clean end, its own namespaces removed.
     thread::sleep(Duration::from_secs(2));
     // SAFETY: kill(2) on our child.
@@ -599,4 +600,107 @@ fn a_user_granted_the_tracing_capabilities_traces() {
             "no {kind:?} of the test connection: {out}"
         );
     }
+}
+
+/// `doctor`'s check of namespaces left by demos: its verdict on this test's names only (other
+/// tests may run demos meanwhile).
+fn stale_demo_check() -> mptcp_user::doctor::Check {
+    let out = Command::new(mptcp_trace_bin())
+        .args(["doctor", "--json", "--netns", "/proc/self/ns/net"])
+        .output()
+        .unwrap();
+    let report: mptcp_user::doctor::Report = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    report
+        .checks
+        .into_iter()
+        .find(|c| c.name == "stale_demo_namespaces")
+        .expect("doctor has the stale_demo_namespaces check")
+}
+
+fn bed_of(pid: u32) -> [String; 2] {
+    ["client", "server"].map(|side| format!("mptcp-{side}-demo{pid}"))
+}
+
+/// Issue 16 item 8: namespaces of a demo killed with SIGKILL are reported by `doctor` with the
+/// command that removes them, and those of a demo whose pid now belongs to another process
+/// (pid reuse) too — by `doctor` and by the next `demo`, which removes them. A running demo's
+/// namespaces are left alone.
+#[test]
+fn doctor_reports_namespaces_of_dead_demos_even_when_their_pid_was_reused() {
+    require_root();
+    let mut demo = ChildGuard(
+        Command::new(mptcp_trace_bin())
+            .args(["demo", "--json", "--duration", "60"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let live = demo.0.id();
+    let start = Instant::now();
+    while !bed_of(live).iter().all(|n| netns::named(n).exists()) {
+        assert!(start.elapsed() < WAIT, "the demo made no test bed");
+        thread::sleep(Duration::from_millis(50));
+    }
+    // A "demo" whose pid is now a sleep: its namespaces look alive by pid alone.
+    let mut reused = ChildGuard(Command::new("sleep").arg("120").spawn().unwrap());
+    let fake = reused.0.id();
+    for n in bed_of(fake) {
+        mptcp_user::testbed::ip(&["netns", "add", &n]).unwrap();
+    }
+    let c = stale_demo_check();
+    assert_eq!(c.status, mptcp_user::doctor::Status::Warn, "{c:?}");
+    for n in bed_of(fake) {
+        assert!(c.detail.contains(&n), "{n} not reported: {c:?}");
+        assert!(
+            c.fix
+                .as_deref()
+                .unwrap()
+                .contains(&format!("ip netns del {n}")),
+            "{c:?}"
+        );
+    }
+    for n in bed_of(live) {
+        assert!(
+            !c.detail.contains(&n),
+            "a running demo's {n} reported: {c:?}"
+        );
+    }
+
+    // Killed: now its namespaces are reported too, and the fix removes every one.
+    demo.0.kill().unwrap();
+    demo.0.wait().unwrap();
+    let c = stale_demo_check();
+    for n in bed_of(live).iter().chain(&bed_of(fake)) {
+        assert!(c.detail.contains(n.as_str()), "{n} not reported: {c:?}");
+    }
+    let fix = c.fix.unwrap();
+    let st = Command::new("sh").args(["-c", &fix]).status().unwrap();
+    assert!(st.success(), "{fix}: {st}");
+    let c = stale_demo_check();
+    for n in bed_of(live).iter().chain(&bed_of(fake)) {
+        assert!(!netns::named(n).exists(), "{n} still exists after {fix}");
+        assert!(!c.detail.contains(n.as_str()), "{c:?}");
+    }
+
+    // The next demo removes a reused pid's namespaces itself.
+    for n in bed_of(fake) {
+        mptcp_user::testbed::ip(&["netns", "add", &n]).unwrap();
+    }
+    let out = Command::new(mptcp_trace_bin())
+        .args(["demo", "--json", "--duration", "1"])
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for n in bed_of(fake) {
+        assert!(!netns::named(&n).exists(), "the next demo left {n}");
+    }
+    reused.0.kill().unwrap();
+    reused.0.wait().unwrap();
 }
