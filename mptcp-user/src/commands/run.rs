@@ -364,7 +364,7 @@ fn check_privileges(args: &RunArgs) -> Result<(), UpgradeError> {
         None => add(&[Cap::SysAdmin]),
     }
     if args.method == RunMethod::Bpf {
-        add(BPF_METHOD_CAPS);
+        add(crate::upgrade::UPGRADE_CAPS);
     }
     if args.trace {
         add(crate::loader::TRACING_CAPS);
@@ -376,13 +376,6 @@ fn check_privileges(args: &RunArgs) -> Result<(), UpgradeError> {
     };
     caps::require(&needed, what).map_err(UpgradeError::Privileges)
 }
-
-/// The bpf method's capabilities: those of the upgrade.
-const BPF_METHOD_CAPS: &[crate::sys::caps::Cap] = &[
-    crate::sys::caps::Cap::Bpf,
-    crate::sys::caps::Cap::Perfmon,
-    crate::sys::caps::Cap::SysAdmin,
-];
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
     check_privileges(&args)?;
