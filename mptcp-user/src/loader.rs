@@ -132,10 +132,18 @@ pub fn bump_memlock_rlimit() {
     }
 }
 
+/// What tracing needs: CAP_BPF and CAP_PERFMON for the `tp_btf` programs and their
+/// `bpf_probe_read_kernel`, CAP_NET_ADMIN for the path manager's events group, and
+/// CAP_SYS_ADMIN because that group is subscribed to inside every network namespace, which
+/// means `setns` into it — without it the kernel refuses (EPERM) and every `addr_announced` /
+/// `addr_removed` would be missing, so it is required rather than silently done without.
+pub const TRACING_CAPS: &[crate::sys::caps::Cap] = {
+    use crate::sys::caps::Cap;
+    &[Cap::Bpf, Cap::Perfmon, Cap::NetAdmin, Cap::SysAdmin]
+};
+
 pub fn load(config: Config) -> Result<Tracer, LoadError> {
-    use crate::sys::caps::{self, Cap};
-    caps::require(&[Cap::Bpf, Cap::Perfmon, Cap::NetAdmin], "tracing")
-        .map_err(LoadError::Privileges)?;
+    crate::sys::caps::require(TRACING_CAPS, "tracing").map_err(LoadError::Privileges)?;
     bump_memlock_rlimit();
     let resolved = offsets::resolve_from(Path::new(VMLINUX_BTF))?;
     let mut degraded = resolved.missing.clone();

@@ -63,7 +63,9 @@ fn netns_exists(name: &str) -> bool {
         .any(|l| l.split_whitespace().next() == Some(name))
 }
 
-/// A tmux session, killed on drop.
+/// A tmux session, killed on drop. Each on its own server (`-L NAME`): a shared default
+/// server that another test (or user) ends at the wrong moment fails `new-session` with
+/// "server exited unexpectedly".
 struct Tmux(String);
 
 impl Tmux {
@@ -71,6 +73,8 @@ impl Tmux {
         let out = run(
             "tmux",
             &[
+                "-L",
+                name,
                 "new-session",
                 "-d",
                 "-s",
@@ -91,17 +95,34 @@ impl Tmux {
     }
 
     fn capture(&self) -> String {
-        String::from_utf8_lossy(&run("tmux", &["capture-pane", "-p", "-t", &self.0]).stdout)
-            .into_owned()
+        String::from_utf8_lossy(
+            &run(
+                "tmux",
+                &["-L", &self.0, "capture-pane", "-p", "-t", &self.0],
+            )
+            .stdout,
+        )
+        .into_owned()
     }
 
     fn display(&self, format: &str) -> String {
-        let out = run("tmux", &["display-message", "-p", "-t", &self.0, format]);
+        let out = run(
+            "tmux",
+            &[
+                "-L",
+                &self.0,
+                "display-message",
+                "-p",
+                "-t",
+                &self.0,
+                format,
+            ],
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     fn keys(&self, keys: &str) {
-        run("tmux", &["send-keys", "-t", &self.0, keys]);
+        run("tmux", &["-L", &self.0, "send-keys", "-t", &self.0, keys]);
     }
 
     /// Captures until `pred` holds or `timeout` passes; returns the last capture.
@@ -123,7 +144,7 @@ impl Tmux {
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = Command::new("tmux")
-            .args(["kill-session", "-t", &self.0])
+            .args(["-L", &self.0, "kill-server"])
             .output();
     }
 }
@@ -366,4 +387,52 @@ fn demo_cleans_up_after_sigterm() {
     let stderr = stderr_of(&mut demo.0);
     assert!(st.success(), "demo after SIGTERM: {st}\n{stderr}");
     assert_clean(pid);
+}
+
+/// Issue 16 item 9: the demo's live view ends with status 0 when the user quits (`q`) and when
+/// it is terminated (SIGTERM), and leaves nothing behind either way.
+#[test]
+fn demo_live_view_exits_0_on_q_and_on_sigterm() {
+    require_root();
+    for how in ["q", "SIGTERM"] {
+        let pid_file = std::env::temp_dir().join(format!("{}.pid", tag("demo-live")));
+        let _ = std::fs::remove_file(&pid_file);
+        // `exec`: the pid written is the demo's own.
+        let tmux = Tmux::start(
+            &format!("mptcp-demo-live-{}-{how}", std::process::id()),
+            &format!(
+                "sh -c 'echo $$ > {}; exec {} demo'; echo EXITED rc=$?; sleep 60",
+                pid_file.display(),
+                bin().display()
+            ),
+        );
+        let (ready, screen) = tmux.wait_for(Duration::from_secs(60), |s| {
+            s.contains("mptcp-trace  connections")
+        });
+        assert!(
+            ready,
+            "{how}: the demo's live view did not start:\n{screen}"
+        );
+        let pid: u32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let _ = std::fs::remove_file(&pid_file);
+        if how == "q" {
+            tmux.keys("q");
+        } else {
+            // SAFETY: kill(2) of the demo this test started.
+            assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+        }
+        let (exited, screen) = tmux.wait_for(Duration::from_secs(20), |s| s.contains("EXITED rc="));
+        assert!(exited, "{how} did not end the demo:\n{screen}");
+        assert!(screen.contains("EXITED rc=0"), "{how}:\n{screen}");
+        assert_eq!(
+            tmux.display("#{alternate_on}"),
+            "0",
+            "{how}: alternate screen left"
+        );
+        assert_clean(pid);
+    }
 }

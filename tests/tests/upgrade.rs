@@ -1839,3 +1839,160 @@ fn seccomp_supervisor_survives_a_sigint_to_the_process_group() {
     assert!(st.success(), "{st}");
     assert_eq!(proto(&parse(&out), "client"), MPTCP);
 }
+
+/// The eBPF program ids process `pid` holds, as its descriptors' fdinfo lists them (a program
+/// fd, or a link fd naming the program it holds).
+fn program_ids_of(pid: u32) -> std::collections::HashSet<u32> {
+    fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .filter_map(|e| fs::read_to_string(e.ok()?.path()).ok())
+        .flat_map(|info| {
+            info.lines()
+                .filter_map(|l| l.strip_prefix("prog_id:")?.trim().parse::<u32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Issue 16 item 7: `upgrade --events` traces in-process, so a SIGKILL takes the tracer's
+/// programs with the upgrade's: every program id the process held is gone afterwards. Where
+/// the upgrade is refused, the refusal comes before any tracing program is loaded.
+#[test]
+fn sigkill_of_upgrade_with_events_leaves_no_program() {
+    let kind = expect();
+    let args = ["upgrade", "--all", "--events"];
+    if kind != Expect::Works {
+        assert_refused(kind, &args);
+        // The tracer is loaded only once the upgrade is attached: `-v` logs every attach.
+        let o = trace(&[&["-v"][..], &args].concat());
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{t}");
+        assert!(
+            !t.contains("attached tp_btf/"),
+            "tracing programs were loaded before the refusal: {t}"
+        );
+        return;
+    }
+    let up = Upgrader::start(&["--all", "--events"]);
+    let held = program_ids_of(up.child.id());
+    let names: HashMap<u32, String> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| held.contains(&p.id()))
+        .map(|p| (p.id(), p.name_as_str().unwrap_or("").to_string()))
+        .collect();
+    assert!(
+        names.values().any(|n| n == PROG_NAME),
+        "the upgrade program is not among {names:?}"
+    );
+    assert!(
+        names.values().any(|n| n != PROG_NAME),
+        "no tracing program among {names:?}"
+    );
+    up.signal(libc::SIGKILL);
+    // Programs are freed after an RCU grace period, not at the last close.
+    let start = Instant::now();
+    loop {
+        let left: Vec<_> = integration_tests::loaded_program_ids()
+            .intersection(&held)
+            .copied()
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "programs {left:?} of the killed upgrade are still loaded ({names:?})"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !Path::new(PIN_DIR).join("upgrade_link").exists(),
+        "an unpinned upgrade left a pin"
+    );
+}
+
+/// Issue 16 item 15: a process CMD leaves behind goes back to the cgroup `run` was started
+/// in — the caller's, here a test cgroup — not to the cgroup2 root, and the run's own cgroup
+/// is removed.
+#[test]
+fn run_moves_what_cmd_leaves_behind_back_to_the_callers_cgroup() {
+    require_root();
+    let home = Cgroup::new("run-home");
+    let procs = std::ffi::CString::new(
+        home.0
+            .join("cgroup.procs")
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .unwrap();
+    let mut cmd = Command::new(mptcp_trace_bin());
+    // The background sleep must not hold our stdout pipe open for 30 s.
+    // Files, not pipes: the seccomp supervisor (auto's method where trampolines are refused)
+    // keeps serving the sleep, and so holds its copies of them, after `run` exited.
+    let out_path = out_file("run-home.out");
+    let err_path = out_file("run-home.err");
+    cmd.args([
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "sleep 30 >/dev/null 2>&1 & echo $!",
+    ])
+    .stdout(fs::File::create(&out_path).unwrap())
+    .stderr(fs::File::create(&err_path).unwrap());
+    // SAFETY: only open/write/close between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let r = libc::write(fd, b"0".as_ptr().cast(), 1);
+            libc::close(fd);
+            if r != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let run_pid = child.id();
+    let status = child.wait().unwrap();
+    let stderr = fs::read_to_string(&err_path).unwrap();
+    assert!(status.success(), "{stderr}");
+    let sleep: i32 = fs::read_to_string(&out_path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _ = fs::remove_file(&out_path);
+    let _ = fs::remove_file(&err_path);
+    // The cgroup2 line ("0::PATH"; hybrid hosts list v1 hierarchies too).
+    let cgroup_of = fs::read_to_string(format!("/proc/{sleep}/cgroup")).map(|s| {
+        s.lines()
+            .find(|l| l.starts_with("0::"))
+            .unwrap_or_default()
+            .to_string()
+    });
+    // SAFETY: kill(2) of the sleep this test started (through run), before any assertion.
+    unsafe { libc::kill(sleep, libc::SIGKILL) };
+    let rel = home.0.strip_prefix(cgroup2_mount().unwrap()).unwrap();
+    assert_eq!(
+        cgroup_of.unwrap(),
+        format!("0::/{}", rel.display()),
+        "the background sleep is not back in the caller's cgroup"
+    );
+    assert!(
+        stderr.contains(&format!("process {sleep} outlived the command")),
+        "{stderr}"
+    );
+    let own = cgroup2_mount()
+        .unwrap()
+        .join(format!("mptcp-trace-run.{run_pid}"));
+    assert!(!own.exists(), "cgroup left: {}", own.display());
+    // The sleep is reparented to init, which reaps it; then the test cgroup can go.
+    let start = Instant::now();
+    while Path::new(&format!("/proc/{sleep}")).exists() && start.elapsed() < TIMEOUT {
+        thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -37,7 +37,8 @@ for m in $(cat /etc/vm/modules 2>/dev/null); do
   insmod "/lib/modules/$m" || echo "vm: insmod $m failed"
 done
 
-export CI=true MPTCP_TRACE_BIN=/bin/mptcp-trace RUST_BACKTRACE=1
+# MPTCP_TRACE_VM: tests that size themselves by count (scope.rs) use fewer under qemu.
+export CI=true MPTCP_TRACE_BIN=/bin/mptcp-trace RUST_BACKTRACE=1 MPTCP_TRACE_VM=1
 # $<NAME>_BIN for every binary the runner shipped (MPTCP_PEER_BIN, ...).
 . /etc/vm/env
 kernel=$(uname -r)

@@ -278,25 +278,54 @@ pub fn shape_paths(bed: &TestBed, mbit: u64) -> Result<()> {
     Ok(())
 }
 
-/// Removes the test beds of demos whose process is gone (killed with SIGKILL, say): their
-/// namespaces are named after the demo's pid.
-fn remove_stale_beds() {
-    let Ok(dir) = std::fs::read_dir(netns::NAMED_DIR) else {
-        return;
+/// Whether process `pid` is a running `mptcp-trace demo`: its pid alone could have been
+/// reused by any process since the demo died, so its executable must be an mptcp-trace (this
+/// very file, or one named so: another build or version) and its arguments must name `demo`.
+fn is_running_demo(pid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
+        // Gone, or a kernel thread: no demo.
+        return false;
     };
-    for e in dir.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix("mptcp-client-demo")
-            .or_else(|| name.strip_prefix("mptcp-server-demo"))
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            log::warn!("removing {name}, left by demo {pid} (no longer running)");
-            let _ = testbed::ip(&["netns", "del", &name]);
-        }
+    let same_file = |a: &str, b: &str| match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
+        _ => false,
+    };
+    let ours = same_file(&format!("/proc/{pid}/exe"), "/proc/self/exe")
+        || exe
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("mptcp-trace"));
+    let args = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    ours && args.split(|&b| b == 0).skip(1).any(|a| a == b"demo")
+}
+
+/// The namespaces of test beds whose demo is gone (killed with SIGKILL, say), by name: a
+/// demo names them after its pid (`mptcp-client-demoPID`, `mptcp-server-demoPID`). `demo`
+/// removes them before it starts; `doctor` reports them with the command that removes them.
+pub fn stale_beds() -> Vec<(String, u32)> {
+    let Ok(dir) = std::fs::read_dir(netns::NAMED_DIR) else {
+        return Vec::new();
+    };
+    let mut v: Vec<(String, u32)> = dir
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid = name
+                .strip_prefix("mptcp-client-demo")
+                .or_else(|| name.strip_prefix("mptcp-server-demo"))
+                .and_then(|p| p.parse::<u32>().ok())?;
+            (!is_running_demo(pid)).then_some((name, pid))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Removes the test beds of demos whose process is gone ([`stale_beds`]).
+fn remove_stale_beds() {
+    for (name, pid) in stale_beds() {
+        log::warn!("removing {name}, left by demo {pid} (no longer running)");
+        let _ = testbed::ip(&["netns", "del", &name]);
     }
 }
 

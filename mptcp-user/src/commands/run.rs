@@ -295,6 +295,9 @@ fn short_reason(e: &UpgradeError) -> String {
             crate::upgrade::seccomp::errno_name(r.errno)
         ),
         UpgradeError::MptcpDisabled => "net.mptcp.enabled = 0 here".into(),
+        UpgradeError::Privileges(_) => {
+            "the bpf method needs CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN".into()
+        }
         other => other.to_string(),
     }
 }
@@ -313,7 +316,8 @@ fn choose(args: &RunArgs, policy: Policy, procs: &Path) -> Result<Active> {
         RunMethod::Auto => match Upgrade::attach(policy) {
             Ok(u) => Ok(Active::Bpf(Box::new(u))),
             Err(
-                e @ (UpgradeError::HookMissing(_)
+                e @ (UpgradeError::Privileges(_)
+                | UpgradeError::HookMissing(_)
                 | UpgradeError::TrampolinesRefused(_)
                 | UpgradeError::NoBtf(_)
                 | UpgradeError::MptcpDisabled
@@ -333,7 +337,48 @@ fn choose(args: &RunArgs, policy: Policy, procs: &Path) -> Result<Active> {
     }
 }
 
+/// Refuses, naming the missing capabilities, before anything is created (a cgroup, a mount).
+///
+/// - The run's cgroup goes under the cgroup2 root, a root-owned directory, and CMD is moved in
+///   through the root's `cgroup.procs`: write access there, which a user who does not own it
+///   has only with CAP_DAC_OVERRIDE. Where no cgroup2 hierarchy is visible, mounting one needs
+///   CAP_SYS_ADMIN.
+/// - `bpf`: the upgrade's CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN.
+/// - `seccomp`: nothing more (the filter needs no privilege once no_new_privs is set, and the
+///   supervisor serves its own user's processes).
+/// - `auto`: what seccomp needs; without the bpf method's capabilities it takes seccomp.
+/// - `--trace`: tracing's ([`crate::loader::TRACING_CAPS`]).
+fn check_privileges(args: &RunArgs) -> Result<(), UpgradeError> {
+    use crate::sys::caps::{self, Cap};
+    let mut needed = Vec::new();
+    let mut add = |caps: &[Cap]| {
+        for &c in caps {
+            if !needed.contains(&c) {
+                needed.push(c);
+            }
+        }
+    };
+    match cgroup::mount() {
+        Some(m) if caps::can_write(&m) => {}
+        Some(_) => add(&[Cap::DacOverride]),
+        None => add(&[Cap::SysAdmin]),
+    }
+    if args.method == RunMethod::Bpf {
+        add(crate::upgrade::UPGRADE_CAPS);
+    }
+    if args.trace {
+        add(crate::loader::TRACING_CAPS);
+    }
+    let what = match args.method {
+        RunMethod::Auto => "`run` (its cgroup under the cgroup2 root)",
+        RunMethod::Bpf => "`run --method bpf` (its cgroup under the cgroup2 root, the upgrade)",
+        RunMethod::Seccomp => "`run --method seccomp` (its cgroup under the cgroup2 root)",
+    };
+    caps::require(&needed, what).map_err(UpgradeError::Privileges)
+}
+
 pub fn run(args: RunArgs) -> Result<ExitCode> {
+    check_privileges(&args)?;
     let mut cgroup = RunCgroup::create()?;
     let cg = Cgroup::resolve(&cgroup.path).map_err(|e| UpgradeError::Io {
         what: format!("the run's cgroup {}", cgroup.path.display()),

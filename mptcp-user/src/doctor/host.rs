@@ -502,7 +502,46 @@ pub fn checks() -> Vec<Check> {
             }
         }
     });
+    v.push(stale_demo_check());
     v
+}
+
+/// Namespaces of demos killed before they could remove them. Reported, not removed: doctor
+/// changes nothing itself; the fix (or the next `demo`) removes them.
+fn stale_demo_check() -> Check {
+    let name = "stale_demo_namespaces";
+    let stale = crate::commands::demo::stale_beds();
+    if stale.is_empty() {
+        return Check::host(name, Status::Ok, "none left by a demo that is gone");
+    }
+    let names: Vec<&str> = stale.iter().map(|(n, _)| n.as_str()).collect();
+    let mut pids: Vec<u32> = stale.iter().map(|&(_, p)| p).collect();
+    pids.dedup();
+    Check::host(
+        name,
+        Status::Warn,
+        format!(
+            "{} left by demo process{} {} (no longer running): {}",
+            if names.len() == 1 {
+                "a namespace"
+            } else {
+                "namespaces"
+            },
+            if pids.len() == 1 { "" } else { "es" },
+            pids.iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            names.join(", ")
+        ),
+    )
+    .fix(
+        names
+            .iter()
+            .map(|n| format!("ip netns del {n}"))
+            .collect::<Vec<_>>()
+            .join(" && "),
+    )
 }
 
 fn pin_dir_check() -> Check {

@@ -541,3 +541,62 @@ fn upgraded_is_shown_only_when_known() {
     s.upgraded = Some(7);
     assert!(text(&draw(&s, 200, 5))[0].contains("upgraded sockets 7"));
 }
+
+/// Issue 16 item 2b: paused under churn, the live view keeps absorbing updates into its
+/// state (pruned as usual) and shows a frozen copy. 100,000 connections come and go (at
+/// ~1,700/s, a socket address reused every 5,000) while paused: the state never holds more
+/// than the linger window's worth, the frozen view does not change, and resuming shows the
+/// present.
+#[test]
+fn pausing_under_churn_stays_bounded_and_frozen() {
+    const TOTAL: u64 = 100_000;
+    const STEP: u64 = 600_000; // ns between connections
+    const OPEN: u64 = 80; // connections open at once
+    const TICK_EVERY: u64 = 100;
+    let base = 20 * S;
+    let id = |i: u64| 0x1_0000_0000 + i % 5_000;
+    let mut s = model();
+    press(&mut s, KeyCode::Char('p'));
+    assert!(s.ui.paused);
+    let frozen = format!("{:?}", s.frozen);
+    let screen = text(&draw(s.frozen.as_deref().unwrap(), 120, 12));
+    assert!(screen[0].contains("PAUSED"), "{screen:?}");
+    let mut most = 0;
+    for i in 0..TOTAL {
+        let t = base + i * STEP;
+        let port = 40_000 + (i % 20_000) as u16;
+        s.apply(created(id(i), "00c0ffee", t, ("10.0.0.2", port), SRV));
+        if i >= OPEN {
+            s.apply(closed(id(i - OPEN), t));
+        }
+        if i % TICK_EVERY == 0 {
+            s.apply(Update::Tick(t));
+        }
+        most = most.max(s.conns.len());
+    }
+    // What a tick keeps: the connections closed within the linger time, the open ones, the
+    // model's two, and those created since the last tick.
+    let bound = (LINGER_NS / STEP + OPEN + TICK_EVERY + 2) as usize;
+    assert!(
+        most <= bound,
+        "the paused state grew to {most} connections (bound {bound})"
+    );
+    assert!(bound < TOTAL as usize / 10);
+    assert_eq!(format!("{:?}", s.frozen), frozen, "the frozen view changed");
+    assert_eq!(text(&draw(s.frozen.as_deref().unwrap(), 120, 12)), screen);
+
+    press(&mut s, KeyCode::Char('p'));
+    assert!(!s.ui.paused && s.frozen.is_none());
+    // Shown now: the present (the newest connection, not the first), not paused.
+    let last = id(TOTAL - 1);
+    assert!(s.conns.keys().any(|k| k.1 == last));
+    assert_eq!(s.open_conns(), OPEN as usize + 2);
+    assert!(
+        s.conns.values().all(|c| c.closed_ns.is_none()
+            || c.closed_ns.unwrap() + LINGER_NS >= base + (TOTAL - 1) * STEP - TICK_EVERY * STEP),
+        "closed connections older than the linger time are still kept"
+    );
+    let now = text(&draw(&s, 120, 12));
+    assert!(!now[0].contains("PAUSED"), "{now:?}");
+    assert_ne!(now, screen);
+}

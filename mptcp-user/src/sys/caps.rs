@@ -1,5 +1,6 @@
-//! Privileges by capability, not by uid: a process granted CAP_BPF, CAP_PERFMON and
-//! CAP_NET_ADMIN may trace without being root.
+//! Privileges by capability, not by uid: a process granted CAP_BPF, CAP_PERFMON,
+//! CAP_NET_ADMIN and CAP_SYS_ADMIN may trace without being root
+//! ([`crate::loader::TRACING_CAPS`] says why each).
 
 use std::fs;
 
@@ -7,6 +8,7 @@ use std::fs;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
 pub enum Cap {
+    DacOverride = 1,
     NetAdmin = 12,
     SysAdmin = 21,
     SysResource = 24,
@@ -17,6 +19,7 @@ pub enum Cap {
 impl Cap {
     pub fn name(self) -> &'static str {
         match self {
+            Cap::DacOverride => "CAP_DAC_OVERRIDE",
             Cap::NetAdmin => "CAP_NET_ADMIN",
             Cap::SysAdmin => "CAP_SYS_ADMIN",
             Cap::SysResource => "CAP_SYS_RESOURCE",
@@ -51,6 +54,24 @@ pub fn missing_in(eff: u64, needed: &[Cap]) -> Vec<Cap> {
 /// The capabilities of `needed` this process lacks.
 pub fn missing(needed: &[Cap]) -> Vec<Cap> {
     missing_in(effective().unwrap_or(0), needed)
+}
+
+/// Whether this process may create entries in `dir`, judged with its effective uid and
+/// capabilities (`faccessat(AT_EACCESS)`, which counts CAP_DAC_OVERRIDE as the kernel would).
+pub fn can_write(dir: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: NUL-terminated path; no memory is written.
+    unsafe {
+        libc::faccessat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::W_OK | libc::X_OK,
+            libc::AT_EACCESS,
+        ) == 0
+    }
 }
 
 /// `Err(message)` naming what is missing, for `what` ("tracing", "the upgrade"...).

@@ -5,7 +5,8 @@
 //! does; a connection that closes without matching is dropped with its held events. The
 //! verdict is kept per connection (network namespace + kernel socket address) only while the
 //! connection lives: a new connection on a reused socket address starts afresh, because the
-//! kernel starts it with conn_created and the verdict is forgotten at conn_closed.
+//! kernel starts it with conn_created, which clears whatever its key held (the previous
+//! connection's close may have been lost), and the verdict is forgotten at conn_closed.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -111,6 +112,15 @@ impl ConnMatcher {
             }
         };
         let closing = e.kind() == Kind::ConnClosed;
+        if e.kind() == Kind::ConnCreated {
+            // A new connection: whatever is kept under its key belongs to an earlier one at
+            // the same socket address whose close was lost (counted as lost where it was
+            // lost). Its verdict must not decide this one, nor its held events be released
+            // with it.
+            if let Some(State::Pending { held, .. }) = self.conns.remove(&key) {
+                self.filtered += held.len() as u64;
+            }
+        }
         let sat = self.satisfied(&e);
         let need = self.need;
         let state = self.conns.entry(key).or_insert_with(|| State::Pending {
@@ -219,6 +229,53 @@ mod tests {
             ],
         );
         assert_eq!(shown, [Kind::ConnCreated, Kind::ConnClosed]);
+    }
+
+    /// The close of the first connection at address 7 was lost: neither its verdict
+    /// (matched) nor, in the second case, its held events may reach the next connection there.
+    #[test]
+    fn a_conn_created_forgets_a_connection_whose_close_was_lost() {
+        let token = |kind, t| {
+            let mut e = ev(kind, 7, [10, 0, 0, 2]);
+            e.conn_mut().unwrap().token = Some(Token(t));
+            e
+        };
+        let mut m = ConnMatcher::new(ConnFilter {
+            tokens: vec![0x0a0b0c0d],
+            ..ConnFilter::default()
+        });
+        let shown = run(
+            &mut m,
+            vec![
+                token(EventKind::ConnCreated, 0x0a0b0c0d),
+                // No conn_closed: lost.
+                token(EventKind::ConnCreated, 1),
+                token(EventKind::ConnClosed, 1),
+            ],
+        );
+        assert_eq!(shown, [Kind::ConnCreated], "the old verdict was reused");
+        assert!(m.conns.is_empty());
+
+        let mut m = ConnMatcher::new(ConnFilter {
+            tokens: vec![0x0a0b0c0d],
+            ..ConnFilter::default()
+        });
+        let shown = run(
+            &mut m,
+            vec![
+                token(EventKind::ConnCreated, 1),
+                token(EventKind::SubflowEstablished, 1),
+                // No conn_closed: lost. The next connection matches.
+                token(EventKind::ConnCreated, 0x0a0b0c0d),
+                token(EventKind::ConnClosed, 0x0a0b0c0d),
+            ],
+        );
+        assert_eq!(
+            shown,
+            [Kind::ConnCreated, Kind::ConnClosed],
+            "held events of the old connection were released with the new one"
+        );
+        assert_eq!(m.filtered, 2);
     }
 
     #[test]

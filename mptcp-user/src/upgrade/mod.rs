@@ -111,10 +111,14 @@ pub(crate) fn osrelease() -> String {
 /// BPF trampolines need CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN; pins and cgroups need
 /// CAP_SYS_ADMIN too.
 pub fn require_privileges() -> Result<(), UpgradeError> {
-    use crate::sys::caps::{self, Cap};
-    caps::require(&[Cap::Bpf, Cap::Perfmon, Cap::SysAdmin], "the upgrade")
-        .map_err(UpgradeError::Privileges)
+    crate::sys::caps::require(UPGRADE_CAPS, "the upgrade").map_err(UpgradeError::Privileges)
 }
+
+/// What the upgrade needs (see [`require_privileges`]).
+pub const UPGRADE_CAPS: &[crate::sys::caps::Cap] = {
+    use crate::sys::caps::Cap;
+    &[Cap::Bpf, Cap::Perfmon, Cap::SysAdmin]
+};
 
 /// The checks that need no BPF: root, the hook in BTF, MPTCP enabled here. Returns the hook's
 /// BTF id.
