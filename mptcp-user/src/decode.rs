@@ -10,7 +10,8 @@ use mptcp_common::{flags, EventKind, RawEvent, AF_INET, AF_INET6};
 
 use crate::event::{
     Addr, Conn, ConnClosed, ConnCreated, ConnEstablished, ConnFallback, Data, Event, Family, Ids,
-    Lost, Protocol, Side, Subflow, SubflowClosed, SubflowEstablished, Token, Tuple,
+    Lost, Protocol, Side, SocketUpgraded, Subflow, SubflowClosed, SubflowEstablished, Token, Tuple,
+    UpgradeOutcome,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -244,6 +245,29 @@ pub fn addr_event(a: &crate::trace::pm::PmAddr, ts_ns: u64, clock: &Clock) -> Ev
         Data::AddrRemoved(addr)
     };
     Event::new(ts_ns, clock.rfc3339(ts_ns), data)
+}
+
+/// `socket_upgraded` from one record of the seccomp supervisor.
+pub fn seccomp_upgraded(u: &crate::upgrade::seccomp::Upgraded, clock: &Clock) -> Event {
+    use crate::upgrade::seccomp::Outcome;
+    let (outcome, errno) = match u.outcome {
+        Outcome::Upgraded => (UpgradeOutcome::Upgraded, None),
+        Outcome::Counted => (UpgradeOutcome::Counted, None),
+        Outcome::KeptTcp { errno } => (UpgradeOutcome::KeptTcp, Some(errno)),
+        Outcome::Failed { errno } => (UpgradeOutcome::Failed, Some(errno)),
+    };
+    let data = Data::SocketUpgraded(SocketUpgraded {
+        pid: u.pid,
+        comm: u.comm.clone(),
+        cgroup: Some(u.cgroup_id).filter(|&c| c != 0),
+        family: u.family,
+        method: u.method,
+        outcome,
+        reason: errno.map(crate::upgrade::seccomp::errno_name),
+        nonblock: u.nonblock,
+        cloexec: u.cloexec,
+    });
+    Event::new(u.ts_ns, clock.rfc3339(u.ts_ns), data)
 }
 
 /// The `lost` event, made in userspace from the kernel's loss counters.

@@ -7,7 +7,8 @@
 //! ```text
 //! ring buffer ─▶ decode ─┐
 //!                        ├─▶ owners ─▶ selector (userspace part) ─▶ reorder ─▶ next()
-//! netlink PM ────────────┘                        loss counters ──▶ `lost` events
+//! netlink PM ────────────┤                        loss counters ──▶ `lost` events
+//! upgrade feed ──────────┘ (socket_upgraded: `run`, `upgrade --events`)
 //! ```
 
 pub mod filter;
@@ -30,6 +31,7 @@ use crate::{
     event::{Event, Kind, Lost},
     loader::{self, Counters, KernelLog, LoadError},
     select::Selector,
+    upgrade::seccomp::Upgraded,
 };
 
 use filter::ConnMatcher;
@@ -101,6 +103,21 @@ impl Totals {
     }
 }
 
+/// Where `socket_upgraded` events come from: the upgrade running beside the tracer.
+pub enum UpgradeFeed {
+    /// The seccomp supervisor's records (`run --method seccomp`), sent by the thread reading
+    /// them. Nothing is lost on the way: the supervisor blocks on a full pipe.
+    Seccomp(tokio::sync::mpsc::UnboundedReceiver<Upgraded>),
+}
+
+impl UpgradeFeed {
+    /// A feed for the seccomp supervisor's records and the sender its reader calls.
+    pub fn seccomp() -> (tokio::sync::mpsc::UnboundedSender<Upgraded>, UpgradeFeed) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (tx, UpgradeFeed::Seccomp(rx))
+    }
+}
+
 /// Everything but the ring buffer, so that records can be handled while the ring buffer's
 /// readiness guard is held.
 struct Core {
@@ -144,6 +161,19 @@ impl Core {
     fn drain_ring(&mut self, rb: &mut RingBuf<MapData>) {
         while let Some(item) = rb.next() {
             self.record(&item);
+        }
+    }
+
+    /// Everything the upgrade feed holds now; false once it has ended.
+    fn drain_feed(&mut self, feed: &mut UpgradeFeed) -> bool {
+        match feed {
+            UpgradeFeed::Seccomp(rx) => loop {
+                match rx.try_recv() {
+                    Ok(u) => self.event(decode::seccomp_upgraded(&u, &self.clock)),
+                    Err(tokio::sync::mpsc::error::TryRecvError::Empty) => return true,
+                    Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => return false,
+                }
+            },
         }
     }
 
@@ -207,6 +237,8 @@ impl Core {
 /// The attached tracer and everything downstream of it. Dropping it detaches the programs.
 pub struct Pipeline {
     ring: AsyncFd<RingBuf<MapData>>,
+    /// `socket_upgraded` records, once attached; `None` again when the feed ended.
+    feed: Option<UpgradeFeed>,
     log: KernelLog,
     tick: Interval,
     ticks: u64,
@@ -250,11 +282,17 @@ impl Pipeline {
         core.reported = core.lost_now();
         Ok(Pipeline {
             ring,
+            feed: None,
             log,
             tick,
             ticks: 0,
             core,
         })
+    }
+
+    /// Adds the upgrade's `socket_upgraded` records to the events, in time order with the rest.
+    pub fn attach_upgrades(&mut self, feed: UpgradeFeed) {
+        self.feed = Some(feed);
     }
 
     /// What this kernel lacks (missing fields, programs), each with what is lost.
@@ -284,6 +322,10 @@ impl Pipeline {
                     self.core.drain_ring(self.ring.get_mut());
                     self.core.drain_pm();
                 }
+                u = feed_next(&mut self.feed), if self.feed.is_some() => match u {
+                    Some(u) => self.core.event(decode::seccomp_upgraded(&u, &self.core.clock)),
+                    None => self.feed = None,
+                },
                 r = self.log.forward() => r?,
                 _ = self.tick.tick() => {
                     self.ticks += 1;
@@ -311,6 +353,9 @@ impl Pipeline {
     /// last loss, and returns those events with the totals. The programs are detached when the
     /// returned pipeline part is dropped, which happens here.
     pub fn finish(mut self) -> (Vec<Event>, Totals) {
+        if let Some(f) = self.feed.as_mut() {
+            self.core.drain_feed(f);
+        }
         self.core.drain_ring(self.ring.get_mut());
         self.core.drain_pm();
         self.core.release(u64::MAX);
@@ -318,5 +363,13 @@ impl Pipeline {
         let totals = self.totals();
         let events = self.core.ready.drain(..).collect();
         (events, totals)
+    }
+}
+
+/// The next record of the upgrade feed; `None` once it has ended. Cancel-safe (`recv` is).
+async fn feed_next(feed: &mut Option<UpgradeFeed>) -> Option<Upgraded> {
+    match feed {
+        Some(UpgradeFeed::Seccomp(rx)) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
