@@ -758,6 +758,20 @@ fn run_client_and_server_join_a_second_subflow_over_blue() {
         count(integration_tests::Kind::SubflowEstablished, Some(true)),
         "MPJoinSynRx vs joins:\n{stderr}"
     );
+    // One socket_upgraded (outcome upgraded) per MP_CAPABLE SYN: the client makes one TCP
+    // socket, and the run's method (bpf here, seccomp where trampolines are refused) says so.
+    let ups = upgraded_events(&events);
+    assert_eq!(
+        ups.iter()
+            .filter(|u| u.outcome == mptcp_user::event::UpgradeOutcome::Upgraded)
+            .count() as u64,
+        grew(&mib_before, &mib_after, "MPCapableSYNRX"),
+        "socket_upgraded vs MPCapableSYNRX:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("0 lost"),
+        "nothing lost, upgrade ring included:\n{stderr}"
+    );
     assert!(server.wait().unwrap().success());
     let (s, c) = (parse(&sout), parse(&cout));
     assert_eq!(proto(&s, "listener"), MPTCP, "{s:?}");

@@ -360,7 +360,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         source: io::Error::other(e),
     })?;
     let sel = Selector::for_cgroup(cg);
-    let policy = sel.policy(args.count_only);
+    let mut policy = sel.policy(args.count_only);
+    // The program reports each socket only when `--trace` reads its ring.
+    policy.events = args.trace as u32;
     let procs_path = cgroup.path.join("cgroup.procs");
     let (feed_tx, feed) = match args.trace {
         true => {
@@ -383,8 +385,14 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             .enable_all()
             .build()?;
         let mut pipe = rt.block_on(async { Pipeline::start(&sel) })?;
-        if let (Active::Seccomp(_), Some(feed)) = (&active, feed) {
-            pipe.attach_upgrades(feed);
+        match (&mut active, feed) {
+            (Active::Seccomp(_), Some(feed)) => pipe.attach_upgrades(feed)?,
+            (Active::Bpf(up), _) => {
+                if let Some(f) = up.event_feed() {
+                    pipe.attach_upgrades(UpgradeFeed::Bpf(Box::new(f)))?;
+                }
+            }
+            _ => {}
         }
         Some((rt, pipe, Printer::new(io::stderr(), args.json)))
     } else {

@@ -108,6 +108,8 @@ pub enum UpgradeFeed {
     /// The seccomp supervisor's records (`run --method seccomp`), sent by the thread reading
     /// them. Nothing is lost on the way: the supervisor blocks on a full pipe.
     Seccomp(tokio::sync::mpsc::UnboundedReceiver<Upgraded>),
+    /// The fmod_ret program's ring (`run --trace --method bpf`, `upgrade --events`).
+    Bpf(Box<crate::upgrade::EventFeed>),
 }
 
 impl UpgradeFeed {
@@ -132,6 +134,8 @@ struct Core {
     totals: Totals,
     reported: Lost,
     pm_buf: Vec<PmAddr>,
+    /// The upgrade program's loss (its ring and its skipped runs), once its feed is attached.
+    upgrade_loss: Option<crate::upgrade::LossReader>,
 }
 
 impl Core {
@@ -158,6 +162,18 @@ impl Core {
         self.matcher.push(e, &mut |e| order.push(e));
     }
 
+    fn drain_upgrade_ring(&mut self, rb: &mut RingBuf<MapData>) {
+        while let Some(item) = rb.next() {
+            match decode::upgrade_record(&item, &self.clock) {
+                Ok(e) => self.event(e),
+                Err(err) => {
+                    self.totals.malformed += 1;
+                    warn!("dropped a malformed upgrade record: {err}");
+                }
+            }
+        }
+    }
+
     fn drain_ring(&mut self, rb: &mut RingBuf<MapData>) {
         while let Some(item) = rb.next() {
             self.record(&item);
@@ -167,6 +183,7 @@ impl Core {
     /// Everything the upgrade feed holds now; false once it has ended.
     fn drain_feed(&mut self, feed: &mut UpgradeFeed) -> bool {
         match feed {
+            UpgradeFeed::Bpf(_) => true,
             UpgradeFeed::Seccomp(rx) => loop {
                 match rx.try_recv() {
                     Ok(u) => self.event(decode::seccomp_upgraded(&u, &self.clock)),
@@ -198,10 +215,14 @@ impl Core {
 
     /// The loss totals now.
     fn lost_now(&self) -> Lost {
-        let ring_buffer = self.counters.get(counter::LOST);
+        let (up_lost, up_misses) = self.upgrade_loss.as_ref().map_or((0, Some(0)), |f| f());
+        let ring_buffer = self.counters.get(counter::LOST) + up_lost;
         let map_full = self.counters.get(counter::MAP_FULL);
         let stale_entry = self.counters.get(counter::STALE);
-        let recursion_misses = self.tracer.recursion_misses();
+        let recursion_misses = self
+            .tracer
+            .recursion_misses()
+            .map(|n| n + up_misses.unwrap_or(0));
         let netlink = self.pm.stats.overruns;
         Lost {
             count: ring_buffer + map_full + stale_entry + recursion_misses.unwrap_or(0) + netlink,
@@ -239,6 +260,8 @@ pub struct Pipeline {
     ring: AsyncFd<RingBuf<MapData>>,
     /// `socket_upgraded` records, once attached; `None` again when the feed ended.
     feed: Option<UpgradeFeed>,
+    /// The upgrade program's ring, registered with the reactor (a `Bpf` feed).
+    upgrade_ring: Option<AsyncFd<RingBuf<MapData>>>,
     log: KernelLog,
     tick: Interval,
     ticks: u64,
@@ -277,12 +300,14 @@ impl Pipeline {
             totals: Totals::default(),
             reported: Lost::default(),
             pm_buf: Vec::new(),
+            upgrade_loss: None,
         };
         // Loss before the first event counts too, but only from now on.
         core.reported = core.lost_now();
         Ok(Pipeline {
             ring,
             feed: None,
+            upgrade_ring: None,
             log,
             tick,
             ticks: 0,
@@ -291,8 +316,20 @@ impl Pipeline {
     }
 
     /// Adds the upgrade's `socket_upgraded` records to the events, in time order with the rest.
-    pub fn attach_upgrades(&mut self, feed: UpgradeFeed) {
-        self.feed = Some(feed);
+    /// Its loss counts in `lost` from now on.
+    pub fn attach_upgrades(&mut self, feed: UpgradeFeed) -> io::Result<()> {
+        match feed {
+            UpgradeFeed::Seccomp(_) => self.feed = Some(feed),
+            UpgradeFeed::Bpf(f) => {
+                let crate::upgrade::FeedParts { ring, loss } = f.split();
+                // SAFETY: the ring buffer owns its fd for as long as the AsyncFd holds it.
+                self.upgrade_ring =
+                    Some(unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?);
+                self.core.upgrade_loss = Some(loss);
+                self.core.reported = self.core.lost_now();
+            }
+        }
+        Ok(())
     }
 
     /// What this kernel lacks (missing fields, programs), each with what is lost.
@@ -326,6 +363,11 @@ impl Pipeline {
                     Some(u) => self.core.event(decode::seccomp_upgraded(&u, &self.core.clock)),
                     None => self.feed = None,
                 },
+                guard = upgrade_ring_ready(&mut self.upgrade_ring), if self.upgrade_ring.is_some() => {
+                    let mut guard = guard?;
+                    self.core.drain_upgrade_ring(guard.get_inner_mut());
+                    guard.clear_ready();
+                }
                 r = self.log.forward() => r?,
                 _ = self.tick.tick() => {
                     self.ticks += 1;
@@ -356,6 +398,9 @@ impl Pipeline {
         if let Some(f) = self.feed.as_mut() {
             self.core.drain_feed(f);
         }
+        if let Some(r) = self.upgrade_ring.as_mut() {
+            self.core.drain_upgrade_ring(r.get_mut());
+        }
         self.core.drain_ring(self.ring.get_mut());
         self.core.drain_pm();
         self.core.release(u64::MAX);
@@ -370,6 +415,17 @@ impl Pipeline {
 async fn feed_next(feed: &mut Option<UpgradeFeed>) -> Option<Upgraded> {
     match feed {
         Some(UpgradeFeed::Seccomp(rx)) => rx.recv().await,
+        // Read through `upgrade_ring` instead.
+        Some(UpgradeFeed::Bpf(_)) | None => std::future::pending().await,
+    }
+}
+
+/// The upgrade ring's readiness (pending when there is none).
+async fn upgrade_ring_ready(
+    ring: &mut Option<AsyncFd<RingBuf<MapData>>>,
+) -> io::Result<tokio::io::unix::AsyncFdReadyMutGuard<'_, RingBuf<MapData>>> {
+    match ring {
+        Some(r) => r.readable_mut().await,
         None => std::future::pending().await,
     }
 }
