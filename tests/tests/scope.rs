@@ -192,4 +192,12 @@ fn upgrade_events_trace_exactly_the_upgraded_scope() {
     }
     let events = stop(child, &lines, &ready);
     assert_eq!(client_ports(&events, cns), [5021], "{events:#?}");
+    // The upgrade reports the one socket it upgraded, and only that one (the program's own
+    // scope decided at socket()).
+    let ups: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.event == Kind::SocketUpgraded)
+        .collect();
+    assert_eq!(ups.len(), 1, "{events:#?}");
+    assert_eq!(ups[0].comm.as_deref(), Some("scope-nobody"), "{events:#?}");
 }
