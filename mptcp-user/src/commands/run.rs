@@ -385,6 +385,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             .enable_all()
             .build()?;
         let mut pipe = rt.block_on(async { Pipeline::start(&sel) })?;
+        // Registering the ring with the reactor needs the runtime.
+        let _rt = rt.enter();
         match (&mut active, feed) {
             (Active::Seccomp(_), Some(feed)) => pipe.attach_upgrades(feed)?,
             (Active::Bpf(up), _) => {
@@ -394,6 +396,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             }
             _ => {}
         }
+        drop(_rt);
         Some((rt, pipe, Printer::new(io::stderr(), args.json)))
     } else {
         None
