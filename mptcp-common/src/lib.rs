@@ -445,6 +445,7 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::RawEvent {}
     unsafe impl aya::Pod for super::upgrade::Policy {}
+    unsafe impl aya::Pod for super::upgrade::UpgradeRecord {}
     unsafe impl aya::Pod for super::Scope {}
     unsafe impl aya::Pod for super::Owner {}
 }
@@ -688,7 +689,10 @@ pub mod upgrade {
         pub scope: super::Scope,
         /// 1: count what would be upgraded, change nothing.
         pub count_only: u32,
-        pub _pad: u32,
+        /// 1: write an [`UpgradeRecord`] for each in-scope TCP socket to `UPGRADE_EVENTS`.
+        /// Only set while a reader drains that ring (`run --trace`, `upgrade --events`): a
+        /// pinned upgrade without one would fill it and count every later socket as lost.
+        pub events: u32,
     }
 
     impl Policy {
@@ -696,7 +700,7 @@ pub mod upgrade {
         pub const NONE: Policy = Policy {
             scope: super::Scope::NONE,
             count_only: 0,
-            _pad: 0,
+            events: 0,
         };
     }
 
@@ -709,7 +713,41 @@ pub mod upgrade {
         pub const IN_SCOPE: u32 = 1;
         /// Of those, the ones turned into MPTCP (0 in count-only mode).
         pub const UPGRADED: u32 = 2;
-        pub const COUNT: u32 = 3;
+        /// Records that did not fit in `UPGRADE_EVENTS` (the reader was too slow).
+        pub const LOST: u32 = 3;
+        pub const COUNT: u32 = 4;
+    }
+
+    /// [`UpgradeRecord::flags`].
+    pub mod record {
+        /// The caller asked for SOCK_NONBLOCK.
+        pub const NONBLOCK: u16 = 1;
+        /// The caller asked for SOCK_CLOEXEC.
+        pub const CLOEXEC: u16 = 2;
+        /// `--count-only`: the socket stayed TCP.
+        pub const COUNT_ONLY: u16 = 4;
+    }
+
+    /// `SOCK_NONBLOCK` / `SOCK_CLOEXEC` as `socket()`'s type carries them (x86, arm64).
+    pub const SOCK_NONBLOCK: i32 = 0o4000;
+    pub const SOCK_CLOEXEC: i32 = 0o2000000;
+
+    /// One in-scope TCP `socket()` the upgrade program saw, in `UPGRADE_EVENTS`: becomes a
+    /// `socket_upgraded` event.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct UpgradeRecord {
+        /// CLOCK_MONOTONIC nanoseconds.
+        pub ts_ns: u64,
+        /// The caller's cgroup v2 id.
+        pub cgroup_id: u64,
+        /// The caller's process (thread group) id.
+        pub tgid: u32,
+        /// AF_INET or AF_INET6.
+        pub family: u16,
+        /// [`record`] bits.
+        pub flags: u16,
+        pub comm: [u8; super::TASK_COMM_LEN],
     }
 
     /// `SOCK_STREAM`; `socket()` callers may OR `SOCK_NONBLOCK`/`SOCK_CLOEXEC` into the type,

@@ -10,7 +10,8 @@ use mptcp_common::{flags, EventKind, RawEvent, AF_INET, AF_INET6};
 
 use crate::event::{
     Addr, Conn, ConnClosed, ConnCreated, ConnEstablished, ConnFallback, Data, Event, Family, Ids,
-    Lost, Protocol, Side, Subflow, SubflowClosed, SubflowEstablished, Token, Tuple,
+    Lost, Protocol, Side, SocketUpgraded, Subflow, SubflowClosed, SubflowEstablished, Token, Tuple,
+    UpgradeOutcome,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -246,6 +247,64 @@ pub fn addr_event(a: &crate::trace::pm::PmAddr, ts_ns: u64, clock: &Clock) -> Ev
     Event::new(ts_ns, clock.rfc3339(ts_ns), data)
 }
 
+/// `socket_upgraded` from one record of the upgrade program's ring (method bpf).
+pub fn upgrade_record(bytes: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
+    use mptcp_common::upgrade::{record, UpgradeRecord};
+    let expected = std::mem::size_of::<UpgradeRecord>();
+    if bytes.len() != expected {
+        return Err(DecodeError::Size {
+            got: bytes.len(),
+            expected,
+        });
+    }
+    // SAFETY: the length matches and UpgradeRecord is plain data valid for any bit pattern.
+    let r = unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const UpgradeRecord) };
+    let family = match r.family {
+        AF_INET => Family::Ipv4,
+        AF_INET6 => Family::Ipv6,
+        f => return Err(DecodeError::Family(f)),
+    };
+    let data = Data::SocketUpgraded(SocketUpgraded {
+        pid: r.tgid,
+        comm: cstr(&r.comm).unwrap_or_default(),
+        cgroup: Some(r.cgroup_id).filter(|&c| c != 0),
+        family,
+        method: crate::upgrade::seccomp::Method::Bpf,
+        outcome: if r.flags & record::COUNT_ONLY != 0 {
+            UpgradeOutcome::Counted
+        } else {
+            UpgradeOutcome::Upgraded
+        },
+        reason: None,
+        nonblock: r.flags & record::NONBLOCK != 0,
+        cloexec: r.flags & record::CLOEXEC != 0,
+    });
+    Ok(Event::new(r.ts_ns, clock.rfc3339(r.ts_ns), data))
+}
+
+/// `socket_upgraded` from one record of the seccomp supervisor.
+pub fn seccomp_upgraded(u: &crate::upgrade::seccomp::Upgraded, clock: &Clock) -> Event {
+    use crate::upgrade::seccomp::Outcome;
+    let (outcome, errno) = match u.outcome {
+        Outcome::Upgraded => (UpgradeOutcome::Upgraded, None),
+        Outcome::Counted => (UpgradeOutcome::Counted, None),
+        Outcome::KeptTcp { errno } => (UpgradeOutcome::KeptTcp, Some(errno)),
+        Outcome::Failed { errno } => (UpgradeOutcome::Failed, Some(errno)),
+    };
+    let data = Data::SocketUpgraded(SocketUpgraded {
+        pid: u.pid,
+        comm: u.comm.clone(),
+        cgroup: Some(u.cgroup_id).filter(|&c| c != 0),
+        family: u.family,
+        method: u.method,
+        outcome,
+        reason: errno.map(crate::upgrade::seccomp::errno_name),
+        nonblock: u.nonblock,
+        cloexec: u.cloexec,
+    });
+    Event::new(u.ts_ns, clock.rfc3339(u.ts_ns), data)
+}
+
 /// The `lost` event, made in userspace from the kernel's loss counters.
 pub fn lost(l: Lost, clock: &Clock) -> Event {
     let ts = monotonic_ns();
@@ -255,6 +314,57 @@ pub fn lost(l: Lost, clock: &Clock) -> Event {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn upgrade_records_decode_and_bad_ones_are_rejected() {
+        use mptcp_common::upgrade::{record, UpgradeRecord};
+        let mut r = UpgradeRecord {
+            ts_ns: 2_000_000_000,
+            cgroup_id: 77,
+            tgid: 42,
+            family: AF_INET6,
+            flags: record::NONBLOCK | record::COUNT_ONLY,
+            comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+        };
+        let bytes = |r: &UpgradeRecord| {
+            // SAFETY: plain data.
+            unsafe {
+                std::slice::from_raw_parts(
+                    r as *const UpgradeRecord as *const u8,
+                    std::mem::size_of::<UpgradeRecord>(),
+                )
+            }
+            .to_vec()
+        };
+        let e = upgrade_record(&bytes(&r), &Clock::fixed(0)).unwrap();
+        let Data::SocketUpgraded(u) = &e.data else {
+            panic!("{e:?}")
+        };
+        assert_eq!(
+            (u.pid, u.comm.as_str(), u.cgroup, u.family),
+            (42, "curl", Some(77), Family::Ipv6)
+        );
+        assert_eq!(u.method, crate::upgrade::seccomp::Method::Bpf);
+        assert_eq!(u.outcome, UpgradeOutcome::Counted);
+        assert!(u.nonblock && !u.cloexec && u.reason.is_none());
+        assert_eq!(e.ts_ns, 2_000_000_000);
+        assert!(e.conn().is_none());
+        r.flags = record::CLOEXEC;
+        let e = upgrade_record(&bytes(&r), &Clock::fixed(0)).unwrap();
+        assert!(
+            matches!(&e.data, Data::SocketUpgraded(u) if u.outcome == UpgradeOutcome::Upgraded && u.cloexec)
+        );
+        let b = bytes(&r);
+        assert!(matches!(
+            upgrade_record(&b[..b.len() - 1], &Clock::fixed(0)),
+            Err(DecodeError::Size { .. })
+        ));
+        r.family = 1;
+        assert_eq!(
+            upgrade_record(&bytes(&r), &Clock::fixed(0)).unwrap_err(),
+            DecodeError::Family(1)
+        );
+    }
     use crate::event::Kind;
     use mptcp_common::EventKind;
 

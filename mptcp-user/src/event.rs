@@ -26,6 +26,7 @@ pub enum Kind {
     SubflowClosed,
     AddrAnnounced,
     AddrRemoved,
+    SocketUpgraded,
     Lost,
 }
 
@@ -40,6 +41,7 @@ impl Kind {
             Kind::SubflowClosed => "subflow_closed",
             Kind::AddrAnnounced => "addr_announced",
             Kind::AddrRemoved => "addr_removed",
+            Kind::SocketUpgraded => "socket_upgraded",
             Kind::Lost => "lost",
         }
     }
@@ -291,6 +293,46 @@ pub struct Addr {
     pub port: Option<u16>,
 }
 
+/// What became of a TCP `socket()` call the upgrade saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UpgradeOutcome {
+    /// The caller got an MPTCP socket.
+    Upgraded,
+    /// The caller got the plain TCP socket it asked for: `reason` says why.
+    KeptTcp,
+    /// `--count-only`: it would have been upgraded; it stayed TCP.
+    Counted,
+    /// The call failed with the errno in `reason`, as the kernel's own `socket()` would have
+    /// (seccomp method: the MPTCP socket could not be installed in the caller, e.g. EMFILE).
+    Failed,
+}
+
+/// `socket_upgraded`: one TCP `socket()` call in the upgrade's scope. Not tied to a connection
+/// (the socket has none yet): the connection events that follow carry the same pid.
+#[skip_serializing_none]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SocketUpgraded {
+    /// The calling process (thread group id).
+    pub pid: u32,
+    /// The calling thread's command name.
+    pub comm: String,
+    /// Cgroup v2 id (inode of the cgroup directory) of the caller; absent when unknown.
+    pub cgroup: Option<u64>,
+    /// The family the caller asked for.
+    pub family: Family,
+    /// `bpf` (fmod_ret on update_socket_protocol) or `seccomp` (user notification on socket()).
+    pub method: crate::upgrade::seccomp::Method,
+    pub outcome: UpgradeOutcome,
+    /// kept_tcp and failed: the errno name of the cause (`ENOPROTOOPT`: `net.mptcp.enabled = 0`
+    /// in the caller's network namespace; `EPROTONOSUPPORT`: no MPTCP in the kernel).
+    pub reason: Option<String>,
+    /// The caller asked for SOCK_NONBLOCK (kept on the MPTCP socket).
+    pub nonblock: bool,
+    /// The caller asked for SOCK_CLOEXEC (kept on the MPTCP socket).
+    pub cloexec: bool,
+}
+
 /// Events that went missing since the previous `lost` event, by cause.
 #[skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -331,6 +373,9 @@ pub enum Data {
     AddrAnnounced(Addr),
     /// The peer withdrew an address (RM_ADDR).
     AddrRemoved(Addr),
+    /// The upgrade saw a TCP `socket()` call in its scope and turned it into MPTCP (or says why
+    /// not).
+    SocketUpgraded(SocketUpgraded),
     /// Events went missing; loss is never silent.
     Lost(Lost),
 }
@@ -370,11 +415,12 @@ impl Event {
             Data::SubflowClosed(_) => Kind::SubflowClosed,
             Data::AddrAnnounced(_) => Kind::AddrAnnounced,
             Data::AddrRemoved(_) => Kind::AddrRemoved,
+            Data::SocketUpgraded(_) => Kind::SocketUpgraded,
             Data::Lost(_) => Kind::Lost,
         }
     }
 
-    /// The connection part (every kind but `lost`).
+    /// The connection part (every kind but `lost` and `socket_upgraded`).
     pub fn conn(&self) -> Option<&Conn> {
         Some(match &self.data {
             Data::ConnCreated(d) => &d.conn,
@@ -384,7 +430,7 @@ impl Event {
             Data::SubflowEstablished(d) => &d.conn,
             Data::SubflowClosed(d) => &d.conn,
             Data::AddrAnnounced(d) | Data::AddrRemoved(d) => &d.conn,
-            Data::Lost(_) => return None,
+            Data::Lost(_) | Data::SocketUpgraded(_) => return None,
         })
     }
 
@@ -397,7 +443,7 @@ impl Event {
             Data::SubflowEstablished(d) => &mut d.conn,
             Data::SubflowClosed(d) => &mut d.conn,
             Data::AddrAnnounced(d) | Data::AddrRemoved(d) => &mut d.conn,
-            Data::Lost(_) => return None,
+            Data::Lost(_) | Data::SocketUpgraded(_) => return None,
         })
     }
 
@@ -432,11 +478,17 @@ impl Event {
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.conn()?.pid
+        match &self.data {
+            Data::SocketUpgraded(u) => Some(u.pid),
+            _ => self.conn()?.pid,
+        }
     }
 
     pub fn comm(&self) -> Option<&str> {
-        self.conn()?.comm.as_deref()
+        match &self.data {
+            Data::SocketUpgraded(u) => Some(&u.comm),
+            _ => self.conn()?.comm.as_deref(),
+        }
     }
 
     pub fn ids(&self) -> Ids {
@@ -447,6 +499,7 @@ impl Event {
     pub fn family(&self) -> Option<Family> {
         match &self.data {
             Data::AddrAnnounced(d) | Data::AddrRemoved(d) => d.family,
+            Data::SocketUpgraded(u) => Some(u.family),
             _ => self.tuple().map(|t| t.family),
         }
     }

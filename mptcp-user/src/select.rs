@@ -284,7 +284,7 @@ impl Selector {
         Policy {
             scope: self.scope,
             count_only: count_only as u32,
-            _pad: 0,
+            events: 0,
         }
     }
 

@@ -2,7 +2,10 @@
 
 use std::{fmt::Write, net::IpAddr};
 
-use crate::event::{Data, Event, Side, Subflow};
+use crate::{
+    event::{Data, Event, Family, Side, Subflow, UpgradeOutcome},
+    upgrade::seccomp::Method,
+};
 
 pub const HEADER: &str =
     "TIME            EVENT                TOKEN     LOCAL                  REMOTE                 DETAILS";
@@ -115,6 +118,32 @@ pub fn line(e: &Event) -> String {
                 let _ = write!(d, "recursion_misses={r} ");
             }
         }
+        Data::SocketUpgraded(u) => {
+            let _ = write!(
+                d,
+                "{} method={} ",
+                match u.outcome {
+                    UpgradeOutcome::Upgraded => "upgraded",
+                    UpgradeOutcome::KeptTcp => "kept_tcp",
+                    UpgradeOutcome::Counted => "counted",
+                    UpgradeOutcome::Failed => "failed",
+                },
+                match u.method {
+                    Method::Bpf => "bpf",
+                    Method::Seccomp => "seccomp",
+                },
+            );
+            if let Some(r) = &u.reason {
+                let _ = write!(d, "reason={r} ");
+                if r == "ENOPROTOOPT" && u.outcome == UpgradeOutcome::KeptTcp {
+                    d.push_str("(net.mptcp.enabled=0 in its namespace) ");
+                }
+            }
+            let _ = write!(d, "pid={} comm={} ", u.pid, printable(&u.comm));
+            if let Some(cg) = u.cgroup {
+                let _ = write!(d, "cgroup={cg} ");
+            }
+        }
         Data::ConnEstablished(_) => {}
     }
     if let Some(c) = e.conn() {
@@ -131,6 +160,13 @@ pub fn line(e: &Event) -> String {
     }
     let (local, remote) = match &e.data {
         Data::Lost(_) => (String::new(), String::new()),
+        Data::SocketUpgraded(u) => (
+            match u.family {
+                Family::Ipv4 => "ipv4".into(),
+                Family::Ipv6 => "ipv6".into(),
+            },
+            "-".into(),
+        ),
         Data::AddrAnnounced(a) | Data::AddrRemoved(a) => ("-".into(), endpoint(a.addr, a.port)),
         _ => match e.tuple() {
             Some(t) => (
@@ -170,6 +206,39 @@ mod tests {
         assert_eq!(l.find("subflow_closed"), HEADER.find("EVENT"));
         assert_eq!(l.find("192.168"), HEADER.find("LOCAL"));
         assert_eq!(l.find("dev="), HEADER.find("DETAILS"));
+    }
+
+    #[test]
+    fn socket_upgraded_lines_say_the_outcome_and_why() {
+        use crate::upgrade::seccomp::{Outcome, Upgraded};
+        let mut u = Upgraded {
+            ts_ns: 2_000_000_000,
+            pid: 42,
+            tid: 43,
+            comm: "nc".into(),
+            cgroup_id: 9,
+            family: Family::Ipv6,
+            nonblock: false,
+            cloexec: true,
+            method: Method::Seccomp,
+            outcome: Outcome::Upgraded,
+        };
+        let e = crate::decode::seccomp_upgraded(&u, &Clock::fixed(0));
+        let l = line(&e);
+        assert_eq!(
+            l,
+            "00:00:02.000000 socket_upgraded      -         ipv6                   -                      \
+             upgraded method=seccomp pid=42 comm=nc cgroup=9"
+        );
+        assert_eq!(l.find("upgraded method"), HEADER.find("DETAILS"));
+        u.outcome = Outcome::KeptTcp {
+            errno: libc::ENOPROTOOPT,
+        };
+        let l = line(&crate::decode::seccomp_upgraded(&u, &Clock::fixed(0)));
+        assert!(
+            l.contains("kept_tcp method=seccomp reason=ENOPROTOOPT (net.mptcp.enabled=0 in its namespace) pid=42"),
+            "{l}"
+        );
     }
 
     #[test]

@@ -43,6 +43,11 @@ fn junk_lines_fail_validation() {
         r#"{"v":1,"time":"2026-11-25T09:30:24.112652209Z","ts_ns":1,"event":"no_such_kind"}"#,
         r#"{"v":1,"time":"2026-11-25T09:30:24.112652209Z","ts_ns":1,"event":"conn_created","token":"5c0089f8","family":"ipv4","saddr":"10.0.0.2","sport":1,"daddr":"10.0.0.1","dport":2}"#,
         r#"{"v":1,"time":"2026-11-25T09:30:24.112652209Z","ts_ns":1,"event":"subflow_established","token":"5c0089f8","family":"ipv4","saddr":"10.0.0.2","sport":1,"daddr":"10.0.0.1","dport":2,"local_id":-5,"remote_id":0,"backup":false,"join":false}"#,
+        // socket_upgraded: no method, an unknown method, an unknown outcome, a negative pid.
+        r#"{"v":1,"time":"2026-12-06T02:01:41.523191139Z","ts_ns":1,"event":"socket_upgraded","pid":2,"comm":"nc","family":"ipv4","outcome":"upgraded","nonblock":false,"cloexec":false}"#,
+        r#"{"v":1,"time":"2026-12-06T02:01:41.523191139Z","ts_ns":1,"event":"socket_upgraded","pid":2,"comm":"nc","family":"ipv4","method":"ld_preload","outcome":"upgraded","nonblock":false,"cloexec":false}"#,
+        r#"{"v":1,"time":"2026-12-06T02:01:41.523191139Z","ts_ns":1,"event":"socket_upgraded","pid":2,"comm":"nc","family":"ipv4","method":"bpf","outcome":"maybe","nonblock":false,"cloexec":false}"#,
+        r#"{"v":1,"time":"2026-12-06T02:01:41.523191139Z","ts_ns":1,"event":"socket_upgraded","pid":-2,"comm":"nc","family":"ipv4","method":"bpf","outcome":"upgraded","nonblock":false,"cloexec":false}"#,
     ] {
         let value: serde_json::Value = serde_json::from_str(junk).unwrap();
         assert!(!v.is_valid(&value), "accepted: {junk}");
@@ -57,6 +62,8 @@ fn the_readmes_lines_are_valid() {
         r#"{"v":1,"time":"2026-11-25T09:30:24.112656848Z","ts_ns":2047247481732,"event":"subflow_established","token":"5c0089f8","netns":4026532177,"pid":8679,"comm":"mptcp-peer","family":"ipv4","saddr":"10.0.0.2","sport":59132,"daddr":"10.0.0.1","dport":4321,"ifindex":2,"ifname":"red-client","local_id":0,"remote_id":0,"backup":false,"join":false}"#,
         r#"{"v":1,"time":"2026-11-25T09:30:24.421602431Z","ts_ns":2047556427315,"event":"subflow_closed","token":"5c0089f8","netns":4026532177,"pid":8679,"comm":"mptcp-peer","family":"ipv4","saddr":"10.0.0.2","sport":59132,"daddr":"10.0.0.1","dport":4321,"reason":"closed","ifindex":2,"ifname":"red-client","local_id":0,"remote_id":0,"backup":false,"join":false,"bytes_sent":2793663,"bytes_acked":2793665,"bytes_received":9,"retrans":0,"srtt_us":28}"#,
         r#"{"v":1,"time":"2026-11-25T09:30:24.421602431Z","ts_ns":5,"event":"addr_announced","token":"5c0089f8","netns":4026532177,"remote_id":1,"addr":"fd00:0:0:192::1"}"#,
+        r#"{"v":1,"time":"2026-12-06T02:01:41.523191139Z","ts_ns":1475818448348,"event":"socket_upgraded","pid":23678,"comm":"busybox","cgroup":557,"family":"ipv4","method":"seccomp","outcome":"upgraded","nonblock":false,"cloexec":false}"#,
+        r#"{"v":1,"time":"2026-12-06T02:01:41.523191139Z","ts_ns":1475818448348,"event":"socket_upgraded","pid":23678,"comm":"go-like-client","cgroup":557,"family":"ipv6","method":"seccomp","outcome":"kept_tcp","reason":"ENOPROTOOPT","nonblock":true,"cloexec":true}"#,
         r#"{"v":1,"time":"2026-11-25T09:30:24.421602431Z","ts_ns":5,"event":"lost","count":3,"ring_buffer":3,"map_full":0,"stale_entry":0,"recursion_misses":0,"netlink":0}"#,
     ] {
         let value: serde_json::Value = serde_json::from_str(good).unwrap();

@@ -143,6 +143,12 @@ impl From<mptcp_user::event::Event> for Event {
                 f.count = Some(l.count);
                 f.lost = Some(l.clone());
             }
+            Data::SocketUpgraded(u) => {
+                f.pid = Some(u.pid);
+                f.comm = Some(u.comm.clone());
+                f.family = Some(u.family);
+                f.reason.clone_from(&u.reason);
+            }
             Data::ConnEstablished(_) | Data::SubflowEstablished(_) => {}
         }
         f.raw = Some(e);

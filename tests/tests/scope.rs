@@ -21,6 +21,11 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// Connects once to `port` on the red server from a thread named `name` running as `uid`.
 fn connect_as(bed: &TestBed, port: u16, name: &'static std::ffi::CStr, uid: u32) {
+    connect_with(bed, port, name, uid, Proto::Mptcp)
+}
+
+/// [`connect_as`] with a chosen protocol: `Proto::Tcp` asks for a TCP socket, for the upgrade.
+fn connect_with(bed: &TestBed, port: u16, name: &'static std::ffi::CStr, uid: u32, proto: Proto) {
     let addr: SocketAddr = format!("{}:{port}", testbed::RED_SERVER_V4)
         .parse()
         .unwrap();
@@ -37,7 +42,7 @@ fn connect_as(bed: &TestBed, port: u16, name: &'static std::ffi::CStr, uid: u32)
         }
         peer::send(
             addr,
-            Proto::Mptcp,
+            proto,
             Send {
                 bytes: 1000,
                 warmup: Duration::ZERO,
@@ -183,15 +188,26 @@ fn upgrade_events_trace_exactly_the_upgraded_scope() {
             return;
         }
     };
-    let srv = servers(&bed, &[5021, 5022, 5023]);
+    let srv = servers(&bed, &[5021, 5022, 5023, 5024, 5025]);
     connect_as(&bed, 5021, c"scope-nobody", 65534);
     connect_as(&bed, 5022, c"scope-nobody", 0);
     connect_as(&bed, 5023, c"scope-other", 65534);
+    // TCP sockets: the one in scope is upgraded (and reported), the other stays TCP.
+    connect_with(&bed, 5024, c"scope-nobody", 65534, Proto::Tcp);
+    connect_with(&bed, 5025, c"scope-other", 65534, Proto::Tcp);
     for s in srv {
         s.join().unwrap().unwrap();
     }
     let events = stop(child, &lines, &ready);
-    assert_eq!(client_ports(&events, cns), [5021], "{events:#?}");
+    assert_eq!(client_ports(&events, cns), [5021, 5024], "{events:#?}");
+    // The upgrade reports the one TCP socket it upgraded, and only that one (the program's own
+    // scope decided at socket()); the native MPTCP sockets are not the upgrade's.
+    let ups: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.event == Kind::SocketUpgraded)
+        .collect();
+    assert_eq!(ups.len(), 1, "{events:#?}");
+    assert_eq!(ups[0].comm.as_deref(), Some("scope-nobody"), "{events:#?}");
 }
 
 /// How many connections the `--comm` test keeps open at once: 5,000 on the host (issue 16

@@ -892,6 +892,20 @@ fn run_client_and_server_join_a_second_subflow_over_blue() {
         count(integration_tests::Kind::SubflowEstablished, Some(true)),
         "MPJoinSynRx vs joins:\n{stderr}"
     );
+    // One socket_upgraded (outcome upgraded) per MP_CAPABLE SYN: the client makes one TCP
+    // socket, and the run's method (bpf here, seccomp where trampolines are refused) says so.
+    let ups = upgraded_events(&events);
+    assert_eq!(
+        ups.iter()
+            .filter(|u| u.outcome == mptcp_user::event::UpgradeOutcome::Upgraded)
+            .count() as u64,
+        grew(&mib_before, &mib_after, "MPCapableSYNRX"),
+        "socket_upgraded vs MPCapableSYNRX:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("0 lost"),
+        "nothing lost, upgrade ring included:\n{stderr}"
+    );
     assert!(server.wait().unwrap().success());
     let (s, c) = (parse(&sout), parse(&cout));
     assert_eq!(proto(&s, "listener"), MPTCP, "{s:?}");
@@ -1687,6 +1701,133 @@ fn seccomp_keeps_tcp_where_mptcp_is_disabled_and_says_why() {
         0,
         "an MP_CAPABLE SYN came from a namespace with MPTCP disabled: {t}"
     );
+}
+
+/// `run --trace --json --method seccomp -- go-like-client` in the client namespace against the
+/// join server; returns the server's counters before, the output and the events it printed.
+fn seccomp_trace_run(
+    bed: &TestBed,
+    addr: SocketAddr,
+    join: bool,
+) -> (HashMap<String, u64>, Output, Vec<integration_tests::Event>) {
+    let before = mptcp_mib(&bed.server);
+    let server = join_server(bed, addr, join.then(|| before.clone()));
+    let (ip, port) = (addr.ip().to_string(), addr.port().to_string());
+    let out = Command::new("ip")
+        .args(["netns", "exec", &bed.client])
+        .arg(mptcp_trace_bin())
+        .args(["run", "--trace", "--json", "--method", "seccomp", "--"])
+        .arg(go_like_client())
+        .args([ip.as_str(), port.as_str(), "hello\n"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let line = server.join().unwrap();
+    assert_eq!(line, "hello\n", "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let events = integration_tests::parse_events(
+        &stderr
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(str::to_string)
+            .collect::<Vec<_>>(),
+    );
+    (before, out, events)
+}
+
+/// The `socket_upgraded` events of a run, typed.
+fn upgraded_events(events: &[integration_tests::Event]) -> Vec<mptcp_user::event::SocketUpgraded> {
+    events
+        .iter()
+        .filter_map(|e| match e.raw.as_ref().map(|r| &r.data) {
+            Some(mptcp_user::event::Data::SocketUpgraded(u)) => Some(u.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `run --trace` shows each socket the seccomp supervisor upgraded as `socket_upgraded`, in
+/// time order before its connection's events; their number agrees with the kernel's
+/// MP_CAPABLE SYNs at the server.
+#[test]
+fn seccomp_run_trace_shows_socket_upgraded_matching_the_kernels_counters() {
+    require_root();
+    let bed = TestBed::create(&tag("sc-ev")).expect("test bed");
+    let port = 7400 + (std::process::id() % 400) as u16;
+    let addr = format!("{}:{port}", testbed::RED_SERVER_V4)
+        .parse()
+        .unwrap();
+    let (before, out, events) = seccomp_trace_run(&bed, addr, true);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("protocol=262 nonblock=1 cloexec=1"), "{t}");
+    let after = mptcp_mib(&bed.server);
+    assert_joined(&before, &after, &t);
+    let ups = upgraded_events(&events);
+    let upgraded = ups
+        .iter()
+        .filter(|u| u.outcome == mptcp_user::event::UpgradeOutcome::Upgraded)
+        .count() as u64;
+    assert_eq!(
+        upgraded,
+        grew(&before, &after, "MPCapableSYNRX"),
+        "socket_upgraded (upgraded) vs the server's MPCapableSYNRX:\n{t}"
+    );
+    let u = &ups[0];
+    assert_eq!(
+        u.method,
+        mptcp_user::upgrade::seccomp::Method::Seccomp,
+        "{t}"
+    );
+    assert_eq!(u.family, integration_tests::Family::Ipv4, "{t}");
+    assert!(u.nonblock && u.cloexec, "{t}");
+    assert!(u.comm.starts_with("go-like-client"), "{t}");
+    assert!(u.cgroup.is_some_and(|c| c > 1), "{t}");
+    assert_eq!(u.reason, None, "{t}");
+    // Before its connection, and from the same process.
+    use integration_tests::Kind;
+    let at = |k: Kind| events.iter().position(|e| e.event == k);
+    let (up_at, created_at) = (at(Kind::SocketUpgraded), at(Kind::ConnCreated));
+    assert!(
+        up_at.is_some() && created_at.is_some() && up_at < created_at,
+        "socket_upgraded comes before conn_created:\n{t}"
+    );
+    assert_eq!(events[created_at.unwrap()].pid, Some(u.pid), "{t}");
+    assert!(t.contains("0 lost"), "{t}");
+}
+
+/// With MPTCP disabled in the caller's namespace, `run --trace` says so in the event: kept_tcp,
+/// reason ENOPROTOOPT, and the kernel saw no MP_CAPABLE SYN.
+#[test]
+fn seccomp_run_trace_says_why_a_socket_stayed_tcp() {
+    require_root();
+    let bed = TestBed::create(&tag("sc-evoff")).expect("test bed");
+    testbed::in_netns(&bed.client, || {
+        fs::write("/proc/sys/net/mptcp/enabled", "0")
+    })
+    .unwrap()
+    .unwrap();
+    let port = 7800 + (std::process::id() % 400) as u16;
+    let addr = format!("{}:{port}", testbed::RED_SERVER_V4)
+        .parse()
+        .unwrap();
+    let (before, out, events) = seccomp_trace_run(&bed, addr, false);
+    let t = text(&out);
+    assert!(out.status.success(), "CMD still connects: {t}");
+    assert!(t.contains("protocol=6 nonblock=1 cloexec=1"), "{t}");
+    assert_eq!(
+        grew(&before, &mptcp_mib(&bed.server), "MPCapableSYNRX"),
+        0,
+        "{t}"
+    );
+    let ups = upgraded_events(&events);
+    assert_eq!(ups.len(), 1, "one TCP socket, one event:\n{t}");
+    assert_eq!(
+        ups[0].outcome,
+        mptcp_user::event::UpgradeOutcome::KeptTcp,
+        "{t}"
+    );
+    assert_eq!(ups[0].reason.as_deref(), Some("ENOPROTOOPT"), "{t}");
 }
 
 /// The socket carries the caller's identity, as the kernel reports it (sock_diag, what

@@ -23,15 +23,15 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_ancestor_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_uid_gid,
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
     },
     macros::map,
-    maps::{Array, PerCpuArray},
+    maps::{Array, PerCpuArray, RingBuf},
 };
 use mptcp_common::{
     scope,
-    upgrade::{counter, is_tcp_socket, Policy},
+    upgrade::{counter, is_tcp_socket, record, Policy, UpgradeRecord, SOCK_CLOEXEC, SOCK_NONBLOCK},
     Owner, Scope, IPPROTO_MPTCP, TASK_COMM_LEN,
 };
 
@@ -41,6 +41,11 @@ static UPGRADE_POLICY: Array<Policy> = Array::with_max_entries(1, 0);
 
 #[map]
 static UPGRADE_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// One [`UpgradeRecord`] per in-scope TCP socket while `Policy::events` is set (a reader
+/// drains it); 256 KiB is over 6000 records between two reads.
+#[map]
+static UPGRADE_EVENTS: RingBuf = RingBuf::with_byte_size(256 << 10, 0);
 
 #[inline(always)]
 fn bump(idx: u32) {
@@ -89,6 +94,37 @@ fn in_scope(p: &Policy) -> bool {
     s.selects(&caller(s))
 }
 
+/// Reports one in-scope socket; a full ring counts it as lost, never silently.
+#[inline(always)]
+fn report(family: i32, ty: i32, count_only: bool) {
+    let Some(mut slot) = UPGRADE_EVENTS.reserve::<UpgradeRecord>(0) else {
+        bump(counter::LOST);
+        return;
+    };
+    let mut flags = 0;
+    if ty & SOCK_NONBLOCK != 0 {
+        flags |= record::NONBLOCK;
+    }
+    if ty & SOCK_CLOEXEC != 0 {
+        flags |= record::CLOEXEC;
+    }
+    if count_only {
+        flags |= record::COUNT_ONLY;
+    }
+    // SAFETY: plain helper calls; the slot is ours until submit and every field is written.
+    unsafe {
+        slot.as_mut_ptr().write(UpgradeRecord {
+            ts_ns: bpf_ktime_get_ns(),
+            cgroup_id: bpf_get_current_cgroup_id(),
+            tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+            family: family as u16,
+            flags,
+            comm: bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]),
+        });
+    }
+    slot.submit(0);
+}
+
 /// What `update_socket_protocol` should return: `IPPROTO_MPTCP`, or 0 to leave the socket.
 #[inline(always)]
 fn decide(family: i32, ty: i32, protocol: i32) -> i32 {
@@ -103,6 +139,9 @@ fn decide(family: i32, ty: i32, protocol: i32) -> i32 {
         return 0;
     }
     bump(counter::IN_SCOPE);
+    if p.events != 0 {
+        report(family, ty, p.count_only != 0);
+    }
     if p.count_only != 0 {
         return 0;
     }

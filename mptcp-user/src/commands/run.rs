@@ -28,6 +28,7 @@ use std::{
 use anyhow::{Context, Result};
 use log::{debug, warn};
 use mptcp_common::upgrade::Policy;
+use tokio::sync::mpsc::UnboundedSender;
 
 use crate::{
     cli::{RunArgs, RunMethod},
@@ -35,7 +36,7 @@ use crate::{
     output::{self, Printer},
     select::Selector,
     sys::cgroup::{self, Cgroup},
-    trace::Pipeline,
+    trace::{Pipeline, UpgradeFeed},
     upgrade::{
         seccomp::{join_cgroup, Method, Outcome, SeccompUpgrade, Upgraded},
         Upgrade, UpgradeError,
@@ -212,8 +213,8 @@ enum Active {
     Seccomp(SeccompUpgrade),
 }
 
-/// What `run` does with each socket record until the event pipeline takes them: `-v` shows
-/// every one; a socket kept TCP is worth one warning.
+/// What `run` without `--trace` does with each socket record: `-v` shows every one; a socket
+/// kept TCP is worth one warning.
 fn log_record() -> Box<dyn FnMut(&Upgraded) + Send> {
     let mut warned = false;
     Box::new(move |u: &Upgraded| {
@@ -302,12 +303,31 @@ fn short_reason(e: &UpgradeError) -> String {
     }
 }
 
-fn choose(args: &RunArgs, policy: Policy, procs: &Path) -> Result<Active> {
-    let seccomp = || -> Result<Active> {
+/// With `--trace`, each socket record becomes a `socket_upgraded` event (through `feed`).
+fn trace_record(feed: UnboundedSender<Upgraded>) -> Box<dyn FnMut(&Upgraded) + Send> {
+    Box::new(move |u: &Upgraded| {
+        debug!("run: {u}");
+        // The pipeline is gone only once CMD is done: nothing left to show.
+        let _ = feed.send(u.clone());
+    })
+}
+
+fn choose(
+    args: &RunArgs,
+    policy: Policy,
+    procs: &Path,
+    feed: Option<UnboundedSender<Upgraded>>,
+) -> Result<Active> {
+    let mut feed = feed;
+    let mut seccomp = || -> Result<Active> {
+        let on_record = match feed.take() {
+            Some(f) => trace_record(f),
+            None => log_record(),
+        };
         Ok(Active::Seccomp(SeccompUpgrade::start(
             procs,
             args.count_only,
-            log_record(),
+            on_record,
         )?))
     };
     match args.method {
@@ -385,9 +405,18 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         source: io::Error::other(e),
     })?;
     let sel = Selector::for_cgroup(cg);
-    let policy = sel.policy(args.count_only);
+    let mut policy = sel.policy(args.count_only);
+    // The program reports each socket only when `--trace` reads its ring.
+    policy.events = args.trace as u32;
     let procs_path = cgroup.path.join("cgroup.procs");
-    let mut active = choose(&args, policy, &procs_path)?;
+    let (feed_tx, feed) = match args.trace {
+        true => {
+            let (tx, feed) = UpgradeFeed::seccomp();
+            (Some(tx), Some(feed))
+        }
+        false => (None, None),
+    };
+    let mut active = choose(&args, policy, &procs_path, feed_tx)?;
     match &active {
         Active::Bpf(_) => debug!("run: method {}, upgrading {}", Method::Bpf, sel.describe()),
         Active::Seccomp(s) => {
@@ -400,7 +429,19 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let pipe = rt.block_on(async { Pipeline::start(&sel) })?;
+        let mut pipe = rt.block_on(async { Pipeline::start(&sel) })?;
+        // Registering the ring with the reactor needs the runtime.
+        let _rt = rt.enter();
+        match (&mut active, feed) {
+            (Active::Seccomp(_), Some(feed)) => pipe.attach_upgrades(feed)?,
+            (Active::Bpf(up), _) => {
+                if let Some(f) = up.event_feed() {
+                    pipe.attach_upgrades(UpgradeFeed::Bpf(Box::new(f)))?;
+                }
+            }
+            _ => {}
+        }
+        drop(_rt);
         Some((rt, pipe, Printer::new(io::stderr(), args.json)))
     } else {
         None

@@ -10,7 +10,7 @@ use crate::{
     output::{self, Printer, ReadyFile},
     select::{describe_scope, Selector},
     sys::signals::Stop,
-    trace::Pipeline,
+    trace::{Pipeline, UpgradeFeed},
     upgrade::{self, Upgrade},
 };
 
@@ -36,12 +36,14 @@ pub async fn run(args: UpgradeArgs) -> Result<()> {
         .map(ReadyFile::check)
         .transpose()?;
     let mut stop = Stop::install()?;
-    let policy = sel.policy(args.count_only);
+    let mut policy = sel.policy(args.count_only);
+    // The program reports each socket only when `--events` reads its ring (never pinned).
+    policy.events = (args.events && !args.pin) as u32;
     if args.pin {
         // A planted or occupied pin directory is refused before anything is loaded.
         upgrade::check_pin_dir()?;
     }
-    let up = Upgrade::attach(policy)?;
+    let mut up = Upgrade::attach(policy)?;
     let what = if args.count_only {
         "counting (count only)"
     } else {
@@ -62,10 +64,12 @@ pub async fn run(args: UpgradeArgs) -> Result<()> {
     );
     // The tracer sees exactly the processes the upgrade selects: the same scope, in the kernel.
     let mut trace = if args.events {
-        Some((
-            Pipeline::start(&sel)?,
-            Printer::new(io::stdout(), args.json),
-        ))
+        let mut pipe = Pipeline::start(&sel)?;
+        if let Some(f) = up.event_feed() {
+            pipe.attach_upgrades(UpgradeFeed::Bpf(Box::new(f)))
+                .map_err(|e| anyhow::anyhow!("the upgrade's event ring: {e}"))?;
+        }
+        Some((pipe, Printer::new(io::stdout(), args.json)))
     } else {
         None
     };

@@ -7,7 +7,7 @@ use std::{
     net::IpAddr,
 };
 
-use crate::event::{Data, Event, Kind, Lost, Side};
+use crate::event::{Data, Event, Kind, Lost, Side, UpgradeOutcome};
 
 use super::diag::SockInfo;
 
@@ -210,8 +210,8 @@ pub struct State {
     pub lost: Lost,
     /// While paused: the view shown (the state itself keeps absorbing updates).
     pub frozen: Option<Box<State>>,
-    /// Sockets the TCP→MPTCP upgrade changed. Stays `None` (and is not shown) until an upgrade
-    /// source feeds it.
+    /// Sockets the TCP→MPTCP upgrade changed (`socket_upgraded` events with outcome upgraded).
+    /// Stays `None` (and is not shown) until the first one.
     pub upgraded: Option<u64>,
     joins: VecDeque<u64>,
     fallbacks: VecDeque<u64>,
@@ -363,6 +363,12 @@ impl State {
             }
             return;
         }
+        if let Data::SocketUpgraded(u) = &e.data {
+            if u.outcome == UpgradeOutcome::Upgraded {
+                *self.upgraded.get_or_insert(0) += 1;
+            }
+            return;
+        }
         if matches!(e.data, Data::AddrAnnounced(_) | Data::AddrRemoved(_)) && e.ids().conn == 0 {
             // An address event of a connection the view does not show.
             return;
@@ -476,7 +482,7 @@ impl State {
                     at_ns: e.ts_ns,
                 });
             }
-            Data::Lost(_) => {}
+            Data::Lost(_) | Data::SocketUpgraded(_) => {}
         }
     }
 

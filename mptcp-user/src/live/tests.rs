@@ -600,3 +600,34 @@ fn pausing_under_churn_stays_bounded_and_frozen() {
     assert!(!now[0].contains("PAUSED"), "{now:?}");
     assert_ne!(now, screen);
 }
+
+#[test]
+fn socket_upgraded_events_count_only_the_sockets_made_mptcp() {
+    use crate::event::{Family, SocketUpgraded, UpgradeOutcome};
+    let mut s = model();
+    let conns = s.conns.len();
+    for outcome in [
+        UpgradeOutcome::Upgraded,
+        UpgradeOutcome::KeptTcp,
+        UpgradeOutcome::Upgraded,
+        UpgradeOutcome::Counted,
+    ] {
+        s.apply(Update::Event(Box::new(ev(
+            Data::SocketUpgraded(SocketUpgraded {
+                pid: 5,
+                comm: "nc".into(),
+                cgroup: None,
+                family: Family::Ipv4,
+                method: crate::upgrade::seccomp::Method::Seccomp,
+                outcome,
+                reason: None,
+                nonblock: false,
+                cloexec: false,
+            }),
+            11 * S,
+        ))));
+    }
+    assert_eq!(s.upgraded, Some(2));
+    assert_eq!(s.conns.len(), conns, "no connection row for a bare socket");
+    assert!(text(&draw(&s, 200, 5))[0].contains("upgraded sockets 2"));
+}

@@ -96,7 +96,9 @@ impl ConnMatcher {
 
     /// Passes `e` (and, when it completes a match, the events held before it) to `out`.
     pub fn push(&mut self, e: Event, out: &mut impl FnMut(Event)) {
-        if self.need == 0 || e.kind() == Kind::Lost {
+        // socket_upgraded was scoped at socket() (the upgrade's own policy), and it has no
+        // connection to judge it by.
+        if self.need == 0 || matches!(e.kind(), Kind::Lost | Kind::SocketUpgraded) {
             return out(e);
         }
         let key = match e.conn() {

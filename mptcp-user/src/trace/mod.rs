@@ -7,7 +7,8 @@
 //! ```text
 //! ring buffer ─▶ decode ─┐
 //!                        ├─▶ owners ─▶ selector (userspace part) ─▶ reorder ─▶ next()
-//! netlink PM ────────────┘                        loss counters ──▶ `lost` events
+//! netlink PM ────────────┤                        loss counters ──▶ `lost` events
+//! upgrade feed ──────────┘ (socket_upgraded: `run`, `upgrade --events`)
 //! ```
 
 pub mod filter;
@@ -30,6 +31,7 @@ use crate::{
     event::{Event, Kind, Lost},
     loader::{self, Counters, KernelLog, LoadError},
     select::Selector,
+    upgrade::seccomp::Upgraded,
 };
 
 use filter::ConnMatcher;
@@ -111,6 +113,23 @@ impl Totals {
     }
 }
 
+/// Where `socket_upgraded` events come from: the upgrade running beside the tracer.
+pub enum UpgradeFeed {
+    /// The seccomp supervisor's records (`run --method seccomp`), sent by the thread reading
+    /// them. Nothing is lost on the way: the supervisor blocks on a full pipe.
+    Seccomp(tokio::sync::mpsc::UnboundedReceiver<Upgraded>),
+    /// The fmod_ret program's ring (`run --trace --method bpf`, `upgrade --events`).
+    Bpf(Box<crate::upgrade::EventFeed>),
+}
+
+impl UpgradeFeed {
+    /// A feed for the seccomp supervisor's records and the sender its reader calls.
+    pub fn seccomp() -> (tokio::sync::mpsc::UnboundedSender<Upgraded>, UpgradeFeed) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (tx, UpgradeFeed::Seccomp(rx))
+    }
+}
+
 /// Everything but the ring buffer, so that records can be handled while the ring buffer's
 /// readiness guard is held.
 struct Core {
@@ -125,6 +144,8 @@ struct Core {
     totals: Totals,
     reported: Lost,
     pm_buf: Vec<PmAddr>,
+    /// The upgrade program's loss (its ring and its skipped runs), once its feed is attached.
+    upgrade_loss: Option<crate::upgrade::LossReader>,
 }
 
 impl Core {
@@ -151,9 +172,35 @@ impl Core {
         self.matcher.push(e, &mut |e| order.push(e));
     }
 
+    fn drain_upgrade_ring(&mut self, rb: &mut RingBuf<MapData>) {
+        while let Some(item) = rb.next() {
+            match decode::upgrade_record(&item, &self.clock) {
+                Ok(e) => self.event(e),
+                Err(err) => {
+                    self.totals.malformed += 1;
+                    warn!("dropped a malformed upgrade record: {err}");
+                }
+            }
+        }
+    }
+
     fn drain_ring(&mut self, rb: &mut RingBuf<MapData>) {
         while let Some(item) = rb.next() {
             self.record(&item);
+        }
+    }
+
+    /// Everything the upgrade feed holds now; false once it has ended.
+    fn drain_feed(&mut self, feed: &mut UpgradeFeed) -> bool {
+        match feed {
+            UpgradeFeed::Bpf(_) => true,
+            UpgradeFeed::Seccomp(rx) => loop {
+                match rx.try_recv() {
+                    Ok(u) => self.event(decode::seccomp_upgraded(&u, &self.clock)),
+                    Err(tokio::sync::mpsc::error::TryRecvError::Empty) => return true,
+                    Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => return false,
+                }
+            },
         }
     }
 
@@ -178,10 +225,14 @@ impl Core {
 
     /// The loss totals now.
     fn lost_now(&self) -> Lost {
-        let ring_buffer = self.counters.get(counter::LOST);
+        let (up_lost, up_misses) = self.upgrade_loss.as_ref().map_or((0, Some(0)), |f| f());
+        let ring_buffer = self.counters.get(counter::LOST) + up_lost;
         let map_full = self.counters.get(counter::MAP_FULL);
         let stale_entry = self.counters.get(counter::STALE);
-        let recursion_misses = self.tracer.recursion_misses();
+        let recursion_misses = self
+            .tracer
+            .recursion_misses()
+            .map(|n| n + up_misses.unwrap_or(0));
         let netlink = self.pm.stats.overruns;
         Lost {
             count: ring_buffer + map_full + stale_entry + recursion_misses.unwrap_or(0) + netlink,
@@ -217,6 +268,10 @@ impl Core {
 /// The attached tracer and everything downstream of it. Dropping it detaches the programs.
 pub struct Pipeline {
     ring: AsyncFd<RingBuf<MapData>>,
+    /// `socket_upgraded` records, once attached; `None` again when the feed ended.
+    feed: Option<UpgradeFeed>,
+    /// The upgrade program's ring, registered with the reactor (a `Bpf` feed).
+    upgrade_ring: Option<AsyncFd<RingBuf<MapData>>>,
     log: KernelLog,
     tick: Interval,
     ticks: u64,
@@ -255,16 +310,36 @@ impl Pipeline {
             totals: Totals::default(),
             reported: Lost::default(),
             pm_buf: Vec::new(),
+            upgrade_loss: None,
         };
         // Loss before the first event counts too, but only from now on.
         core.reported = core.lost_now();
         Ok(Pipeline {
             ring,
+            feed: None,
+            upgrade_ring: None,
             log,
             tick,
             ticks: 0,
             core,
         })
+    }
+
+    /// Adds the upgrade's `socket_upgraded` records to the events, in time order with the rest.
+    /// Its loss counts in `lost` from now on.
+    pub fn attach_upgrades(&mut self, feed: UpgradeFeed) -> io::Result<()> {
+        match feed {
+            UpgradeFeed::Seccomp(_) => self.feed = Some(feed),
+            UpgradeFeed::Bpf(f) => {
+                let crate::upgrade::FeedParts { ring, loss } = f.split();
+                // SAFETY: the ring buffer owns its fd for as long as the AsyncFd holds it.
+                self.upgrade_ring =
+                    Some(unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?);
+                self.core.upgrade_loss = Some(loss);
+                self.core.reported = self.core.lost_now();
+            }
+        }
+        Ok(())
     }
 
     /// What this kernel lacks (missing fields, programs), each with what is lost.
@@ -294,6 +369,15 @@ impl Pipeline {
                     self.core.drain_ring(self.ring.get_mut());
                     self.core.drain_pm();
                 }
+                u = feed_next(&mut self.feed), if self.feed.is_some() => match u {
+                    Some(u) => self.core.event(decode::seccomp_upgraded(&u, &self.core.clock)),
+                    None => self.feed = None,
+                },
+                guard = upgrade_ring_ready(&mut self.upgrade_ring), if self.upgrade_ring.is_some() => {
+                    let mut guard = guard?;
+                    self.core.drain_upgrade_ring(guard.get_inner_mut());
+                    guard.clear_ready();
+                }
                 r = self.log.forward() => r?,
                 _ = self.tick.tick() => {
                     self.ticks += 1;
@@ -322,6 +406,12 @@ impl Pipeline {
     /// last loss, and returns those events with the totals. The programs are detached when the
     /// returned pipeline part is dropped, which happens here.
     pub fn finish(mut self) -> (Vec<Event>, Totals) {
+        if let Some(f) = self.feed.as_mut() {
+            self.core.drain_feed(f);
+        }
+        if let Some(r) = self.upgrade_ring.as_mut() {
+            self.core.drain_upgrade_ring(r.get_mut());
+        }
         self.core.drain_ring(self.ring.get_mut());
         self.core.drain_pm();
         self.core.release(u64::MAX);
@@ -329,6 +419,25 @@ impl Pipeline {
         let totals = self.totals();
         let events = self.core.ready.drain(..).collect();
         (events, totals)
+    }
+}
+
+/// The next record of the upgrade feed; `None` once it has ended. Cancel-safe (`recv` is).
+async fn feed_next(feed: &mut Option<UpgradeFeed>) -> Option<Upgraded> {
+    match feed {
+        Some(UpgradeFeed::Seccomp(rx)) => rx.recv().await,
+        // Read through `upgrade_ring` instead.
+        Some(UpgradeFeed::Bpf(_)) | None => std::future::pending().await,
+    }
+}
+
+/// The upgrade ring's readiness (pending when there is none).
+async fn upgrade_ring_ready(
+    ring: &mut Option<AsyncFd<RingBuf<MapData>>>,
+) -> io::Result<tokio::io::unix::AsyncFdReadyMutGuard<'_, RingBuf<MapData>>> {
+    match ring {
+        Some(r) => r.readable_mut().await,
+        None => std::future::pending().await,
     }
 }
 

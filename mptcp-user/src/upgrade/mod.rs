@@ -17,7 +17,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::{Array, IterableMap, Map, MapData, PerCpuArray};
+use aya::maps::{Array, IterableMap, Map, MapData, PerCpuArray, RingBuf};
 use log::debug;
 use mptcp_common::upgrade::{counter, Policy};
 
@@ -31,6 +31,7 @@ const PROGRAM: &str = "mptcp_upgrade";
 pub const HOOK: &str = "update_socket_protocol";
 const POLICY_MAP: &str = "UPGRADE_POLICY";
 const COUNTERS_MAP: &str = "UPGRADE_COUNTERS";
+const EVENTS_MAP: &str = "UPGRADE_EVENTS";
 
 pub const BPFFS: &str = "/sys/fs/bpf";
 /// Where `--pin` leaves the upgrade: a directory owned by root, mode 0700 (see [`pindir`]).
@@ -142,6 +143,8 @@ pub struct Counts {
     pub seen: u64,
     pub in_scope: u64,
     pub upgraded: u64,
+    /// `socket_upgraded` records the ring had no room for.
+    pub lost: u64,
 }
 
 impl std::fmt::Display for Counts {
@@ -160,6 +163,42 @@ fn read_counts(map: &PerCpuArray<MapData, u64>) -> Counts {
         seen: get(counter::SEEN),
         in_scope: get(counter::IN_SCOPE),
         upgraded: get(counter::UPGRADED),
+        lost: get(counter::LOST),
+    }
+}
+
+/// What the event pipeline needs to read the program's `socket_upgraded` records and to
+/// account for the ones it lost.
+pub struct EventFeed {
+    pub ring: RingBuf<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+    prog: OwnedFd,
+}
+
+/// Reads the upgrade program's loss: records the ring had no room for, and its skipped runs
+/// (`None` where the kernel cannot tell).
+pub type LossReader = Box<dyn Fn() -> (u64, Option<u64>) + Send>;
+
+/// An [`EventFeed`] taken apart: the ring, and what reads the loss.
+pub struct FeedParts {
+    pub ring: RingBuf<MapData>,
+    pub loss: LossReader,
+}
+
+impl EventFeed {
+    pub fn split(self) -> FeedParts {
+        let EventFeed {
+            ring,
+            counters,
+            prog,
+        } = self;
+        FeedParts {
+            ring,
+            loss: Box::new(move || {
+                let misses = raw_bpf::recursion_misses(prog.as_fd()).unwrap_or(None);
+                (read_counts(&counters).lost, misses)
+            }),
+        }
     }
 }
 
@@ -171,6 +210,8 @@ pub struct Upgrade {
     prog: OwnedFd,
     policy: Array<MapData, Policy>,
     counters: PerCpuArray<MapData, u64>,
+    /// The `socket_upgraded` records (taken by [`Upgrade::event_feed`]).
+    events: Option<EventFeed>,
     pub policy_value: Policy,
 }
 
@@ -221,9 +262,24 @@ impl Upgrade {
         let mut policy_map: Array<MapData, Policy> =
             Array::try_from(Map::Array(take(&mut maps, POLICY_MAP)?))
                 .map_err(|e| UpgradeError::Object(e.to_string()))?;
+        let obj_err = |e: aya::maps::MapError| UpgradeError::Object(e.to_string());
+        // A second handle on the counters, for the event feed's loss accounting.
+        let counters_dup = maps
+            .get(COUNTERS_MAP)
+            .ok_or_else(|| UpgradeError::Object(format!("no map {COUNTERS_MAP}")))?
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(UpgradeError::io("dup of the upgrade counters"))?;
         let counters: PerCpuArray<MapData, u64> =
             PerCpuArray::try_from(Map::PerCpuArray(take(&mut maps, COUNTERS_MAP)?))
-                .map_err(|e| UpgradeError::Object(e.to_string()))?;
+                .map_err(obj_err)?;
+        let feed_counters = PerCpuArray::try_from(Map::PerCpuArray(
+            MapData::from_fd(counters_dup).map_err(obj_err)?,
+        ))
+        .map_err(obj_err)?;
+        let ring: RingBuf<MapData> =
+            RingBuf::try_from(Map::RingBuf(take(&mut maps, EVENTS_MAP)?)).map_err(obj_err)?;
         policy_map.set(0, policy, 0).map_err(|e| UpgradeError::Io {
             what: "cannot write the upgrade policy".into(),
             source: io::Error::other(e),
@@ -257,17 +313,31 @@ impl Upgrade {
             }
         })?;
         debug!("attached fmod_ret/{HOOK}");
+        let prog_dup = prog_fd
+            .try_clone()
+            .map_err(UpgradeError::io("dup of the upgrade program"))?;
         Ok(Upgrade {
             link,
             prog: prog_fd,
             policy: policy_map,
             counters,
+            events: Some(EventFeed {
+                ring,
+                counters: feed_counters,
+                prog: prog_dup,
+            }),
             policy_value: policy,
         })
     }
 
     pub fn counts(&self) -> Counts {
         read_counts(&self.counters)
+    }
+
+    /// The ring of `socket_upgraded` records, with what reads its loss; once. The program
+    /// writes to it only when the policy's `events` is set.
+    pub fn event_feed(&mut self) -> Option<EventFeed> {
+        self.events.take()
     }
 
     /// `socket()` calls the kernel ran without the upgrade because the program would have

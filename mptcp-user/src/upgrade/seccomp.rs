@@ -50,7 +50,7 @@ pub const TWO_STEP_ENV: &str = "MPTCP_TRACE_SECCOMP_TWO_STEP_ADDFD";
 pub const SUPERVISOR_FD: RawFd = 3;
 
 /// Which upgrade method turned (or would have turned) a socket into MPTCP.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Method {
     /// `fmod_ret` on `update_socket_protocol`.
@@ -88,6 +88,9 @@ pub enum Outcome {
 /// One TCP `socket()` call seen by the upgrade: the hook for `socket_upgraded` events.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Upgraded {
+    /// CLOCK_MONOTONIC nanoseconds when the supervisor received the call (before it made the
+    /// socket, so before any event of that socket's connection).
+    pub ts_ns: u64,
     /// The caller's process (thread group) id, in the `run` process's pid namespace.
     pub pid: u32,
     /// The calling thread.
@@ -591,6 +594,7 @@ mod tests {
     #[test]
     fn records_round_trip_as_json() {
         let u = Upgraded {
+            ts_ns: 7,
             pid: 10,
             tid: 11,
             comm: "nc".into(),

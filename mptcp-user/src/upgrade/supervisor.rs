@@ -254,6 +254,7 @@ fn respond_continue(st: &State, id: u64) {
 }
 
 fn handle(st: &mut State, req: &ScmpNotifReq) -> Option<Upgraded> {
+    let ts_ns = crate::decode::monotonic_ns();
     let id = req.id;
     let [family, ty, _proto, ..] = req.data.args.map(|a| a as i32);
     let family_e = match family {
@@ -273,6 +274,7 @@ fn handle(st: &mut State, req: &ScmpNotifReq) -> Option<Upgraded> {
         return None;
     }
     let mut rec = Upgraded {
+        ts_ns,
         pid: req.pid,
         tid: req.pid,
         comm: String::new(),
