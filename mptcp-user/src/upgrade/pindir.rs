@@ -33,8 +33,9 @@ use super::{UpgradeError, BPFFS, BPF_FS_MAGIC, PIN_DIR};
 /// The pin directory's name in the bpffs root.
 const NAME: &CStr = c"mptcp-trace";
 /// Prefix of the private directories a `--pin` fills before renaming them to [`NAME`]:
-/// `.mptcp-trace.<pid>.<n>`.
-const TMP_PREFIX: &str = ".mptcp-trace.";
+/// `mptcp-trace-staging-<pid>-<n>`. No dots: bpffs refuses them in names (EPERM, reserved for
+/// its own files such as `maps.debug`).
+const TMP_PREFIX: &str = "mptcp-trace-staging-";
 
 fn cstr(s: &str) -> CString {
     CString::new(s).expect("pin names have no NUL")
@@ -285,12 +286,12 @@ pub struct Staging {
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
-/// Creates `.mptcp-trace.<pid>.<n>` (mode 0700). `mkdirat` never follows or reuses what is
+/// Creates `mptcp-trace-staging-<pid>-<n>` (mode 0700). `mkdirat` never follows or reuses what is
 /// already there: a name someone took (EEXIST) only moves on to the next `n`.
 pub fn stage(root: BorrowedFd<'_>) -> Result<Staging, UpgradeError> {
     for _ in 0..100 {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let name = cstr(&format!("{TMP_PREFIX}{}.{n}", std::process::id()));
+        let name = cstr(&format!("{TMP_PREFIX}{}-{n}", std::process::id()));
         // SAFETY: NUL-terminated name.
         if unsafe { libc::mkdirat(root.as_raw_fd(), name.as_ptr(), 0o700) } != 0 {
             let e = io::Error::last_os_error();
@@ -378,7 +379,7 @@ pub fn remove_abandoned(root: BorrowedFd<'_>, names: &[&'static str]) -> usize {
         let Some(pid) = name
             .to_str()
             .and_then(|s| s.strip_prefix(TMP_PREFIX))
-            .and_then(|s| s.split_once('.'))
+            .and_then(|s| s.split_once('-'))
             .and_then(|(pid, _)| pid.parse::<libc::pid_t>().ok())
         else {
             continue;
