@@ -72,7 +72,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("mptcp-trace: {e:#}");
+            eprintln!("mptcp-trace: {}", one_line(&e));
             if is_run {
                 return ExitCode::from(RUN_FAILED);
             }
@@ -97,6 +97,23 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The error and its causes on one line, like `{:#}`, but a cause whose text an outer message
+/// already quotes (`"cannot pin …: {source}"` with `#[source]`) is not repeated.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// Whether the command line names the `run` verb (its first word that is not an option).
@@ -135,4 +152,27 @@ fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow
         .enable_all()
         .build()?
         .block_on(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn a_cause_already_quoted_is_not_repeated() {
+        let io = std::io::Error::from_raw_os_error(1);
+        let quoted = anyhow::Error::new(std::io::Error::from_raw_os_error(1))
+            .context(format!("cannot remove /x: {io}"));
+        assert_eq!(
+            one_line(&quoted),
+            format!("cannot remove /x: {io}"),
+            "printed once"
+        );
+        let chained =
+            anyhow::Error::new(std::io::Error::from_raw_os_error(2)).context("cannot open /y");
+        assert_eq!(
+            one_line(&chained),
+            format!("cannot open /y: {}", std::io::Error::from_raw_os_error(2))
+        );
+    }
 }
