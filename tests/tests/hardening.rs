@@ -245,6 +245,37 @@ fn many_network_namespaces_cost_no_threads() {
     );
 }
 
+/// The namespace sockets never starve the process of descriptors: with a soft limit of 100
+/// descriptors at most 50 namespaces are watched, and the rest are counted in the summary.
+#[test]
+fn namespaces_beyond_the_descriptor_budget_are_counted_not_watched() {
+    require_root();
+    let idle: Vec<ChildGuard> = (0..60)
+        .map(|_| {
+            ChildGuard(
+                Command::new(helper_bin("pm-forge"))
+                    .args(["idle", "20"])
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    thread::sleep(Duration::from_secs(1));
+    let out = Command::new("prlimit")
+        .arg("--nofile=100:100")
+        .arg(mptcp_trace_bin())
+        .args(["events", "--json", "--duration", "3"])
+        .output()
+        .unwrap();
+    drop(idle);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("network namespaces not watched (limit 50)"),
+        "{stderr}"
+    );
+}
+
 /// The ready file is checked before anything is loaded and never written through a link.
 #[test]
 fn a_bad_ready_file_is_refused_before_anything_is_attached() {

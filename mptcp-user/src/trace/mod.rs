@@ -95,8 +95,7 @@ impl Totals {
         if self.pm.unwatched > 0 {
             s += &format!(
                 ", {} network namespaces not watched (limit {})",
-                self.pm.unwatched,
-                pm::MAX_WATCHED
+                self.pm.unwatched, self.pm.limit
             );
         }
         if self.held_dropped > 0 {

@@ -311,8 +311,25 @@ pub struct PmStats {
     pub unknown_token: u64,
     /// Messages the kernel dropped because a socket's receive buffer was full (ENOBUFS).
     pub overruns: u64,
-    /// Namespaces not watched because [`MAX_WATCHED`] were watched already.
+    /// How many namespaces may be watched at once: [`MAX_WATCHED`], or half the soft
+    /// RLIMIT_NOFILE when that is lower, so that the sockets never starve the process of
+    /// descriptors.
+    pub limit: u64,
+    /// Namespaces not watched because `limit` were watched already (or descriptors ran out).
     pub unwatched: u64,
+}
+
+/// [`MAX_WATCHED`], or half the soft RLIMIT_NOFILE when that is lower (at least 16).
+fn watch_limit() -> usize {
+    let mut rlim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscall with a valid pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rlim) } != 0 {
+        return MAX_WATCHED;
+    }
+    MAX_WATCHED.min((rlim.rlim_cur / 2).max(16) as usize)
 }
 
 /// Watches the MPTCP events of the network namespaces on the host.
@@ -340,7 +357,10 @@ impl PmWatcher {
             only,
             buf: vec![0u8; 32 << 10],
             ready: Vec::new(),
-            stats: PmStats::default(),
+            stats: PmStats {
+                limit: watch_limit() as u64,
+                ..PmStats::default()
+            },
         };
         w.rescan();
         Ok(w)
@@ -378,11 +398,14 @@ impl PmWatcher {
         {
             return;
         }
-        if self.watched.len() >= MAX_WATCHED {
+        if self.watched.len() as u64 >= self.stats.limit {
             self.stats.unwatched += 1;
             self.failed.insert(ns);
             if self.stats.unwatched == 1 {
-                warn!("watching {MAX_WATCHED} network namespaces already: address events of others are not reported");
+                warn!(
+                    "watching {} network namespaces already: address events of others are not reported",
+                    self.stats.limit
+                );
             }
             return;
         }
@@ -399,7 +422,14 @@ impl PmWatcher {
                 self.watched.insert(ns, Watched { socket, family });
             }
             Err(e) => {
-                debug!("netns {ns}: no MPTCP events: {e}");
+                if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                    // Out of descriptors, not a namespace without MPTCP: its address events
+                    // are missed, and that is counted.
+                    self.stats.unwatched += 1;
+                    warn!("netns {ns}: not watched: {e}");
+                } else {
+                    debug!("netns {ns}: no MPTCP events: {e}");
+                }
                 self.failed.insert(ns);
             }
         }
