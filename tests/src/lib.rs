@@ -529,6 +529,26 @@ pub fn program_name(id: u32) -> Option<String> {
         .and_then(|p| p.name_as_str().map(str::to_string))
 }
 
+/// Runs a fix command line as a shell would: `A && B` runs B after A succeeded. (Not through
+/// `sh -c`: the VM guests' busybox shell would run its own `ip` applet, not iproute2's.)
+pub fn run_fix(cmd: &str) {
+    for part in cmd.split(" && ") {
+        let words: Vec<&str> = part.split_whitespace().collect();
+        assert!(
+            words
+                .iter()
+                .all(|w| !w.contains(['\'', '"', '$', '|', ';'])),
+            "not a plain command line: {part}"
+        );
+        let out = Command::new(words[0]).args(&words[1..]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "fix `{part}` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

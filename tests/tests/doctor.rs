@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_tests::{mptcp_trace_bin, require_root, tag};
+use integration_tests::{mptcp_trace_bin, require_root, run_fix, tag};
 use mptcp_user::{
     doctor::{host, Check, Report, Scope, Status},
     peer::{self, Proto},
@@ -88,26 +88,6 @@ fn get(bed: &TestBed, ns: &str, name: &str) -> Check {
     c
 }
 
-/// Runs a fix command line as a shell would: `A && B` runs B after A succeeded. (Not through
-/// `sh -c`: the VM guests' busybox shell would run its own `ip` applet, not iproute2's.)
-fn sh(cmd: &str) {
-    for part in cmd.split(" && ") {
-        let words: Vec<&str> = part.split_whitespace().collect();
-        assert!(
-            words
-                .iter()
-                .all(|w| !w.contains(['\'', '"', '$', '|', ';'])),
-            "not a plain command line: {part}"
-        );
-        let out = Command::new(words[0]).args(&words[1..]).output().unwrap();
-        assert!(
-            out.status.success(),
-            "fix `{part}` failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
 /// Asserts `name` in `ns` has `status` and a fix, runs the fix, and waits for the check to be
 /// ✓ (or gone, with `gone`).
 fn fix_and_recheck(bed: &TestBed, ns: &str, name: &str, status: Status, gone: bool) -> Check {
@@ -118,7 +98,7 @@ fn fix_and_recheck(bed: &TestBed, ns: &str, name: &str, status: Status, gone: bo
         .clone()
         .unwrap_or_else(|| panic!("{name} has no fix: {c:#?}"));
     eprintln!("{name}: {} {}\n  fix: {fix}", c.status.symbol(), c.detail);
-    sh(&fix);
+    run_fix(&fix);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let (_, r) = report(bed);
@@ -271,7 +251,7 @@ fn doctor_a_healthy_bed_is_all_ok_and_the_host_checks_tell_the_truth() {
 #[test]
 fn doctor_mptcp_disabled() {
     let bed = bed("dr-off");
-    sh(&format!(
+    run_fix(&format!(
         "ip netns exec {} sysctl -q -w net.mptcp.enabled=0",
         bed.client
     ));

@@ -707,8 +707,7 @@ fn doctor_reports_namespaces_of_dead_demos_even_when_their_pid_was_reused() {
         assert!(c.detail.contains(n.as_str()), "{n} not reported: {c:?}");
     }
     let fix = c.fix.unwrap();
-    let st = Command::new("sh").args(["-c", &fix]).status().unwrap();
-    assert!(st.success(), "{fix}: {st}");
+    integration_tests::run_fix(&fix);
     let c = stale_demo_check();
     for n in bed_of(live).iter().chain(&bed_of(fake)) {
         assert!(!netns::named(n).exists(), "{n} still exists after {fix}");

@@ -40,8 +40,9 @@ const MODULES: &[&str] = &[
     "tcp_diag",
     "mptcp_diag",
 ];
-/// Host tools the test bed and the tests run: iproute2's, and tmux for the live view tests.
-const HOST_TOOLS: &[&str] = &["ip", "ss", "tc", "tmux"];
+/// Host tools the test bed and the tests run: iproute2's, tmux for the live view tests, and
+/// util-linux's setpriv and prlimit (busybox's setpriv lacks --reuid, and it has no prlimit).
+const HOST_TOOLS: &[&str] = &["ip", "ss", "tc", "tmux", "setpriv", "prlimit"];
 /// Host directories copied as they are: terminfo and the C.UTF-8 locale for tmux.
 const HOST_DIRS: &[&str] = &["/lib/terminfo", "/usr/lib/locale/C.utf8"];
 
