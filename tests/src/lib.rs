@@ -529,6 +529,16 @@ pub fn program_name(id: u32) -> Option<String> {
         .and_then(|p| p.name_as_str().map(str::to_string))
 }
 
+/// Events the tracer reported lost (the sum of its `lost` events): a counted loss, which a test
+/// at high rates must tolerate — each missing event at most once — but never a silent one.
+pub fn lost_count(events: &[Event]) -> usize {
+    events
+        .iter()
+        .filter_map(|e| e.lost.as_ref())
+        .map(|l| l.count as usize)
+        .sum()
+}
+
 /// Runs a fix command line as a shell would: `A && B` runs B after A succeeded. (Not through
 /// `sh -c`: the VM guests' busybox shell would run its own `ip` applet, not iproute2's.)
 pub fn run_fix(cmd: &str) {

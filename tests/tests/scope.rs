@@ -11,7 +11,8 @@ use std::{
 };
 
 use integration_tests::{
-    mptcp_trace_bin, parse_events, peer, require_root, tag, testbed, ChildGuard, Event, Kind, Lines,
+    lost_count, mptcp_trace_bin, parse_events, peer, require_root, tag, testbed, ChildGuard, Event,
+    Kind, Lines,
 };
 use mptcp_user::sys::netns;
 use peer::{Proto, Send};
@@ -329,13 +330,7 @@ fn comm_keeps_every_one_of_thousands_of_open_connections() {
     // CPU in the VM guests) may remove an event from either tracer; the filter may cost
     // nothing beyond what the counters account for: each tracer's missing events at most its
     // own lost count.
-    let lost = |evs: &[Event]| -> usize {
-        evs.iter()
-            .filter_map(|e| e.lost.as_ref())
-            .map(|l| l.count as usize)
-            .sum()
-    };
-    let (lost_oracle, lost_filtered) = (lost(&unfiltered), lost(&filtered));
+    let (lost_oracle, lost_filtered) = (lost_count(&unfiltered), lost_count(&filtered));
     let oracle = conn_tokens(&unfiltered, cns, |e| e.comm.as_deref() == Some("churn"));
     assert!(
         oracle.len() + lost_oracle >= 2 * n,

@@ -11,8 +11,8 @@ use std::{
 };
 
 use integration_tests::{
-    loaded_program_ids, mptcp_peer_bin, mptcp_trace_bin, peer, require_root, tag, testbed,
-    ChildGuard, Event, Kind, Monitor, PmEvent, Side, Tracer,
+    loaded_program_ids, lost_count, mptcp_peer_bin, mptcp_trace_bin, peer, require_root, tag,
+    testbed, ChildGuard, Event, Kind, Monitor, PmEvent, Side, Tracer,
 };
 use mptcp_user::event::Protocol;
 use peer::{Proto, Send};
@@ -558,13 +558,18 @@ fn two_hundred_concurrent_connections_are_all_accounted_for() {
         closed_in(cns, N)(ev) && closed_in(sns, N)(ev)
     });
     let run = tracer.stop();
-    let lost: Vec<_> = run
-        .events
-        .iter()
-        .filter(|e| e.event == Kind::Lost)
-        .collect();
-    assert!(lost.is_empty(), "events lost: {lost:?}\n{}", run.stderr);
-    assert!(run.stderr.contains(" 0 lost"), "{}", run.stderr);
+    // Nothing may be lost for want of room (ring buffer, maps, netlink). The one loss a kernel
+    // may impose is a program run it skipped (its recursion guard: seen rarely, under qemu):
+    // counted, and each such run may leave at most one gap below.
+    let lost: Vec<_> = run.events.iter().filter_map(|e| e.lost.as_ref()).collect();
+    assert!(
+        lost.iter()
+            .all(|l| l.ring_buffer + l.map_full + l.stale_entry + l.netlink == 0),
+        "events lost: {lost:?}\n{}",
+        run.stderr
+    );
+    let skipped = lost_count(&run.events);
+    let mut gaps = 0;
     for ns in [cns, sns] {
         let ev = events_in(&run.events, ns);
         let tokens = |k: Kind| -> HashSet<String> {
@@ -573,19 +578,38 @@ fn two_hundred_concurrent_connections_are_all_accounted_for() {
                 .map(|e| e.token.clone().unwrap())
                 .collect()
         };
-        let created = tokens(Kind::ConnCreated);
-        assert_eq!(created.len(), N, "distinct connections");
-        assert_eq!(tokens(Kind::ConnEstablished), created);
-        assert_eq!(tokens(Kind::ConnClosed), created);
         let count = |k: Kind| ev.iter().filter(|e| e.event == k).count();
-        assert_eq!(count(Kind::ConnCreated), N, "one conn_created each");
-        assert_eq!(count(Kind::ConnClosed), N, "one conn_closed each");
-        assert_eq!(
-            count(Kind::SubflowEstablished),
-            count(Kind::SubflowClosed),
-            "every subflow that opened closed"
+        let created = tokens(Kind::ConnCreated);
+        let established = tokens(Kind::ConnEstablished);
+        let closed = tokens(Kind::ConnClosed);
+        let all: HashSet<&String> = created.iter().chain(&established).chain(&closed).collect();
+        assert!(
+            all.len() <= N && all.len() + skipped >= N,
+            "{} distinct connections in netns {ns}, {skipped} program runs skipped",
+            all.len()
         );
+        assert_eq!(
+            count(Kind::ConnCreated),
+            created.len(),
+            "one conn_created each"
+        );
+        assert_eq!(
+            count(Kind::ConnClosed),
+            closed.len(),
+            "one conn_closed each"
+        );
+        gaps += [&created, &established, &closed]
+            .iter()
+            .map(|set| all.iter().filter(|t| !set.contains(**t)).count())
+            .sum::<usize>();
+        // Every subflow that opened closed.
+        gaps += count(Kind::SubflowEstablished).abs_diff(count(Kind::SubflowClosed));
     }
+    assert!(
+        gaps <= skipped,
+        "{gaps} gaps, {skipped} program runs skipped\n{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -909,7 +933,11 @@ fn concurrent_joins_are_all_counted() {
     });
     thread::sleep(Duration::from_millis(300));
     let run = tracer.stop();
-    assert!(run.stderr.contains(" 0 lost"), "{}", run.stderr);
+    // Two joins at once on two CPUs can make the kernel skip a program run (its recursion
+    // guard, seen once in the 6.1 guest). That loss is counted; each lost event may spoil at
+    // most one connection's tally below, and every other connection must be exact.
+    let lost = lost_count(&run.events);
+    let mut spoiled = Vec::new();
     for ns in [cns, sns] {
         // Per connection: (conn_created, subflow_established, subflows_total of conn_closed).
         let mut per: HashMap<String, (usize, u32, Option<u32>)> = HashMap::new();
@@ -926,15 +954,20 @@ fn concurrent_joins_are_all_counted() {
                 _ => {}
             }
         }
-        assert_eq!(per.len(), N, "distinct connections in netns {ns}");
+        assert!(
+            per.len() <= N && per.len() + lost >= N,
+            "{} distinct connections in netns {ns}, {lost} events lost",
+            per.len()
+        );
         let mut three = 0;
         for (token, (created, established, total)) in &per {
-            assert_eq!(*created, 1, "{token}: conn_created exactly once");
-            assert_eq!(
-                *total,
-                Some(*established),
-                "{token}: subflows_total counts every subflow_established"
-            );
+            // conn_created exactly once, and subflows_total counts every subflow_established.
+            if *created != 1 || *total != Some(*established) {
+                spoiled.push(format!(
+                    "{token}: {created} conn_created, {established} subflow_established, \
+                     subflows_total {total:?}"
+                ));
+            }
             three += (*established == 3) as usize;
         }
         // The point of the test: most connections did get both joins.
@@ -943,4 +976,10 @@ fn concurrent_joins_are_all_counted() {
             "only {three} of {N} connections had 3 subflows"
         );
     }
+    assert!(
+        spoiled.len() <= lost,
+        "{} connections miscounted, {lost} events lost: {spoiled:#?}\n{}",
+        spoiled.len(),
+        run.stderr
+    );
 }
