@@ -229,6 +229,10 @@ fn log_record() -> Box<dyn FnMut(&Upgraded) + Send> {
 
 /// Prints the run's events until CMD exits, then until its connections closed (at most
 /// [`CLOSE_GRACE`]), then the summary.
+/// How long `run --trace` keeps reading after CMD exited and its connections closed, for the
+/// upgrade records still on their way (a `kept_tcp` socket has no connection to wait for).
+const FEED_QUIET: Duration = Duration::from_millis(300);
+
 async fn trace_until_exit(
     mut child: std::process::Child,
     mut pipe: Pipeline,
@@ -271,6 +275,15 @@ async fn trace_until_exit(
                     }
                 }
                 Err(_) => break,
+            }
+        }
+        // The upgrade's records reach the pipeline through a reader thread that may still be
+        // forwarding the last ones: take what arrives until the feed has been quiet a moment.
+        while let Ok(e) = tokio::time::timeout(FEED_QUIET, pipe.next()).await {
+            let e = e?;
+            track(&e);
+            if !out.print(&e)? {
+                break;
             }
         }
     }
