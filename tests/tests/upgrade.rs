@@ -1682,15 +1682,21 @@ fn seccomp_socket_follows_the_callers_network_namespace() {
     assert_joined(&before, &mptcp_mib(&bed.server), &t);
 }
 
-#[test]
-fn seccomp_keeps_tcp_where_mptcp_is_disabled_and_says_why() {
-    require_root();
-    let bed = TestBed::create(&tag("sc-off")).expect("test bed");
+/// The seed's test bed with `net.mptcp.enabled=0` in the client namespace.
+fn bed_without_mptcp_on_the_client(name: &str) -> TestBed {
+    let bed = TestBed::create(&tag(name)).expect("test bed");
     testbed::in_netns(&bed.client, || {
         fs::write("/proc/sys/net/mptcp/enabled", "0")
     })
     .unwrap()
     .unwrap();
+    bed
+}
+
+#[test]
+fn seccomp_keeps_tcp_where_mptcp_is_disabled_and_says_why() {
+    require_root();
+    let bed = bed_without_mptcp_on_the_client("sc-off");
     let port = 6200 + (std::process::id() % 400) as u16;
     let addr = format!("{}:{port}", testbed::RED_SERVER_V4)
         .parse()
@@ -1813,12 +1819,7 @@ fn seccomp_run_trace_shows_socket_upgraded_matching_the_kernels_counters() {
 #[test]
 fn seccomp_run_trace_says_why_a_socket_stayed_tcp() {
     require_root();
-    let bed = TestBed::create(&tag("sc-evoff")).expect("test bed");
-    testbed::in_netns(&bed.client, || {
-        fs::write("/proc/sys/net/mptcp/enabled", "0")
-    })
-    .unwrap()
-    .unwrap();
+    let bed = bed_without_mptcp_on_the_client("sc-evoff");
     let port = 7800 + (std::process::id() % 400) as u16;
     let addr = format!("{}:{port}", testbed::RED_SERVER_V4)
         .parse()
