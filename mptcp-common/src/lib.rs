@@ -329,6 +329,29 @@ impl Default for Config {
     }
 }
 
+/// A connection that was open before the tracer started, as userspace's snapshot (sock_diag)
+/// found it: the key of the `EXISTING` map, whose value is the connection's [`Owner`] (from the
+/// socket-inode → process mapping, what `ss -p` does). The programs have no entry in `CONNS` for
+/// such a connection; they find its owner here by namespace and token, so its later events
+/// carry the owner and are selected like any other connection's. Userspace removes the entry
+/// once the connection's close has been reported.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ExistingKey {
+    pub netns: u32,
+    pub token: u32,
+}
+
+/// A listener that was open before the tracer started: the key of the `LISTENERS` map (its
+/// value is the listener's [`Owner`]); userspace seeds it from the snapshot so that the
+/// connections such a listener accepts have an owner.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ListenKey {
+    pub netns: u32,
+    pub port: u32,
+}
+
 /// What a [`RawEvent`] reports. Numbers are part of the kernel↔user contract.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -448,6 +471,8 @@ mod pod {
     unsafe impl aya::Pod for super::upgrade::UpgradeRecord {}
     unsafe impl aya::Pod for super::Scope {}
     unsafe impl aya::Pod for super::Owner {}
+    unsafe impl aya::Pod for super::ExistingKey {}
+    unsafe impl aya::Pod for super::ListenKey {}
 }
 
 #[cfg(test)]

@@ -28,8 +28,8 @@ use aya_ebpf::{
 };
 use kernel::{off, read_or_zero};
 use mptcp_common::{
-    counter, flags, scope, tcp_state, Config, EventKind, Owner, RawEvent, Scope, IPPROTO_MPTCP,
-    IPPROTO_TCP, MAX_NETNS, TASK_COMM_LEN,
+    counter, flags, scope, tcp_state, Config, EventKind, ExistingKey, ListenKey, Owner, RawEvent,
+    Scope, IPPROTO_MPTCP, IPPROTO_TCP, MAX_NETNS, TASK_COMM_LEN,
 };
 
 /// The kernel-side selection (read-only data, set by the loader before load: the verifier sees
@@ -97,13 +97,6 @@ struct Conn {
     /// Local port once established: a plain TCP socket has released it when CLOSE fires.
     sport: u16,
     _pad: u32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct ListenKey {
-    netns: u32,
-    port: u32,
 }
 
 /// What is remembered per subflow between its transitions, from its first one (the client's
@@ -175,6 +168,11 @@ static LISTENERS: HashMap<ListenKey, Owner> = HashMap::with_max_entries(4096, 0)
 
 #[map]
 static SUBFLOWS: HashMap<u64, Subflow> = HashMap::with_max_entries(131072, 0);
+
+/// Owners of the connections that were open before the tracer started, written by userspace
+/// from its snapshot (see [`ExistingKey`]); read-only here.
+#[map]
+static EXISTING: HashMap<ExistingKey, Owner> = HashMap::with_max_entries(65536, 0);
 
 /// `*dst += v` as one BPF_XADD; the result is not read, which keeps it valid on every BPF ISA
 /// version (fetching atomics need v3, Linux 5.12).
@@ -254,6 +252,27 @@ fn selected(owner: &Owner, known: bool, netns: u32) -> bool {
     }
 }
 
+/// The owner userspace's snapshot found for a connection that predates the tracer (null when
+/// it has none: the connection is new, or the snapshot did not see it).
+#[inline(always)]
+fn existing_owner(netns: u32, token: u32) -> *const Owner {
+    match unsafe { EXISTING.get(&ExistingKey { netns, token }) } {
+        Some(o) => o as *const Owner,
+        None => core::ptr::null(),
+    }
+}
+
+/// Whether an event of a connection without a `CONNS` entry is shown: one that predates the
+/// tracer is selected by the owner the snapshot found; without one, only `ALL` selects it.
+#[inline(always)]
+fn untracked_selected(existing: *const Owner, netns: u32) -> bool {
+    // SAFETY: null or a pointer to an `EXISTING` value, valid for the program run.
+    match unsafe { existing.as_ref() } {
+        Some(o) => selected(o, true, netns),
+        None => selected(&Owner::UNKNOWN, false, netns),
+    }
+}
+
 /// Who owns a connection being created: the current task for a client (it connects in its
 /// own context), the listener's owner for a server (cloned in softirq); `false` when that
 /// listener predates the tracer. A pair, not an `Option`: copying an `Option<Owner>` makes
@@ -313,6 +332,9 @@ struct Subject {
     netns: u32,
     oldstate: u8,
     newstate: u8,
+    /// The owner the snapshot found for a connection that predates the tracer (an `EXISTING`
+    /// value), null otherwise; used when the event has no tracked connection.
+    existing: *const Owner,
 }
 
 impl Subject {
@@ -352,11 +374,22 @@ fn emit(s: &Subject, conn: Option<&Conn>, fill: impl FnOnce(&mut RawEvent)) {
         }
         None => {
             ev.start_ns = 0;
-            ev.cgroup_id = 0;
-            ev.pid = 0;
-            ev.comm = [0; TASK_COMM_LEN];
             ev.subflows = 0;
-            ev.flags = 0;
+            // SAFETY: a pointer to an `EXISTING` value, valid for the program run.
+            match unsafe { s.existing.as_ref() } {
+                Some(o) => {
+                    ev.cgroup_id = o.cgroup_id;
+                    ev.pid = o.tgid;
+                    ev.comm = o.comm;
+                    ev.flags = flags::OWNER_KNOWN;
+                }
+                None => {
+                    ev.cgroup_id = 0;
+                    ev.pid = 0;
+                    ev.comm = [0; TASK_COMM_LEN];
+                    ev.flags = 0;
+                }
+            }
         }
     }
     ev.bytes_sent = 0;
@@ -429,9 +462,14 @@ fn on_msk(msk: u64, old: u8, new: u8) {
     }
 
     let conn_ptr = CONNS.get_ptr_mut(&msk);
-    // No entry: outside the selection, or it predates the tracer (shown only when everything
-    // is selected).
-    if conn_ptr.is_none() && !selected(&Owner::UNKNOWN, false, netns) {
+    let token = kernel::token(msk, 0);
+    // No entry: outside the selection, or it predates the tracer (then the snapshot's owner
+    // decides; without one it is shown only when everything is selected).
+    let existing = match conn_ptr {
+        Some(_) => core::ptr::null(),
+        None => existing_owner(netns, token),
+    };
+    if conn_ptr.is_none() && !untracked_selected(existing, netns) {
         return;
     }
     let subject = Subject {
@@ -439,10 +477,11 @@ fn on_msk(msk: u64, old: u8, new: u8) {
         conn: msk,
         sk: 0,
         addr_from: msk,
-        token: kernel::token(msk, 0),
+        token,
         netns,
         oldstate: old,
         newstate: new,
+        existing,
     };
     if old == tcp_state::SYN_SENT && new == tcp_state::ESTABLISHED {
         // By the time the MPTCP socket is established the first subflow has processed the
@@ -571,16 +610,20 @@ fn on_subflow(sk: u64, ctx: u64, old: u8, new: u8) {
     }
     let netns = kernel::netns(sk);
     let conn_ptr = CONNS.get_ptr_mut(&msk);
-    if conn_ptr.is_none() && !selected(&Owner::UNKNOWN, false, netns) {
-        if closed && known.is_some() {
-            let _ = SUBFLOWS.remove(&sk);
-        }
-        return;
-    }
     let mut token = kernel::token(msk, ctx);
     if ctx == 0 || token == 0 {
         // The context is gone and the MPTCP socket may be too: the token seen before.
         token = known.map(|k| k.token).unwrap_or(token);
+    }
+    let existing = match conn_ptr {
+        Some(_) => core::ptr::null(),
+        None => existing_owner(netns, token),
+    };
+    if conn_ptr.is_none() && !untracked_selected(existing, netns) {
+        if closed && known.is_some() {
+            let _ = SUBFLOWS.remove(&sk);
+        }
+        return;
     }
 
     if connecting {
@@ -626,6 +669,7 @@ fn on_subflow(sk: u64, ctx: u64, old: u8, new: u8) {
         netns,
         oldstate: old,
         newstate: new,
+        existing,
     };
 
     if established {
@@ -754,6 +798,7 @@ fn on_plain_tcp(sk: u64, old: u8, new: u8) {
         netns,
         oldstate: old,
         newstate: new,
+        existing: core::ptr::null(),
     };
     let server = old == tcp_state::SYN_RECV && new == tcp_state::ESTABLISHED;
     if (old == tcp_state::CLOSE && new == tcp_state::SYN_SENT) || server {
