@@ -123,9 +123,19 @@ pub struct Offsets {
     pub sf_remote_id: Field,
     pub sf_reset_seen: Field,
     pub sf_reset_reason: Field,
+    /// This side asked for backup priority (`MPTCP_SUBFLOW_FLAG_BKUP_LOC` in sock_diag);
+    /// `backup` is the peer's request (`BKUP_REM`).
+    pub sf_request_bkup: Field,
     // struct mptcp_sock
     pub msk_token: Field,
     pub msk_first: Field,
+    /// The peer's key: its token is the top 32 bits of SHA-256(key), computed in userspace.
+    pub msk_remote_key: Field,
+    /// Not a member: present (`size` 4) when the `tcp_send_reset` tracepoint has the
+    /// `enum sk_rst_reason` argument (Linux ≥ 6.10), which is then `offset`'s argument index.
+    /// Taken from the tracepoint's BTF prototype, so the program never reads an argument the
+    /// kernel does not pass (the verifier would refuse it).
+    pub rst_reason_arg: Field,
 }
 
 /// How many values one selector flag holds (`--pid A --pid B`, `--comm`, `--netns`).
@@ -362,6 +372,9 @@ pub enum EventKind {
     ConnClosed = 4,
     SubflowEstablished = 5,
     SubflowClosed = 6,
+    /// A subflow closed without ever reaching ESTABLISHED (a refused or timed-out connect or
+    /// join).
+    SubflowFailed = 7,
 }
 
 impl EventKind {
@@ -373,6 +386,7 @@ impl EventKind {
             4 => Self::ConnClosed,
             5 => Self::SubflowEstablished,
             6 => Self::SubflowClosed,
+            7 => Self::SubflowFailed,
             _ => return None,
         })
     }
@@ -396,6 +410,15 @@ pub mod flags {
     pub const MPTCP_RESET: u8 = 1 << 6;
     /// A plain TCP connection, reported because of `--all-tcp`: `conn` is its socket.
     pub const PLAIN_TCP: u8 = 1 << 7;
+}
+
+/// Bits of [`RawEvent::xflags`] (`flags` is full).
+pub mod xflags {
+    /// The peer asked for backup priority on this subflow.
+    pub const PEER_BACKUP: u8 = 1 << 0;
+    /// This host sent a reset on the subflow and `rst_sent_reason` holds the kernel's
+    /// `enum sk_rst_reason` value (Linux ≥ 6.10).
+    pub const RST_SENT_REASON: u8 = 1 << 1;
 }
 
 /// One ring-buffer record. Which fields are meaningful depends on `kind`; unused ones are zero.
@@ -440,7 +463,15 @@ pub struct RawEvent {
     pub comm: [u8; TASK_COMM_LEN],
     pub ifname: [u8; IFNAMSIZ],
     pub newstate: u8,
-    pub _pad: [u8; 7],
+    /// [`xflags`] bits.
+    pub xflags: u8,
+    /// `enum sk_rst_reason` of the last reset this host sent, with `xflags::RST_SENT_REASON`
+    /// (names come from the kernel's BTF: values differ between kernels).
+    pub rst_sent_reason: u16,
+    pub _pad: u32,
+    /// The peer's MPTCP key (`mptcp_sock.remote_key`), 0 when not known (yet): userspace
+    /// turns it into the peer's token and never shows the key itself.
+    pub peer_key: u64,
 }
 
 /// Index of the per-CPU counters in the `COUNTERS` map. Every way an event can go missing in
@@ -484,7 +515,7 @@ mod tests {
         // Sum of field sizes == struct size: any gap would be uninitialised memory.
         assert_eq!(
             core::mem::size_of::<RawEvent>(),
-            8 * 8 + 9 * 4 + 4 * 2 + 4 + 16 * 4 + 8
+            8 * 8 + 9 * 4 + 4 * 2 + 4 + 16 * 4 + 8 + 8
         );
         assert_eq!(core::mem::size_of::<RawEvent>() % 8, 0);
     }

@@ -41,8 +41,11 @@ pub(crate) static OFFSETS: Offsets = Offsets {
     sf_remote_id: Field::ABSENT,
     sf_reset_seen: Field::ABSENT,
     sf_reset_reason: Field::ABSENT,
+    sf_request_bkup: Field::ABSENT,
     msk_token: Field::ABSENT,
     msk_first: Field::ABSENT,
+    msk_remote_key: Field::ABSENT,
+    rst_reason_arg: Field::ABSENT,
 };
 
 /// Reads one member's descriptor; volatile so the compiler does not fold the zero defaults.

@@ -28,8 +28,8 @@ use aya_ebpf::{
 };
 use kernel::{off, read_or_zero};
 use mptcp_common::{
-    counter, flags, scope, tcp_state, Config, EventKind, ExistingKey, ListenKey, Owner, RawEvent,
-    Scope, IPPROTO_MPTCP, IPPROTO_TCP, MAX_NETNS, TASK_COMM_LEN,
+    counter, flags, scope, tcp_state, xflags, Config, EventKind, ExistingKey, ListenKey, Owner,
+    RawEvent, Scope, IPPROTO_MPTCP, IPPROTO_TCP, MAX_NETNS, TASK_COMM_LEN,
 };
 
 /// The kernel-side selection (read-only data, set by the loader before load: the verifier sees
@@ -105,10 +105,11 @@ struct Conn {
 /// `icsk_ulp_data` and `is_mptcp`) still closes, still gives back its `live` count and so
 /// still lets its connection close.
 ///
-/// Who writes what: `rst` only by [`mark_reset`] (one byte, in place); every other field only
-/// by [`on_subflow`], whose runs for one socket the kernel serializes (state changes happen
-/// under the socket's lock). Fields are written in place once the entry exists, never by
-/// re-inserting the whole value, so neither writer can undo the other's bytes.
+/// Who writes what: `rst`, `rst_sport`, `rst_reason` and `rst_reason_known` only by
+/// [`mark_reset`] (in place); every other field only by [`on_subflow`], whose runs for one
+/// socket the kernel serializes (state changes happen under the socket's lock). Fields are
+/// written in place once the entry exists, never by re-inserting the whole value, so neither
+/// writer can undo the other's bytes.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Subflow {
@@ -127,7 +128,17 @@ struct Subflow {
     live: u8,
     /// `flags::JOIN` / `flags::BACKUP` as seen at ESTABLISHED.
     flags: u8,
-    _pad: [u8; 7],
+    /// Reached ESTABLISHED: a subflow that closes without is reported as failed.
+    established: u8,
+    /// Local port when a reset was sent or received: a connect that never got established has
+    /// no other moment at which the port is sure to be known (the kernel releases it before
+    /// the CLOSE transition is traced).
+    rst_sport: u16,
+    /// `enum sk_rst_reason` of the last reset sent, valid when `rst_reason_known` is 1.
+    rst_reason: u16,
+    rst_reason_known: u8,
+    /// The peer asked for backup priority, as seen at ESTABLISHED.
+    peer_backup: u8,
 }
 
 const NO_SUBFLOW: Subflow = Subflow {
@@ -138,7 +149,11 @@ const NO_SUBFLOW: Subflow = Subflow {
     rst: 0,
     live: 0,
     flags: 0,
-    _pad: [0; 7],
+    established: 0,
+    rst_sport: 0,
+    rst_reason: 0,
+    rst_reason_known: 0,
+    peer_backup: 0,
 };
 
 /// One connection incarnation: the claim key of [`announce`].
@@ -405,8 +420,19 @@ fn emit(s: &Subject, conn: Option<&Conn>, fill: impl FnOnce(&mut RawEvent)) {
     ev.oldstate = s.oldstate;
     ev.newstate = s.newstate;
     ev.ifname = [0; 16];
-    ev._pad = [0; 7];
+    ev.xflags = 0;
+    ev.rst_sent_reason = 0;
+    ev._pad = 0;
+    ev.peer_key = 0;
     kernel::tuple(s.addr_from, ev);
+    // The peer's key, for the peer's token: on the connection-level events of an MPTCP
+    // connection and on an established subflow (the MPTCP socket is alive at all of them; a
+    // closing subflow's may already be gone). Zero until the key was exchanged.
+    if ev.flags & flags::PLAIN_TCP == 0
+        && !matches!(s.kind, EventKind::SubflowClosed | EventKind::SubflowFailed)
+    {
+        ev.peer_key = read_or_zero(s.conn, off!(msk_remote_key));
+    }
     fill(ev);
     slot.submit(0);
 }
@@ -488,6 +514,22 @@ fn on_msk(msk: u64, old: u8, new: u8) {
         // SYN/ACK, so its `mp_capable` says whether the peer spoke MPTCP.
         let first = read_or_zero(msk, off!(msk_first));
         let ctx = kernel::subflow_ctx(first);
+        if let Some(c) = conn_ptr {
+            // SAFETY: see `Conn`; `announce` claims before it writes.
+            let c = unsafe { &mut *c };
+            if c.flags & flags::SERVER == 0 && first != 0 {
+                // A client's connection is announced here rather than at its first subflow's
+                // ESTABLISHED, which comes just before: only now has the kernel stored the
+                // peer's key (for `peer_token`). The first subflow carries the addresses (the
+                // MPTCP socket may not have copied them yet).
+                let s = Subject {
+                    addr_from: first,
+                    ..subject
+                };
+                announce(&s.with(EventKind::ConnCreated), c, true);
+                initial_subflow_established(&s, c, first, ctx);
+            }
+        }
         if ctx != 0
             && off!(sf_mp_capable).is_present()
             && read_or_zero(ctx, off!(sf_mp_capable)) == 0
@@ -523,6 +565,18 @@ fn on_msk(msk: u64, old: u8, new: u8) {
 /// subflow was established (a failed connect), so that conn_closed never comes alone.
 #[inline(always)]
 fn announce(s: &Subject, c: &mut Conn, established: bool) {
+    announce_created(s, c, 0);
+    if established {
+        // Once per connection: its initial subflow (or plain TCP socket) is established once.
+        let s = Subject { sk: 0, ..*s };
+        emit(&s.with(EventKind::ConnEstablished), Some(c), |_| {});
+    }
+}
+
+/// Sends conn_created once (see [`announce`]), with `sport` when the socket it reads the
+/// endpoints from has already released its port (0: it has not).
+#[inline(always)]
+fn announce_created(s: &Subject, c: &mut Conn, sport: u16) {
     // SAFETY (read): `announced` is a hint written by the claimant only.
     if unsafe { core::ptr::read_volatile(&c.announced) } != 0 {
         return;
@@ -542,14 +596,16 @@ fn announce(s: &Subject, c: &mut Conn, established: bool) {
     }
     // SAFETY (write): we won the claim; nobody else writes `announced`.
     c.announced = 1;
-    let start = c.start_ns;
+    // Stamped now, not when the connect started: the outcome of the first handshake is what
+    // completes it (the local port is chosen after the SYN_SENT transition is traced), and an
+    // event stamped in the past would break the output's time order. conn_closed's
+    // `duration_ns` still counts from the connect.
     let s = Subject { sk: 0, ..*s };
     emit(&s.with(EventKind::ConnCreated), Some(c), |ev| {
-        ev.ts_ns = start
+        if ev.sport == 0 {
+            ev.sport = sport;
+        }
     });
-    if established {
-        emit(&s.with(EventKind::ConnEstablished), Some(c), |_| {});
-    }
 }
 
 #[inline(always)]
@@ -582,6 +638,32 @@ fn close_conn(s: &Subject, c: &mut Conn) {
             }
         });
     }
+}
+
+/// subflow_established for a client's first subflow, sent with its connection's
+/// conn_established (see `on_msk`).
+#[inline(always)]
+fn initial_subflow_established(s: &Subject, c: &Conn, sk: u64, ctx: u64) {
+    // The flags its own ESTABLISHED recorded.
+    let (sf_flags, peer_backup) = match unsafe { SUBFLOWS.get(&sk) } {
+        Some(st) => (st.flags, st.peer_backup),
+        None => (0, 0),
+    };
+    let s = Subject {
+        kind: EventKind::SubflowEstablished,
+        sk,
+        addr_from: sk,
+        ..*s
+    };
+    emit(&s, Some(c), |ev| {
+        ev.ifindex = kernel::device(sk, &mut ev.ifname);
+        ev.local_id = read_or_zero(ctx, off!(sf_local_id)) as i16;
+        ev.remote_id = read_or_zero(ctx, off!(sf_remote_id)) as u8;
+        ev.flags |= sf_flags;
+        if peer_backup != 0 {
+            ev.xflags |= xflags::PEER_BACKUP;
+        }
+    });
 }
 
 /// A state change of one TCP subflow of an MPTCP connection. `ctx` is its MPTCP context, or 0
@@ -632,9 +714,11 @@ fn on_subflow(sk: u64, ctx: u64, old: u8, new: u8) {
         if known.is_some_and(|k| k.live != 0) {
             bump(counter::STALE);
         }
+        // The port, when the socket is bound already (joins bind their local address).
         let state = Subflow {
             conn: msk,
             token,
+            sport: read_or_zero(sk, off!(skc_num)) as u16,
             ..NO_SUBFLOW
         };
         if SUBFLOWS.insert(&sk, &state, 0).is_err() {
@@ -649,16 +733,25 @@ fn on_subflow(sk: u64, ctx: u64, old: u8, new: u8) {
     if read_or_zero(ctx, off!(sf_request_join)) | read_or_zero(ctx, off!(sf_mp_join)) != 0 {
         sf_flags |= flags::JOIN;
     }
-    if read_or_zero(ctx, off!(sf_backup)) != 0 {
+    // `request_bkup`: this side asked for backup priority; `backup`: the peer did (what
+    // sock_diag reports as BKUP_LOC and BKUP_REM, `ss` as `b` and `B`).
+    if read_or_zero(ctx, off!(sf_request_bkup)) != 0 {
         sf_flags |= flags::BACKUP;
     }
+    let mut peer_backup = read_or_zero(ctx, off!(sf_backup)) as u8;
     let mut state = known.unwrap_or(NO_SUBFLOW);
     if ctx == 0 {
         sf_flags = state.flags;
+        peer_backup = state.peer_backup;
     }
+    // Closed without ever being established: a connect or join that failed. Only a subflow
+    // seen from its start can tell (a server's subflows start at ESTABLISHED).
+    let failed = closed && known.is_some() && state.established == 0;
     let subject = Subject {
         kind: if established {
             EventKind::SubflowEstablished
+        } else if failed {
+            EventKind::SubflowFailed
         } else {
             EventKind::SubflowClosed
         },
@@ -693,6 +786,8 @@ fn on_subflow(sk: u64, ctx: u64, old: u8, new: u8) {
         state.token = token;
         state.flags = sf_flags;
         state.sport = read_or_zero(sk, off!(skc_num)) as u16;
+        state.established = 1;
+        state.peer_backup = peer_backup;
         let stored = match state_ptr {
             Some(p) => {
                 // SAFETY: this socket's handler is the only writer of these fields (see
@@ -703,7 +798,9 @@ fn on_subflow(sk: u64, ctx: u64, old: u8, new: u8) {
                 p.token = state.token;
                 p.sport = state.sport;
                 p.flags = state.flags;
+                p.peer_backup = peer_backup;
                 p.live = state.live;
+                p.established = 1;
                 true
             }
             None => SUBFLOWS.insert(&sk, &state, 0).is_ok(),
@@ -720,16 +817,30 @@ fn on_subflow(sk: u64, ctx: u64, old: u8, new: u8) {
         }
         if sf_flags & flags::JOIN == 0 {
             if let Some(c) = conn_ptr {
+                // SAFETY: see `Conn`; `announce` claims before it writes.
+                let c = unsafe { &mut *c };
+                if c.flags & flags::SERVER == 0 && c.flags & flags::PLAIN_TCP == 0 && ctx != 0 {
+                    // A client's: reported with its connection when the MPTCP socket is
+                    // established, right after this (see `on_msk`).
+                    return;
+                }
                 // The first subflow carries the connection's addresses.
-                announce(
-                    &subject.with(EventKind::ConnCreated),
-                    unsafe { &mut *c },
-                    true,
-                );
+                announce(&subject.with(EventKind::ConnCreated), c, true);
             }
         }
     } else if known.is_some() {
         let _ = SUBFLOWS.remove(&sk);
+        if failed && sf_flags & flags::JOIN == 0 {
+            if let Some(c) = conn_ptr {
+                // The connect failed: the connection is announced before its subflow's
+                // failure, with the port the subflow had.
+                announce_created(
+                    &subject.with(EventKind::ConnCreated),
+                    unsafe { &mut *c },
+                    state.rst_sport,
+                );
+            }
+        }
     }
 
     let conn = conn_ptr.map(|p| unsafe { &*p });
@@ -738,11 +849,22 @@ fn on_subflow(sk: u64, ctx: u64, old: u8, new: u8) {
         ev.local_id = read_or_zero(ctx, off!(sf_local_id)) as i16;
         ev.remote_id = read_or_zero(ctx, off!(sf_remote_id)) as u8;
         ev.flags |= sf_flags;
+        if peer_backup != 0 {
+            ev.xflags |= xflags::PEER_BACKUP;
+        }
         if closed {
             if ev.sport == 0 {
-                ev.sport = state.sport;
+                ev.sport = if state.sport != 0 {
+                    state.sport
+                } else {
+                    state.rst_sport
+                };
             }
             ev.flags |= state.rst;
+            if state.rst_reason_known != 0 {
+                ev.xflags |= xflags::RST_SENT_REASON;
+                ev.rst_sent_reason = state.rst_reason;
+            }
             if read_or_zero(ctx, off!(sf_reset_seen)) != 0 {
                 ev.flags |= flags::MPTCP_RESET;
                 ev.reset_reason = read_or_zero(ctx, off!(sf_reset_reason)) as u8;
@@ -858,14 +980,33 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
 /// Remembers an RST on a tracked MPTCP subflow until the subflow closes. Only an entry that
 /// exists is marked (from the subflow's first transition on): `tcp_send_reset` also fires for
 /// request and time-wait sockets, which must not leave entries behind.
+/// Also remembers the local port (a connect that fails never reaches the moment it is
+/// otherwise recorded) and, for a reset sent, the kernel's reason when the tracepoint has it.
 fn mark_reset(ctx: &BtfTracePointContext, bit: u8) {
     let sk = ctx.arg::<u64>(0);
     if let Some(p) = SUBFLOWS.get_ptr_mut(&sk) {
-        // SAFETY: `rst` has this one writer (see `Subflow`); a byte store cannot tear the
-        // neighbouring fields. Two resets of one subflow at the same instant may keep one bit.
-        unsafe { (*p).rst |= bit };
+        // SAFETY: these fields have this one writer (see `Subflow`); byte and half-word
+        // stores cannot tear the neighbouring fields. Two resets of one subflow at the same
+        // instant may keep one bit.
+        let p = unsafe { &mut *p };
+        p.rst |= bit;
+        let port = read_or_zero(sk, off!(skc_num)) as u16;
+        if port != 0 {
+            p.rst_sport = port;
+        }
+        // Read-only config: where the tracepoint has no reason argument the verifier never
+        // sees this read. The index must be a constant (the verifier refuses a computed
+        // context offset): the loader sets the field only when the prototype has the reason
+        // third, as every kernel that has it does.
+        if bit == flags::RST_SENT && off!(rst_reason_arg).is_present() {
+            p.rst_reason = ctx.arg::<u32>(RST_REASON_ARG) as u16;
+            p.rst_reason_known = 1;
+        }
     }
 }
+
+/// `tcp_send_reset(sk, skb, reason)` (see `Offsets::rst_reason_arg`).
+const RST_REASON_ARG: usize = 2;
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {

@@ -6,12 +6,12 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use mptcp_common::{flags, EventKind, RawEvent, AF_INET, AF_INET6};
+use mptcp_common::{flags, xflags, EventKind, RawEvent, AF_INET, AF_INET6};
 
 use crate::event::{
-    Addr, Conn, ConnClosed, ConnCreated, ConnEstablished, ConnFallback, Data, Event, Family, Ids,
-    Lost, Protocol, Side, SocketUpgraded, Subflow, SubflowClosed, SubflowEstablished, Token, Tuple,
-    UpgradeOutcome,
+    Addr, Cause, Conn, ConnClosed, ConnCreated, ConnEstablished, ConnFallback, Data, Event, Family,
+    Ids, Lost, Protocol, Side, SocketUpgraded, Subflow, SubflowClosed, SubflowEstablished,
+    SubflowFailed, Token, Tuple, UpgradeOutcome,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -120,8 +120,50 @@ pub fn mptcp_reset_reason(code: u8) -> &'static str {
     }
 }
 
+/// MP_TCPRST reason codes (RFC 8684 §3.6) by the kernel's `MPTCP_RST_E*` names, short.
+pub fn mptcp_reset_short(code: u8) -> String {
+    match code {
+        0 => "unspec".into(),
+        1 => "mptcp".into(),
+        2 => "resource".into(),
+        3 => "prohibited".into(),
+        4 => "wq2big".into(),
+        5 => "badperf".into(),
+        6 => "middlebox".into(),
+        n => format!("code_{n}"),
+    }
+}
+
+/// The peer's token: the most significant 32 bits of SHA-256 over its key in network order
+/// (`mptcp_crypto_key_sha()`).
+pub fn token_of_key(key: u64) -> Token {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(key.to_be_bytes());
+    Token(u32::from_be_bytes([
+        digest[0], digest[1], digest[2], digest[3],
+    ]))
+}
+
+/// What a subflow's end is known to be caused by, each part only from its evidence.
+fn cause(r: &RawEvent) -> Cause {
+    Cause {
+        error: (r.sk_err != 0).then(|| errno_name(r.sk_err)),
+        reset_reason: (r.flags & flags::MPTCP_RESET != 0)
+            .then(|| mptcp_reset_short(r.reset_reason)),
+        reset_sent_reason: (r.xflags & xflags::RST_SENT_REASON != 0).then(|| {
+            crate::offsets::rst_reason_name(r.rst_sent_reason)
+                .unwrap_or_else(|| format!("value_{}", r.rst_sent_reason))
+        }),
+    }
+}
+
 fn errno_name(e: u32) -> String {
     let name = match e as i32 {
+        libc::ENETDOWN => "ENETDOWN",
+        libc::EHOSTDOWN => "EHOSTDOWN",
+        libc::EPROTO => "EPROTO",
+        libc::ENOBUFS => "ENOBUFS",
+        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",
         libc::ECONNRESET => "ECONNRESET",
         libc::ECONNREFUSED => "ECONNREFUSED",
         libc::ETIMEDOUT => "ETIMEDOUT",
@@ -166,6 +208,7 @@ pub fn to_event(r: &RawEvent, clock: &Clock) -> Result<Event, DecodeError> {
     let owner_known = r.flags & flags::OWNER_KNOWN != 0;
     let conn = Conn {
         token: (r.token != 0).then_some(Token(r.token)),
+        peer_token: (r.peer_key != 0).then(|| token_of_key(r.peer_key)),
         netns: (r.netns != 0).then_some(r.netns),
         pid: owner_known.then_some(r.pid),
         comm: if owner_known { cstr(&r.comm) } else { None },
@@ -182,6 +225,7 @@ pub fn to_event(r: &RawEvent, clock: &Clock) -> Result<Event, DecodeError> {
         local_id: u8::try_from(r.local_id).ok(),
         remote_id: r.remote_id,
         backup: r.flags & flags::BACKUP != 0,
+        peer_backup: r.xflags & xflags::PEER_BACKUP != 0,
         join: r.flags & flags::JOIN != 0,
     };
     let data = match kind {
@@ -215,12 +259,21 @@ pub fn to_event(r: &RawEvent, clock: &Clock) -> Result<Event, DecodeError> {
             conn,
             tuple,
             reason: close_reason(r),
+            cause: cause(r),
             subflow: subflow(),
             bytes_sent: r.bytes_sent,
             bytes_acked: r.bytes_acked,
             bytes_received: r.bytes_received,
             retrans: r.retrans,
             srtt_us: r.srtt_us,
+        }),
+        EventKind::SubflowFailed => Data::SubflowFailed(SubflowFailed {
+            conn,
+            tuple,
+            reason: close_reason(r),
+            cause: cause(r),
+            subflow: subflow(),
+            retrans: r.retrans,
         }),
     };
     Ok(Event::new(r.ts_ns, clock.rfc3339(r.ts_ns), data))
@@ -400,7 +453,10 @@ pub(crate) mod tests {
             comm: *b"client\0\0\0\0\0\0\0\0\0\0",
             ifname: *b"blue-client\0\0\0\0\0",
             newstate: 1,
-            _pad: [0; 7],
+            xflags: 0,
+            rst_sent_reason: 0,
+            _pad: 0,
+            peer_key: 0,
         }
     }
 
@@ -505,6 +561,46 @@ pub(crate) mod tests {
         let json = serde_json::to_string(&e).unwrap();
         assert!(!json.contains("\"pid\""), "{json}");
         assert!(json.starts_with("{\"v\":1,\"time\":"), "{json}");
+    }
+
+    #[test]
+    fn the_peer_token_is_sha256_of_the_key_as_the_kernel_computes_it() {
+        // python3: hashlib.sha256((0x0102030405060708).to_bytes(8, 'big')).hexdigest()[:8]
+        assert_eq!(token_of_key(0x0102_0304_0506_0708), Token(0x6684_0dda));
+        let mut r = sample(EventKind::ConnEstablished);
+        assert_eq!(
+            to_event(&r, &Clock::fixed(0))
+                .unwrap()
+                .conn()
+                .unwrap()
+                .peer_token,
+            None
+        );
+        r.peer_key = 0x0102_0304_0506_0708;
+        let e = to_event(&r, &Clock::fixed(0)).unwrap();
+        assert_eq!(e.conn().unwrap().peer_token, Some(Token(0x6684_0dda)));
+    }
+
+    #[test]
+    fn a_failed_subflow_says_why_from_each_piece_of_evidence() {
+        let mut r = sample(EventKind::SubflowFailed);
+        r.sk_err = libc::ECONNREFUSED as u32;
+        r.flags |= flags::RST_RECEIVED | flags::MPTCP_RESET;
+        r.reset_reason = 3;
+        let e = to_event(&r, &Clock::fixed(0)).unwrap();
+        let Data::SubflowFailed(f) = &e.data else {
+            panic!("{e:?}")
+        };
+        assert_eq!(f.reason, "mp_tcprst:administratively_prohibited");
+        assert_eq!(f.cause.error.as_deref(), Some("ECONNREFUSED"));
+        assert_eq!(f.cause.reset_reason.as_deref(), Some("prohibited"));
+        assert_eq!(f.cause.reset_sent_reason, None, "no reset was sent");
+        let json = serde_json::to_string(&e).unwrap();
+        assert!(json.contains("\"event\":\"subflow_failed\""), "{json}");
+        assert!(
+            !json.contains("reset_sent_reason"),
+            "absent, not null: {json}"
+        );
     }
 
     #[test]

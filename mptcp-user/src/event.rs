@@ -24,6 +24,7 @@ pub enum Kind {
     ConnClosed,
     SubflowEstablished,
     SubflowClosed,
+    SubflowFailed,
     AddrAnnounced,
     AddrRemoved,
     SocketUpgraded,
@@ -39,6 +40,7 @@ impl Kind {
             Kind::ConnClosed => "conn_closed",
             Kind::SubflowEstablished => "subflow_established",
             Kind::SubflowClosed => "subflow_closed",
+            Kind::SubflowFailed => "subflow_failed",
             Kind::AddrAnnounced => "addr_announced",
             Kind::AddrRemoved => "addr_removed",
             Kind::SocketUpgraded => "socket_upgraded",
@@ -166,6 +168,10 @@ pub struct Conn {
     /// The connection's local token, as `ip mptcp monitor` prints it in this network namespace;
     /// absent for plain TCP connections.
     pub token: Option<Token>,
+    /// The token the peer uses for this connection (the same connection's `token` in the
+    /// peer's events): derived from the peer's key as the kernel does, once the keys were
+    /// exchanged (from conn_established on); absent on subflow_closed/subflow_failed.
+    pub peer_token: Option<Token>,
     /// Inode number of the network namespace (`ls -L -i /run/netns/NAME`, `lsns -t net`).
     pub netns: Option<u32>,
     /// Process that owns the MPTCP socket (also for subflows a kworker created).
@@ -200,9 +206,28 @@ pub struct Subflow {
     /// MPTCP address ids (`ip mptcp endpoint show` ids); absent while not assigned.
     pub local_id: Option<u8>,
     pub remote_id: u8,
+    /// This side asked for backup priority on the subflow (`ss`: flag `b`).
     pub backup: bool,
+    /// The peer asked for backup priority on the subflow (`ss`: flag `B`).
+    pub peer_backup: bool,
     /// True for an MP_JOIN subflow, false for the initial one.
     pub join: bool,
+}
+
+/// Why a subflow ended, as data: each field only when there is evidence for it.
+#[skip_serializing_none]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Cause {
+    /// The socket error that ended it (`sk_err`, what the kernel's SUB_CLOSED `error=` shows),
+    /// as an errno name: `ECONNREFUSED`, `ETIMEDOUT`, `ECONNRESET`, …
+    pub error: Option<String>,
+    /// The reason the peer gave in MP_TCPRST: `unspec`, `mptcp`, `resource`, `prohibited`,
+    /// `wq2big`, `badperf`, `middlebox`.
+    pub reset_reason: Option<String>,
+    /// Why this host sent a reset on it: the kernel's `enum sk_rst_reason` name without its
+    /// `SK_RST_REASON_` prefix, lowercase (`not_specified`, `mptcp_rst_eprohibit`, …; Linux ≥
+    /// 6.10, absent before).
+    pub reset_sent_reason: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -266,6 +291,8 @@ pub struct SubflowClosed {
     /// reason) or an errno name.
     pub reason: String,
     #[serde(flatten)]
+    pub cause: Cause,
+    #[serde(flatten)]
     pub subflow: Subflow,
     /// TCP counters of the subflow at close (`tcp_info` names).
     pub bytes_sent: u64,
@@ -274,6 +301,25 @@ pub struct SubflowClosed {
     pub retrans: u32,
     /// Smoothed RTT in microseconds.
     pub srtt_us: u32,
+}
+
+/// `subflow_failed`: a subflow that closed without ever being established — a connect or an
+/// MP_JOIN that was refused, reset or timed out.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SubflowFailed {
+    #[serde(flatten)]
+    pub conn: Conn,
+    #[serde(flatten)]
+    pub tuple: Tuple,
+    /// As in subflow_closed: the most specific of `mp_tcprst:<reason>`, `rst_received`,
+    /// `rst_sent`, an errno name, `closed`.
+    pub reason: String,
+    #[serde(flatten)]
+    pub cause: Cause,
+    #[serde(flatten)]
+    pub subflow: Subflow,
+    /// SYN retransmissions before it failed.
+    pub retrans: u32,
 }
 
 /// `addr_announced` / `addr_removed`, from the kernel's MPTCP path-manager netlink events.
@@ -369,6 +415,8 @@ pub enum Data {
     SubflowEstablished(SubflowEstablished),
     /// A subflow closed.
     SubflowClosed(SubflowClosed),
+    /// A subflow closed without ever being established.
+    SubflowFailed(SubflowFailed),
     /// The peer announced an address (ADD_ADDR).
     AddrAnnounced(Addr),
     /// The peer withdrew an address (RM_ADDR).
@@ -413,6 +461,7 @@ impl Event {
             Data::ConnClosed(_) => Kind::ConnClosed,
             Data::SubflowEstablished(_) => Kind::SubflowEstablished,
             Data::SubflowClosed(_) => Kind::SubflowClosed,
+            Data::SubflowFailed(_) => Kind::SubflowFailed,
             Data::AddrAnnounced(_) => Kind::AddrAnnounced,
             Data::AddrRemoved(_) => Kind::AddrRemoved,
             Data::SocketUpgraded(_) => Kind::SocketUpgraded,
@@ -429,6 +478,7 @@ impl Event {
             Data::ConnClosed(d) => &d.conn,
             Data::SubflowEstablished(d) => &d.conn,
             Data::SubflowClosed(d) => &d.conn,
+            Data::SubflowFailed(d) => &d.conn,
             Data::AddrAnnounced(d) | Data::AddrRemoved(d) => &d.conn,
             Data::Lost(_) | Data::SocketUpgraded(_) => return None,
         })
@@ -442,6 +492,7 @@ impl Event {
             Data::ConnClosed(d) => &mut d.conn,
             Data::SubflowEstablished(d) => &mut d.conn,
             Data::SubflowClosed(d) => &mut d.conn,
+            Data::SubflowFailed(d) => &mut d.conn,
             Data::AddrAnnounced(d) | Data::AddrRemoved(d) => &mut d.conn,
             Data::Lost(_) | Data::SocketUpgraded(_) => return None,
         })
@@ -456,6 +507,7 @@ impl Event {
             Data::ConnClosed(d) => &d.tuple,
             Data::SubflowEstablished(d) => &d.tuple,
             Data::SubflowClosed(d) => &d.tuple,
+            Data::SubflowFailed(d) => &d.tuple,
             _ => return None,
         })
     }
@@ -465,6 +517,7 @@ impl Event {
         match &self.data {
             Data::SubflowEstablished(d) => Some(&d.subflow),
             Data::SubflowClosed(d) => Some(&d.subflow),
+            Data::SubflowFailed(d) => Some(&d.subflow),
             _ => None,
         }
     }

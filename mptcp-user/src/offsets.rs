@@ -238,7 +238,19 @@ const MEMBERS: &[(&str, &str, Slot, Need)] = &[
         |o| &mut o.sf_reset_reason,
         Need::Optional("MP_TCPRST reasons"),
     ),
+    (
+        "mptcp_subflow_context",
+        "request_bkup",
+        |o| &mut o.sf_request_bkup,
+        Need::Optional("backup flag"),
+    ),
     ("mptcp_sock", "token", |o| &mut o.msk_token, Need::Required),
+    (
+        "mptcp_sock",
+        "remote_key",
+        |o| &mut o.msk_remote_key,
+        Need::Optional("peer_token"),
+    ),
     (
         "mptcp_sock",
         "first",
@@ -275,7 +287,87 @@ pub fn resolve(btf: &Btf) -> Result<Resolved, OffsetError> {
             },
         }
     }
+    match rst_reason_arg(btf) {
+        Some(f) => offsets.rst_reason_arg = f,
+        None => missing.push(
+            "tracepoint tcp_send_reset's `enum sk_rst_reason` argument (reset_sent_reason, Linux ≥ 6.10)"
+                .into(),
+        ),
+    }
     Ok(Resolved { offsets, missing })
+}
+
+/// Where the `tcp_send_reset` tracepoint passes its `enum sk_rst_reason` (an argument index in
+/// `offset`), from the tracepoint's prototype (`btf_trace_tcp_send_reset`); `None` on kernels
+/// whose tracepoint has no reason, or has it anywhere but third (`sk, skb, reason`): the
+/// program reads that argument at a constant index, as the verifier requires.
+pub fn rst_reason_arg(btf: &Btf) -> Option<Field> {
+    let ty = btf
+        .resolve_types_by_name("btf_trace_tcp_send_reset")
+        .ok()?
+        .into_iter()
+        .next()?;
+    let Type::FuncProto(proto) = strip(btf, ty).and_then(|t| match t {
+        Type::Ptr(p) => btf.resolve_chained_type(&p).ok(),
+        _ => None,
+    })?
+    else {
+        return None;
+    };
+    // The prototype's first parameter is the tracepoint's own context, not passed on.
+    proto
+        .parameters
+        .iter()
+        .skip(1)
+        .position(|p| {
+            matches!(
+                btf.resolve_chained_type(p).ok().and_then(|t| strip(btf, t)),
+                Some(Type::Enum(e)) if btf.resolve_name(&e).is_ok_and(|n| n == "sk_rst_reason")
+            )
+        })
+        .filter(|&i| i == 2)
+        .map(|i| Field {
+            offset: i as u32,
+            size: 4,
+            shift: 0,
+            bits: 32,
+            signed: 0,
+        })
+}
+
+/// The names of `enum sk_rst_reason` values on this kernel (they differ between kernels),
+/// without the `SK_RST_REASON_` prefix, lowercase. Empty where the kernel has no such enum.
+pub fn rst_reason_names(btf: &Btf) -> std::collections::HashMap<u16, String> {
+    let mut names = std::collections::HashMap::new();
+    let Ok(types) = btf.resolve_types_by_name("sk_rst_reason") else {
+        return names;
+    };
+    for t in types {
+        if let Type::Enum(e) = t {
+            for m in &e.members {
+                if let (Ok(name), Ok(v)) = (btf.resolve_name(m), u16::try_from(m.val())) {
+                    let short = name.strip_prefix("SK_RST_REASON_").unwrap_or(&name);
+                    names.insert(v, short.to_ascii_lowercase());
+                }
+            }
+        }
+    }
+    names
+}
+
+/// The name of a `sk_rst_reason` value on the running kernel (its BTF is read once, when the
+/// first reset reason is decoded).
+pub fn rst_reason_name(v: u16) -> Option<String> {
+    static NAMES: std::sync::OnceLock<std::collections::HashMap<u16, String>> =
+        std::sync::OnceLock::new();
+    NAMES
+        .get_or_init(|| {
+            Btf::from_file(VMLINUX_BTF)
+                .map(|b| rst_reason_names(&b))
+                .unwrap_or_default()
+        })
+        .get(&v)
+        .cloned()
 }
 
 /// Looks up `path` in the struct named `strukt`.
@@ -434,6 +526,20 @@ mod tests {
         assert_eq!(net.size, 8);
         let inum = member(&btf, "net", "ns.inum").unwrap();
         assert_eq!(inum.size, 4);
+    }
+
+    #[test]
+    fn the_reset_reason_argument_and_names_come_from_the_kernel() {
+        let btf = host();
+        // The host runs Linux ≥ 6.10: tcp_send_reset(sk, skb, reason).
+        let arg = rst_reason_arg(&btf).expect("tcp_send_reset has a reason on the host");
+        assert_eq!(arg.offset, 2);
+        let names = rst_reason_names(&btf);
+        assert_eq!(names.get(&0).map(String::as_str), Some("not_specified"));
+        assert!(
+            names.values().any(|n| n == "mptcp_rst_eprohibit"),
+            "{names:?}"
+        );
     }
 
     #[test]

@@ -65,6 +65,22 @@ fn subflow_details(d: &mut String, sf: &Subflow) {
     if sf.backup {
         d.push_str("backup ");
     }
+    if sf.peer_backup {
+        d.push_str("peer_backup ");
+    }
+}
+
+/// `error=… reset_reason=… reset_sent_reason=…`, each only when known.
+fn cause_details(d: &mut String, c: &crate::event::Cause) {
+    for (k, v) in [
+        ("error", &c.error),
+        ("reset_reason", &c.reset_reason),
+        ("reset_sent_reason", &c.reset_sent_reason),
+    ] {
+        if let Some(v) = v {
+            let _ = write!(d, "{k}={v} ");
+        }
+    }
 }
 
 /// One line, without a trailing newline.
@@ -94,16 +110,23 @@ pub fn line(e: &Event) -> String {
         Data::SubflowEstablished(c) => subflow_details(d, &c.subflow),
         Data::SubflowClosed(c) => {
             subflow_details(d, &c.subflow);
+            let _ = write!(d, "reason={} ", c.reason);
+            cause_details(d, &c.cause);
             let _ = write!(
                 d,
-                "reason={} sent={} acked={} recv={} retrans={} rtt={}us ",
-                c.reason,
+                "sent={} acked={} recv={} retrans={} rtt={}us ",
                 bytes(c.bytes_sent),
                 bytes(c.bytes_acked),
                 bytes(c.bytes_received),
                 c.retrans,
                 c.srtt_us,
             );
+        }
+        Data::SubflowFailed(c) => {
+            subflow_details(d, &c.subflow);
+            let _ = write!(d, "reason={} ", c.reason);
+            cause_details(d, &c.cause);
+            let _ = write!(d, "retrans={} ", c.retrans);
         }
         Data::AddrAnnounced(a) | Data::AddrRemoved(a) => {
             let _ = write!(d, "remote_id={} ", a.remote_id);
@@ -144,7 +167,11 @@ pub fn line(e: &Event) -> String {
                 let _ = write!(d, "cgroup={cg} ");
             }
         }
-        Data::ConnEstablished(_) => {}
+        Data::ConnEstablished(c) => {
+            if let Some(t) = c.conn.peer_token {
+                let _ = write!(d, "peer_token={t} ");
+            }
+        }
     }
     if let Some(c) = e.conn() {
         if let Some(pid) = c.pid {

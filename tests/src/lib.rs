@@ -50,7 +50,12 @@ pub struct Event {
     pub addr: Option<std::net::IpAddr>,
     pub port: Option<u16>,
     pub backup: Option<bool>,
+    pub peer_backup: Option<bool>,
     pub join: Option<bool>,
+    pub peer_token: Option<String>,
+    pub error: Option<String>,
+    pub reset_reason: Option<String>,
+    pub reset_sent_reason: Option<String>,
     pub bytes_sent: Option<u64>,
     pub bytes_acked: Option<u64>,
     pub bytes_received: Option<u64>,
@@ -88,7 +93,12 @@ impl From<mptcp_user::event::Event> for Event {
             addr: None,
             port: None,
             backup: None,
+            peer_backup: None,
             join: None,
+            peer_token: None,
+            error: None,
+            reset_reason: None,
+            reset_sent_reason: None,
             bytes_sent: None,
             bytes_acked: None,
             bytes_received: None,
@@ -100,6 +110,7 @@ impl From<mptcp_user::event::Event> for Event {
         };
         if let Some(c) = e.conn() {
             f.token = c.token.map(|t| t.to_string());
+            f.peer_token = c.peer_token.map(|t| t.to_string());
             f.netns = c.netns;
             f.pid = c.pid;
             f.comm.clone_from(&c.comm);
@@ -116,6 +127,7 @@ impl From<mptcp_user::event::Event> for Event {
             f.local_id = sf.local_id.map(i32::from);
             f.remote_id = Some(sf.remote_id);
             f.backup = Some(sf.backup);
+            f.peer_backup = Some(sf.peer_backup);
             f.join = Some(sf.join);
         }
         match &e.data {
@@ -125,7 +137,17 @@ impl From<mptcp_user::event::Event> for Event {
                 f.duration_ns = d.duration_ns;
                 f.subflows_total = Some(d.subflows_total);
             }
+            Data::SubflowFailed(d) => {
+                f.reason = Some(d.reason.clone());
+                f.retrans = Some(d.retrans);
+                f.error.clone_from(&d.cause.error);
+                f.reset_reason.clone_from(&d.cause.reset_reason);
+                f.reset_sent_reason.clone_from(&d.cause.reset_sent_reason);
+            }
             Data::SubflowClosed(d) => {
+                f.error.clone_from(&d.cause.error);
+                f.reset_reason.clone_from(&d.cause.reset_reason);
+                f.reset_sent_reason.clone_from(&d.cause.reset_sent_reason);
                 f.reason = Some(d.reason.clone());
                 f.bytes_sent = Some(d.bytes_sent);
                 f.bytes_acked = Some(d.bytes_acked);

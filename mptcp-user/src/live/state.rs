@@ -471,6 +471,38 @@ impl State {
                     c.reset = Some(d.reason.clone());
                 }
             }
+            Data::SubflowFailed(d) => {
+                // Shown under its connection, closed, with why: a join that never came up.
+                let (local, remote) = ends.expect("subflow events have endpoints");
+                let why = match &d.cause.error {
+                    Some(err) if !d.reason.contains(err.as_str()) => {
+                        format!("{} {err}", d.reason)
+                    }
+                    _ => d.reason.clone(),
+                };
+                let sf = Subflow {
+                    id: conn.ids.subflow,
+                    local,
+                    remote,
+                    ifname: d.subflow.ifname.clone(),
+                    local_id: d.subflow.local_id.map(i32::from),
+                    remote_id: Some(d.subflow.remote_id),
+                    backup: d.subflow.backup,
+                    join: d.subflow.join,
+                    state: "failed".into(),
+                    closed_ns: Some(e.ts_ns),
+                    reason: Some(why),
+                    bytes_sent: 0,
+                    bytes_acked: 0,
+                    bytes_received: 0,
+                    retrans: d.retrans,
+                    srtt_us: None,
+                    tx_rate: 0.0,
+                    rx_rate: 0.0,
+                    last_sample: None,
+                };
+                c.subflows.push(sf);
+            }
             Data::AddrAnnounced(a) | Data::AddrRemoved(a) => {
                 if c.peer_addrs.len() == MAX_PEER_ADDRS {
                     c.peer_addrs.remove(0);

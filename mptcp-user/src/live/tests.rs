@@ -28,6 +28,7 @@ fn ip(s: &str) -> IpAddr {
 fn conn(id: u64, sub: u64) -> Conn {
     Conn {
         token: None,
+        peer_token: None,
         netns: Some(NS),
         pid: None,
         comm: None,
@@ -109,6 +110,7 @@ fn sf_info(ifname: &str, join: bool) -> EvSubflow {
         local_id: Some(if join { 1 } else { 0 }),
         remote_id: 0,
         backup: false,
+        peer_backup: false,
         join,
     }
 }
@@ -138,6 +140,7 @@ fn subflow_closed(c: u64, id: u64, t: u64, reason: &str, sent: u64) -> Update {
             conn: conn(c, id),
             tuple: tuple(RED, SRV),
             reason: reason.into(),
+            cause: Default::default(),
             subflow: sf_info("red-client", false),
             bytes_sent: sent,
             bytes_acked: sent,
