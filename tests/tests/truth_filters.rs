@@ -14,8 +14,8 @@ use std::{
 };
 
 use integration_tests::{
-    mptcp_trace_bin, peer, require_root, run, tag, testbed, Event, Family, Kind,
-    Monitor, PmEvent, Tracer,
+    mptcp_trace_bin, peer, require_root, run, tag, testbed, Event, Family, Kind, Monitor, PmEvent,
+    Tracer,
 };
 use peer::{Proto, Send};
 use testbed::TestBed;
@@ -234,7 +234,10 @@ fn dual_stack_listener_reports_ipv4_clients_as_ipv4() {
         .collect();
     assert_eq!(sf.len(), 1, "{pm:?}");
     assert_eq!(canonical(sf[0].daddr().unwrap()), blue);
-    assert_eq!(sf[0].get("dport"), Some(&*joins[0].dport.unwrap().to_string()));
+    assert_eq!(
+        sf[0].get("dport"),
+        Some(&*joins[0].dport.unwrap().to_string())
+    );
 
     assert!(
         events_in(&run6.events, sns).is_empty(),
@@ -398,7 +401,11 @@ fn addr_on_the_join_address_and_repeated_ports_select_whole_connections() {
         };
         port_of.insert((e.netns.unwrap(), e.token.clone().unwrap()), p.unwrap());
     }
-    assert_eq!(port_of.len(), 7, "4 client ends, 3 server ends: {all_ev:#?}");
+    assert_eq!(
+        port_of.len(),
+        7,
+        "4 client ends, 3 server ends: {all_ev:#?}"
+    );
     let with_ports = |ports: &[u16]| -> HashSet<(u32, String)> {
         port_of
             .iter()
@@ -540,15 +547,15 @@ fn the_bare_command_is_the_live_view_with_selectors() {
     thread::sleep(Duration::from_secs(1));
     let srv = server(&bed, at(4361), Proto::Mptcp, 1);
     let wanted = client(&bed, at(4361), slow);
-    let s = wait(
-        "the connection to 4361 is not shown",
-        WAIT,
-        &|s| s.contains(":4361"),
-    );
+    let s = wait("the connection to 4361 is not shown", WAIT, &|s| {
+        s.contains(":4361")
+    });
     assert!(!s.contains(":4362"), "--port 4361 shows 4362:\n{s}");
 
     tmux(&["send-keys", "-t", &session, "q"]);
-    let s = wait("q did not end the view", WAIT, &|s| s.contains("EXITED rc="));
+    let s = wait("q did not end the view", WAIT, &|s| {
+        s.contains("EXITED rc=")
+    });
     assert!(s.contains("EXITED rc=0"), "{s}");
     assert_eq!(wanted.join().unwrap(), slow.bytes);
     assert_eq!(other.join().unwrap(), slow.bytes);
