@@ -43,7 +43,7 @@ pub struct Netns {
 
 /// Whether `path` is a network namespace file (on nsfs, and `setns` would accept it).
 fn check_ns_file(path: &Path) -> Result<u32, String> {
-    let file = File::open(path).map_err(|e| e.to_string())?;
+    let file = File::open(path).map_err(|e| open_error(path, &e))?;
     // SAFETY: fstatfs fills the zeroed struct for a valid fd.
     let on_nsfs = unsafe {
         let mut st: libc::statfs = std::mem::zeroed();
@@ -57,6 +57,25 @@ fn check_ns_file(path: &Path) -> Result<u32, String> {
     }
     let ino = file.metadata().map_err(|e| e.to_string())?.ino();
     u32::try_from(ino).map_err(|_| "inode out of range".to_string())
+}
+
+/// Why a namespace file cannot be opened, in a user's words. A process's namespace file
+/// (`/proc/PID/ns/net`) opens only for those allowed to inspect the process — the kernel's
+/// ptrace "read" check (`proc_ns_get_link` → `ptrace_may_access`): the same user, or root /
+/// CAP_SYS_PTRACE for another user's process (checked by hand: uid 65534 is refused
+/// /proc/PID/ns/net of a root process, and allowed it with CAP_SYS_PTRACE alone).
+fn open_error(path: &Path, e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::PermissionDenied if path.starts_with("/proc") => format!(
+            "cannot open {}: permission denied (another user's process: needs root or CAP_SYS_PTRACE)",
+            path.display()
+        ),
+        io::ErrorKind::PermissionDenied => {
+            format!("cannot open {}: permission denied", path.display())
+        }
+        io::ErrorKind::NotFound => format!("{}: no such file", path.display()),
+        _ => format!("cannot open {}: {e}", path.display()),
+    }
 }
 
 /// `ioctl(NS_GET_NSTYPE) == CLONE_NEWNET`.

@@ -168,7 +168,7 @@ impl Core {
         }
         self.owners.observe(&e);
         let order = &mut self.order;
-        self.matcher.push(e, &mut |e| order.push(e));
+        self.matcher.push(e, &mut |e| order.push_event(e));
     }
 
     fn drain_upgrade_ring(&mut self, rb: &mut RingBuf<MapData>) {
@@ -213,7 +213,9 @@ impl Core {
             let mut e = decode::addr_event(&a, ts, &self.clock);
             self.owners.enrich(&mut e);
             let order = &mut self.order;
-            self.matcher.push(e, &mut |e| order.push(e));
+            // Stamped late (netlink has no kernel time): an announcement goes before the joins
+            // it caused, which the ring buffer delivered first (see `order`).
+            self.matcher.push(e, &mut |e| order.push_event(e));
         }
     }
 

@@ -3,19 +3,38 @@
 //! [`WINDOW_NS`] before it is released, and events are released by timestamp. Ring-buffer
 //! records of one connection arrive in order already; the window lets an address event read a
 //! little late take its place among them.
+//!
+//! Netlink messages carry no kernel time, and the socket cannot be asked for one:
+//! `netlink_recvmsg` (net/netlink/af_netlink.c) passes only the sender's credentials and, on
+//! request, `NETLINK_PKTINFO`/the nsid — never `SO_TIMESTAMP*` (tried: with `SO_TIMESTAMPNS`
+//! set, a multicast message comes with no control message). The read time is later than when
+//! the kernel sent the message, and the ring buffer is drained first, so a join that an
+//! ADD_ADDR caused can carry an earlier stamp than the announcement. Where the order is certain
+//! it is restored from evidence, not time: see [`Reorder::push_event`].
 
 use std::{cmp::Reverse, collections::BinaryHeap};
 
-use crate::event::Event;
+use crate::event::{Data, Event};
 
 /// How long an event waits for earlier ones (documented in the README).
 pub const WINDOW_NS: u64 = 20_000_000;
 
-struct Item(u64, u64, Event);
+/// When an event is released: by time, then by arrival; an event slotted before another
+/// (see [`Reorder::push_before_first`]) takes that one's time and arrival and comes before it,
+/// in its own arrival order (`slot`: an arrival number; `u64::MAX` for an event placed by its
+/// own time, which sorts after every event slotted before it).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Key {
+    ts: u64,
+    seq: u64,
+    slot: u64,
+}
+
+struct Item(Key, Event);
 
 impl PartialEq for Item {
     fn eq(&self, o: &Self) -> bool {
-        (self.0, self.1) == (o.0, o.1)
+        self.0 == o.0
     }
 }
 impl Eq for Item {}
@@ -26,7 +45,7 @@ impl PartialOrd for Item {
 }
 impl Ord for Item {
     fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (self.0, self.1).cmp(&(o.0, o.1))
+        self.0.cmp(&o.0)
     }
 }
 
@@ -42,23 +61,71 @@ impl Reorder {
     pub fn push(&mut self, e: Event) {
         self.seq += 1;
         // An event older than what was already released goes out next, in arrival order.
-        let ts = e.ts_ns.max(self.released);
-        self.heap.push(Reverse(Item(ts, self.seq, e)));
+        let key = Key {
+            ts: e.ts_ns.max(self.released),
+            seq: self.seq,
+            slot: u64::MAX,
+        };
+        self.heap.push(Reverse(Item(key, e)));
+    }
+
+    /// Adds an event from either source: an `addr_announced` goes before the joins it caused
+    /// (see [`announcement_precedes`]), every other event by its time.
+    pub fn push_event(&mut self, e: Event) {
+        match announcement_precedes(&e) {
+            Some(pred) => self.push_before_first(e, pred),
+            None => self.push(e),
+        }
+    }
+
+    /// Adds `e` so that it is released before the earliest held event matching `pred` (among
+    /// those placed by their own time) when its own stamp would put it after that one; it is
+    /// then stamped 1 ns before that event — or at the same time when an event released
+    /// before it already has that time, so `ts_ns` never goes back. An event early enough
+    /// already, or that no held event matches, goes by its own stamp. Released events cannot
+    /// be overtaken: the order is repaired only within the window.
+    pub fn push_before_first(&mut self, mut e: Event, pred: impl Fn(&Event) -> bool) {
+        let first = self
+            .heap
+            .iter()
+            .filter(|Reverse(i)| i.0.slot == u64::MAX && pred(&i.1))
+            .map(|Reverse(i)| i.0)
+            .min();
+        let Some(target) = first else {
+            return self.push(e);
+        };
+        if e.ts_ns.max(self.released) < target.ts {
+            return self.push(e);
+        }
+        self.seq += 1;
+        let key = Key {
+            slot: self.seq,
+            ..target
+        };
+        let before = self
+            .heap
+            .iter()
+            .map(|Reverse(i)| i.0)
+            .filter(|&k| k < key)
+            .max()
+            .map_or(0, |k| k.ts);
+        e.ts_ns = target.ts.saturating_sub(1).max(before).max(self.released);
+        self.heap.push(Reverse(Item(key, e)));
     }
 
     /// Releases every event older than `now - WINDOW_NS` (all of them with `now == u64::MAX`).
     pub fn release(&mut self, now: u64, out: &mut impl FnMut(Event)) {
         let limit = now.saturating_sub(WINDOW_NS);
-        while self.heap.peek().is_some_and(|Reverse(i)| i.0 <= limit) {
-            let Reverse(Item(ts, _, e)) = self.heap.pop().expect("peeked");
-            self.released = self.released.max(ts);
+        while self.heap.peek().is_some_and(|Reverse(i)| i.0.ts <= limit) {
+            let Reverse(Item(key, e)) = self.heap.pop().expect("peeked");
+            self.released = self.released.max(key.ts);
             out(e);
         }
     }
 
     /// When the oldest held event is due (monotonic ns), if any.
     pub fn next_due(&self) -> Option<u64> {
-        self.heap.peek().map(|Reverse(i)| i.0 + WINDOW_NS)
+        self.heap.peek().map(|Reverse(i)| i.0.ts + WINDOW_NS)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -66,11 +133,34 @@ impl Reorder {
     }
 }
 
+/// For an `addr_announced`, the events it must precede: the peer's ADD_ADDR of address id R
+/// reached this host before any join it opened towards remote id R on that connection (the
+/// path manager learns the address from it), whatever the stamps say. So: the join subflows
+/// (any subflow event with `join`) of the same connection — network namespace and token —
+/// towards remote id R. Kernel-agnostic: it relies on the protocol, not on timing.
+fn announcement_precedes(e: &Event) -> Option<impl Fn(&Event) -> bool> {
+    let Data::AddrAnnounced(a) = &e.data else {
+        return None;
+    };
+    let (netns, token, remote_id) = (a.conn.netns?, a.conn.token?, a.remote_id);
+    Some(move |h: &Event| {
+        h.netns() == Some(netns)
+            && h.token() == Some(token)
+            && h.subflow()
+                .is_some_and(|s| s.join && s.remote_id == remote_id)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{lost, Clock};
-    use crate::event::Lost;
+    use crate::decode::{addr_event, lost, tests::sample, to_event, Clock};
+    use crate::event::{Kind, Lost};
+    use crate::trace::pm::PmAddr;
+    use mptcp_common::EventKind;
+
+    const NETNS: u32 = 4026531840;
+    const TOKEN: u32 = 0x0a0b0c0d;
 
     fn at(ts: u64) -> Event {
         let mut e = lost(Lost::default(), &Clock::fixed(0));
@@ -91,5 +181,115 @@ mod tests {
         // A straggler older than what went out keeps the output monotonic.
         r.push(at(5));
         assert_eq!(r.next_due(), Some(3_000_000_000 + WINDOW_NS));
+    }
+
+    /// A ring-buffer event of the sample connection (netns [`NETNS`], token [`TOKEN`]).
+    fn ring(kind: EventKind, ts: u64, remote_id: u8, join: bool) -> Event {
+        let mut r = sample(kind);
+        r.ts_ns = ts;
+        r.remote_id = remote_id;
+        if !join {
+            r.flags &= !mptcp_common::flags::JOIN;
+        }
+        to_event(&r, &Clock::fixed(0)).unwrap()
+    }
+
+    /// `addr_announced` of remote id `id`, stamped `ts` (when it was read).
+    fn announced(ts: u64, token: u32, id: u8) -> Event {
+        let a = PmAddr {
+            announced: true,
+            netns: NETNS,
+            token,
+            remote_id: id,
+            addr: Some("192.168.0.1".parse().unwrap()),
+            port: None,
+        };
+        addr_event(&a, ts, &Clock::fixed(0))
+    }
+
+    fn drain(r: &mut Reorder) -> Vec<(Kind, u64, Option<u8>)> {
+        let mut out = Vec::new();
+        r.release(u64::MAX, &mut |e| {
+            let id = match &e.data {
+                Data::AddrAnnounced(a) => Some(a.remote_id),
+                _ => e.subflow().map(|s| s.remote_id),
+            };
+            out.push((e.kind(), e.ts_ns, id))
+        });
+        out
+    }
+
+    #[test]
+    fn an_announcement_read_late_goes_before_the_join_it_caused() {
+        let mut r = Reorder::default();
+        r.push_event(ring(EventKind::ConnEstablished, 100, 0, false));
+        r.push_event(ring(EventKind::SubflowEstablished, 120, 0, false));
+        // A join towards the endpoint the client had (remote id 0): not caused by it.
+        r.push_event(ring(EventKind::SubflowEstablished, 150, 0, true));
+        r.push_event(ring(EventKind::SubflowEstablished, 200, 5, true));
+        r.push_event(ring(EventKind::SubflowClosed, 250, 5, true));
+        // Read after the ring buffer was drained: stamped later than the join.
+        r.push_event(announced(300, TOKEN, 5));
+        assert_eq!(
+            drain(&mut r),
+            [
+                (Kind::ConnEstablished, 100, None),
+                (Kind::SubflowEstablished, 120, Some(0)),
+                (Kind::SubflowEstablished, 150, Some(0)),
+                (Kind::AddrAnnounced, 199, Some(5)),
+                (Kind::SubflowEstablished, 200, Some(5)),
+                (Kind::SubflowClosed, 250, Some(5)),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_announcement_of_another_connection_or_id_keeps_its_time() {
+        let mut r = Reorder::default();
+        r.push_event(ring(EventKind::SubflowEstablished, 200, 5, true));
+        r.push_event(announced(300, TOKEN + 1, 5));
+        r.push_event(announced(310, TOKEN, 6));
+        // Early enough already: untouched.
+        r.push_event(announced(190, TOKEN, 5));
+        assert_eq!(
+            drain(&mut r),
+            [
+                (Kind::AddrAnnounced, 190, Some(5)),
+                (Kind::SubflowEstablished, 200, Some(5)),
+                (Kind::AddrAnnounced, 300, Some(5)),
+                (Kind::AddrAnnounced, 310, Some(6)),
+            ]
+        );
+    }
+
+    #[test]
+    fn announcements_slotted_before_one_join_keep_their_order_and_time_never_goes_back() {
+        let mut r = Reorder::default();
+        // Another event at the join's very time, pushed before it.
+        r.push_event(ring(EventKind::SubflowEstablished, 200, 0, false));
+        r.push_event(ring(EventKind::SubflowEstablished, 200, 5, true));
+        r.push_event(announced(300, TOKEN, 5));
+        r.push_event(announced(301, TOKEN, 5));
+        let out = drain(&mut r);
+        assert_eq!(
+            out,
+            [
+                (Kind::SubflowEstablished, 200, Some(0)),
+                (Kind::AddrAnnounced, 200, Some(5)),
+                (Kind::AddrAnnounced, 200, Some(5)),
+                (Kind::SubflowEstablished, 200, Some(5)),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_join_already_released_is_not_overtaken() {
+        let mut r = Reorder::default();
+        r.push_event(ring(EventKind::SubflowEstablished, 200, 5, true));
+        let mut out = Vec::new();
+        r.release(200 + WINDOW_NS, &mut |e| out.push(e.kind()));
+        assert_eq!(out, [Kind::SubflowEstablished]);
+        r.push_event(announced(300, TOKEN, 5));
+        assert_eq!(drain(&mut r), [(Kind::AddrAnnounced, 300, Some(5))]);
     }
 }

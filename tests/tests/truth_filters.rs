@@ -1,0 +1,626 @@
+//! Issue 10, items 4, 6, 7 and 9, on the seed's test bed against the kernel's own view in the
+//! same run (`ip mptcp monitor`, `ss`): a dual-stack listener's IPv4 clients are IPv4, an
+//! ADD_ADDR is printed before the join it caused, the connection filters match any subflow and
+//! repeat (the bare command takes them), and a `--netns` that cannot be used says why.
+
+use std::{
+    collections::{HashMap, HashSet},
+    io,
+    net::{IpAddr, SocketAddr, TcpListener},
+    os::fd::FromRawFd,
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use integration_tests::{
+    mptcp_trace_bin, peer, require_root, run, tag, testbed, Event, Family, Kind, Monitor, PmEvent,
+    Tracer,
+};
+use peer::{Proto, Send};
+use testbed::TestBed;
+
+/// Upper bound for events to show up: generous for the VM matrix (qemu without KVM).
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Long enough for the MP_JOIN subflows to join and carry part of it.
+const PLAN: Send = Send {
+    bytes: 4 << 20,
+    warmup: Duration::from_millis(800),
+    spread: Duration::from_millis(800),
+};
+
+fn events_in(events: &[Event], netns: u32) -> Vec<Event> {
+    events
+        .iter()
+        .filter(|e| e.netns == Some(netns))
+        .cloned()
+        .collect()
+}
+
+fn closed_in(netns: u32, n: usize) -> impl Fn(&[Event]) -> bool {
+    move |ev: &[Event]| {
+        ev.iter()
+            .filter(|e| e.netns == Some(netns) && e.event == Kind::ConnClosed)
+            .count()
+            >= n
+    }
+}
+
+/// A server for `n` connections on `addr` in the server namespace.
+fn server(
+    bed: &TestBed,
+    addr: SocketAddr,
+    proto: Proto,
+    n: usize,
+) -> thread::JoinHandle<io::Result<Vec<u64>>> {
+    let listener = testbed::in_netns(&bed.server, move || peer::listen(addr, proto))
+        .unwrap()
+        .expect("listen in server netns");
+    thread::spawn(move || peer::serve(&listener, n))
+}
+
+/// An MPTCP client transfer in the client namespace, on its own thread.
+fn client(bed: &TestBed, addr: SocketAddr, plan: Send) -> thread::JoinHandle<u64> {
+    let ns = bed.client.clone();
+    thread::spawn(move || {
+        testbed::in_netns(&ns, move || peer::send(addr, Proto::Mptcp, plan))
+            .unwrap()
+            .expect("client transfer")
+    })
+}
+
+/// An MPTCP listener on `[::]:port` that also accepts IPv4 (IPV6_V6ONLY=0, set explicitly:
+/// `net.ipv6.bindv6only` could say otherwise).
+fn dual_stack_listener(port: u16) -> io::Result<TcpListener> {
+    let cvt = |r: libc::c_int| {
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(r)
+        }
+    };
+    // SAFETY: plain socket calls on a descriptor this function owns; on success it moves into
+    // the TcpListener, on failure it is closed through that same owner.
+    unsafe {
+        let fd = cvt(libc::socket(
+            libc::AF_INET6,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            peer::IPPROTO_MPTCP,
+        ))?;
+        let listener = TcpListener::from_raw_fd(fd);
+        let off: libc::c_int = 0;
+        cvt(libc::setsockopt(
+            fd,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_V6ONLY,
+            &off as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ))?;
+        let mut sa: libc::sockaddr_in6 = std::mem::zeroed();
+        sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+        sa.sin6_port = port.to_be();
+        cvt(libc::bind(
+            fd,
+            &sa as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+        ))?;
+        cvt(libc::listen(fd, 16))?;
+        Ok(listener)
+    }
+}
+
+/// `ss -tnH state established` in a namespace: (local, peer) address strings of its TCP
+/// sockets (MPTCP subflows included), as the kernel reports them.
+fn ss_established(netns: &str) -> Vec<(String, String)> {
+    run(
+        "ip",
+        &["netns", "exec", netns, "ss", "-tnH", "state", "established"],
+    )
+    .lines()
+    .filter_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // Recv-Q Send-Q Local:Port Peer:Port (no State column with a state filter).
+        (f.len() >= 4).then(|| (f[2].to_string(), f[3].to_string()))
+    })
+    .collect()
+}
+
+/// An address as `ip mptcp monitor` prints it, as the event would carry it.
+fn canonical(a: &str) -> IpAddr {
+    a.parse::<IpAddr>().unwrap().to_canonical()
+}
+
+/// Item 4: an IPv4 client of an `[::]` listener is an IPv4 connection on the server too:
+/// family ipv4 and plain IPv4 addresses on every event, both subflows; `-4` shows it, `-6`
+/// does not — although the kernel's own tools show the server's sockets as v4-mapped IPv6.
+#[test]
+fn dual_stack_listener_reports_ipv4_clients_as_ipv4() {
+    require_root();
+    let bed = TestBed::create(&tag("dual")).unwrap();
+    let sns = TestBed::netns_inode(&bed.server).unwrap();
+    let mon = Monitor::start(&bed.server);
+    let v4 = Tracer::start(&["--netns", &bed.server, "-4"]);
+    let v6 = Tracer::start(&["--netns", &bed.server, "-6"]);
+    let port = 4340;
+    let listener = testbed::in_netns(&bed.server, move || dual_stack_listener(port))
+        .unwrap()
+        .expect("dual-stack listener in the server netns");
+    let srv = thread::spawn(move || peer::serve(&listener, 1));
+    let addr = SocketAddr::new(testbed::RED_SERVER_V4.parse().unwrap(), port);
+    let plan = Send {
+        bytes: 4 << 20,
+        warmup: Duration::from_millis(800),
+        spread: Duration::from_secs(3),
+    };
+    let cli = client(&bed, addr, plan);
+    // While the transfer runs: the server's sockets, as the kernel shows them.
+    let deadline = Instant::now() + WAIT;
+    let sockets = loop {
+        let s = ss_established(&bed.server);
+        if s.iter()
+            .any(|(_, p)| p.starts_with(&format!("[::ffff:{}]", testbed::BLUE_CLIENT_V4)))
+        {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no join subflow from the blue address on the server: {s:?}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(cli.join().unwrap(), plan.bytes);
+    assert_eq!(srv.join().unwrap().unwrap(), [plan.bytes]);
+    v4.wait_for("conn_closed in the server netns", WAIT, closed_in(sns, 1));
+    // -6 has had the same events to judge (both tracers read the same kernel events).
+    thread::sleep(Duration::from_millis(500));
+    let run4 = v4.stop();
+    let run6 = v6.stop();
+    let pm = mon.stop();
+    assert!(run4.status.success(), "{}", run4.stderr);
+    assert!(run6.status.success(), "{}", run6.stderr);
+
+    // The oracle: the kernel's sockets are IPv6 with v4-mapped addresses, both subflows.
+    let mapped: Vec<&(String, String)> = sockets
+        .iter()
+        .filter(|(l, _)| l.starts_with("[::ffff:"))
+        .collect();
+    assert!(mapped.len() >= 2, "initial and join subflow: {sockets:?}");
+
+    let ev = events_in(&run4.events, sns);
+    let kinds: Vec<Kind> = ev.iter().map(|e| e.event).collect();
+    assert_eq!(
+        kinds,
+        [
+            Kind::ConnCreated,
+            Kind::ConnEstablished,
+            Kind::SubflowEstablished,
+            Kind::SubflowEstablished,
+            Kind::SubflowClosed,
+            Kind::SubflowClosed,
+            Kind::ConnClosed
+        ],
+        "-4 shows the whole connection: {ev:#?}"
+    );
+    for e in &ev {
+        assert_eq!(e.family, Some(Family::Ipv4), "{e:?}");
+        for a in [e.saddr, e.daddr].into_iter().flatten() {
+            assert!(a.is_ipv4(), "a plain IPv4 address: {e:?}");
+        }
+    }
+    let server_ip: IpAddr = testbed::RED_SERVER_V4.parse().unwrap();
+    let blue: IpAddr = testbed::BLUE_CLIENT_V4.parse().unwrap();
+    assert_eq!((ev[0].saddr, ev[0].sport), (Some(server_ip), Some(port)));
+    let joins: Vec<&Event> = ev
+        .iter()
+        .filter(|e| e.event == Kind::SubflowEstablished && e.join == Some(true))
+        .collect();
+    assert_eq!(joins.len(), 1, "{ev:#?}");
+    assert_eq!(joins[0].daddr, Some(blue));
+    // Each subflow the tracer reports is one the kernel has, under its v4-mapped name.
+    for e in ev.iter().filter(|e| e.event == Kind::SubflowEstablished) {
+        let local = format!("[::ffff:{}]:{}", e.saddr.unwrap(), e.sport.unwrap());
+        let peer = format!("[::ffff:{}]:{}", e.daddr.unwrap(), e.dport.unwrap());
+        assert!(
+            sockets.contains(&(local.clone(), peer.clone())),
+            "{local} {peer} not in ss: {sockets:?}"
+        );
+    }
+    // And the kernel's monitor agrees on the join, address for address.
+    let token = ev[0].token.clone().unwrap();
+    let sf: Vec<&PmEvent> = pm
+        .iter()
+        .filter(|p| p.kind == "SF_ESTABLISHED" && p.get("token") == Some(&token))
+        .collect();
+    assert_eq!(sf.len(), 1, "{pm:?}");
+    assert_eq!(canonical(sf[0].daddr().unwrap()), blue);
+    assert_eq!(
+        sf[0].get("dport"),
+        Some(&*joins[0].dport.unwrap().to_string())
+    );
+
+    assert!(
+        events_in(&run6.events, sns).is_empty(),
+        "-6 shows an IPv4 connection: {:#?}",
+        run6.events
+    );
+}
+
+/// Item 6: the peer's ADD_ADDR comes before the join it causes, as the kernel's monitor prints
+/// it, although the netlink message is read (and stamped) after the ring buffer delivered the
+/// join.
+#[test]
+fn an_announcement_is_printed_before_the_join_it_caused() {
+    require_root();
+    let bed = TestBed::create(&tag("ann")).unwrap();
+    let cns = TestBed::netns_inode(&bed.client).unwrap();
+    let sns = TestBed::netns_inode(&bed.server).unwrap();
+    // The server announces its blue address (ADD_ADDR, id 5); the client joins it.
+    testbed::ip(&[
+        "-n",
+        &bed.server,
+        "mptcp",
+        "endpoint",
+        "add",
+        testbed::BLUE_SERVER_V4,
+        "dev",
+        "blue-server",
+        "id",
+        "5",
+        "signal",
+    ])
+    .unwrap();
+    let mon = Monitor::start(&bed.client);
+    let tracer = Tracer::start(&["--netns", &bed.client, "--netns", &bed.server]);
+    let addr: SocketAddr = "10.0.0.1:4341".parse().unwrap();
+    // On every address: the join to the announced one is accepted (not ECONNREFUSED).
+    let srv = server(&bed, "0.0.0.0:4341".parse().unwrap(), Proto::Mptcp, 1);
+    assert_eq!(client(&bed, addr, PLAN).join().unwrap(), PLAN.bytes);
+    srv.join().unwrap().unwrap();
+    tracer.wait_for("conn_closed on both ends", WAIT, |ev| {
+        closed_in(cns, 1)(ev) && closed_in(sns, 1)(ev)
+    });
+    let run = tracer.stop();
+    let pm = mon.stop();
+    assert!(run.status.success(), "{}", run.stderr);
+
+    // The oracle: the kernel announced id 5, then a join towards it was established.
+    let pos = |pred: &dyn Fn(&PmEvent) -> bool| pm.iter().position(pred);
+    let k_ann = pos(&|p| p.kind == "ANNOUNCED" && p.get("remid") == Some("5"));
+    let k_join = pos(&|p| p.kind == "SF_ESTABLISHED" && p.get("remid") == Some("5"));
+    assert!(
+        matches!((k_ann, k_join), (Some(a), Some(j)) if a < j),
+        "the kernel: ANNOUNCED then SF_ESTABLISHED remid=5: {pm:#?}"
+    );
+
+    let ev = events_in(&run.events, cns);
+    let ann = ev
+        .iter()
+        .position(|e| e.event == Kind::AddrAnnounced && e.remote_id == Some(5))
+        .unwrap_or_else(|| panic!("no addr_announced: {ev:#?}"));
+    let joins: Vec<usize> = (0..ev.len())
+        .filter(|&i| ev[i].join == Some(true) && ev[i].remote_id == Some(5))
+        .collect();
+    assert!(!joins.is_empty(), "no join towards id 5: {ev:#?}");
+    assert!(
+        joins.iter().all(|&j| ann < j),
+        "addr_announced after its join: {ev:#?}"
+    );
+    assert_eq!(ev[ann].addr, Some(testbed::BLUE_SERVER_V4.parse().unwrap()));
+    assert_eq!(ev[ann].token, ev[joins[0]].token);
+    assert_eq!(
+        ev[ann].token.as_deref(),
+        pm[k_ann.unwrap()].get("token"),
+        "the kernel's token"
+    );
+    // Time order holds throughout.
+    assert!(
+        run.events.windows(2).all(|w| w[0].ts_ns <= w[1].ts_ns),
+        "ts_ns goes back: {:#?}",
+        run.events
+    );
+}
+
+/// The connections (by local token) each namespace shows, for the connections in `events`.
+fn tokens(events: &[Event]) -> HashSet<(u32, String)> {
+    events
+        .iter()
+        .filter_map(|e| Some((e.netns?, e.token.clone()?)))
+        .collect()
+}
+
+/// Item 7: `--addr` on an address only a join uses shows the whole connection; `--port`
+/// repeats (any of the values), and so does `--netns`. Checked against an unfiltered tracer
+/// and the kernel's monitor in the same run.
+#[test]
+fn addr_on_the_join_address_and_repeated_ports_select_whole_connections() {
+    require_root();
+    let bed = TestBed::create(&tag("sel")).unwrap();
+    let cns = TestBed::netns_inode(&bed.client).unwrap();
+    let sns = TestBed::netns_inode(&bed.server).unwrap();
+    let mon = Monitor::start(&bed.client);
+    let all = Tracer::start(&["--netns", &bed.client, "--netns", &bed.server]);
+    let by_addr = Tracer::start(&["--addr", testbed::BLUE_CLIENT_V4]);
+    let by_port = Tracer::start(&["--port", "4351", "--port", "4352"]);
+
+    // Three MPTCP connections over the red path, each joined from the blue address, and one
+    // to a plain TCP server (fallback: no join, the blue address never used).
+    let at = |p: u16| SocketAddr::new(testbed::RED_SERVER_V4.parse().unwrap(), p);
+    let servers: Vec<_> = [4351, 4352, 4353]
+        .into_iter()
+        .map(|p| server(&bed, at(p), Proto::Mptcp, 1))
+        .chain([server(&bed, at(4354), Proto::Tcp, 1)])
+        .collect();
+    let clients: Vec<_> = [4351, 4352, 4353, 4354]
+        .into_iter()
+        .map(|p| client(&bed, at(p), PLAN))
+        .collect();
+    for c in clients {
+        assert_eq!(c.join().unwrap(), PLAN.bytes);
+    }
+    for s in servers {
+        s.join().unwrap().unwrap();
+    }
+    // Three MPTCP connections close on both ends, the fallback one on the client.
+    all.wait_for("every close", WAIT, |ev| {
+        closed_in(cns, 4)(ev) && closed_in(sns, 3)(ev)
+    });
+    by_addr.wait_for("the joined connections' closes", WAIT, |ev| {
+        closed_in(cns, 3)(ev) && closed_in(sns, 3)(ev)
+    });
+    by_port.wait_for("4351 and 4352 closed", WAIT, |ev| {
+        closed_in(cns, 2)(ev) && closed_in(sns, 2)(ev)
+    });
+    thread::sleep(Duration::from_millis(500));
+    let all = all.stop();
+    let by_addr = by_addr.stop();
+    let by_port = by_port.stop();
+    let pm = mon.stop();
+    for r in [&all, &by_addr, &by_port] {
+        assert!(r.status.success(), "{}", r.stderr);
+    }
+    let ours = |ev: &[Event]| -> Vec<Event> {
+        ev.iter()
+            .filter(|e| e.netns == Some(cns) || e.netns == Some(sns))
+            .cloned()
+            .collect()
+    };
+    let (all_ev, addr_ev, port_ev) = (
+        ours(&all.events),
+        ours(&by_addr.events),
+        ours(&by_port.events),
+    );
+
+    // The unfiltered run: each connection by its port, from its conn_created.
+    let mut port_of: HashMap<(u32, String), u16> = HashMap::new();
+    for e in all_ev.iter().filter(|e| e.event == Kind::ConnCreated) {
+        let p = if e.netns == Some(cns) {
+            e.dport
+        } else {
+            e.sport
+        };
+        port_of.insert((e.netns.unwrap(), e.token.clone().unwrap()), p.unwrap());
+    }
+    assert_eq!(
+        port_of.len(),
+        7,
+        "4 client ends, 3 server ends: {all_ev:#?}"
+    );
+    let with_ports = |ports: &[u16]| -> HashSet<(u32, String)> {
+        port_of
+            .iter()
+            .filter(|(_, p)| ports.contains(p))
+            .map(|(k, _)| k.clone())
+            .collect()
+    };
+
+    // --addr: the joined connections only, and each whole: the same events as unfiltered.
+    let blue: IpAddr = testbed::BLUE_CLIENT_V4.parse().unwrap();
+    assert_eq!(tokens(&addr_ev), with_ports(&[4351, 4352, 4353]));
+    for key in tokens(&addr_ev) {
+        // (Each tracer stamps with its own programs: kinds and ports, not times, compare.)
+        let of = |ev: &[Event]| -> Vec<(Kind, Option<u16>, Option<u16>)> {
+            ev.iter()
+                .filter(|e| (e.netns, e.token.as_ref()) == (Some(key.0), Some(&key.1)))
+                .map(|e| (e.event, e.sport, e.dport))
+                .collect()
+        };
+        let shown = of(&addr_ev);
+        assert_eq!(shown, of(&all_ev), "{key:?} whole");
+        let kinds: Vec<Kind> = shown.iter().map(|k| k.0).collect();
+        assert_eq!(
+            kinds,
+            [
+                Kind::ConnCreated,
+                Kind::ConnEstablished,
+                Kind::SubflowEstablished,
+                Kind::SubflowEstablished,
+                Kind::SubflowClosed,
+                Kind::SubflowClosed,
+                Kind::ConnClosed
+            ],
+            "{key:?}"
+        );
+        // The address is not the connection's own: only its join uses it.
+        let created = addr_ev
+            .iter()
+            .find(|e| e.event == Kind::ConnCreated && e.token.as_ref() == Some(&key.1))
+            .unwrap();
+        assert!(created.saddr != Some(blue) && created.daddr != Some(blue));
+    }
+    // The kernel's monitor: each client-side connection shown joined from the blue address.
+    for (ns, token) in tokens(&addr_ev).into_iter().filter(|k| k.0 == cns) {
+        assert!(
+            pm.iter().any(|p| p.kind == "SF_ESTABLISHED"
+                && p.get("token") == Some(&token)
+                && p.saddr() == Some(testbed::BLUE_CLIENT_V4)),
+            "{ns} {token}: no join from {blue} in {pm:#?}"
+        );
+    }
+
+    // --port A --port B: exactly those connections, both ends, whole.
+    assert_eq!(tokens(&port_ev), with_ports(&[4351, 4352]));
+    assert_eq!(
+        port_ev.len(),
+        all_ev
+            .iter()
+            .filter(|e| with_ports(&[4351, 4352])
+                .contains(&(e.netns.unwrap(), e.token.clone().unwrap())))
+            .count()
+    );
+}
+
+/// Item 7: the bare command takes selectors and is the live view on a terminal: with
+/// `--netns C --port P` it shows the connection to P and not the one to Q.
+#[test]
+fn the_bare_command_is_the_live_view_with_selectors() {
+    require_root();
+    let bed = TestBed::create(&tag("bare")).unwrap();
+    let session = format!("mptcp-bare-{}", std::process::id());
+    let cmd = format!(
+        "{} --netns {} --port 4361; echo EXITED rc=$?; sleep 60",
+        mptcp_trace_bin().display(),
+        bed.client
+    );
+    let tmux = |args: &[&str]| {
+        Command::new("tmux")
+            .args(["-L", &session])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("tmux")
+    };
+    let out = tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "200",
+        "-y",
+        "50",
+        &cmd,
+    ]);
+    assert!(
+        out.status.success(),
+        "tmux: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The tmux server goes with the test, whatever happens.
+    struct Kill<'a>(&'a str);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("tmux")
+                .args(["-L", self.0, "kill-server"])
+                .output();
+        }
+    }
+    let _kill = Kill(&session);
+    let screen = || String::from_utf8_lossy(&tmux(&["capture-pane", "-p"]).stdout).into_owned();
+    let wait = |what: &str, timeout: Duration, pred: &dyn Fn(&str) -> bool| -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = screen();
+            if pred(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "{what}:\n{s}");
+            thread::sleep(Duration::from_millis(300));
+        }
+    };
+    // The verifier is slow in a qemu guest: the start is waited for generously.
+    wait(
+        "the live view did not start",
+        Duration::from_secs(120),
+        &|s| s.contains("mptcp-trace  connections"),
+    );
+
+    let at = |p: u16| SocketAddr::new(testbed::RED_SERVER_V4.parse().unwrap(), p);
+    let slow = Send {
+        bytes: 4 << 20,
+        warmup: Duration::from_millis(500),
+        spread: Duration::from_secs(8),
+    };
+    let other_srv = server(&bed, at(4362), Proto::Mptcp, 1);
+    // The connection to 4362 starts first: had it matched, it would be on screen first.
+    let other = client(&bed, at(4362), slow);
+    thread::sleep(Duration::from_secs(1));
+    let srv = server(&bed, at(4361), Proto::Mptcp, 1);
+    let wanted = client(&bed, at(4361), slow);
+    let s = wait("the connection to 4361 is not shown", WAIT, &|s| {
+        s.contains(":4361")
+    });
+    assert!(!s.contains(":4362"), "--port 4361 shows 4362:\n{s}");
+
+    tmux(&["send-keys", "-t", &session, "q"]);
+    let s = wait("q did not end the view", WAIT, &|s| {
+        s.contains("EXITED rc=")
+    });
+    assert!(s.contains("EXITED rc=0"), "{s}");
+    assert_eq!(wanted.join().unwrap(), slow.bytes);
+    assert_eq!(other.join().unwrap(), slow.bytes);
+    srv.join().unwrap().unwrap();
+    other_srv.join().unwrap().unwrap();
+}
+
+/// Item 9: a `--netns` that cannot be used is refused with one line that says why, status 2,
+/// before anything is loaded (`-v` would print the loading), for `events` and the bare command.
+#[test]
+fn unusable_netns_values_say_why() {
+    require_root();
+    let check = |setpriv: bool, args: &[&str], want: &[&str]| {
+        let mut c = if setpriv {
+            // An ordinary user: uid/gid 65534, no groups, no capabilities.
+            let mut c = Command::new("setpriv");
+            c.args([
+                "--reuid",
+                "65534",
+                "--regid",
+                "65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+            ])
+            .arg(mptcp_trace_bin());
+            c
+        } else {
+            Command::new(mptcp_trace_bin())
+        };
+        let out = c.arg("-v").args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        for w in want {
+            assert!(err.contains(w), "{args:?}: {err:?} lacks {w:?}");
+        }
+        assert!(out.stdout.is_empty(), "{args:?}");
+    };
+    // An inode no namespace has.
+    let missing = "123";
+    assert!(!mptcp_user::sys::netns::all().contains_key(&123));
+    for args in [&["events", "--netns", missing][..], &["--netns", missing]] {
+        check(
+            false,
+            args,
+            &["--netns 123: no network namespace with inode 123", "lsns"],
+        );
+    }
+    // Another user's (root's) namespace file, for an ordinary user.
+    for args in [
+        &["events", "--netns", "/proc/1/ns/net"][..],
+        &["--netns", "/proc/1/ns/net"],
+    ] {
+        check(
+            true,
+            args,
+            &[
+                "--netns /proc/1/ns/net: cannot open /proc/1/ns/net: permission denied",
+                "CAP_SYS_PTRACE",
+            ],
+        );
+    }
+    check(
+        false,
+        &["events", "--netns", "/proc/999999999/ns/net"],
+        &["/proc/999999999/ns/net: no such file"],
+    );
+}
