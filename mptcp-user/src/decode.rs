@@ -254,6 +254,7 @@ pub fn to_event(r: &RawEvent, clock: &Clock) -> Result<Event, DecodeError> {
             conn,
             tuple,
             subflow: subflow(),
+            existing: false,
         }),
         EventKind::SubflowClosed => Data::SubflowClosed(SubflowClosed {
             conn,

@@ -22,6 +22,7 @@ pub enum Kind {
     ConnEstablished,
     ConnFallback,
     ConnClosed,
+    ConnExisting,
     SubflowEstablished,
     SubflowClosed,
     SubflowFailed,
@@ -38,6 +39,7 @@ impl Kind {
             Kind::ConnEstablished => "conn_established",
             Kind::ConnFallback => "conn_fallback",
             Kind::ConnClosed => "conn_closed",
+            Kind::ConnExisting => "conn_existing",
             Kind::SubflowEstablished => "subflow_established",
             Kind::SubflowClosed => "subflow_closed",
             Kind::SubflowFailed => "subflow_failed",
@@ -271,6 +273,31 @@ pub struct ConnClosed {
     pub subflows_total: u32,
 }
 
+/// `conn_existing`: a connection that was open when the tracer started, from its start-up
+/// snapshot (sock_diag), reported once before any other event. Its open subflows follow as
+/// `subflow_established` records with `existing: true`.
+#[skip_serializing_none]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ConnExisting {
+    #[serde(flatten)]
+    pub conn: Conn,
+    /// The initial subflow's endpoints (the first subflow found when it is gone).
+    #[serde(flatten)]
+    pub tuple: Tuple,
+    /// `server` when an MPTCP listener in the namespace has the local port; absent when the
+    /// snapshot has no evidence either way (never guessed).
+    pub side: Option<Side>,
+    /// Subflows open at the snapshot.
+    pub subflows: u32,
+    /// The connection continues as plain TCP (`mptcp_info` flag FALLBACK).
+    pub fallback: bool,
+    /// ADD_ADDRs this end announced, and the peer's it accepted (`mptcp_info`).
+    pub add_addr_signal: u8,
+    pub add_addr_accepted: u8,
+    /// The path manager's subflow limit for this connection (`mptcp_info`).
+    pub subflows_max: u8,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SubflowEstablished {
     #[serde(flatten)]
@@ -279,6 +306,10 @@ pub struct SubflowEstablished {
     pub tuple: Tuple,
     #[serde(flatten)]
     pub subflow: Subflow,
+    /// True on the records of `conn_existing`: the subflow was open when the tracer started
+    /// (its establishment was not seen); absent otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub existing: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -411,6 +442,8 @@ pub enum Data {
     ConnFallback(ConnFallback),
     /// The MPTCP socket closed (after its subflows).
     ConnClosed(ConnClosed),
+    /// A connection open when the tracer started (its start-up snapshot).
+    ConnExisting(ConnExisting),
     /// The initial subflow or an MP_JOIN subflow reached ESTABLISHED.
     SubflowEstablished(SubflowEstablished),
     /// A subflow closed.
@@ -459,6 +492,7 @@ impl Event {
             Data::ConnEstablished(_) => Kind::ConnEstablished,
             Data::ConnFallback(_) => Kind::ConnFallback,
             Data::ConnClosed(_) => Kind::ConnClosed,
+            Data::ConnExisting(_) => Kind::ConnExisting,
             Data::SubflowEstablished(_) => Kind::SubflowEstablished,
             Data::SubflowClosed(_) => Kind::SubflowClosed,
             Data::SubflowFailed(_) => Kind::SubflowFailed,
@@ -476,6 +510,7 @@ impl Event {
             Data::ConnEstablished(d) => &d.conn,
             Data::ConnFallback(d) => &d.conn,
             Data::ConnClosed(d) => &d.conn,
+            Data::ConnExisting(d) => &d.conn,
             Data::SubflowEstablished(d) => &d.conn,
             Data::SubflowClosed(d) => &d.conn,
             Data::SubflowFailed(d) => &d.conn,
@@ -490,6 +525,7 @@ impl Event {
             Data::ConnEstablished(d) => &mut d.conn,
             Data::ConnFallback(d) => &mut d.conn,
             Data::ConnClosed(d) => &mut d.conn,
+            Data::ConnExisting(d) => &mut d.conn,
             Data::SubflowEstablished(d) => &mut d.conn,
             Data::SubflowClosed(d) => &mut d.conn,
             Data::SubflowFailed(d) => &mut d.conn,
@@ -505,6 +541,7 @@ impl Event {
             Data::ConnEstablished(d) => &d.tuple,
             Data::ConnFallback(d) => &d.tuple,
             Data::ConnClosed(d) => &d.tuple,
+            Data::ConnExisting(d) => &d.tuple,
             Data::SubflowEstablished(d) => &d.tuple,
             Data::SubflowClosed(d) => &d.tuple,
             Data::SubflowFailed(d) => &d.tuple,

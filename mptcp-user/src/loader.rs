@@ -5,12 +5,12 @@
 use std::path::Path;
 
 use aya::{
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::BtfTracePoint,
     Btf, Ebpf, EbpfLoader,
 };
 use log::{debug, warn};
-use mptcp_common::Config;
+use mptcp_common::{Config, ExistingKey, ListenKey, Owner};
 
 use crate::offsets::{self, OffsetError, VMLINUX_BTF};
 
@@ -68,6 +68,11 @@ pub struct Tracer {
     pub degraded: Vec<String>,
     /// The attached programs, for their kernel statistics.
     pub programs: Vec<(&'static str, aya::programs::ProgramFd)>,
+    /// Owners of the connections open before the tracer started (userspace writes them from
+    /// its snapshot; see `trace::existing`).
+    pub existing: HashMap<MapData, ExistingKey, Owner>,
+    /// Owners of listeners; userspace seeds those that predate the tracer.
+    pub listeners: HashMap<MapData, ListenKey, Owner>,
 }
 
 /// What stays of a [`Tracer`] once the ring buffer, counters and log were taken: the attached
@@ -191,8 +196,26 @@ pub fn load(config: Config) -> Result<Tracer, LoadError> {
         name: "COUNTERS",
         source,
     })?;
+    let existing = HashMap::try_from(
+        ebpf.take_map("EXISTING")
+            .ok_or(LoadError::Map("EXISTING"))?,
+    )
+    .map_err(|source| LoadError::MapType {
+        name: "EXISTING",
+        source,
+    })?;
+    let listeners = HashMap::try_from(
+        ebpf.take_map("LISTENERS")
+            .ok_or(LoadError::Map("LISTENERS"))?,
+    )
+    .map_err(|source| LoadError::MapType {
+        name: "LISTENERS",
+        source,
+    })?;
     Ok(Tracer {
         events,
+        existing,
+        listeners,
         counters: Counters(counters),
         logger,
         ebpf,

@@ -107,7 +107,21 @@ pub fn line(e: &Event) -> String {
             }
             let _ = write!(d, "subflows={} ", c.subflows_total);
         }
-        Data::SubflowEstablished(c) => subflow_details(d, &c.subflow),
+        Data::ConnExisting(c) => {
+            if let Some(Side::Server) = c.side {
+                d.push_str("server ");
+            }
+            let _ = write!(d, "subflows={} ", c.subflows);
+            if c.fallback {
+                d.push_str("fallback ");
+            }
+        }
+        Data::SubflowEstablished(c) => {
+            subflow_details(d, &c.subflow);
+            if c.existing {
+                d.push_str("existing ");
+            }
+        }
         Data::SubflowClosed(c) => {
             subflow_details(d, &c.subflow);
             let _ = write!(d, "reason={} ", c.reason);

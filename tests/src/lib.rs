@@ -171,6 +171,7 @@ impl From<mptcp_user::event::Event> for Event {
                 f.family = Some(u.family);
                 f.reason.clone_from(&u.reason);
             }
+            Data::ConnExisting(d) => f.side = d.side,
             Data::ConnEstablished(_) | Data::SubflowEstablished(_) => {}
         }
         f.raw = Some(e);

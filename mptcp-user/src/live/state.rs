@@ -393,6 +393,20 @@ impl State {
                     Side::Client => (Some(local), Some(remote)),
                 };
             }
+            Data::ConnExisting(d) => {
+                // Open before the tracer started: its subflows follow as existing records.
+                c.side = d.side;
+                c.state = ConnState::Established;
+                if let Some(reason) = d.fallback.then(|| "fallback".to_string()) {
+                    c.fallback = Some(reason);
+                }
+                let (local, remote) = ends.expect("conn events have endpoints");
+                (c.client, c.server) = match d.side {
+                    Some(Side::Server) => (Some(remote), Some(local)),
+                    // The side is unknown: shown local → remote.
+                    _ => (Some(local), Some(remote)),
+                };
+            }
             Data::ConnEstablished(_) => {
                 if c.state == ConnState::Connecting {
                     c.state = ConnState::Established;
@@ -447,7 +461,8 @@ impl State {
                     Some(old) => *old = sf,
                     None => c.subflows.push(sf),
                 }
-                if join {
+                // An existing subflow joined before the tracer started.
+                if join && !d.existing {
                     self.joins.push_back(e.ts_ns);
                 }
             }

@@ -129,6 +129,7 @@ fn subflow(
             conn: conn(c, id),
             tuple: tuple(local, remote),
             subflow: sf_info(ifname, join),
+            existing: false,
         }),
         t,
     )))

@@ -5,3 +5,5 @@ pub mod caps;
 pub mod cgroup;
 pub mod netns;
 pub mod signals;
+pub mod sockdiag;
+pub mod sockowner;

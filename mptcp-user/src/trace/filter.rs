@@ -94,6 +94,13 @@ impl ConnMatcher {
         s
     }
 
+    /// Whether a connection whose events so far are `events` matches (the verdict for the
+    /// connections of the start-up snapshot, which are judged as a whole at once).
+    pub fn matches_all(&self, events: &[Event]) -> bool {
+        let seen = events.iter().fold(0, |s, e| s | self.satisfied(e));
+        seen & self.need == self.need
+    }
+
     /// Passes `e` (and, when it completes a match, the events held before it) to `out`.
     pub fn push(&mut self, e: Event, out: &mut impl FnMut(Event)) {
         // socket_upgraded was scoped at socket() (the upgrade's own policy), and it has no

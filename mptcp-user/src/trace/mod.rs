@@ -5,12 +5,17 @@
 //! `run --trace`, `upgrade --events` — is a sink of one [`Pipeline`] in its own process.
 //!
 //! ```text
-//! ring buffer ─▶ decode ─┐
-//!                        ├─▶ owners ─▶ selector (userspace part) ─▶ reorder ─▶ next()
+//! snapshot (at start) ──────────────────────────────────────────────────────▶ next() first
+//! ring buffer ─▶ decode ─┐                     ┌──(pre-existing connections)──┐
+//!                        ├─▶ existing ─▶ owners ─▶ selector (userspace part) ─▶ reorder ─▶ next()
 //! netlink PM ────────────┤                        loss counters ──▶ `lost` events
 //! upgrade feed ──────────┘ (socket_upgraded: `run`, `upgrade --events`)
 //! ```
+//!
+//! The snapshot and the `existing` stage: connections open before the tracer started
+//! ([`existing`]).
 
+pub mod existing;
 pub mod filter;
 pub mod order;
 pub mod owners;
@@ -34,6 +39,7 @@ use crate::{
     upgrade::seccomp::Upgraded,
 };
 
+use existing::{Existing, Route};
 use filter::ConnMatcher;
 use order::Reorder;
 use owners::Owners;
@@ -137,6 +143,7 @@ struct Core {
     pm: PmWatcher,
     clock: Clock,
     owners: Owners,
+    existing: Existing,
     matcher: ConnMatcher,
     order: Reorder,
     ready: VecDeque<Event>,
@@ -166,6 +173,17 @@ impl Core {
                 self.pm.saw(ns);
             }
         }
+        let e = match self.existing.route(e, monotonic_ns()) {
+            Route::Normal(e) => *e,
+            Route::Judged(v) => {
+                for e in v {
+                    self.owners.observe(&e);
+                    self.order.push(e);
+                }
+                return;
+            }
+            Route::Nothing => return,
+        };
         self.owners.observe(&e);
         let order = &mut self.order;
         self.matcher.push(e, &mut |e| order.push_event(e));
@@ -212,6 +230,14 @@ impl Core {
         for a in std::mem::take(&mut self.pm_buf) {
             let mut e = decode::addr_event(&a, ts, &self.clock);
             self.owners.enrich(&mut e);
+            let e = match self.existing.route(e, ts) {
+                Route::Normal(e) => *e,
+                Route::Judged(v) => {
+                    v.into_iter().for_each(|e| self.order.push(e));
+                    continue;
+                }
+                Route::Nothing => continue,
+            };
             let order = &mut self.order;
             // Stamped late (netlink has no kernel time): an announcement goes before the joins
             // it caused, which the ring buffer delivered first (see `order`).
@@ -220,6 +246,8 @@ impl Core {
     }
 
     fn release(&mut self, now: u64) {
+        let order = &mut self.order;
+        self.existing.expire(now, &mut |e| order.push(e));
         let ready = &mut self.ready;
         self.order.release(now, &mut |e| ready.push_back(e));
     }
@@ -290,8 +318,15 @@ impl Pipeline {
             ebpf,
             degraded,
             programs,
+            existing,
+            listeners,
         } = loader::load(sel.config())?;
         let tracer = loader::Tracer::attached(ebpf, degraded, programs);
+        // Right after attaching: whatever happens from now on is in the ring buffer, so nothing
+        // falls between the snapshot and tracing. Its events are stamped before it starts.
+        let clock = Clock::now();
+        let t0 = monotonic_ns();
+        let snap = existing::snapshot(sel, &clock, t0, Some(existing), Some(listeners));
         let pm = PmWatcher::new(sel.netns_inodes()).map_err(TraceError::Netlink)?;
         // SAFETY: the ring buffer owns its fd for as long as the AsyncFd holds it.
         let ring =
@@ -303,8 +338,9 @@ impl Pipeline {
             tracer,
             counters,
             pm,
-            clock: Clock::now(),
+            clock,
             owners: Owners::default(),
+            existing: snap.stage,
             matcher: ConnMatcher::new(sel.conn.clone()),
             order: Reorder::default(),
             ready: VecDeque::new(),
@@ -313,6 +349,12 @@ impl Pipeline {
             pm_buf: Vec::new(),
             upgrade_loss: None,
         };
+        // The snapshot goes out first; later events stamped before it follow it.
+        for e in &snap.events {
+            core.owners.observe(e);
+        }
+        core.ready.extend(snap.events);
+        core.order.floor(t0);
         // Loss before the first event counts too, but only from now on.
         core.reported = core.lost_now();
         Ok(Pipeline {
@@ -355,7 +397,10 @@ impl Pipeline {
             if let Some(e) = self.core.ready.pop_front() {
                 return Ok(e);
             }
-            let due = self.core.order.next_due();
+            let due = match (self.core.order.next_due(), self.core.existing.next_due()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let wait = due.map(|d| Duration::from_nanos(d.saturating_sub(monotonic_ns())));
             tokio::select! {
                 guard = self.ring.readable_mut() => {
@@ -398,7 +443,7 @@ impl Pipeline {
         let mut t = self.core.totals.clone();
         t.lost = self.core.lost_now();
         t.pm = self.core.pm.stats;
-        t.filtered = self.core.matcher.filtered;
+        t.filtered = self.core.matcher.filtered + self.core.existing.filtered;
         t.held_dropped = self.core.matcher.overflowed;
         t
     }

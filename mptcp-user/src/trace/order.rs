@@ -113,6 +113,12 @@ impl Reorder {
         self.heap.push(Reverse(Item(key, e)));
     }
 
+    /// Events stamped before `ts` go out after those already handed out directly (the start-up
+    /// snapshot's, stamped `ts`), as if `ts` had been released.
+    pub fn floor(&mut self, ts: u64) {
+        self.released = self.released.max(ts);
+    }
+
     /// Releases every event older than `now - WINDOW_NS` (all of them with `now == u64::MAX`).
     pub fn release(&mut self, now: u64, out: &mut impl FnMut(Event)) {
         let limit = now.saturating_sub(WINDOW_NS);
