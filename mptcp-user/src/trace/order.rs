@@ -14,7 +14,7 @@
 
 use std::{cmp::Reverse, collections::BinaryHeap};
 
-use crate::event::{Data, Event};
+use crate::event::{Data, Event, Token};
 
 /// How long an event waits for earlier ones (documented in the README).
 pub const WINDOW_NS: u64 = 20_000_000;
@@ -72,9 +72,32 @@ impl Reorder {
     /// Adds an event from either source: an `addr_announced` goes before the joins it caused
     /// (see [`announcement_precedes`]), every other event by its time.
     pub fn push_event(&mut self, e: Event) {
-        match announcement_precedes(&e) {
-            Some(pred) => self.push_before_first(e, pred),
-            None => self.push(e),
+        if let Some(pred) = announcement_precedes(&e) {
+            return self.push_before_first(e, pred);
+        }
+        let Some(t) = join_towards(&e) else {
+            return self.push(e);
+        };
+        // The other way round: the ring-buffer record of a join can be read after its
+        // announcement was (the record is written when the handler ends, the announcement's
+        // stamp is its read time), with an earlier stamp. Held announcements of that
+        // connection and id are placed again, before it.
+        if !self
+            .heap
+            .iter()
+            .any(|Reverse(i)| announced(&i.1) == Some(t))
+        {
+            return self.push(e);
+        }
+        let (moved, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.heap)
+            .into_sorted_vec()
+            .into_iter()
+            .rev()
+            .partition(|Reverse(i)| announced(&i.1) == Some(t));
+        self.heap = kept.into();
+        self.push(e);
+        for Reverse(Item(_, a)) in moved {
+            self.push_event(a);
         }
     }
 
@@ -139,22 +162,32 @@ impl Reorder {
     }
 }
 
-/// For an `addr_announced`, the events it must precede: the peer's ADD_ADDR of address id R
-/// reached this host before any join it opened towards remote id R on that connection (the
-/// path manager learns the address from it), whatever the stamps say. So: the join subflows
-/// (any subflow event with `join`) of the same connection — network namespace and token —
-/// towards remote id R. Kernel-agnostic: it relies on the protocol, not on timing.
-fn announcement_precedes(e: &Event) -> Option<impl Fn(&Event) -> bool> {
+/// An announcement and the joins it caused share this: the connection (network namespace,
+/// token) and the peer's address id.
+type Towards = (u32, Token, u8);
+
+/// For an `addr_announced`: the connection and the address id it announced.
+fn announced(e: &Event) -> Option<Towards> {
     let Data::AddrAnnounced(a) = &e.data else {
         return None;
     };
-    let (netns, token, remote_id) = (a.conn.netns?, a.conn.token?, a.remote_id);
-    Some(move |h: &Event| {
-        h.netns() == Some(netns)
-            && h.token() == Some(token)
-            && h.subflow()
-                .is_some_and(|s| s.join && s.remote_id == remote_id)
-    })
+    Some((a.conn.netns?, a.conn.token?, a.remote_id))
+}
+
+/// For a join subflow event (any subflow kind with `join`): its connection and remote id.
+fn join_towards(e: &Event) -> Option<Towards> {
+    let s = e.subflow().filter(|s| s.join)?;
+    Some((e.netns()?, e.token()?, s.remote_id))
+}
+
+/// For an `addr_announced`, the events it must precede: the peer's ADD_ADDR of address id R
+/// reached this host before any join it opened towards remote id R on that connection (the
+/// path manager learns the address from it), whatever the stamps say. So: the join subflows
+/// of the same connection — network namespace and token — towards remote id R.
+/// Kernel-agnostic: it relies on the protocol, not on timing.
+fn announcement_precedes(e: &Event) -> Option<impl Fn(&Event) -> bool> {
+    let t = announced(e)?;
+    Some(move |h: &Event| join_towards(h) == Some(t))
 }
 
 #[cfg(test)]
@@ -297,5 +330,25 @@ mod tests {
         assert_eq!(out, [Kind::SubflowEstablished]);
         r.push_event(announced(300, TOKEN, 5));
         assert_eq!(drain(&mut r), [(Kind::AddrAnnounced, 300, Some(5))]);
+    }
+
+    /// The join's record was read after the announcement (its handler wrote it late), with an
+    /// earlier stamp: seen in the 6.12 guest.
+    #[test]
+    fn a_join_read_after_its_announcement_still_comes_after_it() {
+        let mut r = Reorder::default();
+        r.push_event(ring(EventKind::ConnEstablished, 100, 0, false));
+        r.push_event(announced(300, TOKEN, 5));
+        r.push_event(announced(310, TOKEN, 6));
+        r.push_event(ring(EventKind::SubflowEstablished, 200, 5, true));
+        assert_eq!(
+            drain(&mut r),
+            [
+                (Kind::ConnEstablished, 100, None),
+                (Kind::AddrAnnounced, 199, Some(5)),
+                (Kind::SubflowEstablished, 200, Some(5)),
+                (Kind::AddrAnnounced, 310, Some(6)),
+            ]
+        );
     }
 }
