@@ -219,7 +219,7 @@ fn check_close(events: &[Event], netns: u32, ends: &HashMap<String, BTreeSet<(St
 }
 
 #[test]
-fn connections_open_before_the_tracer_are_reported_with_owners_and_close_in_order() {
+fn existing_connections_are_reported_once_with_owners_and_close_in_order() {
     require_root();
     let n = connections();
     let bed = TestBed::create(&tag("existing")).expect("test bed");
@@ -287,7 +287,7 @@ fn connections_open_before_the_tracer_are_reported_with_owners_and_close_in_orde
 }
 
 #[test]
-fn the_live_view_counts_connections_open_before_it_started() {
+fn existing_connections_are_counted_and_shown_by_the_live_view() {
     require_root();
     let n = connections();
     let bed = TestBed::create(&tag("existing-live")).expect("test bed");
