@@ -25,6 +25,24 @@ pub const BLUE_V4_ENDPOINT_ID: u8 = 1;
 pub const BLUE_V6_ENDPOINT_ID: u8 = 2;
 
 /// Runs `ip` with the arguments, failing with its stderr.
+/// `ip -n NETNS mptcp endpoint add ADDR [dev DEV] id ID FLAGS…`.
+pub fn add_endpoint(
+    netns: &str,
+    addr: &str,
+    dev: Option<&str>,
+    id: u8,
+    flags: &[&str],
+) -> Result<()> {
+    let id = id.to_string();
+    let mut args = vec!["-n", netns, "mptcp", "endpoint", "add", addr];
+    if let Some(d) = dev {
+        args.extend(["dev", d]);
+    }
+    args.extend(["id", &id]);
+    args.extend(flags);
+    ip(&args).map(|_| ())
+}
+
 pub fn ip(args: &[&str]) -> Result<String> {
     let out = Command::new("ip")
         .args(args)
@@ -107,16 +125,13 @@ impl TestBed {
                 "2",
             ])?;
         }
-        let id = BLUE_V4_ENDPOINT_ID.to_string();
-        let endpoint = [
-            "mptcp",
-            "endpoint",
-            "add",
+        add_endpoint(
+            c,
             BLUE_CLIENT_V4,
-            "dev",
-            "blue-client",
-        ];
-        ip(&[&["-n", c][..], &endpoint, &["id", &id, "subflow"]].concat())?;
+            Some("blue-client"),
+            BLUE_V4_ENDPOINT_ID,
+            &["subflow"],
+        )?;
         Ok(bed)
     }
 

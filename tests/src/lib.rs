@@ -582,6 +582,133 @@ pub fn run_fix(cmd: &str) {
     }
 }
 
+/// The events of one network namespace, in output order.
+pub fn events_in(events: &[Event], netns: u32) -> Vec<Event> {
+    events
+        .iter()
+        .filter(|e| e.netns == Some(netns))
+        .cloned()
+        .collect()
+}
+
+pub fn kinds(events: &[Event]) -> Vec<Kind> {
+    events.iter().map(|e| e.event).collect()
+}
+
+/// A `wait_for` predicate: at least `n` conn_closed in the namespace.
+pub fn closed_in(netns: u32, n: usize) -> impl Fn(&[Event]) -> bool {
+    move |ev: &[Event]| {
+        ev.iter()
+            .filter(|e| e.netns == Some(netns) && e.event == Kind::ConnClosed)
+            .count()
+            >= n
+    }
+}
+
+/// A server for `n` connections on `addr` in the test bed's server namespace; returns its
+/// thread (what each connection received).
+pub fn server(
+    bed: &testbed::TestBed,
+    addr: std::net::SocketAddr,
+    proto: peer::Proto,
+    n: usize,
+) -> thread::JoinHandle<std::io::Result<Vec<u64>>> {
+    let listener = testbed::in_netns(&bed.server, move || peer::listen(addr, proto))
+        .unwrap()
+        .expect("listen in server netns");
+    thread::spawn(move || peer::serve(&listener, n))
+}
+
+/// SO_LINGER {on, 0}: closing the socket then aborts the connection (MP_FASTCLOSE and a RST
+/// on each subflow) instead of an orderly close.
+pub fn abort_on_close(s: &impl std::os::fd::AsRawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: valid fd and option buffer.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as u32,
+        )
+    };
+    assert_eq!(r, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+}
+
+/// A detached tmux session on a server of its own (socket and session both named `name`),
+/// 200x50, killed with its server on drop: how the tests drive the full-screen views.
+pub struct Tmux(String);
+
+impl Tmux {
+    pub fn start(name: &str, command: &str) -> Tmux {
+        let out = Command::new("tmux")
+            .args(["-L", name, "new-session", "-d", "-s", name])
+            .args(["-x", "200", "-y", "50", command])
+            .stdin(Stdio::null())
+            .output()
+            .expect("tmux");
+        assert!(
+            out.status.success(),
+            "tmux new-session: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmux(name.to_string())
+    }
+
+    fn tmux(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .args(["-L", &self.0])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("tmux");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The screen as text.
+    pub fn capture(&self) -> String {
+        self.tmux(&["capture-pane", "-p", "-t", &self.0])
+    }
+
+    /// A tmux format of the pane (`#{alternate_on}`, `#{cursor_flag}`, …).
+    pub fn display(&self, format: &str) -> String {
+        self.tmux(&["display-message", "-p", "-t", &self.0, format])
+            .trim()
+            .to_string()
+    }
+
+    pub fn keys(&self, keys: &str) {
+        self.tmux(&["send-keys", "-t", &self.0, keys]);
+    }
+
+    /// Captures until `pred` holds or `timeout` passes; returns the last capture.
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> (bool, String) {
+        let start = std::time::Instant::now();
+        loop {
+            let screen = self.capture();
+            if pred(&screen) {
+                return (true, screen);
+            }
+            if start.elapsed() > timeout {
+                return (false, screen);
+            }
+            thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.0, "kill-server"])
+            .output();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

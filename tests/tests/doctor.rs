@@ -318,16 +318,7 @@ fn doctor_endpoint_on_a_down_interface() {
 #[test]
 fn doctor_endpoint_address_on_no_interface() {
     let bed = bed("dr-noaddr");
-    let args = [
-        "mptcp",
-        "endpoint",
-        "add",
-        "192.168.0.99",
-        "id",
-        "5",
-        "subflow",
-    ];
-    testbed::ip(&[&["-n", bed.client.as_str()][..], &args].concat()).unwrap();
+    testbed::add_endpoint(&bed.client, "192.168.0.99", None, 5, &["subflow"]).unwrap();
     let c = fix_and_recheck(&bed, &bed.client, "endpoint:5", Status::Fail, true);
     assert!(c.detail.contains("on no interface"), "{}", c.detail);
 }
@@ -337,18 +328,14 @@ fn doctor_signal_endpoint_on_the_client() {
     let bed = bed("dr-sig");
     // The blue address announced (`signal`) instead of used (`subflow`).
     testbed::ip(&["-n", &bed.client, "mptcp", "endpoint", "delete", "id", "1"]).unwrap();
-    let args = [
-        "mptcp",
-        "endpoint",
-        "add",
+    testbed::add_endpoint(
+        &bed.client,
         testbed::BLUE_CLIENT_V4,
-        "dev",
-        "blue-client",
-        "id",
-        "1",
-        "signal",
-    ];
-    testbed::ip(&[&["-n", bed.client.as_str()][..], &args].concat()).unwrap();
+        Some("blue-client"),
+        1,
+        &["signal"],
+    )
+    .unwrap();
     // No socket tells the role: a warning with the same fix.
     let c = get(&bed, &bed.client, "signal_endpoints");
     assert_eq!(c.status, Status::Warn, "{c:#?}");

@@ -14,7 +14,7 @@ use std::{
 
 use integration_tests::{
     lost_count, mptcp_peer_bin, mptcp_trace_bin, require_root, run, tag, testbed, ChildGuard,
-    Event, Kind, Monitor, Side, Tracer,
+    Event, Kind, Monitor, Side, Tmux, Tracer,
 };
 use mptcp_user::event::Data;
 use testbed::TestBed;
@@ -325,62 +325,4 @@ fn existing_connections_are_counted_and_shown_by_the_live_view() {
     peers.close();
     let _ = peers.client.0.wait();
     let _ = peers.server.0.wait();
-}
-
-/// A tmux session on its own server, killed on drop (as in live.rs).
-struct Tmux(String);
-
-impl Tmux {
-    fn start(name: &str, command: &str) -> Tmux {
-        run(
-            "tmux",
-            &[
-                "-L",
-                name,
-                "new-session",
-                "-d",
-                "-s",
-                name,
-                "-x",
-                "200",
-                "-y",
-                "50",
-                command,
-            ],
-        );
-        Tmux(name.to_string())
-    }
-
-    fn capture(&self) -> String {
-        run(
-            "tmux",
-            &["-L", &self.0, "capture-pane", "-p", "-t", &self.0],
-        )
-    }
-
-    fn keys(&self, keys: &str) {
-        run("tmux", &["-L", &self.0, "send-keys", "-t", &self.0, keys]);
-    }
-
-    fn wait_for(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> (bool, String) {
-        let start = Instant::now();
-        loop {
-            let screen = self.capture();
-            if pred(&screen) {
-                return (true, screen);
-            }
-            if start.elapsed() > timeout {
-                return (false, screen);
-            }
-            thread::sleep(Duration::from_millis(300));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["-L", &self.0, "kill-server"])
-            .output();
-    }
 }

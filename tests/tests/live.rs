@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_tests::{parse_events, tag, Event, Kind};
+use integration_tests::{parse_events, tag, Event, Kind, Tmux};
 use mptcp_user::{
     commands::demo::shape_paths,
     peer::{self, Proto},
@@ -61,92 +61,6 @@ fn netns_exists(name: &str) -> bool {
     netns_list()
         .lines()
         .any(|l| l.split_whitespace().next() == Some(name))
-}
-
-/// A tmux session, killed on drop. Each on its own server (`-L NAME`): a shared default
-/// server that another test (or user) ends at the wrong moment fails `new-session` with
-/// "server exited unexpectedly".
-struct Tmux(String);
-
-impl Tmux {
-    fn start(name: &str, command: &str) -> Tmux {
-        let out = run(
-            "tmux",
-            &[
-                "-L",
-                name,
-                "new-session",
-                "-d",
-                "-s",
-                name,
-                "-x",
-                "200",
-                "-y",
-                "50",
-                command,
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "tmux new-session: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Tmux(name.to_string())
-    }
-
-    fn capture(&self) -> String {
-        String::from_utf8_lossy(
-            &run(
-                "tmux",
-                &["-L", &self.0, "capture-pane", "-p", "-t", &self.0],
-            )
-            .stdout,
-        )
-        .into_owned()
-    }
-
-    fn display(&self, format: &str) -> String {
-        let out = run(
-            "tmux",
-            &[
-                "-L",
-                &self.0,
-                "display-message",
-                "-p",
-                "-t",
-                &self.0,
-                format,
-            ],
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    fn keys(&self, keys: &str) {
-        run("tmux", &["-L", &self.0, "send-keys", "-t", &self.0, keys]);
-    }
-
-    /// Captures until `pred` holds or `timeout` passes; returns the last capture.
-    fn wait_for(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> (bool, String) {
-        let start = Instant::now();
-        loop {
-            let screen = self.capture();
-            if pred(&screen) {
-                return (true, screen);
-            }
-            if start.elapsed() > timeout {
-                return (false, screen);
-            }
-            thread::sleep(Duration::from_millis(300));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["-L", &self.0, "kill-server"])
-            .output();
-    }
 }
 
 /// A child process, ended and reaped on drop: SIGTERM first (the demo removes its namespaces

@@ -4,15 +4,15 @@
 use std::{
     collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
-    os::fd::AsRawFd,
     process::{Command, Stdio},
     thread,
     time::Duration,
 };
 
 use integration_tests::{
-    loaded_program_ids, lost_count, mptcp_peer_bin, mptcp_trace_bin, peer, require_root, tag,
-    testbed, ChildGuard, Event, Kind, Monitor, PmEvent, Side, Tracer,
+    abort_on_close, closed_in, events_in, kinds, loaded_program_ids, lost_count, mptcp_peer_bin,
+    mptcp_trace_bin, peer, require_root, server, tag, testbed, ChildGuard, Event, Kind, Monitor,
+    PmEvent, Side, Tracer,
 };
 use mptcp_user::event::Protocol;
 use peer::{Proto, Send};
@@ -20,40 +20,6 @@ use testbed::TestBed;
 
 /// Upper bound for events to show up: generous for the VM matrix (qemu without KVM).
 const WAIT: Duration = Duration::from_secs(60);
-
-fn events_in(events: &[Event], netns: u32) -> Vec<Event> {
-    events
-        .iter()
-        .filter(|e| e.netns == Some(netns))
-        .cloned()
-        .collect()
-}
-
-fn kinds(events: &[Event]) -> Vec<Kind> {
-    events.iter().map(|e| e.event).collect()
-}
-
-fn closed_in(netns: u32, n: usize) -> impl Fn(&[Event]) -> bool {
-    move |ev: &[Event]| {
-        ev.iter()
-            .filter(|e| e.netns == Some(netns) && e.event == Kind::ConnClosed)
-            .count()
-            >= n
-    }
-}
-
-/// Starts a server for `n` connections in the server namespace; returns its thread.
-fn server(
-    bed: &TestBed,
-    addr: SocketAddr,
-    proto: Proto,
-    n: usize,
-) -> thread::JoinHandle<std::io::Result<Vec<u64>>> {
-    let listener = testbed::in_netns(&bed.server, move || peer::listen(addr, proto))
-        .unwrap()
-        .expect("listen in server netns");
-    thread::spawn(move || peer::serve(&listener, n))
-}
 
 fn client(bed: &TestBed, addr: SocketAddr, plan: Send) -> u64 {
     testbed::in_netns(&bed.client, move || peer::send(addr, Proto::Mptcp, plan))
@@ -424,22 +390,7 @@ fn aborted_connection_reports_resets_on_both_ends() {
         ev.iter()
             .any(|e| e.netns == Some(sns) && e.join == Some(true))
     });
-    // SO_LINGER {on, 0}: close() aborts the connection (MP_FASTCLOSE + RST on each subflow).
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: valid fd and option buffer.
-    let r = unsafe {
-        libc::setsockopt(
-            conn.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &linger as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as u32,
-        )
-    };
-    assert_eq!(r, 0);
+    abort_on_close(&conn);
     drop(conn);
     let _ = srv.join();
     tracer.wait_for("both ends closed", WAIT, |ev| {
@@ -776,21 +727,12 @@ fn address_announcements_match_the_kernel() {
     let cns = TestBed::netns_inode(&bed.client).unwrap();
     let sns = TestBed::netns_inode(&bed.server).unwrap();
     // The server announces its blue address (ADD_ADDR) to its clients.
-    let endpoint = [
-        "mptcp",
-        "endpoint",
-        "add",
+    testbed::add_endpoint(
+        &bed.server,
         testbed::BLUE_SERVER_V4,
-        "dev",
-        "blue-server",
-    ];
-    testbed::ip(
-        &[
-            &["-n", bed.server.as_str()][..],
-            &endpoint,
-            &["id", "5", "signal"],
-        ]
-        .concat(),
+        Some("blue-server"),
+        5,
+        &["signal"],
     )
     .unwrap();
     let mon_c = Monitor::start(&bed.client);
@@ -881,20 +823,7 @@ fn concurrent_joins_are_all_counted() {
     // both ends, the path manager starts both joins together when the connection is fully
     // established.
     testbed::ip(&["-n", c, "addr", "add", "10.0.0.3/24", "dev", "red-client"]).unwrap();
-    testbed::ip(&[
-        "-n",
-        c,
-        "mptcp",
-        "endpoint",
-        "add",
-        "10.0.0.3",
-        "dev",
-        "red-client",
-        "id",
-        "3",
-        "subflow",
-    ])
-    .unwrap();
+    testbed::add_endpoint(c, "10.0.0.3", Some("red-client"), 3, &["subflow"]).unwrap();
     let (cns, sns) = (
         TestBed::netns_inode(&bed.client).unwrap(),
         TestBed::netns_inode(&bed.server).unwrap(),

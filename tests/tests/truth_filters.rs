@@ -8,14 +8,14 @@ use std::{
     io,
     net::{IpAddr, SocketAddr, TcpListener},
     os::fd::FromRawFd,
-    process::{Command, Stdio},
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
 use integration_tests::{
-    mptcp_trace_bin, peer, require_root, run, tag, testbed, Event, Family, Kind, Monitor, PmEvent,
-    Tracer,
+    closed_in, events_in, mptcp_trace_bin, peer, require_root, run, server, tag, testbed, Event,
+    Family, Kind, Monitor, PmEvent, Tmux, Tracer,
 };
 use peer::{Proto, Send};
 use testbed::TestBed;
@@ -29,36 +29,6 @@ const PLAN: Send = Send {
     warmup: Duration::from_millis(800),
     spread: Duration::from_millis(800),
 };
-
-fn events_in(events: &[Event], netns: u32) -> Vec<Event> {
-    events
-        .iter()
-        .filter(|e| e.netns == Some(netns))
-        .cloned()
-        .collect()
-}
-
-fn closed_in(netns: u32, n: usize) -> impl Fn(&[Event]) -> bool {
-    move |ev: &[Event]| {
-        ev.iter()
-            .filter(|e| e.netns == Some(netns) && e.event == Kind::ConnClosed)
-            .count()
-            >= n
-    }
-}
-
-/// A server for `n` connections on `addr` in the server namespace.
-fn server(
-    bed: &TestBed,
-    addr: SocketAddr,
-    proto: Proto,
-    n: usize,
-) -> thread::JoinHandle<io::Result<Vec<u64>>> {
-    let listener = testbed::in_netns(&bed.server, move || peer::listen(addr, proto))
-        .unwrap()
-        .expect("listen in server netns");
-    thread::spawn(move || peer::serve(&listener, n))
-}
 
 /// An MPTCP client transfer in the client namespace, on its own thread.
 fn client(bed: &TestBed, addr: SocketAddr, plan: Send) -> thread::JoinHandle<u64> {
@@ -256,19 +226,13 @@ fn an_announcement_is_printed_before_the_join_it_caused() {
     let cns = TestBed::netns_inode(&bed.client).unwrap();
     let sns = TestBed::netns_inode(&bed.server).unwrap();
     // The server announces its blue address (ADD_ADDR, id 5); the client joins it.
-    testbed::ip(&[
-        "-n",
+    testbed::add_endpoint(
         &bed.server,
-        "mptcp",
-        "endpoint",
-        "add",
         testbed::BLUE_SERVER_V4,
-        "dev",
-        "blue-server",
-        "id",
-        "5",
-        "signal",
-    ])
+        Some("blue-server"),
+        5,
+        &["signal"],
+    )
     .unwrap();
     let mon = Monitor::start(&bed.client);
     let tracer = Tracer::start(&["--netns", &bed.client, "--netns", &bed.server]);
@@ -482,51 +446,12 @@ fn the_bare_command_is_the_live_view_with_selectors() {
         mptcp_trace_bin().display(),
         bed.client
     );
-    let tmux = |args: &[&str]| {
-        Command::new("tmux")
-            .args(["-L", &session])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("tmux")
-    };
-    let out = tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &session,
-        "-x",
-        "200",
-        "-y",
-        "50",
-        &cmd,
-    ]);
-    assert!(
-        out.status.success(),
-        "tmux: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     // The tmux server goes with the test, whatever happens.
-    struct Kill<'a>(&'a str);
-    impl Drop for Kill<'_> {
-        fn drop(&mut self) {
-            let _ = Command::new("tmux")
-                .args(["-L", self.0, "kill-server"])
-                .output();
-        }
-    }
-    let _kill = Kill(&session);
-    let screen = || String::from_utf8_lossy(&tmux(&["capture-pane", "-p"]).stdout).into_owned();
+    let tmux = Tmux::start(&session, &cmd);
     let wait = |what: &str, timeout: Duration, pred: &dyn Fn(&str) -> bool| -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let s = screen();
-            if pred(&s) {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "{what}:\n{s}");
-            thread::sleep(Duration::from_millis(300));
-        }
+        let (ok, s) = tmux.wait_for(timeout, pred);
+        assert!(ok, "{what}:\n{s}");
+        s
     };
     // The verifier is slow in a qemu guest: the start is waited for generously.
     wait(
@@ -552,7 +477,7 @@ fn the_bare_command_is_the_live_view_with_selectors() {
     });
     assert!(!s.contains(":4362"), "--port 4361 shows 4362:\n{s}");
 
-    tmux(&["send-keys", "-t", &session, "q"]);
+    tmux.keys("q");
     let s = wait("q did not end the view", WAIT, &|s| {
         s.contains("EXITED rc=")
     });

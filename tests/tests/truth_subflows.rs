@@ -8,31 +8,19 @@
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    os::fd::AsRawFd,
     thread,
     time::Duration,
 };
 
 use integration_tests::{
-    lost_count, peer, require_root, run, tag, testbed, Event, Kind, Monitor, PmEvent, Tracer,
+    abort_on_close, events_in, kinds, lost_count, peer, require_root, run, tag, testbed, Event,
+    Kind, Monitor, PmEvent, Tracer,
 };
 use peer::Proto;
 use testbed::TestBed;
 
 /// Upper bound for events to show up: generous for the VM matrix (qemu without KVM).
 const WAIT: Duration = Duration::from_secs(60);
-
-fn events_in(events: &[Event], netns: u32) -> Vec<Event> {
-    events
-        .iter()
-        .filter(|e| e.netns == Some(netns))
-        .cloned()
-        .collect()
-}
-
-fn kinds(events: &[Event]) -> Vec<Kind> {
-    events.iter().map(|e| e.event).collect()
-}
 
 /// The seed's test bed without the client's `subflow` endpoint: connections stay on one
 /// subflow until the test adds the endpoint back (the in-kernel path manager then opens the
@@ -49,24 +37,14 @@ fn bed_without_join(name: &str) -> (TestBed, u32, u32) {
 }
 
 fn add_join_endpoint(bed: &TestBed, flags: &[&str]) {
-    let id = testbed::BLUE_V4_ENDPOINT_ID.to_string();
-    let args = [
-        &[
-            "-n",
-            &bed.client,
-            "mptcp",
-            "endpoint",
-            "add",
-            testbed::BLUE_CLIENT_V4,
-            "dev",
-            "blue-client",
-            "id",
-            &id,
-        ][..],
+    testbed::add_endpoint(
+        &bed.client,
+        testbed::BLUE_CLIENT_V4,
+        Some("blue-client"),
+        testbed::BLUE_V4_ENDPOINT_ID,
         flags,
-    ]
-    .concat();
-    testbed::ip(&args).unwrap();
+    )
+    .unwrap();
 }
 
 /// An established MPTCP connection with some data exchanged both ways (a connection is
@@ -313,21 +291,7 @@ fn backup_is_reported_for_both_sides_and_the_peer_token_pairs_the_ends() {
     let server_join = ss_subflow_flags(&bed.server, testbed::BLUE_CLIENT_V4);
     exchange(&mut client, &mut server);
     // Abort: the client resets its subflows (with the kernel's reason where it tells one).
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: valid fd and option buffer.
-    let r = unsafe {
-        libc::setsockopt(
-            client.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &linger as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as u32,
-        )
-    };
-    assert_eq!(r, 0);
+    abort_on_close(&client);
     drop(client);
     drop((server, listener));
     tracer.wait_for("both ends closed", WAIT, |ev| {

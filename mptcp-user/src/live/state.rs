@@ -113,6 +113,37 @@ pub struct Subflow {
 }
 
 impl Subflow {
+    /// A subflow as its establishment shows it, before any sample.
+    fn opened(
+        id: u64,
+        local: (IpAddr, u16),
+        remote: (IpAddr, u16),
+        sf: &crate::event::Subflow,
+        join: bool,
+    ) -> Subflow {
+        Subflow {
+            id,
+            local,
+            remote,
+            ifname: sf.ifname.clone(),
+            local_id: sf.local_id.map(i32::from),
+            remote_id: Some(sf.remote_id),
+            backup: sf.backup,
+            join,
+            state: "estab".into(),
+            closed_ns: None,
+            reason: None,
+            bytes_sent: 0,
+            bytes_acked: 0,
+            bytes_received: 0,
+            retrans: 0,
+            srtt_us: None,
+            tx_rate: 0.0,
+            rx_rate: 0.0,
+            last_sample: None,
+        }
+    }
+
     pub fn is_open(&self) -> bool {
         self.closed_ns.is_none()
     }
@@ -436,27 +467,7 @@ impl State {
                         _ => (Some(local), Some(remote)),
                     };
                 }
-                let sf = Subflow {
-                    id: conn.ids.subflow,
-                    local,
-                    remote,
-                    ifname: d.subflow.ifname.clone(),
-                    local_id: d.subflow.local_id.map(i32::from),
-                    remote_id: Some(d.subflow.remote_id),
-                    backup: d.subflow.backup,
-                    join,
-                    state: "estab".into(),
-                    closed_ns: None,
-                    reason: None,
-                    bytes_sent: 0,
-                    bytes_acked: 0,
-                    bytes_received: 0,
-                    retrans: 0,
-                    srtt_us: None,
-                    tx_rate: 0.0,
-                    rx_rate: 0.0,
-                    last_sample: None,
-                };
+                let sf = Subflow::opened(conn.ids.subflow, local, remote, &d.subflow, join);
                 match c.subflows.iter_mut().find(|s| s.id == conn.ids.subflow) {
                     Some(old) => *old = sf,
                     None => c.subflows.push(sf),
@@ -496,25 +507,11 @@ impl State {
                     _ => d.reason.clone(),
                 };
                 let sf = Subflow {
-                    id: conn.ids.subflow,
-                    local,
-                    remote,
-                    ifname: d.subflow.ifname.clone(),
-                    local_id: d.subflow.local_id.map(i32::from),
-                    remote_id: Some(d.subflow.remote_id),
-                    backup: d.subflow.backup,
-                    join: d.subflow.join,
                     state: "failed".into(),
                     closed_ns: Some(e.ts_ns),
                     reason: Some(why),
-                    bytes_sent: 0,
-                    bytes_acked: 0,
-                    bytes_received: 0,
                     retrans: d.retrans,
-                    srtt_us: None,
-                    tx_rate: 0.0,
-                    rx_rate: 0.0,
-                    last_sample: None,
+                    ..Subflow::opened(conn.ids.subflow, local, remote, &d.subflow, d.subflow.join)
                 };
                 c.subflows.push(sf);
             }
