@@ -134,7 +134,7 @@ fn dispatch(command: Option<Command>, select: mptcp_user::cli::SelectArgs) -> an
         Some(Command::Live(args)) => block_on(commands::live::run(args)),
         Some(Command::Demo(args)) => block_on(commands::demo::run(args)),
         // A terminal gets the live view; a pipe or file gets event lines.
-        None if std::io::IsTerminal::is_terminal(&std::io::stdout()) => {
+        None if mptcp_user::live::no_terminal().is_none() => {
             block_on(commands::live::run(LiveArgs {
                 select,
                 ..LiveArgs::default()

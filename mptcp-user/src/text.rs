@@ -24,12 +24,22 @@ fn clock(time: &str) -> &str {
     time.get(11..26).unwrap_or(time)
 }
 
-fn bytes(n: u64) -> String {
-    match n {
-        n if n >= 10 << 20 => format!("{}M", n >> 20),
-        n if n >= 10 << 10 => format!("{}K", n >> 10),
-        n => n.to_string(),
+/// A byte count for people, in IEC units (powers of 1024: `KiB`, `MiB`, `GiB`, `TiB`) with
+/// one decimal, or exact below 1 KiB (`900B`). The one convention of every human-facing output
+/// (text events, the live view, the demo's summary); the JSON carries exact byte counts.
+pub fn size(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n}B");
     }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    // Rounded to one decimal, a value under the next unit could print as 1024.0.
+    while v >= 1023.95 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1}{}", UNITS[unit])
 }
 
 /// A kernel-provided string (command name, interface name) made safe for a terminal: control
@@ -129,9 +139,9 @@ pub fn line(e: &Event) -> String {
             let _ = write!(
                 d,
                 "sent={} acked={} recv={} retrans={} rtt={}us ",
-                bytes(c.bytes_sent),
-                bytes(c.bytes_acked),
-                bytes(c.bytes_received),
+                size(c.bytes_sent),
+                size(c.bytes_acked),
+                size(c.bytes_received),
                 c.retrans,
                 c.srtt_us,
             );
@@ -241,7 +251,7 @@ mod tests {
         assert_eq!(
             l,
             "00:00:02.000000 subflow_closed       0a0b0c0d  192.168.0.2:48726      10.0.0.1:4321          \
-             dev=blue-client ids=1→0 join reason=closed sent=1000 acked=900 recv=10 retrans=1 rtt=250us \
+             dev=blue-client ids=1→0 join reason=closed sent=1000B acked=900B recv=10B retrans=1 rtt=250us \
              pid=42 comm=client netns=4026531840"
         );
         assert_eq!(l.find("subflow_closed"), HEADER.find("EVENT"));
@@ -288,7 +298,17 @@ mod tests {
             endpoint(Some("fe80::1".parse().unwrap()), Some(80)),
             "[fe80::1]:80"
         );
-        assert_eq!(bytes(20 << 20), "20M");
+    }
+
+    #[test]
+    fn sizes_are_iec() {
+        assert_eq!(size(0), "0B");
+        assert_eq!(size(1023), "1023B");
+        assert_eq!(size(1024), "1.0KiB");
+        assert_eq!(size(2_759_000), "2.6MiB");
+        assert_eq!(size(20 << 20), "20.0MiB");
+        assert_eq!(size((1 << 20) - 1), "1.0MiB");
+        assert_eq!(size(5 << 30), "5.0GiB");
     }
 
     #[test]

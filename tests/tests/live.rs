@@ -350,3 +350,43 @@ fn demo_live_view_exits_0_on_q_and_on_sigterm() {
         assert_clean(pid);
     }
 }
+
+/// `demo < /dev/null > pipe` in a new session (no controlling terminal, as from cron or a
+/// container without a tty): no TUI drawn into the pipe and no "No such device or address":
+/// it says why on stderr and streams NDJSON, as `--json` does, then cleans up.
+#[test]
+fn demo_without_a_terminal_streams_ndjson_and_says_so() {
+    require_root();
+    let mut demo = ChildGuard(
+        Command::new("setsid")
+            .arg(bin())
+            .args(["demo", "--duration", "4"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn setsid mptcp-trace demo"),
+    );
+    let lines = lines_of(&mut demo.0);
+    let st = wait_exit(&mut demo.0, Duration::from_secs(40));
+    let stderr = stderr_of(&mut demo.0);
+    assert!(st.success(), "demo failed: {st}\n{stderr}");
+    assert!(
+        stderr.contains("stdout is not a terminal: streaming NDJSON (as with --json)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("os error 6"), "{stderr}");
+    let out: Vec<String> = lines.try_iter().collect();
+    assert!(!out.is_empty(), "no NDJSON:\n{stderr}");
+    for l in &out {
+        assert!(
+            l.starts_with("{\"v\":1,") && !l.contains('\x1b'),
+            "not an NDJSON line: {l:?}"
+        );
+    }
+    let events = parse_events(&out);
+    assert!(
+        events.iter().any(|e| e.event == Kind::SubflowEstablished),
+        "{out:#?}"
+    );
+}

@@ -164,7 +164,6 @@ impl Summary {
     }
 
     pub fn lines(&self) -> Vec<String> {
-        let mb = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
         self.conns
             .values()
             .filter(|(_, subs)| !subs.is_empty())
@@ -177,7 +176,10 @@ impl Summary {
                             p.path,
                             p.from,
                             p.to,
-                            p.bytes.map_or("(no close counters: still open)".into(), mb)
+                            p.bytes.map_or(
+                                "(no close counters: still open)".into(),
+                                crate::text::size
+                            )
                         )
                     })
                     .collect();
@@ -332,9 +334,11 @@ fn remove_stale_beds() {
 pub async fn run(mut args: DemoArgs) -> Result<()> {
     // From here on SIGINT/SIGTERM/SIGHUP are ours: no signal leaves the test bed behind.
     let mut stop = Stop::install()?;
-    if !args.json && !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-        eprintln!("mptcp-trace demo: stdout is not a terminal: streaming NDJSON (as with --json)");
-        args.json = true;
+    if !args.json {
+        if let Some(why) = live::no_terminal() {
+            eprintln!("mptcp-trace demo: {why}: streaming NDJSON (as with --json)");
+            args.json = true;
+        }
     }
     {
         use crate::sys::caps::{self, Cap};

@@ -5,8 +5,8 @@ use anyhow::{bail, Result};
 use crate::{cli::LiveArgs, live, select::Selector, trace::Pipeline};
 
 pub async fn run(args: LiveArgs) -> Result<()> {
-    if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-        bail!("the live view needs a terminal on stdout; use `mptcp-trace events` in pipes");
+    if let Some(why) = live::no_terminal() {
+        bail!("the live view needs a terminal ({why}); use `mptcp-trace events` in pipes");
     }
     let sel = Selector::for_tracing(&args.select)?;
     let pipe = Pipeline::start(&sel)?;

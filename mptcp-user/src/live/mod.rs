@@ -89,6 +89,27 @@ pub fn key(state: &mut State, k: KeyEvent) -> Action {
     Action::Redraw
 }
 
+/// Why the view cannot run here, if it cannot: it draws on stdout, which must be a terminal,
+/// and reads keys from stdin when that is a terminal, else from the controlling terminal
+/// (`/dev/tty`) — which a process started without one (cron, `setsid`, a container without a
+/// tty) does not have: opening it fails with ENXIO, "No such device or address".
+pub fn no_terminal() -> Option<&'static str> {
+    use std::io::IsTerminal;
+    if !io::stdout().is_terminal() {
+        return Some("stdout is not a terminal");
+    }
+    if !io::stdin().is_terminal()
+        && std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/tty")
+            .is_err()
+    {
+        return Some("there is no terminal to read keys from (stdin is not one, and no /dev/tty)");
+    }
+    None
+}
+
 fn restore_terminal() {
     let _ = terminal::disable_raw_mode();
     let _ = execute!(io::stdout(), LeaveAlternateScreen, crossterm::cursor::Show);
@@ -99,12 +120,13 @@ struct TerminalGuard;
 
 impl TerminalGuard {
     fn enter() -> Result<Self> {
+        // Nothing to restore if raw mode cannot even start.
+        terminal::enable_raw_mode()?;
         let prev = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             restore_terminal();
             prev(info);
         }));
-        terminal::enable_raw_mode()?;
         let guard = TerminalGuard;
         execute!(io::stdout(), EnterAlternateScreen, crossterm::cursor::Hide)?;
         Ok(guard)

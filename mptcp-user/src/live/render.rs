@@ -1,5 +1,17 @@
-//! Draws a [`State`]: header with totals, one block per connection with one row per subflow,
-//! footer with the keys. Only reads the state; works on any backend (tests use `TestBackend`).
+//! Draws a [`State`]: header with totals, the column names, one block per connection with one
+//! row per subflow, footer with the keys. Only reads the state; works on any backend (tests use
+//! `TestBackend`).
+//!
+//! Nothing is cut silently. The header and connection lines wrap onto more lines when the
+//! terminal is narrow; the column names stay on screen while the body scrolls. Every column
+//! is as wide as its widest cell (at least its usual width), so a 15-character interface name
+//! or a full IPv6 address never shifts the columns after it. The layout is the first of these
+//! that fits the width:
+//! 1. every column, the subflow's endpoints first on its row;
+//! 2. the reduced set (IDS, SENT and RECV dropped: the close counters are in `events`),
+//!    endpoints first on the row;
+//! 3. every column, on a second line under the subflow's endpoints;
+//! 4. the reduced set on a second line (under 100 columns or so).
 
 use std::net::IpAddr;
 
@@ -12,30 +24,18 @@ use ratatui::{
 };
 
 use super::state::{Conn, ConnState, PeerAddr, State, Subflow};
-use crate::text::printable;
-
-/// Below this width the subflow rows drop the byte totals, ids and backup columns.
-const WIDE: u16 = 120;
-
-pub fn bytes(n: u64) -> String {
-    let n = n as f64;
-    match n {
-        n if n >= (1u64 << 30) as f64 => format!("{:.1}G", n / (1u64 << 30) as f64),
-        n if n >= (1u64 << 20) as f64 => format!("{:.1}M", n / (1u64 << 20) as f64),
-        n if n >= 1024.0 => format!("{:.1}K", n / 1024.0),
-        n => format!("{n}B"),
-    }
-}
+use crate::text::{printable, size};
 
 pub fn rate(r: f64) -> String {
-    format!("{}/s", bytes(r.round() as u64))
+    format!("{}/s", size(r.round() as u64))
 }
 
 fn rtt(us: Option<u32>) -> String {
     match us {
         None => "-".into(),
         Some(us) if us < 1000 => format!("{us}µs"),
-        Some(us) => format!("{:.1}ms", us as f64 / 1000.0),
+        Some(us) if us < 1_000_000 => format!("{:.1}ms", us as f64 / 1000.0),
+        Some(us) => format!("{:.2}s", us as f64 / 1e6),
     }
 }
 
@@ -65,179 +65,463 @@ fn dim(style: Style, closed: bool) -> Style {
     }
 }
 
-fn header(state: &State) -> Line<'static> {
+fn width(s: &str) -> usize {
+    Span::raw(s).width()
+}
+
+/// Lays `spans` out over lines of at most `max` columns, breaking between spans (a span wider
+/// than a line is split); continuation lines start with `indent` spaces and drop the span's
+/// leading blanks.
+fn wrap(spans: Vec<Span<'static>>, max: usize, indent: usize) -> Vec<Line<'static>> {
+    let max = max.max(indent + 8);
+    let mut lines: Vec<Vec<Span<'static>>> = vec![Vec::new()];
+    let mut used = 0;
+    // Nothing but the indent on the current line yet.
+    let mut fresh = true;
+    for span in spans {
+        let style = span.style;
+        let mut content = span.content.into_owned();
+        while !content.is_empty() {
+            let w = width(&content);
+            let line = lines.last_mut().expect("one line");
+            if used + w <= max {
+                used += w;
+                line.push(Span::styled(content, style));
+                fresh = false;
+                break;
+            }
+            if !fresh {
+                lines.push(vec![Span::raw(" ".repeat(indent))]);
+                used = indent;
+                fresh = true;
+                content = content.trim_start().to_string();
+                continue;
+            }
+            // Wider than a whole line: cut it, at the last blank that fits if there is one.
+            let room = max - used;
+            let fits: String = content.chars().take(room + 1).collect();
+            let take = match fits.rfind(' ') {
+                Some(at) if at > 0 => fits[..at].chars().count(),
+                _ => room,
+            }
+            .min(room);
+            let cut: String = content.chars().take(take).collect();
+            content = content.chars().skip(take).collect();
+            used += width(&cut);
+            line.push(Span::styled(cut, style));
+            fresh = false;
+        }
+    }
+    lines.into_iter().map(Line::from).collect()
+}
+
+/// The subflow columns after the endpoints: name, usual width (the widest cell widens it),
+/// right-aligned, kept in the reduced set.
+const COLUMNS: [(&str, usize, bool, bool); 10] = [
+    ("IFACE", 5, false, true),
+    ("IDS", 3, true, false),
+    ("BKUP", 4, false, true),
+    ("STATE", 10, false, true),
+    ("SENT", 9, true, false),
+    ("RECV", 9, true, false),
+    ("TX/s", 11, true, true),
+    ("RX/s", 11, true, true),
+    ("RTT", 7, true, true),
+    ("RETR", 4, true, true),
+];
+const ENDS_TITLE: &str = "SUBFLOW LOCAL → REMOTE";
+
+/// The cells of a subflow row, in [`COLUMNS`] order, with their styles.
+fn cells(sf: &Subflow) -> [(String, Style); 10] {
+    let plain = Style::default();
+    let flags = match (sf.backup, sf.peer_backup) {
+        (false, false) => "-",
+        (true, false) => "b",
+        (false, true) => "B",
+        (true, true) => "bB",
+    };
+    let flag_style = if flags == "-" {
+        plain
+    } else {
+        plain.fg(Color::Yellow).add_modifier(Modifier::BOLD)
+    };
+    let state_style = match sf.state.as_str() {
+        "failed" | "reset" => plain.fg(Color::Red).add_modifier(Modifier::BOLD),
+        _ => plain,
+    };
+    [
+        (
+            printable(sf.ifname.as_deref().unwrap_or("?")).into_owned(),
+            plain,
+        ),
+        (
+            format!(
+                "{}/{}",
+                sf.local_id.map_or("?".into(), |v| v.to_string()),
+                sf.remote_id.map_or("?".into(), |v| v.to_string())
+            ),
+            plain,
+        ),
+        (flags.into(), flag_style),
+        (sf.state.clone(), state_style),
+        (size(sf.bytes_sent), plain),
+        (size(sf.bytes_received), plain),
+        (rate(sf.tx_rate), plain),
+        (rate(sf.rx_rate), plain),
+        (rtt(sf.srtt_us), plain),
+        (sf.retrans.to_string(), plain),
+    ]
+}
+
+/// A subflow's endpoints, in two pieces so that a narrow line breaks at the arrow.
+fn ends(sf: &Subflow) -> [String; 2] {
+    [
+        format!("{} →", endpoint(sf.local)),
+        format!(" {}", endpoint(sf.remote)),
+    ]
+}
+
+fn ends_width(sf: &Subflow) -> usize {
+    ends(sf).iter().map(|s| width(s)).sum()
+}
+
+/// The columns chosen for a width and the rows to show.
+#[derive(Clone, Debug, PartialEq)]
+struct Cols {
+    /// Width of each of [`COLUMNS`], `None` when left out.
+    widths: [Option<usize>; 10],
+    /// Width of the endpoints column: a row whose endpoints are wider has them on a line of
+    /// their own, its cells on the next line, in the same columns.
+    ends: usize,
+    /// No room for an endpoints column: every subflow takes two lines, the cells indented
+    /// under the endpoints.
+    stacked: bool,
+}
+
+/// Where the cells start on a row: after "  ├ " and the endpoints, or under them.
+const TREE: usize = 4;
+const STACKED: usize = 6;
+
+impl Cols {
+    fn choose(conns: &[&Conn], max: usize) -> Cols {
+        let rows: Vec<&Subflow> = conns.iter().flat_map(|c| c.subflows.iter()).collect();
+        let mut widths = COLUMNS.map(|(name, w, _, _)| w.max(name.len()));
+        for sf in &rows {
+            for (w, (cell, _)) in widths.iter_mut().zip(cells(sf)) {
+                *w = (*w).max(width(&cell));
+            }
+        }
+        let widest = rows
+            .iter()
+            .map(|sf| ends_width(sf))
+            .max()
+            .unwrap_or(0)
+            .max(width(ENDS_TITLE));
+        let pick = |full: bool| {
+            let mut v = [None; 10];
+            for (i, (_, _, _, reduced)) in COLUMNS.iter().enumerate() {
+                if full || *reduced {
+                    v[i] = Some(widths[i]);
+                }
+            }
+            v
+        };
+        let (full, reduced) = (pick(true), pick(false));
+        // Room for the endpoints beside the cells.
+        let room = |w: &[Option<usize>; 10]| {
+            max.saturating_sub(TREE + w.iter().flatten().map(|w| w + 1).sum::<usize>())
+        };
+        // Every column if every row fits on one line; else the set that keeps the most rows
+        // on one line (every column on a tie), the others taking two lines; else no
+        // endpoints column at all.
+        let inline =
+            |w: &[Option<usize>; 10]| rows.iter().filter(|sf| ends_width(sf) <= room(w)).count();
+        let choice = if room(&full) >= widest {
+            Some((full, 0))
+        } else {
+            [(full, inline(&full)), (reduced, inline(&reduced))]
+                .into_iter()
+                .filter(|(w, _)| room(w) >= width(ENDS_TITLE))
+                .max_by_key(|&(w, n)| (n, w == full))
+        };
+        match choice {
+            Some((w, _)) => Cols {
+                ends: room(&w).min(widest),
+                widths: w,
+                stacked: false,
+            },
+            None => Cols {
+                widths: reduced,
+                ends: 0,
+                stacked: true,
+            },
+        }
+    }
+
+    /// Where the cells start.
+    fn indent(&self) -> usize {
+        if self.stacked {
+            STACKED
+        } else {
+            TREE + self.ends + 1
+        }
+    }
+
+    /// The cells, padded, from the first column on.
+    fn row(
+        &self,
+        cells: [(String, Style); 10],
+        style: impl Fn(Style) -> Style,
+    ) -> Vec<Span<'static>> {
+        let mut out = Vec::new();
+        for (i, (cell, st)) in cells.into_iter().enumerate() {
+            let Some(w) = self.widths[i] else { continue };
+            let sep = if out.is_empty() { "" } else { " " };
+            let text = if COLUMNS[i].2 {
+                format!("{sep}{cell:>w$}")
+            } else {
+                format!("{sep}{cell:<w$}")
+            };
+            out.push(Span::styled(text, style(st)));
+        }
+        out
+    }
+
+    /// The column names: one line, or two when the endpoints have their own line.
+    fn header(&self) -> Vec<Line<'static>> {
+        let bold = Style::default().add_modifier(Modifier::BOLD);
+        let names = COLUMNS.map(|(n, ..)| (n.to_string(), bold));
+        let cells = self.row(names, |s| s);
+        let mut first = vec![Span::styled(format!("{:<TREE$}{ENDS_TITLE}", ""), bold)];
+        if self.stacked {
+            let mut second = vec![Span::raw(" ".repeat(STACKED))];
+            second.extend(cells);
+            return vec![Line::from(first), Line::from(second)];
+        }
+        first.push(Span::raw(
+            " ".repeat(self.indent() - TREE - width(ENDS_TITLE)),
+        ));
+        first.extend(cells);
+        vec![Line::from(first)]
+    }
+}
+
+fn header(state: &State, shown: usize, max: usize) -> Vec<Line<'static>> {
+    let lost = if state.lost.count > 0 {
+        Style::default().fg(Color::Red).add_modifier(Modifier::BOLD)
+    } else {
+        Style::default()
+    };
     let mut parts = vec![
         Span::styled("mptcp-trace", Style::default().add_modifier(Modifier::BOLD)),
+        Span::raw(format!("  connections {} open", state.open_conns())),
+        Span::raw(format!(" · subflows {}", state.open_subflows())),
         Span::raw(format!(
-            "  connections {} open · subflows {} · last minute: joins {}, fallbacks {} · lost events {}",
-            state.open_conns(),
-            state.open_subflows(),
+            " · last minute: joins {}, fallbacks {}",
             state.joins_last_minute(),
             state.fallbacks_last_minute(),
-            state.lost.count,
         )),
+        Span::styled(format!(" · lost events {}", state.lost.count), lost),
     ];
-    if let Some(n) = state.upgraded {
-        parts.push(Span::raw(format!(" · upgraded sockets {n}")));
-    }
-    parts.push(Span::raw(format!("  sort:{}", state.ui.sort.label())));
-    if !state.ui.filter.is_empty() {
-        parts.push(Span::raw(format!("  filter:{}", state.ui.filter)));
-    }
-    if state.ui.paused {
-        parts.push(Span::styled(
-            "  PAUSED",
-            Style::default()
-                .fg(Color::Yellow)
-                .add_modifier(Modifier::BOLD),
-        ));
-    }
     if let Some(n) = state.lost.recursion_misses.filter(|&n| n > 0) {
         parts.push(Span::styled(
             format!(" (skipped program runs {n})"),
             Style::default().fg(Color::Red),
         ));
     }
-    if state.lost.count > 0 {
-        parts[1].style = Style::default().fg(Color::Red);
+    if let Some(n) = state.upgraded {
+        parts.push(Span::raw(format!(" · upgraded sockets {n}")));
     }
-    Line::from(parts)
+    parts.push(Span::raw(format!("  sort:{}", state.ui.sort.label())));
+    if !state.ui.filter.is_empty() {
+        parts.push(Span::raw(format!(
+            "  filter:{} ({shown} of {} shown)",
+            state.ui.filter,
+            state.conns.len()
+        )));
+    }
+    if state.ui.paused {
+        parts.push(Span::styled(
+            "  PAUSED (frozen; still tracing)",
+            Style::default()
+                .fg(Color::Yellow)
+                .add_modifier(Modifier::BOLD),
+        ));
+    }
+    wrap(parts, max, 2)
 }
 
-fn columns(wide: bool) -> Line<'static> {
-    let text = if wide {
-        format!(
-            "    {:<46} {:<12} {:>5} {:<4} {:<10} {:>8} {:>8} {:>9} {:>9} {:>8} {:>5}",
-            "SUBFLOW LOCAL → REMOTE",
-            "IFACE",
-            "IDS",
-            "BKUP",
-            "STATE",
-            "SENT",
-            "RECV",
-            "TX/s",
-            "RX/s",
-            "RTT",
-            "RETR"
-        )
-    } else {
-        format!(
-            "    {:<32} {:<6} {:<6} {:>9} {:>9} {:>7}",
-            "SUBFLOW", "IFACE", "STATE", "TX/s", "RX/s", "RTT"
-        )
-    };
-    Line::styled(text, Style::default().add_modifier(Modifier::BOLD))
-}
-
-fn conn_line(state: &State, c: &Conn, selected: bool, folded: bool) -> Line<'static> {
+fn conn_lines(
+    state: &State,
+    c: &Conn,
+    selected: bool,
+    folded: bool,
+    max: usize,
+) -> Vec<Line<'static>> {
     let closed = !c.is_open();
-    let base = dim(Style::default().add_modifier(Modifier::BOLD), closed);
-    let base = if selected {
-        base.add_modifier(Modifier::REVERSED)
-    } else {
-        base
+    let sel = |s: Style| {
+        if selected {
+            s.add_modifier(Modifier::REVERSED)
+        } else {
+            s
+        }
+    };
+    let base = sel(dim(Style::default().add_modifier(Modifier::BOLD), closed));
+    let plain = sel(dim(Style::default(), closed));
+    let mark = |colour: Color| {
+        sel(dim(
+            Style::default().fg(colour).add_modifier(Modifier::BOLD),
+            closed,
+        ))
     };
     let arrow = if folded { "▸" } else { "▾" };
-    let ends = match (c.client, c.server) {
-        (Some(cl), Some(sv)) => format!("{} → {}", endpoint(cl), endpoint(sv)),
-        _ => "? → ?".into(),
-    };
-    let side = match c.side {
-        Some(crate::event::Side::Server) => "server",
-        Some(crate::event::Side::Client) => "client",
-        None => "",
-    };
-    let owner = match (c.pid, &c.comm) {
-        (Some(p), Some(n)) => format!("pid {p} {}", printable(n)),
-        (Some(p), None) => format!("pid {p}"),
-        _ => "pid ?".into(),
-    };
     let st = match c.state {
         ConnState::Connecting => "connecting",
         ConnState::Established => "established",
         ConnState::Closed => "closed",
     };
-    let end = c.closed_ns.unwrap_or(state.now_ns);
     let mut spans = vec![Span::styled(
         format!(
-            "{arrow} {:<8}  {ends}  {side}  {owner}  age {}  {st}",
-            c.token.as_deref().unwrap_or("--------"),
-            age(end.saturating_sub(c.created_ns)),
+            "{arrow} {:<8}  {st}",
+            c.token.as_deref().unwrap_or("--------")
         ),
         base,
     )];
     if let Some(r) = &c.fallback {
         spans.push(Span::styled(
             format!("  FALLBACK({r})"),
-            dim(
-                Style::default()
-                    .fg(Color::Yellow)
-                    .add_modifier(Modifier::BOLD),
-                closed,
-            ),
+            mark(Color::Yellow),
         ));
     }
     if let Some(r) = &c.reset {
+        spans.push(Span::styled(format!("  RESET({r})"), mark(Color::Red)));
+    }
+    if c.failed > 0 {
         spans.push(Span::styled(
-            format!("  RESET({r})"),
-            dim(
-                Style::default().fg(Color::Red).add_modifier(Modifier::BOLD),
-                closed,
-            ),
+            format!("  FAILED JOINS {}", c.failed),
+            mark(Color::Red),
         ));
+    }
+    if c.existing {
+        spans.push(Span::styled(
+            "  EXISTING (open before the tracer)",
+            mark(Color::Cyan),
+        ));
+    }
+    if let Some(side) = c.side {
+        spans.push(Span::styled(
+            match side {
+                crate::event::Side::Server => "  server",
+                crate::event::Side::Client => "  client",
+            },
+            plain,
+        ));
+    }
+    let end = c.closed_ns.unwrap_or(state.now_ns);
+    spans.push(Span::styled(
+        format!("  age {}", age(end.saturating_sub(c.created_ns))),
+        plain,
+    ));
+    spans.push(Span::styled(
+        match (c.pid, &c.comm) {
+            (Some(p), Some(n)) => format!("  pid {p} {}", printable(n)),
+            (Some(p), None) => format!("  pid {p}"),
+            _ => "  pid ?".into(),
+        },
+        plain,
+    ));
+    match (c.client, c.server) {
+        (Some(cl), Some(sv)) => {
+            spans.push(Span::styled(format!("  {} →", endpoint(cl)), plain));
+            spans.push(Span::styled(format!(" {}", endpoint(sv)), plain));
+        }
+        _ => spans.push(Span::styled("  ? → ?", plain)),
     }
     if folded {
         spans.push(Span::styled(
             format!("  [{} subflows folded]", c.subflows.len()),
-            dim(Style::default(), closed),
+            plain,
         ));
     }
-    Line::from(spans)
+    let mut lines = wrap(spans, max, 4);
+    if let Some(d) = &c.diagnosis {
+        lines.extend(wrap(
+            vec![Span::styled(
+                format!("  ⚑ {d}"),
+                dim(
+                    Style::default()
+                        .fg(Color::Magenta)
+                        .add_modifier(Modifier::BOLD),
+                    closed,
+                ),
+            )],
+            max,
+            6,
+        ));
+    }
+    lines
 }
 
-fn subflow_line(sf: &Subflow, last: bool, wide: bool, conn_closed: bool) -> Line<'static> {
+fn subflow_lines(
+    sf: &Subflow,
+    last: bool,
+    cols: &Cols,
+    conn_closed: bool,
+    max: usize,
+) -> Vec<Line<'static>> {
+    let closed = conn_closed || !sf.is_open();
     let tree = if last { "└" } else { "├" };
-    let state = match (&sf.reason, sf.is_open()) {
-        (Some(r), false) if r != "closed" => r.clone(),
-        _ => sf.state.clone(),
-    };
-    let ids = format!(
-        "{}/{}",
-        sf.local_id.map_or("?".into(), |v| v.to_string()),
-        sf.remote_id.map_or("?".into(), |v| v.to_string())
-    );
-    let text = if wide {
-        format!(
-            "  {tree} {:<46} {:<12} {:>5} {:<4} {:<10} {:>8} {:>8} {:>9} {:>9} {:>8} {:>5}",
-            format!("{} → {}", endpoint(sf.local), endpoint(sf.remote)),
-            printable(sf.ifname.as_deref().unwrap_or("?")),
-            ids,
-            if sf.backup { "yes" } else { "-" },
-            state,
-            bytes(sf.bytes_sent),
-            bytes(sf.bytes_received),
-            rate(sf.tx_rate),
-            rate(sf.rx_rate),
-            rtt(sf.srtt_us),
-            sf.retrans,
-        )
+    let down = if last { " " } else { "│" };
+    // A closed subflow's row is dimmed, but what says why (STATE, flags) keeps its colour
+    // while the connection lives.
+    let row = cols.row(cells(sf), |s| {
+        if s.fg.is_some() && !conn_closed {
+            s
+        } else {
+            dim(s, closed)
+        }
+    });
+    let plain = dim(Style::default(), closed);
+    let [local, remote] = ends(sf);
+    let mut lines = Vec::new();
+    if !cols.stacked && ends_width(sf) <= cols.ends {
+        let pad = cols.ends - ends_width(sf) + 1;
+        let mut spans = vec![Span::styled(
+            format!("  {tree} {local}{remote}{:pad$}", ""),
+            plain,
+        )];
+        spans.extend(row);
+        lines.push(Line::from(spans));
     } else {
-        format!(
-            "  {tree} {:<32} {:<6} {:<6} {:>9} {:>9} {:>7}",
-            format!("{}→{}", endpoint(sf.local), endpoint(sf.remote)),
-            sf.path_name(),
-            state,
-            rate(sf.tx_rate),
-            rate(sf.rx_rate),
-            rtt(sf.srtt_us),
-        )
-    };
-    let style = if sf.reason.as_deref().is_some_and(|r| r != "closed") {
-        Style::default().fg(Color::Red)
-    } else {
-        Style::default()
-    };
-    Line::styled(text, dim(style, conn_closed || !sf.is_open()))
+        lines.extend(wrap(
+            vec![
+                Span::styled(format!("  {tree} {local}"), plain),
+                Span::styled(remote, plain),
+            ],
+            max,
+            6,
+        ));
+        let mut second = vec![Span::styled(
+            format!("  {down}{:w$}", "", w = cols.indent() - 3),
+            plain,
+        )];
+        second.extend(row);
+        lines.push(Line::from(second));
+    }
+    if let Some(why) = &sf.cause {
+        lines.extend(wrap(
+            vec![Span::styled(
+                format!("  {down}   ✗ {why}"),
+                dim(
+                    Style::default().fg(Color::Red).add_modifier(Modifier::BOLD),
+                    conn_closed,
+                ),
+            )],
+            max,
+            8,
+        ));
+    }
+    lines
 }
 
 /// An ADD_ADDR / RM_ADDR of the peer, under its connection, highlighted.
@@ -252,21 +536,52 @@ fn peer_addr_line(a: &PeerAddr, conn_closed: bool) -> Line<'static> {
         (true, None) => format!("peer announced id {}", a.remote_id),
         (false, _) => format!("peer removed address id {}", a.remote_id),
     };
+    let colour = if a.announced {
+        Color::Cyan
+    } else {
+        Color::Yellow
+    };
     Line::styled(
         format!("  ⇢ {what}"),
-        dim(Style::default().fg(Color::Cyan), conn_closed),
+        dim(
+            Style::default().fg(colour).add_modifier(Modifier::BOLD),
+            conn_closed,
+        ),
     )
 }
 
-/// The body lines and the index of the selected connection's line.
-fn body(state: &State, wide: bool) -> (Vec<Line<'static>>, Option<usize>) {
-    let mut lines = vec![columns(wide)];
+/// What an empty body says: the truth about why nothing is listed.
+fn nothing_shown(state: &State) -> String {
+    if !state.conns.is_empty() {
+        format!(
+            "  (no connection matches the filter \"{}\"; {} hidden — `/` then Esc clears it)",
+            state.ui.filter,
+            state.conns.len()
+        )
+    } else if state.seen() > 0 {
+        format!(
+            "  (no MPTCP connection open now; {} seen since the view started, all closed)",
+            state.seen()
+        )
+    } else {
+        "  (no MPTCP connection yet)".into()
+    }
+}
+
+/// The column names, the body lines, and the index of the selected connection's line.
+fn body(state: &State, max: usize) -> (Vec<Line<'static>>, Vec<Line<'static>>, Option<usize>) {
+    let mut lines = Vec::new();
     let mut sel = None;
     let visible = state.visible();
+    let cols = Cols::choose(&visible, max);
     if visible.is_empty() {
-        lines.push(Line::styled(
-            "  (no MPTCP connection yet)",
-            Style::default().fg(Color::DarkGray),
+        lines.extend(wrap(
+            vec![Span::styled(
+                nothing_shown(state),
+                Style::default().fg(Color::DarkGray),
+            )],
+            max,
+            3,
         ));
     }
     for c in visible {
@@ -275,24 +590,28 @@ fn body(state: &State, wide: bool) -> (Vec<Line<'static>>, Option<usize>) {
         if selected {
             sel = Some(lines.len());
         }
-        lines.push(conn_line(state, c, selected, folded));
+        lines.extend(conn_lines(state, c, selected, folded, max));
         if !folded {
             let n = c.subflows.len();
             for (i, sf) in c.subflows.iter().enumerate() {
-                lines.push(subflow_line(sf, i + 1 == n, wide, !c.is_open()));
+                lines.extend(subflow_lines(sf, i + 1 == n, &cols, !c.is_open(), max));
             }
             for a in &c.peer_addrs {
                 lines.push(peer_addr_line(a, !c.is_open()));
             }
         }
     }
-    (lines, sel)
+    (cols.header(), lines, sel)
 }
 
-fn footer(state: &State) -> Vec<Line<'static>> {
+fn footer(state: &State, max: usize) -> Vec<Line<'static>> {
     let mut v = Vec::new();
     if let Some(b) = &state.ui.banner {
-        v.push(Line::styled(b.clone(), Style::default().fg(Color::Cyan)));
+        v.extend(wrap(
+            vec![Span::styled(b.clone(), Style::default().fg(Color::Cyan))],
+            max,
+            0,
+        ));
     }
     if state.ui.editing_filter {
         v.push(Line::from(format!(
@@ -300,9 +619,20 @@ fn footer(state: &State) -> Vec<Line<'static>> {
             state.ui.filter
         )));
     } else {
-        v.push(Line::styled(
-            "q quit  ↑↓/jk move  Enter fold  / filter  s sort  p pause  ? help",
-            Style::default().fg(Color::DarkGray),
+        v.extend(wrap(
+            [
+                "q quit",
+                "  ↑↓/jk move",
+                "  Enter fold",
+                "  / filter",
+                "  s sort",
+                "  p pause",
+                "  ? help",
+            ]
+            .map(|s| Span::styled(s, Style::default().fg(Color::DarkGray)))
+            .to_vec(),
+            max,
+            0,
         ));
     }
     v
@@ -314,11 +644,13 @@ const HELP: &[&str] = &[
     "Enter       fold / unfold the selected connection",
     "/           filter (substring of token, address, comm)",
     "s           sort: age → throughput → token",
-    "p           pause / resume the display",
+    "p           pause / resume the display (tracing goes on)",
     "?           this help (any key closes it)",
     "",
-    "Dimmed rows closed a few seconds ago.",
+    "Dimmed rows closed a few seconds ago; ✗ says why a subflow ended.",
+    "BKUP: b = this side asked for backup, B = the peer did.",
     "TX/s RX/s RTT RETR come from sock_diag (tcp_info), once a second.",
+    "Sizes in IEC units: KiB, MiB, GiB (powers of 1024).",
 ];
 
 fn centered(area: Rect, w: u16, h: u16) -> Rect {
@@ -334,32 +666,33 @@ fn centered(area: Rect, w: u16, h: u16) -> Rect {
 
 pub fn render(state: &State, frame: &mut Frame) {
     let area = frame.area();
-    let foot = footer(state);
-    // The footer wraps (the demo's banner is long); count the rows it takes.
-    let foot_height = foot
-        .iter()
-        .map(|l| (l.width() as u16).div_ceil(area.width.max(1)).max(1))
-        .sum::<u16>();
-    let [top, mid, bottom] = Layout::vertical([
-        Constraint::Length(1),
+    let max = area.width as usize;
+    let (columns, lines, sel) = body(state, max);
+    let head = header(state, state.visible().len(), max);
+    let foot = footer(state, max);
+    let [top, names, mid, bottom] = Layout::vertical([
+        Constraint::Length(head.len() as u16),
+        Constraint::Length(columns.len() as u16),
         Constraint::Min(0),
-        Constraint::Length(foot_height),
+        Constraint::Length(foot.len() as u16),
     ])
     .areas(area);
-    frame.render_widget(Paragraph::new(header(state)), top);
-    let (lines, sel) = body(state, area.width >= WIDE);
+    frame.render_widget(Paragraph::new(head), top);
+    // The column names stay put; only the connections scroll.
+    frame.render_widget(Paragraph::new(columns), names);
     // Keep the selected connection in view.
     let scroll = match sel {
         Some(i) if i >= mid.height as usize => (i + 1 - mid.height as usize) as u16,
         _ => 0,
     };
     frame.render_widget(Paragraph::new(lines).scroll((scroll, 0)), mid);
-    frame.render_widget(Paragraph::new(foot).wrap(Wrap { trim: true }), bottom);
+    frame.render_widget(Paragraph::new(foot), bottom);
     if state.ui.help {
-        let popup = centered(area, 66, HELP.len() as u16 + 2);
+        let popup = centered(area, 70, HELP.len() as u16 + 2);
         frame.render_widget(Clear, popup);
         frame.render_widget(
             Paragraph::new(HELP.iter().map(|l| Line::from(*l)).collect::<Vec<_>>())
+                .wrap(Wrap { trim: false })
                 .block(Block::default().borders(Borders::ALL).title(" keys ")),
             popup,
         );

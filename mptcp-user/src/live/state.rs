@@ -74,6 +74,13 @@ pub struct Conn {
     pub fallback: Option<String>,
     /// A subflow closed by a reset (reason as in `subflow_closed`).
     pub reset: Option<String>,
+    /// Subflows that never came up (`subflow_failed`).
+    pub failed: u32,
+    /// Open before the tracer started (`conn_existing`): its beginning was not seen.
+    pub existing: bool,
+    /// One line saying what is wrong with the connection, shown under it (filled by the
+    /// diagnosis events when the tracer emits them).
+    pub diagnosis: Option<String>,
     pub closed_ns: Option<u64>,
     pub subflows: Vec<Subflow>,
     /// ADD_ADDR / RM_ADDR seen for this connection, oldest first (at most [`MAX_PEER_ADDRS`]).
@@ -93,13 +100,20 @@ pub struct Subflow {
     pub ifname: Option<String>,
     pub local_id: Option<i32>,
     pub remote_id: Option<u8>,
+    /// This side asked for backup priority (`ss` flag `b`).
     pub backup: bool,
+    /// The peer asked for backup priority (`ss` flag `B`).
+    pub peer_backup: bool,
     pub join: bool,
-    /// TCP state name from the last `sock_diag` sample, or `estab` / `closed`.
+    /// TCP state name from the last `sock_diag` sample, or `estab` / `closed` / `reset` /
+    /// `failed`.
     pub state: String,
     pub closed_ns: Option<u64>,
     /// Close reason (`closed`, `rst_sent`, ...).
     pub reason: Option<String>,
+    /// Why it ended, when that is more than a plain close: the reason and the event's cause
+    /// fields, as the text events write them (`rst_sent reset_sent_reason=…`).
+    pub cause: Option<String>,
     pub bytes_sent: u64,
     pub bytes_acked: u64,
     pub bytes_received: u64,
@@ -129,10 +143,12 @@ impl Subflow {
             local_id: sf.local_id.map(i32::from),
             remote_id: Some(sf.remote_id),
             backup: sf.backup,
+            peer_backup: sf.peer_backup,
             join,
             state: "estab".into(),
             closed_ns: None,
             reason: None,
+            cause: None,
             bytes_sent: 0,
             bytes_acked: 0,
             bytes_received: 0,
@@ -272,6 +288,11 @@ impl State {
         self.fallbacks.len()
     }
 
+    /// Connections seen since the view started (open, lingering or gone).
+    pub fn seen(&self) -> u64 {
+        self.seq
+    }
+
     pub fn open_conns(&self) -> usize {
         self.conns.values().filter(|c| c.is_open()).count()
     }
@@ -373,6 +394,9 @@ impl State {
                 state: ConnState::Connecting,
                 fallback: None,
                 reset: None,
+                failed: 0,
+                existing: false,
+                diagnosis: None,
                 closed_ns: None,
                 subflows: Vec::new(),
                 peer_addrs: Vec::new(),
@@ -428,6 +452,7 @@ impl State {
                 // Open before the tracer started: its subflows follow as existing records.
                 c.side = d.side;
                 c.state = ConnState::Established;
+                c.existing = true;
                 if let Some(reason) = d.fallback.then(|| "fallback".to_string()) {
                     c.fallback = Some(reason);
                 }
@@ -482,9 +507,14 @@ impl State {
                 let Some(sf) = idx.map(|i| &mut c.subflows[i]) else {
                     return;
                 };
+                let reset = d.reason.starts_with("rst") || d.reason.starts_with("mp_tcprst");
                 sf.closed_ns = Some(e.ts_ns);
-                sf.state = "closed".into();
+                sf.state = if reset { "reset" } else { "closed" }.into();
                 sf.reason = Some(d.reason.clone());
+                sf.cause = cause(&d.reason, &d.cause);
+                // The flags may have changed since the subflow came up (MP_PRIO).
+                sf.backup = d.subflow.backup;
+                sf.peer_backup = d.subflow.peer_backup;
                 // The close carries the final counters: they win over the last sample.
                 sf.bytes_sent = d.bytes_sent;
                 sf.bytes_acked = d.bytes_acked;
@@ -493,26 +523,22 @@ impl State {
                 sf.srtt_us = Some(d.srtt_us);
                 sf.tx_rate = 0.0;
                 sf.rx_rate = 0.0;
-                if d.reason.starts_with("rst") || d.reason.starts_with("mp_tcprst") {
+                if reset {
                     c.reset = Some(d.reason.clone());
                 }
             }
             Data::SubflowFailed(d) => {
                 // Shown under its connection, closed, with why: a join that never came up.
                 let (local, remote) = ends.expect("subflow events have endpoints");
-                let why = match &d.cause.error {
-                    Some(err) if !d.reason.contains(err.as_str()) => {
-                        format!("{} {err}", d.reason)
-                    }
-                    _ => d.reason.clone(),
-                };
                 let sf = Subflow {
                     state: "failed".into(),
                     closed_ns: Some(e.ts_ns),
-                    reason: Some(why),
+                    reason: Some(d.reason.clone()),
+                    cause: cause(&d.reason, &d.cause).or_else(|| Some(d.reason.clone())),
                     retrans: d.retrans,
                     ..Subflow::opened(conn.ids.subflow, local, remote, &d.subflow, d.subflow.join)
                 };
+                c.failed += 1;
                 c.subflows.push(sf);
             }
             Data::AddrAnnounced(a) | Data::AddrRemoved(a) => {
@@ -594,6 +620,21 @@ impl State {
         self.current
             .retain(|&(ns, a), gen| conns.contains_key(&(ns, a, *gen)));
     }
+}
+
+/// The cause line of a subflow that ended: `None` for a plain close without cause fields.
+fn cause(reason: &str, c: &crate::event::Cause) -> Option<String> {
+    let mut s = reason.to_string();
+    for (k, v) in [
+        ("error", &c.error),
+        ("reset_reason", &c.reset_reason),
+        ("reset_sent_reason", &c.reset_sent_reason),
+    ] {
+        if let Some(v) = v {
+            s += &format!(" {k}={v}");
+        }
+    }
+    (s != "closed").then_some(s)
 }
 
 /// IPv4-mapped IPv6 addresses compare as IPv4 (sock_diag reports dual-stack sockets as v6).

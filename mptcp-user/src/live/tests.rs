@@ -456,69 +456,129 @@ fn text(b: &Buffer) -> Vec<String> {
         .collect()
 }
 
-/// Compares a screen with the expected lines, cell by cell (styles ignored).
-fn assert_screen(b: &Buffer, expected: &[&str]) {
-    let w = b.area.width as usize;
-    let want = Buffer::with_lines(expected.iter().map(|l| format!("{l:<w$}")));
-    assert_eq!(want.area, b.area, "expected screen has the wrong size");
-    let got = text(b);
-    assert_eq!(got, text(&want), "\n{}", got.join("\n"));
+/// Column of `needle` in a screen row, in cells.
+fn col(row: &str, needle: &str) -> u16 {
+    let at = row
+        .find(needle)
+        .unwrap_or_else(|| panic!("{needle} not in {row}"));
+    row[..at].chars().count() as u16
 }
 
-#[test]
-fn wide_screen_shows_both_connections() {
-    let b = draw(&model(), 160, 10);
-    assert_screen(
-        &b,
-        &[
-            "mptcp-trace  connections 2 open · subflows 3 · last minute: joins 1, fallbacks 1 · lost events 0  sort:age",
-            "    SUBFLOW LOCAL → REMOTE                         IFACE          IDS BKUP STATE          SENT     RECV      TX/s      RX/s      RTT  RETR",
-            "▾ 6d816c04  10.0.0.2:50000 → 10.0.0.1:4321  client  pid 4242 curl  age 4.0s  established",
-            "  ├ 10.0.0.2:50000 → 10.0.0.1:4321                 red-client     0/0 -    estab          3.0M       0B    2.0M/s      0B/s    5.2ms     1",
-            "  └ 192.168.0.2:50001 → 10.0.0.1:4321              blue-client    1/0 -    estab          2.5M       0B    2.0M/s      0B/s    5.4ms     1",
-            "▾ 0badf00d  10.0.0.2:50002 → 10.0.0.1:4321  client  pid 4242 curl  age 2.0s  established  FALLBACK(mp_capable_missing)",
-            "  └ 10.0.0.2:50002 → 10.0.0.1:4321                 red-client     0/0 -    estab         1000B       0B      0B/s      0B/s     80µs     1",
-            "",
-            "",
-            "q quit  ↑↓/jk move  Enter fold  / filter  s sort  p pause  ? help",
-        ],
-    );
+fn failed(c: u64, id: u64, t: u64, local: (&str, u16), reason: &str, error: &str) -> Update {
+    Update::Event(Box::new(ev(
+        Data::SubflowFailed(crate::event::SubflowFailed {
+            conn: conn(c, id),
+            tuple: tuple(local, SRV),
+            reason: reason.into(),
+            cause: crate::event::Cause {
+                error: Some(error.into()),
+                ..Default::default()
+            },
+            subflow: sf_info("blue-client", true),
+            retrans: 2,
+        }),
+        t,
+    )))
 }
 
+/// Causes on screen without opening anything, highlighted: a reset with the reason this host
+/// gave, a failed join with its error, backup flags, a connection that predates the tracer,
+/// an RM_ADDR, the diagnosis line.
 #[test]
-fn narrow_screen_drops_columns_and_clips() {
-    let b = draw(&model(), 80, 9);
-    assert_screen(
-        &b,
-        &[
-            "mptcp-trace  connections 2 open · subflows 3 · last minute: joins 1, fallbacks 1",
-            "    SUBFLOW                          IFACE  STATE       TX/s      RX/s     RTT",
-            "▾ 6d816c04  10.0.0.2:50000 → 10.0.0.1:4321  client  pid 4242 curl  age 4.0s  est",
-            "  ├ 10.0.0.2:50000→10.0.0.1:4321     red    estab     2.0M/s      0B/s   5.2ms",
-            "  └ 192.168.0.2:50001→10.0.0.1:4321  blue   estab     2.0M/s      0B/s   5.4ms",
-            "▾ 0badf00d  10.0.0.2:50002 → 10.0.0.1:4321  client  pid 4242 curl  age 2.0s  est",
-            "  └ 10.0.0.2:50002→10.0.0.1:4321     red    estab       0B/s      0B/s    80µs",
-            "",
-            "q quit  ↑↓/jk move  Enter fold  / filter  s sort  p pause  ? help",
-        ],
-    );
-}
-
-#[test]
-fn closed_rows_are_dimmed_and_marks_are_coloured() {
+fn causes_are_on_screen_and_highlighted() {
+    use ratatui::style::{Color, Modifier};
     let mut s = model();
-    s.apply(subflow_closed(C1, 2, 14 * S, "rst_sent", 10));
-    let b = draw(&s, 160, 10);
+    let mut closed = subflow_closed(C1, 2, 14 * S, "rst_sent", 10);
+    if let Update::Event(e) = &mut closed {
+        if let Data::SubflowClosed(d) = &mut e.data {
+            d.cause.reset_sent_reason = Some("mptcp_rst_eprohibit".into());
+            d.subflow.peer_backup = true;
+        }
+    }
+    s.apply(closed);
+    s.apply(failed(
+        C2,
+        4,
+        14 * S,
+        ("192.168.0.2", 50003),
+        "rst_received",
+        "ECONNREFUSED",
+    ));
+    let c3 = 0xffff_0003;
+    let mut cn = conn(c3, 0);
+    cn.token = Some(Token(0x0e0e0e0e));
+    s.apply(Update::Event(Box::new(ev(
+        Data::ConnExisting(crate::event::ConnExisting {
+            conn: cn.clone(),
+            tuple: tuple(("10.0.0.2", 50100), SRV),
+            side: None,
+            subflows: 1,
+            fallback: false,
+            add_addr_signal: 0,
+            add_addr_accepted: 0,
+            subflows_max: 2,
+        }),
+        14 * S,
+    ))));
+    s.apply(Update::Event(Box::new(ev(
+        Data::AddrRemoved(crate::event::Addr {
+            conn: cn,
+            family: Some(Family::Ipv4),
+            remote_id: 3,
+            addr: None,
+            port: None,
+        }),
+        14 * S,
+    ))));
+    s.conns.get_mut(&(NS, C1, 0)).unwrap().diagnosis =
+        Some("the blue subflow was reset by this host".into());
+    let b = draw(&s, 136, 20);
     let rows = text(&b);
-    let blue = rows.iter().position(|r| r.contains("192.168.0.2")).unwrap();
-    assert!(rows[blue].contains("rst_sent"), "{}", rows[blue]);
-    let cell = &b[(10, blue as u16)];
-    assert!(cell.modifier.contains(ratatui::style::Modifier::DIM));
-    assert!(rows[2].contains("RESET(rst_sent)"));
-    let fb = rows[5].find("FALLBACK").unwrap() as u16;
-    assert_eq!(b[(fb, 5)].fg, ratatui::style::Color::Yellow);
-    // Open rows are not dimmed.
-    assert!(!b[(10, 3)].modifier.contains(ratatui::style::Modifier::DIM));
+    let at = |needle: &str| {
+        let y = rows
+            .iter()
+            .position(|r| r.contains(needle))
+            .unwrap_or_else(|| panic!("{needle} missing:\n{}", rows.join("\n")));
+        (col(&rows[y], needle), y as u16)
+    };
+    let bold_in = |(x, y): (u16, u16), colour: Color| {
+        let cell = &b[(x, y)];
+        assert_eq!(
+            cell.fg,
+            colour,
+            "{:?} at {x},{y}:\n{}",
+            cell,
+            rows.join("\n")
+        );
+        assert!(cell.modifier.contains(Modifier::BOLD));
+    };
+    // The connection line says it, the subflow row's STATE says it, the line under it says why.
+    bold_in(at("RESET(rst_sent)"), Color::Red);
+    bold_in(at("reset     "), Color::Red);
+    bold_in(
+        at("✗ rst_sent reset_sent_reason=mptcp_rst_eprohibit"),
+        Color::Red,
+    );
+    bold_in(at("FAILED JOINS 1"), Color::Red);
+    bold_in(at("failed    "), Color::Red);
+    bold_in(at("✗ rst_received error=ECONNREFUSED"), Color::Red);
+    bold_in(at("FALLBACK(mp_capable_missing)"), Color::Yellow);
+    bold_in(at("EXISTING (open before the tracer)"), Color::Cyan);
+    bold_in(at("⇢ peer removed address id 3"), Color::Yellow);
+    bold_in(
+        at("⚑ the blue subflow was reset by this host"),
+        Color::Magenta,
+    );
+    // The closed subflow is dimmed, its peer's backup flag highlighted; open rows are not.
+    let (_, blue) = at("192.168.0.2:50001");
+    assert!(b[(4, blue)].modifier.contains(Modifier::DIM));
+    let (_, red) = at("10.0.0.2:50000 → 10.0.0.1:4321 ");
+    assert!(!b[(4, red)].modifier.contains(Modifier::DIM));
+    let flag = col(&rows[blue as usize], " B ") + 1;
+    assert_eq!(b[(flag, blue)].fg, Color::Yellow);
+    // The diagnosis line sits right under its connection.
+    let (_, conn1) = at("▾ 6d816c04");
+    assert_eq!(at("⚑").1, conn1 + 1);
 }
 
 #[test]
@@ -564,7 +624,7 @@ fn pausing_under_churn_stays_bounded_and_frozen() {
     assert!(s.ui.paused);
     let frozen = format!("{:?}", s.frozen);
     let screen = text(&draw(s.frozen.as_deref().unwrap(), 120, 12));
-    assert!(screen[0].contains("PAUSED"), "{screen:?}");
+    assert!(screen[..2].join(" ").contains("PAUSED"), "{screen:?}");
     let mut most = 0;
     for i in 0..TOTAL {
         let t = base + i * STEP;
@@ -601,7 +661,7 @@ fn pausing_under_churn_stays_bounded_and_frozen() {
         "closed connections older than the linger time are still kept"
     );
     let now = text(&draw(&s, 120, 12));
-    assert!(!now[0].contains("PAUSED"), "{now:?}");
+    assert!(!now[..2].join(" ").contains("PAUSED"), "{now:?}");
     assert_ne!(now, screen);
 }
 
@@ -634,4 +694,373 @@ fn socket_upgraded_events_count_only_the_sockets_made_mptcp() {
     assert_eq!(s.upgraded, Some(2));
     assert_eq!(s.conns.len(), conns, "no connection row for a bare socket");
     assert!(text(&draw(&s, 200, 5))[0].contains("upgraded sockets 2"));
+}
+
+const V6_CLIENT: (&str, u16) = ("2001:db8:1234:5678:9abc:def0:1234:5678", 65001);
+const V6_CLIENT2: (&str, u16) = ("2001:db8:ffff:5678:9abc:def0:1234:5678", 65002);
+const V6_SERVER: (&str, u16) = ("2001:db8:4321:8765:cba9:fed0:4321:8765", 65535);
+/// Interface names of the kernel's maximum length (IFNAMSIZ - 1 = 15), as udev names USB
+/// adapters.
+const IF1: &str = "enx00e04c68012a";
+const IF2: &str = "wlx00c0ca9a2b3c";
+
+/// The worst case for widths: full IPv6 addresses, 15-character interface names, an IPv4
+/// connection beside it, a failed join, a reset, backup flags.
+fn wide_model() -> State {
+    let mut s = model();
+    let c3 = 0xffff_0003;
+    s.apply(created(c3, "a1b2c3d4", 13 * S, V6_CLIENT, V6_SERVER));
+    s.apply(established(c3, 13 * S));
+    s.apply(subflow(c3, 7, 13 * S, V6_CLIENT, V6_SERVER, IF1, false));
+    let mut sf = sf_info(IF2, true);
+    sf.backup = true;
+    sf.peer_backup = true;
+    s.apply(Update::Event(Box::new(ev(
+        Data::SubflowEstablished(SubflowEstablished {
+            conn: conn(c3, 8),
+            tuple: tuple(V6_CLIENT2, V6_SERVER),
+            subflow: sf,
+            existing: false,
+        }),
+        13 * S,
+    ))));
+    s.apply(Update::Diag {
+        netns: NS,
+        at_ns: 14 * S,
+        socks: vec![
+            sock(V6_CLIENT, V6_SERVER, 123_456_789, 6),
+            sock(V6_CLIENT2, V6_SERVER, 1_000, 250_000),
+        ],
+    });
+    s
+}
+
+/// Compares the top of a screen with `top`; the rows below are empty but the last (the keys).
+fn assert_top(b: &Buffer, top: &[&str]) {
+    let got = text(b);
+    let h = got.len();
+    let mut want: Vec<String> = top.iter().map(|l| l.to_string()).collect();
+    want.resize(h - 1, String::new());
+    want.push("q quit  ↑↓/jk move  Enter fold  / filter  s sort  p pause  ? help".into());
+    assert_eq!(got, want, "\n{}", got.join("\n"));
+}
+
+fn demo_model() -> State {
+    model()
+}
+
+/// 80x24: the header wraps instead of losing `lost events`; connection lines wrap (state
+/// first, endpoints last); the reduced columns sit under each subflow's endpoints.
+#[test]
+fn at_80x24_the_header_wraps_and_rows_stack() {
+    assert_top(
+        &draw(&wide_model(), 80, 24),
+        &[
+            "mptcp-trace  connections 3 open · subflows 5 · last minute: joins 2, fallbacks 1",
+            "  · lost events 0  sort:age",
+            "    SUBFLOW LOCAL → REMOTE",
+            "      IFACE           BKUP STATE             TX/s        RX/s     RTT RETR",
+            "▾ 6d816c04  established  client  age 4.0s  pid 4242 curl  10.0.0.2:50000 →",
+            "    10.0.0.1:4321",
+            "  ├ 10.0.0.2:50000 → 10.0.0.1:4321",
+            "  │   red-client      -    estab         2.0MiB/s        0B/s   5.2ms    1",
+            "  └ 192.168.0.2:50001 → 10.0.0.1:4321",
+            "      blue-client     -    estab         2.0MiB/s        0B/s   5.4ms    1",
+            "▾ 0badf00d  established  FALLBACK(mp_capable_missing)  client  age 2.0s",
+            "    pid 4242 curl  10.0.0.2:50002 → 10.0.0.1:4321",
+            "  └ 10.0.0.2:50002 → 10.0.0.1:4321",
+            "      red-client      -    estab             0B/s        0B/s    80µs    1",
+            "▾ a1b2c3d4  established  client  age 1.0s  pid 4242 curl",
+            "    [2001:db8:1234:5678:9abc:def0:1234:5678]:65001 →",
+            "    [2001:db8:4321:8765:cba9:fed0:4321:8765]:65535",
+            "  ├ [2001:db8:1234:5678:9abc:def0:1234:5678]:65001 →",
+            "      [2001:db8:4321:8765:cba9:fed0:4321:8765]:65535",
+            "  │   enx00e04c68012a -    estab             0B/s        0B/s     6µs    1",
+            "  └ [2001:db8:ffff:5678:9abc:def0:1234:5678]:65002 →",
+            "      [2001:db8:4321:8765:cba9:fed0:4321:8765]:65535",
+            "      wlx00c0ca9a2b3c bB   estab             0B/s        0B/s 250.0ms    1",
+        ],
+    );
+}
+
+/// 100x30: the reduced column set (no IDS, SENT, RECV); endpoints wider than their column
+/// take a line of their own, the cells stay in their columns.
+#[test]
+fn at_100x30_the_reduced_columns_follow_the_endpoints() {
+    assert_top(
+        &draw(&wide_model(), 100, 30),
+        &[
+            "mptcp-trace  connections 3 open · subflows 5 · last minute: joins 2, fallbacks 1 · lost events 0",
+            "  sort:age",
+            "    SUBFLOW LOCAL → REMOTE      IFACE           BKUP STATE             TX/s        RX/s     RTT RETR",
+            "▾ 6d816c04  established  client  age 4.0s  pid 4242 curl  10.0.0.2:50000 → 10.0.0.1:4321",
+            "  ├ 10.0.0.2:50000 → 10.0.0.1:4321",
+            "  │                             red-client      -    estab         2.0MiB/s        0B/s   5.2ms    1",
+            "  └ 192.168.0.2:50001 → 10.0.0.1:4321",
+            "                                blue-client     -    estab         2.0MiB/s        0B/s   5.4ms    1",
+            "▾ 0badf00d  established  FALLBACK(mp_capable_missing)  client  age 2.0s  pid 4242 curl",
+            "    10.0.0.2:50002 → 10.0.0.1:4321",
+            "  └ 10.0.0.2:50002 → 10.0.0.1:4321",
+            "                                red-client      -    estab             0B/s        0B/s    80µs    1",
+            "▾ a1b2c3d4  established  client  age 1.0s  pid 4242 curl",
+            "    [2001:db8:1234:5678:9abc:def0:1234:5678]:65001 → [2001:db8:4321:8765:cba9:fed0:4321:8765]:65535",
+            "  ├ [2001:db8:1234:5678:9abc:def0:1234:5678]:65001 → [2001:db8:4321:8765:cba9:fed0:4321:8765]:65535",
+            "  │                             enx00e04c68012a -    estab             0B/s        0B/s     6µs    1",
+            "  └ [2001:db8:ffff:5678:9abc:def0:1234:5678]:65002 → [2001:db8:4321:8765:cba9:fed0:4321:8765]:65535",
+            "                                wlx00c0ca9a2b3c bB   estab             0B/s        0B/s 250.0ms    1",
+        ],
+    );
+}
+
+/// 120x40 with 15-character interface names and IPv6: the set that keeps most rows on one
+/// line (reduced); nothing shifts.
+#[test]
+fn at_120x40_ipv4_rows_stay_on_one_line() {
+    assert_top(
+        &draw(&wide_model(), 120, 40),
+        &[
+            "mptcp-trace  connections 3 open · subflows 5 · last minute: joins 2, fallbacks 1 · lost events 0  sort:age",
+            "    SUBFLOW LOCAL → REMOTE                          IFACE           BKUP STATE             TX/s        RX/s     RTT RETR",
+            "▾ 6d816c04  established  client  age 4.0s  pid 4242 curl  10.0.0.2:50000 → 10.0.0.1:4321",
+            "  ├ 10.0.0.2:50000 → 10.0.0.1:4321                  red-client      -    estab         2.0MiB/s        0B/s   5.2ms    1",
+            "  └ 192.168.0.2:50001 → 10.0.0.1:4321               blue-client     -    estab         2.0MiB/s        0B/s   5.4ms    1",
+            "▾ 0badf00d  established  FALLBACK(mp_capable_missing)  client  age 2.0s  pid 4242 curl  10.0.0.2:50002 → 10.0.0.1:4321",
+            "  └ 10.0.0.2:50002 → 10.0.0.1:4321                  red-client      -    estab             0B/s        0B/s    80µs    1",
+            "▾ a1b2c3d4  established  client  age 1.0s  pid 4242 curl  [2001:db8:1234:5678:9abc:def0:1234:5678]:65001 →",
+            "    [2001:db8:4321:8765:cba9:fed0:4321:8765]:65535",
+            "  ├ [2001:db8:1234:5678:9abc:def0:1234:5678]:65001 → [2001:db8:4321:8765:cba9:fed0:4321:8765]:65535",
+            "  │                                                 enx00e04c68012a -    estab             0B/s        0B/s     6µs    1",
+            "  └ [2001:db8:ffff:5678:9abc:def0:1234:5678]:65002 → [2001:db8:4321:8765:cba9:fed0:4321:8765]:65535",
+            "                                                    wlx00c0ca9a2b3c bB   estab             0B/s        0B/s 250.0ms    1",
+        ],
+    );
+}
+
+/// 136x40: every column; the IPv6 rows take two lines.
+#[test]
+fn at_136x40_every_column_is_shown() {
+    assert_top(
+        &draw(&wide_model(), 136, 40),
+        &[
+            "mptcp-trace  connections 3 open · subflows 5 · last minute: joins 2, fallbacks 1 · lost events 0  sort:age",
+            "    SUBFLOW LOCAL → REMOTE                  IFACE           IDS BKUP STATE           SENT      RECV        TX/s        RX/s     RTT RETR",
+            "▾ 6d816c04  established  client  age 4.0s  pid 4242 curl  10.0.0.2:50000 → 10.0.0.1:4321",
+            "  ├ 10.0.0.2:50000 → 10.0.0.1:4321          red-client      0/0 -    estab         3.0MiB        0B    2.0MiB/s        0B/s   5.2ms    1",
+            "  └ 192.168.0.2:50001 → 10.0.0.1:4321       blue-client     1/0 -    estab         2.5MiB        0B    2.0MiB/s        0B/s   5.4ms    1",
+            "▾ 0badf00d  established  FALLBACK(mp_capable_missing)  client  age 2.0s  pid 4242 curl  10.0.0.2:50002 → 10.0.0.1:4321",
+            "  └ 10.0.0.2:50002 → 10.0.0.1:4321          red-client      0/0 -    estab          1000B        0B        0B/s        0B/s    80µs    1",
+            "▾ a1b2c3d4  established  client  age 1.0s  pid 4242 curl  [2001:db8:1234:5678:9abc:def0:1234:5678]:65001 →",
+            "    [2001:db8:4321:8765:cba9:fed0:4321:8765]:65535",
+            "  ├ [2001:db8:1234:5678:9abc:def0:1234:5678]:65001 → [2001:db8:4321:8765:cba9:fed0:4321:8765]:65535",
+            "  │                                         enx00e04c68012a 0/0 -    estab       117.7MiB        0B        0B/s        0B/s     6µs    1",
+            "  └ [2001:db8:ffff:5678:9abc:def0:1234:5678]:65002 → [2001:db8:4321:8765:cba9:fed0:4321:8765]:65535",
+            "                                            wlx00c0ca9a2b3c 1/0 bB   estab          1000B        0B        0B/s        0B/s 250.0ms    1",
+        ],
+    );
+}
+
+/// 200x60: full IPv6 endpoints and every column on one line.
+#[test]
+fn at_200x60_full_ipv6_rows_fit_on_one_line() {
+    assert_top(
+        &draw(&wide_model(), 200, 60),
+        &[
+            "mptcp-trace  connections 3 open · subflows 5 · last minute: joins 2, fallbacks 1 · lost events 0  sort:age",
+            "    SUBFLOW LOCAL → REMOTE                                                                          IFACE           IDS BKUP STATE           SENT      RECV        TX/s        RX/s     RTT RETR",
+            "▾ 6d816c04  established  client  age 4.0s  pid 4242 curl  10.0.0.2:50000 → 10.0.0.1:4321",
+            "  ├ 10.0.0.2:50000 → 10.0.0.1:4321                                                                  red-client      0/0 -    estab         3.0MiB        0B    2.0MiB/s        0B/s   5.2ms    1",
+            "  └ 192.168.0.2:50001 → 10.0.0.1:4321                                                               blue-client     1/0 -    estab         2.5MiB        0B    2.0MiB/s        0B/s   5.4ms    1",
+            "▾ 0badf00d  established  FALLBACK(mp_capable_missing)  client  age 2.0s  pid 4242 curl  10.0.0.2:50002 → 10.0.0.1:4321",
+            "  └ 10.0.0.2:50002 → 10.0.0.1:4321                                                                  red-client      0/0 -    estab          1000B        0B        0B/s        0B/s    80µs    1",
+            "▾ a1b2c3d4  established  client  age 1.0s  pid 4242 curl  [2001:db8:1234:5678:9abc:def0:1234:5678]:65001 → [2001:db8:4321:8765:cba9:fed0:4321:8765]:65535",
+            "  ├ [2001:db8:1234:5678:9abc:def0:1234:5678]:65001 → [2001:db8:4321:8765:cba9:fed0:4321:8765]:65535 enx00e04c68012a 0/0 -    estab       117.7MiB        0B        0B/s        0B/s     6µs    1",
+            "  └ [2001:db8:ffff:5678:9abc:def0:1234:5678]:65002 → [2001:db8:4321:8765:cba9:fed0:4321:8765]:65535 wlx00c0ca9a2b3c 1/0 bB   estab          1000B        0B        0B/s        0B/s 250.0ms    1",
+        ],
+    );
+}
+
+/// The reported defect: at 120 columns the header ended at `TX/s      R`.
+#[test]
+fn the_demo_at_120_columns_keeps_rx_rtt_and_retr() {
+    assert_top(
+        &draw(&demo_model(), 120, 40),
+        &[
+            "mptcp-trace  connections 2 open · subflows 3 · last minute: joins 1, fallbacks 1 · lost events 0  sort:age",
+            "    SUBFLOW LOCAL → REMOTE            IFACE       BKUP STATE             TX/s        RX/s     RTT RETR",
+            "▾ 6d816c04  established  client  age 4.0s  pid 4242 curl  10.0.0.2:50000 → 10.0.0.1:4321",
+            "  ├ 10.0.0.2:50000 → 10.0.0.1:4321    red-client  -    estab         2.0MiB/s        0B/s   5.2ms    1",
+            "  └ 192.168.0.2:50001 → 10.0.0.1:4321 blue-client -    estab         2.0MiB/s        0B/s   5.4ms    1",
+            "▾ 0badf00d  established  FALLBACK(mp_capable_missing)  client  age 2.0s  pid 4242 curl  10.0.0.2:50002 → 10.0.0.1:4321",
+            "  └ 10.0.0.2:50002 → 10.0.0.1:4321    red-client  -    estab             0B/s        0B/s    80µs    1",
+        ],
+    );
+}
+
+/// And at 136 columns: every column, one line per subflow.
+#[test]
+fn the_demo_at_136_columns_shows_every_column() {
+    assert_top(
+        &draw(&demo_model(), 136, 40),
+        &[
+            "mptcp-trace  connections 2 open · subflows 3 · last minute: joins 1, fallbacks 1 · lost events 0  sort:age",
+            "    SUBFLOW LOCAL → REMOTE            IFACE       IDS BKUP STATE           SENT      RECV        TX/s        RX/s     RTT RETR",
+            "▾ 6d816c04  established  client  age 4.0s  pid 4242 curl  10.0.0.2:50000 → 10.0.0.1:4321",
+            "  ├ 10.0.0.2:50000 → 10.0.0.1:4321    red-client  0/0 -    estab         3.0MiB        0B    2.0MiB/s        0B/s   5.2ms    1",
+            "  └ 192.168.0.2:50001 → 10.0.0.1:4321 blue-client 1/0 -    estab         2.5MiB        0B    2.0MiB/s        0B/s   5.4ms    1",
+            "▾ 0badf00d  established  FALLBACK(mp_capable_missing)  client  age 2.0s  pid 4242 curl  10.0.0.2:50002 → 10.0.0.1:4321",
+            "  └ 10.0.0.2:50002 → 10.0.0.1:4321    red-client  0/0 -    estab          1000B        0B        0B/s        0B/s    80µs    1",
+        ],
+    );
+}
+
+/// At every common size: no header part lost, no cell cut, every subflow's interface name,
+/// flags, RTT with its unit and retransmits present, every endpoint whole.
+#[test]
+fn every_common_size_shows_every_cell_whole() {
+    let s = wide_model();
+    for (w, h) in [(80, 24), (100, 30), (120, 40), (136, 40), (200, 60)] {
+        let rows = text(&draw(&s, w, h));
+        let all = rows.join("\n");
+        for part in [
+            "connections 3 open",
+            "subflows 5",
+            "joins 2, fallbacks 1",
+            "lost events 0",
+            "sort:age",
+        ] {
+            assert!(rows[..2].join(" ").contains(part), "{w}x{h}: {part}\n{all}");
+        }
+        for cell in [
+            IF1,
+            IF2,
+            "red-client",
+            "blue-client",
+            "bB",
+            "6µs",
+            "250.0ms",
+            "5.2ms",
+            "80µs",
+            "2.0MiB/s",
+            "FALLBACK(mp_capable_missing)",
+        ] {
+            assert!(all.contains(cell), "{w}x{h}: {cell}\n{all}");
+        }
+        for (a, p) in [V6_CLIENT, V6_CLIENT2, V6_SERVER, RED, BLUE, SRV] {
+            let ep = match ip(a) {
+                IpAddr::V6(_) => format!("[{a}]:{p}"),
+                _ => format!("{a}:{p}"),
+            };
+            assert!(all.contains(&ep), "{w}x{h}: {ep}\n{all}");
+        }
+        assert_eq!(all.matches("established").count(), 3, "{w}x{h}\n{all}");
+        assert!(rows.iter().all(|r| r.chars().count() <= w as usize));
+    }
+}
+
+/// Many connections at 80x24: moving down past the screen scrolls the connections, and the
+/// header and column names stay on top.
+#[test]
+fn the_column_names_stay_while_scrolling() {
+    let mut s = State::default();
+    for i in 0..30u64 {
+        let port = 40_000 + i as u16;
+        s.apply(created(
+            0x100 + i,
+            "00c0ffee",
+            S + i,
+            ("10.0.0.2", port),
+            SRV,
+        ));
+        s.apply(subflow(
+            0x100 + i,
+            0x1000 + i,
+            S + i,
+            ("10.0.0.2", port),
+            SRV,
+            IF1,
+            false,
+        ));
+    }
+    for _ in 0..25 {
+        press(&mut s, KeyCode::Char('j'));
+    }
+    let rows = text(&draw(&s, 80, 24));
+    assert!(
+        rows[0].starts_with("mptcp-trace  connections 30 open"),
+        "{rows:#?}"
+    );
+    assert!(
+        rows[2].starts_with("    SUBFLOW LOCAL → REMOTE"),
+        "{rows:#?}"
+    );
+    assert!(
+        rows[3].contains("IFACE") && rows[3].contains("RETR"),
+        "{rows:#?}"
+    );
+    let selected = s.visible()[24].client.unwrap().1.to_string();
+    assert!(
+        rows[4..23].iter().any(|r| r.contains(&selected)),
+        "the selection (port {selected}) is in view: {rows:#?}"
+    );
+    assert!(!rows[4..].iter().any(|r| r.contains(":40000 ")), "scrolled");
+}
+
+/// An empty body says what is true: a filter hides connections, or they all closed.
+#[test]
+fn an_empty_list_says_why() {
+    let mut s = model();
+    s.ui.filter = "nomatch".into();
+    let rows = text(&draw(&s, 100, 8));
+    assert_eq!(
+        rows[0],
+        "mptcp-trace  connections 2 open · subflows 3 · last minute: joins 1, fallbacks 1 · lost events 0"
+    );
+    assert_eq!(rows[1], "  sort:age  filter:nomatch (0 of 2 shown)");
+    assert_eq!(
+        rows[3],
+        "  (no connection matches the filter \"nomatch\"; 2 hidden — `/` then Esc clears it)"
+    );
+    assert!(!rows.join("\n").contains("no MPTCP connection yet"));
+
+    // 60 connections came and went.
+    let mut s = State::default();
+    for i in 0..60u64 {
+        s.apply(created(0x100 + i, "00c0ffee", S + i, RED, SRV));
+        s.apply(closed(0x100 + i, S + i + 1));
+    }
+    s.apply(Update::Tick(S + 60 + LINGER_NS + 1));
+    assert!(s.conns.is_empty());
+    let rows = text(&draw(&s, 100, 8));
+    assert!(
+        rows.iter()
+            .any(|r| r
+                == "  (no MPTCP connection open now; 60 seen since the view started, all closed)"),
+        "{rows:#?}"
+    );
+    let rows = text(&draw(&State::default(), 100, 8));
+    assert!(
+        rows.iter().any(|r| r == "  (no MPTCP connection yet)"),
+        "{rows:#?}"
+    );
+}
+
+/// A long banner (the demo's note) wraps between words, and the key help stays whole.
+#[test]
+fn the_banner_wraps_between_words() {
+    let mut s = model();
+    s.ui.banner = Some(
+        "demo (mptcp-client-demo4935 / mptcp-server-demo4935): the TCP→MPTCP upgrade is not \
+         available (this kernel refuses BPF trampolines (fmod_ret); `mptcp-trace upgrade` says why)"
+            .into(),
+    );
+    let rows = text(&draw(&s, 80, 24));
+    assert_eq!(
+        rows[20..],
+        [
+            "demo (mptcp-client-demo4935 / mptcp-server-demo4935): the TCP→MPTCP upgrade is",
+            "not available (this kernel refuses BPF trampolines (fmod_ret); `mptcp-trace",
+            "upgrade` says why)",
+            "q quit  ↑↓/jk move  Enter fold  / filter  s sort  p pause  ? help",
+        ]
+    );
 }

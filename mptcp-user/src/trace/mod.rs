@@ -342,7 +342,7 @@ impl Pipeline {
             owners: Owners::default(),
             existing: snap.stage,
             matcher: ConnMatcher::new(sel.conn.clone()),
-            order: Reorder::default(),
+            order: Reorder::new(clock),
             ready: VecDeque::new(),
             totals: Totals::default(),
             reported: Lost::default(),

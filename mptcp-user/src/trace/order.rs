@@ -14,7 +14,10 @@
 
 use std::{cmp::Reverse, collections::BinaryHeap};
 
-use crate::event::{Data, Event, Token};
+use crate::{
+    decode::Clock,
+    event::{Data, Event, Token},
+};
 
 /// How long an event waits for earlier ones (documented in the README).
 pub const WINDOW_NS: u64 = 20_000_000;
@@ -49,15 +52,33 @@ impl Ord for Item {
     }
 }
 
-#[derive(Default)]
 pub struct Reorder {
     heap: BinaryHeap<Reverse<Item>>,
     seq: u64,
     /// The newest timestamp released: later events never go out before it.
     released: u64,
+    /// Writes `time` again when an event is stamped anew, so the two never disagree.
+    clock: Clock,
+}
+
+#[cfg(test)]
+impl Default for Reorder {
+    /// With the clock the tests' events are made with.
+    fn default() -> Self {
+        Reorder::new(Clock::fixed(0))
+    }
 }
 
 impl Reorder {
+    pub fn new(clock: Clock) -> Self {
+        Reorder {
+            heap: BinaryHeap::new(),
+            seq: 0,
+            released: 0,
+            clock,
+        }
+    }
+
     pub fn push(&mut self, e: Event) {
         self.seq += 1;
         // An event older than what was already released goes out next, in arrival order.
@@ -136,6 +157,7 @@ impl Reorder {
             .max()
             .map_or(0, |k| k.ts);
         e.ts_ns = target.ts.saturating_sub(1).max(before).max(self.released);
+        e.time = self.clock.rfc3339(e.ts_ns);
         self.heap.push(Reverse(Item(key, e)));
     }
 
@@ -251,6 +273,14 @@ mod tests {
         let ts: Vec<u64> = out.iter().map(|o| o.1).collect();
         assert!(ts.windows(2).all(|w| w[0] <= w[1]), "{ts:?}");
         assert_eq!(ts[3], 1_006, "another connection's keeps its time");
+        // `time` is written again with the new stamp.
+        let mut r = Reorder::default();
+        r.push_event(ring(EventKind::SubflowEstablished, 5_000_000, 0, false));
+        r.push_event(ring(EventKind::ConnEstablished, 9_000_000, 0, false));
+        let mut times = Vec::new();
+        r.release(u64::MAX, &mut |e| times.push((e.ts_ns, e.time)));
+        assert_eq!(times[0].0, 4_999_999);
+        assert_eq!(times[0].1, Clock::fixed(0).rfc3339(4_999_999));
     }
 
     #[test]
