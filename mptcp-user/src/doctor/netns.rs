@@ -428,7 +428,7 @@ pub fn judge(ns: &NetnsRef, f: &Facts) -> Vec<Check> {
     v
 }
 
-fn endpoint_check(ns: &NetnsRef, e: &Endpoint, net: &NetState) -> Check {
+pub fn endpoint_check(ns: &NetnsRef, e: &Endpoint, net: &NetState) -> Check {
     let name = format!("endpoint:{}", e.id);
     let what = describe(e, Some(net));
     let c = |status, detail: String| Check::netns(ns, &name, status, format!("{what}: {detail}"));

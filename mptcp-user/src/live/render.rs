@@ -258,6 +258,14 @@ fn peer_addr_line(a: &PeerAddr, conn_closed: bool) -> Line<'static> {
     )
 }
 
+/// A `conn_diagnosis` under its connection: why it has fewer subflows than configured.
+fn diagnosis_line((cause, detail): &(String, String), conn_closed: bool) -> Line<'static> {
+    Line::styled(
+        format!("  ? {cause}: {}", crate::text::printable(detail)),
+        dim(Style::default().fg(Color::Yellow), conn_closed),
+    )
+}
+
 /// The body lines and the index of the selected connection's line.
 fn body(state: &State, wide: bool) -> (Vec<Line<'static>>, Option<usize>) {
     let mut lines = vec![columns(wide)];
@@ -283,6 +291,9 @@ fn body(state: &State, wide: bool) -> (Vec<Line<'static>>, Option<usize>) {
             }
             for a in &c.peer_addrs {
                 lines.push(peer_addr_line(a, !c.is_open()));
+            }
+            for d in &c.diagnoses {
+                lines.push(diagnosis_line(d, !c.is_open()));
             }
         }
     }

@@ -78,6 +78,8 @@ pub struct Conn {
     pub subflows: Vec<Subflow>,
     /// ADD_ADDR / RM_ADDR seen for this connection, oldest first (at most [`MAX_PEER_ADDRS`]).
     pub peer_addrs: Vec<PeerAddr>,
+    /// `conn_diagnosis` of the connection, as (cause, detail), oldest first (one per cause).
+    pub diagnoses: Vec<(String, String)>,
     /// Order of arrival, for the default sort.
     pub seq: u64,
 }
@@ -345,6 +347,7 @@ impl State {
                 closed_ns: None,
                 subflows: Vec::new(),
                 peer_addrs: Vec::new(),
+                diagnoses: Vec::new(),
                 seq: *seq,
             }
         })
@@ -528,6 +531,11 @@ impl State {
                     addr: a.addr.map(|ad| (ad, a.port)),
                     at_ns: e.ts_ns,
                 });
+            }
+            Data::ConnDiagnosis(d) => {
+                if !c.diagnoses.iter().any(|(cause, _)| *cause == d.cause) {
+                    c.diagnoses.push((d.cause.clone(), d.detail.clone()));
+                }
             }
             Data::Lost(_) | Data::SocketUpgraded(_) => {}
         }

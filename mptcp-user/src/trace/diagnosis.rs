@@ -1,0 +1,777 @@
+//! The diagnosis stage: a cause for every connection that ends up with fewer subflows than its
+//! configuration allows, every failed join and every fallback, emitted as `conn_diagnosis`
+//! right after the event it was concluded from. Causes come from evidence only: the failure's
+//! own fields (errno, the peer's MP_TCPRST reason), the namespace's path-manager configuration
+//! (read with doctor's reader, judged with doctor's endpoint check) and MPTcpExt counter
+//! deltas since the connection started. When the evidence does not single out a cause, the
+//! cause is `unknown` and the evidence says what was seen.
+//!
+//! When: a failed join and a fallback at once; a client connection still on its first subflow
+//! [`DEADLINE_NS`] after it was established (the in-kernel path manager opens its joins as
+//! soon as the connection is fully established, well within that); and at close. At most one
+//! diagnosis per cause per connection.
+//!
+//! The stage also keeps the events of the last [`MAX_RECENT`] diagnosed connections, which
+//! the pipeline writes for `mptcp-trace why` (see `why_file`).
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    net::IpAddr,
+    path::PathBuf,
+    sync::Arc,
+};
+
+use crate::{
+    decode::Clock,
+    doctor::{self, netns::Facts},
+    event::{Conn, ConnDiagnosis, Data, Event, Side, SubflowFailed, Tuple},
+    pm_config::flag,
+    sys::netstat::{self, MptcpExt},
+};
+
+/// How long a client connection may stay on its first subflow after conn_established before
+/// its configuration is judged.
+pub const DEADLINE_NS: u64 = 1_000_000_000;
+/// The deadline is judged this much later, once the reorder stage released every event stamped
+/// before it.
+const SETTLE_NS: u64 = 4 * super::order::WINDOW_NS;
+/// Diagnosed connections whose events are kept for `why`.
+pub const MAX_RECENT: usize = 1000;
+/// Events kept per connection for `why`.
+const MAX_LOG: usize = 64;
+/// A namespace's counters are read at most this often for the baselines of new connections.
+const BASELINE_REUSE_NS: u64 = 100_000_000;
+
+/// What the stage reads about a namespace. A trait so that the judgement is unit-tested
+/// without root or namespaces.
+pub trait Env {
+    /// The namespace's name under /run/netns, else `inode N`.
+    fn name(&mut self, netns: u32) -> String;
+    /// Doctor's facts of the namespace (path manager, limits, endpoints, interfaces, routes).
+    fn facts(&mut self, netns: u32) -> Option<Facts>;
+    /// Its MPTcpExt counters now.
+    fn counters(&mut self, netns: u32) -> Option<MptcpExt>;
+}
+
+/// The real host: namespaces entered by their files.
+#[derive(Default)]
+pub struct Host {
+    paths: HashMap<u32, PathBuf>,
+}
+
+impl Host {
+    fn path(&mut self, netns: u32) -> Option<PathBuf> {
+        if !self.paths.contains_key(&netns) {
+            self.paths = crate::sys::netns::all();
+        }
+        self.paths.get(&netns).cloned()
+    }
+}
+
+impl Env for Host {
+    fn name(&mut self, netns: u32) -> String {
+        match self.path(netns) {
+            Some(p) if p.starts_with("/run/netns") => {
+                p.file_name().map_or(format!("inode {netns}"), |n| {
+                    n.to_string_lossy().into_owned()
+                })
+            }
+            _ => format!("inode {netns}"),
+        }
+    }
+
+    fn facts(&mut self, netns: u32) -> Option<Facts> {
+        let p = self.path(netns)?;
+        // On a short-lived thread: the pipeline's thread never changes namespace.
+        std::thread::scope(|s| s.spawn(|| Facts::read(&p).ok()).join().ok()?)
+    }
+
+    fn counters(&mut self, netns: u32) -> Option<MptcpExt> {
+        let p = self.path(netns)?;
+        netstat::read(&p).ok()
+    }
+}
+
+/// What the stage knows about one connection.
+#[derive(Default)]
+struct Track {
+    conn: Conn,
+    tuple: Option<Tuple>,
+    side: Option<Side>,
+    established_ns: Option<u64>,
+    deadline_done: bool,
+    fallback: bool,
+    /// Subflows established, the initial one included; joins among them.
+    subflows: u32,
+    joins: u32,
+    joins_failed: u32,
+    /// Remote ids the joins went to (established or failed).
+    join_remote_ids: HashSet<u8>,
+    /// The peer's ADD_ADDRs: remote id and address.
+    announced: Vec<(u8, Option<IpAddr>)>,
+    causes: Vec<String>,
+    baseline: Option<Arc<MptcpExt>>,
+    log: Vec<Event>,
+}
+
+pub struct Diagnosis {
+    env: Box<dyn Env + Send>,
+    clock: Clock,
+    tracks: HashMap<u64, Track>,
+    /// Per namespace: when its counters were last read, and them.
+    baselines: HashMap<u32, (u64, Arc<MptcpExt>)>,
+    recent: VecDeque<Vec<Event>>,
+    /// Set when a diagnosis was added since [`Diagnosis::take_dirty`].
+    dirty: bool,
+    last_ts: u64,
+}
+
+/// A diagnosis before it becomes an event.
+struct Found {
+    cause: &'static str,
+    detail: String,
+    evidence: Vec<String>,
+}
+
+fn found(cause: &'static str, detail: String, evidence: Vec<String>) -> Found {
+    Found {
+        cause,
+        detail,
+        evidence,
+    }
+}
+
+fn endpoint(a: IpAddr, port: u16) -> String {
+    match a {
+        IpAddr::V4(_) => format!("{a}:{port}"),
+        IpAddr::V6(_) => format!("[{a}]:{port}"),
+    }
+}
+
+fn delta_evidence(d: &[(String, u64)], ns: &str) -> Vec<String> {
+    d.iter()
+        .map(|(n, v)| format!("MPTcpExt {n} +{v} in netns {ns}"))
+        .collect()
+}
+
+fn is_auth_counter(n: &str) -> bool {
+    matches!(
+        n,
+        "MPJoinSynAckHMacFailure" | "MPJoinAckHMacFailure" | "MPJoinNoTokenFound"
+    )
+}
+
+impl Diagnosis {
+    pub fn new(env: Box<dyn Env + Send>, clock: Clock) -> Diagnosis {
+        Diagnosis {
+            env,
+            clock,
+            tracks: HashMap::new(),
+            baselines: HashMap::new(),
+            recent: VecDeque::new(),
+            dirty: false,
+            last_ts: 0,
+        }
+    }
+
+    /// Passes `e` on to `out`, followed by the diagnoses it allows.
+    pub fn pass(&mut self, e: Event, out: &mut VecDeque<Event>) {
+        self.last_ts = self.last_ts.max(e.ts_ns);
+        let key = e.ids().conn;
+        if key == 0 || e.conn().is_some_and(|c| c.protocol.is_some()) {
+            out.push_back(e);
+            return;
+        }
+        let mut found = Vec::new();
+        let mut closed = false;
+        match &e.data {
+            Data::ConnCreated(d) => {
+                let baseline = d.conn.netns.and_then(|ns| self.baseline(ns, e.ts_ns));
+                let t = self.tracks.entry(key).or_default();
+                t.side = Some(d.side);
+                t.tuple = Some(d.tuple.clone());
+                t.baseline = baseline;
+            }
+            Data::ConnExisting(d) => {
+                let baseline = d.conn.netns.and_then(|ns| self.baseline(ns, e.ts_ns));
+                let t = self.tracks.entry(key).or_default();
+                t.side = d.side;
+                t.tuple = Some(d.tuple.clone());
+                t.fallback = d.fallback;
+                // Its establishment was not seen: judged a deadline after the snapshot.
+                t.established_ns = Some(e.ts_ns);
+                t.baseline = baseline;
+            }
+            Data::ConnEstablished(d) => {
+                let t = self.tracks.entry(key).or_default();
+                t.established_ns.get_or_insert(e.ts_ns);
+                t.tuple.get_or_insert_with(|| d.tuple.clone());
+            }
+            Data::SubflowEstablished(d) => {
+                let t = self.tracks.entry(key).or_default();
+                t.subflows += 1;
+                if d.subflow.join {
+                    t.joins += 1;
+                    t.join_remote_ids.insert(d.subflow.remote_id);
+                }
+            }
+            Data::SubflowFailed(d) if d.subflow.join => {
+                let t = self.tracks.entry(key).or_default();
+                t.joins_failed += 1;
+                t.join_remote_ids.insert(d.subflow.remote_id);
+                found.push(self.failed_join(key, d));
+            }
+            Data::SubflowClosed(d)
+                if d.subflow.join
+                    && d.bytes_received == 0
+                    && d.bytes_sent == 0
+                    && (d.reason.starts_with("rst") || d.reason.starts_with("mp_tcprst")) =>
+            {
+                // A join reset right after its handshake, before it carried anything: the
+                // peer took it back (newer kernels check their limits at the third ACK).
+                self.tracks.entry(key).or_default();
+                found.push(self.reset_join(key, d));
+            }
+            Data::ConnFallback(d) => {
+                let t = self.tracks.entry(key).or_default();
+                t.fallback = true;
+                found.push(self.fallback(key, &d.reason, e.ts_ns));
+            }
+            Data::AddrAnnounced(a) => {
+                let t = self.tracks.entry(key).or_default();
+                t.announced.push((a.remote_id, a.addr));
+            }
+            Data::ConnClosed(_) => closed = true,
+            _ => {}
+        }
+        let t = self.tracks.entry(key).or_default();
+        if let Some(c) = e.conn() {
+            // The latest connection part: the token and peer token arrive on later events.
+            let ids = c.ids;
+            let keep = t.conn.clone();
+            t.conn = Conn {
+                token: c.token.or(keep.token),
+                peer_token: c.peer_token.or(keep.peer_token),
+                netns: c.netns.or(keep.netns),
+                pid: c.pid.or(keep.pid),
+                comm: c.comm.clone().or(keep.comm),
+                protocol: None,
+                ids: crate::event::Ids { subflow: 0, ..ids },
+            };
+        }
+        if t.log.len() < MAX_LOG && !matches!(e.data, Data::AddrRemoved(_)) {
+            t.log.push(e.clone());
+        }
+        let ts = e.ts_ns;
+        out.push_back(e);
+        if closed {
+            if self.tracks[&key].established_ns.is_some() && !self.tracks[&key].deadline_done {
+                // Closed before its deadline: judged now, but only on what the configuration
+                // forbids (a join may simply not have had the time).
+                found.extend(self.judge_config(key, false));
+            } else if self.tracks[&key].established_ns.is_some() {
+                found.extend(self.judge_config(key, true));
+            }
+        }
+        for f in found {
+            self.emit(key, ts, f, out);
+        }
+        if closed {
+            let t = self.tracks.remove(&key).expect("tracked above");
+            if !t.causes.is_empty() {
+                if self.recent.len() == MAX_RECENT {
+                    self.recent.pop_front();
+                }
+                self.recent.push_back(t.log);
+                self.dirty = true;
+            }
+        }
+    }
+
+    /// Judges the connections whose deadline passed by `now`.
+    pub fn expire(&mut self, now: u64, out: &mut VecDeque<Event>) {
+        let due: Vec<u64> = self
+            .tracks
+            .iter()
+            .filter(|(_, t)| {
+                !t.deadline_done
+                    && t.established_ns
+                        .is_some_and(|e| e + DEADLINE_NS + SETTLE_NS <= now)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for key in due {
+            let t = self.tracks.get_mut(&key).expect("listed");
+            t.deadline_done = true;
+            let ts = (t.established_ns.unwrap_or(0) + DEADLINE_NS).max(self.last_ts);
+            for f in self.judge_config(key, false) {
+                self.emit(key, ts, f, out);
+            }
+            self.last_ts = self.last_ts.max(ts);
+        }
+    }
+
+    /// When [`Diagnosis::expire`] has work next.
+    pub fn next_due(&self) -> Option<u64> {
+        self.tracks
+            .values()
+            .filter(|t| !t.deadline_done)
+            .filter_map(|t| t.established_ns)
+            .min()
+            .map(|e| e + DEADLINE_NS + SETTLE_NS)
+    }
+
+    /// Whether a diagnosis was added since the last call.
+    pub fn take_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// The events of the diagnosed connections: the closed ones kept, then the open ones.
+    pub fn recent(&self) -> impl Iterator<Item = &Event> {
+        self.recent.iter().flatten().chain(
+            self.tracks
+                .values()
+                .filter(|t| !t.causes.is_empty())
+                .flat_map(|t| t.log.iter()),
+        )
+    }
+
+    fn emit(&mut self, key: u64, ts: u64, f: Found, out: &mut VecDeque<Event>) {
+        let t = self.tracks.get_mut(&key).expect("tracked");
+        if t.causes.iter().any(|c| c == f.cause) {
+            return;
+        }
+        let Some(tuple) = t.tuple.clone() else {
+            return;
+        };
+        t.causes.push(f.cause.to_string());
+        let e = Event::new(
+            ts,
+            self.clock.rfc3339(ts),
+            Data::ConnDiagnosis(ConnDiagnosis {
+                conn: t.conn.clone(),
+                tuple,
+                cause: f.cause.to_string(),
+                detail: f.detail,
+                evidence: f.evidence,
+            }),
+        );
+        if t.log.len() < MAX_LOG {
+            t.log.push(e.clone());
+        }
+        self.dirty = true;
+        out.push_back(e);
+    }
+
+    /// The counters of `netns` now, reused when read less than [`BASELINE_REUSE_NS`] ago.
+    fn baseline(&mut self, netns: u32, ts: u64) -> Option<Arc<MptcpExt>> {
+        if let Some((at, c)) = self.baselines.get(&netns) {
+            if ts.saturating_sub(*at) < BASELINE_REUSE_NS {
+                return Some(c.clone());
+            }
+        }
+        let c = Arc::new(self.env.counters(netns)?);
+        self.baselines.insert(netns, (ts, c.clone()));
+        Some(c)
+    }
+
+    /// The counters of the connection's namespace that grew since it started.
+    fn deltas(&mut self, key: u64, pick: impl Fn(&str) -> bool) -> (String, Vec<(String, u64)>) {
+        let t = &self.tracks[&key];
+        let (Some(ns), Some(before)) = (t.conn.netns, t.baseline.clone()) else {
+            return (String::new(), Vec::new());
+        };
+        let name = self.env.name(ns);
+        let Some(now) = self.env.counters(ns) else {
+            return (name, Vec::new());
+        };
+        (name, netstat::deltas(&before, &now, pick))
+    }
+
+    /// The connection on the other end, when this tracer sees it too (its token is our peer
+    /// token): its key.
+    fn peer_of(&self, key: u64) -> Option<u64> {
+        let pt = self.tracks[&key].conn.peer_token?;
+        self.tracks
+            .iter()
+            .find(|(k, t)| **k != key && t.conn.token == Some(pt))
+            .map(|(k, _)| *k)
+    }
+
+    fn failed_join(&mut self, key: u64, f: &SubflowFailed) -> Found {
+        let what = format!(
+            "the join from {} to {}",
+            endpoint(f.tuple.saddr, f.tuple.sport),
+            endpoint(f.tuple.daddr, f.tuple.dport)
+        );
+        let mut seen = format!("subflow_failed sport={} reason={}", f.tuple.sport, f.reason);
+        if let Some(e) = &f.cause.error {
+            seen += &format!(" error={e}");
+        }
+        if let Some(r) = &f.cause.reset_reason {
+            seen += &format!(" reset_reason={r}");
+        }
+        let mut evidence = vec![seen];
+        // The peer's own counters, when it is traced here too.
+        let peer = self
+            .peer_of(key)
+            .map(|p| self.deltas(p, |n| n.starts_with("MPJoin")));
+        if let Some((ns, d)) = &peer {
+            evidence.extend(delta_evidence(d, ns));
+        }
+        let peer_has = |name: &str| {
+            peer.as_ref()
+                .and_then(|(_, d)| d.iter().find(|(n, _)| n == name).map(|(_, v)| *v))
+        };
+        match (f.cause.reset_reason.as_deref(), f.cause.error.as_deref()) {
+            (Some("prohibited"), _) => {
+                let limit = match peer_has("MPJoinRejected") {
+                    Some(n) => format!(
+                        " (the peer's namespace rejected {n} join(s) since the connection started)"
+                    ),
+                    None => String::new(),
+                };
+                found(
+                    "peer_refused_join",
+                    format!(
+                        "the peer refused {what} with MP_TCPRST prohibited: its path manager \
+                         accepts no more subflows on this connection (its `limits subflows` is \
+                         reached){limit}"
+                    ),
+                    evidence,
+                )
+            }
+            (Some(r), _) => found(
+                "unknown",
+                format!("the peer reset {what} with MP_TCPRST reason {r}"),
+                evidence,
+            ),
+            (None, Some("ECONNREFUSED")) => match peer_has("MPJoinNoTokenFound") {
+                Some(n) => found(
+                    "join_auth_failed",
+                    format!(
+                        "{what} was reset: the peer did not know the connection's token \
+                         (MPJoinNoTokenFound +{n} there)"
+                    ),
+                    evidence,
+                ),
+                None => found(
+                    "join_refused",
+                    format!(
+                        "{what} was refused with a reset (ECONNREFUSED): nothing listens on \
+                         port {} of {} any more (the listener is gone)",
+                        f.tuple.dport, f.tuple.daddr
+                    ),
+                    evidence,
+                ),
+            },
+            (None, Some("ETIMEDOUT")) => found(
+                "join_timed_out",
+                format!(
+                    "{what} got no answer after {} SYN retransmission(s) (ETIMEDOUT): the path \
+                     is black-holed",
+                    f.retrans
+                ),
+                evidence,
+            ),
+            _ => {
+                let (ns, d) = self.deltas(key, is_auth_counter);
+                let auth = !d.is_empty();
+                evidence.extend(delta_evidence(&d, &ns));
+                if auth {
+                    found(
+                        "join_auth_failed",
+                        format!(
+                            "{what} failed its HMAC or token check (inferred from the MPTcpExt \
+                             counters of netns {ns})"
+                        ),
+                        evidence,
+                    )
+                } else {
+                    found(
+                        "unknown",
+                        format!("{what} failed ({}); no evidence of why", f.reason),
+                        evidence,
+                    )
+                }
+            }
+        }
+    }
+
+    fn reset_join(&mut self, key: u64, d: &crate::event::SubflowClosed) -> Found {
+        let what = format!(
+            "the join from {} to {}",
+            endpoint(d.tuple.saddr, d.tuple.sport),
+            endpoint(d.tuple.daddr, d.tuple.dport)
+        );
+        let mut seen = format!(
+            "subflow_closed join sport={} reason={} bytes_sent=0 bytes_received=0",
+            d.tuple.sport, d.reason
+        );
+        if let Some(r) = &d.cause.reset_reason {
+            seen += &format!(" reset_reason={r}");
+        }
+        let mut evidence = vec![seen];
+        let peer = self
+            .peer_of(key)
+            .map(|p| self.deltas(p, |n| n.starts_with("MPJoin")));
+        let rejected = peer.as_ref().and_then(|(ns, d)| {
+            evidence.extend(delta_evidence(d, ns));
+            d.iter()
+                .find(|(n, _)| n == "MPJoinRejected")
+                .map(|(_, v)| (ns.clone(), *v))
+        });
+        match (d.cause.reset_reason.as_deref(), &rejected) {
+            (Some("prohibited"), _) | (_, Some(_)) => found(
+                "peer_refused_join",
+                format!(
+                    "the peer reset {what} right after its handshake{}: its path manager                      accepts no more subflows on this connection (its `limits subflows` is                      reached){}",
+                    if d.cause.reset_reason.is_some() {
+                        " with MP_TCPRST prohibited"
+                    } else {
+                        ""
+                    },
+                    rejected.as_ref().map_or(String::new(), |(ns, n)| format!(
+                        " — netns {ns} counted {n} rejected join(s) (MPJoinRejected)"
+                    ))
+                ),
+                evidence,
+            ),
+            _ => found(
+                "unknown",
+                format!(
+                    "the peer reset {what} right after its handshake ({}); no evidence of why",
+                    d.reason
+                ),
+                evidence,
+            ),
+        }
+    }
+
+    fn fallback(&mut self, key: u64, reason: &str, ts: u64) -> Found {
+        let t = &self.tracks[&key];
+        let after = t
+            .established_ns
+            .map(|e| {
+                format!(
+                    " {:.3} s after it was established",
+                    (ts.saturating_sub(e)) as f64 / 1e9
+                )
+            })
+            .unwrap_or_default();
+        let mut evidence = vec![format!("conn_fallback reason={reason}")];
+        let (ns, d) = self.deltas(key, |n| {
+            n.contains("Fallback") || n.contains("InfiniteMap") || n.contains("DSSCorruption")
+        });
+        evidence.extend(delta_evidence(&d, &ns));
+        found(
+            "fallback",
+            format!(
+                "the connection fell back to plain TCP{after} ({reason}): one subflow, no MPTCP"
+            ),
+            evidence,
+        )
+    }
+
+    /// Judges a client connection's configuration against the subflows it got. `at_close`
+    /// also says `unknown` when the configuration allowed a join that never came.
+    fn judge_config(&mut self, key: u64, at_close: bool) -> Vec<Found> {
+        let t = &self.tracks[&key];
+        let (Some(ns), Some(tuple)) = (t.conn.netns, t.tuple.clone()) else {
+            return Vec::new();
+        };
+        if t.side != Some(Side::Client) || t.fallback || t.subflows == 0 {
+            return Vec::new();
+        }
+        let (joins, joins_failed) = (t.joins, t.joins_failed);
+        let unjoined: Vec<(u8, Option<IpAddr>)> = t
+            .announced
+            .iter()
+            .filter(|(id, _)| !t.join_remote_ids.contains(id))
+            .cloned()
+            .collect();
+        let name = self.env.name(ns);
+        let Some(facts) = self.env.facts(ns) else {
+            return Vec::new();
+        };
+        if facts.path_manager.as_ref().is_some_and(|p| p.userspace) {
+            // A userspace daemon decides: its configuration is not ours to judge.
+            return Vec::new();
+        }
+        let Ok(pm) = &facts.pm else {
+            return Vec::new();
+        };
+        let limits = pm.limits;
+        let mut v = Vec::new();
+        for (id, addr) in &unjoined {
+            let what = match addr {
+                Some(a) => format!("{a} (id {id})"),
+                None => format!("id {id}"),
+            };
+            let seen = format!(
+                "addr_announced remote_id={id}{}",
+                addr.map_or(String::new(), |a| format!(" addr={a}"))
+            );
+            if limits.add_addr_accepted == 0 {
+                let (_, d) = self.deltas(key, |n| n == "AddAddrDrop");
+                let mut evidence = vec![
+                    seen,
+                    format!("limits add_addr_accepted 0 in netns {name}"),
+                    "no join towards that remote id".to_string(),
+                ];
+                evidence.extend(delta_evidence(&d, &name));
+                v.push(found(
+                    "add_addr_ignored",
+                    format!(
+                        "the peer announced {what} but `add_addr_accepted` is 0 in netns {name}: \
+                         the announcement was ignored, no subflow was opened to it"
+                    ),
+                    evidence,
+                ));
+            } else if joins >= limits.subflows {
+                v.push(found(
+                    "subflow_limit",
+                    format!(
+                        "the peer announced {what} but `limits subflows` is {} in netns {name}, \
+                         used by {joins} join(s)",
+                        limits.subflows
+                    ),
+                    vec![
+                        seen,
+                        format!("limits subflows {} in netns {name}", limits.subflows),
+                        format!("{joins} join(s) established"),
+                    ],
+                ));
+            }
+        }
+        if joins > 0 || joins_failed > 0 || !unjoined.is_empty() {
+            return v;
+        }
+        // No join at all: was there anything to join from?
+        let family = tuple.family;
+        let subflow_eps: Vec<_> = pm
+            .endpoints
+            .iter()
+            .filter(|e| e.has(flag::SUBFLOW))
+            .collect();
+        let usable: Vec<_> = subflow_eps
+            .iter()
+            .filter(|e| {
+                e.addr
+                    .is_some_and(|a| crate::event::Family::of(a) == family && a != tuple.saddr)
+            })
+            .collect();
+        if usable.is_empty() {
+            let have = if subflow_eps.is_empty() {
+                format!("no endpoint with flag subflow in netns {name}")
+            } else {
+                format!(
+                    "subflow endpoint(s) {} in netns {name}, none a second {} address",
+                    subflow_eps
+                        .iter()
+                        .map(|e| e.addr.map_or(format!("id {}", e.id), |a| a.to_string()))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    match family {
+                        crate::event::Family::Ipv4 => "IPv4",
+                        crate::event::Family::Ipv6 => "IPv6",
+                    }
+                )
+            };
+            v.push(found(
+                "no_subflow_endpoint",
+                format!(
+                    "this client has no `subflow` endpoint to open a second subflow from \
+                     ({have}; the first subflow is from {})",
+                    tuple.saddr
+                ),
+                vec![format!("1 subflow, no join attempted"), have],
+            ));
+        }
+        if limits.subflows == 0 {
+            v.push(found(
+                "subflow_limit",
+                format!(
+                    "`limits subflows` is 0 in netns {name}: the path manager opens no \
+                     additional subflow"
+                ),
+                vec![
+                    "1 subflow, no join attempted".to_string(),
+                    format!("limits subflows 0 in netns {name}"),
+                ],
+            ));
+        }
+        if !v.is_empty() {
+            return v;
+        }
+        // Endpoints and limits allow a join: can its address be used?
+        if let Ok(net) = &facts.net {
+            let nsref = doctor::NetnsRef {
+                name: Some(name.clone()),
+                inode: ns,
+                pid: None,
+                current: false,
+                path: PathBuf::new(),
+            };
+            let checks: Vec<_> = usable
+                .iter()
+                .map(|e| doctor::netns::endpoint_check(&nsref, e, net))
+                .collect();
+            if !checks.is_empty() && checks.iter().all(|c| c.status == doctor::Status::Fail) {
+                v.push(found(
+                    "endpoint_unusable",
+                    format!(
+                        "no `subflow` endpoint can be used: {}",
+                        checks
+                            .iter()
+                            .map(|c| c.detail.clone())
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ),
+                    checks
+                        .iter()
+                        .map(|c| format!("{} in netns {name}: {}", c.name, c.detail))
+                        .collect(),
+                ));
+                return v;
+            }
+        }
+        if at_close {
+            let (dns, d) = self.deltas(key, |n| n.starts_with("MPJoin") || is_auth_counter(n));
+            let auth: Vec<_> = d
+                .iter()
+                .filter(|(n, _)| is_auth_counter(n))
+                .cloned()
+                .collect();
+            let mut evidence = vec![
+                "1 subflow, no join seen".to_string(),
+                format!(
+                    "limits subflows {} in netns {name}, {} usable subflow endpoint(s)",
+                    limits.subflows,
+                    usable.len()
+                ),
+            ];
+            evidence.extend(delta_evidence(&d, &dns));
+            if auth.is_empty() {
+                v.push(found(
+                    "unknown",
+                    format!(
+                        "the configuration of netns {name} allows a join, none was seen and no \
+                         counter says why"
+                    ),
+                    evidence,
+                ));
+            } else {
+                v.push(found(
+                    "join_auth_failed",
+                    format!(
+                        "no join came up; inferred from the MPTcpExt counters of netns {dns} \
+                         (HMAC or token failure), not from this connection's own events"
+                    ),
+                    evidence,
+                ));
+            }
+        }
+        v
+    }
+}
