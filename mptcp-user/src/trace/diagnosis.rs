@@ -39,8 +39,9 @@ const SETTLE_NS: u64 = 4 * super::order::WINDOW_NS;
 pub const MAX_RECENT: usize = 1000;
 /// Events kept per connection for `why`.
 const MAX_LOG: usize = 64;
-/// A namespace's counters are read at most this often for the baselines of new connections.
-const BASELINE_REUSE_NS: u64 = 100_000_000;
+/// Counters are sampled on the pipeline's tick; a namespace not sampled for this long is
+/// read when a connection starts there.
+const SAMPLE_STALE_NS: u64 = 2_000_000_000;
 
 /// What the stage reads about a namespace. A trait so that the judgement is unit-tested
 /// without root or namespaces.
@@ -118,8 +119,11 @@ pub struct Diagnosis {
     env: Box<dyn Env + Send>,
     clock: Clock,
     tracks: HashMap<u64, Track>,
-    /// Per namespace: when its counters were last read, and them.
-    baselines: HashMap<u32, (u64, Arc<MptcpExt>)>,
+    /// Per namespace: its last two counter samples (time, counters), older first. A
+    /// connection's baseline is the newest one taken before it started: a connection's events
+    /// are handled a reorder window after they happened, when its first join may have counted
+    /// already.
+    samples: HashMap<u32, Vec<(u64, Arc<MptcpExt>)>>,
     recent: VecDeque<Vec<Event>>,
     /// Set when a diagnosis was added since [`Diagnosis::take_dirty`].
     dirty: bool,
@@ -167,7 +171,7 @@ impl Diagnosis {
             env,
             clock,
             tracks: HashMap::new(),
-            baselines: HashMap::new(),
+            samples: HashMap::new(),
             recent: VecDeque::new(),
             dirty: false,
             last_ts: 0,
@@ -363,16 +367,34 @@ impl Diagnosis {
         out.push_back(e);
     }
 
-    /// The counters of `netns` now, reused when read less than [`BASELINE_REUSE_NS`] ago.
+    /// Samples the counters of `namespaces` (the pipeline's tick, with the namespaces it
+    /// watches), keeping two per namespace.
+    pub fn sample(&mut self, namespaces: &[u32], now: u64) {
+        self.samples.retain(|ns, _| namespaces.contains(ns));
+        for &ns in namespaces {
+            if let Some(c) = self.env.counters(ns) {
+                let v = self.samples.entry(ns).or_default();
+                if v.len() == 2 {
+                    v.remove(0);
+                }
+                v.push((now, Arc::new(c)));
+            }
+        }
+    }
+
+    /// The counters of `netns` before `ts`: the newest sample taken before it, else (no recent
+    /// sample) read now.
     fn baseline(&mut self, netns: u32, ts: u64) -> Option<Arc<MptcpExt>> {
-        if let Some((at, c)) = self.baselines.get(&netns) {
-            if ts.saturating_sub(*at) < BASELINE_REUSE_NS {
+        if let Some(v) = self.samples.get(&netns) {
+            if let Some((_, c)) = v
+                .iter()
+                .rev()
+                .find(|(at, _)| *at <= ts && ts - at < SAMPLE_STALE_NS)
+            {
                 return Some(c.clone());
             }
         }
-        let c = Arc::new(self.env.counters(netns)?);
-        self.baselines.insert(netns, (ts, c.clone()));
-        Some(c)
+        Some(Arc::new(self.env.counters(netns)?))
     }
 
     /// The counters of the connection's namespace that grew since it started.
@@ -525,7 +547,9 @@ impl Diagnosis {
             (Some("prohibited"), _) | (_, Some(_)) => found(
                 "peer_refused_join",
                 format!(
-                    "the peer reset {what} right after its handshake{}: its path manager                      accepts no more subflows on this connection (its `limits subflows` is                      reached){}",
+                    "the peer reset {what} right after its handshake{}: its path manager \
+                     accepts no more subflows on this connection (its `limits subflows` is \
+                     reached){}",
                     if d.cause.reset_reason.is_some() {
                         " with MP_TCPRST prohibited"
                     } else {

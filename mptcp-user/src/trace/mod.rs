@@ -458,6 +458,9 @@ impl Pipeline {
                         self.core.pm.rescan();
                     }
                     self.core.report_loss();
+                    // Counter baselines taken before the connections they serve start.
+                    let watched = self.core.pm.watched();
+                    self.core.diagnosis.sample(&watched, monotonic_ns());
                     self.core.write_why();
                 }
                 _ = sleep(wait.unwrap_or(Duration::ZERO)), if wait.is_some() => {}
