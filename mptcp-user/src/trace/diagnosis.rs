@@ -62,7 +62,13 @@ pub struct Host {
 
 impl Host {
     fn path(&mut self, netns: u32) -> Option<PathBuf> {
-        if !self.paths.contains_key(&netns) {
+        // Namespace inodes are reused as soon as one is freed: a cached file must still open
+        // this very namespace, else the names are looked up again.
+        let current = self.paths.get(&netns).is_some_and(|p| {
+            std::fs::metadata(p)
+                .is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == u64::from(netns))
+        });
+        if !current {
             self.paths = crate::sys::netns::all();
         }
         self.paths.get(&netns).cloned()

@@ -28,6 +28,19 @@ impl WhyFile {
 
     pub fn create_in(dir: &Path) -> io::Result<WhyFile> {
         DirBuilder::new().mode(0o700).recursive(true).create(dir)?;
+        // Files of tracers that were killed (SIGKILL leaves no chance to remove them).
+        let live: Vec<u32> = running(dir).into_iter().map(|(pid, _)| pid).collect();
+        for e in fs::read_dir(dir)?.flatten() {
+            let name = e.file_name();
+            let pid = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("why-"))
+                .and_then(|n| n.split('.').next())
+                .and_then(|p| p.parse::<u32>().ok());
+            if pid.is_some_and(|p| !live.contains(&p)) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
         let w = WhyFile {
             path: dir.join(format!("why-{}.ndjson", std::process::id())),
         };
