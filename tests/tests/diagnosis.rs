@@ -183,7 +183,7 @@ fn join_refused(v6: bool) {
     );
     assert!(out.contains(&format!("connection {token}")), "{out}");
     assert!(out.contains("why: join_refused"), "{out}");
-    assert!(out.contains("failed rst_received ECONNREFUSED"), "{out}");
+    assert!(out.contains("failed: rst_received ECONNREFUSED"), "{out}");
     drop((client, server));
     let run = tracer.stop();
     let d = the(&run.events, cns, "join_refused");
@@ -506,4 +506,24 @@ fn diagnosis_why_reads_a_capture_and_refuses_bad_input() {
     assert_eq!(code, Some(2));
     assert_eq!(err.lines().count(), 1, "{err}");
     std::fs::remove_file(&file).unwrap();
+}
+
+#[test]
+fn diagnosis_endpoint_unusable_when_its_interface_is_down() {
+    require_root();
+    let (bed, cns, _) = bed("dgdown");
+    testbed::ip(&["-n", &bed.client, "link", "set", "blue-client", "down"]).unwrap();
+    let tracer = Tracer::start(&[]);
+    let (client, server, _l) = connected(&bed, server_addr(false, 4410), Proto::Mptcp);
+    wait_cause(&tracer, cns, "endpoint_unusable");
+    let run = tracer.stop();
+    drop((client, server));
+    let d = the(&run.events, cns, "endpoint_unusable");
+    assert!(d.detail.contains("blue-client is down"), "{d:?}");
+    assert_eq!(
+        diagnoses(&run.events, cns).len(),
+        1,
+        "{:#?}",
+        diagnoses(&run.events, cns)
+    );
 }

@@ -59,13 +59,18 @@ pub fn run(args: WhyArgs) -> anyhow::Result<ExitCode> {
                 );
             }
             let mut all = Vec::new();
+            // Two tracers watching the same connection wrote the same events: shown once.
+            let mut seen = std::collections::HashSet::new();
             for (_, f) in files {
                 // A tracer that ended meanwhile took its file with it: nothing to read there.
                 let Ok(file) = std::fs::File::open(&f) else {
                     continue;
                 };
                 match read_events(file, &f.display().to_string()) {
-                    Ok(v) => all.extend(v),
+                    Ok(v) => all.extend(
+                        v.into_iter()
+                            .filter(|e| seen.insert(serde_json::to_string(e).unwrap_or_default())),
+                    ),
                     Err(e) => return bad(e),
                 }
             }
@@ -184,7 +189,7 @@ pub fn report(events: &[Event], token: Option<Token>) -> (String, usize) {
                 }
                 Data::SubflowFailed(d) => {
                     s += &format!(
-                        "  {:<7} {} → {} failed {}{}\n",
+                        "  {:<7} {} → {} failed: {}{}\n",
                         if d.subflow.join { "join" } else { "subflow" },
                         ep(d.tuple.saddr, d.tuple.sport),
                         ep(d.tuple.daddr, d.tuple.dport),
@@ -198,7 +203,7 @@ pub fn report(events: &[Event], token: Option<Token>) -> (String, usize) {
                 }
                 Data::SubflowClosed(d) => {
                     s += &format!(
-                        "  {:<7} {} → {} closed {}\n",
+                        "  {:<7} {} → {} closed: {}\n",
                         if d.subflow.join { "join" } else { "subflow" },
                         ep(d.tuple.saddr, d.tuple.sport),
                         ep(d.tuple.daddr, d.tuple.dport),
@@ -225,4 +230,60 @@ pub fn report(events: &[Event], token: Option<Token>) -> (String, usize) {
         }
     }
     (s, n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two ends of one connection (client token 0000000a, server 0000000b) and a healthy one.
+    const CAPTURE: &str = r#"{"v":1,"time":"2026-12-06T05:36:03.9Z","ts_ns":1,"event":"conn_created","token":"0000000a","peer_token":"0000000b","netns":1,"family":"ipv4","saddr":"10.0.0.2","sport":5000,"daddr":"10.0.0.1","dport":4405,"side":"client"}
+{"v":1,"time":"2026-12-06T05:36:03.9Z","ts_ns":2,"event":"subflow_failed","token":"0000000a","netns":1,"family":"ipv4","saddr":"192.168.0.2","sport":5001,"daddr":"10.0.0.1","dport":4405,"reason":"rst_received","error":"ECONNREFUSED","local_id":1,"remote_id":0,"backup":false,"peer_backup":false,"join":true,"retrans":0}
+{"v":1,"time":"2026-12-06T05:36:03.9Z","ts_ns":2,"event":"conn_diagnosis","token":"0000000a","peer_token":"0000000b","netns":1,"family":"ipv4","saddr":"10.0.0.2","sport":5000,"daddr":"10.0.0.1","dport":4405,"cause":"join_refused","detail":"refused","evidence":["subflow_failed sport=5001 reason=rst_received error=ECONNREFUSED"]}
+{"v":1,"time":"2026-12-06T05:36:03.9Z","ts_ns":3,"event":"conn_created","token":"0000000c","netns":1,"family":"ipv4","saddr":"10.0.0.2","sport":5002,"daddr":"10.0.0.1","dport":4405,"side":"client"}
+"#;
+
+    #[test]
+    fn connections_are_reported_with_their_subflows_and_diagnoses_and_found_by_either_token() {
+        let events = read_events(CAPTURE.as_bytes(), "capture").unwrap();
+        let (all, n) = report(&events, None);
+        assert_eq!(n, 2);
+        assert!(
+            all.contains(
+                "join    192.168.0.2:5001 → 10.0.0.1:4405 failed: rst_received ECONNREFUSED"
+            ),
+            "{all}"
+        );
+        assert!(
+            all.contains(
+                "  why: join_refused — refused\n       evidence: subflow_failed sport=5001"
+            ),
+            "{all}"
+        );
+        assert!(
+            all.contains(
+                "connection 0000000c netns 1 client 10.0.0.2:5002 → 10.0.0.1:4405\n  no diagnosis"
+            ),
+            "{all}"
+        );
+        // By the peer's token too: the server end names the connection with it.
+        let (one, n) = report(&events, Some(Token(0xb)));
+        assert_eq!(n, 1);
+        assert!(
+            one.starts_with("connection 0000000a (peer 0000000b)"),
+            "{one}"
+        );
+        assert_eq!(report(&events, Some(Token(0xd))).1, 0);
+    }
+
+    #[test]
+    fn bad_lines_and_tokens_are_named() {
+        let e = read_events("{}\n".as_bytes(), "cap.ndjson").unwrap_err();
+        assert!(
+            e.starts_with("cap.ndjson line 1: not an mptcp-trace event"),
+            "{e}"
+        );
+        assert!(parse_token("5C0089F8").is_ok());
+        assert!(parse_token("xyz").is_err());
+    }
 }

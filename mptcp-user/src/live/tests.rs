@@ -387,6 +387,32 @@ fn address_events_show_under_their_connection() {
     );
 }
 
+#[test]
+fn a_diagnosis_shows_as_one_line_under_its_connection_once_per_cause() {
+    let mut s = model();
+    for t in [14, 15] {
+        s.apply(Update::Event(Box::new(ev(
+            Data::ConnDiagnosis(crate::event::ConnDiagnosis {
+                conn: conn(C2, 0),
+                tuple: tuple(("10.0.0.2", 50002), SRV),
+                cause: "fallback".into(),
+                detail: "the connection fell back to plain TCP at its handshake".into(),
+                evidence: vec!["conn_fallback reason=mp_capable_missing".into()],
+            }),
+            t * S,
+        ))));
+    }
+    assert_eq!(s.conns[&(NS, C2, 0)].diagnoses.len(), 1);
+    let screen = text(&draw(&s, 150, 20)).join("\n");
+    assert_eq!(
+        screen
+            .matches("? fallback: the connection fell back to plain TCP at its handshake")
+            .count(),
+        1,
+        "{screen}"
+    );
+}
+
 fn press(s: &mut State, code: KeyCode) -> Action {
     key(s, KeyEvent::new(code, KeyModifiers::NONE))
 }

@@ -164,6 +164,17 @@ fn delta_evidence(d: &[(String, u64)], ns: &str) -> Vec<String> {
         .collect()
 }
 
+/// How doctor names the namespace (its fix commands use `ip -n NAME`).
+fn nsref(name: &str, inode: u32) -> doctor::NetnsRef {
+    doctor::NetnsRef {
+        name: Some(name.to_string()),
+        inode,
+        pid: None,
+        current: false,
+        path: PathBuf::new(),
+    }
+}
+
 fn is_auth_counter(n: &str) -> bool {
     matches!(
         n,
@@ -502,6 +513,23 @@ impl Diagnosis {
                 ),
                 evidence,
             ),
+            (None, Some(err @ ("ENETUNREACH" | "EHOSTUNREACH" | "EADDRNOTAVAIL" | "ENODEV"))) => {
+                match self.endpoint_verdict(key, f.tuple.saddr) {
+                    Some((detail, ev)) => {
+                        evidence.push(ev);
+                        found(
+                            "endpoint_unusable",
+                            format!("{what} could not leave ({err}): {detail}"),
+                            evidence,
+                        )
+                    }
+                    None => found(
+                        "unknown",
+                        format!("{what} failed ({err}); the endpoint's interface and route look usable now"),
+                        evidence,
+                    ),
+                }
+            }
             _ => {
                 let (ns, d) = self.deltas(key, is_auth_counter);
                 let auth = !d.is_empty();
@@ -524,6 +552,25 @@ impl Diagnosis {
                 }
             }
         }
+    }
+
+    /// Doctor's verdict on the endpoint with address `addr` in the connection's namespace,
+    /// when it fails: (detail, evidence).
+    fn endpoint_verdict(&mut self, key: u64, addr: IpAddr) -> Option<(String, String)> {
+        let ns = self.tracks[&key].conn.netns?;
+        let name = self.env.name(ns);
+        let facts = self.env.facts(ns)?;
+        let (Ok(pm), Ok(net)) = (&facts.pm, &facts.net) else {
+            return None;
+        };
+        let e = pm.endpoints.iter().find(|e| e.addr == Some(addr))?;
+        let c = doctor::netns::endpoint_check(&nsref(&name, ns), e, net);
+        (c.status == doctor::Status::Fail).then(|| {
+            (
+                c.detail.clone(),
+                format!("{} in netns {name}: {}", c.name, c.detail),
+            )
+        })
     }
 
     fn reset_join(&mut self, key: u64, d: &crate::event::SubflowClosed) -> Found {
@@ -580,15 +627,15 @@ impl Diagnosis {
 
     fn fallback(&mut self, key: u64, reason: &str, ts: u64) -> Found {
         let t = &self.tracks[&key];
-        let after = t
-            .established_ns
-            .map(|e| {
-                format!(
-                    " {:.3} s after it was established",
-                    (ts.saturating_sub(e)) as f64 / 1e9
-                )
-            })
-            .unwrap_or_default();
+        // At the handshake (the peer did not echo MP_CAPABLE), or mid-connection.
+        let after = match t.established_ns {
+            _ if reason == "mp_capable_not_negotiated" => " at its handshake".to_string(),
+            Some(e) => format!(
+                " {:.3} s after it was established",
+                ts.saturating_sub(e) as f64 / 1e9
+            ),
+            None => String::new(),
+        };
         let mut evidence = vec![format!("conn_fallback reason={reason}")];
         let (ns, d) = self.deltas(key, |n| {
             n.contains("Fallback") || n.contains("InfiniteMap") || n.contains("DSSCorruption")
@@ -736,13 +783,7 @@ impl Diagnosis {
         }
         // Endpoints and limits allow a join: can its address be used?
         if let Ok(net) = &facts.net {
-            let nsref = doctor::NetnsRef {
-                name: Some(name.clone()),
-                inode: ns,
-                pid: None,
-                current: false,
-                path: PathBuf::new(),
-            };
+            let nsref = nsref(&name, ns);
             let checks: Vec<_> = usable
                 .iter()
                 .map(|e| doctor::netns::endpoint_check(&nsref, e, net))
@@ -803,5 +844,249 @@ impl Diagnosis {
             }
         }
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{
+        ConnClosed, ConnCreated, ConnEstablished, Family, Ids, SubflowEstablished, Token,
+    };
+
+    const NS: u32 = 4026532174;
+    const CONN: u64 = 0xffff_0001;
+
+    /// A namespace with fixed facts and counters that tests can move.
+    struct Fake {
+        facts: Facts,
+        counters: std::sync::Arc<std::sync::Mutex<MptcpExt>>,
+    }
+
+    impl Env for Fake {
+        fn name(&mut self, _: u32) -> String {
+            "mptcp-client".into()
+        }
+        fn facts(&mut self, _: u32) -> Option<Facts> {
+            Some(self.facts.clone())
+        }
+        fn counters(&mut self, _: u32) -> Option<MptcpExt> {
+            Some(self.counters.lock().unwrap().clone())
+        }
+    }
+
+    fn stage(facts: Facts) -> Diagnosis {
+        Diagnosis::new(
+            Box::new(Fake {
+                facts,
+                counters: Default::default(),
+            }),
+            Clock::fixed(0),
+        )
+    }
+
+    fn conn() -> Conn {
+        Conn {
+            token: Some(Token(1)),
+            netns: Some(NS),
+            ids: Ids {
+                conn: CONN,
+                ..Ids::default()
+            },
+            ..Conn::default()
+        }
+    }
+
+    fn tuple(saddr: &str) -> Tuple {
+        Tuple {
+            family: Family::Ipv4,
+            saddr: saddr.parse().unwrap(),
+            sport: 40000,
+            daddr: "10.0.0.1".parse().unwrap(),
+            dport: 4321,
+        }
+    }
+
+    fn subflow(join: bool) -> crate::event::Subflow {
+        crate::event::Subflow {
+            ifindex: None,
+            ifname: None,
+            local_id: Some(u8::from(join)),
+            remote_id: 0,
+            backup: false,
+            peer_backup: false,
+            join,
+        }
+    }
+
+    fn ev(ts: u64, data: Data) -> Event {
+        Event::new(ts, String::new(), data)
+    }
+
+    /// A client connection established at 1 s with its first subflow, and `joins` joins.
+    fn client_conn(joins: usize) -> Vec<Event> {
+        let mut v = vec![
+            ev(
+                1_000_000_000,
+                Data::ConnCreated(ConnCreated {
+                    conn: conn(),
+                    tuple: tuple("10.0.0.2"),
+                    side: Side::Client,
+                }),
+            ),
+            ev(
+                1_000_000_001,
+                Data::ConnEstablished(ConnEstablished {
+                    conn: conn(),
+                    tuple: tuple("10.0.0.2"),
+                }),
+            ),
+            ev(
+                1_000_000_002,
+                Data::SubflowEstablished(SubflowEstablished {
+                    conn: conn(),
+                    tuple: tuple("10.0.0.2"),
+                    subflow: subflow(false),
+                    existing: false,
+                }),
+            ),
+        ];
+        for i in 0..joins {
+            v.push(ev(
+                1_000_100_000 + i as u64,
+                Data::SubflowEstablished(SubflowEstablished {
+                    conn: conn(),
+                    tuple: tuple("192.168.0.2"),
+                    subflow: subflow(true),
+                    existing: false,
+                }),
+            ));
+        }
+        v
+    }
+
+    fn close(ts: u64) -> Event {
+        ev(
+            ts,
+            Data::ConnClosed(ConnClosed {
+                conn: conn(),
+                tuple: tuple("10.0.0.2"),
+                duration_ns: None,
+                subflows_total: 1,
+            }),
+        )
+    }
+
+    /// The causes `events` lead to, with the deadline judged at `now`.
+    fn causes(d: &mut Diagnosis, events: Vec<Event>, now: u64) -> Vec<String> {
+        let mut out = VecDeque::new();
+        for e in events {
+            d.pass(e, &mut out);
+        }
+        d.expire(now, &mut out);
+        out.iter()
+            .filter_map(|e| match &e.data {
+                Data::ConnDiagnosis(c) => Some(c.cause.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    const LATE: u64 = 3_000_000_000;
+
+    #[test]
+    fn a_healthy_two_path_client_gets_no_diagnosis_at_the_deadline_or_at_close() {
+        let mut d = stage(crate::doctor::netns::tests::client());
+        let mut evs = client_conn(1);
+        evs.push(close(2_500_000_000));
+        assert_eq!(causes(&mut d, evs, LATE), Vec::<String>::new());
+    }
+
+    #[test]
+    fn no_subflow_endpoint_and_a_zero_limit_are_both_named() {
+        let mut f = crate::doctor::netns::tests::client();
+        let pm = f.pm.as_mut().unwrap();
+        pm.endpoints.clear();
+        pm.limits.subflows = 0;
+        let mut d = stage(f);
+        assert_eq!(
+            causes(&mut d, client_conn(0), LATE),
+            ["no_subflow_endpoint", "subflow_limit"]
+        );
+    }
+
+    #[test]
+    fn an_endpoint_on_the_first_subflows_address_is_no_second_path() {
+        let mut f = crate::doctor::netns::tests::client();
+        f.pm.as_mut().unwrap().endpoints[0].addr = Some("10.0.0.2".parse().unwrap());
+        let mut d = stage(f);
+        assert_eq!(
+            causes(&mut d, client_conn(0), LATE),
+            ["no_subflow_endpoint"]
+        );
+    }
+
+    #[test]
+    fn before_the_deadline_nothing_is_judged_and_a_short_connection_only_on_what_is_forbidden() {
+        // Endpoint and limits allow a join: a connection closed after 0.5 s is not blamed.
+        let mut d = stage(crate::doctor::netns::tests::client());
+        let mut evs = client_conn(0);
+        evs.push(close(1_500_000_000));
+        assert_eq!(causes(&mut d, evs, 1_600_000_000), Vec::<String>::new());
+        // Without any endpoint, the same short connection is.
+        let mut f = crate::doctor::netns::tests::client();
+        f.pm.as_mut().unwrap().endpoints.clear();
+        let mut d = stage(f);
+        let mut evs = client_conn(0);
+        evs.push(close(1_500_000_000));
+        assert_eq!(causes(&mut d, evs, 1_600_000_000), ["no_subflow_endpoint"]);
+    }
+
+    #[test]
+    fn a_userspace_path_manager_is_not_judged() {
+        let mut f = crate::doctor::netns::tests::client();
+        f.path_manager.as_mut().unwrap().userspace = true;
+        f.pm.as_mut().unwrap().endpoints.clear();
+        let mut d = stage(f);
+        assert_eq!(causes(&mut d, client_conn(0), LATE), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_down_endpoint_interface_is_endpoint_unusable_with_doctors_words() {
+        let mut f = crate::doctor::netns::tests::client();
+        f.net.as_mut().unwrap().links[2].flags = 0;
+        let mut d = stage(f);
+        let mut out = VecDeque::new();
+        for e in client_conn(0) {
+            d.pass(e, &mut out);
+        }
+        d.expire(LATE, &mut out);
+        let Some(Data::ConnDiagnosis(c)) = out.back().map(|e| &e.data) else {
+            panic!("{out:?}")
+        };
+        assert_eq!(c.cause, "endpoint_unusable");
+        assert!(c.detail.contains("blue-client is down"), "{c:?}");
+        // Once per cause: the close adds nothing.
+        assert_eq!(
+            causes(&mut d, vec![close(LATE + 1)], LATE + 2),
+            Vec::<String>::new()
+        );
+        // And the closed connection is kept for `why`.
+        assert!(d.take_dirty());
+        assert!(d
+            .recent()
+            .any(|e| matches!(&e.data, Data::ConnDiagnosis(c) if c.cause == "endpoint_unusable")));
+    }
+
+    #[test]
+    fn the_server_side_is_not_judged_on_its_endpoints() {
+        let mut f = crate::doctor::netns::tests::client();
+        f.pm.as_mut().unwrap().endpoints.clear();
+        let mut d = stage(f);
+        let mut evs = client_conn(0);
+        if let Data::ConnCreated(c) = &mut evs[0].data {
+            c.side = Side::Server;
+        }
+        assert_eq!(causes(&mut d, evs, LATE), Vec::<String>::new());
     }
 }
