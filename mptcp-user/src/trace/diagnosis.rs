@@ -19,6 +19,7 @@ use std::{
     net::IpAddr,
     path::PathBuf,
     sync::Arc,
+    time::{Duration, Instant},
 };
 
 use crate::{
@@ -54,10 +55,18 @@ pub trait Env {
     fn counters(&mut self, netns: u32) -> Option<MptcpExt>;
 }
 
+/// How long a namespace's facts (path-manager configuration, interfaces, routes) and
+/// current counters are reused: a burst of connections judged together costs one read per
+/// namespace, not one per connection.
+const FACTS_TTL: Duration = Duration::from_secs(1);
+const COUNTERS_TTL: Duration = Duration::from_millis(50);
+
 /// The real host: namespaces entered by their files.
 #[derive(Default)]
 pub struct Host {
     paths: HashMap<u32, PathBuf>,
+    facts: HashMap<u32, (Instant, Option<Facts>)>,
+    counters: HashMap<u32, (Instant, MptcpExt)>,
 }
 
 impl Host {
@@ -88,14 +97,31 @@ impl Env for Host {
     }
 
     fn facts(&mut self, netns: u32) -> Option<Facts> {
+        if let Some((at, f)) = self.facts.get(&netns) {
+            if at.elapsed() < FACTS_TTL {
+                return f.clone();
+            }
+        }
         let p = self.path(netns)?;
         // On a short-lived thread: the pipeline's thread never changes namespace.
-        std::thread::scope(|s| s.spawn(|| Facts::read(&p).ok()).join().ok()?)
+        let f = std::thread::scope(|s| s.spawn(|| Facts::read(&p).ok()).join().ok()?);
+        self.facts.retain(|_, (at, _)| at.elapsed() < FACTS_TTL);
+        self.facts.insert(netns, (Instant::now(), f.clone()));
+        f
     }
 
     fn counters(&mut self, netns: u32) -> Option<MptcpExt> {
+        if let Some((at, c)) = self.counters.get(&netns) {
+            if at.elapsed() < COUNTERS_TTL {
+                return Some(c.clone());
+            }
+        }
         let p = self.path(netns)?;
-        netstat::read(&p).ok()
+        let c = netstat::read(&p).ok()?;
+        self.counters
+            .retain(|_, (at, _)| at.elapsed() < COUNTERS_TTL);
+        self.counters.insert(netns, (Instant::now(), c.clone()));
+        Some(c)
     }
 }
 
@@ -347,14 +373,21 @@ impl Diagnosis {
         std::mem::take(&mut self.dirty)
     }
 
-    /// The events of the diagnosed connections: the closed ones kept, then the open ones.
+    /// The events of the last diagnosed connections, at most [`MAX_RECENT`]: the open ones
+    /// first, then the latest closed ones.
     pub fn recent(&self) -> impl Iterator<Item = &Event> {
-        self.recent.iter().flatten().chain(
-            self.tracks
-                .values()
-                .filter(|t| !t.causes.is_empty())
-                .flat_map(|t| t.log.iter()),
-        )
+        let open: Vec<&Vec<Event>> = self
+            .tracks
+            .values()
+            .filter(|t| !t.causes.is_empty())
+            .map(|t| &t.log)
+            .take(MAX_RECENT)
+            .collect();
+        let closed = MAX_RECENT - open.len();
+        let skip = self.recent.len().saturating_sub(closed);
+        open.into_iter()
+            .chain(self.recent.iter().skip(skip))
+            .flatten()
     }
 
     fn emit(&mut self, key: u64, ts: u64, f: Found, out: &mut VecDeque<Event>) {
@@ -411,7 +444,14 @@ impl Diagnosis {
                 return Some(c.clone());
             }
         }
-        Some(Arc::new(self.env.counters(netns)?))
+        // Kept as a sample: the connections that follow in the same burst reuse it.
+        let c = Arc::new(self.env.counters(netns)?);
+        let v = self.samples.entry(netns).or_default();
+        if v.len() == 2 {
+            v.remove(0);
+        }
+        v.push((ts, c.clone()));
+        Some(c)
     }
 
     /// The counters of the connection's namespace that grew since it started.
