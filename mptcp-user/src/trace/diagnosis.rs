@@ -51,22 +51,24 @@ pub trait Env {
     fn name(&mut self, netns: u32) -> String;
     /// Doctor's facts of the namespace (path manager, limits, endpoints, interfaces, routes).
     fn facts(&mut self, netns: u32) -> Option<Facts>;
-    /// Its MPTcpExt counters now.
-    fn counters(&mut self, netns: u32) -> Option<MptcpExt>;
+    /// Its MPTcpExt counters, read at or after `fresh_after` (CLOCK_MONOTONIC ns): a value
+    /// read earlier may be reused only when it is that recent.
+    fn counters(&mut self, netns: u32, fresh_after: u64) -> Option<MptcpExt>;
 }
 
 /// How long a namespace's facts (path-manager configuration, interfaces, routes) and
 /// current counters are reused: a burst of connections judged together costs one read per
 /// namespace, not one per connection.
 const FACTS_TTL: Duration = Duration::from_secs(1);
-const COUNTERS_TTL: Duration = Duration::from_millis(50);
+const COUNTERS_TTL_NS: u64 = 50_000_000;
 
 /// The real host: namespaces entered by their files.
 #[derive(Default)]
 pub struct Host {
     paths: HashMap<u32, PathBuf>,
     facts: HashMap<u32, (Instant, Option<Facts>)>,
-    counters: HashMap<u32, (Instant, MptcpExt)>,
+    /// When (CLOCK_MONOTONIC ns) each namespace's counters were last read, and them.
+    counters: HashMap<u32, (u64, MptcpExt)>,
 }
 
 impl Host {
@@ -110,17 +112,18 @@ impl Env for Host {
         f
     }
 
-    fn counters(&mut self, netns: u32) -> Option<MptcpExt> {
+    fn counters(&mut self, netns: u32, fresh_after: u64) -> Option<MptcpExt> {
         if let Some((at, c)) = self.counters.get(&netns) {
-            if at.elapsed() < COUNTERS_TTL {
+            if *at >= fresh_after {
                 return Some(c.clone());
             }
         }
+        let now = crate::decode::monotonic_ns();
         let p = self.path(netns)?;
         let c = netstat::read(&p).ok()?;
         self.counters
-            .retain(|_, (at, _)| at.elapsed() < COUNTERS_TTL);
-        self.counters.insert(netns, (Instant::now(), c.clone()));
+            .retain(|_, (at, _)| now - *at < COUNTERS_TTL_NS);
+        self.counters.insert(netns, (now, c.clone()));
         Some(c)
     }
 }
@@ -160,6 +163,8 @@ pub struct Diagnosis {
     /// Set when a diagnosis was added since [`Diagnosis::take_dirty`].
     dirty: bool,
     last_ts: u64,
+    /// The time of the event (or deadline) being judged: counters are read after it.
+    judged_ts: u64,
 }
 
 /// A diagnosis before it becomes an event.
@@ -218,12 +223,14 @@ impl Diagnosis {
             recent: VecDeque::new(),
             dirty: false,
             last_ts: 0,
+            judged_ts: 0,
         }
     }
 
     /// Passes `e` on to `out`, followed by the diagnoses it allows.
     pub fn pass(&mut self, e: Event, out: &mut VecDeque<Event>) {
         self.last_ts = self.last_ts.max(e.ts_ns);
+        self.judged_ts = e.ts_ns;
         let key = e.ids().conn;
         if key == 0 || e.conn().is_some_and(|c| c.protocol.is_some()) {
             out.push_back(e);
@@ -351,6 +358,7 @@ impl Diagnosis {
             let t = self.tracks.get_mut(&key).expect("listed");
             t.deadline_done = true;
             let ts = (t.established_ns.unwrap_or(0) + DEADLINE_NS).max(self.last_ts);
+            self.judged_ts = ts;
             for f in self.judge_config(key, false) {
                 self.emit(key, ts, f, out);
             }
@@ -422,7 +430,7 @@ impl Diagnosis {
     pub fn sample(&mut self, namespaces: &[u32], now: u64) {
         self.samples.retain(|ns, _| namespaces.contains(ns));
         for &ns in namespaces {
-            if let Some(c) = self.env.counters(ns) {
+            if let Some(c) = self.env.counters(ns, now.saturating_sub(COUNTERS_TTL_NS)) {
                 let v = self.samples.entry(ns).or_default();
                 if v.len() == 2 {
                     v.remove(0);
@@ -445,7 +453,7 @@ impl Diagnosis {
             }
         }
         // Kept as a sample: the connections that follow in the same burst reuse it.
-        let c = Arc::new(self.env.counters(netns)?);
+        let c = Arc::new(self.env.counters(netns, 0)?);
         let v = self.samples.entry(netns).or_default();
         if v.len() == 2 {
             v.remove(0);
@@ -461,7 +469,8 @@ impl Diagnosis {
             return (String::new(), Vec::new());
         };
         let name = self.env.name(ns);
-        let Some(now) = self.env.counters(ns) else {
+        // Read after the event being judged: an earlier read cannot hold what it caused.
+        let Some(now) = self.env.counters(ns, self.judged_ts) else {
             return (name, Vec::new());
         };
         (name, netstat::deltas(&before, &now, pick))
@@ -910,7 +919,7 @@ mod tests {
         fn facts(&mut self, _: u32) -> Option<Facts> {
             Some(self.facts.clone())
         }
-        fn counters(&mut self, _: u32) -> Option<MptcpExt> {
+        fn counters(&mut self, _: u32, _: u64) -> Option<MptcpExt> {
             Some(self.counters.lock().unwrap().clone())
         }
     }
