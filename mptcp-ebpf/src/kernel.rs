@@ -1,7 +1,7 @@
 //! Reading kernel structs. Every access goes through an offset the loader resolved from the
 //! running kernel's BTF (`OFFSETS`) and `bpf_probe_read_kernel`; nothing here knows a layout.
 
-use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
+use aya_ebpf::helpers::{bpf_probe_read_kernel_buf, generated};
 use mptcp_common::{Field, Offsets, RawEvent, AF_INET, AF_INET6, IFNAMSIZ};
 
 /// Filled in by the loader before the program is loaded (read-only data, so the verifier sees
@@ -56,30 +56,31 @@ macro_rules! off {
 }
 pub(crate) use off;
 
-/// Reads the member `f` of the object at `base`, or `None` when the member does not exist on
-/// this kernel, `base` is null or the read faults.
-#[inline(always)]
-pub fn read(base: u64, f: Field) -> Option<u64> {
-    if base == 0 || f.size == 0 {
-        return None;
-    }
-    let p = base.wrapping_add(f.offset as u64);
-    // SAFETY: bpf_probe_read_kernel copes with any address; a fault is an error, not a crash.
-    let raw = unsafe {
-        match f.size {
-            1 => bpf_probe_read_kernel(p as *const u8).ok()? as u64,
-            2 => bpf_probe_read_kernel(p as *const u16).ok()? as u64,
-            4 => bpf_probe_read_kernel(p as *const u32).ok()? as u64,
-            _ => bpf_probe_read_kernel(p as *const u64).ok()?,
-        }
-    };
-    Some(f.extract(raw))
-}
-
-/// Like [`read`], with 0 for a member that is absent or unreadable.
+/// Reads the member `f` of the object at `base`: 0 for a member absent on this kernel (a
+/// read-only constant, so the verifier drops the read), a null `base` or a read that faults.
+///
+/// Branch-free on purpose: the helper's result is not looked at (it clears the destination
+/// when it fails, and a null base is an address it refuses), so each read adds no path for
+/// the verifier to explore. Older verifiers (6.1) explore every path of every read in a
+/// handler and give up at a million instructions.
 #[inline(always)]
 pub fn read_or_zero(base: u64, f: Field) -> u64 {
-    read(base, f).unwrap_or(0)
+    if f.size == 0 {
+        return 0;
+    }
+    let p = base.wrapping_add(f.offset as u64);
+    let mut raw: u64 = 0;
+    let size = if f.size > 8 { 8 } else { f.size as u32 };
+    // SAFETY: the helper copes with any address; `size` bytes fit in `raw` (little endian,
+    // so the member lands in its low bytes).
+    unsafe {
+        generated::bpf_probe_read_kernel(
+            (&mut raw as *mut u64).cast(),
+            size,
+            p as *const core::ffi::c_void,
+        )
+    };
+    f.extract(raw)
 }
 
 /// Copies `dst.len()` bytes of the member `f` (an array: addresses, names).

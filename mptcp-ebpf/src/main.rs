@@ -428,10 +428,11 @@ fn emit(s: &Subject, conn: Option<&Conn>, fill: impl FnOnce(&mut RawEvent)) {
     // The peer's key, for the peer's token: on the connection-level events of an MPTCP
     // connection and on an established subflow (the MPTCP socket is alive at all of them; a
     // closing subflow's may already be gone). Zero until the key was exchanged.
-    if ev.flags & flags::PLAIN_TCP == 0
-        && !matches!(s.kind, EventKind::SubflowClosed | EventKind::SubflowFailed)
-    {
-        ev.peer_key = read_or_zero(s.conn, off!(msk_remote_key));
+    if !matches!(s.kind, EventKind::SubflowClosed | EventKind::SubflowFailed) {
+        // Not for plain TCP (no MPTCP socket): its base is then 0, which reads as 0, without
+        // a branch for the verifier to explore.
+        let mptcp = 1 - ((ev.flags & flags::PLAIN_TCP) >> 7) as u64;
+        ev.peer_key = read_or_zero(s.conn * mptcp, off!(msk_remote_key));
     }
     fill(ev);
     slot.submit(0);
@@ -515,19 +516,19 @@ fn on_msk(msk: u64, old: u8, new: u8) {
         let first = read_or_zero(msk, off!(msk_first));
         let ctx = kernel::subflow_ctx(first);
         if let Some(c) = conn_ptr {
-            // SAFETY: see `Conn`; `announce` claims before it writes.
-            let c = unsafe { &mut *c };
-            if c.flags & flags::SERVER == 0 && first != 0 {
-                // A client's connection is announced here rather than at its first subflow's
-                // ESTABLISHED, which comes just before: only now has the kernel stored the
-                // peer's key (for `peer_token`). The first subflow carries the addresses (the
-                // MPTCP socket may not have copied them yet).
+            // SAFETY: read-only use of a tracked entry.
+            let c = unsafe { &*c };
+            if c.flags & flags::SERVER == 0 {
+                // A client's conn_established is sent here rather than at its first
+                // subflow's ESTABLISHED, which comes just before: only now has the kernel
+                // stored the peer's key (for `peer_token`). The first subflow carries the
+                // addresses (the MPTCP socket may not have copied them yet). Userspace puts it
+                // before that subflow's subflow_established (`trace::order`).
                 let s = Subject {
-                    addr_from: first,
+                    addr_from: if first != 0 { first } else { msk },
                     ..subject
                 };
-                announce(&s.with(EventKind::ConnCreated), c, true);
-                initial_subflow_established(&s, c, first, ctx);
+                emit(&s, Some(c), |_| {});
             }
         }
         if ctx != 0
@@ -556,8 +557,8 @@ fn on_msk(msk: u64, old: u8, new: u8) {
     }
 }
 
-/// Sends conn_created (stamped with the moment the connection started) and, when
-/// `established`, conn_established — exactly once per connection, whichever CPUs race: the
+/// Sends conn_created and, when `established` (servers and plain TCP; a client's comes from
+/// its MPTCP socket, see `on_msk`), conn_established — exactly once per connection, whichever CPUs race: the
 /// sender is the one program run whose `BPF_NOEXIST` insert of the connection's claim
 /// succeeds (the hash map's bucket lock makes that atomic on every kernel). Called from the
 /// initial subflow's handshake (never from a join: it carries the connection's addresses),
@@ -638,32 +639,6 @@ fn close_conn(s: &Subject, c: &mut Conn) {
             }
         });
     }
-}
-
-/// subflow_established for a client's first subflow, sent with its connection's
-/// conn_established (see `on_msk`).
-#[inline(always)]
-fn initial_subflow_established(s: &Subject, c: &Conn, sk: u64, ctx: u64) {
-    // The flags its own ESTABLISHED recorded.
-    let (sf_flags, peer_backup) = match unsafe { SUBFLOWS.get(&sk) } {
-        Some(st) => (st.flags, st.peer_backup),
-        None => (0, 0),
-    };
-    let s = Subject {
-        kind: EventKind::SubflowEstablished,
-        sk,
-        addr_from: sk,
-        ..*s
-    };
-    emit(&s, Some(c), |ev| {
-        ev.ifindex = kernel::device(sk, &mut ev.ifname);
-        ev.local_id = read_or_zero(ctx, off!(sf_local_id)) as i16;
-        ev.remote_id = read_or_zero(ctx, off!(sf_remote_id)) as u8;
-        ev.flags |= sf_flags;
-        if peer_backup != 0 {
-            ev.xflags |= xflags::PEER_BACKUP;
-        }
-    });
 }
 
 /// A state change of one TCP subflow of an MPTCP connection. `ctx` is its MPTCP context, or 0
@@ -819,13 +794,10 @@ fn on_subflow(sk: u64, ctx: u64, old: u8, new: u8) {
             if let Some(c) = conn_ptr {
                 // SAFETY: see `Conn`; `announce` claims before it writes.
                 let c = unsafe { &mut *c };
-                if c.flags & flags::SERVER == 0 && c.flags & flags::PLAIN_TCP == 0 && ctx != 0 {
-                    // A client's: reported with its connection when the MPTCP socket is
-                    // established, right after this (see `on_msk`).
-                    return;
-                }
-                // The first subflow carries the connection's addresses.
-                announce(&subject.with(EventKind::ConnCreated), c, true);
+                // The first subflow carries the connection's addresses. A client's
+                // conn_established comes from its MPTCP socket's ESTABLISHED (see `on_msk`).
+                let server = c.flags & flags::SERVER != 0;
+                announce(&subject.with(EventKind::ConnCreated), c, server);
             }
         }
     } else if known.is_some() {
@@ -984,6 +956,10 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
 /// otherwise recorded) and, for a reset sent, the kernel's reason when the tracepoint has it.
 fn mark_reset(ctx: &BtfTracePointContext, bit: u8) {
     let sk = ctx.arg::<u64>(0);
+    // `tcp_send_reset` may have no socket (the verifier knows it as nullable).
+    if sk == 0 {
+        return;
+    }
     if let Some(p) = SUBFLOWS.get_ptr_mut(&sk) {
         // SAFETY: these fields have this one writer (see `Subflow`); byte and half-word
         // stores cannot tear the neighbouring fields. Two resets of one subflow at the same

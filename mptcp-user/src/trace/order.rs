@@ -75,6 +75,9 @@ impl Reorder {
         if let Some(pred) = announcement_precedes(&e) {
             return self.push_before_first(e, pred);
         }
+        if let Some(pred) = established_precedes(&e) {
+            return self.push_before_first(e, pred);
+        }
         let Some(t) = join_towards(&e) else {
             return self.push(e);
         };
@@ -162,6 +165,20 @@ impl Reorder {
     }
 }
 
+/// For a client's `conn_established`, the events it must precede: its connection's
+/// subflow_established records. The kernel programs send a client's conn_established when
+/// the MPTCP socket becomes established, the moment the peer's key is known (for
+/// `peer_token`), which is just after its first subflow's ESTABLISHED was reported.
+fn established_precedes(e: &Event) -> Option<impl Fn(&Event) -> bool> {
+    let Data::ConnEstablished(c) = &e.data else {
+        return None;
+    };
+    let (netns, conn) = (c.conn.netns, c.conn.ids.conn);
+    (conn != 0).then_some(move |h: &Event| {
+        matches!(h.data, Data::SubflowEstablished(_)) && h.netns() == netns && h.ids().conn == conn
+    })
+}
+
 /// An announcement and the joins it caused share this: the connection (network namespace,
 /// token) and the peer's address id.
 type Towards = (u32, Token, u8);
@@ -205,6 +222,35 @@ mod tests {
         let mut e = lost(Lost::default(), &Clock::fixed(0));
         e.ts_ns = ts;
         e
+    }
+
+    #[test]
+    fn a_clients_conn_established_goes_before_its_first_subflow() {
+        // The kernel sends a client's conn_established from the MPTCP socket's ESTABLISHED,
+        // just after its first subflow's subflow_established.
+        let mut r = Reorder::default();
+        r.push_event(ring(EventKind::ConnCreated, 1_000, 0, false));
+        r.push_event(ring(EventKind::SubflowEstablished, 1_001, 0, false));
+        r.push_event(ring(EventKind::ConnEstablished, 1_005, 0, false));
+        let mut other = sample(EventKind::ConnEstablished);
+        other.conn += 8;
+        other.ts_ns = 1_006;
+        r.push_event(to_event(&other, &Clock::fixed(0)).unwrap());
+        let out = drain(&mut r);
+        let kinds: Vec<Kind> = out.iter().map(|o| o.0).collect();
+        assert_eq!(
+            kinds,
+            [
+                Kind::ConnCreated,
+                Kind::ConnEstablished,
+                Kind::SubflowEstablished,
+                Kind::ConnEstablished
+            ],
+            "{out:?}"
+        );
+        let ts: Vec<u64> = out.iter().map(|o| o.1).collect();
+        assert!(ts.windows(2).all(|w| w[0] <= w[1]), "{ts:?}");
+        assert_eq!(ts[3], 1_006, "another connection's keeps its time");
     }
 
     #[test]
