@@ -534,8 +534,21 @@ impl Diagnosis {
                 format!("the peer reset {what} with MP_TCPRST reason {r}"),
                 evidence,
             ),
-            (None, Some("ECONNREFUSED")) => match peer_has("MPJoinNoTokenFound") {
-                Some(n) => found(
+            (None, Some("ECONNREFUSED")) => match (
+                peer_has("MPJoinNoTokenFound"),
+                peer_has("MPJoinRejected"),
+            ) {
+                // The peer's limit, answered with a plain reset at the SYN.
+                (_, Some(n)) => found(
+                    "peer_refused_join",
+                    format!(
+                        "the peer refused {what} with a reset: its path manager accepts no more \
+                         subflows on this connection (its `limits subflows` is reached; \
+                         MPJoinRejected +{n} there)"
+                    ),
+                    evidence,
+                ),
+                (Some(n), None) => found(
                     "join_auth_failed",
                     format!(
                         "{what} was reset: the peer did not know the connection's token \
@@ -543,7 +556,7 @@ impl Diagnosis {
                     ),
                     evidence,
                 ),
-                None => found(
+                (None, None) => found(
                     "join_refused",
                     format!(
                         "{what} was refused with a reset (ECONNREFUSED): nothing listens on \
