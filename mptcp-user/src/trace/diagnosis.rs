@@ -556,7 +556,16 @@ impl Diagnosis {
                     ),
                     evidence,
                 ),
-                (None, None) => found(
+                (None, None) => match self.peer_of(key).and_then(|p| self.peer_limit_reached(p)) {
+                    Some((detail, ev)) => {
+                        evidence.extend(ev);
+                        found(
+                            "peer_refused_join",
+                            format!("the peer refused {what} with a reset: {detail}"),
+                            evidence,
+                        )
+                    }
+                    None => found(
                     "join_refused",
                     format!(
                         "{what} was refused with a reset (ECONNREFUSED): nothing listens on \
@@ -565,6 +574,7 @@ impl Diagnosis {
                     ),
                     evidence,
                 ),
+                },
             },
             (None, Some("ETIMEDOUT")) => found(
                 "join_timed_out",
@@ -635,6 +645,32 @@ impl Diagnosis {
         })
     }
 
+    /// Whether the in-kernel path manager of the peer (the connection `peer` this tracer
+    /// sees too) allows no more subflows on it: its `limits subflows` against the joins its
+    /// end has. (detail, evidence) when it is reached.
+    fn peer_limit_reached(&mut self, peer: u64) -> Option<(String, Vec<String>)> {
+        let t = &self.tracks[&peer];
+        let (ns, joins) = (t.conn.netns?, t.joins);
+        let name = self.env.name(ns);
+        let facts = self.env.facts(ns)?;
+        if facts.path_manager.as_ref().is_some_and(|p| p.userspace) {
+            return None;
+        }
+        let limit = facts.pm.as_ref().ok()?.limits.subflows;
+        (joins >= limit).then(|| {
+            (
+                format!(
+                    "the peer's `limits subflows` is {limit} in netns {name}, used by {joins} \
+                     join(s): its path manager accepts no more subflows on this connection"
+                ),
+                vec![
+                    format!("limits subflows {limit} in netns {name} (the peer)"),
+                    format!("{joins} join(s) established on the peer's end"),
+                ],
+            )
+        })
+    }
+
     fn reset_join(&mut self, key: u64, d: &crate::event::SubflowClosed) -> Found {
         let what = format!(
             "the join from {} to {}",
@@ -658,6 +694,21 @@ impl Diagnosis {
                 .find(|(n, _)| n == "MPJoinRejected")
                 .map(|(_, v)| (ns.clone(), *v))
         });
+        // Without a reason or a counter (Linux 6.1 refuses such a join in
+        // `mptcp_finish_join` and counts nothing), the peer's own configuration: its limit
+        // and the joins its end of the connection already has.
+        let limit = match (d.cause.reset_reason.as_deref(), &rejected) {
+            (Some("prohibited"), _) | (_, Some(_)) => None,
+            _ => self.peer_of(key).and_then(|p| self.peer_limit_reached(p)),
+        };
+        if let Some((detail, ev)) = limit {
+            evidence.extend(ev);
+            return found(
+                "peer_refused_join",
+                format!("the peer reset {what} right after its handshake: {detail}"),
+                evidence,
+            );
+        }
         match (d.cause.reset_reason.as_deref(), &rejected) {
             (Some("prohibited"), _) | (_, Some(_)) => found(
                 "peer_refused_join",
