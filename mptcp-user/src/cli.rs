@@ -92,6 +92,28 @@ pub enum Command {
     ///
     /// Example: sudo mptcp-trace doctor --netns mptcp-client --netns mptcp-server --json | jq .
     Doctor(DoctorArgs),
+    /// Why a connection has fewer subflows than configured, why a join failed, why it fell
+    /// back: per connection, its subflows and every `conn_diagnosis` (cause, detail,
+    /// evidence). Reads the recent connections of the tracers running now (`events`, `live`,
+    /// …), or an NDJSON capture of `events --json` with --from. Exit status: 0, 1 when TOKEN
+    /// matches no connection, 2 for bad input or when no tracer runs.
+    ///
+    /// Example: sudo mptcp-trace why
+    ///
+    /// Example: mptcp-trace why 5c0089f8 --from capture.ndjson
+    Why(WhyArgs),
+}
+
+#[derive(Debug, Args, Default, Clone)]
+pub struct WhyArgs {
+    /// Only the connection whose token or peer token this is (8 hex digits, as in the events).
+    #[arg(value_name = "TOKEN")]
+    pub token: Option<String>,
+
+    /// Read this NDJSON capture (`mptcp-trace events --json > FILE`) instead of the running
+    /// tracers; `-` is standard input.
+    #[arg(long, value_name = "FILE")]
+    pub from: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args, Default, Clone)]

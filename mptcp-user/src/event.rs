@@ -28,6 +28,7 @@ pub enum Kind {
     SubflowFailed,
     AddrAnnounced,
     AddrRemoved,
+    ConnDiagnosis,
     SocketUpgraded,
     Lost,
 }
@@ -45,6 +46,7 @@ impl Kind {
             Kind::SubflowFailed => "subflow_failed",
             Kind::AddrAnnounced => "addr_announced",
             Kind::AddrRemoved => "addr_removed",
+            Kind::ConnDiagnosis => "conn_diagnosis",
             Kind::SocketUpgraded => "socket_upgraded",
             Kind::Lost => "lost",
         }
@@ -370,6 +372,28 @@ pub struct Addr {
     pub port: Option<u16>,
 }
 
+/// `conn_diagnosis`: why a connection has fewer subflows than its configuration allows, why a
+/// join failed, or why it fell back to TCP — concluded by the diagnosis stage
+/// (`trace::diagnosis`) from the evidence it names, never guessed. At most one per cause per
+/// connection.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ConnDiagnosis {
+    #[serde(flatten)]
+    pub conn: Conn,
+    /// The connection's initial subflow (a failed join's own endpoints are in `evidence`).
+    #[serde(flatten)]
+    pub tuple: Tuple,
+    /// A stable snake_case identifier: `join_refused`, `join_timed_out`, `no_subflow_endpoint`,
+    /// `subflow_limit`, `peer_refused_join`, `add_addr_ignored`, `fallback`, `join_auth_failed`,
+    /// `endpoint_unusable`, `unknown` (see the README's "Why only one subflow?").
+    pub cause: String,
+    /// One sentence for a human, with the numbers.
+    pub detail: String,
+    /// What it was concluded from: events with their fields, the namespace's path-manager
+    /// configuration, MPTcpExt counter deltas.
+    pub evidence: Vec<String>,
+}
+
 /// What became of a TCP `socket()` call the upgrade saw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -454,6 +478,8 @@ pub enum Data {
     AddrAnnounced(Addr),
     /// The peer withdrew an address (RM_ADDR).
     AddrRemoved(Addr),
+    /// Why the connection has fewer subflows than configured, a join failed, or it fell back.
+    ConnDiagnosis(ConnDiagnosis),
     /// The upgrade saw a TCP `socket()` call in its scope and turned it into MPTCP (or says why
     /// not).
     SocketUpgraded(SocketUpgraded),
@@ -498,6 +524,7 @@ impl Event {
             Data::SubflowFailed(_) => Kind::SubflowFailed,
             Data::AddrAnnounced(_) => Kind::AddrAnnounced,
             Data::AddrRemoved(_) => Kind::AddrRemoved,
+            Data::ConnDiagnosis(_) => Kind::ConnDiagnosis,
             Data::SocketUpgraded(_) => Kind::SocketUpgraded,
             Data::Lost(_) => Kind::Lost,
         }
@@ -515,6 +542,7 @@ impl Event {
             Data::SubflowClosed(d) => &d.conn,
             Data::SubflowFailed(d) => &d.conn,
             Data::AddrAnnounced(d) | Data::AddrRemoved(d) => &d.conn,
+            Data::ConnDiagnosis(d) => &d.conn,
             Data::Lost(_) | Data::SocketUpgraded(_) => return None,
         })
     }
@@ -530,6 +558,7 @@ impl Event {
             Data::SubflowClosed(d) => &mut d.conn,
             Data::SubflowFailed(d) => &mut d.conn,
             Data::AddrAnnounced(d) | Data::AddrRemoved(d) => &mut d.conn,
+            Data::ConnDiagnosis(d) => &mut d.conn,
             Data::Lost(_) | Data::SocketUpgraded(_) => return None,
         })
     }
@@ -545,6 +574,7 @@ impl Event {
             Data::SubflowEstablished(d) => &d.tuple,
             Data::SubflowClosed(d) => &d.tuple,
             Data::SubflowFailed(d) => &d.tuple,
+            Data::ConnDiagnosis(d) => &d.tuple,
             _ => return None,
         })
     }

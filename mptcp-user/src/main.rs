@@ -55,6 +55,8 @@ fn main() -> ExitCode {
         Some(Command::Run(args)) => commands::run::run(args),
         // `doctor` exits 1 when a check fails.
         Some(Command::Doctor(args)) => commands::doctor::run(args),
+        // `why` exits 1 when the token matches nothing, 2 for bad input or no tracer.
+        Some(Command::Why(args)) => commands::why::run(args),
         Some(Command::Upgrade(args)) => {
             block_on(commands::upgrade::run(args)).map(|()| ExitCode::SUCCESS)
         }
@@ -126,7 +128,7 @@ fn is_run() -> bool {
 
 fn dispatch(command: Option<Command>, select: mptcp_user::cli::SelectArgs) -> anyhow::Result<()> {
     match command {
-        Some(Command::Run(_) | Command::Upgrade(_) | Command::Doctor(_)) => {
+        Some(Command::Run(_) | Command::Upgrade(_) | Command::Doctor(_) | Command::Why(_)) => {
             unreachable!("handled in main")
         }
         Some(Command::Schema) => commands::schema::run(),

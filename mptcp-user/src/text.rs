@@ -155,6 +155,15 @@ pub fn line(e: &Event) -> String {
         Data::AddrAnnounced(a) | Data::AddrRemoved(a) => {
             let _ = write!(d, "remote_id={} ", a.remote_id);
         }
+        Data::ConnDiagnosis(c) => {
+            let _ = write!(
+                d,
+                "cause={} detail=\"{}\" evidence=\"{}\" ",
+                c.cause,
+                printable(&c.detail),
+                printable(&c.evidence.join("; "))
+            );
+        }
         Data::Lost(l) => {
             let _ = write!(
                 d,

@@ -63,6 +63,8 @@ pub struct Event {
     pub srtt_us: Option<u32>,
     pub count: Option<u64>,
     pub lost: Option<mptcp_user::event::Lost>,
+    /// conn_diagnosis: its cause (detail and evidence are in `raw`).
+    pub cause: Option<String>,
     pub raw: Option<mptcp_user::event::Event>,
 }
 
@@ -106,6 +108,7 @@ impl From<mptcp_user::event::Event> for Event {
             srtt_us: None,
             count: None,
             lost: None,
+            cause: None,
             raw: None,
         };
         if let Some(c) = e.conn() {
@@ -172,6 +175,7 @@ impl From<mptcp_user::event::Event> for Event {
                 f.reason.clone_from(&u.reason);
             }
             Data::ConnExisting(d) => f.side = d.side,
+            Data::ConnDiagnosis(d) => f.cause = Some(d.cause.clone()),
             Data::ConnEstablished(_) | Data::SubflowEstablished(_) => {}
         }
         f.raw = Some(e);

@@ -6,3 +6,4 @@ pub mod live;
 pub mod run;
 pub mod schema;
 pub mod upgrade;
+pub mod why;

@@ -428,7 +428,7 @@ pub fn judge(ns: &NetnsRef, f: &Facts) -> Vec<Check> {
     v
 }
 
-fn endpoint_check(ns: &NetnsRef, e: &Endpoint, net: &NetState) -> Check {
+pub fn endpoint_check(ns: &NetnsRef, e: &Endpoint, net: &NetState) -> Check {
     let name = format!("endpoint:{}", e.id);
     let what = describe(e, Some(net));
     let c = |status, detail: String| Check::netns(ns, &name, status, format!("{what}: {detail}"));
@@ -620,7 +620,7 @@ fn subflow_endpoint_check(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::super::net::{Link, Route, TcpSock, TCP_ESTABLISHED, TCP_LISTEN};
     use super::*;
     use crate::pm_config::Limits;
@@ -659,7 +659,8 @@ mod tests {
 
     /// The seed's client: red 10.0.0.2 on ifindex 2, blue 192.168.0.2 on ifindex 3, the blue
     /// address as a subflow endpoint, limits 2/2.
-    fn client() -> Facts {
+    /// The seed's client, all well (also the diagnosis stage's tests start from it).
+    pub(crate) fn client() -> Facts {
         Facts {
             enabled: Ok("1".into()),
             path_manager: Some(PathManager {

@@ -444,10 +444,11 @@ fn conn_lines(
         ));
     }
     let mut lines = wrap(spans, max, 4);
-    if let Some(d) = &c.diagnosis {
+    // Why it has fewer subflows than configured (`conn_diagnosis`), right under it.
+    for (cause, detail) in &c.diagnoses {
         lines.extend(wrap(
             vec![Span::styled(
-                format!("  ⚑ {d}"),
+                format!("  ⚑ {cause}: {}", crate::text::printable(detail)),
                 dim(
                     Style::default()
                         .fg(Color::Magenta)

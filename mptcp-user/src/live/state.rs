@@ -78,13 +78,12 @@ pub struct Conn {
     pub failed: u32,
     /// Open before the tracer started (`conn_existing`): its beginning was not seen.
     pub existing: bool,
-    /// One line saying what is wrong with the connection, shown under it (filled by the
-    /// diagnosis events when the tracer emits them).
-    pub diagnosis: Option<String>,
     pub closed_ns: Option<u64>,
     pub subflows: Vec<Subflow>,
     /// ADD_ADDR / RM_ADDR seen for this connection, oldest first (at most [`MAX_PEER_ADDRS`]).
     pub peer_addrs: Vec<PeerAddr>,
+    /// `conn_diagnosis` of the connection, as (cause, detail), oldest first (one per cause).
+    pub diagnoses: Vec<(String, String)>,
     /// Order of arrival, for the default sort.
     pub seq: u64,
 }
@@ -396,10 +395,10 @@ impl State {
                 reset: None,
                 failed: 0,
                 existing: false,
-                diagnosis: None,
                 closed_ns: None,
                 subflows: Vec::new(),
                 peer_addrs: Vec::new(),
+                diagnoses: Vec::new(),
                 seq: *seq,
             }
         })
@@ -551,6 +550,11 @@ impl State {
                     addr: a.addr.map(|ad| (ad, a.port)),
                     at_ns: e.ts_ns,
                 });
+            }
+            Data::ConnDiagnosis(d) => {
+                if !c.diagnoses.iter().any(|(cause, _)| *cause == d.cause) {
+                    c.diagnoses.push((d.cause.clone(), d.detail.clone()));
+                }
             }
             Data::Lost(_) | Data::SocketUpgraded(_) => {}
         }

@@ -387,6 +387,32 @@ fn address_events_show_under_their_connection() {
     );
 }
 
+#[test]
+fn a_diagnosis_shows_as_one_line_under_its_connection_once_per_cause() {
+    let mut s = model();
+    for t in [14, 15] {
+        s.apply(Update::Event(Box::new(ev(
+            Data::ConnDiagnosis(crate::event::ConnDiagnosis {
+                conn: conn(C2, 0),
+                tuple: tuple(("10.0.0.2", 50002), SRV),
+                cause: "fallback".into(),
+                detail: "the connection fell back to plain TCP at its handshake".into(),
+                evidence: vec!["conn_fallback reason=mp_capable_missing".into()],
+            }),
+            t * S,
+        ))));
+    }
+    assert_eq!(s.conns[&(NS, C2, 0)].diagnoses.len(), 1);
+    let screen = text(&draw(&s, 150, 20)).join("\n");
+    assert_eq!(
+        screen
+            .matches("⚑ fallback: the connection fell back to plain TCP at its handshake")
+            .count(),
+        1,
+        "{screen}"
+    );
+}
+
 fn press(s: &mut State, code: KeyCode) -> Action {
     key(s, KeyEvent::new(code, KeyModifiers::NONE))
 }
@@ -530,8 +556,10 @@ fn causes_are_on_screen_and_highlighted() {
         }),
         14 * S,
     ))));
-    s.conns.get_mut(&(NS, C1, 0)).unwrap().diagnosis =
-        Some("the blue subflow was reset by this host".into());
+    s.conns.get_mut(&(NS, C1, 0)).unwrap().diagnoses.push((
+        "join_refused".into(),
+        "the blue subflow was reset by this host".into(),
+    ));
     let b = draw(&s, 136, 20);
     let rows = text(&b);
     let at = |needle: &str| {
@@ -566,7 +594,7 @@ fn causes_are_on_screen_and_highlighted() {
     bold_in(at("EXISTING (open before the tracer)"), Color::Cyan);
     bold_in(at("⇢ peer removed address id 3"), Color::Yellow);
     bold_in(
-        at("⚑ the blue subflow was reset by this host"),
+        at("⚑ join_refused: the blue subflow was reset by this host"),
         Color::Magenta,
     );
     // The closed subflow is dimmed, its peer's backup flag highlighted; open rows are not.

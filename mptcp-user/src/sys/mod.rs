@@ -4,6 +4,7 @@
 pub mod caps;
 pub mod cgroup;
 pub mod netns;
+pub mod netstat;
 pub mod signals;
 pub mod sockdiag;
 pub mod sockowner;

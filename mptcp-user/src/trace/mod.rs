@@ -15,11 +15,13 @@
 //! The snapshot and the `existing` stage: connections open before the tracer started
 //! ([`existing`]).
 
+pub mod diagnosis;
 pub mod existing;
 pub mod filter;
 pub mod order;
 pub mod owners;
 pub mod pm;
+pub mod why_file;
 
 use std::{collections::VecDeque, io, time::Duration};
 
@@ -39,6 +41,7 @@ use crate::{
     upgrade::seccomp::Upgraded,
 };
 
+use diagnosis::Diagnosis;
 use existing::{Existing, Route};
 use filter::ConnMatcher;
 use order::Reorder;
@@ -146,6 +149,9 @@ struct Core {
     existing: Existing,
     matcher: ConnMatcher,
     order: Reorder,
+    diagnosis: Diagnosis,
+    /// Where `mptcp-trace why` finds the recent diagnoses (removed when the pipeline ends).
+    why: Option<why_file::WhyFile>,
     ready: VecDeque<Event>,
     totals: Totals,
     reported: Lost,
@@ -248,8 +254,21 @@ impl Core {
     fn release(&mut self, now: u64) {
         let order = &mut self.order;
         self.existing.expire(now, &mut |e| order.push(e));
-        let ready = &mut self.ready;
-        self.order.release(now, &mut |e| ready.push_back(e));
+        let (ready, diagnosis) = (&mut self.ready, &mut self.diagnosis);
+        self.order.release(now, &mut |e| diagnosis.pass(e, ready));
+        // Deadlines follow the real clock, also when `finish` releases everything at once.
+        self.diagnosis.expire(monotonic_ns(), &mut self.ready);
+    }
+
+    /// Rewrites the `why` file when a diagnosis was added since the last time.
+    fn write_why(&mut self) {
+        if let Some(w) = &self.why {
+            if self.diagnosis.take_dirty() {
+                if let Err(e) = w.write(self.diagnosis.recent()) {
+                    warn!("cannot write {}: {e}", w.path().display());
+                }
+            }
+        }
     }
 
     /// The loss totals now.
@@ -343,6 +362,10 @@ impl Pipeline {
             existing: snap.stage,
             matcher: ConnMatcher::new(sel.conn.clone()),
             order: Reorder::new(clock),
+            diagnosis: Diagnosis::new(Box::new(diagnosis::Host::default()), clock),
+            why: why_file::WhyFile::create()
+                .map_err(|e| warn!("`mptcp-trace why` will not see this tracer: {e}"))
+                .ok(),
             ready: VecDeque::new(),
             totals: Totals::default(),
             reported: Lost::default(),
@@ -350,10 +373,10 @@ impl Pipeline {
             upgrade_loss: None,
         };
         // The snapshot goes out first; later events stamped before it follow it.
-        for e in &snap.events {
-            core.owners.observe(e);
+        for e in snap.events {
+            core.owners.observe(&e);
+            core.diagnosis.pass(e, &mut core.ready);
         }
-        core.ready.extend(snap.events);
         core.order.floor(t0);
         // Loss before the first event counts too, but only from now on.
         core.reported = core.lost_now();
@@ -397,10 +420,14 @@ impl Pipeline {
             if let Some(e) = self.core.ready.pop_front() {
                 return Ok(e);
             }
-            let due = match (self.core.order.next_due(), self.core.existing.next_due()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let due = [
+                self.core.order.next_due(),
+                self.core.existing.next_due(),
+                self.core.diagnosis.next_due(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let wait = due.map(|d| Duration::from_nanos(d.saturating_sub(monotonic_ns())));
             tokio::select! {
                 guard = self.ring.readable_mut() => {
@@ -431,6 +458,10 @@ impl Pipeline {
                         self.core.pm.rescan();
                     }
                     self.core.report_loss();
+                    // Counter baselines taken before the connections they serve start.
+                    let watched = self.core.pm.watched();
+                    self.core.diagnosis.sample(&watched, monotonic_ns());
+                    self.core.write_why();
                 }
                 _ = sleep(wait.unwrap_or(Duration::ZERO)), if wait.is_some() => {}
             }

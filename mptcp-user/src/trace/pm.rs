@@ -346,6 +346,11 @@ pub struct PmWatcher {
 }
 
 impl PmWatcher {
+    /// The namespaces subscribed to.
+    pub fn watched(&self) -> Vec<u32> {
+        self.watched.keys().copied().collect()
+    }
+
     /// Subscribes to every namespace there is now (or only those in `only`). When this returns,
     /// the subscriptions are in place: nothing the kernel sends from now on is missed.
     pub fn new(only: Vec<u32>) -> io::Result<Self> {

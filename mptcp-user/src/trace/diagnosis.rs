@@ -1,0 +1,1205 @@
+//! The diagnosis stage: a cause for every connection that ends up with fewer subflows than its
+//! configuration allows, every failed join and every fallback, emitted as `conn_diagnosis`
+//! right after the event it was concluded from. Causes come from evidence only: the failure's
+//! own fields (errno, the peer's MP_TCPRST reason), the namespace's path-manager configuration
+//! (read with doctor's reader, judged with doctor's endpoint check) and MPTcpExt counter
+//! deltas since the connection started. When the evidence does not single out a cause, the
+//! cause is `unknown` and the evidence says what was seen.
+//!
+//! When: a failed join and a fallback at once; a client connection still on its first subflow
+//! [`DEADLINE_NS`] after it was established (the in-kernel path manager opens its joins as
+//! soon as the connection is fully established, well within that); and at close. At most one
+//! diagnosis per cause per connection.
+//!
+//! The stage also keeps the events of the last [`MAX_RECENT`] diagnosed connections, which
+//! the pipeline writes for `mptcp-trace why` (see `why_file`).
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    net::IpAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    decode::Clock,
+    doctor::{self, netns::Facts},
+    event::{Conn, ConnDiagnosis, Data, Event, Side, SubflowFailed, Tuple},
+    pm_config::flag,
+    sys::netstat::{self, MptcpExt},
+};
+
+/// How long a client connection may stay on its first subflow after conn_established before
+/// its configuration is judged.
+pub const DEADLINE_NS: u64 = 1_000_000_000;
+/// The deadline is judged this much later, once the reorder stage released every event stamped
+/// before it.
+const SETTLE_NS: u64 = 4 * super::order::WINDOW_NS;
+/// Diagnosed connections whose events are kept for `why`.
+pub const MAX_RECENT: usize = 1000;
+/// Events kept per connection for `why`.
+const MAX_LOG: usize = 64;
+/// Counters are sampled on the pipeline's tick; a namespace not sampled for this long is
+/// read when a connection starts there.
+const SAMPLE_STALE_NS: u64 = 2_000_000_000;
+
+/// What the stage reads about a namespace. A trait so that the judgement is unit-tested
+/// without root or namespaces.
+pub trait Env {
+    /// The namespace's name under /run/netns, else `inode N`.
+    fn name(&mut self, netns: u32) -> String;
+    /// Doctor's facts of the namespace (path manager, limits, endpoints, interfaces, routes).
+    fn facts(&mut self, netns: u32) -> Option<Facts>;
+    /// Its MPTcpExt counters, read at or after `fresh_after` (CLOCK_MONOTONIC ns): a value
+    /// read earlier may be reused only when it is that recent.
+    fn counters(&mut self, netns: u32, fresh_after: u64) -> Option<MptcpExt>;
+}
+
+/// How long a namespace's facts (path-manager configuration, interfaces, routes) and
+/// current counters are reused: a burst of connections judged together costs one read per
+/// namespace, not one per connection.
+const FACTS_TTL: Duration = Duration::from_secs(1);
+const COUNTERS_TTL_NS: u64 = 50_000_000;
+
+/// The real host: namespaces entered by their files.
+#[derive(Default)]
+pub struct Host {
+    paths: HashMap<u32, PathBuf>,
+    facts: HashMap<u32, (Instant, Option<Facts>)>,
+    /// When (CLOCK_MONOTONIC ns) each namespace's counters were last read, and them.
+    counters: HashMap<u32, (u64, MptcpExt)>,
+}
+
+impl Host {
+    fn path(&mut self, netns: u32) -> Option<PathBuf> {
+        // Namespace inodes are reused as soon as one is freed: a cached file must still open
+        // this very namespace, else the names are looked up again.
+        let current = self.paths.get(&netns).is_some_and(|p| {
+            std::fs::metadata(p)
+                .is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == u64::from(netns))
+        });
+        if !current {
+            self.paths = crate::sys::netns::all();
+        }
+        self.paths.get(&netns).cloned()
+    }
+}
+
+impl Env for Host {
+    fn name(&mut self, netns: u32) -> String {
+        match self.path(netns) {
+            Some(p) if p.starts_with("/run/netns") => {
+                p.file_name().map_or(format!("inode {netns}"), |n| {
+                    n.to_string_lossy().into_owned()
+                })
+            }
+            _ => format!("inode {netns}"),
+        }
+    }
+
+    fn facts(&mut self, netns: u32) -> Option<Facts> {
+        if let Some((at, f)) = self.facts.get(&netns) {
+            if at.elapsed() < FACTS_TTL {
+                return f.clone();
+            }
+        }
+        let p = self.path(netns)?;
+        // On a short-lived thread: the pipeline's thread never changes namespace.
+        let f = std::thread::scope(|s| s.spawn(|| Facts::read(&p).ok()).join().ok()?);
+        self.facts.retain(|_, (at, _)| at.elapsed() < FACTS_TTL);
+        self.facts.insert(netns, (Instant::now(), f.clone()));
+        f
+    }
+
+    fn counters(&mut self, netns: u32, fresh_after: u64) -> Option<MptcpExt> {
+        if let Some((at, c)) = self.counters.get(&netns) {
+            if *at >= fresh_after {
+                return Some(c.clone());
+            }
+        }
+        let now = crate::decode::monotonic_ns();
+        let p = self.path(netns)?;
+        let c = netstat::read(&p).ok()?;
+        self.counters
+            .retain(|_, (at, _)| now - *at < COUNTERS_TTL_NS);
+        self.counters.insert(netns, (now, c.clone()));
+        Some(c)
+    }
+}
+
+/// What the stage knows about one connection.
+#[derive(Default)]
+struct Track {
+    conn: Conn,
+    tuple: Option<Tuple>,
+    side: Option<Side>,
+    established_ns: Option<u64>,
+    deadline_done: bool,
+    fallback: bool,
+    /// Subflows established, the initial one included; joins among them.
+    subflows: u32,
+    joins: u32,
+    joins_failed: u32,
+    /// Remote ids the joins went to (established or failed).
+    join_remote_ids: HashSet<u8>,
+    /// The peer's ADD_ADDRs: remote id and address.
+    announced: Vec<(u8, Option<IpAddr>)>,
+    causes: Vec<String>,
+    baseline: Option<Arc<MptcpExt>>,
+    log: Vec<Event>,
+}
+
+pub struct Diagnosis {
+    env: Box<dyn Env + Send>,
+    clock: Clock,
+    tracks: HashMap<u64, Track>,
+    /// Per namespace: its last two counter samples (time, counters), older first. A
+    /// connection's baseline is the newest one taken before it started: a connection's events
+    /// are handled a reorder window after they happened, when its first join may have counted
+    /// already.
+    samples: HashMap<u32, Vec<(u64, Arc<MptcpExt>)>>,
+    recent: VecDeque<Vec<Event>>,
+    /// Set when a diagnosis was added since [`Diagnosis::take_dirty`].
+    dirty: bool,
+    last_ts: u64,
+    /// The time of the event (or deadline) being judged: counters are read after it.
+    judged_ts: u64,
+}
+
+/// A diagnosis before it becomes an event.
+struct Found {
+    cause: &'static str,
+    detail: String,
+    evidence: Vec<String>,
+}
+
+fn found(cause: &'static str, detail: String, evidence: Vec<String>) -> Found {
+    Found {
+        cause,
+        detail,
+        evidence,
+    }
+}
+
+fn endpoint(a: IpAddr, port: u16) -> String {
+    match a {
+        IpAddr::V4(_) => format!("{a}:{port}"),
+        IpAddr::V6(_) => format!("[{a}]:{port}"),
+    }
+}
+
+fn delta_evidence(d: &[(String, u64)], ns: &str) -> Vec<String> {
+    d.iter()
+        .map(|(n, v)| format!("MPTcpExt {n} +{v} in netns {ns}"))
+        .collect()
+}
+
+/// How doctor names the namespace (its fix commands use `ip -n NAME`).
+fn nsref(name: &str, inode: u32) -> doctor::NetnsRef {
+    doctor::NetnsRef {
+        name: Some(name.to_string()),
+        inode,
+        pid: None,
+        current: false,
+        path: PathBuf::new(),
+    }
+}
+
+fn is_auth_counter(n: &str) -> bool {
+    matches!(
+        n,
+        "MPJoinSynAckHMacFailure" | "MPJoinAckHMacFailure" | "MPJoinNoTokenFound"
+    )
+}
+
+impl Diagnosis {
+    pub fn new(env: Box<dyn Env + Send>, clock: Clock) -> Diagnosis {
+        Diagnosis {
+            env,
+            clock,
+            tracks: HashMap::new(),
+            samples: HashMap::new(),
+            recent: VecDeque::new(),
+            dirty: false,
+            last_ts: 0,
+            judged_ts: 0,
+        }
+    }
+
+    /// Passes `e` on to `out`, followed by the diagnoses it allows.
+    pub fn pass(&mut self, e: Event, out: &mut VecDeque<Event>) {
+        self.last_ts = self.last_ts.max(e.ts_ns);
+        self.judged_ts = e.ts_ns;
+        let key = e.ids().conn;
+        if key == 0 || e.conn().is_some_and(|c| c.protocol.is_some()) {
+            out.push_back(e);
+            return;
+        }
+        let mut found = Vec::new();
+        let mut closed = false;
+        match &e.data {
+            Data::ConnCreated(d) => {
+                let baseline = d.conn.netns.and_then(|ns| self.baseline(ns, e.ts_ns));
+                let t = self.tracks.entry(key).or_default();
+                t.side = Some(d.side);
+                t.tuple = Some(d.tuple.clone());
+                t.baseline = baseline;
+            }
+            Data::ConnExisting(d) => {
+                let baseline = d.conn.netns.and_then(|ns| self.baseline(ns, e.ts_ns));
+                let t = self.tracks.entry(key).or_default();
+                t.side = d.side;
+                t.tuple = Some(d.tuple.clone());
+                t.fallback = d.fallback;
+                // Its establishment was not seen: judged a deadline after the snapshot.
+                t.established_ns = Some(e.ts_ns);
+                t.baseline = baseline;
+            }
+            Data::ConnEstablished(d) => {
+                let t = self.tracks.entry(key).or_default();
+                t.established_ns.get_or_insert(e.ts_ns);
+                t.tuple.get_or_insert_with(|| d.tuple.clone());
+            }
+            Data::SubflowEstablished(d) => {
+                let t = self.tracks.entry(key).or_default();
+                t.subflows += 1;
+                if d.subflow.join {
+                    t.joins += 1;
+                    t.join_remote_ids.insert(d.subflow.remote_id);
+                }
+            }
+            Data::SubflowFailed(d) if d.subflow.join => {
+                let t = self.tracks.entry(key).or_default();
+                t.joins_failed += 1;
+                t.join_remote_ids.insert(d.subflow.remote_id);
+                found.push(self.failed_join(key, d));
+            }
+            Data::SubflowClosed(d)
+                if d.subflow.join
+                    && d.bytes_received == 0
+                    && d.bytes_sent == 0
+                    && (d.reason.starts_with("rst") || d.reason.starts_with("mp_tcprst")) =>
+            {
+                // A join reset right after its handshake, before it carried anything: the
+                // peer took it back (newer kernels check their limits at the third ACK).
+                self.tracks.entry(key).or_default();
+                found.push(self.reset_join(key, d));
+            }
+            Data::ConnFallback(d) => {
+                let t = self.tracks.entry(key).or_default();
+                t.fallback = true;
+                found.push(self.fallback(key, &d.reason, e.ts_ns));
+            }
+            Data::AddrAnnounced(a) => {
+                let t = self.tracks.entry(key).or_default();
+                t.announced.push((a.remote_id, a.addr));
+            }
+            Data::ConnClosed(_) => closed = true,
+            _ => {}
+        }
+        let t = self.tracks.entry(key).or_default();
+        if let Some(c) = e.conn() {
+            // The latest connection part: the token and peer token arrive on later events.
+            let ids = c.ids;
+            let keep = t.conn.clone();
+            t.conn = Conn {
+                token: c.token.or(keep.token),
+                peer_token: c.peer_token.or(keep.peer_token),
+                netns: c.netns.or(keep.netns),
+                pid: c.pid.or(keep.pid),
+                comm: c.comm.clone().or(keep.comm),
+                protocol: None,
+                ids: crate::event::Ids { subflow: 0, ..ids },
+            };
+        }
+        if t.log.len() < MAX_LOG && !matches!(e.data, Data::AddrRemoved(_)) {
+            t.log.push(e.clone());
+        }
+        let ts = e.ts_ns;
+        out.push_back(e);
+        if closed {
+            if self.tracks[&key].established_ns.is_some() && !self.tracks[&key].deadline_done {
+                // Closed before its deadline: judged now, but only on what the configuration
+                // forbids (a join may simply not have had the time).
+                found.extend(self.judge_config(key, false));
+            } else if self.tracks[&key].established_ns.is_some() {
+                found.extend(self.judge_config(key, true));
+            }
+        }
+        for f in found {
+            self.emit(key, ts, f, out);
+        }
+        if closed {
+            let t = self.tracks.remove(&key).expect("tracked above");
+            if !t.causes.is_empty() {
+                if self.recent.len() == MAX_RECENT {
+                    self.recent.pop_front();
+                }
+                self.recent.push_back(t.log);
+                self.dirty = true;
+            }
+        }
+    }
+
+    /// Judges the connections whose deadline passed by `now`.
+    pub fn expire(&mut self, now: u64, out: &mut VecDeque<Event>) {
+        let due: Vec<u64> = self
+            .tracks
+            .iter()
+            .filter(|(_, t)| {
+                !t.deadline_done
+                    && t.established_ns
+                        .is_some_and(|e| e + DEADLINE_NS + SETTLE_NS <= now)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for key in due {
+            let t = self.tracks.get_mut(&key).expect("listed");
+            t.deadline_done = true;
+            let ts = (t.established_ns.unwrap_or(0) + DEADLINE_NS).max(self.last_ts);
+            self.judged_ts = ts;
+            for f in self.judge_config(key, false) {
+                self.emit(key, ts, f, out);
+            }
+            self.last_ts = self.last_ts.max(ts);
+        }
+    }
+
+    /// When [`Diagnosis::expire`] has work next.
+    pub fn next_due(&self) -> Option<u64> {
+        self.tracks
+            .values()
+            .filter(|t| !t.deadline_done)
+            .filter_map(|t| t.established_ns)
+            .min()
+            .map(|e| e + DEADLINE_NS + SETTLE_NS)
+    }
+
+    /// Whether a diagnosis was added since the last call.
+    pub fn take_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// The events of the last diagnosed connections, at most [`MAX_RECENT`]: the open ones
+    /// first, then the latest closed ones.
+    pub fn recent(&self) -> impl Iterator<Item = &Event> {
+        let open: Vec<&Vec<Event>> = self
+            .tracks
+            .values()
+            .filter(|t| !t.causes.is_empty())
+            .map(|t| &t.log)
+            .take(MAX_RECENT)
+            .collect();
+        let closed = MAX_RECENT - open.len();
+        let skip = self.recent.len().saturating_sub(closed);
+        open.into_iter()
+            .chain(self.recent.iter().skip(skip))
+            .flatten()
+    }
+
+    fn emit(&mut self, key: u64, ts: u64, f: Found, out: &mut VecDeque<Event>) {
+        let t = self.tracks.get_mut(&key).expect("tracked");
+        if t.causes.iter().any(|c| c == f.cause) {
+            return;
+        }
+        let Some(tuple) = t.tuple.clone() else {
+            return;
+        };
+        t.causes.push(f.cause.to_string());
+        let e = Event::new(
+            ts,
+            self.clock.rfc3339(ts),
+            Data::ConnDiagnosis(ConnDiagnosis {
+                conn: t.conn.clone(),
+                tuple,
+                cause: f.cause.to_string(),
+                detail: f.detail,
+                evidence: f.evidence,
+            }),
+        );
+        if t.log.len() < MAX_LOG {
+            t.log.push(e.clone());
+        }
+        self.dirty = true;
+        out.push_back(e);
+    }
+
+    /// Samples the counters of `namespaces` (the pipeline's tick, with the namespaces it
+    /// watches), keeping two per namespace.
+    pub fn sample(&mut self, namespaces: &[u32], now: u64) {
+        self.samples.retain(|ns, _| namespaces.contains(ns));
+        for &ns in namespaces {
+            if let Some(c) = self.env.counters(ns, now.saturating_sub(COUNTERS_TTL_NS)) {
+                let v = self.samples.entry(ns).or_default();
+                if v.len() == 2 {
+                    v.remove(0);
+                }
+                v.push((now, Arc::new(c)));
+            }
+        }
+    }
+
+    /// The counters of `netns` before `ts`: the newest sample taken before it, else (no recent
+    /// sample) read now.
+    fn baseline(&mut self, netns: u32, ts: u64) -> Option<Arc<MptcpExt>> {
+        if let Some(v) = self.samples.get(&netns) {
+            if let Some((_, c)) = v
+                .iter()
+                .rev()
+                .find(|(at, _)| *at <= ts && ts - at < SAMPLE_STALE_NS)
+            {
+                return Some(c.clone());
+            }
+        }
+        // Kept as a sample: the connections that follow in the same burst reuse it.
+        let c = Arc::new(self.env.counters(netns, 0)?);
+        let v = self.samples.entry(netns).or_default();
+        if v.len() == 2 {
+            v.remove(0);
+        }
+        v.push((ts, c.clone()));
+        Some(c)
+    }
+
+    /// The counters of the connection's namespace that grew since it started.
+    fn deltas(&mut self, key: u64, pick: impl Fn(&str) -> bool) -> (String, Vec<(String, u64)>) {
+        let t = &self.tracks[&key];
+        let (Some(ns), Some(before)) = (t.conn.netns, t.baseline.clone()) else {
+            return (String::new(), Vec::new());
+        };
+        let name = self.env.name(ns);
+        // Read after the event being judged: an earlier read cannot hold what it caused.
+        let Some(now) = self.env.counters(ns, self.judged_ts) else {
+            return (name, Vec::new());
+        };
+        (name, netstat::deltas(&before, &now, pick))
+    }
+
+    /// The connection on the other end, when this tracer sees it too (its token is our peer
+    /// token): its key.
+    fn peer_of(&self, key: u64) -> Option<u64> {
+        let pt = self.tracks[&key].conn.peer_token?;
+        self.tracks
+            .iter()
+            .find(|(k, t)| **k != key && t.conn.token == Some(pt))
+            .map(|(k, _)| *k)
+    }
+
+    fn failed_join(&mut self, key: u64, f: &SubflowFailed) -> Found {
+        let what = format!(
+            "the join from {} to {}",
+            endpoint(f.tuple.saddr, f.tuple.sport),
+            endpoint(f.tuple.daddr, f.tuple.dport)
+        );
+        let mut seen = format!("subflow_failed sport={} reason={}", f.tuple.sport, f.reason);
+        if let Some(e) = &f.cause.error {
+            seen += &format!(" error={e}");
+        }
+        if let Some(r) = &f.cause.reset_reason {
+            seen += &format!(" reset_reason={r}");
+        }
+        let mut evidence = vec![seen];
+        // The peer's own counters, when it is traced here too.
+        let peer = self
+            .peer_of(key)
+            .map(|p| self.deltas(p, |n| n.starts_with("MPJoin")));
+        if let Some((ns, d)) = &peer {
+            evidence.extend(delta_evidence(d, ns));
+        }
+        let peer_has = |name: &str| {
+            peer.as_ref()
+                .and_then(|(_, d)| d.iter().find(|(n, _)| n == name).map(|(_, v)| *v))
+        };
+        match (f.cause.reset_reason.as_deref(), f.cause.error.as_deref()) {
+            (Some("prohibited"), _) => {
+                let limit = match peer_has("MPJoinRejected") {
+                    Some(n) => format!(
+                        " (the peer's namespace rejected {n} join(s) since the connection started)"
+                    ),
+                    None => String::new(),
+                };
+                found(
+                    "peer_refused_join",
+                    format!(
+                        "the peer refused {what} with MP_TCPRST prohibited: its path manager \
+                         accepts no more subflows on this connection (its `limits subflows` is \
+                         reached){limit}"
+                    ),
+                    evidence,
+                )
+            }
+            (Some(r), _) => found(
+                "unknown",
+                format!("the peer reset {what} with MP_TCPRST reason {r}"),
+                evidence,
+            ),
+            (None, Some("ECONNREFUSED")) => match (
+                peer_has("MPJoinNoTokenFound"),
+                peer_has("MPJoinRejected"),
+            ) {
+                // The peer's limit, answered with a plain reset at the SYN.
+                (_, Some(n)) => found(
+                    "peer_refused_join",
+                    format!(
+                        "the peer refused {what} with a reset: its path manager accepts no more \
+                         subflows on this connection (its `limits subflows` is reached; \
+                         MPJoinRejected +{n} there)"
+                    ),
+                    evidence,
+                ),
+                (Some(n), None) => found(
+                    "join_auth_failed",
+                    format!(
+                        "{what} was reset: the peer did not know the connection's token \
+                         (MPJoinNoTokenFound +{n} there)"
+                    ),
+                    evidence,
+                ),
+                (None, None) => match self.peer_of(key).and_then(|p| self.peer_limit_reached(p)) {
+                    Some((detail, ev)) => {
+                        evidence.extend(ev);
+                        found(
+                            "peer_refused_join",
+                            format!("the peer refused {what} with a reset: {detail}"),
+                            evidence,
+                        )
+                    }
+                    None => found(
+                    "join_refused",
+                    format!(
+                        "{what} was refused with a reset (ECONNREFUSED): nothing listens on \
+                         port {} of {} any more (the listener is gone)",
+                        f.tuple.dport, f.tuple.daddr
+                    ),
+                    evidence,
+                ),
+                },
+            },
+            (None, Some("ETIMEDOUT")) => found(
+                "join_timed_out",
+                format!(
+                    "{what} got no answer after {} SYN retransmission(s) (ETIMEDOUT): the path \
+                     is black-holed",
+                    f.retrans
+                ),
+                evidence,
+            ),
+            (None, Some(err @ ("ENETUNREACH" | "EHOSTUNREACH" | "EADDRNOTAVAIL" | "ENODEV"))) => {
+                match self.endpoint_verdict(key, f.tuple.saddr) {
+                    Some((detail, ev)) => {
+                        evidence.push(ev);
+                        found(
+                            "endpoint_unusable",
+                            format!("{what} could not leave ({err}): {detail}"),
+                            evidence,
+                        )
+                    }
+                    None => found(
+                        "unknown",
+                        format!("{what} failed ({err}); the endpoint's interface and route look usable now"),
+                        evidence,
+                    ),
+                }
+            }
+            _ => {
+                let (ns, d) = self.deltas(key, is_auth_counter);
+                let auth = !d.is_empty();
+                evidence.extend(delta_evidence(&d, &ns));
+                if auth {
+                    found(
+                        "join_auth_failed",
+                        format!(
+                            "{what} failed its HMAC or token check (inferred from the MPTcpExt \
+                             counters of netns {ns})"
+                        ),
+                        evidence,
+                    )
+                } else {
+                    found(
+                        "unknown",
+                        format!("{what} failed ({}); no evidence of why", f.reason),
+                        evidence,
+                    )
+                }
+            }
+        }
+    }
+
+    /// Doctor's verdict on the endpoint with address `addr` in the connection's namespace,
+    /// when it fails: (detail, evidence).
+    fn endpoint_verdict(&mut self, key: u64, addr: IpAddr) -> Option<(String, String)> {
+        let ns = self.tracks[&key].conn.netns?;
+        let name = self.env.name(ns);
+        let facts = self.env.facts(ns)?;
+        let (Ok(pm), Ok(net)) = (&facts.pm, &facts.net) else {
+            return None;
+        };
+        let e = pm.endpoints.iter().find(|e| e.addr == Some(addr))?;
+        let c = doctor::netns::endpoint_check(&nsref(&name, ns), e, net);
+        (c.status == doctor::Status::Fail).then(|| {
+            (
+                c.detail.clone(),
+                format!("{} in netns {name}: {}", c.name, c.detail),
+            )
+        })
+    }
+
+    /// Whether the in-kernel path manager of the peer (the connection `peer` this tracer
+    /// sees too) allows no more subflows on it: its `limits subflows` against the joins its
+    /// end has. (detail, evidence) when it is reached.
+    fn peer_limit_reached(&mut self, peer: u64) -> Option<(String, Vec<String>)> {
+        let t = &self.tracks[&peer];
+        let (ns, joins) = (t.conn.netns?, t.joins);
+        let name = self.env.name(ns);
+        let facts = self.env.facts(ns)?;
+        if facts.path_manager.as_ref().is_some_and(|p| p.userspace) {
+            return None;
+        }
+        let limit = facts.pm.as_ref().ok()?.limits.subflows;
+        (joins >= limit).then(|| {
+            (
+                format!(
+                    "the peer's `limits subflows` is {limit} in netns {name}, used by {joins} \
+                     join(s): its path manager accepts no more subflows on this connection"
+                ),
+                vec![
+                    format!("limits subflows {limit} in netns {name} (the peer)"),
+                    format!("{joins} join(s) established on the peer's end"),
+                ],
+            )
+        })
+    }
+
+    fn reset_join(&mut self, key: u64, d: &crate::event::SubflowClosed) -> Found {
+        let what = format!(
+            "the join from {} to {}",
+            endpoint(d.tuple.saddr, d.tuple.sport),
+            endpoint(d.tuple.daddr, d.tuple.dport)
+        );
+        let mut seen = format!(
+            "subflow_closed join sport={} reason={} bytes_sent=0 bytes_received=0",
+            d.tuple.sport, d.reason
+        );
+        if let Some(r) = &d.cause.reset_reason {
+            seen += &format!(" reset_reason={r}");
+        }
+        let mut evidence = vec![seen];
+        let peer = self
+            .peer_of(key)
+            .map(|p| self.deltas(p, |n| n.starts_with("MPJoin")));
+        let rejected = peer.as_ref().and_then(|(ns, d)| {
+            evidence.extend(delta_evidence(d, ns));
+            d.iter()
+                .find(|(n, _)| n == "MPJoinRejected")
+                .map(|(_, v)| (ns.clone(), *v))
+        });
+        // Without a reason or a counter (Linux 6.1 refuses such a join in
+        // `mptcp_finish_join` and counts nothing), the peer's own configuration: its limit
+        // and the joins its end of the connection already has.
+        let limit = match (d.cause.reset_reason.as_deref(), &rejected) {
+            (Some("prohibited"), _) | (_, Some(_)) => None,
+            _ => self.peer_of(key).and_then(|p| self.peer_limit_reached(p)),
+        };
+        if let Some((detail, ev)) = limit {
+            evidence.extend(ev);
+            return found(
+                "peer_refused_join",
+                format!("the peer reset {what} right after its handshake: {detail}"),
+                evidence,
+            );
+        }
+        match (d.cause.reset_reason.as_deref(), &rejected) {
+            (Some("prohibited"), _) | (_, Some(_)) => found(
+                "peer_refused_join",
+                format!(
+                    "the peer reset {what} right after its handshake{}: its path manager \
+                     accepts no more subflows on this connection (its `limits subflows` is \
+                     reached){}",
+                    if d.cause.reset_reason.is_some() {
+                        " with MP_TCPRST prohibited"
+                    } else {
+                        ""
+                    },
+                    rejected.as_ref().map_or(String::new(), |(ns, n)| format!(
+                        " — netns {ns} counted {n} rejected join(s) (MPJoinRejected)"
+                    ))
+                ),
+                evidence,
+            ),
+            _ => found(
+                "unknown",
+                format!(
+                    "the peer reset {what} right after its handshake ({}); no evidence of why",
+                    d.reason
+                ),
+                evidence,
+            ),
+        }
+    }
+
+    fn fallback(&mut self, key: u64, reason: &str, ts: u64) -> Found {
+        let t = &self.tracks[&key];
+        // At the handshake (the peer did not echo MP_CAPABLE), or mid-connection.
+        let after = match t.established_ns {
+            _ if reason == "mp_capable_not_negotiated" => " at its handshake".to_string(),
+            Some(e) => format!(
+                " {:.3} s after it was established",
+                ts.saturating_sub(e) as f64 / 1e9
+            ),
+            None => String::new(),
+        };
+        let mut evidence = vec![format!("conn_fallback reason={reason}")];
+        let (ns, d) = self.deltas(key, |n| {
+            n.contains("Fallback") || n.contains("InfiniteMap") || n.contains("DSSCorruption")
+        });
+        evidence.extend(delta_evidence(&d, &ns));
+        found(
+            "fallback",
+            format!(
+                "the connection fell back to plain TCP{after} ({reason}): one subflow, no MPTCP"
+            ),
+            evidence,
+        )
+    }
+
+    /// Judges a client connection's configuration against the subflows it got. `at_close`
+    /// also says `unknown` when the configuration allowed a join that never came.
+    fn judge_config(&mut self, key: u64, at_close: bool) -> Vec<Found> {
+        let t = &self.tracks[&key];
+        let (Some(ns), Some(tuple)) = (t.conn.netns, t.tuple.clone()) else {
+            return Vec::new();
+        };
+        if t.side != Some(Side::Client) || t.fallback || t.subflows == 0 {
+            return Vec::new();
+        }
+        let (joins, joins_failed) = (t.joins, t.joins_failed);
+        let unjoined: Vec<(u8, Option<IpAddr>)> = t
+            .announced
+            .iter()
+            .filter(|(id, _)| !t.join_remote_ids.contains(id))
+            .cloned()
+            .collect();
+        let name = self.env.name(ns);
+        let Some(facts) = self.env.facts(ns) else {
+            return Vec::new();
+        };
+        if facts.path_manager.as_ref().is_some_and(|p| p.userspace) {
+            // A userspace daemon decides: its configuration is not ours to judge.
+            return Vec::new();
+        }
+        let Ok(pm) = &facts.pm else {
+            return Vec::new();
+        };
+        let limits = pm.limits;
+        let mut v = Vec::new();
+        for (id, addr) in &unjoined {
+            let what = match addr {
+                Some(a) => format!("{a} (id {id})"),
+                None => format!("id {id}"),
+            };
+            let seen = format!(
+                "addr_announced remote_id={id}{}",
+                addr.map_or(String::new(), |a| format!(" addr={a}"))
+            );
+            if limits.add_addr_accepted == 0 {
+                let (_, d) = self.deltas(key, |n| n == "AddAddrDrop");
+                let mut evidence = vec![
+                    seen,
+                    format!("limits add_addr_accepted 0 in netns {name}"),
+                    "no join towards that remote id".to_string(),
+                ];
+                evidence.extend(delta_evidence(&d, &name));
+                v.push(found(
+                    "add_addr_ignored",
+                    format!(
+                        "the peer announced {what} but `add_addr_accepted` is 0 in netns {name}: \
+                         the announcement was ignored, no subflow was opened to it"
+                    ),
+                    evidence,
+                ));
+            } else if joins >= limits.subflows {
+                v.push(found(
+                    "subflow_limit",
+                    format!(
+                        "the peer announced {what} but `limits subflows` is {} in netns {name}, \
+                         used by {joins} join(s)",
+                        limits.subflows
+                    ),
+                    vec![
+                        seen,
+                        format!("limits subflows {} in netns {name}", limits.subflows),
+                        format!("{joins} join(s) established"),
+                    ],
+                ));
+            }
+        }
+        if joins > 0 || joins_failed > 0 || !unjoined.is_empty() {
+            return v;
+        }
+        // No join at all: was there anything to join from?
+        let family = tuple.family;
+        let subflow_eps: Vec<_> = pm
+            .endpoints
+            .iter()
+            .filter(|e| e.has(flag::SUBFLOW))
+            .collect();
+        let usable: Vec<_> = subflow_eps
+            .iter()
+            .filter(|e| {
+                e.addr
+                    .is_some_and(|a| crate::event::Family::of(a) == family && a != tuple.saddr)
+            })
+            .collect();
+        if usable.is_empty() {
+            let have = if subflow_eps.is_empty() {
+                format!("no endpoint with flag subflow in netns {name}")
+            } else {
+                format!(
+                    "subflow endpoint(s) {} in netns {name}, none a second {} address",
+                    subflow_eps
+                        .iter()
+                        .map(|e| e.addr.map_or(format!("id {}", e.id), |a| a.to_string()))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    match family {
+                        crate::event::Family::Ipv4 => "IPv4",
+                        crate::event::Family::Ipv6 => "IPv6",
+                    }
+                )
+            };
+            v.push(found(
+                "no_subflow_endpoint",
+                format!(
+                    "this client has no `subflow` endpoint to open a second subflow from \
+                     ({have}; the first subflow is from {})",
+                    tuple.saddr
+                ),
+                vec![format!("1 subflow, no join attempted"), have],
+            ));
+        }
+        if limits.subflows == 0 {
+            v.push(found(
+                "subflow_limit",
+                format!(
+                    "`limits subflows` is 0 in netns {name}: the path manager opens no \
+                     additional subflow"
+                ),
+                vec![
+                    "1 subflow, no join attempted".to_string(),
+                    format!("limits subflows 0 in netns {name}"),
+                ],
+            ));
+        }
+        if !v.is_empty() {
+            return v;
+        }
+        // Endpoints and limits allow a join: can its address be used?
+        if let Ok(net) = &facts.net {
+            let nsref = nsref(&name, ns);
+            let checks: Vec<_> = usable
+                .iter()
+                .map(|e| doctor::netns::endpoint_check(&nsref, e, net))
+                .collect();
+            if !checks.is_empty() && checks.iter().all(|c| c.status == doctor::Status::Fail) {
+                v.push(found(
+                    "endpoint_unusable",
+                    format!(
+                        "no `subflow` endpoint can be used: {}",
+                        checks
+                            .iter()
+                            .map(|c| c.detail.clone())
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ),
+                    checks
+                        .iter()
+                        .map(|c| format!("{} in netns {name}: {}", c.name, c.detail))
+                        .collect(),
+                ));
+                return v;
+            }
+        }
+        if at_close {
+            let (dns, d) = self.deltas(key, |n| n.starts_with("MPJoin") || is_auth_counter(n));
+            let auth: Vec<_> = d
+                .iter()
+                .filter(|(n, _)| is_auth_counter(n))
+                .cloned()
+                .collect();
+            let mut evidence = vec![
+                "1 subflow, no join seen".to_string(),
+                format!(
+                    "limits subflows {} in netns {name}, {} usable subflow endpoint(s)",
+                    limits.subflows,
+                    usable.len()
+                ),
+            ];
+            evidence.extend(delta_evidence(&d, &dns));
+            if auth.is_empty() {
+                v.push(found(
+                    "unknown",
+                    format!(
+                        "the configuration of netns {name} allows a join, none was seen and no \
+                         counter says why"
+                    ),
+                    evidence,
+                ));
+            } else {
+                v.push(found(
+                    "join_auth_failed",
+                    format!(
+                        "no join came up; inferred from the MPTcpExt counters of netns {dns} \
+                         (HMAC or token failure), not from this connection's own events"
+                    ),
+                    evidence,
+                ));
+            }
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{
+        ConnClosed, ConnCreated, ConnEstablished, Family, Ids, SubflowEstablished, Token,
+    };
+
+    const NS: u32 = 4026532174;
+    const CONN: u64 = 0xffff_0001;
+
+    /// A namespace with fixed facts and counters that tests can move.
+    struct Fake {
+        facts: Facts,
+        counters: std::sync::Arc<std::sync::Mutex<MptcpExt>>,
+    }
+
+    impl Env for Fake {
+        fn name(&mut self, _: u32) -> String {
+            "mptcp-client".into()
+        }
+        fn facts(&mut self, _: u32) -> Option<Facts> {
+            Some(self.facts.clone())
+        }
+        fn counters(&mut self, _: u32, _: u64) -> Option<MptcpExt> {
+            Some(self.counters.lock().unwrap().clone())
+        }
+    }
+
+    fn stage(facts: Facts) -> Diagnosis {
+        Diagnosis::new(
+            Box::new(Fake {
+                facts,
+                counters: Default::default(),
+            }),
+            Clock::fixed(0),
+        )
+    }
+
+    fn conn() -> Conn {
+        Conn {
+            token: Some(Token(1)),
+            netns: Some(NS),
+            ids: Ids {
+                conn: CONN,
+                ..Ids::default()
+            },
+            ..Conn::default()
+        }
+    }
+
+    fn tuple(saddr: &str) -> Tuple {
+        Tuple {
+            family: Family::Ipv4,
+            saddr: saddr.parse().unwrap(),
+            sport: 40000,
+            daddr: "10.0.0.1".parse().unwrap(),
+            dport: 4321,
+        }
+    }
+
+    fn subflow(join: bool) -> crate::event::Subflow {
+        crate::event::Subflow {
+            ifindex: None,
+            ifname: None,
+            local_id: Some(u8::from(join)),
+            remote_id: 0,
+            backup: false,
+            peer_backup: false,
+            join,
+        }
+    }
+
+    fn ev(ts: u64, data: Data) -> Event {
+        Event::new(ts, String::new(), data)
+    }
+
+    /// A client connection established at 1 s with its first subflow, and `joins` joins.
+    fn client_conn(joins: usize) -> Vec<Event> {
+        let mut v = vec![
+            ev(
+                1_000_000_000,
+                Data::ConnCreated(ConnCreated {
+                    conn: conn(),
+                    tuple: tuple("10.0.0.2"),
+                    side: Side::Client,
+                }),
+            ),
+            ev(
+                1_000_000_001,
+                Data::ConnEstablished(ConnEstablished {
+                    conn: conn(),
+                    tuple: tuple("10.0.0.2"),
+                }),
+            ),
+            ev(
+                1_000_000_002,
+                Data::SubflowEstablished(SubflowEstablished {
+                    conn: conn(),
+                    tuple: tuple("10.0.0.2"),
+                    subflow: subflow(false),
+                    existing: false,
+                }),
+            ),
+        ];
+        for i in 0..joins {
+            v.push(ev(
+                1_000_100_000 + i as u64,
+                Data::SubflowEstablished(SubflowEstablished {
+                    conn: conn(),
+                    tuple: tuple("192.168.0.2"),
+                    subflow: subflow(true),
+                    existing: false,
+                }),
+            ));
+        }
+        v
+    }
+
+    fn close(ts: u64) -> Event {
+        ev(
+            ts,
+            Data::ConnClosed(ConnClosed {
+                conn: conn(),
+                tuple: tuple("10.0.0.2"),
+                duration_ns: None,
+                subflows_total: 1,
+            }),
+        )
+    }
+
+    /// The causes `events` lead to, with the deadline judged at `now`.
+    fn causes(d: &mut Diagnosis, events: Vec<Event>, now: u64) -> Vec<String> {
+        let mut out = VecDeque::new();
+        for e in events {
+            d.pass(e, &mut out);
+        }
+        d.expire(now, &mut out);
+        out.iter()
+            .filter_map(|e| match &e.data {
+                Data::ConnDiagnosis(c) => Some(c.cause.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    const LATE: u64 = 3_000_000_000;
+
+    #[test]
+    fn a_healthy_two_path_client_gets_no_diagnosis_at_the_deadline_or_at_close() {
+        let mut d = stage(crate::doctor::netns::tests::client());
+        let mut evs = client_conn(1);
+        evs.push(close(2_500_000_000));
+        assert_eq!(causes(&mut d, evs, LATE), Vec::<String>::new());
+    }
+
+    #[test]
+    fn no_subflow_endpoint_and_a_zero_limit_are_both_named() {
+        let mut f = crate::doctor::netns::tests::client();
+        let pm = f.pm.as_mut().unwrap();
+        pm.endpoints.clear();
+        pm.limits.subflows = 0;
+        let mut d = stage(f);
+        assert_eq!(
+            causes(&mut d, client_conn(0), LATE),
+            ["no_subflow_endpoint", "subflow_limit"]
+        );
+    }
+
+    #[test]
+    fn an_endpoint_on_the_first_subflows_address_is_no_second_path() {
+        let mut f = crate::doctor::netns::tests::client();
+        f.pm.as_mut().unwrap().endpoints[0].addr = Some("10.0.0.2".parse().unwrap());
+        let mut d = stage(f);
+        assert_eq!(
+            causes(&mut d, client_conn(0), LATE),
+            ["no_subflow_endpoint"]
+        );
+    }
+
+    #[test]
+    fn before_the_deadline_nothing_is_judged_and_a_short_connection_only_on_what_is_forbidden() {
+        // Endpoint and limits allow a join: a connection closed after 0.5 s is not blamed.
+        let mut d = stage(crate::doctor::netns::tests::client());
+        let mut evs = client_conn(0);
+        evs.push(close(1_500_000_000));
+        assert_eq!(causes(&mut d, evs, 1_600_000_000), Vec::<String>::new());
+        // Without any endpoint, the same short connection is.
+        let mut f = crate::doctor::netns::tests::client();
+        f.pm.as_mut().unwrap().endpoints.clear();
+        let mut d = stage(f);
+        let mut evs = client_conn(0);
+        evs.push(close(1_500_000_000));
+        assert_eq!(causes(&mut d, evs, 1_600_000_000), ["no_subflow_endpoint"]);
+    }
+
+    #[test]
+    fn a_userspace_path_manager_is_not_judged() {
+        let mut f = crate::doctor::netns::tests::client();
+        f.path_manager.as_mut().unwrap().userspace = true;
+        f.pm.as_mut().unwrap().endpoints.clear();
+        let mut d = stage(f);
+        assert_eq!(causes(&mut d, client_conn(0), LATE), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_down_endpoint_interface_is_endpoint_unusable_with_doctors_words() {
+        let mut f = crate::doctor::netns::tests::client();
+        f.net.as_mut().unwrap().links[2].flags = 0;
+        let mut d = stage(f);
+        let mut out = VecDeque::new();
+        for e in client_conn(0) {
+            d.pass(e, &mut out);
+        }
+        d.expire(LATE, &mut out);
+        let Some(Data::ConnDiagnosis(c)) = out.back().map(|e| &e.data) else {
+            panic!("{out:?}")
+        };
+        assert_eq!(c.cause, "endpoint_unusable");
+        assert!(c.detail.contains("blue-client is down"), "{c:?}");
+        // Once per cause: the close adds nothing.
+        assert_eq!(
+            causes(&mut d, vec![close(LATE + 1)], LATE + 2),
+            Vec::<String>::new()
+        );
+        // And the closed connection is kept for `why`.
+        assert!(d.take_dirty());
+        assert!(d
+            .recent()
+            .any(|e| matches!(&e.data, Data::ConnDiagnosis(c) if c.cause == "endpoint_unusable")));
+    }
+
+    #[test]
+    fn the_server_side_is_not_judged_on_its_endpoints() {
+        let mut f = crate::doctor::netns::tests::client();
+        f.pm.as_mut().unwrap().endpoints.clear();
+        let mut d = stage(f);
+        let mut evs = client_conn(0);
+        if let Data::ConnCreated(c) = &mut evs[0].data {
+            c.side = Side::Server;
+        }
+        assert_eq!(causes(&mut d, evs, LATE), Vec::<String>::new());
+    }
+}

@@ -1,0 +1,104 @@
+//! Where a running tracer leaves its recent diagnoses for `mptcp-trace why`:
+//! /run/mptcp-trace/why-PID.ndjson, the NDJSON events (schema 1) of the last diagnosed
+//! connections. Root-only (directory 0700, file 0600: it names processes and addresses),
+//! rewritten atomically (a temporary file renamed over it, so a reader never sees half of
+//! it), removed when the pipeline ends. A file whose tracer died without removing it is
+//! ignored by readers (its pid no longer runs `mptcp-trace`).
+
+use std::{
+    fs::{self, DirBuilder, OpenOptions},
+    io::{self, BufWriter, Write},
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    path::{Path, PathBuf},
+};
+
+use crate::event::Event;
+
+pub const DIR: &str = "/run/mptcp-trace";
+
+pub struct WhyFile {
+    path: PathBuf,
+}
+
+impl WhyFile {
+    /// Creates the (empty) file of this process.
+    pub fn create() -> io::Result<WhyFile> {
+        Self::create_in(Path::new(DIR))
+    }
+
+    pub fn create_in(dir: &Path) -> io::Result<WhyFile> {
+        DirBuilder::new().mode(0o700).recursive(true).create(dir)?;
+        // Files of tracers that were killed (SIGKILL leaves no chance to remove them).
+        let live: Vec<u32> = running(dir).into_iter().map(|(pid, _)| pid).collect();
+        for e in fs::read_dir(dir)?.flatten() {
+            let name = e.file_name();
+            let pid = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("why-"))
+                .and_then(|n| n.split('.').next())
+                .and_then(|p| p.parse::<u32>().ok());
+            if pid.is_some_and(|p| !live.contains(&p)) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        let w = WhyFile {
+            path: dir.join(format!("why-{}.ndjson", std::process::id())),
+        };
+        w.write(std::iter::empty())?;
+        Ok(w)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Replaces the file's content with `events`, one NDJSON line each.
+    pub fn write<'a>(&self, events: impl Iterator<Item = &'a Event>) -> io::Result<()> {
+        let tmp = self.path.with_extension("tmp");
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        let mut w = BufWriter::new(f);
+        for e in events {
+            serde_json::to_writer(&mut w, e)?;
+            w.write_all(b"\n")?;
+        }
+        w.into_inner().map_err(|e| e.into_error())?.sync_data()?;
+        fs::rename(&tmp, &self.path)
+    }
+}
+
+impl Drop for WhyFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+        let _ = fs::remove_file(self.path.with_extension("tmp"));
+    }
+}
+
+/// The files of the tracers running now, with their pids.
+pub fn running(dir: &Path) -> Vec<(u32, PathBuf)> {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut v: Vec<(u32, PathBuf)> = rd
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let pid: u32 = name
+                .strip_prefix("why-")?
+                .strip_suffix(".ndjson")?
+                .parse()
+                .ok()?;
+            // A tracer that died without cleaning up: its pid runs something else, or nothing.
+            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            comm.trim()
+                .starts_with("mptcp-trace")
+                .then_some((pid, e.path()))
+        })
+        .collect();
+    v.sort();
+    v
+}

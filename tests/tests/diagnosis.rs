@@ -1,0 +1,530 @@
+//! `conn_diagnosis`: each cause built for real in the seed's test bed, and the exact `cause`
+//! asserted; a healthy two-path connection gets none. `why` reads the same diagnoses back,
+//! from a running tracer and from a capture.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    process::Command,
+    thread,
+    time::Duration,
+};
+
+use integration_tests::{
+    mptcp_trace_bin, peer, require_root, run, tag, testbed, Event, Kind, Tracer,
+};
+use peer::Proto;
+use testbed::TestBed;
+
+/// Upper bound for events to show up: generous for the VM matrix (qemu without KVM).
+const WAIT: Duration = Duration::from_secs(60);
+
+fn bed(name: &str) -> (TestBed, u32, u32) {
+    let bed = TestBed::create(&tag(name)).unwrap();
+    let (cns, sns) = (
+        TestBed::netns_inode(&bed.client).unwrap(),
+        TestBed::netns_inode(&bed.server).unwrap(),
+    );
+    (bed, cns, sns)
+}
+
+/// The seed's bed without the client's `subflow` endpoint.
+fn bed_without_join(name: &str) -> (TestBed, u32, u32) {
+    let (bed, cns, sns) = bed(name);
+    let id = testbed::BLUE_V4_ENDPOINT_ID.to_string();
+    testbed::ip(&["-n", &bed.client, "mptcp", "endpoint", "delete", "id", &id]).unwrap();
+    (bed, cns, sns)
+}
+
+/// Gives the client its blue `subflow` endpoint (IPv4 or IPv6): the path manager then opens a
+/// join on every established connection.
+fn add_join_endpoint(bed: &TestBed, v6: bool) {
+    let (addr, id) = if v6 {
+        (testbed::BLUE_CLIENT_V6, testbed::BLUE_V6_ENDPOINT_ID)
+    } else {
+        (testbed::BLUE_CLIENT_V4, testbed::BLUE_V4_ENDPOINT_ID)
+    };
+    if v6 {
+        // As in `TestBed::use_ipv6_endpoint`: IPv6 needs a route to the server's red
+        // address out of blue-client.
+        testbed::ip(&[
+            "-n",
+            &bed.client,
+            "-6",
+            "route",
+            "add",
+            "fd00:0:0:10::/64",
+            "via",
+            testbed::BLUE_SERVER_V6,
+            "dev",
+            "blue-client",
+            "metric",
+            "512",
+        ])
+        .unwrap();
+    }
+    let id = id.to_string();
+    testbed::ip(&[
+        "-n",
+        &bed.client,
+        "mptcp",
+        "endpoint",
+        "add",
+        addr,
+        "dev",
+        "blue-client",
+        "id",
+        &id,
+        "subflow",
+    ])
+    .unwrap();
+}
+
+fn server_addr(v6: bool, port: u16) -> SocketAddr {
+    if v6 {
+        format!("[{}]:{port}", testbed::RED_SERVER_V6)
+            .parse()
+            .unwrap()
+    } else {
+        format!("{}:{port}", testbed::RED_SERVER_V4)
+            .parse()
+            .unwrap()
+    }
+}
+
+fn exchange(a: &mut TcpStream, b: &mut TcpStream) {
+    let mut buf = [0u8; 1000];
+    a.write_all(&buf).unwrap();
+    b.read_exact(&mut buf).unwrap();
+    b.write_all(&buf).unwrap();
+    a.read_exact(&mut buf).unwrap();
+}
+
+/// An established connection with data exchanged both ways; the listener is closed after the
+/// accept unless `keep_listener`.
+fn connected(
+    bed: &TestBed,
+    addr: SocketAddr,
+    proto: Proto,
+) -> (TcpStream, TcpStream, std::net::TcpListener) {
+    let listener = testbed::in_netns(&bed.server, move || peer::listen(addr, proto))
+        .unwrap()
+        .unwrap();
+    let mut client = testbed::in_netns(&bed.client, move || peer::connect(addr, Proto::Mptcp))
+        .unwrap()
+        .unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    exchange(&mut client, &mut server);
+    (client, server, listener)
+}
+
+fn diagnoses(events: &[Event], netns: u32) -> Vec<Event> {
+    events
+        .iter()
+        .filter(|e| e.netns == Some(netns) && e.event == Kind::ConnDiagnosis)
+        .cloned()
+        .collect()
+}
+
+fn wait_cause(tracer: &Tracer, netns: u32, cause: &str) {
+    tracer.wait_for(&format!("conn_diagnosis {cause}"), WAIT, |ev| {
+        ev.iter()
+            .any(|e| e.netns == Some(netns) && e.cause.as_deref() == Some(cause))
+    });
+}
+
+/// The one diagnosis with `cause` in `netns`, with its detail and evidence.
+fn the(events: &[Event], netns: u32, cause: &str) -> mptcp_user::event::ConnDiagnosis {
+    let d: Vec<_> = diagnoses(events, netns)
+        .into_iter()
+        .filter(|e| e.cause.as_deref() == Some(cause))
+        .collect();
+    assert_eq!(d.len(), 1, "one {cause} per connection: {d:#?}");
+    match d[0].raw.as_ref().map(|r| &r.data) {
+        Some(mptcp_user::event::Data::ConnDiagnosis(c)) => c.clone(),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn join_refused(v6: bool) {
+    require_root();
+    let (bed, cns, _) = bed_without_join(if v6 { "dgref6" } else { "dgref4" });
+    let tracer = Tracer::start(&[]);
+    let (mut client, mut server, listener) = connected(&bed, server_addr(v6, 4401), Proto::Mptcp);
+    // The join's SYN finds no listener: reset, ECONNREFUSED.
+    drop(listener);
+    add_join_endpoint(&bed, v6);
+    wait_cause(&tracer, cns, "join_refused");
+    exchange(&mut client, &mut server);
+    let token = tracer
+        .events()
+        .iter()
+        .find(|e| e.netns == Some(cns) && e.event == Kind::ConnDiagnosis)
+        .and_then(|e| e.token.clone())
+        .expect("a token");
+    // `why` reads the running tracer's diagnoses back (its file is rewritten every 500 ms).
+    let mut tries = 0;
+    let (why, out) = loop {
+        let why = Command::new(mptcp_trace_bin())
+            .args(["why", &token])
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&why.stdout).into_owned();
+        tries += 1;
+        if why.status.success() || tries == 50 {
+            break (why, out);
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        why.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&why.stderr)
+    );
+    assert!(out.contains(&format!("connection {token}")), "{out}");
+    assert!(out.contains("why: join_refused"), "{out}");
+    assert!(out.contains("failed: rst_received ECONNREFUSED"), "{out}");
+    drop((client, server));
+    let run = tracer.stop();
+    let d = the(&run.events, cns, "join_refused");
+    assert!(
+        d.evidence.iter().any(|e| e.contains("error=ECONNREFUSED")),
+        "{d:?}"
+    );
+    assert!(d.detail.contains("port 4401"), "{d:?}");
+    // The connection is not also blamed on its configuration: it had an endpoint.
+    assert_eq!(
+        diagnoses(&run.events, cns).len(),
+        1,
+        "{:#?}",
+        diagnoses(&run.events, cns)
+    );
+}
+
+#[test]
+fn diagnosis_join_refused_ipv4() {
+    join_refused(false);
+}
+
+#[test]
+fn diagnosis_join_refused_ipv6() {
+    join_refused(true);
+}
+
+#[test]
+fn diagnosis_join_timed_out_ipv4() {
+    require_root();
+    let (bed, cns, _) = bed_without_join("dgtime");
+    // Two SYNs (1 s + 2 s) and the join gives up: a bounded wait.
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &bed.client,
+            "sysctl",
+            "-qw",
+            "net.ipv4.tcp_syn_retries=1",
+        ],
+    );
+    let tracer = Tracer::start(&[]);
+    let (client, server, listener) = connected(&bed, server_addr(false, 4402), Proto::Mptcp);
+    let black = format!("{}/32", testbed::BLUE_CLIENT_V4);
+    testbed::ip(&["-n", &bed.server, "route", "add", "blackhole", &black]).unwrap();
+    add_join_endpoint(&bed, false);
+    wait_cause(&tracer, cns, "join_timed_out");
+    let run = tracer.stop();
+    drop((client, server, listener));
+    let d = the(&run.events, cns, "join_timed_out");
+    assert!(
+        d.evidence.iter().any(|e| e.contains("error=ETIMEDOUT")),
+        "{d:?}"
+    );
+    // The join was in flight at the deadline: no configuration cause was made up meanwhile.
+    assert_eq!(
+        diagnoses(&run.events, cns).len(),
+        1,
+        "{:#?}",
+        diagnoses(&run.events, cns)
+    );
+}
+
+fn no_subflow_endpoint(v6: bool) {
+    require_root();
+    let (bed, cns, sns) = bed_without_join(if v6 { "dgnoep6" } else { "dgnoep4" });
+    let tracer = Tracer::start(&[]);
+    let (client, server, _l) = connected(&bed, server_addr(v6, 4403), Proto::Mptcp);
+    wait_cause(&tracer, cns, "no_subflow_endpoint");
+    let run = tracer.stop();
+    drop((client, server));
+    let d = the(&run.events, cns, "no_subflow_endpoint");
+    assert!(
+        d.evidence
+            .iter()
+            .any(|e| e.contains("no endpoint with flag subflow in netns mptcp-client-")),
+        "{d:?}"
+    );
+    assert_eq!(diagnoses(&run.events, cns).len(), 1);
+    // The server accepts joins; it opens none: nothing to say about it.
+    assert!(
+        diagnoses(&run.events, sns).is_empty(),
+        "{:#?}",
+        diagnoses(&run.events, sns)
+    );
+}
+
+#[test]
+fn diagnosis_no_subflow_endpoint_ipv4() {
+    no_subflow_endpoint(false);
+}
+
+#[test]
+fn diagnosis_no_subflow_endpoint_ipv6() {
+    no_subflow_endpoint(true);
+}
+
+#[test]
+fn diagnosis_subflow_limit_zero_on_the_client() {
+    require_root();
+    let (bed, cns, _) = bed("dglimit");
+    testbed::ip(&[
+        "-n",
+        &bed.client,
+        "mptcp",
+        "limits",
+        "set",
+        "subflow",
+        "0",
+        "add_addr_accepted",
+        "0",
+    ])
+    .unwrap();
+    let tracer = Tracer::start(&[]);
+    let (client, server, _l) = connected(&bed, server_addr(false, 4404), Proto::Mptcp);
+    wait_cause(&tracer, cns, "subflow_limit");
+    let run = tracer.stop();
+    drop((client, server));
+    let d = the(&run.events, cns, "subflow_limit");
+    assert!(
+        d.evidence
+            .iter()
+            .any(|e| e.starts_with("limits subflows 0 in netns mptcp-client-")),
+        "{d:?}"
+    );
+    assert_eq!(diagnoses(&run.events, cns).len(), 1);
+}
+
+#[test]
+fn diagnosis_peer_refused_join_by_its_limit() {
+    require_root();
+    let (bed, cns, _) = bed_without_join("dgpeer");
+    testbed::ip(&[
+        "-n",
+        &bed.server,
+        "mptcp",
+        "limits",
+        "set",
+        "subflow",
+        "0",
+        "add_addr_accepted",
+        "0",
+    ])
+    .unwrap();
+    let tracer = Tracer::start(&[]);
+    let (client, server, _l) = connected(&bed, server_addr(false, 4405), Proto::Mptcp);
+    add_join_endpoint(&bed, false);
+    wait_cause(&tracer, cns, "peer_refused_join");
+    let run = tracer.stop();
+    drop((client, server));
+    let d = the(&run.events, cns, "peer_refused_join");
+    // The join's end: refused at its SYN with MP_TCPRST prohibited (older kernels), or reset
+    // right after its handshake (newer kernels check the limit at the third ACK).
+    assert!(
+        d.evidence
+            .iter()
+            .any(|e| e.contains("reset_reason=prohibited")
+                || e.starts_with("subflow_closed join") && e.contains("reason=rst_received")),
+        "{d:?}"
+    );
+    // Corroborated by the server's side (the tracer sees both ends): its MPJoinRejected
+    // counter, or — Linux 6.1 counts nothing for this refusal — its `limits subflows 0`.
+    assert!(
+        d.evidence.iter().any(|e| e
+            .starts_with("MPTcpExt MPJoinRejected +1 in netns mptcp-server-")
+            || e.starts_with("limits subflows 0 in netns mptcp-server-")),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn diagnosis_add_addr_ignored_with_add_addr_accepted_zero() {
+    require_root();
+    let (bed, cns, _) = bed_without_join("dgaddr");
+    testbed::ip(&[
+        "-n",
+        &bed.client,
+        "mptcp",
+        "limits",
+        "set",
+        "subflow",
+        "2",
+        "add_addr_accepted",
+        "0",
+    ])
+    .unwrap();
+    testbed::ip(&[
+        "-n",
+        &bed.server,
+        "mptcp",
+        "endpoint",
+        "add",
+        testbed::BLUE_SERVER_V4,
+        "dev",
+        "blue-server",
+        "signal",
+    ])
+    .unwrap();
+    let tracer = Tracer::start(&[]);
+    let (client, server, _l) = connected(&bed, server_addr(false, 4406), Proto::Mptcp);
+    wait_cause(&tracer, cns, "add_addr_ignored");
+    let run = tracer.stop();
+    drop((client, server));
+    let d = the(&run.events, cns, "add_addr_ignored");
+    assert!(
+        d.evidence
+            .iter()
+            .any(|e| e.starts_with("addr_announced remote_id=") && e.ends_with("addr=192.168.0.1")),
+        "{d:?}"
+    );
+    assert!(
+        d.evidence
+            .iter()
+            .any(|e| e.starts_with("limits add_addr_accepted 0 in netns")),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn diagnosis_fallback_to_a_plain_tcp_server() {
+    require_root();
+    let (bed, cns, _) = bed("dgfb");
+    let tracer = Tracer::start(&[]);
+    let (client, server, _l) = connected(&bed, server_addr(false, 4407), Proto::Tcp);
+    wait_cause(&tracer, cns, "fallback");
+    let run = tracer.stop();
+    drop((client, server));
+    let d = the(&run.events, cns, "fallback");
+    assert!(
+        d.evidence
+            .iter()
+            .any(|e| e == "conn_fallback reason=mp_capable_not_negotiated"),
+        "{d:?}"
+    );
+    // A fallback connection is not judged on its endpoints: it cannot have joins.
+    assert_eq!(
+        diagnoses(&run.events, cns).len(),
+        1,
+        "{:#?}",
+        diagnoses(&run.events, cns)
+    );
+}
+
+#[test]
+fn diagnosis_none_for_a_healthy_two_path_connection() {
+    require_root();
+    let (bed, cns, sns) = bed("dghealthy");
+    let tracer = Tracer::start(&[]);
+    let (client, server, _l) = connected(&bed, server_addr(false, 4408), Proto::Mptcp);
+    tracer.wait_for("the join", WAIT, |ev| {
+        ev.iter().any(|e| {
+            e.netns == Some(cns) && e.event == Kind::SubflowEstablished && e.join == Some(true)
+        })
+    });
+    // Past the deadline, then closed: neither moment finds anything missing.
+    thread::sleep(Duration::from_millis(1500));
+    drop((client, server));
+    tracer.wait_for("the close", WAIT, |ev| {
+        ev.iter()
+            .any(|e| e.netns == Some(cns) && e.event == Kind::ConnClosed)
+    });
+    thread::sleep(Duration::from_millis(200));
+    let run = tracer.stop();
+    assert!(
+        diagnoses(&run.events, cns).is_empty(),
+        "{:#?}",
+        diagnoses(&run.events, cns)
+    );
+    assert!(
+        diagnoses(&run.events, sns).is_empty(),
+        "{:#?}",
+        diagnoses(&run.events, sns)
+    );
+}
+
+#[test]
+fn diagnosis_why_reads_a_capture_and_refuses_bad_input() {
+    require_root();
+    let (bed, cns, _) = bed_without_join("dgwhy");
+    let tracer = Tracer::start(&[]);
+    let (client, server, _l) = connected(&bed, server_addr(false, 4409), Proto::Mptcp);
+    wait_cause(&tracer, cns, "no_subflow_endpoint");
+    let lines = tracer.stdout.snapshot();
+    drop((client, server));
+    let _ = tracer.stop();
+    let file = std::env::temp_dir().join(format!("{}.ndjson", tag("dgwhy")));
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let why = |args: &[&str]| {
+        let o = Command::new(mptcp_trace_bin())
+            .arg("why")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let f = file.to_str().unwrap();
+    let (code, out, err) = why(&["--from", f]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("why: no_subflow_endpoint"), "{out}");
+    assert!(
+        out.contains("evidence: no endpoint with flag subflow"),
+        "{out}"
+    );
+    let (code, out, _) = why(&["00000000", "--from", f]);
+    assert_eq!(code, Some(1), "{out}");
+    let (code, _, err) = why(&["nothex", "--from", f]);
+    assert_eq!(code, Some(2));
+    assert_eq!(err.lines().count(), 1, "{err}");
+    std::fs::write(&file, "{not json\n").unwrap();
+    let (code, _, err) = why(&["--from", f]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("line 1"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let (code, _, err) = why(&["--from", "/nonexistent/capture.ndjson"]);
+    assert_eq!(code, Some(2));
+    assert_eq!(err.lines().count(), 1, "{err}");
+    std::fs::remove_file(&file).unwrap();
+}
+
+#[test]
+fn diagnosis_endpoint_unusable_when_its_interface_is_down() {
+    require_root();
+    let (bed, cns, _) = bed("dgdown");
+    testbed::ip(&["-n", &bed.client, "link", "set", "blue-client", "down"]).unwrap();
+    let tracer = Tracer::start(&[]);
+    let (client, server, _l) = connected(&bed, server_addr(false, 4410), Proto::Mptcp);
+    wait_cause(&tracer, cns, "endpoint_unusable");
+    let run = tracer.stop();
+    drop((client, server));
+    let d = the(&run.events, cns, "endpoint_unusable");
+    assert!(d.detail.contains("blue-client is down"), "{d:?}");
+    assert_eq!(
+        diagnoses(&run.events, cns).len(),
+        1,
+        "{:#?}",
+        diagnoses(&run.events, cns)
+    );
+}
