@@ -29,6 +29,7 @@ pub enum Kind {
     AddrAnnounced,
     AddrRemoved,
     SocketUpgraded,
+    SubflowStats,
     Lost,
 }
 
@@ -46,6 +47,7 @@ impl Kind {
             Kind::AddrAnnounced => "addr_announced",
             Kind::AddrRemoved => "addr_removed",
             Kind::SocketUpgraded => "socket_upgraded",
+            Kind::SubflowStats => "subflow_stats",
             Kind::Lost => "lost",
         }
     }
@@ -410,6 +412,43 @@ pub struct SocketUpgraded {
     pub cloexec: bool,
 }
 
+/// `subflow_stats` (`--stats-interval`): an open subflow's TCP counters, read with sock_diag
+/// (`tcp_info`, what `ss -ti` shows) every interval. The deltas count since the subflow's
+/// previous record — the first since the subflow began (for a subflow open before the tracer
+/// started, that includes what it carried before) — so a subflow's deltas add up to its totals.
+#[skip_serializing_none]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SubflowStats {
+    #[serde(flatten)]
+    pub conn: Conn,
+    #[serde(flatten)]
+    pub tuple: Tuple,
+    #[serde(flatten)]
+    pub subflow: Subflow,
+    /// The time the deltas cover: since the previous record of this subflow, or since its
+    /// subflow_established.
+    pub interval_ns: u64,
+    /// Bytes sent (retransmissions included), acknowledged by the peer, and received, since
+    /// the previous record.
+    pub bytes_sent_delta: u64,
+    pub bytes_acked_delta: u64,
+    pub bytes_received_delta: u64,
+    /// The same counters since the subflow began (`tcp_info` names, as in subflow_closed).
+    pub bytes_sent: u64,
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
+    /// Retransmitted segments since the previous record, and in all (`tcpi_total_retrans`).
+    pub retrans_delta: u32,
+    pub retrans: u32,
+    /// Smoothed RTT in microseconds.
+    pub srtt_us: u32,
+    /// Congestion window, in segments (`tcpi_snd_cwnd`).
+    pub cwnd: u32,
+    /// Pacing rate in bytes per second (`tcpi_pacing_rate`); absent when the socket is not
+    /// paced (the kernel reports "unlimited").
+    pub pacing_rate: Option<u64>,
+}
+
 /// Events that went missing since the previous `lost` event, by cause.
 #[skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -457,6 +496,8 @@ pub enum Data {
     /// The upgrade saw a TCP `socket()` call in its scope and turned it into MPTCP (or says why
     /// not).
     SocketUpgraded(SocketUpgraded),
+    /// An open subflow's counters, every `--stats-interval`.
+    SubflowStats(SubflowStats),
     /// Events went missing; loss is never silent.
     Lost(Lost),
 }
@@ -499,6 +540,7 @@ impl Event {
             Data::AddrAnnounced(_) => Kind::AddrAnnounced,
             Data::AddrRemoved(_) => Kind::AddrRemoved,
             Data::SocketUpgraded(_) => Kind::SocketUpgraded,
+            Data::SubflowStats(_) => Kind::SubflowStats,
             Data::Lost(_) => Kind::Lost,
         }
     }
@@ -515,6 +557,7 @@ impl Event {
             Data::SubflowClosed(d) => &d.conn,
             Data::SubflowFailed(d) => &d.conn,
             Data::AddrAnnounced(d) | Data::AddrRemoved(d) => &d.conn,
+            Data::SubflowStats(d) => &d.conn,
             Data::Lost(_) | Data::SocketUpgraded(_) => return None,
         })
     }
@@ -530,6 +573,7 @@ impl Event {
             Data::SubflowClosed(d) => &mut d.conn,
             Data::SubflowFailed(d) => &mut d.conn,
             Data::AddrAnnounced(d) | Data::AddrRemoved(d) => &mut d.conn,
+            Data::SubflowStats(d) => &mut d.conn,
             Data::Lost(_) | Data::SocketUpgraded(_) => return None,
         })
     }
@@ -545,6 +589,7 @@ impl Event {
             Data::SubflowEstablished(d) => &d.tuple,
             Data::SubflowClosed(d) => &d.tuple,
             Data::SubflowFailed(d) => &d.tuple,
+            Data::SubflowStats(d) => &d.tuple,
             _ => return None,
         })
     }
@@ -555,6 +600,7 @@ impl Event {
             Data::SubflowEstablished(d) => Some(&d.subflow),
             Data::SubflowClosed(d) => Some(&d.subflow),
             Data::SubflowFailed(d) => Some(&d.subflow),
+            Data::SubflowStats(d) => Some(&d.subflow),
             _ => None,
         }
     }
