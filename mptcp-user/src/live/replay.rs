@@ -25,7 +25,7 @@ use tokio::{
 
 use crate::{
     cli::BadValue,
-    event::{Event, SCHEMA_VERSION},
+    event::{Data, Event, SCHEMA_VERSION},
     sys::signals::Stop,
 };
 
@@ -44,6 +44,9 @@ pub fn load(path: &Path) -> Result<Vec<Event>, BadValue> {
 /// The events of a capture's text (see [`load`]).
 pub fn parse(text: &str) -> Result<Vec<Event>, String> {
     let mut events = Vec::new();
+    // Connections the capture has a conn_*/subflow_* line of: an address event of any other
+    // is not shown (as live, where it would have no owner).
+    let mut known = std::collections::HashSet::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -62,6 +65,16 @@ pub fn parse(text: &str) -> Result<Vec<Event>, String> {
             ));
         }
         identify(&mut e);
+        let addr = matches!(e.data, Data::AddrAnnounced(_) | Data::AddrRemoved(_));
+        if let Some(c) = e.conn_mut() {
+            if addr {
+                if !known.contains(&c.ids.conn) {
+                    c.ids.conn = 0;
+                }
+            } else {
+                known.insert(c.ids.conn);
+            }
+        }
         events.push(e);
     }
     if events.is_empty() {

@@ -1142,3 +1142,19 @@ fn a_capture_that_is_not_ndjson_events_is_refused_with_its_line() {
         .unwrap_err()
         .contains("schema version 2"));
 }
+
+#[test]
+fn a_replayed_address_event_of_an_unseen_connection_is_not_a_connection() {
+    let first = CAPTURE.lines().next().unwrap();
+    let stray = r#"{"v":1,"time":"2026-12-06T06:11:05.9Z","ts_ns":16440174600000,"event":"addr_announced","token":"0badf00d","netns":4026532174,"family":"ipv4","remote_id":1,"addr":"192.168.0.1"}"#;
+    let own = r#"{"v":1,"time":"2026-12-06T06:11:05.9Z","ts_ns":16440174600001,"event":"addr_announced","token":"c3c00218","netns":4026532174,"family":"ipv4","remote_id":1,"addr":"192.168.0.1"}"#;
+    let events = super::replay::parse(&format!("{first}\n{stray}\n{own}\n")).unwrap();
+    let mut s = State::default();
+    for e in events {
+        s.apply(Update::Event(Box::new(e)));
+    }
+    assert_eq!(s.conns.len(), 1);
+    let c = s.conns.values().next().unwrap();
+    assert_eq!(c.token.as_deref(), Some("c3c00218"));
+    assert_eq!(c.peer_addrs.len(), 1, "its own announcement is kept");
+}
