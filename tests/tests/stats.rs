@@ -5,13 +5,14 @@
 use std::{
     collections::{BTreeMap, HashMap},
     net::SocketAddr,
-    process::Command,
+    process::{Command, Stdio},
     thread,
     time::Duration,
 };
 
 use integration_tests::{
-    closed_in, mptcp_trace_bin, peer, require_root, server, tag, testbed, Event, Kind, Tracer,
+    closed_in, mptcp_trace_bin, peer, require_root, server, tag, testbed, ChildGuard, Event, Kind,
+    Tracer,
 };
 use mptcp_user::event::{Data, SubflowStats};
 use peer::{Proto, Send};
@@ -132,6 +133,31 @@ fn subflow_stats_add_up_to_the_bytes_at_close() {
     );
     let interval = format!("{}", INTERVAL.as_secs_f64());
     let tracer = Tracer::start(&["--stats-interval", &interval]);
+    // The same in text mode, for the client's namespace: a line per record.
+    let dir = std::env::temp_dir().join(tag("stats-text"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ready, text_out) = (dir.join("ready"), dir.join("out"));
+    let mut text = ChildGuard(
+        Command::new(mptcp_trace_bin())
+            .args([
+                "events",
+                "--stats-interval",
+                &interval,
+                "--netns",
+                &bed.client,
+            ])
+            .arg("--ready-file")
+            .arg(&ready)
+            .stdout(std::fs::File::create(&text_out).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let start = std::time::Instant::now();
+    while !ready.exists() {
+        assert!(start.elapsed() < WAIT, "text tracer not ready");
+        thread::sleep(Duration::from_millis(20));
+    }
     let addr: SocketAddr = "10.0.0.1:4321".parse().unwrap();
     let srv = server(&bed, addr, Proto::Mptcp, 1);
     let acked = testbed::in_netns(&bed.client, move || peer::send(addr, Proto::Mptcp, PLAN))
@@ -145,6 +171,36 @@ fn subflow_stats_add_up_to_the_bytes_at_close() {
     thread::sleep(Duration::from_millis(300));
     let run = tracer.stop();
     assert!(run.status.success(), "{}", run.stderr);
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(text.0.id() as i32, libc::SIGINT) };
+    assert!(text.0.wait().unwrap().success());
+    let lines = std::fs::read_to_string(&text_out).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let client_locals: Vec<String> = run
+        .events
+        .iter()
+        .filter(|e| e.netns == Some(cns) && e.event == Kind::SubflowClosed)
+        .map(|e| format!("{}:{}", e.saddr.unwrap(), e.sport.unwrap()))
+        .collect();
+    for local in &client_locals {
+        let mine: Vec<&str> = lines
+            .lines()
+            .filter(|l| l.contains(" subflow_stats ") && l.contains(&format!(" {local} ")))
+            .collect();
+        assert!(mine.len() >= 2, "text records of {local}:\n{lines}");
+        for l in mine {
+            for field in [
+                "interval=",
+                "sent=+",
+                "recv=+",
+                "total_sent=",
+                "rtt=",
+                "cwnd=",
+            ] {
+                assert!(l.contains(field), "{field} missing: {l}");
+            }
+        }
+    }
     assert_eq!(check_netns(&run.events, cns), 2);
     assert_eq!(check_netns(&run.events, sns), 2);
     // The client's subflows together sent the transfer (and the server's received it): the
