@@ -224,15 +224,37 @@ pub struct EventsArgs {
     #[arg(long, value_name = "SECS")]
     pub duration: Option<u64>,
 
+    /// Every SECS seconds (fractions allowed, at least 0.1), a `subflow_stats` record per open
+    /// subflow: bytes sent/acked/received since the previous record and in all, RTT, cwnd,
+    /// retransmits, pacing rate (sock_diag). Nothing is polled without it.
+    // A string, checked by the command: a bad value is one line and status 2.
+    #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
+    pub stats_interval: Option<String>,
+
     #[command(flatten)]
     pub select: SelectArgs,
 }
+
+/// A bad option value, found after parsing: one line, status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadValue(pub String);
 
 #[derive(Debug, Args, Default, Clone)]
 pub struct LiveArgs {
     /// Stop after this many seconds.
     #[arg(long, value_name = "SECS")]
     pub duration: Option<u64>,
+
+    /// Play a capture of `mptcp-trace events --json` through the view instead of tracing (no
+    /// eBPF, no privileges); stays on the final screen until `q`.
+    #[arg(long, value_name = "CAPTURE.ndjson")]
+    pub replay: Option<PathBuf>,
+
+    /// With --replay: the capture's pace times N (default 1); 0 plays it as fast as possible.
+    // A string, checked by the command: a bad value is one line and status 2.
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub speed: Option<String>,
 
     #[command(flatten)]
     pub select: SelectArgs,

@@ -30,6 +30,7 @@ pub enum Kind {
     AddrRemoved,
     ConnDiagnosis,
     SocketUpgraded,
+    SubflowStats,
     Lost,
 }
 
@@ -48,6 +49,7 @@ impl Kind {
             Kind::AddrRemoved => "addr_removed",
             Kind::ConnDiagnosis => "conn_diagnosis",
             Kind::SocketUpgraded => "socket_upgraded",
+            Kind::SubflowStats => "subflow_stats",
             Kind::Lost => "lost",
         }
     }
@@ -434,6 +436,43 @@ pub struct SocketUpgraded {
     pub cloexec: bool,
 }
 
+/// `subflow_stats` (`--stats-interval`): an open subflow's TCP counters, read with sock_diag
+/// (`tcp_info`, what `ss -ti` shows) every interval. The deltas count since the subflow's
+/// previous record — the first since the subflow began (for a subflow open before the tracer
+/// started, that includes what it carried before) — so a subflow's deltas add up to its totals.
+#[skip_serializing_none]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SubflowStats {
+    #[serde(flatten)]
+    pub conn: Conn,
+    #[serde(flatten)]
+    pub tuple: Tuple,
+    #[serde(flatten)]
+    pub subflow: Subflow,
+    /// The time the deltas cover: since the previous record of this subflow, or since its
+    /// subflow_established.
+    pub interval_ns: u64,
+    /// Bytes sent (retransmissions included), acknowledged by the peer, and received, since
+    /// the previous record.
+    pub bytes_sent_delta: u64,
+    pub bytes_acked_delta: u64,
+    pub bytes_received_delta: u64,
+    /// The same counters since the subflow began (`tcp_info` names, as in subflow_closed).
+    pub bytes_sent: u64,
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
+    /// Retransmitted segments since the previous record, and in all (`tcpi_total_retrans`).
+    pub retrans_delta: u32,
+    pub retrans: u32,
+    /// Smoothed RTT in microseconds.
+    pub srtt_us: u32,
+    /// Congestion window, in segments (`tcpi_snd_cwnd`).
+    pub cwnd: u32,
+    /// Pacing rate in bytes per second (`tcpi_pacing_rate`); absent when the socket is not
+    /// paced (the kernel reports "unlimited").
+    pub pacing_rate: Option<u64>,
+}
+
 /// Events that went missing since the previous `lost` event, by cause.
 #[skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -483,6 +522,8 @@ pub enum Data {
     /// The upgrade saw a TCP `socket()` call in its scope and turned it into MPTCP (or says why
     /// not).
     SocketUpgraded(SocketUpgraded),
+    /// An open subflow's counters, every `--stats-interval`.
+    SubflowStats(SubflowStats),
     /// Events went missing; loss is never silent.
     Lost(Lost),
 }
@@ -526,6 +567,7 @@ impl Event {
             Data::AddrRemoved(_) => Kind::AddrRemoved,
             Data::ConnDiagnosis(_) => Kind::ConnDiagnosis,
             Data::SocketUpgraded(_) => Kind::SocketUpgraded,
+            Data::SubflowStats(_) => Kind::SubflowStats,
             Data::Lost(_) => Kind::Lost,
         }
     }
@@ -543,6 +585,7 @@ impl Event {
             Data::SubflowFailed(d) => &d.conn,
             Data::AddrAnnounced(d) | Data::AddrRemoved(d) => &d.conn,
             Data::ConnDiagnosis(d) => &d.conn,
+            Data::SubflowStats(d) => &d.conn,
             Data::Lost(_) | Data::SocketUpgraded(_) => return None,
         })
     }
@@ -559,6 +602,7 @@ impl Event {
             Data::SubflowFailed(d) => &mut d.conn,
             Data::AddrAnnounced(d) | Data::AddrRemoved(d) => &mut d.conn,
             Data::ConnDiagnosis(d) => &mut d.conn,
+            Data::SubflowStats(d) => &mut d.conn,
             Data::Lost(_) | Data::SocketUpgraded(_) => return None,
         })
     }
@@ -575,6 +619,7 @@ impl Event {
             Data::SubflowClosed(d) => &d.tuple,
             Data::SubflowFailed(d) => &d.tuple,
             Data::ConnDiagnosis(d) => &d.tuple,
+            Data::SubflowStats(d) => &d.tuple,
             _ => return None,
         })
     }
@@ -585,6 +630,7 @@ impl Event {
             Data::SubflowEstablished(d) => Some(&d.subflow),
             Data::SubflowClosed(d) => Some(&d.subflow),
             Data::SubflowFailed(d) => Some(&d.subflow),
+            Data::SubflowStats(d) => Some(&d.subflow),
             _ => None,
         }
     }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use mptcp_user::{
-    cli::{Cli, Command, EventsArgs, LiveArgs},
+    cli::{BadValue, Cli, Command, EventsArgs, LiveArgs},
     commands,
     doctor::UnknownNetns,
     loader::LoadError,
@@ -80,6 +80,7 @@ fn main() -> ExitCode {
             }
             // Bad input and refusals are exit code 2, like clap's own usage errors.
             let refused = e.downcast_ref::<SelectError>().is_some()
+                || e.downcast_ref::<BadValue>().is_some()
                 || e.downcast_ref::<UnknownNetns>().is_some()
                 || e.downcast_ref::<ReadyFileError>().is_some()
                 || matches!(

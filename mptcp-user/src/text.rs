@@ -164,6 +164,28 @@ pub fn line(e: &Event) -> String {
                 printable(&c.evidence.join("; "))
             );
         }
+        Data::SubflowStats(c) => {
+            subflow_details(d, &c.subflow);
+            // The deltas first (what happened in this interval), then the totals.
+            let _ = write!(
+                d,
+                "interval={:.3}s sent=+{} acked=+{} recv=+{} retrans=+{} total_sent={} total_acked={} total_recv={} total_retrans={} rtt={}us cwnd={} ",
+                c.interval_ns as f64 / 1e9,
+                size(c.bytes_sent_delta),
+                size(c.bytes_acked_delta),
+                size(c.bytes_received_delta),
+                c.retrans_delta,
+                size(c.bytes_sent),
+                size(c.bytes_acked),
+                size(c.bytes_received),
+                c.retrans,
+                c.srtt_us,
+                c.cwnd,
+            );
+            if let Some(p) = c.pacing_rate {
+                let _ = write!(d, "pacing={}/s ", size(p));
+            }
+        }
         Data::Lost(l) => {
             let _ = write!(
                 d,
@@ -334,5 +356,18 @@ mod tests {
         e.conn_mut().unwrap().comm = Some(evil.into());
         let l = line(&e);
         assert!(!l.chars().any(|c| c.is_control()), "{l:?}");
+    }
+
+    #[test]
+    fn a_stats_record_is_one_line_deltas_first() {
+        let json = r#"{"v":1,"time":"2026-12-06T06:11:07.314573481Z","ts_ns":16441609373116,"event":"subflow_stats","token":"c3c00218","peer_token":"a436ea2c","netns":4026532174,"pid":2005,"comm":"mptcp-trace","family":"ipv4","saddr":"192.168.0.2","sport":34675,"daddr":"10.0.0.1","dport":4321,"ifindex":3,"ifname":"blue-client","local_id":1,"remote_id":0,"backup":false,"peer_backup":false,"join":true,"interval_ns":999543109,"bytes_sent_delta":2645089,"bytes_acked_delta":2645089,"bytes_received_delta":0,"bytes_sent":2645089,"bytes_acked":2645090,"bytes_received":0,"retrans_delta":0,"retrans":0,"srtt_us":1902,"cwnd":38,"pacing_rate":52016432}"#;
+        let e: Event = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            line(&e),
+            "06:11:07.314573 subflow_stats        c3c00218  192.168.0.2:34675      10.0.0.1:4321          \
+             dev=blue-client ids=1→0 join interval=1.000s sent=+2.5MiB acked=+2.5MiB recv=+0B retrans=+0 \
+             total_sent=2.5MiB total_acked=2.5MiB total_recv=0B total_retrans=0 rtt=1902us cwnd=38 \
+             pacing=49.6MiB/s pid=2005 comm=mptcp-trace netns=4026532174"
+        );
     }
 }

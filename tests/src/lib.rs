@@ -174,6 +174,14 @@ impl From<mptcp_user::event::Event> for Event {
                 f.family = Some(u.family);
                 f.reason.clone_from(&u.reason);
             }
+            Data::SubflowStats(d) => {
+                // The totals, as in subflow_closed; the deltas are in `raw`.
+                f.bytes_sent = Some(d.bytes_sent);
+                f.bytes_acked = Some(d.bytes_acked);
+                f.bytes_received = Some(d.bytes_received);
+                f.retrans = Some(d.retrans);
+                f.srtt_us = Some(d.srtt_us);
+            }
             Data::ConnExisting(d) => f.side = d.side,
             Data::ConnDiagnosis(d) => f.cause = Some(d.cause.clone()),
             Data::ConnEstablished(_) | Data::SubflowEstablished(_) => {}

@@ -6,7 +6,7 @@ use std::{io, time::Duration};
 use anyhow::Result;
 
 use crate::{
-    cli::EventsArgs,
+    cli::{BadValue, EventsArgs},
     output::{self, Printer, ReadyFile},
     select::Selector,
     sys::signals::Stop,
@@ -14,6 +14,13 @@ use crate::{
 };
 
 pub async fn run(args: EventsArgs) -> Result<()> {
+    // Checked before anything is loaded: a bad value leaves nothing behind.
+    let stats = args
+        .stats_interval
+        .as_deref()
+        .map(crate::trace::stats::parse_interval)
+        .transpose()
+        .map_err(BadValue)?;
     let sel = Selector::for_tracing(&args.select)?;
     let ready = args
         .ready_file
@@ -22,6 +29,9 @@ pub async fn run(args: EventsArgs) -> Result<()> {
         .transpose()?;
     let mut stop = Stop::install()?;
     let mut pipe = Pipeline::start(&sel)?;
+    if let Some(period) = stats {
+        pipe.stats_every(period);
+    }
     if let Some(r) = &ready {
         r.signal()?;
     }

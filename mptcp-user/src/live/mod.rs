@@ -6,6 +6,7 @@
 pub mod collector;
 pub mod diag;
 pub mod render;
+pub mod replay;
 pub mod state;
 
 use std::{

@@ -427,6 +427,17 @@ impl State {
             // An address event of a connection the view does not show.
             return;
         }
+        if e.kind() == Kind::SubflowStats {
+            let addr = (e.netns().unwrap_or(0), e.ids().conn);
+            if !self
+                .current
+                .get(&addr)
+                .is_some_and(|&g| self.conns.contains_key(&(addr.0, addr.1, g)))
+            {
+                // Counters of a connection the view does not show.
+                return;
+            }
+        }
         let c = self.conn_mut(e);
         let conn = e.conn().expect("not lost");
         if c.token.is_none() {
@@ -555,6 +566,26 @@ impl State {
                 if !c.diagnoses.iter().any(|(cause, _)| *cause == d.cause) {
                     c.diagnoses.push((d.cause.clone(), d.detail.clone()));
                 }
+            }
+            Data::SubflowStats(d) => {
+                // A capture's sample (`live --replay`): the same as a sock_diag sample.
+                let Some(sf) = c.subflows.iter_mut().find(|s| s.id == conn.ids.subflow) else {
+                    return;
+                };
+                if !sf.is_open() {
+                    return;
+                }
+                if d.interval_ns > 0 {
+                    let dt = d.interval_ns as f64 / 1e9;
+                    sf.tx_rate = d.bytes_sent_delta as f64 / dt;
+                    sf.rx_rate = d.bytes_received_delta as f64 / dt;
+                }
+                sf.last_sample = Some((e.ts_ns, d.bytes_sent, d.bytes_received));
+                sf.bytes_sent = d.bytes_sent;
+                sf.bytes_acked = d.bytes_acked;
+                sf.bytes_received = d.bytes_received;
+                sf.retrans = d.retrans;
+                sf.srtt_us = Some(d.srtt_us);
             }
             Data::Lost(_) | Data::SocketUpgraded(_) => {}
         }

@@ -174,6 +174,8 @@ fn sock(local: (&str, u16), remote: (&str, u16), sent: u64, rtt_us: u32) -> Sock
         bytes_received: 0,
         total_retrans: 1,
         rtt_us,
+        snd_cwnd: 10,
+        pacing_rate: None,
     }
 }
 
@@ -1091,4 +1093,96 @@ fn the_banner_wraps_between_words() {
             "q quit  ↑↓/jk move  Enter fold  / filter  s sort  p pause  ? help",
         ]
     );
+}
+
+/// A real capture (`events --json --stats-interval 1` during `demo`), as `live --replay` reads it.
+const CAPTURE: &str = include_str!("../../../tests/data/demo-capture.ndjson");
+
+#[test]
+fn a_replayed_capture_shows_its_connections_and_the_rates_of_its_samples() {
+    let events = super::replay::parse(CAPTURE).unwrap();
+    assert_eq!(events.len(), CAPTURE.lines().count());
+    // Up to the third sample: both connections open, each subflow with the rate of its last
+    // subflow_stats record: its delta over its interval (red-client 5704680 B in 1.0007 s).
+    let third = events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.kind() == crate::event::Kind::SubflowStats)
+        .nth(8)
+        .map(|(i, _)| i)
+        .unwrap();
+    let mut s = State::default();
+    for e in &events[..third + 4] {
+        s.apply(Update::Event(Box::new(e.clone())));
+    }
+    s.apply(Update::Tick(events[third].ts_ns));
+    assert_eq!((s.open_conns(), s.open_subflows()), (2, 4));
+    let screen = text(&draw(&s, 136, 40));
+    let find = |needle: &str| {
+        screen
+            .iter()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("{needle} not on screen:\n{}", screen.join("\n")))
+            .clone()
+    };
+    assert!(find("c3c00218").contains("client"), "{screen:?}");
+    assert!(find("a436ea2c").contains("server"), "{screen:?}");
+    for (iface, rate) in [
+        ("red-client", "5.4MiB/s"),
+        ("blue-client", "5.6MiB/s"),
+        ("red-server", "5.4MiB/s"),
+        ("blue-server", "5.6MiB/s"),
+    ] {
+        let row = find(iface);
+        assert!(row.contains("estab"), "{row}");
+        assert!(row.contains(rate), "{iface}: {row}");
+    }
+    // And the record's totals (8335104 B sent on red).
+    assert!(find("red-client").contains("7.9MiB"), "{screen:?}");
+    // The whole capture: both closed, with the close's figures.
+    for e in &events[third + 4..] {
+        s.apply(Update::Event(Box::new(e.clone())));
+    }
+    assert_eq!(s.open_conns(), 0);
+    let screen = text(&draw(&s, 136, 40));
+    assert!(
+        screen
+            .iter()
+            .any(|l| l.contains("red-client") && l.contains("13.8MiB")),
+        "{screen:?}"
+    );
+}
+
+#[test]
+fn a_capture_that_is_not_ndjson_events_is_refused_with_its_line() {
+    let err = super::replay::parse("{\"v\":1}\n").unwrap_err();
+    assert!(err.starts_with("line 1: not an event"), "{err}");
+    let err = super::replay::parse(&format!("{}\nnot json\n", CAPTURE.lines().next().unwrap()))
+        .unwrap_err();
+    assert!(err.starts_with("line 2:"), "{err}");
+    assert_eq!(super::replay::parse("\n\n").unwrap_err(), "no events in it");
+    let v2 = CAPTURE
+        .lines()
+        .next()
+        .unwrap()
+        .replacen("\"v\":1", "\"v\":2", 1);
+    assert!(super::replay::parse(&v2)
+        .unwrap_err()
+        .contains("schema version 2"));
+}
+
+#[test]
+fn a_replayed_address_event_of_an_unseen_connection_is_not_a_connection() {
+    let first = CAPTURE.lines().next().unwrap();
+    let stray = r#"{"v":1,"time":"2026-12-06T06:11:05.9Z","ts_ns":16440174600000,"event":"addr_announced","token":"0badf00d","netns":4026532174,"family":"ipv4","remote_id":1,"addr":"192.168.0.1"}"#;
+    let own = r#"{"v":1,"time":"2026-12-06T06:11:05.9Z","ts_ns":16440174600001,"event":"addr_announced","token":"c3c00218","netns":4026532174,"family":"ipv4","remote_id":1,"addr":"192.168.0.1"}"#;
+    let events = super::replay::parse(&format!("{first}\n{stray}\n{own}\n")).unwrap();
+    let mut s = State::default();
+    for e in events {
+        s.apply(Update::Event(Box::new(e)));
+    }
+    assert_eq!(s.conns.len(), 1);
+    let c = s.conns.values().next().unwrap();
+    assert_eq!(c.token.as_deref(), Some("c3c00218"));
+    assert_eq!(c.peer_addrs.len(), 1, "its own announcement is kept");
 }

@@ -42,6 +42,10 @@ pub struct SockInfo {
     pub total_retrans: u32,
     /// Smoothed RTT, microseconds.
     pub rtt_us: u32,
+    /// Congestion window, segments.
+    pub snd_cwnd: u32,
+    /// Pacing rate, bytes per second; `None` when the kernel reports it unlimited (`~0`).
+    pub pacing_rate: Option<u64>,
 }
 
 impl SockInfo {
@@ -67,7 +71,9 @@ impl SockInfo {
 mod tcp_info {
     pub const STATE: usize = 0;
     pub const RTT: usize = 68;
+    pub const SND_CWND: usize = 80;
     pub const TOTAL_RETRANS: usize = 100;
+    pub const PACING_RATE: usize = 104;
     pub const BYTES_ACKED: usize = 120;
     pub const BYTES_RECEIVED: usize = 128;
     /// Added in Linux 4.19; older kernels report a shorter struct and no bytes_sent.
@@ -95,6 +101,8 @@ pub fn parse_tcp_info(b: &[u8], local: (IpAddr, u16), remote: (IpAddr, u16)) -> 
         bytes_received: u64_at(b, tcp_info::BYTES_RECEIVED)?,
         total_retrans: u32_at(b, tcp_info::TOTAL_RETRANS)?,
         rtt_us: u32_at(b, tcp_info::RTT)?,
+        snd_cwnd: u32_at(b, tcp_info::SND_CWND)?,
+        pacing_rate: u64_at(b, tcp_info::PACING_RATE).filter(|&r| r != u64::MAX),
     })
 }
 
@@ -366,8 +374,11 @@ mod tests {
         b[120..128].copy_from_slice(&1000u64.to_ne_bytes());
         b[128..136].copy_from_slice(&2000u64.to_ne_bytes());
         b[200..208].copy_from_slice(&3000u64.to_ne_bytes());
+        b[80..84].copy_from_slice(&42u32.to_ne_bytes());
+        b[104..112].copy_from_slice(&5_000_000u64.to_ne_bytes());
         let a = (IpAddr::V4(Ipv4Addr::LOCALHOST), 1);
         let s = parse_tcp_info(&b, a, a).unwrap();
+        assert_eq!((s.snd_cwnd, s.pacing_rate), (42, Some(5_000_000)));
         assert_eq!(
             (
                 s.state,
@@ -383,6 +394,9 @@ mod tests {
         let s = parse_tcp_info(&b[..192], a, a).unwrap();
         assert_eq!(s.bytes_sent, 1000);
         assert!(parse_tcp_info(&b[..100], a, a).is_none());
+        // "Unlimited" (no pacing) is absent, not 2^64-1 bytes per second.
+        b[104..112].copy_from_slice(&u64::MAX.to_ne_bytes());
+        assert_eq!(parse_tcp_info(&b, a, a).unwrap().pacing_rate, None);
     }
 
     /// Needs root? No: sock_diag dumps of one's own namespace work unprivileged.

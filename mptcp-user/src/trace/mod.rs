@@ -13,7 +13,8 @@
 //! ```
 //!
 //! The snapshot and the `existing` stage: connections open before the tracer started
-//! ([`existing`]).
+//! ([`existing`]). `subflow_stats` records (`--stats-interval`): a timer here samples the open
+//! subflows with `sock_diag` and pushes the records into the reorder stage ([`stats`]).
 
 pub mod diagnosis;
 pub mod existing;
@@ -21,6 +22,7 @@ pub mod filter;
 pub mod order;
 pub mod owners;
 pub mod pm;
+pub mod stats;
 pub mod why_file;
 
 use std::{collections::VecDeque, io, time::Duration};
@@ -30,7 +32,7 @@ use log::warn;
 use mptcp_common::counter;
 use tokio::{
     io::unix::AsyncFd,
-    time::{interval, sleep, Interval, MissedTickBehavior},
+    time::{interval, interval_at, sleep, Instant, Interval, MissedTickBehavior},
 };
 
 use crate::{
@@ -47,6 +49,7 @@ use filter::ConnMatcher;
 use order::Reorder;
 use owners::Owners;
 use pm::{PmAddr, PmStats, PmWatcher};
+use stats::Stats;
 
 /// How often loss counters are read and new namespaces looked for.
 const TICK: Duration = Duration::from_millis(500);
@@ -324,6 +327,8 @@ pub struct Pipeline {
     tick: Interval,
     ticks: u64,
     core: Core,
+    /// `--stats-interval`: the sampler and its timer; `None` (nothing polled) without it.
+    stats: Option<(Stats, Interval)>,
 }
 
 impl Pipeline {
@@ -388,6 +393,7 @@ impl Pipeline {
             tick,
             ticks: 0,
             core,
+            stats: None,
         })
     }
 
@@ -408,6 +414,14 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Adds a `subflow_stats` record per open subflow every `period` (see [`stats`]).
+    pub fn stats_every(&mut self, period: Duration) {
+        let mut timer = interval_at(Instant::now() + period, period);
+        // A late sample is taken once, not in a burst: its deltas cover the longer interval.
+        timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        self.stats = Some((Stats::new(period), timer));
+    }
+
     /// What this kernel lacks (missing fields, programs), each with what is lost.
     pub fn degraded(&self) -> &[String] {
         &self.core.tracer.degraded
@@ -418,6 +432,11 @@ impl Pipeline {
     pub async fn next(&mut self) -> io::Result<Event> {
         loop {
             if let Some(e) = self.core.ready.pop_front() {
+                if let Some((s, _)) = self.stats.as_mut() {
+                    if !s.observe(&e) {
+                        continue;
+                    }
+                }
                 return Ok(e);
             }
             let due = [
@@ -463,6 +482,11 @@ impl Pipeline {
                     self.core.diagnosis.sample(&watched, monotonic_ns());
                     self.core.write_why();
                 }
+                _ = stats_tick(&mut self.stats), if self.stats.is_some() => {
+                    let (s, _) = self.stats.as_mut().expect("checked");
+                    let order = &mut self.core.order;
+                    s.sample(monotonic_ns(), &self.core.clock, &mut |e| order.push(e));
+                }
                 _ = sleep(wait.unwrap_or(Duration::ZERO)), if wait.is_some() => {}
             }
             self.core.release(monotonic_ns());
@@ -494,7 +518,13 @@ impl Pipeline {
         self.core.release(u64::MAX);
         self.core.report_loss();
         let totals = self.totals();
-        let events = self.core.ready.drain(..).collect();
+        let mut stats = self.stats.take();
+        let events = self
+            .core
+            .ready
+            .drain(..)
+            .filter(|e| stats.as_mut().is_none_or(|(s, _)| s.observe(e)))
+            .collect();
         (events, totals)
     }
 }
@@ -505,6 +535,16 @@ async fn feed_next(feed: &mut Option<UpgradeFeed>) -> Option<Upgraded> {
         Some(UpgradeFeed::Seccomp(rx)) => rx.recv().await,
         // Read through `upgrade_ring` instead.
         Some(UpgradeFeed::Bpf(_)) | None => std::future::pending().await,
+    }
+}
+
+/// The stats timer's next tick (pending without `--stats-interval`). Cancel-safe.
+async fn stats_tick(stats: &mut Option<(Stats, Interval)>) {
+    match stats {
+        Some((_, timer)) => {
+            timer.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

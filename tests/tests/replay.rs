@@ -1,0 +1,97 @@
+//! `live --replay`: a real capture (tests/data/demo-capture.ndjson, written by `events --json
+//! --stats-interval 1` during `demo`) played in tmux, by an unprivileged user: no eBPF, no root.
+
+use std::{process::Command, time::Duration};
+
+use integration_tests::{mptcp_trace_bin, require_root, tag, Tmux};
+
+const CAPTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/demo-capture.ndjson");
+
+/// `setpriv` to user nobody, without capabilities: what the replay must run as.
+fn as_nobody() -> String {
+    "setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all".into()
+}
+
+#[test]
+fn a_capture_replays_on_screen_without_privileges() {
+    // Root only to drop to nobody (and tmux's own needs); the replay itself runs unprivileged.
+    require_root();
+    let name = tag("replay");
+    let cmd = format!(
+        "{} {} live --replay {CAPTURE} --speed 0; echo EXIT=$?; sleep 60",
+        as_nobody(),
+        mptcp_trace_bin().display()
+    );
+    let t = Tmux::start(&name, &cmd);
+    let (ok, screen) = t.wait_for(Duration::from_secs(20), |s| {
+        s.contains("c3c00218") && s.contains("a436ea2c") && s.contains("ended at")
+    });
+    assert!(ok, "the capture's connections are not on screen:\n{screen}");
+    // Its two connections and four subflows, with the close's figures (13.8 MiB on red).
+    for needle in [
+        "red-client",
+        "blue-client",
+        "red-server",
+        "blue-server",
+        "13.8MiB",
+    ] {
+        assert!(screen.contains(needle), "{needle}:\n{screen}");
+    }
+    assert!(screen.contains("30 events"), "{screen}");
+    // The final screen stays until q, then the terminal is given back.
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(t.capture().contains("c3c00218"), "{}", t.capture());
+    t.keys("q");
+    let (ok, screen) = t.wait_for(Duration::from_secs(10), |s| s.contains("EXIT=0"));
+    assert!(ok, "q did not end the replay:\n{screen}");
+    assert_eq!(t.display("#{alternate_on}"), "0");
+}
+
+#[test]
+fn a_capture_plays_at_its_pace() {
+    require_root();
+    let name = tag("replay-pace");
+    // The capture spans 3.7 s: at ×1 it is still playing after a second.
+    let cmd = format!(
+        "{} live --replay {CAPTURE}; sleep 60",
+        mptcp_trace_bin().display()
+    );
+    let t = Tmux::start(&name, &cmd);
+    let (ok, screen) = t.wait_for(Duration::from_secs(10), |s| s.contains(" of 30 events"));
+    assert!(ok, "{screen}");
+    let (ok, screen) = t.wait_for(Duration::from_secs(15), |s| s.contains("ended at 3.7 s"));
+    assert!(ok, "{screen}");
+    t.keys("q");
+}
+
+#[test]
+fn a_bad_capture_is_one_line_and_status_2() {
+    let dir = std::env::temp_dir().join(tag("badcap"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let junk = dir.join("junk.ndjson");
+    std::fs::write(&junk, "{\"v\":1,\"event\":\"nope\"}\n").unwrap();
+    let empty = dir.join("empty.ndjson");
+    std::fs::write(&empty, "").unwrap();
+    let missing = dir.join("missing.ndjson");
+    for (args, says) in [
+        (vec!["--replay", junk.to_str().unwrap()], "line 1:"),
+        (vec!["--replay", empty.to_str().unwrap()], "no events"),
+        (vec!["--replay", missing.to_str().unwrap()], "cannot read"),
+        (vec!["--replay", CAPTURE, "--speed", "fast"], "--speed"),
+        (vec!["--replay", CAPTURE, "--speed", "-2"], "--speed"),
+        (vec!["--replay", CAPTURE, "--port", "80"], "selectors"),
+        (vec!["--speed", "2"], "--replay only"),
+    ] {
+        let out = Command::new(mptcp_trace_bin())
+            .arg("live")
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
