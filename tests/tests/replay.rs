@@ -95,3 +95,41 @@ fn a_bad_capture_is_one_line_and_status_2() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The terminal going away (an ssh session dropped; here `tmux kill-server`) ends the view:
+/// it used to wait forever for its key reader, stuck in a read on the dead tty, spinning and
+/// — for `live` — keeping its programs attached.
+#[test]
+fn a_hung_up_terminal_ends_the_view() {
+    require_root();
+    let name = tag("replay-hup");
+    let pid_file = std::env::temp_dir().join(format!("{name}.pid"));
+    let cmd = format!(
+        "echo $$ > {}; exec {} live --replay {CAPTURE} --speed 0",
+        pid_file.display(),
+        mptcp_trace_bin().display()
+    );
+    let t = Tmux::start(&name, &cmd);
+    let (ok, screen) = t.wait_for(Duration::from_secs(20), |s| s.contains("ended at"));
+    assert!(ok, "{screen}");
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _ = std::fs::remove_file(&pid_file);
+    let proc_dir = std::path::PathBuf::from(format!("/proc/{pid}"));
+    assert!(proc_dir.exists());
+    drop(t);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while proc_dir.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left = proc_dir.exists();
+    if left {
+        // Leave nothing behind, then fail.
+        // SAFETY: plain kill of the pid this test started.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    assert!(!left, "the view outlived its terminal");
+}

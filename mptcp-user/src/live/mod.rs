@@ -176,10 +176,20 @@ impl InputThread {
 }
 
 impl Drop for InputThread {
+    /// Stops the reader, waiting for it only briefly: when the terminal hung up (an ssh
+    /// session gone, `tmux kill-server`), crossterm's `read` can keep retrying on the dead
+    /// tty and never return. Joining it would keep this process — and its attached programs —
+    /// alive and spinning; a detached thread ends with the process.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(h) = self.handle.take() {
-            let _ = h.join();
+            let deadline = std::time::Instant::now() + Duration::from_millis(300);
+            while !h.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if h.is_finished() {
+                let _ = h.join();
+            }
         }
     }
 }
