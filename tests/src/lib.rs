@@ -4,6 +4,7 @@
 //! Tests need root and a kernel with MPTCP and BTF. They never skip: without root they fail
 //! with a message saying so.
 
+pub mod joins;
 use std::{
     collections::HashMap,
     io::{BufRead, BufReader, Read},

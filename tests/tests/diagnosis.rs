@@ -2,15 +2,10 @@
 //! asserted; a healthy two-path connection gets none. `why` reads the same diagnoses back,
 //! from a running tracer and from a capture.
 
-use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
-    process::Command,
-    thread,
-    time::Duration,
-};
+use std::{process::Command, thread, time::Duration};
 
 use integration_tests::{
+    joins::{add_join_endpoint, bed_without_join, connected, exchange, server_addr},
     mptcp_trace_bin, peer, require_root, run, tag, testbed, Event, Kind, Tracer,
 };
 use peer::Proto;
@@ -26,96 +21,6 @@ fn bed(name: &str) -> (TestBed, u32, u32) {
         TestBed::netns_inode(&bed.server).unwrap(),
     );
     (bed, cns, sns)
-}
-
-/// The seed's bed without the client's `subflow` endpoint.
-fn bed_without_join(name: &str) -> (TestBed, u32, u32) {
-    let (bed, cns, sns) = bed(name);
-    let id = testbed::BLUE_V4_ENDPOINT_ID.to_string();
-    testbed::ip(&["-n", &bed.client, "mptcp", "endpoint", "delete", "id", &id]).unwrap();
-    (bed, cns, sns)
-}
-
-/// Gives the client its blue `subflow` endpoint (IPv4 or IPv6): the path manager then opens a
-/// join on every established connection.
-fn add_join_endpoint(bed: &TestBed, v6: bool) {
-    let (addr, id) = if v6 {
-        (testbed::BLUE_CLIENT_V6, testbed::BLUE_V6_ENDPOINT_ID)
-    } else {
-        (testbed::BLUE_CLIENT_V4, testbed::BLUE_V4_ENDPOINT_ID)
-    };
-    if v6 {
-        // As in `TestBed::use_ipv6_endpoint`: IPv6 needs a route to the server's red
-        // address out of blue-client.
-        testbed::ip(&[
-            "-n",
-            &bed.client,
-            "-6",
-            "route",
-            "add",
-            "fd00:0:0:10::/64",
-            "via",
-            testbed::BLUE_SERVER_V6,
-            "dev",
-            "blue-client",
-            "metric",
-            "512",
-        ])
-        .unwrap();
-    }
-    let id = id.to_string();
-    testbed::ip(&[
-        "-n",
-        &bed.client,
-        "mptcp",
-        "endpoint",
-        "add",
-        addr,
-        "dev",
-        "blue-client",
-        "id",
-        &id,
-        "subflow",
-    ])
-    .unwrap();
-}
-
-fn server_addr(v6: bool, port: u16) -> SocketAddr {
-    if v6 {
-        format!("[{}]:{port}", testbed::RED_SERVER_V6)
-            .parse()
-            .unwrap()
-    } else {
-        format!("{}:{port}", testbed::RED_SERVER_V4)
-            .parse()
-            .unwrap()
-    }
-}
-
-fn exchange(a: &mut TcpStream, b: &mut TcpStream) {
-    let mut buf = [0u8; 1000];
-    a.write_all(&buf).unwrap();
-    b.read_exact(&mut buf).unwrap();
-    b.write_all(&buf).unwrap();
-    a.read_exact(&mut buf).unwrap();
-}
-
-/// An established connection with data exchanged both ways; the listener is closed after the
-/// accept unless `keep_listener`.
-fn connected(
-    bed: &TestBed,
-    addr: SocketAddr,
-    proto: Proto,
-) -> (TcpStream, TcpStream, std::net::TcpListener) {
-    let listener = testbed::in_netns(&bed.server, move || peer::listen(addr, proto))
-        .unwrap()
-        .unwrap();
-    let mut client = testbed::in_netns(&bed.client, move || peer::connect(addr, Proto::Mptcp))
-        .unwrap()
-        .unwrap();
-    let (mut server, _) = listener.accept().unwrap();
-    exchange(&mut client, &mut server);
-    (client, server, listener)
 }
 
 fn diagnoses(events: &[Event], netns: u32) -> Vec<Event> {
@@ -153,7 +58,7 @@ fn join_refused(v6: bool) {
     let (mut client, mut server, listener) = connected(&bed, server_addr(v6, 4401), Proto::Mptcp);
     // The join's SYN finds no listener: reset, ECONNREFUSED.
     drop(listener);
-    add_join_endpoint(&bed, v6);
+    add_join_endpoint(&bed, v6, &["subflow"]);
     wait_cause(&tracer, cns, "join_refused");
     exchange(&mut client, &mut server);
     let token = tracer
@@ -231,7 +136,7 @@ fn diagnosis_join_timed_out_ipv4() {
     let (client, server, listener) = connected(&bed, server_addr(false, 4402), Proto::Mptcp);
     let black = format!("{}/32", testbed::BLUE_CLIENT_V4);
     testbed::ip(&["-n", &bed.server, "route", "add", "blackhole", &black]).unwrap();
-    add_join_endpoint(&bed, false);
+    add_join_endpoint(&bed, false, &["subflow"]);
     wait_cause(&tracer, cns, "join_timed_out");
     let run = tracer.stop();
     drop((client, server, listener));
@@ -332,7 +237,7 @@ fn diagnosis_peer_refused_join_by_its_limit() {
     .unwrap();
     let tracer = Tracer::start(&[]);
     let (client, server, _l) = connected(&bed, server_addr(false, 4405), Proto::Mptcp);
-    add_join_endpoint(&bed, false);
+    add_join_endpoint(&bed, false, &["subflow"]);
     wait_cause(&tracer, cns, "peer_refused_join");
     let run = tracer.stop();
     drop((client, server));

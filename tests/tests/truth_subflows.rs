@@ -5,71 +5,17 @@
 //! the kernel's reason, backup priority on both sides (against `ss`'s `b`/`B` subflow flags) and
 //! the peer's token (against the other end's own token).
 
-use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
-    thread,
-    time::Duration,
-};
+use std::{net::SocketAddr, thread, time::Duration};
 
 use integration_tests::{
-    abort_on_close, events_in, kinds, lost_count, peer, require_root, run, tag, testbed, Event,
-    Kind, Monitor, PmEvent, Tracer,
+    abort_on_close, events_in,
+    joins::{add_join_endpoint, bed_without_join, connected, exchange},
+    kinds, lost_count, peer, require_root, run, testbed, Event, Kind, Monitor, PmEvent, Tracer,
 };
 use peer::Proto;
-use testbed::TestBed;
 
 /// Upper bound for events to show up: generous for the VM matrix (qemu without KVM).
 const WAIT: Duration = Duration::from_secs(60);
-
-/// The seed's test bed without the client's `subflow` endpoint: connections stay on one
-/// subflow until the test adds the endpoint back (the in-kernel path manager then opens the
-/// join on every established connection).
-fn bed_without_join(name: &str) -> (TestBed, u32, u32) {
-    let bed = TestBed::create(&tag(name)).unwrap();
-    let id = testbed::BLUE_V4_ENDPOINT_ID.to_string();
-    testbed::ip(&["-n", &bed.client, "mptcp", "endpoint", "delete", "id", &id]).unwrap();
-    let (cns, sns) = (
-        TestBed::netns_inode(&bed.client).unwrap(),
-        TestBed::netns_inode(&bed.server).unwrap(),
-    );
-    (bed, cns, sns)
-}
-
-fn add_join_endpoint(bed: &TestBed, flags: &[&str]) {
-    testbed::add_endpoint(
-        &bed.client,
-        testbed::BLUE_CLIENT_V4,
-        Some("blue-client"),
-        testbed::BLUE_V4_ENDPOINT_ID,
-        flags,
-    )
-    .unwrap();
-}
-
-/// An established MPTCP connection with some data exchanged both ways (a connection is
-/// fully established, and joins are opened, only after that). Returns the client's end and
-/// the server's.
-fn connected(bed: &TestBed, addr: SocketAddr) -> (TcpStream, TcpStream) {
-    let listener = testbed::in_netns(&bed.server, move || peer::listen(addr, Proto::Mptcp))
-        .unwrap()
-        .unwrap();
-    let mut client = testbed::in_netns(&bed.client, move || peer::connect(addr, Proto::Mptcp))
-        .unwrap()
-        .unwrap();
-    let (mut server, _) = listener.accept().unwrap();
-    drop(listener);
-    exchange(&mut client, &mut server);
-    (client, server)
-}
-
-fn exchange(a: &mut TcpStream, b: &mut TcpStream) {
-    let mut buf = [0u8; 1000];
-    a.write_all(&buf).unwrap();
-    b.read_exact(&mut buf).unwrap();
-    b.write_all(&buf).unwrap();
-    a.read_exact(&mut buf).unwrap();
-}
 
 /// Output order is time order, for every kind.
 fn assert_monotonic(events: &[Event]) {
@@ -130,8 +76,9 @@ fn a_join_to_a_closed_listener_fails_with_its_port_and_econnrefused() {
     let tracer = Tracer::start(&[]);
     let addr: SocketAddr = "10.0.0.1:4392".parse().unwrap();
     // `connected` closes the listener after the accept: the join's SYN finds no listener.
-    let (mut client, mut server) = connected(&bed, addr);
-    add_join_endpoint(&bed, &["subflow"]);
+    let (mut client, mut server, listener) = connected(&bed, addr, Proto::Mptcp);
+    drop(listener);
+    add_join_endpoint(&bed, false, &["subflow"]);
     tracer.wait_for("the failed join", WAIT, |ev| {
         ev.iter()
             .any(|e| e.netns == Some(cns) && e.event == Kind::SubflowFailed)
@@ -207,7 +154,7 @@ fn a_join_whose_path_is_black_holed_times_out_with_etimedout() {
     exchange(&mut client, &mut server);
     let black = format!("{}/32", testbed::BLUE_CLIENT_V4);
     testbed::ip(&["-n", &bed.server, "route", "add", "blackhole", &black]).unwrap();
-    add_join_endpoint(&bed, &["subflow"]);
+    add_join_endpoint(&bed, false, &["subflow"]);
     tracer.wait_for("the timed-out join", WAIT, |ev| {
         ev.iter()
             .any(|e| e.netns == Some(cns) && e.event == Kind::SubflowFailed)
@@ -271,13 +218,14 @@ fn backup_is_reported_for_both_sides_and_the_peer_token_pairs_the_ends() {
     let (bed, cns, sns) = bed_without_join("backup");
     let tracer = Tracer::start(&[]);
     let addr: SocketAddr = "10.0.0.1:4394".parse().unwrap();
-    let (mut client, mut server) = connected(&bed, addr);
+    let (mut client, mut server, listener) = connected(&bed, addr, Proto::Mptcp);
+    drop(listener);
     // The client asks for backup priority on the join it opens from its blue address; the
     // listener is gone, but joins still reach the server: re-listen.
     let listener = testbed::in_netns(&bed.server, move || peer::listen(addr, Proto::Mptcp))
         .unwrap()
         .unwrap();
-    add_join_endpoint(&bed, &["subflow", "backup"]);
+    add_join_endpoint(&bed, false, &["subflow", "backup"]);
     tracer.wait_for("the backup join on both ends", WAIT, |ev| {
         [cns, sns].iter().all(|ns| {
             ev.iter().any(|e| {
