@@ -72,8 +72,9 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 /// - `live`, `closing`, `subflows`: written by several sockets' handlers, which may run on two
 ///   CPUs at once (subflows of one connection, and the MPTCP socket itself): only ever changed
 ///   with [`atomic_add`].
-/// - `announced`: written only by the program run that won the connection's claim in `CLAIMS`
-///   (see [`announce`]); everyone else only reads it, as a hint.
+/// - `announced`, `created_ns`: written only by the program run that won the connection's
+///   claim in `CLAIMS` (see [`announce`]), before it sends conn_created; everyone else only
+///   reads them (`announced` as a hint).
 /// - `sport`: plain TCP only, written by that socket's own transitions, which the kernel
 ///   serializes under the socket's lock.
 #[repr(C)]
@@ -81,6 +82,8 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 struct Conn {
     owner: Owner,
     start_ns: u64,
+    /// When conn_created was sent (its `ts_ns`), 0 before: `duration_ns` counts from it.
+    created_ns: u64,
     /// Subflows established and not yet closed (64-bit because BPF's atomics are).
     live: u64,
     /// Non-zero once the MPTCP socket reached CLOSE; conn_closed waits for the last live
@@ -324,6 +327,7 @@ fn new_conn(owner: &Owner, known: bool, flags: u8) -> Conn {
     Conn {
         owner: *owner,
         start_ns: unsafe { bpf_ktime_get_ns() },
+        created_ns: 0,
         live: 0,
         closing: 0,
         subflows: 0,
@@ -380,7 +384,8 @@ fn emit(s: &Subject, conn: Option<&Conn>, fill: impl FnOnce(&mut RawEvent)) {
     ev.netns = s.netns;
     match conn {
         Some(c) => {
-            ev.start_ns = c.start_ns;
+            // The consumer's start: conn_created's stamp (`duration_ns` counts from it).
+            ev.start_ns = unsafe { core::ptr::read_volatile(&c.created_ns) };
             ev.cgroup_id = c.owner.cgroup_id;
             ev.pid = c.owner.tgid;
             ev.comm = c.owner.comm;
@@ -595,14 +600,18 @@ fn announce_created(s: &Subject, c: &mut Conn, sport: u16) {
             return;
         }
     }
-    // SAFETY (write): we won the claim; nobody else writes `announced`.
+    // SAFETY (write): we won the claim; nobody else writes `announced` and `created_ns`.
     c.announced = 1;
     // Stamped now, not when the connect started: the outcome of the first handshake is what
     // completes it (the local port is chosen after the SYN_SENT transition is traced), and an
     // event stamped in the past would break the output's time order. conn_closed's
-    // `duration_ns` still counts from the connect.
+    // `duration_ns` counts from this stamp, so the two pair up exactly.
+    let now = unsafe { bpf_ktime_get_ns() };
+    c.created_ns = now;
     let s = Subject { sk: 0, ..*s };
     emit(&s.with(EventKind::ConnCreated), Some(c), |ev| {
+        ev.ts_ns = now;
+        ev.start_ns = now;
         if ev.sport == 0 {
             ev.sport = sport;
         }

@@ -12,7 +12,7 @@
 //! ADD_ADDR caused can carry an earlier stamp than the announcement. Where the order is certain
 //! it is restored from evidence, not time: see [`Reorder::push_event`].
 
-use std::{cmp::Reverse, collections::BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::{
     decode::Clock,
@@ -23,7 +23,7 @@ use crate::{
 pub const WINDOW_NS: u64 = 20_000_000;
 
 /// When an event is released: by time, then by arrival; an event slotted before another
-/// (see [`Reorder::push_before_first`]) takes that one's time and arrival and comes before it,
+/// (see [`Reorder::push_before`]) takes that one's time and arrival and comes before it,
 /// in its own arrival order (`slot`: an arrival number; `u64::MAX` for an event placed by its
 /// own time, which sorts after every event slotted before it).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -33,32 +33,25 @@ struct Key {
     slot: u64,
 }
 
-struct Item(Key, Event);
+/// Which connection a subflow event belongs to: network namespace and kernel socket identity.
+type ConnId = (Option<u32>, u64);
 
-impl PartialEq for Item {
-    fn eq(&self, o: &Self) -> bool {
-        self.0 == o.0
-    }
-}
-impl Eq for Item {}
-impl PartialOrd for Item {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Item {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        self.0.cmp(&o.0)
-    }
-}
-
+/// Held events in release order, with indexes of the events that others must precede, so
+/// that placing an event costs a few map lookups, not a scan of everything held (at maximum
+/// churn thousands of events are held at any moment).
 pub struct Reorder {
-    heap: BinaryHeap<Reverse<Item>>,
+    held: BTreeMap<Key, Event>,
     seq: u64,
     /// The newest timestamp released: later events never go out before it.
     released: u64,
     /// Writes `time` again when an event is stamped anew, so the two never disagree.
     clock: Clock,
+    /// Held subflow_established records placed by their own time, per connection.
+    established: HashMap<ConnId, BTreeSet<Key>>,
+    /// Held join subflow events placed by their own time, per connection and remote id.
+    joins: HashMap<Towards, BTreeSet<Key>>,
+    /// Held announcements, per connection and announced id.
+    announcements: HashMap<Towards, BTreeSet<Key>>,
 }
 
 #[cfg(test)]
@@ -69,14 +62,64 @@ impl Default for Reorder {
     }
 }
 
+fn index_add<K: std::hash::Hash + Eq>(m: &mut HashMap<K, BTreeSet<Key>>, k: K, key: Key) {
+    m.entry(k).or_default().insert(key);
+}
+
+fn index_remove<K: std::hash::Hash + Eq>(m: &mut HashMap<K, BTreeSet<Key>>, k: K, key: &Key) {
+    if let Some(set) = m.get_mut(&k) {
+        set.remove(key);
+        if set.is_empty() {
+            m.remove(&k);
+        }
+    }
+}
+
+/// The connection of a subflow_established record.
+fn established_of(e: &Event) -> Option<ConnId> {
+    matches!(e.data, Data::SubflowEstablished(_)).then(|| (e.netns(), e.ids().conn))
+}
+
 impl Reorder {
     pub fn new(clock: Clock) -> Self {
         Reorder {
-            heap: BinaryHeap::new(),
+            held: BTreeMap::new(),
             seq: 0,
             released: 0,
             clock,
+            established: HashMap::new(),
+            joins: HashMap::new(),
+            announcements: HashMap::new(),
         }
+    }
+
+    fn insert(&mut self, key: Key, e: Event) {
+        if key.slot == u64::MAX {
+            if let Some(c) = established_of(&e) {
+                index_add(&mut self.established, c, key);
+            }
+            if let Some(t) = join_towards(&e) {
+                index_add(&mut self.joins, t, key);
+            }
+        }
+        if let Some(t) = announced(&e) {
+            index_add(&mut self.announcements, t, key);
+        }
+        self.held.insert(key, e);
+    }
+
+    fn remove(&mut self, key: &Key) -> Option<Event> {
+        let e = self.held.remove(key)?;
+        if let Some(c) = established_of(&e) {
+            index_remove(&mut self.established, c, key);
+        }
+        if let Some(t) = join_towards(&e) {
+            index_remove(&mut self.joins, t, key);
+        }
+        if let Some(t) = announced(&e) {
+            index_remove(&mut self.announcements, t, key);
+        }
+        Some(e)
     }
 
     pub fn push(&mut self, e: Event) {
@@ -87,17 +130,20 @@ impl Reorder {
             seq: self.seq,
             slot: u64::MAX,
         };
-        self.heap.push(Reverse(Item(key, e)));
+        self.insert(key, e);
     }
 
     /// Adds an event from either source: an `addr_announced` goes before the joins it caused
-    /// (see [`announcement_precedes`]), every other event by its time.
+    /// (see [`announced`]), a client's `conn_established` before its first subflow (see
+    /// [`established_precedes`]), every other event by its time.
     pub fn push_event(&mut self, e: Event) {
-        if let Some(pred) = announcement_precedes(&e) {
-            return self.push_before_first(e, pred);
+        if let Some(t) = announced(&e) {
+            let target = self.joins.get(&t).and_then(|s| s.first()).copied();
+            return self.push_before(e, target);
         }
-        if let Some(pred) = established_precedes(&e) {
-            return self.push_before_first(e, pred);
+        if let Some(c) = established_precedes(&e) {
+            let target = self.established.get(&c).and_then(|s| s.first()).copied();
+            return self.push_before(e, target);
         }
         let Some(t) = join_towards(&e) else {
             return self.push(e);
@@ -106,39 +152,24 @@ impl Reorder {
         // announcement was (the record is written when the handler ends, the announcement's
         // stamp is its read time), with an earlier stamp. Held announcements of that
         // connection and id are placed again, before it.
-        if !self
-            .heap
-            .iter()
-            .any(|Reverse(i)| announced(&i.1) == Some(t))
-        {
+        let Some(keys) = self.announcements.get(&t).cloned() else {
             return self.push(e);
-        }
-        let (moved, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.heap)
-            .into_sorted_vec()
-            .into_iter()
-            .rev()
-            .partition(|Reverse(i)| announced(&i.1) == Some(t));
-        self.heap = kept.into();
+        };
+        let moved: Vec<Event> = keys.iter().filter_map(|k| self.remove(k)).collect();
         self.push(e);
-        for Reverse(Item(_, a)) in moved {
+        for a in moved {
             self.push_event(a);
         }
     }
 
-    /// Adds `e` so that it is released before the earliest held event matching `pred` (among
-    /// those placed by their own time) when its own stamp would put it after that one; it is
-    /// then stamped 1 ns before that event — or at the same time when an event released
-    /// before it already has that time, so `ts_ns` never goes back. An event early enough
-    /// already, or that no held event matches, goes by its own stamp. Released events cannot
-    /// be overtaken: the order is repaired only within the window.
-    pub fn push_before_first(&mut self, mut e: Event, pred: impl Fn(&Event) -> bool) {
-        let first = self
-            .heap
-            .iter()
-            .filter(|Reverse(i)| i.0.slot == u64::MAX && pred(&i.1))
-            .map(|Reverse(i)| i.0)
-            .min();
-        let Some(target) = first else {
+    /// Adds `e` so that it is released before `target` (a held event placed by its own time)
+    /// when its own stamp would put it after that one; it is then stamped 1 ns before that
+    /// event — or at the same time when an event released before it already has that time, so
+    /// `ts_ns` never goes back. An event early enough already, or without a target, goes by its
+    /// own stamp. Released events cannot be overtaken: the order is repaired only within the
+    /// window.
+    fn push_before(&mut self, mut e: Event, target: Option<Key>) {
+        let Some(target) = target else {
             return self.push(e);
         };
         if e.ts_ns.max(self.released) < target.ts {
@@ -149,16 +180,10 @@ impl Reorder {
             slot: self.seq,
             ..target
         };
-        let before = self
-            .heap
-            .iter()
-            .map(|Reverse(i)| i.0)
-            .filter(|&k| k < key)
-            .max()
-            .map_or(0, |k| k.ts);
+        let before = self.held.range(..key).next_back().map_or(0, |(k, _)| k.ts);
         e.ts_ns = target.ts.saturating_sub(1).max(before).max(self.released);
         e.time = self.clock.rfc3339(e.ts_ns);
-        self.heap.push(Reverse(Item(key, e)));
+        self.insert(key, e);
     }
 
     /// Events stamped before `ts` go out after those already handed out directly (the start-up
@@ -170,8 +195,11 @@ impl Reorder {
     /// Releases every event older than `now - WINDOW_NS` (all of them with `now == u64::MAX`).
     pub fn release(&mut self, now: u64, out: &mut impl FnMut(Event)) {
         let limit = now.saturating_sub(WINDOW_NS);
-        while self.heap.peek().is_some_and(|Reverse(i)| i.0.ts <= limit) {
-            let Reverse(Item(key, e)) = self.heap.pop().expect("peeked");
+        while let Some(key) = self.held.first_key_value().map(|(k, _)| *k) {
+            if key.ts > limit {
+                break;
+            }
+            let e = self.remove(&key).expect("first key is held");
             self.released = self.released.max(key.ts);
             out(e);
         }
@@ -179,11 +207,11 @@ impl Reorder {
 
     /// When the oldest held event is due (monotonic ns), if any.
     pub fn next_due(&self) -> Option<u64> {
-        self.heap.peek().map(|Reverse(i)| i.0.ts + WINDOW_NS)
+        self.held.first_key_value().map(|(k, _)| k.ts + WINDOW_NS)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
+        self.held.is_empty()
     }
 }
 
@@ -191,21 +219,21 @@ impl Reorder {
 /// subflow_established records. The kernel programs send a client's conn_established when
 /// the MPTCP socket becomes established, the moment the peer's key is known (for
 /// `peer_token`), which is just after its first subflow's ESTABLISHED was reported.
-fn established_precedes(e: &Event) -> Option<impl Fn(&Event) -> bool> {
+fn established_precedes(e: &Event) -> Option<ConnId> {
     let Data::ConnEstablished(c) = &e.data else {
         return None;
     };
-    let (netns, conn) = (c.conn.netns, c.conn.ids.conn);
-    (conn != 0).then_some(move |h: &Event| {
-        matches!(h.data, Data::SubflowEstablished(_)) && h.netns() == netns && h.ids().conn == conn
-    })
+    (c.conn.ids.conn != 0).then_some((c.conn.netns, c.conn.ids.conn))
 }
 
 /// An announcement and the joins it caused share this: the connection (network namespace,
 /// token) and the peer's address id.
 type Towards = (u32, Token, u8);
 
-/// For an `addr_announced`: the connection and the address id it announced.
+/// For an `addr_announced`: the connection and the address id it announced. The peer's
+/// ADD_ADDR of address id R reached this host before any join it opened towards remote id R on
+/// that connection (the path manager learns the address from it), whatever the stamps say:
+/// kernel-agnostic, it relies on the protocol, not on timing.
 fn announced(e: &Event) -> Option<Towards> {
     let Data::AddrAnnounced(a) = &e.data else {
         return None;
@@ -217,16 +245,6 @@ fn announced(e: &Event) -> Option<Towards> {
 fn join_towards(e: &Event) -> Option<Towards> {
     let s = e.subflow().filter(|s| s.join)?;
     Some((e.netns()?, e.token()?, s.remote_id))
-}
-
-/// For an `addr_announced`, the events it must precede: the peer's ADD_ADDR of address id R
-/// reached this host before any join it opened towards remote id R on that connection (the
-/// path manager learns the address from it), whatever the stamps say. So: the join subflows
-/// of the same connection — network namespace and token — towards remote id R.
-/// Kernel-agnostic: it relies on the protocol, not on timing.
-fn announcement_precedes(e: &Event) -> Option<impl Fn(&Event) -> bool> {
-    let t = announced(e)?;
-    Some(move |h: &Event| join_towards(h) == Some(t))
 }
 
 #[cfg(test)]
