@@ -5,11 +5,31 @@ use std::{process::Command, time::Duration};
 
 use integration_tests::{mptcp_trace_bin, require_root, tag, Tmux};
 
-const CAPTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/demo-capture.ndjson");
+/// The capture, built into the test binary: the VM guests have the binaries, not the source
+/// tree.
+const CAPTURE_TEXT: &str = include_str!("../data/demo-capture.ndjson");
 
-/// `setpriv` to user nobody, without capabilities: what the replay must run as.
+/// The capture written to a file of this test's own, readable by everyone (the replay runs
+/// as nobody).
+fn capture(name: &str) -> String {
+    let path = std::env::temp_dir().join(format!("{name}.ndjson"));
+    std::fs::write(&path, CAPTURE_TEXT).unwrap();
+    path.display().to_string()
+}
+
+/// `setpriv` to user nobody, without capabilities: what the replay must run as. By its full
+/// path: a busybox shell (the guests') would run its own applet, which lacks these options.
 fn as_nobody() -> String {
-    "setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all".into()
+    let setpriv = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("setpriv"))
+        .find(|p| p.is_file())
+        .expect("setpriv (util-linux) in PATH");
+    format!(
+        "{} --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all",
+        setpriv.display()
+    )
 }
 
 #[test]
@@ -17,8 +37,9 @@ fn a_capture_replays_on_screen_without_privileges() {
     // Root only to drop to nobody (and tmux's own needs); the replay itself runs unprivileged.
     require_root();
     let name = tag("replay");
+    let cap = capture(&name);
     let cmd = format!(
-        "{} {} live --replay {CAPTURE} --speed 0; echo EXIT=$?; sleep 60",
+        "{} {} live --replay {cap} --speed 0; echo EXIT=$?; sleep 60",
         as_nobody(),
         mptcp_trace_bin().display()
     );
@@ -51,9 +72,10 @@ fn a_capture_replays_on_screen_without_privileges() {
 fn a_capture_plays_at_its_pace() {
     require_root();
     let name = tag("replay-pace");
+    let cap = capture(&name);
     // The capture spans 3.7 s: at ×1 it is still playing after a second.
     let cmd = format!(
-        "{} live --replay {CAPTURE}; sleep 60",
+        "{} live --replay {cap}; sleep 60",
         mptcp_trace_bin().display()
     );
     let t = Tmux::start(&name, &cmd);
@@ -73,13 +95,14 @@ fn a_bad_capture_is_one_line_and_status_2() {
     let empty = dir.join("empty.ndjson");
     std::fs::write(&empty, "").unwrap();
     let missing = dir.join("missing.ndjson");
+    let cap = capture(&tag("badcap-good"));
     for (args, says) in [
         (vec!["--replay", junk.to_str().unwrap()], "line 1:"),
         (vec!["--replay", empty.to_str().unwrap()], "no events"),
         (vec!["--replay", missing.to_str().unwrap()], "cannot read"),
-        (vec!["--replay", CAPTURE, "--speed", "fast"], "--speed"),
-        (vec!["--replay", CAPTURE, "--speed", "-2"], "--speed"),
-        (vec!["--replay", CAPTURE, "--port", "80"], "selectors"),
+        (vec!["--replay", cap.as_str(), "--speed", "fast"], "--speed"),
+        (vec!["--replay", cap.as_str(), "--speed", "-2"], "--speed"),
+        (vec!["--replay", cap.as_str(), "--port", "80"], "selectors"),
         (vec!["--speed", "2"], "--replay only"),
     ] {
         let out = Command::new(mptcp_trace_bin())
@@ -104,8 +127,9 @@ fn a_hung_up_terminal_ends_the_view() {
     require_root();
     let name = tag("replay-hup");
     let pid_file = std::env::temp_dir().join(format!("{name}.pid"));
+    let cap = capture(&name);
     let cmd = format!(
-        "echo $$ > {}; exec {} live --replay {CAPTURE} --speed 0",
+        "echo $$ > {}; exec {} live --replay {cap} --speed 0",
         pid_file.display(),
         mptcp_trace_bin().display()
     );

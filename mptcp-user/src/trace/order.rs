@@ -12,15 +12,20 @@
 //! ADD_ADDR caused can carry an earlier stamp than the announcement. Where the order is certain
 //! it is restored from evidence, not time: see [`Reorder::push_event`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::{
     decode::Clock,
-    event::{Data, Event, Token},
+    event::{Data, Event, Side, Token},
 };
 
 /// How long an event waits for earlier ones (documented in the README).
 pub const WINDOW_NS: u64 = 20_000_000;
+
+/// How long a client's first subflow_established may wait for its connection's
+/// conn_established (sent just after it, from the MPTCP socket's own transition) when the
+/// reader is later than [`WINDOW_NS`] (a loaded machine, a slow VM).
+pub const ESTABLISHED_WAIT_NS: u64 = 1_000_000_000;
 
 /// When an event is released: by time, then by arrival; an event slotted before another
 /// (see [`Reorder::push_before`]) takes that one's time and arrival and comes before it,
@@ -52,6 +57,10 @@ pub struct Reorder {
     joins: HashMap<Towards, BTreeSet<Key>>,
     /// Held announcements, per connection and announced id.
     announcements: HashMap<Towards, BTreeSet<Key>>,
+    /// Client MPTCP connections created and not yet established: their first
+    /// subflow_established is not released before their conn_established (at most
+    /// [`ESTABLISHED_WAIT_NS`]), so the two go out in order however late the reader is.
+    awaiting: HashSet<ConnId>,
 }
 
 #[cfg(test)]
@@ -90,6 +99,7 @@ impl Reorder {
             established: HashMap::new(),
             joins: HashMap::new(),
             announcements: HashMap::new(),
+            awaiting: HashSet::new(),
         }
     }
 
@@ -137,6 +147,18 @@ impl Reorder {
     /// (see [`announced`]), a client's `conn_established` before its first subflow (see
     /// [`established_precedes`]), every other event by its time.
     pub fn push_event(&mut self, e: Event) {
+        match &e.data {
+            Data::ConnCreated(c) if c.side == Side::Client && c.conn.protocol.is_none() => {
+                self.awaiting.insert((c.conn.netns, c.conn.ids.conn));
+            }
+            Data::ConnEstablished(c) => {
+                self.awaiting.remove(&(c.conn.netns, c.conn.ids.conn));
+            }
+            Data::ConnClosed(c) => {
+                self.awaiting.remove(&(c.conn.netns, c.conn.ids.conn));
+            }
+            _ => {}
+        }
         if let Some(t) = announced(&e) {
             let target = self.joins.get(&t).and_then(|s| s.first()).copied();
             return self.push_before(e, target);
@@ -195,9 +217,16 @@ impl Reorder {
     /// Releases every event older than `now - WINDOW_NS` (all of them with `now == u64::MAX`).
     pub fn release(&mut self, now: u64, out: &mut impl FnMut(Event)) {
         let limit = now.saturating_sub(WINDOW_NS);
-        while let Some(key) = self.held.first_key_value().map(|(k, _)| *k) {
+        while let Some((&key, first)) = self.held.first_key_value() {
             if key.ts > limit {
                 break;
+            }
+            if let Some(c) = established_of(first).filter(|c| self.awaiting.contains(c)) {
+                // Its conn_established is still on its way: wait for it, boundedly.
+                if now != u64::MAX && now.saturating_sub(key.ts) < ESTABLISHED_WAIT_NS {
+                    break;
+                }
+                self.awaiting.remove(&c);
             }
             let e = self.remove(&key).expect("first key is held");
             self.released = self.released.max(key.ts);
@@ -207,7 +236,14 @@ impl Reorder {
 
     /// When the oldest held event is due (monotonic ns), if any.
     pub fn next_due(&self) -> Option<u64> {
-        self.held.first_key_value().map(|(k, _)| k.ts + WINDOW_NS)
+        self.held.first_key_value().map(|(k, e)| {
+            let waits = established_of(e).is_some_and(|c| self.awaiting.contains(&c));
+            k.ts + if waits {
+                ESTABLISHED_WAIT_NS
+            } else {
+                WINDOW_NS
+            }
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -299,6 +335,41 @@ mod tests {
         r.release(u64::MAX, &mut |e| times.push((e.ts_ns, e.time)));
         assert_eq!(times[0].0, 4_999_999);
         assert_eq!(times[0].1, Clock::fixed(0).rfc3339(4_999_999));
+    }
+
+    #[test]
+    fn a_late_conn_established_still_goes_before_its_first_subflow() {
+        // The reader fell behind by more than the window between the two records.
+        let mut r = Reorder::default();
+        let mut created = sample(EventKind::ConnCreated);
+        created.flags &= !mptcp_common::flags::SERVER;
+        created.ts_ns = 1_000_000;
+        r.push_event(to_event(&created, &Clock::fixed(0)).unwrap());
+        r.push_event(ring(EventKind::SubflowEstablished, 1_000_100, 0, false));
+        let mut out = Vec::new();
+        r.release(1_000_100 + 5 * WINDOW_NS, &mut |e| out.push(e.kind()));
+        assert_eq!(
+            out,
+            [Kind::ConnCreated],
+            "the subflow waits for its conn_established"
+        );
+        r.push_event(ring(EventKind::ConnEstablished, 1_000_200, 0, false));
+        r.release(1_000_200 + 5 * WINDOW_NS, &mut |e| out.push(e.kind()));
+        assert_eq!(
+            out,
+            [
+                Kind::ConnCreated,
+                Kind::ConnEstablished,
+                Kind::SubflowEstablished
+            ]
+        );
+        // Without it, the wait is bounded.
+        let mut r = Reorder::default();
+        r.push_event(to_event(&created, &Clock::fixed(0)).unwrap());
+        r.push_event(ring(EventKind::SubflowEstablished, 1_000_100, 0, false));
+        let mut n = 0;
+        r.release(1_000_100 + ESTABLISHED_WAIT_NS, &mut |_| n += 1);
+        assert_eq!(n, 2);
     }
 
     #[test]
