@@ -43,6 +43,23 @@ pub enum Action {
     Quit,
 }
 
+/// What a terminal event asks of a view (live or replay): a key's action, or a redraw after
+/// the terminal was resized.
+pub(crate) fn terminal_event(
+    state: &mut State,
+    terminal: &mut Terminal<CrosstermBackend<io::Stdout>>,
+    ev: term::Event,
+) -> io::Result<Action> {
+    Ok(match ev {
+        term::Event::Key(k) => key(state, k),
+        term::Event::Resize(..) => {
+            terminal.autoresize()?;
+            Action::Redraw
+        }
+        _ => Action::None,
+    })
+}
+
 /// Applies one key to the UI state.
 pub fn key(state: &mut State, k: KeyEvent) -> Action {
     if k.kind == KeyEventKind::Release {
@@ -238,17 +255,10 @@ pub async fn run(
                 Err(e) => break Err(e.into()),
             },
             Some(u) = rx.recv() => state.apply(u),
-            Some(ev) = keys.recv() => match ev {
-                term::Event::Key(k) => match key(&mut state, k) {
-                    Action::Quit => break Ok(()),
-                    Action::Redraw => redraw = true,
-                    Action::None => {}
-                },
-                term::Event::Resize(..) => {
-                    terminal.autoresize()?;
-                    redraw = true;
-                }
-                _ => {}
+            Some(ev) = keys.recv() => match terminal_event(&mut state, &mut terminal, ev)? {
+                Action::Quit => break Ok(()),
+                Action::Redraw => redraw = true,
+                Action::None => {}
             },
             _ = tick.tick() => {
                 state.apply(Update::Tick(decode::monotonic_ns()));

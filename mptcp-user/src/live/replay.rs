@@ -16,7 +16,6 @@ use std::{
 };
 
 use anyhow::Result;
-use crossterm::event as term;
 use ratatui::{backend::CrosstermBackend, Terminal};
 use tokio::{
     sync::mpsc,
@@ -29,7 +28,7 @@ use crate::{
     sys::signals::Stop,
 };
 
-use super::{key, render, Action, InputThread, State, TerminalGuard, Update};
+use super::{render, terminal_event, Action, InputThread, State, TerminalGuard, Update};
 
 /// Reads a capture: every non-empty line must be an event of schema version 1 (one line
 /// error naming the file and line otherwise); at least one event. Events keep the file's
@@ -218,17 +217,10 @@ pub async fn run(
                 }
                 redraw = pending.peek().is_none();
             }
-            Some(ev) = keys.recv() => match ev {
-                term::Event::Key(k) => match key(&mut state, k) {
-                    Action::Quit => break Ok(()),
-                    Action::Redraw => redraw = true,
-                    Action::None => {}
-                },
-                term::Event::Resize(..) => {
-                    terminal.autoresize()?;
-                    redraw = true;
-                }
-                _ => {}
+            Some(ev) = keys.recv() => match terminal_event(&mut state, &mut terminal, ev)? {
+                Action::Quit => break Ok(()),
+                Action::Redraw => redraw = true,
+                Action::None => {}
             },
             _ = tick.tick() => redraw = true,
             _ = stop.recv() => break Ok(()),
