@@ -50,7 +50,7 @@ const HOST_DIRS: &[&str] = &["/lib/terminfo", "/usr/lib/locale/C.utf8"];
 /// starts a tracer, and the 200-connection test is slow under TCG).
 const DEFAULT_EXE_TIMEOUT: u64 = 420;
 /// A whole guest took 480–720 s on an idle 2-core machine before the diagnosis, snapshot,
-/// replay and stats suites, and about 1,100 s in the 6.1 guest with them; the limit catches a
+/// replay and stats suites, and over 1,000 s in the 6.1 guest with them; the limit catches a
 /// hung guest, it is not a performance target (CI's own limit is 90 minutes).
 const DEFAULT_GUEST_TIMEOUT: u64 = 2400;
 
