@@ -94,3 +94,23 @@ pub fn connected(
     exchange(&mut client, &mut server);
     (client, server, listener)
 }
+
+/// Makes a join towards the server time out quickly and for sure: two SYNs (1 s + 2 s,
+/// `net.ipv4.tcp_syn_retries=1` in the client namespace), and the server's replies to the
+/// client's blue address thrown away (a more specific blackhole route) while its listener
+/// stays.
+pub fn black_hole_joins(bed: &TestBed) {
+    crate::run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &bed.client,
+            "sysctl",
+            "-qw",
+            "net.ipv4.tcp_syn_retries=1",
+        ],
+    );
+    let black = format!("{}/32", testbed::BLUE_CLIENT_V4);
+    testbed::ip(&["-n", &bed.server, "route", "add", "blackhole", &black]).unwrap();
+}

@@ -5,8 +5,10 @@
 use std::{process::Command, thread, time::Duration};
 
 use integration_tests::{
-    joins::{add_join_endpoint, bed_without_join, connected, exchange, server_addr},
-    mptcp_trace_bin, peer, require_root, run, tag, testbed, Event, Kind, Tracer,
+    joins::{
+        add_join_endpoint, bed_without_join, black_hole_joins, connected, exchange, server_addr,
+    },
+    mptcp_trace_bin, peer, require_root, tag, testbed, Event, Kind, Tracer,
 };
 use peer::Proto;
 use testbed::TestBed;
@@ -120,22 +122,9 @@ fn diagnosis_join_refused_ipv6() {
 fn diagnosis_join_timed_out_ipv4() {
     require_root();
     let (bed, cns, _) = bed_without_join("dgtime");
-    // Two SYNs (1 s + 2 s) and the join gives up: a bounded wait.
-    run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &bed.client,
-            "sysctl",
-            "-qw",
-            "net.ipv4.tcp_syn_retries=1",
-        ],
-    );
     let tracer = Tracer::start(&[]);
     let (client, server, listener) = connected(&bed, server_addr(false, 4402), Proto::Mptcp);
-    let black = format!("{}/32", testbed::BLUE_CLIENT_V4);
-    testbed::ip(&["-n", &bed.server, "route", "add", "blackhole", &black]).unwrap();
+    black_hole_joins(&bed);
     add_join_endpoint(&bed, false, &["subflow"]);
     wait_cause(&tracer, cns, "join_timed_out");
     let run = tracer.stop();

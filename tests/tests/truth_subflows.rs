@@ -9,7 +9,7 @@ use std::{net::SocketAddr, thread, time::Duration};
 
 use integration_tests::{
     abort_on_close, events_in,
-    joins::{add_join_endpoint, bed_without_join, connected, exchange},
+    joins::{add_join_endpoint, bed_without_join, black_hole_joins, connected, exchange},
     kinds, lost_count, peer, require_root, run, testbed, Event, Kind, Monitor, PmEvent, Tracer,
 };
 use peer::Proto;
@@ -127,33 +127,11 @@ fn a_join_to_a_closed_listener_fails_with_its_port_and_econnrefused() {
 fn a_join_whose_path_is_black_holed_times_out_with_etimedout() {
     require_root();
     let (bed, cns, _) = bed_without_join("jointimeout");
-    // Two SYNs (1 s + 2 s) and the join gives up: a bounded wait.
-    run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &bed.client,
-            "sysctl",
-            "-qw",
-            "net.ipv4.tcp_syn_retries=1",
-        ],
-    );
     let mon = Monitor::start(&bed.client);
     let tracer = Tracer::start(&[]);
-    // The listener stays, so the joins' SYNs would be answered: the server's replies to the
-    // client's blue address are thrown away instead (a more specific blackhole route).
     let addr: SocketAddr = "10.0.0.1:4393".parse().unwrap();
-    let listener = testbed::in_netns(&bed.server, move || peer::listen(addr, Proto::Mptcp))
-        .unwrap()
-        .unwrap();
-    let mut client = testbed::in_netns(&bed.client, move || peer::connect(addr, Proto::Mptcp))
-        .unwrap()
-        .unwrap();
-    let (mut server, _) = listener.accept().unwrap();
-    exchange(&mut client, &mut server);
-    let black = format!("{}/32", testbed::BLUE_CLIENT_V4);
-    testbed::ip(&["-n", &bed.server, "route", "add", "blackhole", &black]).unwrap();
+    let (client, server, listener) = connected(&bed, addr, Proto::Mptcp);
+    black_hole_joins(&bed);
     add_join_endpoint(&bed, false, &["subflow"]);
     tracer.wait_for("the timed-out join", WAIT, |ev| {
         ev.iter()
