@@ -131,6 +131,8 @@ pub struct Offsets {
     pub msk_first: Field,
     /// The peer's key: its token is the top 32 bits of SHA-256(key), computed in userspace.
     pub msk_remote_key: Field,
+    /// `mptcp_sock.pm.remote_deny_join_id0`.
+    pub msk_deny_join_id0: Field,
     /// Not a member: present (`size` 4) when the `tcp_send_reset` tracepoint has the
     /// `enum sk_rst_reason` argument (Linux ≥ 6.10), which is then `offset`'s argument index.
     /// Taken from the tracepoint's BTF prototype, so the program never reads an argument the
@@ -419,6 +421,13 @@ pub mod xflags {
     /// This host sent a reset on the subflow and `rst_sent_reason` holds the kernel's
     /// `enum sk_rst_reason` value (Linux ≥ 6.10).
     pub const RST_SENT_REASON: u8 = 1 << 1;
+    /// On a client's `ConnEstablished`: this kernel records whether the peer's MP_CAPABLE
+    /// forbids joins to its initial address (`mptcp_pm_data.remote_deny_join_id0`), and
+    /// [`PEER_DENY_JOIN_ID0`] holds the answer.
+    pub const DENY_JOIN_ID0_KNOWN: u8 = 1 << 2;
+    /// The peer set the C flag ("deny join id 0", RFC 8684 §3.1): no subflow may join its
+    /// initial address and port.
+    pub const PEER_DENY_JOIN_ID0: u8 = 1 << 3;
 }
 
 /// One ring-buffer record. Which fields are meaningful depends on `kind`; unused ones are zero.

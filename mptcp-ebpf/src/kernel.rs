@@ -45,6 +45,7 @@ pub(crate) static OFFSETS: Offsets = Offsets {
     msk_token: Field::ABSENT,
     msk_first: Field::ABSENT,
     msk_remote_key: Field::ABSENT,
+    msk_deny_join_id0: Field::ABSENT,
     rst_reason_arg: Field::ABSENT,
 };
 

@@ -533,7 +533,16 @@ fn on_msk(msk: u64, old: u8, new: u8) {
                     addr_from: if first != 0 { first } else { msk },
                     ..subject
                 };
-                emit(&s, Some(c), |_| {});
+                // Whether the peer forbids joins to its initial address: the in-kernel path
+                // manager then opens no subflow towards it (the diagnosis needs to know).
+                let deny = off!(msk_deny_join_id0);
+                let known = if deny.is_present() {
+                    xflags::DENY_JOIN_ID0_KNOWN
+                } else {
+                    0
+                };
+                let denied = (read_or_zero(msk, deny) != 0) as u8 * xflags::PEER_DENY_JOIN_ID0;
+                emit(&s, Some(c), |ev| ev.xflags |= known | denied);
             }
         }
         if ctx != 0

@@ -238,7 +238,12 @@ pub fn to_event(r: &RawEvent, clock: &Clock) -> Result<Event, DecodeError> {
                 Side::Client
             },
         }),
-        EventKind::ConnEstablished => Data::ConnEstablished(ConnEstablished { conn, tuple }),
+        EventKind::ConnEstablished => Data::ConnEstablished(ConnEstablished {
+            conn,
+            tuple,
+            peer_deny_join_id0: (r.xflags & xflags::DENY_JOIN_ID0_KNOWN != 0)
+                .then_some(r.xflags & xflags::PEER_DENY_JOIN_ID0 != 0),
+        }),
         EventKind::ConnFallback => Data::ConnFallback(ConnFallback {
             conn,
             tuple,

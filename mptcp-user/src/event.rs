@@ -246,12 +246,18 @@ pub struct ConnCreated {
     pub side: Side,
 }
 
+#[skip_serializing_none]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ConnEstablished {
     #[serde(flatten)]
     pub conn: Conn,
     #[serde(flatten)]
     pub tuple: Tuple,
+    /// Client side: whether the peer forbids joins to its initial address and port (the C
+    /// flag of its MP_CAPABLE, `deny_join_id0`). Absent on the server side and on kernels
+    /// that do not record it.
+    #[serde(default)]
+    pub peer_deny_join_id0: Option<bool>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]

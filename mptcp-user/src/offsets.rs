@@ -253,6 +253,12 @@ const MEMBERS: &[(&str, &str, Slot, Need)] = &[
     ),
     (
         "mptcp_sock",
+        "pm.remote_deny_join_id0",
+        |o| &mut o.msk_deny_join_id0,
+        Need::Optional("peer_deny_join_id0"),
+    ),
+    (
+        "mptcp_sock",
         "first",
         |o| &mut o.msk_first,
         Need::Optional("conn_fallback"),

@@ -187,13 +187,40 @@ impl TestBed {
     }
 }
 
+/// One more named namespace (another host on a path of the bed), removed on drop.
+#[derive(Debug)]
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn create(name: &str) -> Result<Netns> {
+        if fs::metadata(format!("/run/netns/{name}")).is_ok() {
+            let _ = ip(&["netns", "del", name]);
+        }
+        ip(&["netns", "add", name])?;
+        let ns = Netns {
+            name: name.to_string(),
+        };
+        ip(&["-n", name, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
 impl Drop for TestBed {
     fn drop(&mut self) {
         self.remove();
     }
 }
 
-fn sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
+/// Sets `key` (`net.mptcp.enabled`, …) to `value` inside the named namespace.
+pub fn sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
     let path = format!("/proc/sys/{}", key.replace('.', "/"));
     in_netns(ns, move || fs::write(&path, value))?
         .with_context(|| format!("{ns}: sysctl {key}"))?;

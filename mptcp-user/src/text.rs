@@ -226,6 +226,9 @@ pub fn line(e: &Event) -> String {
             if let Some(t) = c.conn.peer_token {
                 let _ = write!(d, "peer_token={t} ");
             }
+            if c.peer_deny_join_id0 == Some(true) {
+                d.push_str("peer_deny_join_id0 ");
+            }
         }
     }
     if let Some(c) = e.conn() {

@@ -96,21 +96,15 @@ pub fn connected(
 }
 
 /// Makes a join towards the server time out quickly and for sure: two SYNs (1 s + 2 s,
-/// `net.ipv4.tcp_syn_retries=1` in the client namespace), and the server's replies to the
-/// client's blue address thrown away (a more specific blackhole route) while its listener
-/// stays.
-pub fn black_hole_joins(bed: &TestBed) {
-    crate::run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &bed.client,
-            "sysctl",
-            "-qw",
-            "net.ipv4.tcp_syn_retries=1",
-        ],
-    );
-    let black = format!("{}/32", testbed::BLUE_CLIENT_V4);
+/// `net.ipv4.tcp_syn_retries=1` in the client namespace, which IPv6 uses too), and the
+/// server's replies to the client's blue address (IPv4 or IPv6) thrown away (a more specific
+/// blackhole route) while its listener stays.
+pub fn black_hole_joins(bed: &TestBed, v6: bool) {
+    testbed::sysctl(&bed.client, "net.ipv4.tcp_syn_retries", "1").unwrap();
+    let black = if v6 {
+        format!("{}/128", testbed::BLUE_CLIENT_V6)
+    } else {
+        format!("{}/32", testbed::BLUE_CLIENT_V4)
+    };
     testbed::ip(&["-n", &bed.server, "route", "add", "blackhole", &black]).unwrap();
 }

@@ -316,12 +316,7 @@ fn maximum_churn_loses_nothing_silently() {
         ("net.ipv4.tcp_tw_reuse", "1"),
         ("net.ipv4.ip_local_port_range", "1024 65535"),
     ] {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &bed.client, "sysctl", "-qw"])
-            .arg(format!("{key}={value}"))
-            .output()
-            .expect("run sysctl");
-        assert!(out.status.success(), "sysctl {key}: {out:?}");
+        testbed::sysctl(&bed.client, key, value).unwrap();
     }
     let addr: SocketAddr = "10.0.0.1:4351".parse().unwrap();
     let listener = testbed::in_netns(&bed.server, move || peer::listen(addr, Proto::Mptcp))

@@ -8,7 +8,7 @@ use integration_tests::{
     joins::{
         add_join_endpoint, bed_without_join, black_hole_joins, connected, exchange, server_addr,
     },
-    mptcp_trace_bin, peer, require_root, tag, testbed, Event, Kind, Tracer,
+    mptcp_trace_bin, peer, require_root, tag, testbed, Event, Kind, Monitor, Tracer,
 };
 use peer::Proto;
 use testbed::TestBed;
@@ -118,14 +118,13 @@ fn diagnosis_join_refused_ipv6() {
     join_refused(true);
 }
 
-#[test]
-fn diagnosis_join_timed_out_ipv4() {
+fn join_timed_out(v6: bool) {
     require_root();
-    let (bed, cns, _) = bed_without_join("dgtime");
+    let (bed, cns, _) = bed_without_join(if v6 { "dgtime6" } else { "dgtime4" });
     let tracer = Tracer::start(&[]);
-    let (client, server, listener) = connected(&bed, server_addr(false, 4402), Proto::Mptcp);
-    black_hole_joins(&bed);
-    add_join_endpoint(&bed, false, &["subflow"]);
+    let (client, server, listener) = connected(&bed, server_addr(v6, 4402), Proto::Mptcp);
+    black_hole_joins(&bed, v6);
+    add_join_endpoint(&bed, v6, &["subflow"]);
     wait_cause(&tracer, cns, "join_timed_out");
     let run = tracer.stop();
     drop((client, server, listener));
@@ -134,6 +133,12 @@ fn diagnosis_join_timed_out_ipv4() {
         d.evidence.iter().any(|e| e.contains("error=ETIMEDOUT")),
         "{d:?}"
     );
+    let blue = if v6 {
+        testbed::BLUE_CLIENT_V6
+    } else {
+        testbed::BLUE_CLIENT_V4
+    };
+    assert!(d.detail.contains(blue), "{d:?}");
     // The join was in flight at the deadline: no configuration cause was made up meanwhile.
     assert_eq!(
         diagnoses(&run.events, cns).len(),
@@ -141,6 +146,16 @@ fn diagnosis_join_timed_out_ipv4() {
         "{:#?}",
         diagnoses(&run.events, cns)
     );
+}
+
+#[test]
+fn diagnosis_join_timed_out_ipv4() {
+    join_timed_out(false);
+}
+
+#[test]
+fn diagnosis_join_timed_out_ipv6() {
+    join_timed_out(true);
 }
 
 fn no_subflow_endpoint(v6: bool) {
@@ -177,10 +192,12 @@ fn diagnosis_no_subflow_endpoint_ipv6() {
     no_subflow_endpoint(true);
 }
 
-#[test]
-fn diagnosis_subflow_limit_zero_on_the_client() {
+fn subflow_limit_zero(v6: bool) {
     require_root();
-    let (bed, cns, _) = bed("dglimit");
+    let (bed, cns, _) = bed(if v6 { "dglimit6" } else { "dglimit4" });
+    if v6 {
+        bed.use_ipv6_endpoint().unwrap();
+    }
     testbed::ip(&[
         "-n",
         &bed.client,
@@ -194,7 +211,7 @@ fn diagnosis_subflow_limit_zero_on_the_client() {
     ])
     .unwrap();
     let tracer = Tracer::start(&[]);
-    let (client, server, _l) = connected(&bed, server_addr(false, 4404), Proto::Mptcp);
+    let (client, server, _l) = connected(&bed, server_addr(v6, 4404), Proto::Mptcp);
     wait_cause(&tracer, cns, "subflow_limit");
     let run = tracer.stop();
     drop((client, server));
@@ -206,6 +223,16 @@ fn diagnosis_subflow_limit_zero_on_the_client() {
         "{d:?}"
     );
     assert_eq!(diagnoses(&run.events, cns).len(), 1);
+}
+
+#[test]
+fn diagnosis_subflow_limit_zero_on_the_client_ipv4() {
+    subflow_limit_zero(false);
+}
+
+#[test]
+fn diagnosis_subflow_limit_zero_on_the_client_ipv6() {
+    subflow_limit_zero(true);
 }
 
 #[test]
@@ -321,6 +348,180 @@ fn diagnosis_fallback_to_a_plain_tcp_server() {
         "{:#?}",
         diagnoses(&run.events, cns)
     );
+}
+
+/// MPTCP disabled in the server's namespace: the server cannot listen with MPTCP (the kernel
+/// refuses the socket: ENOPROTOOPT), serves plain TCP instead, and the client falls back.
+#[test]
+fn diagnosis_mptcp_disabled_in_the_servers_namespace() {
+    require_root();
+    let (bed, cns, _) = bed("dgoff");
+    testbed::sysctl(&bed.server, "net.mptcp.enabled", "0").unwrap();
+    let addr = server_addr(false, 4412);
+    let refused = testbed::in_netns(&bed.server, move || peer::listen(addr, Proto::Mptcp)).unwrap();
+    assert_eq!(
+        refused.err().and_then(|e| e.raw_os_error()),
+        Some(libc::ENOPROTOOPT)
+    );
+    let tracer = Tracer::start(&[]);
+    let (client, server, _l) = connected(&bed, addr, Proto::Tcp);
+    wait_cause(&tracer, cns, "mptcp_disabled");
+    let run = tracer.stop();
+    drop((client, server));
+    let d = the(&run.events, cns, "mptcp_disabled");
+    assert!(
+        d.evidence.iter().any(|e| e
+            == &format!(
+                "net.mptcp.enabled = 0 in netns {}, which holds 10.0.0.1",
+                bed.server
+            )),
+        "{d:?}"
+    );
+    assert_eq!(
+        diagnoses(&run.events, cns).len(),
+        1,
+        "{:#?}",
+        diagnoses(&run.events, cns)
+    );
+}
+
+/// The server announces an address that is another host's (the blue link ends in a namespace
+/// of its own, with an MPTCP listener on the same port): the join reaches a host that does not
+/// know the connection's token. Oracle: that namespace's MPJoinNoTokenFound (`nstat`).
+#[test]
+fn diagnosis_join_auth_failed_when_the_join_reaches_another_host() {
+    require_root();
+    let (bed, cns, _) = bed_without_join("dgtoken");
+    let other = testbed::Netns::create(&tag("dgtoken-other")).unwrap();
+    let o = other.name.as_str();
+    testbed::ip(&["-n", &bed.server, "link", "set", "blue-server", "netns", o]).unwrap();
+    let blue = format!("{}/24", testbed::BLUE_SERVER_V4);
+    testbed::ip(&["-n", o, "addr", "add", &blue, "dev", "blue-server"]).unwrap();
+    testbed::ip(&["-n", o, "link", "set", "blue-server", "up"]).unwrap();
+    testbed::add_endpoint(&bed.server, testbed::BLUE_SERVER_V4, None, 9, &["signal"]).unwrap();
+    let at_other: std::net::SocketAddr =
+        format!("{}:4413", testbed::BLUE_SERVER_V4).parse().unwrap();
+    let _stranger = testbed::in_netns(o, move || peer::listen(at_other, Proto::Mptcp))
+        .unwrap()
+        .unwrap();
+    let no_token = || {
+        integration_tests::run("ip", &["netns", "exec", o, "nstat", "-asz"])
+            .lines()
+            .find_map(|l| l.strip_prefix("MPTcpExtMPJoinNoTokenFound"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = no_token();
+    let tracer = Tracer::start(&[]);
+    // Two counter samples of every namespace: the evidence is a delta.
+    thread::sleep(Duration::from_millis(1100));
+    let (client, server, _l) = connected(&bed, server_addr(false, 4413), Proto::Mptcp);
+    wait_cause(&tracer, cns, "join_auth_failed");
+    let run = tracer.stop();
+    drop((client, server));
+    assert_eq!(no_token() - before, 1, "the other host counted the join");
+    let d = the(&run.events, cns, "join_auth_failed");
+    assert!(
+        d.evidence.iter().any(|e| e
+            == &format!(
+                "MPTcpExt MPJoinNoTokenFound +1 in netns {o}, which holds {}",
+                testbed::BLUE_SERVER_V4
+            )),
+        "{d:?}"
+    );
+    // The failed join itself, towards the announced address.
+    assert!(
+        run.events.iter().any(|e| e.netns == Some(cns)
+            && e.event == Kind::SubflowFailed
+            && e.daddr == testbed::BLUE_SERVER_V4.parse().ok()),
+        "{:#?}",
+        run.events
+    );
+    assert_eq!(
+        diagnoses(&run.events, cns).len(),
+        1,
+        "{:#?}",
+        diagnoses(&run.events, cns)
+    );
+}
+
+/// The client's `conn_established` says whether the peer forbade joins to its initial address.
+fn peer_denies(events: &[Event], netns: u32) -> Vec<Option<bool>> {
+    events
+        .iter()
+        .filter(|e| e.netns == Some(netns))
+        .filter_map(|e| match e.raw.as_ref().map(|r| &r.data) {
+            Some(mptcp_user::event::Data::ConnEstablished(c)) => Some(c.peer_deny_join_id0),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The server forbids joins to its initial address (`allow_join_initial_addr_port = 0`) and
+/// announces none other: the client's endpoint cannot be used. The kernel is the oracle: the
+/// same connection with the sysctl back at 1 joins (the monitor's SF_ESTABLISHED) and gets no
+/// diagnosis.
+fn deny_join_id0(v6: bool) {
+    require_root();
+    let (bed, cns, _) = bed_without_join(if v6 { "dgdeny6" } else { "dgdeny4" });
+    add_join_endpoint(&bed, v6, &["subflow"]);
+    testbed::sysctl(&bed.server, "net.mptcp.allow_join_initial_addr_port", "0").unwrap();
+    let monitor = Monitor::start(&bed.client);
+    let tracer = Tracer::start(&[]);
+    let denied = connected(&bed, server_addr(v6, 4409), Proto::Mptcp);
+    wait_cause(&tracer, cns, "deny_join_id0");
+    testbed::sysctl(&bed.server, "net.mptcp.allow_join_initial_addr_port", "1").unwrap();
+    let (mut client, mut server, _l) = connected(&bed, server_addr(v6, 4410), Proto::Mptcp);
+    tracer.wait_for("the allowed connection's join", WAIT, |ev| {
+        ev.iter().any(|e| {
+            e.netns == Some(cns) && e.event == Kind::SubflowEstablished && e.join == Some(true)
+        })
+    });
+    exchange(&mut client, &mut server);
+    // Past the allowed connection's deadline: it has nothing to explain.
+    thread::sleep(Duration::from_millis(1500));
+    let run = tracer.stop();
+    let pm = monitor.stop();
+    drop(denied);
+    let d = the(&run.events, cns, "deny_join_id0");
+    assert!(
+        d.evidence
+            .iter()
+            .any(|e| e == "conn_established peer_deny_join_id0=true"),
+        "{d:?}"
+    );
+    assert_eq!(
+        diagnoses(&run.events, cns).len(),
+        1,
+        "{:#?}",
+        diagnoses(&run.events, cns)
+    );
+    // Ours, in order: the denying server, then the allowing one.
+    assert_eq!(peer_denies(&run.events, cns), [Some(true), Some(false)]);
+    // The kernel's: one join, on the second connection only.
+    let tokens: Vec<String> = pm
+        .iter()
+        .filter(|e| e.kind == "ESTABLISHED")
+        .filter_map(|e| e.get("token").map(str::to_string))
+        .collect();
+    assert_eq!(tokens.len(), 2, "{pm:#?}");
+    let joined: Vec<_> = pm
+        .iter()
+        .filter(|e| e.kind == "SF_ESTABLISHED")
+        .filter_map(|e| e.get("token"))
+        .collect();
+    assert_eq!(joined, [tokens[1].as_str()], "{pm:#?}");
+    assert_eq!(d.conn.token.map(|t| t.to_string()), Some(tokens[0].clone()));
+}
+
+#[test]
+fn diagnosis_deny_join_id0_ipv4() {
+    deny_join_id0(false);
+}
+
+#[test]
+fn diagnosis_deny_join_id0_ipv6() {
+    deny_join_id0(true);
 }
 
 #[test]

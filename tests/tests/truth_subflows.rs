@@ -131,7 +131,7 @@ fn a_join_whose_path_is_black_holed_times_out_with_etimedout() {
     let tracer = Tracer::start(&[]);
     let addr: SocketAddr = "10.0.0.1:4393".parse().unwrap();
     let (client, server, listener) = connected(&bed, addr, Proto::Mptcp);
-    black_hole_joins(&bed);
+    black_hole_joins(&bed, false);
     add_join_endpoint(&bed, false, &["subflow"]);
     tracer.wait_for("the timed-out join", WAIT, |ev| {
         ev.iter()

@@ -176,10 +176,7 @@ impl NetState {
                 .iter()
                 .filter_map(|p| parse_link(p))
                 .collect(),
-            addrs: dump(RTM_GETADDR, RTM_NEWADDR, &[0u8; 8])?
-                .iter()
-                .filter_map(|p| parse_addr(p))
-                .collect(),
+            addrs: addresses()?,
             routes: dump(RTM_GETROUTE, RTM_NEWROUTE, &[0u8; 12])?
                 .iter()
                 .filter_map(|p| parse_route(p))
@@ -238,6 +235,14 @@ impl NetState {
             .filter(|s| !listening.contains(&s.local_port))
             .count()
     }
+}
+
+/// The addresses of this thread's namespace (what `ip addr` lists).
+pub fn addresses() -> io::Result<Vec<Addr>> {
+    Ok(dump(RTM_GETADDR, RTM_NEWADDR, &[0u8; 8])?
+        .iter()
+        .filter_map(|p| parse_addr(p))
+        .collect())
 }
 
 fn dump(get: u16, new: u16, header: &[u8]) -> io::Result<Vec<Vec<u8>>> {

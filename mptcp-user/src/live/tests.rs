@@ -60,6 +60,7 @@ fn established(c: u64, t: u64) -> Update {
         Data::ConnEstablished(ConnEstablished {
             conn: conn(c, 0),
             tuple: tuple(RED, SRV),
+            peer_deny_join_id0: None,
         }),
         t,
     )))

@@ -43,6 +43,9 @@ const MAX_LOG: usize = 64;
 /// Counters are sampled on the pipeline's tick; a namespace not sampled for this long is
 /// read when a connection starts there.
 const SAMPLE_STALE_NS: u64 = 2_000_000_000;
+/// A failed join's SYN left at most this long before its failure was seen (a reset answers
+/// at once; a timeout is not a token failure).
+const JOIN_SYN_MARGIN_NS: u64 = 10_000_000;
 
 /// What the stage reads about a namespace. A trait so that the judgement is unit-tested
 /// without root or namespaces.
@@ -54,12 +57,18 @@ pub trait Env {
     /// Its MPTcpExt counters, read at or after `fresh_after` (CLOCK_MONOTONIC ns): a value
     /// read earlier may be reused only when it is that recent.
     fn counters(&mut self, netns: u32, fresh_after: u64) -> Option<MptcpExt>;
+    /// The namespaces on this host with `addr` on one of their interfaces: where the other
+    /// end of a connection that stays on this host lives.
+    fn holders(&mut self, addr: IpAddr) -> Vec<u32>;
 }
 
 /// How long a namespace's facts (path-manager configuration, interfaces, routes) and
 /// current counters are reused: a burst of connections judged together costs one read per
 /// namespace, not one per connection.
 const FACTS_TTL: Duration = Duration::from_secs(1);
+/// How long the map of every namespace's addresses is reused: it is read only for a fallback
+/// or a failed join with no peer in view, one setns per namespace.
+const ADDRESSES_TTL: Duration = Duration::from_secs(5);
 const COUNTERS_TTL_NS: u64 = 50_000_000;
 
 /// The real host: namespaces entered by their files.
@@ -69,6 +78,8 @@ pub struct Host {
     facts: HashMap<u32, (Instant, Option<Facts>)>,
     /// When (CLOCK_MONOTONIC ns) each namespace's counters were last read, and them.
     counters: HashMap<u32, (u64, MptcpExt)>,
+    /// Every namespace's addresses: address → the namespaces holding it.
+    addresses: Option<(Instant, HashMap<IpAddr, Vec<u32>>)>,
 }
 
 impl Host {
@@ -126,6 +137,32 @@ impl Env for Host {
         self.counters.insert(netns, (now, c.clone()));
         Some(c)
     }
+
+    fn holders(&mut self, addr: IpAddr) -> Vec<u32> {
+        if self
+            .addresses
+            .as_ref()
+            .is_none_or(|(at, _)| at.elapsed() >= ADDRESSES_TTL)
+        {
+            self.paths = crate::sys::netns::all();
+            let mut map: HashMap<IpAddr, Vec<u32>> = HashMap::new();
+            for (&ns, p) in &self.paths {
+                // On a short-lived thread: the pipeline's thread never changes namespace.
+                let read = std::thread::scope(|s| {
+                    s.spawn(|| crate::sys::netns::run_in(p, doctor::net::addresses))
+                        .join()
+                });
+                for a in read.into_iter().flatten().flatten().flatten() {
+                    map.entry(a.addr).or_default().push(ns);
+                }
+            }
+            self.addresses = Some((Instant::now(), map));
+        }
+        self.addresses
+            .as_ref()
+            .and_then(|(_, m)| m.get(&addr).cloned())
+            .unwrap_or_default()
+    }
 }
 
 /// What the stage knows about one connection.
@@ -137,6 +174,8 @@ struct Track {
     established_ns: Option<u64>,
     deadline_done: bool,
     fallback: bool,
+    /// The peer forbids joins to its initial address (its MP_CAPABLE's C flag).
+    peer_deny_join_id0: bool,
     /// Subflows established, the initial one included; joins among them.
     subflows: u32,
     joins: u32,
@@ -260,6 +299,7 @@ impl Diagnosis {
                 let t = self.tracks.entry(key).or_default();
                 t.established_ns.get_or_insert(e.ts_ns);
                 t.tuple.get_or_insert_with(|| d.tuple.clone());
+                t.peer_deny_join_id0 |= d.peer_deny_join_id0 == Some(true);
             }
             Data::SubflowEstablished(d) => {
                 let t = self.tracks.entry(key).or_default();
@@ -486,6 +526,91 @@ impl Diagnosis {
             .map(|(k, _)| *k)
     }
 
+    /// The namespace on this host where the other end at `addr` lives, seen from the
+    /// connection `key`: its own when it holds the address (or for loopback), else the one
+    /// other namespace holding it whose TCP sockets `has` (containers often share addresses;
+    /// none when still several match: which one answered is not known).
+    fn netns_of(
+        &mut self,
+        key: u64,
+        addr: IpAddr,
+        has: impl Fn(&doctor::net::TcpSock) -> bool,
+    ) -> Option<u32> {
+        let own = self.tracks[&key].conn.netns?;
+        if addr.is_loopback() {
+            return Some(own);
+        }
+        let v = self.env.holders(addr);
+        if v.contains(&own) {
+            return Some(own);
+        }
+        let v: Vec<u32> = v
+            .into_iter()
+            .filter(|&ns| {
+                self.env
+                    .facts(ns)
+                    .is_some_and(|f| f.net.is_ok_and(|n| n.tcp.iter().any(&has)))
+            })
+            .collect();
+        match v.as_slice() {
+            [one] => Some(*one),
+            _ => None,
+        }
+    }
+
+    /// How much `netns` counted MPJoinNoTokenFound around the event being judged (since its
+    /// newest counter sample from before it): a join that reached a namespace which does not
+    /// know the connection's token. (netns name, count).
+    fn token_unknown_in(&mut self, netns: u32) -> Option<(String, u64)> {
+        // The join's SYN left a moment before its failure was seen.
+        let before_ts = self.judged_ts.saturating_sub(JOIN_SYN_MARGIN_NS);
+        let before = self
+            .samples
+            .get(&netns)?
+            .iter()
+            .rev()
+            .find(|(at, _)| *at <= before_ts)
+            .map(|(_, c)| c.clone())?;
+        let now = self.env.counters(netns, self.judged_ts)?;
+        let d = netstat::deltas(&before, &now, |n| n == "MPJoinNoTokenFound");
+        let (_, n) = d.first()?;
+        Some((self.env.name(netns), *n))
+    }
+
+    /// A failed join that went to another namespace of this host which did not know the
+    /// connection's token (e.g. behind a load balancer): the diagnosis, with `evidence`.
+    fn join_to_a_stranger(
+        &mut self,
+        key: u64,
+        f: &SubflowFailed,
+        what: &str,
+        evidence: &mut Vec<String>,
+    ) -> Option<Found> {
+        let port = f.tuple.dport;
+        let ns = self.netns_of(key, f.tuple.daddr, |t| {
+            t.state == doctor::net::TCP_LISTEN && t.local_port == port
+        })?;
+        if Some(ns) == self.peer_of(key).and_then(|p| self.tracks[&p].conn.netns) {
+            return None;
+        }
+        let (name, n) = self.token_unknown_in(ns)?;
+        evidence.push(format!(
+            "MPTcpExt MPJoinNoTokenFound +{n} in netns {name}, which holds {}",
+            f.tuple.daddr
+        ));
+        Some(found(
+            "join_auth_failed",
+            format!(
+                "{what} was reset by netns {name}, which holds {} but does not know the \
+                 connection's token (MPJoinNoTokenFound +{n} there): the join reached another \
+                 host than the connection's (a load balancer or an announced address that is \
+                 not the peer's)",
+                f.tuple.daddr
+            ),
+            evidence.clone(),
+        ))
+    }
+
     fn failed_join(&mut self, key: u64, f: &SubflowFailed) -> Found {
         let what = format!(
             "the join from {} to {}",
@@ -529,11 +654,14 @@ impl Diagnosis {
                     evidence,
                 )
             }
-            (Some(r), _) => found(
-                "unknown",
-                format!("the peer reset {what} with MP_TCPRST reason {r}"),
-                evidence,
-            ),
+            (Some(r), _) => match self.join_to_a_stranger(key, f, &what, &mut evidence) {
+                Some(d) => d,
+                None => found(
+                    "unknown",
+                    format!("the peer reset {what} with MP_TCPRST reason {r}"),
+                    evidence,
+                ),
+            },
             (None, Some("ECONNREFUSED")) => match (
                 peer_has("MPJoinNoTokenFound"),
                 peer_has("MPJoinRejected"),
@@ -565,7 +693,9 @@ impl Diagnosis {
                             evidence,
                         )
                     }
-                    None => found(
+                    None => match self.join_to_a_stranger(key, f, &what, &mut evidence) {
+                        Some(d) => d,
+                        None => found(
                     "join_refused",
                     format!(
                         "{what} was refused with a reset (ECONNREFUSED): nothing listens on \
@@ -574,6 +704,7 @@ impl Diagnosis {
                     ),
                     evidence,
                 ),
+                    },
                 },
             },
             (None, Some("ETIMEDOUT")) => found(
@@ -754,6 +885,20 @@ impl Diagnosis {
             n.contains("Fallback") || n.contains("InfiniteMap") || n.contains("DSSCorruption")
         });
         evidence.extend(delta_evidence(&d, &ns));
+        if reason == "mp_capable_not_negotiated" {
+            if let Some((name, ev)) = self.peer_mptcp_disabled(key) {
+                evidence.push(ev);
+                return found(
+                    "mptcp_disabled",
+                    format!(
+                        "the connection fell back to plain TCP at its handshake: the server's \
+                         namespace {name} on this host has net.mptcp.enabled = 0, so nothing \
+                         there accepts MPTCP"
+                    ),
+                    evidence,
+                );
+            }
+        }
         found(
             "fallback",
             format!(
@@ -761,6 +906,30 @@ impl Diagnosis {
             ),
             evidence,
         )
+    }
+
+    /// A client's server is in a namespace of this host where MPTCP is disabled: (its name,
+    /// evidence).
+    fn peer_mptcp_disabled(&mut self, key: u64) -> Option<(String, String)> {
+        let t = &self.tracks[&key];
+        if t.side != Some(Side::Client) {
+            return None;
+        }
+        let tuple = t.tuple.clone()?;
+        let daddr = tuple.daddr;
+        // The server's end of this very connection.
+        let ns = self.netns_of(key, daddr, |t| {
+            t.state != doctor::net::TCP_LISTEN
+                && t.local_port == tuple.dport
+                && t.remote_port == tuple.sport
+        })?;
+        let facts = self.env.facts(ns)?;
+        if facts.enabled.as_deref() != Ok("0") {
+            return None;
+        }
+        let name = self.env.name(ns);
+        let ev = format!("net.mptcp.enabled = 0 in netns {name}, which holds {daddr}");
+        Some((name, ev))
     }
 
     /// Judges a client connection's configuration against the subflows it got. `at_close`
@@ -894,6 +1063,29 @@ impl Diagnosis {
         if !v.is_empty() {
             return v;
         }
+        // Endpoints and limits allow a join, and the peer announced no other address: the
+        // only address to join is its initial one, which it may forbid.
+        if self.tracks[&key].peer_deny_join_id0 {
+            let to = endpoint(tuple.daddr, tuple.dport);
+            v.push(found(
+                "deny_join_id0",
+                format!(
+                    "the peer forbids joins to its initial address {to} (its MP_CAPABLE set the \
+                     C flag: deny_join_id0, e.g. net.mptcp.allow_join_initial_addr_port = 0 \
+                     there) and announced no other address, so no subflow can join"
+                ),
+                vec![
+                    "conn_established peer_deny_join_id0=true".to_string(),
+                    "1 subflow, no join attempted, no addr_announced".to_string(),
+                    format!(
+                        "{} usable subflow endpoint(s) and limits subflows {} in netns {name}",
+                        usable.len(),
+                        limits.subflows
+                    ),
+                ],
+            ));
+            return v;
+        }
         // Endpoints and limits allow a join: can its address be used?
         if let Ok(net) = &facts.net {
             let nsref = nsref(&name, ns);
@@ -986,6 +1178,10 @@ mod tests {
         fn counters(&mut self, _: u32, _: u64) -> Option<MptcpExt> {
             Some(self.counters.lock().unwrap().clone())
         }
+        fn holders(&mut self, _: IpAddr) -> Vec<u32> {
+            // Every address is the one namespace's.
+            vec![NS]
+        }
     }
 
     fn stage(facts: Facts) -> Diagnosis {
@@ -1052,6 +1248,7 @@ mod tests {
                 Data::ConnEstablished(ConnEstablished {
                     conn: conn(),
                     tuple: tuple("10.0.0.2"),
+                    peer_deny_join_id0: Some(false),
                 }),
             ),
             ev(
@@ -1189,6 +1386,58 @@ mod tests {
         assert!(d
             .recent()
             .any(|e| matches!(&e.data, Data::ConnDiagnosis(c) if c.cause == "endpoint_unusable")));
+    }
+
+    #[test]
+    fn a_peer_that_denies_joins_to_its_initial_address_is_named_only_when_nothing_else_was_announced(
+    ) {
+        let deny = |mut evs: Vec<Event>| {
+            if let Data::ConnEstablished(c) = &mut evs[1].data {
+                c.peer_deny_join_id0 = Some(true);
+            }
+            evs
+        };
+        let mut d = stage(crate::doctor::netns::tests::client());
+        assert_eq!(
+            causes(&mut d, deny(client_conn(0)), LATE),
+            ["deny_join_id0"]
+        );
+        // Joined anyway (to another address): nothing to explain.
+        let mut d = stage(crate::doctor::netns::tests::client());
+        assert_eq!(
+            causes(&mut d, deny(client_conn(1)), LATE),
+            Vec::<String>::new()
+        );
+        // A missing endpoint is this side's cause, whatever the peer allows.
+        let mut f = crate::doctor::netns::tests::client();
+        f.pm.as_mut().unwrap().endpoints.clear();
+        let mut d = stage(f);
+        assert_eq!(
+            causes(&mut d, deny(client_conn(0)), LATE),
+            ["no_subflow_endpoint"]
+        );
+    }
+
+    #[test]
+    fn a_fallback_to_a_namespace_without_mptcp_names_it() {
+        let fell_back = || {
+            let mut evs = client_conn(0);
+            evs.push(ev(
+                1_000_000_003,
+                Data::ConnFallback(crate::event::ConnFallback {
+                    conn: conn(),
+                    tuple: tuple("10.0.0.2"),
+                    reason: "mp_capable_not_negotiated".into(),
+                }),
+            ));
+            evs
+        };
+        let mut f = crate::doctor::netns::tests::client();
+        f.enabled = Ok("0".into());
+        let mut d = stage(f);
+        assert_eq!(causes(&mut d, fell_back(), LATE), ["mptcp_disabled"]);
+        let mut d = stage(crate::doctor::netns::tests::client());
+        assert_eq!(causes(&mut d, fell_back(), LATE), ["fallback"]);
     }
 
     #[test]
