@@ -58,8 +58,9 @@ pub trait Env {
     /// read earlier may be reused only when it is that recent.
     fn counters(&mut self, netns: u32, fresh_after: u64) -> Option<MptcpExt>;
     /// The namespaces on this host with `addr` on one of their interfaces: where the other
-    /// end of a connection that stays on this host lives.
-    fn holders(&mut self, addr: IpAddr) -> Vec<u32>;
+    /// end of a connection that stays on this host lives. `fresh`: look for namespaces
+    /// created since the last look (at most every [`ADDRESSES_MIN_AGE`]).
+    fn holders(&mut self, addr: IpAddr, fresh: bool) -> Vec<u32>;
 }
 
 /// How long a namespace's facts (path-manager configuration, interfaces, routes) and
@@ -69,6 +70,9 @@ const FACTS_TTL: Duration = Duration::from_secs(1);
 /// How long the map of every namespace's addresses is reused: it is read only for a fallback
 /// or a failed join with no peer in view, one setns per namespace.
 const ADDRESSES_TTL: Duration = Duration::from_secs(5);
+/// New namespaces are looked for at most this often (a fallback to a host that is not on
+/// this machine finds no holder each time).
+const ADDRESSES_MIN_AGE: Duration = Duration::from_secs(1);
 const COUNTERS_TTL_NS: u64 = 50_000_000;
 
 /// The real host: namespaces entered by their files.
@@ -78,8 +82,49 @@ pub struct Host {
     facts: HashMap<u32, (Instant, Option<Facts>)>,
     /// When (CLOCK_MONOTONIC ns) each namespace's counters were last read, and them.
     counters: HashMap<u32, (u64, MptcpExt)>,
-    /// Every namespace's addresses: address → the namespaces holding it.
-    addresses: Option<(Instant, HashMap<IpAddr, Vec<u32>>)>,
+    addresses: Option<AddressMap>,
+}
+
+/// Every namespace's addresses: address → the namespaces holding it.
+struct AddressMap {
+    /// When it was started from scratch (`None`: not yet).
+    built: Option<Instant>,
+    /// When new namespaces were last looked for.
+    checked: Instant,
+    by_addr: HashMap<IpAddr, Vec<u32>>,
+    read: HashSet<u32>,
+}
+
+impl Default for AddressMap {
+    fn default() -> Self {
+        AddressMap {
+            built: None,
+            checked: Instant::now(),
+            by_addr: HashMap::new(),
+            read: HashSet::new(),
+        }
+    }
+}
+
+impl AddressMap {
+    /// Reads the addresses of the namespaces in `paths` not read yet.
+    fn add_new(&mut self, paths: &HashMap<u32, PathBuf>) {
+        for (&ns, p) in paths {
+            if !self.read.insert(ns) {
+                continue;
+            }
+            // On a short-lived thread: the pipeline's thread never changes namespace.
+            let read = std::thread::scope(|s| {
+                s.spawn(|| crate::sys::netns::run_in(p, doctor::net::addresses))
+                    .join()
+            });
+            for a in read.into_iter().flatten().flatten().flatten() {
+                self.by_addr.entry(a.addr).or_default().push(ns);
+            }
+        }
+        self.built.get_or_insert_with(Instant::now);
+        self.checked = Instant::now();
+    }
 }
 
 impl Host {
@@ -138,29 +183,27 @@ impl Env for Host {
         Some(c)
     }
 
-    fn holders(&mut self, addr: IpAddr) -> Vec<u32> {
-        if self
-            .addresses
-            .as_ref()
-            .is_none_or(|(at, _)| at.elapsed() >= ADDRESSES_TTL)
-        {
-            self.paths = crate::sys::netns::all();
-            let mut map: HashMap<IpAddr, Vec<u32>> = HashMap::new();
-            for (&ns, p) in &self.paths {
-                // On a short-lived thread: the pipeline's thread never changes namespace.
-                let read = std::thread::scope(|s| {
-                    s.spawn(|| crate::sys::netns::run_in(p, doctor::net::addresses))
-                        .join()
-                });
-                for a in read.into_iter().flatten().flatten().flatten() {
-                    map.entry(a.addr).or_default().push(ns);
-                }
-            }
-            self.addresses = Some((Instant::now(), map));
+    fn holders(&mut self, addr: IpAddr, fresh: bool) -> Vec<u32> {
+        let map = self.addresses.get_or_insert_with(AddressMap::default);
+        if map.built.is_none_or(|at| at.elapsed() >= ADDRESSES_TTL) {
+            // Addresses change: everything is read again now and then.
+            *map = AddressMap::default();
         }
-        self.addresses
-            .as_ref()
-            .and_then(|(_, m)| m.get(&addr).cloned())
+        if map.built.is_none() || (fresh && map.checked.elapsed() >= ADDRESSES_MIN_AGE) {
+            // Namespaces come and go: only the new ones are read.
+            self.paths = crate::sys::netns::all();
+            let map = self.addresses.as_mut().expect("inserted above");
+            map.add_new(&self.paths);
+        }
+        let map = self.addresses.as_ref().expect("inserted above");
+        map.by_addr
+            .get(&addr)
+            .map(|v| {
+                v.iter()
+                    .copied()
+                    .filter(|ns| self.paths.contains_key(ns))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -540,22 +583,25 @@ impl Diagnosis {
         if addr.is_loopback() {
             return Some(own);
         }
-        let v = self.env.holders(addr);
-        if v.contains(&own) {
-            return Some(own);
+        // The cached map first; a namespace created since is found by a fresh read.
+        for fresh in [false, true] {
+            let v = self.env.holders(addr, fresh);
+            if v.contains(&own) {
+                return Some(own);
+            }
+            let v: Vec<u32> = v
+                .into_iter()
+                .filter(|&ns| {
+                    self.env
+                        .facts(ns)
+                        .is_some_and(|f| f.net.is_ok_and(|n| n.tcp.iter().any(&has)))
+                })
+                .collect();
+            if let [one] = v.as_slice() {
+                return Some(*one);
+            }
         }
-        let v: Vec<u32> = v
-            .into_iter()
-            .filter(|&ns| {
-                self.env
-                    .facts(ns)
-                    .is_some_and(|f| f.net.is_ok_and(|n| n.tcp.iter().any(&has)))
-            })
-            .collect();
-        match v.as_slice() {
-            [one] => Some(*one),
-            _ => None,
-        }
+        None
     }
 
     /// How much `netns` counted MPJoinNoTokenFound around the event being judged (since its
@@ -1178,7 +1224,7 @@ mod tests {
         fn counters(&mut self, _: u32, _: u64) -> Option<MptcpExt> {
             Some(self.counters.lock().unwrap().clone())
         }
-        fn holders(&mut self, _: IpAddr) -> Vec<u32> {
+        fn holders(&mut self, _: IpAddr, _: bool) -> Vec<u32> {
             // Every address is the one namespace's.
             vec![NS]
         }
