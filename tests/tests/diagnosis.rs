@@ -235,10 +235,9 @@ fn diagnosis_subflow_limit_zero_on_the_client_ipv6() {
     subflow_limit_zero(true);
 }
 
-#[test]
-fn diagnosis_peer_refused_join_by_its_limit() {
+fn peer_refused_join(v6: bool) {
     require_root();
-    let (bed, cns, _) = bed_without_join("dgpeer");
+    let (bed, cns, _) = bed_without_join(if v6 { "dgpeer6" } else { "dgpeer4" });
     testbed::ip(&[
         "-n",
         &bed.server,
@@ -252,8 +251,8 @@ fn diagnosis_peer_refused_join_by_its_limit() {
     ])
     .unwrap();
     let tracer = Tracer::start(&[]);
-    let (client, server, _l) = connected(&bed, server_addr(false, 4405), Proto::Mptcp);
-    add_join_endpoint(&bed, false, &["subflow"]);
+    let (client, server, _l) = connected(&bed, server_addr(v6, 4405), Proto::Mptcp);
+    add_join_endpoint(&bed, v6, &["subflow"]);
     wait_cause(&tracer, cns, "peer_refused_join");
     let run = tracer.stop();
     drop((client, server));
@@ -278,9 +277,23 @@ fn diagnosis_peer_refused_join_by_its_limit() {
 }
 
 #[test]
-fn diagnosis_add_addr_ignored_with_add_addr_accepted_zero() {
+fn diagnosis_peer_refused_join_by_its_limit_ipv4() {
+    peer_refused_join(false);
+}
+
+#[test]
+fn diagnosis_peer_refused_join_by_its_limit_ipv6() {
+    peer_refused_join(true);
+}
+
+fn add_addr_ignored(v6: bool) {
     require_root();
-    let (bed, cns, _) = bed_without_join("dgaddr");
+    let (bed, cns, _) = bed_without_join(if v6 { "dgaddr6" } else { "dgaddr4" });
+    let blue = if v6 {
+        testbed::BLUE_SERVER_V6
+    } else {
+        testbed::BLUE_SERVER_V4
+    };
     testbed::ip(&[
         "-n",
         &bed.client,
@@ -299,14 +312,14 @@ fn diagnosis_add_addr_ignored_with_add_addr_accepted_zero() {
         "mptcp",
         "endpoint",
         "add",
-        testbed::BLUE_SERVER_V4,
+        blue,
         "dev",
         "blue-server",
         "signal",
     ])
     .unwrap();
     let tracer = Tracer::start(&[]);
-    let (client, server, _l) = connected(&bed, server_addr(false, 4406), Proto::Mptcp);
+    let (client, server, _l) = connected(&bed, server_addr(v6, 4406), Proto::Mptcp);
     wait_cause(&tracer, cns, "add_addr_ignored");
     let run = tracer.stop();
     drop((client, server));
@@ -314,7 +327,8 @@ fn diagnosis_add_addr_ignored_with_add_addr_accepted_zero() {
     assert!(
         d.evidence
             .iter()
-            .any(|e| e.starts_with("addr_announced remote_id=") && e.ends_with("addr=192.168.0.1")),
+            .any(|e| e.starts_with("addr_announced remote_id=")
+                && e.ends_with(&format!("addr={blue}"))),
         "{d:?}"
     );
     assert!(
@@ -326,11 +340,20 @@ fn diagnosis_add_addr_ignored_with_add_addr_accepted_zero() {
 }
 
 #[test]
-fn diagnosis_fallback_to_a_plain_tcp_server() {
+fn diagnosis_add_addr_ignored_with_add_addr_accepted_zero_ipv4() {
+    add_addr_ignored(false);
+}
+
+#[test]
+fn diagnosis_add_addr_ignored_with_add_addr_accepted_zero_ipv6() {
+    add_addr_ignored(true);
+}
+
+fn fallback_to_a_plain_tcp_server(v6: bool) {
     require_root();
-    let (bed, cns, _) = bed("dgfb");
+    let (bed, cns, _) = bed(if v6 { "dgfb6" } else { "dgfb4" });
     let tracer = Tracer::start(&[]);
-    let (client, server, _l) = connected(&bed, server_addr(false, 4407), Proto::Tcp);
+    let (client, server, _l) = connected(&bed, server_addr(v6, 4407), Proto::Tcp);
     wait_cause(&tracer, cns, "fallback");
     let run = tracer.stop();
     drop((client, server));
@@ -350,14 +373,23 @@ fn diagnosis_fallback_to_a_plain_tcp_server() {
     );
 }
 
+#[test]
+fn diagnosis_fallback_to_a_plain_tcp_server_ipv4() {
+    fallback_to_a_plain_tcp_server(false);
+}
+
+#[test]
+fn diagnosis_fallback_to_a_plain_tcp_server_ipv6() {
+    fallback_to_a_plain_tcp_server(true);
+}
+
 /// MPTCP disabled in the server's namespace: the server cannot listen with MPTCP (the kernel
 /// refuses the socket: ENOPROTOOPT), serves plain TCP instead, and the client falls back.
-#[test]
-fn diagnosis_mptcp_disabled_in_the_servers_namespace() {
+fn mptcp_disabled_in_the_servers_namespace(v6: bool) {
     require_root();
-    let (bed, cns, _) = bed("dgoff");
+    let (bed, cns, _) = bed(if v6 { "dgoff6" } else { "dgoff4" });
     testbed::sysctl(&bed.server, "net.mptcp.enabled", "0").unwrap();
-    let addr = server_addr(false, 4412);
+    let addr = server_addr(v6, 4412);
     let refused = testbed::in_netns(&bed.server, move || peer::listen(addr, Proto::Mptcp)).unwrap();
     assert_eq!(
         refused.err().and_then(|e| e.raw_os_error()),
@@ -372,8 +404,9 @@ fn diagnosis_mptcp_disabled_in_the_servers_namespace() {
     assert!(
         d.evidence.iter().any(|e| e
             == &format!(
-                "net.mptcp.enabled = 0 in netns {}, which holds 10.0.0.1",
-                bed.server
+                "net.mptcp.enabled = 0 in netns {}, which holds {}",
+                bed.server,
+                addr.ip()
             )),
         "{d:?}"
     );
@@ -385,22 +418,35 @@ fn diagnosis_mptcp_disabled_in_the_servers_namespace() {
     );
 }
 
+#[test]
+fn diagnosis_mptcp_disabled_in_the_servers_namespace_ipv4() {
+    mptcp_disabled_in_the_servers_namespace(false);
+}
+
+#[test]
+fn diagnosis_mptcp_disabled_in_the_servers_namespace_ipv6() {
+    mptcp_disabled_in_the_servers_namespace(true);
+}
+
 /// The server announces an address that is another host's (the blue link ends in a namespace
 /// of its own, with an MPTCP listener on the same port): the join reaches a host that does not
 /// know the connection's token. Oracle: that namespace's MPJoinNoTokenFound (`nstat`).
-#[test]
-fn diagnosis_join_auth_failed_when_the_join_reaches_another_host() {
+fn join_auth_failed_when_the_join_reaches_another_host(v6: bool) {
     require_root();
-    let (bed, cns, _) = bed_without_join("dgtoken");
-    let other = testbed::Netns::create(&tag("dgtoken-other")).unwrap();
+    let (bed, cns, _) = bed_without_join(if v6 { "dgtoken6" } else { "dgtoken4" });
+    let other = testbed::Netns::create(&tag(if v6 { "dgother6" } else { "dgother4" })).unwrap();
+    let (blue, prefix) = if v6 {
+        (testbed::BLUE_SERVER_V6, 64)
+    } else {
+        (testbed::BLUE_SERVER_V4, 24)
+    };
     let o = other.name.as_str();
     testbed::ip(&["-n", &bed.server, "link", "set", "blue-server", "netns", o]).unwrap();
-    let blue = format!("{}/24", testbed::BLUE_SERVER_V4);
-    testbed::ip(&["-n", o, "addr", "add", &blue, "dev", "blue-server"]).unwrap();
+    let cidr = format!("{blue}/{prefix}");
+    testbed::ip(&["-n", o, "addr", "add", &cidr, "dev", "blue-server", "nodad"]).unwrap();
     testbed::ip(&["-n", o, "link", "set", "blue-server", "up"]).unwrap();
-    testbed::add_endpoint(&bed.server, testbed::BLUE_SERVER_V4, None, 9, &["signal"]).unwrap();
-    let at_other: std::net::SocketAddr =
-        format!("{}:4413", testbed::BLUE_SERVER_V4).parse().unwrap();
+    testbed::add_endpoint(&bed.server, blue, None, 9, &["signal"]).unwrap();
+    let at_other = std::net::SocketAddr::new(blue.parse().unwrap(), 4413);
     let _stranger = testbed::in_netns(o, move || peer::listen(at_other, Proto::Mptcp))
         .unwrap()
         .unwrap();
@@ -415,25 +461,24 @@ fn diagnosis_join_auth_failed_when_the_join_reaches_another_host() {
     let tracer = Tracer::start(&[]);
     // Two counter samples of every namespace: the evidence is a delta.
     thread::sleep(Duration::from_millis(1100));
-    let (client, server, _l) = connected(&bed, server_addr(false, 4413), Proto::Mptcp);
+    let (client, server, _l) = connected(&bed, server_addr(v6, 4413), Proto::Mptcp);
     wait_cause(&tracer, cns, "join_auth_failed");
     let run = tracer.stop();
     drop((client, server));
     assert_eq!(no_token() - before, 1, "the other host counted the join");
     let d = the(&run.events, cns, "join_auth_failed");
     assert!(
-        d.evidence.iter().any(|e| e
-            == &format!(
-                "MPTcpExt MPJoinNoTokenFound +1 in netns {o}, which holds {}",
-                testbed::BLUE_SERVER_V4
-            )),
+        d.evidence
+            .iter()
+            .any(|e| e
+                == &format!("MPTcpExt MPJoinNoTokenFound +1 in netns {o}, which holds {blue}")),
         "{d:?}"
     );
     // The failed join itself, towards the announced address.
     assert!(
         run.events.iter().any(|e| e.netns == Some(cns)
             && e.event == Kind::SubflowFailed
-            && e.daddr == testbed::BLUE_SERVER_V4.parse().ok()),
+            && e.daddr == blue.parse().ok()),
         "{:#?}",
         run.events
     );
@@ -443,6 +488,16 @@ fn diagnosis_join_auth_failed_when_the_join_reaches_another_host() {
         "{:#?}",
         diagnoses(&run.events, cns)
     );
+}
+
+#[test]
+fn diagnosis_join_auth_failed_when_the_join_reaches_another_host_ipv4() {
+    join_auth_failed_when_the_join_reaches_another_host(false);
+}
+
+#[test]
+fn diagnosis_join_auth_failed_when_the_join_reaches_another_host_ipv6() {
+    join_auth_failed_when_the_join_reaches_another_host(true);
 }
 
 /// The client's `conn_established` says whether the peer forbade joins to its initial address.
@@ -604,22 +659,40 @@ fn diagnosis_why_reads_a_capture_and_refuses_bad_input() {
     std::fs::remove_file(&file).unwrap();
 }
 
-#[test]
-fn diagnosis_endpoint_unusable_when_its_interface_is_down() {
+fn endpoint_unusable_when_its_interface_is_down(v6: bool) {
     require_root();
-    let (bed, cns, _) = bed("dgdown");
+    let (bed, cns, _) = bed(if v6 { "dgdown6" } else { "dgdown4" });
+    if v6 {
+        bed.use_ipv6_endpoint().unwrap();
+    }
     testbed::ip(&["-n", &bed.client, "link", "set", "blue-client", "down"]).unwrap();
     let tracer = Tracer::start(&[]);
-    let (client, server, _l) = connected(&bed, server_addr(false, 4410), Proto::Mptcp);
+    let (client, server, _l) = connected(&bed, server_addr(v6, 4410), Proto::Mptcp);
     wait_cause(&tracer, cns, "endpoint_unusable");
     let run = tracer.stop();
     drop((client, server));
     let d = the(&run.events, cns, "endpoint_unusable");
-    assert!(d.detail.contains("blue-client is down"), "{d:?}");
+    // IPv6 addresses leave an interface that goes down (unless keep_addr_on_down).
+    let why = if v6 {
+        format!("{} is on no interface", testbed::BLUE_CLIENT_V6)
+    } else {
+        "blue-client is down".to_string()
+    };
+    assert!(d.detail.contains(&why), "{d:?}");
     assert_eq!(
         diagnoses(&run.events, cns).len(),
         1,
         "{:#?}",
         diagnoses(&run.events, cns)
     );
+}
+
+#[test]
+fn diagnosis_endpoint_unusable_when_its_interface_is_down_ipv4() {
+    endpoint_unusable_when_its_interface_is_down(false);
+}
+
+#[test]
+fn diagnosis_endpoint_unusable_when_its_interface_is_down_ipv6() {
+    endpoint_unusable_when_its_interface_is_down(true);
 }
