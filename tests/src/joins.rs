@@ -84,7 +84,18 @@ pub fn connected(
     addr: SocketAddr,
     proto: Proto,
 ) -> (TcpStream, TcpStream, TcpListener) {
-    let listener = testbed::in_netns(&bed.server, move || peer::listen(addr, proto))
+    connected_via(bed, addr, addr, proto)
+}
+
+/// As [`connected`], with the listener bound to `listen` (the unspecified address: joins to
+/// any of the server's addresses find it).
+pub fn connected_via(
+    bed: &TestBed,
+    listen: SocketAddr,
+    addr: SocketAddr,
+    proto: Proto,
+) -> (TcpStream, TcpStream, TcpListener) {
+    let listener = testbed::in_netns(&bed.server, move || peer::listen(listen, proto))
         .unwrap()
         .unwrap();
     let mut client = testbed::in_netns(&bed.client, move || peer::connect(addr, Proto::Mptcp))

@@ -2,11 +2,12 @@
 //! asserted; a healthy two-path connection gets none. `why` reads the same diagnoses back,
 //! from a running tracer and from a capture.
 
-use std::{process::Command, thread, time::Duration};
+use std::{net::SocketAddr, process::Command, thread, time::Duration};
 
 use integration_tests::{
     joins::{
-        add_join_endpoint, bed_without_join, black_hole_joins, connected, exchange, server_addr,
+        add_join_endpoint, bed_without_join, black_hole_joins, connected, connected_via, exchange,
+        server_addr,
     },
     mptcp_trace_bin, peer, require_root, tag, testbed, Event, Kind, Monitor, Tracer,
 };
@@ -337,6 +338,84 @@ fn add_addr_ignored(v6: bool) {
             .any(|e| e.starts_with("limits add_addr_accepted 0 in netns")),
         "{d:?}"
     );
+}
+
+/// The peer announces two addresses, the client accepts one (`add_addr_accepted 1`): it
+/// joins the first and ignores the second. Oracle: the kernel's monitor (two ANNOUNCED, one
+/// SF_ESTABLISHED, to the first). (AddAddrDrop does not count it: the kernel echoes an
+/// announcement it will not use and counts a drop only when one is still pending.)
+fn add_addr_ignored_past_its_limit(v6: bool) {
+    require_root();
+    let (bed, cns, _) = bed_without_join(if v6 { "dgaddrlim6" } else { "dgaddrlim4" });
+    let (first, second, prefix) = if v6 {
+        (testbed::BLUE_SERVER_V6, "fd00:0:0:192::11", 64)
+    } else {
+        (testbed::BLUE_SERVER_V4, "192.168.0.11", 24)
+    };
+    let c = bed.client.as_str();
+    testbed::ip(&[
+        "-n",
+        c,
+        "mptcp",
+        "limits",
+        "set",
+        "subflow",
+        "2",
+        "add_addr_accepted",
+        "1",
+    ])
+    .unwrap();
+    let s = bed.server.as_str();
+    let cidr = format!("{second}/{prefix}");
+    testbed::ip(&["-n", s, "addr", "add", &cidr, "dev", "blue-server", "nodad"]).unwrap();
+    testbed::add_endpoint(s, first, Some("blue-server"), 21, &["signal"]).unwrap();
+    testbed::add_endpoint(s, second, Some("blue-server"), 22, &["signal"]).unwrap();
+    let monitor = Monitor::start(c);
+    let tracer = Tracer::start(&[]);
+    let any: SocketAddr = if v6 { "[::]:4414" } else { "0.0.0.0:4414" }
+        .parse()
+        .unwrap();
+    let (client, server, _l) = connected_via(&bed, any, server_addr(v6, 4414), Proto::Mptcp);
+    wait_cause(&tracer, cns, "add_addr_ignored");
+    let run = tracer.stop();
+    let pm = monitor.stop();
+    drop((client, server));
+    let d = the(&run.events, cns, "add_addr_ignored");
+    assert!(
+        d.evidence
+            .iter()
+            .any(|e| e == "1 announced address(es) joined"),
+        "{d:?}"
+    );
+    assert!(d.detail.contains("`add_addr_accepted` is 1"), "{d:?}");
+    let kinds: Vec<&str> = pm.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "ANNOUNCED").count(),
+        2,
+        "{pm:#?}"
+    );
+    let joined: Vec<_> = pm
+        .iter()
+        .filter(|e| e.kind == "SF_ESTABLISHED")
+        .filter_map(|e| e.daddr())
+        .collect();
+    assert_eq!(joined, [first], "{pm:#?}");
+    assert_eq!(
+        diagnoses(&run.events, cns).len(),
+        1,
+        "{:#?}",
+        diagnoses(&run.events, cns)
+    );
+}
+
+#[test]
+fn diagnosis_add_addr_ignored_past_its_limit_ipv4() {
+    add_addr_ignored_past_its_limit(false);
+}
+
+#[test]
+fn diagnosis_add_addr_ignored_past_its_limit_ipv6() {
+    add_addr_ignored_past_its_limit(true);
 }
 
 #[test]

@@ -995,6 +995,14 @@ impl Diagnosis {
             .filter(|(id, _)| !t.join_remote_ids.contains(id))
             .cloned()
             .collect();
+        // Announcements the path manager took up (a join went to them).
+        let accepted = t
+            .announced
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| t.join_remote_ids.contains(id))
+            .collect::<HashSet<u8>>()
+            .len() as u32;
         let name = self.env.name(ns);
         let Some(facts) = self.env.facts(ns) else {
             return Vec::new();
@@ -1030,6 +1038,27 @@ impl Diagnosis {
                     format!(
                         "the peer announced {what} but `add_addr_accepted` is 0 in netns {name}: \
                          the announcement was ignored, no subflow was opened to it"
+                    ),
+                    evidence,
+                ));
+            } else if accepted >= limits.add_addr_accepted {
+                let (_, d) = self.deltas(key, |n| n == "AddAddrDrop");
+                let mut evidence = vec![
+                    seen,
+                    format!(
+                        "limits add_addr_accepted {} in netns {name}",
+                        limits.add_addr_accepted
+                    ),
+                    format!("{accepted} announced address(es) joined"),
+                ];
+                evidence.extend(delta_evidence(&d, &name));
+                v.push(found(
+                    "add_addr_ignored",
+                    format!(
+                        "the peer announced {what} but `add_addr_accepted` is {} in netns \
+                         {name}, used up by {accepted} announcement(s) already joined: the \
+                         announcement was ignored",
+                        limits.add_addr_accepted
                     ),
                     evidence,
                 ));
@@ -1484,6 +1513,59 @@ mod tests {
         assert_eq!(causes(&mut d, fell_back(), LATE), ["mptcp_disabled"]);
         let mut d = stage(crate::doctor::netns::tests::client());
         assert_eq!(causes(&mut d, fell_back(), LATE), ["fallback"]);
+    }
+
+    #[test]
+    fn an_announcement_past_add_addr_accepted_is_ignored_and_one_past_subflows_is_the_limit() {
+        // The peer announces ids 1 and 2; the client joins id 1 only.
+        let announced = || {
+            let mut evs = client_conn(0);
+            for (id, a) in [(1, "192.168.0.1"), (2, "192.168.0.11")] {
+                evs.push(ev(
+                    1_000_050_000 + u64::from(id),
+                    Data::AddrAnnounced(crate::event::Addr {
+                        conn: conn(),
+                        family: Some(Family::Ipv4),
+                        remote_id: id,
+                        addr: Some(a.parse().unwrap()),
+                        port: None,
+                    }),
+                ));
+            }
+            evs.push(ev(
+                1_000_100_000,
+                Data::SubflowEstablished(SubflowEstablished {
+                    conn: conn(),
+                    tuple: tuple("192.168.0.2"),
+                    subflow: crate::event::Subflow {
+                        remote_id: 1,
+                        ..subflow(true)
+                    },
+                    existing: false,
+                }),
+            ));
+            evs
+        };
+        let with_limits = |subflows, add_addr_accepted| {
+            let mut f = crate::doctor::netns::tests::client();
+            f.pm.as_mut().unwrap().limits = crate::pm_config::Limits {
+                subflows,
+                add_addr_accepted,
+            };
+            stage(f)
+        };
+        assert_eq!(
+            causes(&mut with_limits(2, 1), announced(), LATE),
+            ["add_addr_ignored"]
+        );
+        assert_eq!(
+            causes(&mut with_limits(1, 2), announced(), LATE),
+            ["subflow_limit"]
+        );
+        assert_eq!(
+            causes(&mut with_limits(2, 2), announced(), LATE),
+            Vec::<String>::new()
+        );
     }
 
     #[test]
