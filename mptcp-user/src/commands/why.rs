@@ -3,7 +3,7 @@
 //! (`trace::why_file`).
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     path::Path,
     process::ExitCode,
 };
@@ -36,7 +36,7 @@ pub fn run(args: WhyArgs) -> anyhow::Result<ExitCode> {
                     Err(e) => return bad(format!("{}: {e}", path.display())),
                 }
             };
-            match read_events(r, &path.display().to_string()) {
+            match crate::capture::read(r, &path.display().to_string()) {
                 Ok(v) => v,
                 Err(e) => return bad(e),
             }
@@ -66,7 +66,7 @@ pub fn run(args: WhyArgs) -> anyhow::Result<ExitCode> {
                 let Ok(file) = std::fs::File::open(&f) else {
                     continue;
                 };
-                match read_events(file, &f.display().to_string()) {
+                match crate::capture::read(file, &f.display().to_string()) {
                     Ok(v) => all.extend(
                         v.into_iter()
                             .filter(|e| seen.insert(serde_json::to_string(e).unwrap_or_default())),
@@ -101,21 +101,6 @@ fn parse_token(s: &str) -> Result<Token, String> {
     let lower = s.to_ascii_lowercase();
     serde_json::from_value(serde_json::Value::String(lower))
         .map_err(|_| format!("{s:?} is not a token (8 hex digits, e.g. 5c0089f8)"))
-}
-
-/// Every event of an NDJSON stream; the first bad line is an error naming it.
-fn read_events(r: impl Read, name: &str) -> Result<Vec<Event>, String> {
-    let mut v = Vec::new();
-    for (i, line) in BufReader::new(r).lines().enumerate() {
-        let line = line.map_err(|e| format!("{name}: {e}"))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let e: Event = serde_json::from_str(&line)
-            .map_err(|e| format!("{name} line {}: not an mptcp-trace event: {e}", i + 1))?;
-        v.push(e);
-    }
-    Ok(v)
 }
 
 fn ep(a: std::net::IpAddr, p: u16) -> String {
@@ -245,7 +230,7 @@ mod tests {
 
     #[test]
     fn connections_are_reported_with_their_subflows_and_diagnoses_and_found_by_either_token() {
-        let events = read_events(CAPTURE.as_bytes(), "capture").unwrap();
+        let events = crate::capture::read(CAPTURE.as_bytes(), "capture").unwrap();
         let (all, n) = report(&events, None);
         assert_eq!(n, 2);
         assert!(
@@ -278,9 +263,9 @@ mod tests {
 
     #[test]
     fn bad_lines_and_tokens_are_named() {
-        let e = read_events("{}\n".as_bytes(), "cap.ndjson").unwrap_err();
+        let e = crate::capture::read("{}\n".as_bytes(), "cap.ndjson").unwrap_err();
         assert!(
-            e.starts_with("cap.ndjson line 1: not an mptcp-trace event"),
+            e.starts_with("cap.ndjson line 1: not an event of `mptcp-trace events --json`"),
             "{e}"
         );
         assert!(parse_token("5C0089F8").is_ok());

@@ -24,46 +24,35 @@ use tokio::{
 
 use crate::{
     cli::BadValue,
-    event::{Data, Event, SCHEMA_VERSION},
+    event::{Data, Event},
     sys::signals::Stop,
 };
 
 use super::{render, terminal_event, Action, InputThread, State, TerminalGuard, Update};
 
-/// Reads a capture: every non-empty line must be an event of schema version 1 (one line
-/// error naming the file and line otherwise); at least one event. Events keep the file's
-/// order, which is the order they were written in.
+/// Reads a capture (see [`crate::capture::load`]) for the view.
 pub fn load(path: &Path) -> Result<Vec<Event>, BadValue> {
-    let name = path.display();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| BadValue(format!("cannot read the capture {name}: {e}")))?;
-    parse(&text).map_err(|e| BadValue(format!("{name}: {e}")))
+    crate::capture::load(path)
+        .map(prepare)
+        .map_err(BadValue)
 }
 
-/// The events of a capture's text (see [`load`]).
+/// The events of a capture's text, ready for the view (see [`load`]).
 pub fn parse(text: &str) -> Result<Vec<Event>, String> {
-    let mut events = Vec::new();
+    let events = crate::capture::read(text.as_bytes(), "capture")?;
+    if events.is_empty() {
+        return Err("capture: no events in it".into());
+    }
+    Ok(prepare(events))
+}
+
+/// Gives the events the identities the state groups by ([`identify`]).
+fn prepare(mut events: Vec<Event>) -> Vec<Event> {
     // Connections the capture has a conn_*/subflow_* line of: an address event of any other
     // is not shown (as live, where it would have no owner).
     let mut known = std::collections::HashSet::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let mut e: Event = serde_json::from_str(line).map_err(|err| {
-            format!(
-                "line {}: not an event of `mptcp-trace events --json`: {err}",
-                i + 1
-            )
-        })?;
-        if e.v != SCHEMA_VERSION {
-            return Err(format!(
-                "line {}: schema version {}, this mptcp-trace reads {SCHEMA_VERSION}",
-                i + 1,
-                e.v
-            ));
-        }
-        identify(&mut e);
+    for e in &mut events {
+        identify(e);
         let addr = matches!(e.data, Data::AddrAnnounced(_) | Data::AddrRemoved(_));
         if let Some(c) = e.conn_mut() {
             if addr {
@@ -74,12 +63,8 @@ pub fn parse(text: &str) -> Result<Vec<Event>, String> {
                 known.insert(c.ids.conn);
             }
         }
-        events.push(e);
     }
-    if events.is_empty() {
-        return Err("no events in it".into());
-    }
-    Ok(events)
+    events
 }
 
 fn hash(x: impl Hash) -> u64 {

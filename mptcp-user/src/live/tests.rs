@@ -1157,11 +1157,14 @@ fn a_replayed_capture_shows_its_connections_and_the_rates_of_its_samples() {
 #[test]
 fn a_capture_that_is_not_ndjson_events_is_refused_with_its_line() {
     let err = super::replay::parse("{\"v\":1}\n").unwrap_err();
-    assert!(err.starts_with("line 1: not an event"), "{err}");
+    assert!(err.starts_with("capture line 1: not an event"), "{err}");
     let err = super::replay::parse(&format!("{}\nnot json\n", CAPTURE.lines().next().unwrap()))
         .unwrap_err();
-    assert!(err.starts_with("line 2:"), "{err}");
-    assert_eq!(super::replay::parse("\n\n").unwrap_err(), "no events in it");
+    assert!(err.starts_with("capture line 2:"), "{err}");
+    assert_eq!(
+        super::replay::parse("\n\n").unwrap_err(),
+        "capture: no events in it"
+    );
     let v2 = CAPTURE
         .lines()
         .next()
