@@ -18,8 +18,8 @@ PACKAGES=(
   iproute2 ncat tcpdump mptcpd mptcpize bpftrace bpftool kmod
   # the VM tests: qemu (TCG), busybox initramfs
   qemu-system-x86 busybox-static cpio xz-utils zstd
-  # driving the live view in tests
-  tmux
+  # driving the live view in tests; rendering `report`'s page headless in its test
+  tmux chromium
   gcc pkg-config
   # run's seccomp upgrade method (libseccomp builds the filter); libc6-dev's libc.a links the
   # tests' static Go-like client (gcc -static); util-linux for setpriv

@@ -102,6 +102,15 @@ pub enum Command {
     ///
     /// Example: mptcp-trace why 5c0089f8 --from capture.ndjson
     Why(WhyArgs),
+    /// Write one self-contained HTML page from an NDJSON capture: a summary of every
+    /// connection, then per connection its subflows as lanes over time (joins, failures,
+    /// resets, fallback, ADD_ADDR), throughput per subflow stacked to the total and RTT per
+    /// subflow (from `subflow_stats`: capture with --stats-interval), and its diagnoses.
+    ///
+    /// Example: sudo mptcp-trace events --json --stats-interval 1 > run.ndjson
+    ///
+    /// Example: mptcp-trace report run.ndjson -o run.html
+    Report(ReportArgs),
 }
 
 #[derive(Debug, Args, Default, Clone)]
@@ -114,6 +123,18 @@ pub struct WhyArgs {
     /// tracers; `-` is standard input.
     #[arg(long, value_name = "FILE")]
     pub from: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ReportArgs {
+    /// The capture (`mptcp-trace events --json > FILE`); `-` is standard input.
+    #[arg(value_name = "CAPTURE")]
+    pub capture: std::path::PathBuf,
+
+    /// Where to write the page (`-`: standard output). Default: the capture's name with
+    /// `.html` (`report.html` for standard input).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args, Default, Clone)]
@@ -269,6 +290,16 @@ pub struct DemoArgs {
     /// Stop after this many seconds (default: 10 with --json, until `q` otherwise).
     #[arg(long, value_name = "SECS")]
     pub duration: Option<u64>,
+
+    /// With --json: a `subflow_stats` record per open subflow every SECS seconds, as with
+    /// `events --stats-interval` (a capture `mptcp-trace report` draws throughput and RTT from).
+    #[arg(
+        long,
+        value_name = "SECS",
+        allow_hyphen_values = true,
+        requires = "json"
+    )]
+    pub stats_interval: Option<String>,
 }
 
 /// Which connections: the one set of selector flags of every command. Process flags (pid, comm,

@@ -13,6 +13,7 @@ pub mod offsets;
 pub mod output;
 pub mod peer;
 pub mod pm_config;
+pub mod report;
 pub mod select;
 pub mod sys;
 pub mod testbed;

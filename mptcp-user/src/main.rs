@@ -133,6 +133,7 @@ fn dispatch(command: Option<Command>, select: mptcp_user::cli::SelectArgs) -> an
             unreachable!("handled in main")
         }
         Some(Command::Schema) => commands::schema::run(),
+        Some(Command::Report(args)) => commands::report::run(args),
         Some(Command::Events(args)) => block_on(commands::events::run(args)),
         Some(Command::Live(args)) => block_on(commands::live::run(args)),
         Some(Command::Demo(args)) => block_on(commands::demo::run(args)),

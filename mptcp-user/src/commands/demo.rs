@@ -332,6 +332,13 @@ fn remove_stale_beds() {
 }
 
 pub async fn run(mut args: DemoArgs) -> Result<()> {
+    // Checked before anything is made: a bad value leaves nothing behind.
+    let stats = args
+        .stats_interval
+        .as_deref()
+        .map(crate::trace::stats::parse_interval)
+        .transpose()
+        .map_err(crate::cli::BadValue)?;
     // From here on SIGINT/SIGTERM/SIGHUP are ours: no signal leaves the test bed behind.
     let mut stop = Stop::install()?;
     if !args.json {
@@ -369,7 +376,10 @@ pub async fn run(mut args: DemoArgs) -> Result<()> {
         ],
         ..Selector::default()
     };
-    let pipe = Pipeline::start(&sel)?;
+    let mut pipe = Pipeline::start(&sel)?;
+    if let Some(period) = stats {
+        pipe.stats_every(period);
+    }
     let summary = Rc::new(RefCell::new(Summary::new(client_ns)));
     let sum = summary.clone();
     let absorb = move |e: &Event| sum.borrow_mut().absorb(e);

@@ -3,6 +3,7 @@ pub mod demo;
 pub mod doctor;
 pub mod events;
 pub mod live;
+pub mod report;
 pub mod run;
 pub mod schema;
 pub mod upgrade;

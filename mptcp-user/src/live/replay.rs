@@ -32,9 +32,7 @@ use super::{render, terminal_event, Action, InputThread, State, TerminalGuard, U
 
 /// Reads a capture (see [`crate::capture::load`]) for the view.
 pub fn load(path: &Path) -> Result<Vec<Event>, BadValue> {
-    crate::capture::load(path)
-        .map(prepare)
-        .map_err(BadValue)
+    crate::capture::load(path).map(prepare).map_err(BadValue)
 }
 
 /// The events of a capture's text, ready for the view (see [`load`]).
