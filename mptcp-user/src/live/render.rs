@@ -8,10 +8,11 @@
 //! or a full IPv6 address never shifts the columns after it. The layout is the first of these
 //! that fits the width:
 //! 1. every column, the subflow's endpoints first on its row;
-//! 2. the reduced set (IDS, SENT and RECV dropped: the close counters are in `events`),
-//!    endpoints first on the row;
-//! 3. every column, on a second line under the subflow's endpoints;
-//! 4. the reduced set on a second line (under 100 columns or so).
+//! 2. every column but SHARE (the throughput-share sparkline), endpoints first on the row;
+//! 3. the reduced set (IDS, SENT, RECV and SHARE dropped: the close counters are in
+//!    `events`), endpoints first on the row;
+//! 4. every column but SHARE, on a second line under the subflow's endpoints;
+//! 5. the reduced set on a second line (under 100 columns or so).
 
 use std::net::IpAddr;
 
@@ -23,7 +24,7 @@ use ratatui::{
     Frame,
 };
 
-use super::state::{Conn, ConnState, PeerAddr, State, Subflow};
+use super::state::{Conn, ConnState, PeerAddr, State, Subflow, SHARES};
 use crate::text::{printable, size};
 
 pub fn rate(r: f64) -> String {
@@ -117,7 +118,7 @@ fn wrap(spans: Vec<Span<'static>>, max: usize, indent: usize) -> Vec<Line<'stati
 
 /// The subflow columns after the endpoints: name, usual width (the widest cell widens it),
 /// right-aligned, kept in the reduced set.
-const COLUMNS: [(&str, usize, bool, bool); 10] = [
+const COLUMNS: [(&str, usize, bool, bool); N_COLUMNS] = [
     ("IFACE", 5, false, true),
     ("IDS", 3, true, false),
     ("BKUP", 4, false, true),
@@ -126,13 +127,24 @@ const COLUMNS: [(&str, usize, bool, bool); 10] = [
     ("RECV", 9, true, false),
     ("TX/s", 11, true, true),
     ("RX/s", 11, true, true),
+    ("SHARE", SHARES, false, false),
     ("RTT", 7, true, true),
     ("RETR", 4, true, true),
 ];
+const N_COLUMNS: usize = 11;
+/// The SHARE column's index in [`COLUMNS`].
+const SHARE: usize = 8;
+
+/// The subflow's share of its connection's throughput over its last samples, one block per
+/// sample (▁ a little … █ all of it; a blank: nothing), newest on the right.
+pub(super) fn sparkline(shares: &std::collections::VecDeque<u8>) -> String {
+    const BLOCKS: [char; 9] = [' ', '▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    shares.iter().map(|&e| BLOCKS[e.min(8) as usize]).collect()
+}
 const ENDS_TITLE: &str = "SUBFLOW LOCAL → REMOTE";
 
 /// The cells of a subflow row, in [`COLUMNS`] order, with their styles.
-fn cells(sf: &Subflow) -> [(String, Style); 10] {
+fn cells(sf: &Subflow) -> [(String, Style); N_COLUMNS] {
     let plain = Style::default();
     let flags = match (sf.backup, sf.peer_backup) {
         (false, false) => "-",
@@ -168,6 +180,7 @@ fn cells(sf: &Subflow) -> [(String, Style); 10] {
         (size(sf.bytes_received), plain),
         (rate(sf.tx_rate), plain),
         (rate(sf.rx_rate), plain),
+        (sparkline(&sf.shares), plain.fg(Color::Cyan)),
         (rtt(sf.srtt_us), plain),
         (sf.retrans.to_string(), plain),
     ]
@@ -189,7 +202,7 @@ fn ends_width(sf: &Subflow) -> usize {
 #[derive(Clone, Debug, PartialEq)]
 struct Cols {
     /// Width of each of [`COLUMNS`], `None` when left out.
-    widths: [Option<usize>; 10],
+    widths: [Option<usize>; N_COLUMNS],
     /// Width of the endpoints column: a row whose endpoints are wider has them on a line of
     /// their own, its cells on the next line, in the same columns.
     ends: usize,
@@ -218,7 +231,7 @@ impl Cols {
             .unwrap_or(0)
             .max(width(ENDS_TITLE));
         let pick = |full: bool| {
-            let mut v = [None; 10];
+            let mut v = [None; N_COLUMNS];
             for (i, (_, _, _, reduced)) in COLUMNS.iter().enumerate() {
                 if full || *reduced {
                     v[i] = Some(widths[i]);
@@ -226,17 +239,23 @@ impl Cols {
             }
             v
         };
-        let (full, reduced) = (pick(true), pick(false));
+        let (all, reduced) = (pick(true), pick(false));
+        // The sparkline is the first to go: every other column without it.
+        let mut full = all;
+        full[SHARE] = None;
         // Room for the endpoints beside the cells.
-        let room = |w: &[Option<usize>; 10]| {
+        let room = |w: &[Option<usize>; N_COLUMNS]| {
             max.saturating_sub(TREE + w.iter().flatten().map(|w| w + 1).sum::<usize>())
         };
         // Every column if every row fits on one line; else the set that keeps the most rows
         // on one line (every column on a tie), the others taking two lines; else no
         // endpoints column at all.
-        let inline =
-            |w: &[Option<usize>; 10]| rows.iter().filter(|sf| ends_width(sf) <= room(w)).count();
-        let choice = if room(&full) >= widest {
+        let inline = |w: &[Option<usize>; N_COLUMNS]| {
+            rows.iter().filter(|sf| ends_width(sf) <= room(w)).count()
+        };
+        let choice = if room(&all) >= widest {
+            Some((all, 0))
+        } else if room(&full) >= widest {
             Some((full, 0))
         } else {
             [(full, inline(&full)), (reduced, inline(&reduced))]
@@ -270,7 +289,7 @@ impl Cols {
     /// The cells, padded, from the first column on.
     fn row(
         &self,
-        cells: [(String, Style); 10],
+        cells: [(String, Style); N_COLUMNS],
         style: impl Fn(Style) -> Style,
     ) -> Vec<Span<'static>> {
         let mut out = Vec::new();

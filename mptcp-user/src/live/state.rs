@@ -86,6 +86,8 @@ pub struct Conn {
     pub diagnoses: Vec<(String, String)>,
     /// Order of arrival, for the default sort.
     pub seq: u64,
+    /// Time of the newest sample recorded in the subflows' [`Subflow::shares`].
+    shares_ns: u64,
 }
 
 /// Address events kept per connection.
@@ -123,7 +125,13 @@ pub struct Subflow {
     pub rx_rate: f64,
     /// (time, bytes_sent, bytes_received) of the last sample the rates came from.
     last_sample: Option<(u64, u64, u64)>,
+    /// Its share of the connection's throughput at each of the last [`SHARES`] samples, in
+    /// eighths (0–8), oldest first: the SHARE column's sparkline.
+    pub shares: std::collections::VecDeque<u8>,
 }
+
+/// Samples kept per subflow for its share sparkline.
+pub const SHARES: usize = 5;
 
 impl Subflow {
     /// A subflow as its establishment shows it, before any sample.
@@ -156,6 +164,7 @@ impl Subflow {
             tx_rate: 0.0,
             rx_rate: 0.0,
             last_sample: None,
+            shares: std::collections::VecDeque::new(),
         }
     }
 
@@ -175,6 +184,39 @@ impl Subflow {
 }
 
 impl Conn {
+    /// Adds the open subflows' shares of the throughput when a sample came since the last
+    /// time (the samples of one round share a time; a subflow's rates stand until its next).
+    fn record_shares(&mut self) {
+        let newest = self
+            .subflows
+            .iter()
+            .filter(|s| s.is_open())
+            .filter_map(|s| s.last_sample.map(|(t, _, _)| t))
+            .max()
+            .unwrap_or(0);
+        if newest <= self.shares_ns {
+            return;
+        }
+        self.shares_ns = newest;
+        let total: f64 = self
+            .subflows
+            .iter()
+            .filter(|s| s.is_open())
+            .map(Subflow::rate)
+            .sum();
+        for sf in self.subflows.iter_mut().filter(|s| s.is_open()) {
+            let eighths = if total > 0.0 {
+                (sf.rate() / total * 8.0).round() as u8
+            } else {
+                0
+            };
+            if sf.shares.len() == SHARES {
+                sf.shares.pop_front();
+            }
+            sf.shares.push_back(eighths.min(8));
+        }
+    }
+
     pub fn is_open(&self) -> bool {
         self.closed_ns.is_none()
     }
@@ -400,6 +442,7 @@ impl State {
                 peer_addrs: Vec::new(),
                 diagnoses: Vec::new(),
                 seq: *seq,
+                shares_ns: 0,
             }
         })
     }
@@ -634,6 +677,7 @@ impl State {
         self.conns.retain(|_, c| !gone(c.closed_ns));
         for c in self.conns.values_mut() {
             c.subflows.retain(|s| !gone(s.closed_ns));
+            c.record_shares();
             for sf in &mut c.subflows {
                 if sf.is_open()
                     && sf

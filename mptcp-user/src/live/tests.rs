@@ -256,6 +256,36 @@ fn rates_come_from_two_samples() {
 }
 
 #[test]
+fn the_share_sparkline_follows_each_subflows_part_of_the_throughput() {
+    let mut s = State::default();
+    s.apply(created(C1, "6d816c04", S, RED, SRV));
+    s.apply(subflow(C1, 1, S, RED, SRV, "red-client", false));
+    s.apply(subflow(C1, 2, S, BLUE, SRV, "blue-client", true));
+    // Red carries 3 parts, blue 1; then blue alone.
+    let (mut red, mut blue) = (0, 0);
+    for i in 0..9u64 {
+        if i < 6 {
+            red += 3_000_000;
+        }
+        blue += 1_000_000;
+        s.apply(Update::Diag {
+            netns: NS,
+            at_ns: (2 + i) * S,
+            socks: vec![sock(RED, SRV, red, 10), sock(BLUE, SRV, blue, 10)],
+        });
+        s.apply(Update::Tick((2 + i) * S));
+    }
+    let c = &s.conns[&(NS, C1, 0)];
+    // The first sample has no rate; the last SHARES samples, oldest first.
+    let spark = |i: usize| super::render::sparkline(&c.subflows[i].shares);
+    assert_eq!(spark(0), "▆▆   ");
+    assert_eq!(spark(1), "▂▂███");
+    let screen = text(&draw(&s, 136, 40)).join("\n");
+    assert!(screen.contains("SHARE"), "{screen}");
+    assert!(screen.contains("▂▂███"), "{screen}");
+}
+
+#[test]
 fn a_single_sample_gives_no_rate_yet() {
     let mut s = State::default();
     s.apply(created(C1, "6d816c04", S, RED, SRV));
@@ -897,15 +927,15 @@ fn at_200x60_full_ipv6_rows_fit_on_one_line() {
         &draw(&wide_model(), 200, 60),
         &[
             "mptcp-trace  connections 3 open · subflows 5 · last minute: joins 2, fallbacks 1 · lost events 0  sort:age",
-            "    SUBFLOW LOCAL → REMOTE                                                                          IFACE           IDS BKUP STATE           SENT      RECV        TX/s        RX/s     RTT RETR",
+            "    SUBFLOW LOCAL → REMOTE                                                                          IFACE           IDS BKUP STATE           SENT      RECV        TX/s        RX/s SHARE     RTT RETR",
             "▾ 6d816c04  established  client  age 4.0s  pid 4242 curl  10.0.0.2:50000 → 10.0.0.1:4321",
-            "  ├ 10.0.0.2:50000 → 10.0.0.1:4321                                                                  red-client      0/0 -    estab         3.0MiB        0B    2.0MiB/s        0B/s   5.2ms    1",
-            "  └ 192.168.0.2:50001 → 10.0.0.1:4321                                                               blue-client     1/0 -    estab         2.5MiB        0B    2.0MiB/s        0B/s   5.4ms    1",
+            "  ├ 10.0.0.2:50000 → 10.0.0.1:4321                                                                  red-client      0/0 -    estab         3.0MiB        0B    2.0MiB/s        0B/s ▄       5.2ms    1",
+            "  └ 192.168.0.2:50001 → 10.0.0.1:4321                                                               blue-client     1/0 -    estab         2.5MiB        0B    2.0MiB/s        0B/s ▄       5.4ms    1",
             "▾ 0badf00d  established  FALLBACK(mp_capable_missing)  client  age 2.0s  pid 4242 curl  10.0.0.2:50002 → 10.0.0.1:4321",
-            "  └ 10.0.0.2:50002 → 10.0.0.1:4321                                                                  red-client      0/0 -    estab          1000B        0B        0B/s        0B/s    80µs    1",
+            "  └ 10.0.0.2:50002 → 10.0.0.1:4321                                                                  red-client      0/0 -    estab          1000B        0B        0B/s        0B/s          80µs    1",
             "▾ a1b2c3d4  established  client  age 1.0s  pid 4242 curl  [2001:db8:1234:5678:9abc:def0:1234:5678]:65001 → [2001:db8:4321:8765:cba9:fed0:4321:8765]:65535",
-            "  ├ [2001:db8:1234:5678:9abc:def0:1234:5678]:65001 → [2001:db8:4321:8765:cba9:fed0:4321:8765]:65535 enx00e04c68012a 0/0 -    estab       117.7MiB        0B        0B/s        0B/s     6µs    1",
-            "  └ [2001:db8:ffff:5678:9abc:def0:1234:5678]:65002 → [2001:db8:4321:8765:cba9:fed0:4321:8765]:65535 wlx00c0ca9a2b3c 1/0 bB   estab          1000B        0B        0B/s        0B/s 250.0ms    1",
+            "  ├ [2001:db8:1234:5678:9abc:def0:1234:5678]:65001 → [2001:db8:4321:8765:cba9:fed0:4321:8765]:65535 enx00e04c68012a 0/0 -    estab       117.7MiB        0B        0B/s        0B/s           6µs    1",
+            "  └ [2001:db8:ffff:5678:9abc:def0:1234:5678]:65002 → [2001:db8:4321:8765:cba9:fed0:4321:8765]:65535 wlx00c0ca9a2b3c 1/0 bB   estab          1000B        0B        0B/s        0B/s       250.0ms    1",
         ],
     );
 }
@@ -934,12 +964,12 @@ fn the_demo_at_136_columns_shows_every_column() {
         &draw(&demo_model(), 136, 40),
         &[
             "mptcp-trace  connections 2 open · subflows 3 · last minute: joins 1, fallbacks 1 · lost events 0  sort:age",
-            "    SUBFLOW LOCAL → REMOTE            IFACE       IDS BKUP STATE           SENT      RECV        TX/s        RX/s     RTT RETR",
+            "    SUBFLOW LOCAL → REMOTE            IFACE       IDS BKUP STATE           SENT      RECV        TX/s        RX/s SHARE     RTT RETR",
             "▾ 6d816c04  established  client  age 4.0s  pid 4242 curl  10.0.0.2:50000 → 10.0.0.1:4321",
-            "  ├ 10.0.0.2:50000 → 10.0.0.1:4321    red-client  0/0 -    estab         3.0MiB        0B    2.0MiB/s        0B/s   5.2ms    1",
-            "  └ 192.168.0.2:50001 → 10.0.0.1:4321 blue-client 1/0 -    estab         2.5MiB        0B    2.0MiB/s        0B/s   5.4ms    1",
+            "  ├ 10.0.0.2:50000 → 10.0.0.1:4321    red-client  0/0 -    estab         3.0MiB        0B    2.0MiB/s        0B/s ▄       5.2ms    1",
+            "  └ 192.168.0.2:50001 → 10.0.0.1:4321 blue-client 1/0 -    estab         2.5MiB        0B    2.0MiB/s        0B/s ▄       5.4ms    1",
             "▾ 0badf00d  established  FALLBACK(mp_capable_missing)  client  age 2.0s  pid 4242 curl  10.0.0.2:50002 → 10.0.0.1:4321",
-            "  └ 10.0.0.2:50002 → 10.0.0.1:4321    red-client  0/0 -    estab          1000B        0B        0B/s        0B/s    80µs    1",
+            "  └ 10.0.0.2:50002 → 10.0.0.1:4321    red-client  0/0 -    estab          1000B        0B        0B/s        0B/s          80µs    1",
         ],
     );
 }
