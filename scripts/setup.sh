@@ -20,6 +20,8 @@ PACKAGES=(
   qemu-system-x86 busybox-static cpio xz-utils zstd
   # driving the live view in tests; rendering `report`'s page headless in its test
   tmux chromium
+  # the exporter's test: a real Prometheus scrapes it (promtool checks contrib/)
+  prometheus
   gcc pkg-config
   # run's seccomp upgrade method (libseccomp builds the filter); libc6-dev's libc.a links the
   # tests' static Go-like client (gcc -static); util-linux for setpriv
@@ -36,6 +38,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 else
   log "Debian packages present"
+fi
+# Debian's prometheus package starts its own server on :9090; the tests run theirs on a port
+# of their own and need only the binaries.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled prometheus >/dev/null 2>&1; then
+  log "stopping and disabling the prometheus service the package started (only its binary is used)"
+  systemctl disable --now prometheus >/dev/null 2>&1 || true
 fi
 
 if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then

@@ -111,6 +111,22 @@ pub enum Command {
     ///
     /// Example: mptcp-trace report run.ndjson -o run.html
     Report(ReportArgs),
+    /// Counters since start, refreshed every interval like `nstat`/`vmstat`: connections
+    /// opened/established/closed, fallbacks, joins, failed and closed subflows, resets received
+    /// and sent, ADD_ADDR/RM_ADDR — in total, per network namespace and per command (the most
+    /// active first), with the reasons, the loss, and a pinned upgrade's socket counters.
+    ///
+    /// Example: sudo mptcp-trace stats --interval 5
+    ///
+    /// Example: sudo mptcp-trace stats --json --netns mptcp-client | jq .total
+    Stats(StatsArgs),
+    /// Serve Prometheus metrics (`/metrics`) of the traced connections until SIGTERM/SIGINT:
+    /// counters by netns, comm and cgroup, histograms of connection duration, time to the
+    /// first join, subflows per connection and bytes per subflow by interface, and the
+    /// tracer's own health.
+    ///
+    /// Example: sudo mptcp-trace exporter --listen 127.0.0.1:9464
+    Exporter(ExporterArgs),
 }
 
 #[derive(Debug, Args, Default, Clone)]
@@ -123,6 +139,47 @@ pub struct WhyArgs {
     /// tracers; `-` is standard input.
     #[arg(long, value_name = "FILE")]
     pub from: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct StatsArgs {
+    /// Seconds between two printouts (fractions allowed, 0.1 to 86400; default 1).
+    // A string, checked by the command: a bad value is one line and status 2.
+    #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
+    pub interval: Option<String>,
+
+    /// One JSON object per interval instead of the table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Namespaces and commands shown, the most active first.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub top: usize,
+
+    /// Stop after this many seconds (printing once more).
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<u64>,
+
+    /// Create this file once every program is attached (for scripts and tests).
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub select: SelectArgs,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ExporterArgs {
+    /// Address and port to serve /metrics on (`[::]:9464` for every interface).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9464")]
+    pub listen: String,
+
+    /// Create this file once every program is attached and the port is open.
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub select: SelectArgs,
 }
 
 #[derive(Debug, Args, Clone)]

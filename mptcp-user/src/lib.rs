@@ -7,6 +7,7 @@ pub mod commands;
 pub mod decode;
 pub mod doctor;
 pub mod event;
+pub mod fleet;
 pub mod live;
 pub mod loader;
 pub mod offsets;

@@ -84,6 +84,11 @@ pub struct Attached {
 }
 
 impl Attached {
+    /// How many programs are attached.
+    pub fn programs(&self) -> usize {
+        self.programs.len()
+    }
+
     /// Program runs the kernel skipped, summed over the programs; `None` when this kernel
     /// cannot tell (Linux < 6.2).
     pub fn recursion_misses(&self) -> Option<u64> {

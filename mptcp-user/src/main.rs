@@ -134,6 +134,8 @@ fn dispatch(command: Option<Command>, select: mptcp_user::cli::SelectArgs) -> an
         }
         Some(Command::Schema) => commands::schema::run(),
         Some(Command::Report(args)) => commands::report::run(args),
+        Some(Command::Stats(args)) => block_on(commands::stats::run(args)),
+        Some(Command::Exporter(args)) => block_on(commands::exporter::run(args)),
         Some(Command::Events(args)) => block_on(commands::events::run(args)),
         Some(Command::Live(args)) => block_on(commands::live::run(args)),
         Some(Command::Demo(args)) => block_on(commands::demo::run(args)),

@@ -336,7 +336,7 @@ pub async fn run(mut args: DemoArgs) -> Result<()> {
     let stats = args
         .stats_interval
         .as_deref()
-        .map(crate::trace::stats::parse_interval)
+        .map(|v| crate::trace::stats::parse_interval("--stats-interval", v))
         .transpose()
         .map_err(crate::cli::BadValue)?;
     // From here on SIGINT/SIGTERM/SIGHUP are ours: no signal leaves the test bed behind.

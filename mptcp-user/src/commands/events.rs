@@ -18,7 +18,7 @@ pub async fn run(args: EventsArgs) -> Result<()> {
     let stats = args
         .stats_interval
         .as_deref()
-        .map(crate::trace::stats::parse_interval)
+        .map(|v| crate::trace::stats::parse_interval("--stats-interval", v))
         .transpose()
         .map_err(BadValue)?;
     let sel = Selector::for_tracing(&args.select)?;

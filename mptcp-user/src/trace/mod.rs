@@ -493,6 +493,11 @@ impl Pipeline {
         }
     }
 
+    /// How many tracing programs are attached.
+    pub fn programs_attached(&self) -> usize {
+        self.core.tracer.programs()
+    }
+
     /// Loss and rejection totals so far.
     pub fn totals(&self) -> Totals {
         let mut t = self.core.totals.clone();

@@ -44,14 +44,15 @@ pub struct Stats {
 }
 
 /// Parses `--stats-interval SECS`: seconds, fractions allowed, at least [`MIN_INTERVAL`].
-pub fn parse_interval(s: &str) -> Result<Duration, String> {
+/// `flag`'s value as a period: a number of seconds from 0.1 to 86400.
+pub fn parse_interval(flag: &str, s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .trim()
         .parse()
-        .map_err(|_| format!("--stats-interval {s:?}: not a number of seconds (e.g. 1 or 0.5)"))?;
+        .map_err(|_| format!("{flag} {s:?}: not a number of seconds (e.g. 1 or 0.5)"))?;
     if !secs.is_finite() || secs < MIN_INTERVAL.as_secs_f64() || secs > 86_400.0 {
         return Err(format!(
-            "--stats-interval {s:?}: must be between {} and 86400 seconds",
+            "{flag} {s:?}: must be between {} and 86400 seconds",
             MIN_INTERVAL.as_secs_f64()
         ));
     }
@@ -194,10 +195,16 @@ mod tests {
 
     #[test]
     fn intervals_are_positive_seconds() {
-        assert_eq!(parse_interval("1"), Ok(Duration::from_secs(1)));
-        assert_eq!(parse_interval("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(
+            parse_interval("--stats-interval", "1"),
+            Ok(Duration::from_secs(1))
+        );
+        assert_eq!(
+            parse_interval("--stats-interval", "0.5"),
+            Ok(Duration::from_millis(500))
+        );
         for bad in ["0", "-1", "x", "", "nan", "inf", "0.01", "1e9"] {
-            assert!(parse_interval(bad).is_err(), "{bad}");
+            assert!(parse_interval("--stats-interval", bad).is_err(), "{bad}");
         }
     }
 }
