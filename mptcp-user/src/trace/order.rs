@@ -61,6 +61,13 @@ pub struct Reorder {
     /// subflow_established is not released before their conn_established (at most
     /// [`ESTABLISHED_WAIT_NS`]), so the two go out in order however late the reader is.
     awaiting: HashSet<ConnId>,
+    /// Client MPTCP connections open (created, not closed).
+    clients: HashSet<ConnId>,
+    /// Announcements seen, per connection and id, until the connection closes. A client's
+    /// join towards a remote id other than 0 follows the peer's ADD_ADDR of that id (the path
+    /// manager learns the address from it): until it is seen, such a join is held (at most
+    /// [`ESTABLISHED_WAIT_NS`]), so a netlink message read late still goes before it.
+    announced_ids: HashSet<Towards>,
 }
 
 #[cfg(test)]
@@ -100,6 +107,8 @@ impl Reorder {
             joins: HashMap::new(),
             announcements: HashMap::new(),
             awaiting: HashSet::new(),
+            clients: HashSet::new(),
+            announced_ids: HashSet::new(),
         }
     }
 
@@ -150,16 +159,22 @@ impl Reorder {
         match &e.data {
             Data::ConnCreated(c) if c.side == Side::Client && c.conn.protocol.is_none() => {
                 self.awaiting.insert((c.conn.netns, c.conn.ids.conn));
+                self.clients.insert((c.conn.netns, c.conn.ids.conn));
             }
             Data::ConnEstablished(c) => {
                 self.awaiting.remove(&(c.conn.netns, c.conn.ids.conn));
             }
             Data::ConnClosed(c) => {
                 self.awaiting.remove(&(c.conn.netns, c.conn.ids.conn));
+                self.clients.remove(&(c.conn.netns, c.conn.ids.conn));
+                if let (Some(ns), Some(tok)) = (c.conn.netns, c.conn.token) {
+                    self.announced_ids.retain(|&(n, t, _)| (n, t) != (ns, tok));
+                }
             }
             _ => {}
         }
         if let Some(t) = announced(&e) {
+            self.announced_ids.insert(t);
             let target = self.joins.get(&t).and_then(|s| s.first()).copied();
             return self.push_before(e, target);
         }
@@ -228,6 +243,13 @@ impl Reorder {
                 }
                 self.awaiting.remove(&c);
             }
+            if let Some(t) = self.unannounced_join(first) {
+                // The announcement that caused it is still on its way: wait, boundedly.
+                if now != u64::MAX && now.saturating_sub(key.ts) < ESTABLISHED_WAIT_NS {
+                    break;
+                }
+                self.announced_ids.insert(t);
+            }
             let e = self.remove(&key).expect("first key is held");
             self.released = self.released.max(key.ts);
             out(e);
@@ -237,7 +259,8 @@ impl Reorder {
     /// When the oldest held event is due (monotonic ns), if any.
     pub fn next_due(&self) -> Option<u64> {
         self.held.first_key_value().map(|(k, e)| {
-            let waits = established_of(e).is_some_and(|c| self.awaiting.contains(&c));
+            let waits = established_of(e).is_some_and(|c| self.awaiting.contains(&c))
+                || self.unannounced_join(e).is_some();
             k.ts + if waits {
                 ESTABLISHED_WAIT_NS
             } else {
@@ -248,6 +271,17 @@ impl Reorder {
 
     pub fn is_empty(&self) -> bool {
         self.held.is_empty()
+    }
+
+    /// A client's join (its first event: established or failed) towards a remote id other
+    /// than 0 whose announcement has not been seen: the connection and id.
+    fn unannounced_join(&self, e: &Event) -> Option<Towards> {
+        if !matches!(e.data, Data::SubflowEstablished(_) | Data::SubflowFailed(_)) {
+            return None;
+        }
+        let t = join_towards(e).filter(|t| t.2 != 0)?;
+        (self.clients.contains(&(e.netns(), e.ids().conn)) && !self.announced_ids.contains(&t))
+            .then_some(t)
     }
 }
 
@@ -370,6 +404,46 @@ mod tests {
         let mut n = 0;
         r.release(1_000_100 + ESTABLISHED_WAIT_NS, &mut |_| n += 1);
         assert_eq!(n, 2);
+    }
+
+    #[test]
+    fn a_clients_join_waits_for_the_announcement_read_later_than_the_window() {
+        let mut r = Reorder::default();
+        let mut created = sample(EventKind::ConnCreated);
+        created.flags &= !mptcp_common::flags::SERVER;
+        created.ts_ns = 1_000_000;
+        r.push_event(to_event(&created, &Clock::fixed(0)).unwrap());
+        r.push_event(ring(EventKind::ConnEstablished, 1_000_100, 0, false));
+        r.push_event(ring(EventKind::SubflowEstablished, 1_000_200, 0, false));
+        r.push_event(ring(EventKind::SubflowEstablished, 2_000_000, 5, true));
+        let mut out = Vec::new();
+        // A slow machine: the netlink message is read 35 ms after the join.
+        r.release(2_000_000 + 30_000_000, &mut |e| out.push(e.kind()));
+        assert_eq!(
+            out,
+            [
+                Kind::ConnCreated,
+                Kind::ConnEstablished,
+                Kind::SubflowEstablished
+            ],
+            "the join waits for its announcement"
+        );
+        r.push_event(announced(2_000_000 + 35_000_000, TOKEN, 5));
+        let rest = drain(&mut r);
+        assert_eq!(
+            rest.iter().map(|(k, _, id)| (*k, *id)).collect::<Vec<_>>(),
+            [
+                (Kind::AddrAnnounced, Some(5)),
+                (Kind::SubflowEstablished, Some(5))
+            ]
+        );
+        // Never announced (the message was lost): the wait is bounded.
+        r.push_event(ring(EventKind::SubflowEstablished, 3_000_000, 6, true));
+        let mut n = 0;
+        r.release(3_000_000 + 5 * WINDOW_NS, &mut |_| n += 1);
+        assert_eq!(n, 0);
+        r.release(3_000_000 + ESTABLISHED_WAIT_NS, &mut |_| n += 1);
+        assert_eq!(n, 1);
     }
 
     #[test]
