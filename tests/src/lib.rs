@@ -269,8 +269,9 @@ fn signal(child: &Child, sig: i32) {
     unsafe { libc::kill(child.id() as i32, sig) };
 }
 
-/// `mptcp-trace events --json` running in the background.
-pub struct Tracer {
+/// An `mptcp-trace` command running in the background, started with `--ready-file` and
+/// waited for until every program is attached; its output collected line by line.
+pub struct Background {
     child: ChildGuard,
     pub stdout: Lines,
     pub stderr: Lines,
@@ -278,27 +279,21 @@ pub struct Tracer {
     ready: PathBuf,
 }
 
-/// What a tracer run produced.
-pub struct Run {
-    pub events: Vec<Event>,
-    pub stderr: String,
-    pub status: std::process::ExitStatus,
-}
-
-impl Tracer {
-    /// Starts `mptcp-trace events --json <args>` and waits until every program is attached.
-    pub fn start(args: &[&str]) -> Tracer {
+impl Background {
+    /// Starts `mptcp-trace <args> --ready-file F` and waits for F.
+    pub fn start(args: &[&str]) -> Background {
         require_root();
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let ready = std::env::temp_dir().join(format!(
-            "mptcp-trace-ready-{}-{:?}",
+            "mptcp-trace-ready-{}-{}",
             std::process::id(),
-            thread::current().id()
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         let _ = std::fs::remove_file(&ready);
         let mut child = Command::new(mptcp_trace_bin())
-            .args(["events", "--json", "--ready-file"])
-            .arg(&ready)
             .args(args)
+            .arg("--ready-file")
+            .arg(&ready)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -308,7 +303,7 @@ impl Tracer {
             stdout.collect(child.stdout.take().unwrap()),
             stderr.collect(child.stderr.take().unwrap()),
         ];
-        let mut t = Tracer {
+        let mut t = Background {
             child: ChildGuard(child),
             stdout,
             stderr,
@@ -321,13 +316,13 @@ impl Tracer {
             if let Ok(Some(status)) = t.child.0.try_wait() {
                 thread::sleep(Duration::from_millis(100));
                 panic!(
-                    "mptcp-trace exited before it was ready ({status}):\n{}",
+                    "mptcp-trace {args:?} exited before it was ready ({status}):\n{}",
                     t.stderr.snapshot().join("\n")
                 );
             }
             assert!(
                 Instant::now() < deadline,
-                "mptcp-trace not ready within 60 s"
+                "mptcp-trace {args:?} not ready within 180 s"
             );
             thread::sleep(Duration::from_millis(20));
         }
@@ -338,9 +333,48 @@ impl Tracer {
         self.child.0.id()
     }
 
+    /// Stops it with `sig` and waits: its status; all of stdout and stderr are collected.
+    pub fn stop_with(&mut self, sig: i32) -> std::process::ExitStatus {
+        signal(&self.child.0, sig);
+        let status = self.child.0.wait().expect("wait for mptcp-trace");
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        let _ = std::fs::remove_file(&self.ready);
+        status
+    }
+}
+
+/// `mptcp-trace events --json` running in the background.
+pub struct Tracer(Background);
+
+/// What a tracer run produced.
+pub struct Run {
+    pub events: Vec<Event>,
+    pub stderr: String,
+    pub status: std::process::ExitStatus,
+}
+
+impl Tracer {
+    /// Starts `mptcp-trace events --json <args>` and waits until every program is attached.
+    pub fn start(args: &[&str]) -> Tracer {
+        let mut all = vec!["events", "--json"];
+        all.extend_from_slice(args);
+        Tracer(Background::start(&all))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.pid()
+    }
+
+    /// Its output lines so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.0.stdout.snapshot()
+    }
+
     /// Events so far (parsed; a line that is not a valid event fails the test).
     pub fn events(&self) -> Vec<Event> {
-        parse_events(&self.stdout.snapshot())
+        parse_events(&self.0.stdout.snapshot())
     }
 
     /// Waits until `pred` holds for the events so far.
@@ -354,7 +388,7 @@ impl Tracer {
             assert!(
                 Instant::now() < deadline,
                 "timed out waiting for {what}; events so far:\n{}",
-                self.stdout.snapshot().join("\n")
+                self.0.stdout.snapshot().join("\n")
             );
             thread::sleep(Duration::from_millis(50));
         }
@@ -362,15 +396,10 @@ impl Tracer {
 
     /// Stops the tracer with SIGINT (as Ctrl-C would) and returns what it printed.
     pub fn stop(mut self) -> Run {
-        signal(&self.child.0, libc::SIGINT);
-        let status = self.child.0.wait().expect("wait for mptcp-trace");
-        for r in self.readers.drain(..) {
-            let _ = r.join();
-        }
-        let _ = std::fs::remove_file(&self.ready);
+        let status = self.0.stop_with(libc::SIGINT);
         Run {
             events: self.events(),
-            stderr: self.stderr.snapshot().join("\n"),
+            stderr: self.0.stderr.snapshot().join("\n"),
             status,
         }
     }

@@ -697,7 +697,7 @@ fn diagnosis_why_reads_a_capture_and_refuses_bad_input() {
     let tracer = Tracer::start(&[]);
     let (client, server, _l) = connected(&bed, server_addr(false, 4409), Proto::Mptcp);
     wait_cause(&tracer, cns, "no_subflow_endpoint");
-    let lines = tracer.stdout.snapshot();
+    let lines = tracer.lines();
     drop((client, server));
     let _ = tracer.stop();
     let file = std::env::temp_dir().join(format!("{}.ndjson", tag("dgwhy")));

@@ -24,9 +24,10 @@ use crate::workspace_root;
 
 /// The guest's `/init`.
 const INIT: &str = include_str!("../../tests/vm/init.sh");
-/// Test executables that stay on the host: userspace work the kernel does not change
-/// (`report` renders a capture and needs Chromium, which the guests do not have).
-const HOST_ONLY: &[&str] = &["report"];
+/// Test executables that stay on the host, for tools the guests do not have: `report`
+/// renders a capture in Chromium; `fleet` has a real Prometheus scrape the exporter (both are
+/// userspace sinks of the pipeline every other suite tests in the guests).
+const HOST_ONLY: &[&str] = &["report", "fleet"];
 
 /// The line the init prints once every test executable has run.
 const RESULT_MARKER: &str = "MPTCP-TRACE-VM-RESULT";
