@@ -25,8 +25,9 @@ use crate::workspace_root;
 /// The guest's `/init`.
 const INIT: &str = include_str!("../../tests/vm/init.sh");
 /// Test executables that stay on the host: userspace work the kernel does not change
-/// (`report` renders a capture and needs Chromium, which the guests do not have).
-const HOST_ONLY: &[&str] = &["report"];
+/// (`report` renders a capture and needs Chromium, which the guests do not have; `dist` installs
+/// the .deb with dpkg, which the guests do not have).
+const HOST_ONLY: &[&str] = &["report", "dist"];
 
 /// The line the init prints once every test executable has run.
 const RESULT_MARKER: &str = "MPTCP-TRACE-VM-RESULT";
