@@ -155,7 +155,7 @@ fn upgrade_is_refused_here() -> bool {
 }
 
 #[test]
-fn the_deb_installs_documents_completes_and_removes_cleanly() {
+fn dist_deb_installs_documents_completes_and_removes_cleanly() {
     require_root();
     let deb = deb_path();
     assert!(
