@@ -26,6 +26,9 @@ PACKAGES=(
   # run's seccomp upgrade method (libseccomp builds the filter); libc6-dev's libc.a links the
   # tests' static Go-like client (gcc -static); util-linux for setpriv
   libseccomp-dev libc6-dev util-linux
+  # `cargo xtask dist` (dpkg-shlibdeps computes Depends, strip) and its test (`man -w`, the
+  # installed completions in bash, `systemd-analyze verify` on the units)
+  dpkg-dev binutils man-db bash systemd
 )
 
 missing=()

@@ -1,5 +1,6 @@
 //! Development tasks: `cargo xtask <task>`. The README names the ones a person needs.
 
+mod dist;
 mod test;
 mod vm;
 
@@ -30,6 +31,11 @@ enum Cmd {
     /// Example: cargo xtask vm-test --kernel 6.12
     /// Example: cargo xtask vm-test -- vm_smoke
     VmTest(vm::VmTestArgs),
+    /// Build the Debian package target/dist/mptcp-trace_<version>_amd64.deb: the release
+    /// binary, man pages, bash/zsh/fish completions and the systemd units; prints its path.
+    ///
+    /// Example: cargo xtask dist && sudo dpkg -i target/dist/mptcp-trace_*.deb
+    Dist(dist::DistArgs),
 }
 
 pub fn workspace_root() -> PathBuf {
@@ -47,6 +53,9 @@ fn main() -> Result<()> {
         }
         Cmd::Test(args) => test::run(args)?,
         Cmd::VmTest(args) => vm::run(args)?,
+        Cmd::Dist(args) => {
+            dist::run(args)?;
+        }
     }
     Ok(())
 }

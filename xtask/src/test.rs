@@ -31,7 +31,7 @@ fn step(name: &str, cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn cargo() -> Command {
+pub fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
@@ -63,6 +63,9 @@ pub fn run(args: TestArgs) -> Result<()> {
         "cargo build",
         cargo().args(["build", "--workspace", "--exclude", "mptcp-ebpf", "--bins"]),
     )?;
+    // tests/tests/dist.rs installs the package this builds (and fails without it).
+    eprintln!("==> cargo xtask dist");
+    crate::dist::run(crate::dist::DistArgs::default())?;
     // The root-only integration tests are not a default member (plain `cargo test` as a normal
     // user runs the unit tests); here they run too.
     let mut test = cargo();

@@ -26,8 +26,9 @@ use crate::workspace_root;
 const INIT: &str = include_str!("../../tests/vm/init.sh");
 /// Test executables that stay on the host, for tools the guests do not have: `report`
 /// renders a capture in Chromium; `fleet` has a real Prometheus scrape the exporter (both are
-/// userspace sinks of the pipeline every other suite tests in the guests).
-const HOST_ONLY: &[&str] = &["report", "fleet"];
+/// userspace sinks of the pipeline every other suite tests in the guests); `dist` installs the
+/// .deb with dpkg.
+const HOST_ONLY: &[&str] = &["report", "fleet", "dist"];
 
 /// The line the init prints once every test executable has run.
 const RESULT_MARKER: &str = "MPTCP-TRACE-VM-RESULT";
