@@ -21,7 +21,7 @@ PACKAGES=(
   # driving the live view in tests; rendering `report`'s page headless in its test
   tmux chromium
   # the exporter's test: a real Prometheus scrapes it (promtool checks contrib/)
-  prometheus
+  prometheus curl
   gcc pkg-config
   # run's seccomp upgrade method (libseccomp builds the filter); libc6-dev's libc.a links the
   # tests' static Go-like client (gcc -static); util-linux for setpriv

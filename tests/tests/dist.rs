@@ -3,7 +3,7 @@
 //! version, `man` finds the pages, bash completes with the installed script, the systemd
 //! units pass `systemd-analyze verify`, and the upgrade unit's ExecStart, as written in the
 //! installed file, gives on this kernel exactly what `upgrade --pin` must give here. The
-//! exporter unit's command line is not run: that subcommand is not on this branch yet.
+//! exporter unit's command line serves /metrics until SIGTERM.
 //! Host only (the guests have no dpkg). Needs root.
 
 use std::{
@@ -328,6 +328,51 @@ fn dist_deb_installs_documents_completes_and_removes_cleanly() {
     let status = ok("/usr/bin/mptcp-trace", &["upgrade", "--status"]);
     assert!(status.contains("not pinned"), "{status}");
     drop(cg);
+
+    // The exporter unit's ExecStart, as installed: it serves /metrics until SIGTERM (what
+    // `systemctl stop` sends), then exits 0 and the port closes.
+    let line = unit_value(EXPORTER_UNIT, "ExecStart", "");
+    assert_eq!(
+        line,
+        "/usr/bin/mptcp-trace exporter --listen 127.0.0.1:9464"
+    );
+    let argv: Vec<&str> = line.split_whitespace().collect();
+    let mut exporter = std::process::Command::new(argv[0])
+        .args(&argv[1..])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let metrics = loop {
+        let o = sh(
+            "curl",
+            &["-sS", "--max-time", "2", "http://127.0.0.1:9464/metrics"],
+        );
+        if o.status.success() {
+            break text(&o);
+        }
+        if let Ok(Some(st)) = exporter.try_wait() {
+            panic!("the exporter unit's command exited: {st}");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the exporter unit's command never served: {}",
+            text(&o)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(exporter.id() as i32, libc::SIGTERM) };
+    let st = exporter.wait().unwrap();
+    assert!(st.success(), "exporter exit: {st}");
+    assert!(
+        metrics.contains("mptcp_trace_build_info{version=\""),
+        "{metrics}"
+    );
+    assert!(
+        std::net::TcpStream::connect("127.0.0.1:9464").is_err(),
+        "port 9464 still open after SIGTERM"
+    );
 
     drop(guard);
     assert_eq!(package_status(), "", "still known to dpkg after --purge");
