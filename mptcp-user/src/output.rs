@@ -156,6 +156,11 @@ pub struct ReadyFileError {
 }
 
 impl ReadyFile {
+    /// `--ready-file`, when given, checked.
+    pub fn from_arg(path: Option<&Path>) -> Result<Option<ReadyFile>, ReadyFileError> {
+        path.map(ReadyFile::check).transpose()
+    }
+
     pub fn check(path: &Path) -> Result<ReadyFile, ReadyFileError> {
         let bad = |reason: &str| ReadyFileError {
             path: path.display().to_string(),

@@ -113,17 +113,7 @@ impl TestBed {
         for ns in [c, s] {
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
             sysctl(ns, "net.mptcp.enabled", "1")?;
-            ip(&[
-                "-n",
-                ns,
-                "mptcp",
-                "limits",
-                "set",
-                "subflow",
-                "2",
-                "add_addr_accepted",
-                "2",
-            ])?;
+            set_limits(ns, 2, 2)?;
         }
         add_endpoint(
             c,
@@ -217,6 +207,23 @@ impl Drop for TestBed {
     fn drop(&mut self) {
         self.remove();
     }
+}
+
+/// `ip -n NETNS mptcp limits set subflow N add_addr_accepted M`.
+pub fn set_limits(netns: &str, subflows: u32, add_addr_accepted: u32) -> Result<()> {
+    let (n, m) = (subflows.to_string(), add_addr_accepted.to_string());
+    ip(&[
+        "-n",
+        netns,
+        "mptcp",
+        "limits",
+        "set",
+        "subflow",
+        &n,
+        "add_addr_accepted",
+        &m,
+    ])?;
+    Ok(())
 }
 
 /// Sets `key` (`net.mptcp.enabled`, …) to `value` inside the named namespace.

@@ -508,6 +508,16 @@ impl Monitor {
     }
 }
 
+/// The running kernel's (major, minor), from /proc/sys/kernel/osrelease.
+pub fn kernel_version() -> (u32, u32) {
+    let r = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut it = r
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (it.next().unwrap(), it.next().unwrap())
+}
+
 /// Runs a plain command and returns stdout; panics with stderr on failure.
 pub fn run(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd)

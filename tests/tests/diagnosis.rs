@@ -41,6 +41,12 @@ fn wait_cause(tracer: &Tracer, netns: u32, cause: &str) {
     });
 }
 
+/// `netns` got exactly one diagnosis: no other cause was made up beside the one expected.
+fn assert_only_one(events: &[Event], netns: u32) {
+    let d = diagnoses(events, netns);
+    assert_eq!(d.len(), 1, "{d:#?}");
+}
+
 /// The one diagnosis with `cause` in `netns`, with its detail and evidence.
 fn the(events: &[Event], netns: u32, cause: &str) -> mptcp_user::event::ConnDiagnosis {
     let d: Vec<_> = diagnoses(events, netns)
@@ -101,12 +107,7 @@ fn join_refused(v6: bool) {
     );
     assert!(d.detail.contains("port 4401"), "{d:?}");
     // The connection is not also blamed on its configuration: it had an endpoint.
-    assert_eq!(
-        diagnoses(&run.events, cns).len(),
-        1,
-        "{:#?}",
-        diagnoses(&run.events, cns)
-    );
+    assert_only_one(&run.events, cns);
 }
 
 #[test]
@@ -141,12 +142,7 @@ fn join_timed_out(v6: bool) {
     };
     assert!(d.detail.contains(blue), "{d:?}");
     // The join was in flight at the deadline: no configuration cause was made up meanwhile.
-    assert_eq!(
-        diagnoses(&run.events, cns).len(),
-        1,
-        "{:#?}",
-        diagnoses(&run.events, cns)
-    );
+    assert_only_one(&run.events, cns);
 }
 
 #[test]
@@ -174,7 +170,7 @@ fn no_subflow_endpoint(v6: bool) {
             .any(|e| e.contains("no endpoint with flag subflow in netns mptcp-client-")),
         "{d:?}"
     );
-    assert_eq!(diagnoses(&run.events, cns).len(), 1);
+    assert_only_one(&run.events, cns);
     // The server accepts joins; it opens none: nothing to say about it.
     assert!(
         diagnoses(&run.events, sns).is_empty(),
@@ -199,18 +195,7 @@ fn subflow_limit_zero(v6: bool) {
     if v6 {
         bed.use_ipv6_endpoint().unwrap();
     }
-    testbed::ip(&[
-        "-n",
-        &bed.client,
-        "mptcp",
-        "limits",
-        "set",
-        "subflow",
-        "0",
-        "add_addr_accepted",
-        "0",
-    ])
-    .unwrap();
+    testbed::set_limits(&bed.client, 0, 0).unwrap();
     let tracer = Tracer::start(&[]);
     let (client, server, _l) = connected(&bed, server_addr(v6, 4404), Proto::Mptcp);
     wait_cause(&tracer, cns, "subflow_limit");
@@ -223,7 +208,7 @@ fn subflow_limit_zero(v6: bool) {
             .any(|e| e.starts_with("limits subflows 0 in netns mptcp-client-")),
         "{d:?}"
     );
-    assert_eq!(diagnoses(&run.events, cns).len(), 1);
+    assert_only_one(&run.events, cns);
 }
 
 #[test]
@@ -239,18 +224,7 @@ fn diagnosis_subflow_limit_zero_on_the_client_ipv6() {
 fn peer_refused_join(v6: bool) {
     require_root();
     let (bed, cns, _) = bed_without_join(if v6 { "dgpeer6" } else { "dgpeer4" });
-    testbed::ip(&[
-        "-n",
-        &bed.server,
-        "mptcp",
-        "limits",
-        "set",
-        "subflow",
-        "0",
-        "add_addr_accepted",
-        "0",
-    ])
-    .unwrap();
+    testbed::set_limits(&bed.server, 0, 0).unwrap();
     let tracer = Tracer::start(&[]);
     let (client, server, _l) = connected(&bed, server_addr(v6, 4405), Proto::Mptcp);
     add_join_endpoint(&bed, v6, &["subflow"]);
@@ -295,18 +269,7 @@ fn add_addr_ignored(v6: bool) {
     } else {
         testbed::BLUE_SERVER_V4
     };
-    testbed::ip(&[
-        "-n",
-        &bed.client,
-        "mptcp",
-        "limits",
-        "set",
-        "subflow",
-        "2",
-        "add_addr_accepted",
-        "0",
-    ])
-    .unwrap();
+    testbed::set_limits(&bed.client, 2, 0).unwrap();
     testbed::ip(&[
         "-n",
         &bed.server,
@@ -353,18 +316,7 @@ fn add_addr_ignored_past_its_limit(v6: bool) {
         (testbed::BLUE_SERVER_V4, "192.168.0.11", 24)
     };
     let c = bed.client.as_str();
-    testbed::ip(&[
-        "-n",
-        c,
-        "mptcp",
-        "limits",
-        "set",
-        "subflow",
-        "2",
-        "add_addr_accepted",
-        "1",
-    ])
-    .unwrap();
+    testbed::set_limits(c, 2, 1).unwrap();
     let s = bed.server.as_str();
     let cidr = format!("{second}/{prefix}");
     testbed::ip(&["-n", s, "addr", "add", &cidr, "dev", "blue-server", "nodad"]).unwrap();
@@ -400,12 +352,7 @@ fn add_addr_ignored_past_its_limit(v6: bool) {
         .filter_map(|e| e.daddr())
         .collect();
     assert_eq!(joined, [first], "{pm:#?}");
-    assert_eq!(
-        diagnoses(&run.events, cns).len(),
-        1,
-        "{:#?}",
-        diagnoses(&run.events, cns)
-    );
+    assert_only_one(&run.events, cns);
 }
 
 #[test]
@@ -444,12 +391,7 @@ fn fallback_to_a_plain_tcp_server(v6: bool) {
         "{d:?}"
     );
     // A fallback connection is not judged on its endpoints: it cannot have joins.
-    assert_eq!(
-        diagnoses(&run.events, cns).len(),
-        1,
-        "{:#?}",
-        diagnoses(&run.events, cns)
-    );
+    assert_only_one(&run.events, cns);
 }
 
 #[test]
@@ -489,12 +431,7 @@ fn mptcp_disabled_in_the_servers_namespace(v6: bool) {
             )),
         "{d:?}"
     );
-    assert_eq!(
-        diagnoses(&run.events, cns).len(),
-        1,
-        "{:#?}",
-        diagnoses(&run.events, cns)
-    );
+    assert_only_one(&run.events, cns);
 }
 
 #[test]
@@ -561,12 +498,7 @@ fn join_auth_failed_when_the_join_reaches_another_host(v6: bool) {
         "{:#?}",
         run.events
     );
-    assert_eq!(
-        diagnoses(&run.events, cns).len(),
-        1,
-        "{:#?}",
-        diagnoses(&run.events, cns)
-    );
+    assert_only_one(&run.events, cns);
 }
 
 #[test]
@@ -624,12 +556,7 @@ fn deny_join_id0(v6: bool) {
             .any(|e| e == "conn_established peer_deny_join_id0=true"),
         "{d:?}"
     );
-    assert_eq!(
-        diagnoses(&run.events, cns).len(),
-        1,
-        "{:#?}",
-        diagnoses(&run.events, cns)
-    );
+    assert_only_one(&run.events, cns);
     // Ours, in order: the denying server, then the allowing one.
     assert_eq!(peer_denies(&run.events, cns), [Some(true), Some(false)]);
     // The kernel's: one join, on the second connection only.
@@ -758,12 +685,7 @@ fn endpoint_unusable_when_its_interface_is_down(v6: bool) {
         "blue-client is down".to_string()
     };
     assert!(d.detail.contains(&why), "{d:?}");
-    assert_eq!(
-        diagnoses(&run.events, cns).len(),
-        1,
-        "{:#?}",
-        diagnoses(&run.events, cns)
-    );
+    assert_only_one(&run.events, cns);
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::{
     process::{Command, Output},
 };
 
-use integration_tests::{require_root, tag};
+use integration_tests::{kernel_version, require_root, tag};
 use mptcp_user::sys::cgroup::mount as cgroup2_mount;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -118,15 +118,6 @@ fn run_line(line: &str) -> Output {
     );
     let argv: Vec<&str> = line.split_whitespace().collect();
     sh(argv[0], &argv[1..])
-}
-
-fn kernel_version() -> (u32, u32) {
-    let r = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
-    let mut it = r
-        .trim()
-        .split(['.', '-'])
-        .map(|p| p.parse::<u32>().unwrap_or(0));
-    (it.next().unwrap(), it.next().unwrap())
 }
 
 /// What `upgrade --pin` must do on this kernel, decided from independent facts as in

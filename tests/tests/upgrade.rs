@@ -22,8 +22,8 @@ use std::{
 };
 
 use integration_tests::{
-    loaded_program_ids, mptcp_trace_bin, prog_ids_held_by, prog_ids_held_by_any_process,
-    prog_ids_in_fdinfo, program_name, require_root, tag,
+    kernel_version, loaded_program_ids, mptcp_trace_bin, prog_ids_held_by,
+    prog_ids_held_by_any_process, prog_ids_in_fdinfo, program_name, require_root, tag,
 };
 use mptcp_user::{
     peer::so_protocol,
@@ -46,15 +46,6 @@ enum Expect {
     HookMissing,
     /// Kernel lockdown is on: fentry/fmod_ret loads fail with EPERM.
     Refused,
-}
-
-fn kernel_version() -> (u32, u32) {
-    let r = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
-    let mut it = r
-        .trim()
-        .split(['.', '-'])
-        .map(|p| p.parse::<u32>().unwrap_or(0));
-    (it.next().unwrap(), it.next().unwrap())
 }
 
 /// The kernel's lockdown mode, read once per test process: tests run in parallel, and a

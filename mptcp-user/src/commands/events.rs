@@ -22,11 +22,7 @@ pub async fn run(args: EventsArgs) -> Result<()> {
         .transpose()
         .map_err(BadValue)?;
     let sel = Selector::for_tracing(&args.select)?;
-    let ready = args
-        .ready_file
-        .as_deref()
-        .map(ReadyFile::check)
-        .transpose()?;
+    let ready = ReadyFile::from_arg(args.ready_file.as_deref())?;
     let mut stop = Stop::install()?;
     let mut pipe = Pipeline::start(&sel)?;
     if let Some(period) = stats {

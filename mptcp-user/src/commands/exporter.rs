@@ -28,11 +28,7 @@ pub async fn run(args: ExporterArgs) -> Result<()> {
         ))
     })?;
     let sel = Selector::for_tracing(&args.select)?;
-    let ready = args
-        .ready_file
-        .as_deref()
-        .map(ReadyFile::check)
-        .transpose()?;
+    let ready = ReadyFile::from_arg(args.ready_file.as_deref())?;
     let listener =
         std::net::TcpListener::bind(addr).map_err(|e| BadValue(format!("--listen {addr}: {e}")))?;
     listener.set_nonblocking(true)?;

@@ -26,11 +26,7 @@ pub async fn run(args: StatsArgs) -> Result<()> {
         return Err(BadValue("--top 0: show at least one namespace and command".into()).into());
     }
     let sel = Selector::for_tracing(&args.select)?;
-    let ready = args
-        .ready_file
-        .as_deref()
-        .map(ReadyFile::check)
-        .transpose()?;
+    let ready = ReadyFile::from_arg(args.ready_file.as_deref())?;
     let mut stop = Stop::install()?;
     let mut pipe = Pipeline::start(&sel)?;
     if let Some(r) = &ready {

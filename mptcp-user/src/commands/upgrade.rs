@@ -30,11 +30,7 @@ pub async fn run(args: UpgradeArgs) -> Result<()> {
         return Ok(());
     }
     let sel = Selector::for_upgrade(&args.select, args.all)?;
-    let ready = args
-        .ready_file
-        .as_deref()
-        .map(ReadyFile::check)
-        .transpose()?;
+    let ready = ReadyFile::from_arg(args.ready_file.as_deref())?;
     let mut stop = Stop::install()?;
     let mut policy = sel.policy(args.count_only);
     // The program reports each socket only when `--events` reads its ring (never pinned).

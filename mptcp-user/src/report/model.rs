@@ -138,6 +138,27 @@ pub struct Report {
     pub lost: u64,
 }
 
+impl Lane {
+    /// A lane for the subflow `sf` with endpoints `tuple`, from `start_ns`, still open.
+    fn open(tuple: &Tuple, sf: &crate::event::Subflow, start_ns: u64) -> Lane {
+        Lane {
+            tuple: tuple.clone(),
+            ifname: sf.ifname.clone(),
+            join: sf.join,
+            backup: sf.backup,
+            peer_backup: sf.peer_backup,
+            existing: false,
+            start_ns,
+            end_ns: None,
+            end: End::Open,
+            bytes_sent: 0,
+            bytes_received: 0,
+            srtt_us: None,
+            samples: Vec::new(),
+        }
+    }
+}
+
 type ConnKey = (
     Option<u32>,
     Option<Token>,
@@ -250,53 +271,19 @@ fn apply(conn: &mut Connection, e: &Event) {
             }
         }
         Data::SubflowEstablished(d) => conn.lanes.push(Lane {
-            tuple: d.tuple.clone(),
-            ifname: d.subflow.ifname.clone(),
-            join: d.subflow.join,
-            backup: d.subflow.backup,
-            peer_backup: d.subflow.peer_backup,
             existing: d.existing,
-            start_ns: ts,
-            end_ns: None,
-            end: End::Open,
-            bytes_sent: 0,
-            bytes_received: 0,
-            srtt_us: None,
-            samples: Vec::new(),
+            ..Lane::open(&d.tuple, &d.subflow, ts)
         }),
         Data::SubflowFailed(d) => conn.lanes.push(Lane {
-            tuple: d.tuple.clone(),
-            ifname: d.subflow.ifname.clone(),
-            join: d.subflow.join,
-            backup: d.subflow.backup,
-            peer_backup: d.subflow.peer_backup,
-            existing: false,
-            start_ns: ts,
             end_ns: Some(ts),
             end: End::Failed(d.reason.clone()),
-            bytes_sent: 0,
-            bytes_received: 0,
-            srtt_us: None,
-            samples: Vec::new(),
+            ..Lane::open(&d.tuple, &d.subflow, ts)
         }),
         Data::SubflowClosed(d) => {
             if lane_of(conn, &d.tuple).is_none() {
                 // Established before the capture began.
-                conn.lanes.push(Lane {
-                    tuple: d.tuple.clone(),
-                    ifname: d.subflow.ifname.clone(),
-                    join: d.subflow.join,
-                    backup: d.subflow.backup,
-                    peer_backup: d.subflow.peer_backup,
-                    existing: false,
-                    start_ns: conn.start_ns,
-                    end_ns: None,
-                    end: End::Open,
-                    bytes_sent: 0,
-                    bytes_received: 0,
-                    srtt_us: None,
-                    samples: Vec::new(),
-                });
+                let start = conn.start_ns;
+                conn.lanes.push(Lane::open(&d.tuple, &d.subflow, start));
             }
             let l = lane_of(conn, &d.tuple).expect("pushed above");
             l.end_ns = Some(ts);
