@@ -508,6 +508,23 @@ impl Monitor {
     }
 }
 
+/// The MPTcpExt counters of the named namespace (what `nstat -as MPTcpExt*` shows, without
+/// the prefix): its /proc/net/netstat, read inside it (`ip netns exec NS cat`; the guests have
+/// no nstat).
+pub fn mptcp_ext(netns: &str) -> HashMap<String, u64> {
+    let text = run("ip", &["netns", "exec", netns, "cat", "/proc/net/netstat"]);
+    let mut lines = text.lines().filter(|l| l.starts_with("MPTcpExt:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return HashMap::new();
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .skip(1)
+        .filter_map(|(n, v)| Some((n.to_string(), v.parse().ok()?)))
+        .collect()
+}
+
 /// The running kernel's (major, minor), from /proc/sys/kernel/osrelease.
 pub fn kernel_version() -> (u32, u32) {
     let r = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();

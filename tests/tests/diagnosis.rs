@@ -446,7 +446,7 @@ fn diagnosis_mptcp_disabled_in_the_servers_namespace_ipv6() {
 
 /// The server announces an address that is another host's (the blue link ends in a namespace
 /// of its own, with an MPTCP listener on the same port): the join reaches a host that does not
-/// know the connection's token. Oracle: that namespace's MPJoinNoTokenFound (`nstat`).
+/// know the connection's token. Oracle: that namespace's MPJoinNoTokenFound.
 fn join_auth_failed_when_the_join_reaches_another_host(v6: bool) {
     require_root();
     let (bed, cns, _) = bed_without_join(if v6 { "dgtoken6" } else { "dgtoken4" });
@@ -467,10 +467,9 @@ fn join_auth_failed_when_the_join_reaches_another_host(v6: bool) {
         .unwrap()
         .unwrap();
     let no_token = || {
-        integration_tests::run("ip", &["netns", "exec", o, "nstat", "-asz"])
-            .lines()
-            .find_map(|l| l.strip_prefix("MPTcpExtMPJoinNoTokenFound"))
-            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        integration_tests::mptcp_ext(o)
+            .get("MPJoinNoTokenFound")
+            .copied()
             .unwrap_or(0)
     };
     let before = no_token();

@@ -15,23 +15,11 @@ use std::{
 
 use integration_tests::{
     joins::{add_join_endpoint, bed_without_join, connected, server_addr},
-    mptcp_trace_bin, peer, require_root, run, tag, testbed, Background, ChildGuard,
+    mptcp_ext, mptcp_trace_bin, peer, require_root, tag, testbed, Background, ChildGuard,
 };
 use peer::Proto;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// The MPTcpExt counters of a namespace (`nstat -asz`, absolute values).
-fn mptcp_ext(netns: &str) -> HashMap<String, u64> {
-    run("ip", &["netns", "exec", netns, "nstat", "-asz"])
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let name = f.next()?.strip_prefix("MPTcpExt")?;
-            Some((name.to_string(), f.next()?.parse().ok()?))
-        })
-        .collect()
-}
 
 fn delta(before: &HashMap<String, u64>, after: &HashMap<String, u64>, name: &str) -> u64 {
     after.get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0)
