@@ -1,5 +1,6 @@
 //! Development tasks: `cargo xtask <task>`. The README names the ones a person needs.
 
+mod bench;
 mod dist;
 mod test;
 mod vm;
@@ -36,6 +37,11 @@ enum Cmd {
     ///
     /// Example: cargo xtask dist && sudo dpkg -i target/dist/mptcp-trace_*.deb
     Dist(dist::DistArgs),
+    /// Measure what tracing costs the traffic it watches (root; never part of `test`):
+    /// interleaved rounds of a churn generator with each arm attached; writes BENCHMARKS.md.
+    ///
+    /// Example: sudo cargo xtask bench --rate 1000
+    Bench(bench::BenchArgs),
 }
 
 pub fn workspace_root() -> PathBuf {
@@ -56,6 +62,7 @@ fn main() -> Result<()> {
         Cmd::Dist(args) => {
             dist::run(args)?;
         }
+        Cmd::Bench(args) => bench::run(args)?,
     }
     Ok(())
 }
