@@ -135,6 +135,19 @@ struct Running {
     scraper: Option<thread::JoinHandle<()>>,
 }
 
+impl Drop for Running {
+    /// An error between start and stop must not leave a tracer attached.
+    fn drop(&mut self) {
+        self.stop_scraper.store(true, Ordering::Relaxed);
+        for c in &mut self.children {
+            if let Ok(None) = c.try_wait() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
 impl Running {
     fn stop(mut self) -> Vec<String> {
         self.stop_scraper.store(true, Ordering::Relaxed);
