@@ -525,6 +525,18 @@ pub fn mptcp_ext(netns: &str) -> HashMap<String, u64> {
         .collect()
 }
 
+/// The pid a shell wrote with `echo $$ > FILE` before `exec`ing the command under test (so it
+/// is the command's own pid); the file is removed.
+pub fn take_pid_file(path: &std::path::Path) -> u32 {
+    let pid = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .parse()
+        .unwrap();
+    let _ = std::fs::remove_file(path);
+    pid
+}
+
 /// The running kernel's (major, minor), from /proc/sys/kernel/osrelease.
 pub fn kernel_version() -> (u32, u32) {
     let r = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();

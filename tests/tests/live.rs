@@ -327,12 +327,7 @@ fn demo_live_view_exits_0_on_q_and_on_sigterm() {
             ready,
             "{how}: the demo's live view did not start:\n{screen}"
         );
-        let pid: u32 = std::fs::read_to_string(&pid_file)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        let _ = std::fs::remove_file(&pid_file);
+        let pid = integration_tests::take_pid_file(&pid_file);
         if how == "q" {
             tmux.keys("q");
         } else {

@@ -136,12 +136,7 @@ fn a_hung_up_terminal_ends_the_view() {
     let t = Tmux::start(&name, &cmd);
     let (ok, screen) = t.wait_for(Duration::from_secs(20), |s| s.contains("ended at"));
     assert!(ok, "{screen}");
-    let pid: u32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let _ = std::fs::remove_file(&pid_file);
+    let pid = integration_tests::take_pid_file(&pid_file);
     let proc_dir = std::path::PathBuf::from(format!("/proc/{pid}"));
     assert!(proc_dir.exists());
     drop(t);

@@ -134,6 +134,45 @@ fn restore_terminal() {
 }
 
 /// Raw mode and the alternate screen for as long as it lives; also restores them in a panic.
+/// What every full-screen view holds while it runs: the terminal in raw mode on the alternate
+/// screen, the key reader, the signals that end it and the redraw tick. Dropped in field order:
+/// the key reader stops, then the terminal, then the guard restores the screen.
+pub(crate) struct Screen {
+    // Held for their Drop only.
+    _input: InputThread,
+    pub terminal: Terminal<CrosstermBackend<io::Stdout>>,
+    _guard: TerminalGuard,
+    pub keys: mpsc::UnboundedReceiver<term::Event>,
+    pub stop: Stop,
+    pub tick: tokio::time::Interval,
+}
+
+impl Screen {
+    pub fn open() -> Result<Screen> {
+        let guard = TerminalGuard::enter()?;
+        let mut terminal = Terminal::new(CrosstermBackend::new(io::stdout()))?;
+        terminal.clear()?;
+        let (ktx, keys) = mpsc::unbounded_channel();
+        let input = InputThread::spawn(ktx);
+        let stop = Stop::install()?;
+        Ok(Screen {
+            _input: input,
+            terminal,
+            _guard: guard,
+            keys,
+            stop,
+            tick: interval(Duration::from_millis(250)),
+        })
+    }
+
+    /// Draws `state`, or its frozen snapshot while paused.
+    pub fn draw(&mut self, state: &State) -> Result<()> {
+        let shown = state.frozen.as_deref().unwrap_or(state);
+        self.terminal.draw(|f| render::render(shown, f))?;
+        Ok(())
+    }
+}
+
 struct TerminalGuard;
 
 impl TerminalGuard {
@@ -234,13 +273,7 @@ pub async fn run(
     state.ui.banner = opts.banner;
     state.apply(Update::Tick(decode::monotonic_ns()));
 
-    let guard = TerminalGuard::enter()?;
-    let mut terminal = Terminal::new(CrosstermBackend::new(io::stdout()))?;
-    terminal.clear()?;
-    let (ktx, mut keys) = mpsc::unbounded_channel();
-    let input = InputThread::spawn(ktx);
-    let mut stop = Stop::install()?;
-    let mut tick = interval(Duration::from_millis(250));
+    let mut screen = Screen::open()?;
     let deadline = sleep(opts.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
     tokio::pin!(deadline);
 
@@ -255,27 +288,24 @@ pub async fn run(
                 Err(e) => break Err(e.into()),
             },
             Some(u) = rx.recv() => state.apply(u),
-            Some(ev) = keys.recv() => match terminal_event(&mut state, &mut terminal, ev)? {
+            Some(ev) = screen.keys.recv() => match terminal_event(&mut state, &mut screen.terminal, ev)? {
                 Action::Quit => break Ok(()),
                 Action::Redraw => redraw = true,
                 Action::None => {}
             },
-            _ = tick.tick() => {
+            _ = screen.tick.tick() => {
                 state.apply(Update::Tick(decode::monotonic_ns()));
                 diag.set_netns(state.live_netns().into_iter().collect());
                 redraw = true;
             }
-            _ = stop.recv() => break Ok(()),
+            _ = screen.stop.recv() => break Ok(()),
             _ = &mut deadline => break Ok(()),
         }
         if redraw {
-            let shown = state.frozen.as_deref().unwrap_or(&state);
-            terminal.draw(|f| render::render(shown, f))?;
+            screen.draw(&state)?;
         }
     };
-    drop(input);
-    drop(terminal);
-    drop(guard);
+    drop(screen);
     drop(diag);
     result.map(|()| (state, pipe))
 }

@@ -10,25 +10,19 @@
 
 use std::{
     hash::{Hash, Hasher},
-    io,
     path::Path,
     time::Duration,
 };
 
 use anyhow::Result;
-use ratatui::{backend::CrosstermBackend, Terminal};
-use tokio::{
-    sync::mpsc,
-    time::{interval, sleep, Instant},
-};
+use tokio::time::{sleep, Instant};
 
 use crate::{
     cli::BadValue,
     event::{Data, Event},
-    sys::signals::Stop,
 };
 
-use super::{render, terminal_event, Action, InputThread, State, TerminalGuard, Update};
+use super::{terminal_event, Action, Screen, State, Update};
 
 /// Reads a capture (see [`crate::capture::load`]) for the view.
 pub fn load(path: &Path) -> Result<Vec<Event>, BadValue> {
@@ -177,13 +171,7 @@ pub async fn run(
     let mut state = State::default();
     state.apply(Update::Tick(clock.first_ns));
 
-    let guard = TerminalGuard::enter()?;
-    let mut terminal = Terminal::new(CrosstermBackend::new(io::stdout()))?;
-    terminal.clear()?;
-    let (ktx, mut keys) = mpsc::unbounded_channel();
-    let input = InputThread::spawn(ktx);
-    let mut stop = Stop::install()?;
-    let mut tick = interval(Duration::from_millis(250));
+    let mut screen = Screen::open()?;
     let deadline = sleep(duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
     tokio::pin!(deadline);
 
@@ -200,24 +188,21 @@ pub async fn run(
                 }
                 redraw = pending.peek().is_none();
             }
-            Some(ev) = keys.recv() => match terminal_event(&mut state, &mut terminal, ev)? {
+            Some(ev) = screen.keys.recv() => match terminal_event(&mut state, &mut screen.terminal, ev)? {
                 Action::Quit => break Ok(()),
                 Action::Redraw => redraw = true,
                 Action::None => {}
             },
-            _ = tick.tick() => redraw = true,
-            _ = stop.recv() => break Ok(()),
+            _ = screen.tick.tick() => redraw = true,
+            _ = screen.stop.recv() => break Ok(()),
             _ = &mut deadline => break Ok(()),
         }
         if redraw {
             state.apply(Update::Tick(clock.now()));
             state.ui.banner = Some(banner(name, &clock, shown, total));
-            let shown = state.frozen.as_deref().unwrap_or(&state);
-            terminal.draw(|f| render::render(shown, f))?;
+            screen.draw(&state)?;
         }
     };
-    drop(input);
-    drop(terminal);
-    drop(guard);
+    drop(screen);
     result.map(|()| state)
 }
