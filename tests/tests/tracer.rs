@@ -74,7 +74,7 @@ fn two_subflows(name: &str, x: Expect) {
         run.status,
         run.stderr
     );
-    assert!(run.stderr.contains(" 0 lost"), "{}", run.stderr);
+    run.assert_only_skipped_runs();
 
     let me = std::process::id();
     let server_ip: IpAddr = x.server.parse().unwrap();
@@ -636,15 +636,20 @@ fn port_and_pid_filters_leave_out_unrelated_connections() {
         "{ours:#?}"
     );
 
+    // A `lost` record is the tracer's own (no connection, no pid): under qemu the kernel may
+    // skip a nested program run, and the record says so. Every other record is the other
+    // process's connection, complete.
+    let conn_events: Vec<&Event> = pid_run
+        .events
+        .iter()
+        .filter(|e| e.event != Kind::Lost)
+        .collect();
     assert_eq!(
-        pid_run.events.first().map(|e| e.event),
+        conn_events.first().map(|e| e.event),
         Some(Kind::ConnCreated)
     );
-    assert_eq!(
-        pid_run.events.last().map(|e| e.event),
-        Some(Kind::ConnClosed)
-    );
-    for e in &pid_run.events {
+    assert_eq!(conn_events.last().map(|e| e.event), Some(Kind::ConnClosed));
+    for e in &conn_events {
         assert_eq!(
             e.pid,
             Some(other_pid),
@@ -653,7 +658,7 @@ fn port_and_pid_filters_leave_out_unrelated_connections() {
         assert_eq!(e.netns, Some(cns));
         assert_eq!(e.comm.as_deref(), Some("mptcp-peer"));
     }
-    assert_eq!(pid_run.events[0].dport, Some(4331));
+    assert_eq!(conn_events[0].dport, Some(4331));
 }
 
 /// Program ids held by a process's fds (`prog_id:` in /proc/PID/fdinfo).
