@@ -493,7 +493,7 @@ pub struct Lost {
     #[serde(default)]
     pub stale_entry: u64,
     /// Program runs the kernel skipped because they would have re-entered on one CPU
-    /// (`bpf_prog_info.recursion_misses`, Linux ≥ 6.2; absent where the kernel cannot tell).
+    /// (`bpf_prog_info.recursion_misses`, Linux ≥ 5.12; absent where the kernel cannot tell).
     pub recursion_misses: Option<u64>,
     /// Path-manager netlink messages the kernel dropped because our socket was full.
     pub netlink: u64,

@@ -456,6 +456,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 s.lost,
                 s.failed
             );
+            if let Some(summary) = stderr
+                .iter()
+                .flat_map(|e| e.lines())
+                .find(|l| l.contains(" lost ("))
+            {
+                eprintln!("        {summary}");
+            }
             samples.push(s);
             for o in outputs {
                 let _ = fs::remove_file(o);

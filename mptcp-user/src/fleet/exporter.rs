@@ -200,7 +200,7 @@ impl Metrics {
         let skipped = Counter::default();
         trace.register(
             "skipped_program_runs",
-            "Tracing program runs the kernel skipped (recursion misses, Linux >= 6.2)",
+            "Tracing program runs the kernel skipped (recursion misses, Linux >= 5.12)",
             skipped.clone(),
         );
         let programs_gauge = Gauge::default();
