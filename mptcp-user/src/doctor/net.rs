@@ -171,7 +171,16 @@ fn family_of(ip: &IpAddr) -> u8 {
 impl NetState {
     /// Reads it all in this thread's namespace.
     pub fn read() -> io::Result<NetState> {
-        let mut s = NetState {
+        let mut s = NetState::read_without_sockets()?;
+        s.tcp = tcp_sockets();
+        Ok(s)
+    }
+
+    /// Everything but the TCP sockets: reading those walks the whole established hash table
+    /// (shared by every namespace, often 262,144 buckets) and formats every socket, TIME_WAIT
+    /// included — a cost worth paying for `doctor`, not on every judgement of the tracer.
+    pub fn read_without_sockets() -> io::Result<NetState> {
+        Ok(NetState {
             links: dump(RTM_GETLINK, RTM_NEWLINK, &[0u8; 16])?
                 .iter()
                 .filter_map(|p| parse_link(p))
@@ -182,14 +191,7 @@ impl NetState {
                 .filter_map(|p| parse_route(p))
                 .collect(),
             tcp: Vec::new(),
-        };
-        for f in ["tcp", "tcp6"] {
-            // thread-self, not self: /proc/self/net is the namespace of the main thread.
-            if let Ok(text) = fs::read_to_string(format!("/proc/thread-self/net/{f}")) {
-                s.tcp.extend(parse_proc_tcp(&text));
-            }
-        }
-        Ok(s)
+        })
     }
 
     pub fn link(&self, index: u32) -> Option<&Link> {
@@ -345,6 +347,18 @@ pub fn parse_route(p: &[u8]) -> Option<Route> {
     }
     r.table = table;
     Some(r)
+}
+
+/// The TCP sockets of this thread's namespace (IPv4 and IPv6).
+pub fn tcp_sockets() -> Vec<TcpSock> {
+    let mut v = Vec::new();
+    for f in ["tcp", "tcp6"] {
+        // thread-self, not self: /proc/self/net is the namespace of the main thread.
+        if let Ok(text) = fs::read_to_string(format!("/proc/thread-self/net/{f}")) {
+            v.extend(parse_proc_tcp(&text));
+        }
+    }
+    v
 }
 
 /// The sockets of `/proc/net/tcp` or `/proc/net/tcp6`.

@@ -43,6 +43,16 @@ impl Facts {
     /// Reads the facts of the namespace this thread is in. (/proc/sys/net answers for the
     /// reading thread's namespace.)
     pub fn here() -> Facts {
+        let mut f = Facts::here_without_sockets();
+        if let Ok(net) = &mut f.net {
+            net.tcp = super::net::tcp_sockets();
+        }
+        f
+    }
+
+    /// All but the TCP sockets (see [`NetState::read_without_sockets`]): what the tracer's
+    /// diagnosis reads for every connection it judges.
+    pub fn here_without_sockets() -> Facts {
         let path_manager = match sysctl("net.mptcp.path_manager") {
             Ok(v) => Some(PathManager {
                 sysctl: "net.mptcp.path_manager",
@@ -59,13 +69,18 @@ impl Facts {
             enabled: sysctl("net.mptcp.enabled"),
             path_manager,
             pm: crate::pm_config::query().map_err(|e| e.to_string()),
-            net: NetState::read().map_err(|e| format!("rtnetlink: {e}")),
+            net: NetState::read_without_sockets().map_err(|e| format!("rtnetlink: {e}")),
         }
     }
 
     /// Reads them inside the namespace behind `path` (this thread enters it and comes back).
     pub fn read(path: &Path) -> Result<Facts, String> {
-        crate::sys::netns::run_in(path, Facts::here).map_err(|e| format!("{}: {e}", path.display()))
+        Facts::read_with(path, Facts::here)
+    }
+
+    /// [`Facts::read`] with `here` (e.g. [`Facts::here_without_sockets`]).
+    pub fn read_with(path: &Path, here: fn() -> Facts) -> Result<Facts, String> {
+        crate::sys::netns::run_in(path, here).map_err(|e| format!("{}: {e}", path.display()))
     }
 }
 

@@ -52,8 +52,14 @@ const JOIN_SYN_MARGIN_NS: u64 = 10_000_000;
 pub trait Env {
     /// The namespace's name under /run/netns, else `inode N`.
     fn name(&mut self, netns: u32) -> String;
-    /// Doctor's facts of the namespace (path manager, limits, endpoints, interfaces, routes).
-    fn facts(&mut self, netns: u32) -> Option<Facts>;
+    /// Doctor's facts of the namespace (path manager, limits, endpoints, interfaces, routes);
+    /// its TCP sockets may be left out (see [`Env::sockets`]).
+    fn facts(&mut self, netns: u32) -> Option<Arc<Facts>>;
+    /// The namespace's TCP sockets (dear to read on a busy host: asked for only to find where
+    /// the other end of a failed connection lives).
+    fn sockets(&mut self, netns: u32) -> Option<Vec<doctor::net::TcpSock>> {
+        self.facts(netns)?.net.as_ref().ok().map(|n| n.tcp.clone())
+    }
     /// Its MPTcpExt counters, read at or after `fresh_after` (CLOCK_MONOTONIC ns): a value
     /// read earlier may be reused only when it is that recent.
     fn counters(&mut self, netns: u32, fresh_after: u64) -> Option<MptcpExt>;
@@ -79,7 +85,9 @@ const COUNTERS_TTL_NS: u64 = 50_000_000;
 #[derive(Default)]
 pub struct Host {
     paths: HashMap<u32, PathBuf>,
-    facts: HashMap<u32, (Instant, Option<Facts>)>,
+    /// Shared, not copied, with every judgement that asks within [`FACTS_TTL`].
+    facts: HashMap<u32, (Instant, Option<Arc<Facts>>)>,
+    sockets: HashMap<u32, (Instant, Option<Vec<doctor::net::TcpSock>>)>,
     /// When (CLOCK_MONOTONIC ns) each namespace's counters were last read, and them.
     counters: HashMap<u32, (u64, MptcpExt)>,
     addresses: Option<AddressMap>,
@@ -154,7 +162,7 @@ impl Env for Host {
         }
     }
 
-    fn facts(&mut self, netns: u32) -> Option<Facts> {
+    fn facts(&mut self, netns: u32) -> Option<Arc<Facts>> {
         if let Some((at, f)) = self.facts.get(&netns) {
             if at.elapsed() < FACTS_TTL {
                 return f.clone();
@@ -162,10 +170,33 @@ impl Env for Host {
         }
         let p = self.path(netns)?;
         // On a short-lived thread: the pipeline's thread never changes namespace.
-        let f = std::thread::scope(|s| s.spawn(|| Facts::read(&p).ok()).join().ok()?);
+        let f = std::thread::scope(|s| {
+            s.spawn(|| Facts::read_with(&p, Facts::here_without_sockets).ok())
+                .join()
+                .ok()?
+        })
+        .map(Arc::new);
         self.facts.retain(|_, (at, _)| at.elapsed() < FACTS_TTL);
         self.facts.insert(netns, (Instant::now(), f.clone()));
         f
+    }
+
+    fn sockets(&mut self, netns: u32) -> Option<Vec<doctor::net::TcpSock>> {
+        if let Some((at, v)) = self.sockets.get(&netns) {
+            if at.elapsed() < FACTS_TTL {
+                return v.clone();
+            }
+        }
+        let p = self.path(netns)?;
+        // On a short-lived thread: the pipeline's thread never changes namespace.
+        let v = std::thread::scope(|s| {
+            s.spawn(|| crate::sys::netns::run_in(&p, doctor::net::tcp_sockets).ok())
+                .join()
+                .ok()?
+        });
+        self.sockets.retain(|_, (at, _)| at.elapsed() < FACTS_TTL);
+        self.sockets.insert(netns, (Instant::now(), v.clone()));
+        v
     }
 
     fn counters(&mut self, netns: u32, fresh_after: u64) -> Option<MptcpExt> {
@@ -591,11 +622,7 @@ impl Diagnosis {
             }
             let v: Vec<u32> = v
                 .into_iter()
-                .filter(|&ns| {
-                    self.env
-                        .facts(ns)
-                        .is_some_and(|f| f.net.is_ok_and(|n| n.tcp.iter().any(&has)))
-                })
+                .filter(|&ns| self.env.sockets(ns).is_some_and(|v| v.iter().any(&has)))
                 .collect();
             if let [one] = v.as_slice() {
                 return Some(*one);
@@ -1247,8 +1274,8 @@ mod tests {
         fn name(&mut self, _: u32) -> String {
             "mptcp-client".into()
         }
-        fn facts(&mut self, _: u32) -> Option<Facts> {
-            Some(self.facts.clone())
+        fn facts(&mut self, _: u32) -> Option<Arc<Facts>> {
+            Some(Arc::new(self.facts.clone()))
         }
         fn counters(&mut self, _: u32, _: u64) -> Option<MptcpExt> {
             Some(self.counters.lock().unwrap().clone())
