@@ -1,13 +1,16 @@
 //! `cargo xtask bench` (root; never part of `cargo xtask test`): what tracing costs the traffic
 //! it watches, measured side by side in one run. In the seed's test bed, a churn generator
 //! (short MPTCP connections — connect, 1 KiB each way, close — from worker threads in the
-//! client namespace, at a target rate or as fast as the machine goes) runs for a few seconds
-//! per round, with one arm attached: nothing (the baseline), `events --json`, `events` (text),
-//! the exporter (scraped every second), `ip mptcp monitor` in both namespaces. Rounds are
-//! interleaved (A/B/A/B…), and each arm reports the median and spread of: connections/s and
-//! its ratio to the baseline of the same run, the arm's CPU (user + system, % of one core) and
-//! peak RSS, and for the tracer arms the connections it showed against those the generator
-//! made, and what it reported lost. The results replace the churn section of BENCHMARKS.md.
+//! client namespace) runs for a few seconds per round with one arm attached: nothing (the
+//! baseline), `events --json`, `events` (text), the exporter (scraped every second), `live` in a
+//! pseudo-terminal, `ip mptcp monitor` in both namespaces. Two phases: at a target rate (what
+//! the arm costs at a known load) and as fast as the machine goes (the throughput ratio, and
+//! loss when it matters); then a bulk transfer per arm. Rounds are interleaved (A/B/A/B…), and
+//! each arm reports the median and spread of connections/s and its ratio to the baseline of
+//! the same phase, its CPU (% of one core) and peak RSS, our programs' kernel time per state
+//! change, the time from exec to attached, what it showed against what the generator and the
+//! kernel's MPTcpExt counters say happened, and what it reported lost. The results replace
+//! the churn section of BENCHMARKS.md and go to `target/bench/churn.json`.
 
 use std::{
     fs,
@@ -48,7 +51,13 @@ pub struct BenchArgs {
     /// Write the results here instead of BENCHMARKS.md (the churn section is replaced).
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// About two minutes, for development: 2 rounds of 3 s per phase.
+    #[arg(long)]
+    pub quick: bool,
 }
+
+/// A bulk transfer per arm and round: this many bytes over the two paths.
+const BULK_BYTES: u64 = 1 << 30;
 
 const PORT: u16 = 5201;
 const PAYLOAD: usize = 1024;
@@ -61,15 +70,17 @@ enum Arm {
     EventsJson,
     EventsText,
     Exporter,
+    Live,
     IpMonitor,
 }
 
 impl Arm {
-    const ALL: [Arm; 5] = [
+    const ALL: [Arm; 6] = [
         Arm::Baseline,
         Arm::EventsJson,
         Arm::EventsText,
         Arm::Exporter,
+        Arm::Live,
         Arm::IpMonitor,
     ];
 
@@ -79,12 +90,29 @@ impl Arm {
             Arm::EventsJson => "`events --json` > file",
             Arm::EventsText => "`events` (text) > file",
             Arm::Exporter => "`exporter`, scraped every 1 s",
+            Arm::Live => "`live` in a pseudo-terminal (160x50)",
             Arm::IpMonitor => "`ip mptcp monitor` in both namespaces",
         }
     }
 
     fn traces(self) -> bool {
         matches!(self, Arm::EventsJson | Arm::EventsText)
+    }
+
+    /// Runs our eBPF programs.
+    fn ours(self) -> bool {
+        !matches!(self, Arm::Baseline | Arm::IpMonitor)
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Arm::Baseline => "baseline",
+            Arm::EventsJson => "events_json",
+            Arm::EventsText => "events_text",
+            Arm::Exporter => "exporter",
+            Arm::Live => "live",
+            Arm::IpMonitor => "ip_mptcp_monitor",
+        }
     }
 }
 
@@ -99,6 +127,15 @@ struct Sample {
     /// Client-side connections the arm showed (`conn_created` in the client namespace).
     shown: Option<u64>,
     lost: Option<u64>,
+    /// Client-side join subflows the arm showed, and those the kernel counted
+    /// (MPJoinSynAckRx of the client namespace).
+    joins_shown: Option<u64>,
+    joins_expected: u64,
+    /// From exec to attached (the ready file, or the first program held), ms.
+    attach_ms: Option<f64>,
+    /// Our programs' kernel time per state change (`run_time_ns` / `run_cnt`, with
+    /// `kernel.bpf_stats_enabled`), ns.
+    kernel_ns: Option<f64>,
 }
 
 /// CPU time (user + system) of a process, in clock ticks, and its peak RSS in KiB.
@@ -130,6 +167,9 @@ fn clock_ticks_per_s() -> f64 {
 /// The arm's processes, running.
 struct Running {
     children: Vec<Child>,
+    /// The processes whose CPU and memory count (the arm's own, not a wrapper's).
+    pids: Vec<u32>,
+    attach_ms: Option<f64>,
     outputs: Vec<PathBuf>,
     stop_scraper: Arc<AtomicBool>,
     scraper: Option<thread::JoinHandle<()>>,
@@ -155,6 +195,12 @@ impl Running {
             let _ = s.join();
         }
         let mut stderr = Vec::new();
+        // A wrapped arm (`live` under `script`) is stopped itself; its wrapper follows.
+        for p in &self.pids {
+            if !self.children.iter().any(|c| c.id() == *p) {
+                let _ = Command::new("kill").args(["-INT", &p.to_string()]).status();
+            }
+        }
         for c in &mut self.children {
             // SIGINT, as Ctrl-C: the tracer prints its loss summary.
             let _ = Command::new("kill")
@@ -186,6 +232,8 @@ fn wait_file(p: &Path, child: &mut Child) -> Result<()> {
 fn start(arm: Arm, bin: &Path, bed: &TestBed, dir: &Path, round: usize) -> Result<Running> {
     let mut r = Running {
         children: Vec::new(),
+        pids: Vec::new(),
+        attach_ms: None,
         outputs: Vec::new(),
         stop_scraper: Arc::new(AtomicBool::new(false)),
         scraper: None,
@@ -202,6 +250,7 @@ fn start(arm: Arm, bin: &Path, bed: &TestBed, dir: &Path, round: usize) -> Resul
             if arm == Arm::EventsJson {
                 cmd.arg("--json");
             }
+            let t0 = Instant::now();
             let mut c = cmd
                 .args(netns)
                 .arg("--ready-file")
@@ -210,14 +259,41 @@ fn start(arm: Arm, bin: &Path, bed: &TestBed, dir: &Path, round: usize) -> Resul
                 .stderr(Stdio::piped())
                 .spawn()?;
             wait_file(&ready, &mut c)?;
+            r.attach_ms = Some(t0.elapsed().as_secs_f64() * 1000.0);
             r.children.push(c);
             r.outputs.push(out);
+        }
+        Arm::Live => {
+            // `script` gives it a terminal; the shell sets its size and becomes the view.
+            let cmd = format!(
+                "stty cols 160 rows 50; exec {} live --netns {} --netns {}",
+                bin.display(),
+                bed.client,
+                bed.server
+            );
+            let t0 = Instant::now();
+            let mut c = Command::new("script")
+                .args(["-qfec", &cmd, "/dev/null"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()?;
+            // The view asks the terminal where its cursor is (ESC [6n) and `script` is no
+            // terminal emulator: the answer a terminal would give waits in the input.
+            if let Some(i) = c.stdin.as_mut() {
+                i.write_all(b"\x1b[1;1R")?;
+            }
+            let pid = attached_child(&mut c)?;
+            r.attach_ms = Some(t0.elapsed().as_secs_f64() * 1000.0);
+            r.pids.push(pid);
+            r.children.push(c);
         }
         Arm::Exporter => {
             let port = std::net::TcpListener::bind("127.0.0.1:0")?
                 .local_addr()?
                 .port();
             let listen = format!("127.0.0.1:{port}");
+            let t0 = Instant::now();
             let mut c = Command::new(bin)
                 .args(["exporter", "--listen", &listen])
                 .args(netns)
@@ -227,6 +303,7 @@ fn start(arm: Arm, bin: &Path, bed: &TestBed, dir: &Path, round: usize) -> Resul
                 .stderr(Stdio::piped())
                 .spawn()?;
             wait_file(&ready, &mut c)?;
+            r.attach_ms = Some(t0.elapsed().as_secs_f64() * 1000.0);
             r.children.push(c);
             let stop = r.stop_scraper.clone();
             r.scraper = Some(thread::spawn(move || {
@@ -255,7 +332,116 @@ fn start(arm: Arm, bin: &Path, bed: &TestBed, dir: &Path, round: usize) -> Resul
             thread::sleep(Duration::from_millis(300));
         }
     }
+    if r.pids.is_empty() {
+        r.pids = r.children.iter().map(Child::id).collect();
+    }
     Ok(r)
+}
+
+/// The program `script` runs, once it holds eBPF programs: its pid.
+fn attached_child(script: &mut Child) -> Result<u32> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(st) = script.try_wait()? {
+            bail!("the live view exited before it was ready: {st}");
+        }
+        let children = fs::read_to_string(format!(
+            "/proc/{0}/task/{0}/children",
+            script.id()
+        ))
+        .unwrap_or_default();
+        if let Some(pid) = children.split_whitespace().find_map(|p| p.parse().ok()) {
+            if !prog_stats(pid).is_empty() {
+                return Ok(pid);
+            }
+        }
+        ensure!(Instant::now() < deadline, "the live view was not ready in 60 s");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `(run_time_ns, run_cnt)` of each eBPF program a process holds, by program id (from
+/// /proc/PID/fdinfo; counted while `kernel.bpf_stats_enabled` is 1).
+fn prog_stats(pid: u32) -> std::collections::BTreeMap<u32, (u64, u64)> {
+    let mut m = std::collections::BTreeMap::new();
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return m;
+    };
+    for e in dir.flatten() {
+        let info = fs::read_to_string(e.path()).unwrap_or_default();
+        let field = |k: &str| -> Option<u64> {
+            info.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .and_then(|v| v.trim().parse().ok())
+        };
+        if let (Some(id), Some(t), Some(n)) =
+            (field("prog_id:"), field("run_time_ns:"), field("run_cnt:"))
+        {
+            m.insert(id as u32, (t, n));
+        }
+    }
+    m
+}
+
+/// Kernel ns per state change between two [`prog_stats`]: every program's time, over the
+/// runs of the busiest (the state-change programs run on every change).
+fn kernel_ns(
+    before: &std::collections::BTreeMap<u32, (u64, u64)>,
+    after: &std::collections::BTreeMap<u32, (u64, u64)>,
+) -> Option<f64> {
+    let mut time = 0;
+    let mut runs = 0;
+    for (id, (t, n)) in after {
+        let (t0, n0) = before.get(id).copied().unwrap_or((0, 0));
+        time += t - t0;
+        runs = runs.max(n - n0);
+    }
+    (runs > 0).then(|| time as f64 / runs as f64)
+}
+
+/// Restores `kernel.bpf_stats_enabled` when the bench ends, however it ends.
+struct BpfStats(Option<String>);
+
+impl BpfStats {
+    const PATH: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    fn enable() -> BpfStats {
+        let old = fs::read_to_string(Self::PATH).ok();
+        if fs::write(Self::PATH, "1").is_err() {
+            eprintln!("(cannot enable {}: no kernel time per state change)", Self::PATH);
+        }
+        BpfStats(old)
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        if let Some(old) = &self.0 {
+            let _ = fs::write(Self::PATH, old.trim());
+        }
+    }
+}
+
+/// The client namespace's MPJoinSynAckRx: joins the kernel saw answered.
+fn joins_counted(bed: &TestBed) -> u64 {
+    let path = PathBuf::from(format!("/run/netns/{}", bed.client));
+    mptcp_user::sys::netstat::read(&path)
+        .ok()
+        .and_then(|c| c.get("MPJoinSynAckRx").copied())
+        .unwrap_or(0)
+}
+
+/// One bulk transfer of [`BULK_BYTES`] from the client over both paths: MiB/s.
+fn bulk(bed: &TestBed) -> Result<f64> {
+    let addr: SocketAddr = format!("{}:{PORT}", testbed::RED_SERVER_V4).parse()?;
+    let plan = peer::Send {
+        bytes: BULK_BYTES,
+        warmup: Duration::from_millis(100),
+        spread: Duration::ZERO,
+    };
+    let t0 = Instant::now();
+    testbed::in_netns(&bed.client, move || peer::send(addr, Proto::Mptcp, plan))??;
+    Ok(BULK_BYTES as f64 / (1 << 20) as f64 / t0.elapsed().as_secs_f64())
 }
 
 /// The server: acceptor threads in the server namespace that read to EOF and close.
@@ -328,20 +514,43 @@ fn churn(bed: &TestBed, secs: u64, rate: u32, workers: u32) -> Result<(u64, u64)
     Ok((made.load(Ordering::Relaxed), failed.load(Ordering::Relaxed)))
 }
 
-/// Client-side `conn_created` lines in an `events` output, and the loss its summary gave.
-fn shown_and_lost(out: &Path, stderr: &str, json: bool, client_ns: u32) -> (u64, Option<u64>) {
+/// What an `events` output showed of the client side.
+struct Shown {
+    /// `conn_created` lines.
+    created: u64,
+    /// Join `subflow_established` lines.
+    joins: u64,
+    /// The loss its summary gave.
+    lost: Option<u64>,
+}
+
+fn count_output(out: &Path, stderr: &str, json: bool, client_ns: u32) -> Shown {
     let text = fs::read_to_string(out).unwrap_or_default();
     let ns = format!("netns={client_ns}");
-    let shown = text
-        .lines()
-        .filter(|l| {
-            if json {
-                l.contains("\"event\":\"conn_created\"") && l.contains("\"side\":\"client\"")
-            } else {
-                l.contains("conn_created") && l.contains(" client ") && l.contains(&ns)
+    let client = |l: &&str| {
+        if json {
+            l.contains("\"side\":\"client\"")
+                || l.contains(&format!("\"netns\":{client_ns},"))
+        } else {
+            l.contains(&ns)
+        }
+    };
+    let (mut created, mut joins) = (0, 0);
+    for l in text.lines().filter(client) {
+        if json {
+            if l.contains("\"event\":\"conn_created\"") && l.contains("\"side\":\"client\"") {
+                created += 1;
+            } else if l.contains("\"event\":\"subflow_established\"")
+                && l.contains("\"join\":true")
+            {
+                joins += 1;
             }
-        })
-        .count() as u64;
+        } else if l.contains("conn_created") && l.contains(" client ") {
+            created += 1;
+        } else if l.contains("subflow_established") && l.contains(" join") {
+            joins += 1;
+        }
+    }
     // The summary: `mptcp-trace: N events shown, M lost (ring buffer …)`.
     let lost = stderr
         .split_whitespace()
@@ -349,7 +558,11 @@ fn shown_and_lost(out: &Path, stderr: &str, json: bool, client_ns: u32) -> (u64,
         .windows(2)
         .find(|w| w[1] == "lost")
         .and_then(|w| w[0].parse().ok());
-    (shown, lost)
+    Shown {
+        created,
+        joins,
+        lost,
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -404,73 +617,52 @@ pub fn run(args: BenchArgs) -> Result<()> {
     testbed::sysctl(&bed.client, "net.ipv4.tcp_tw_reuse", "1")?;
     testbed::sysctl(&bed.client, "net.ipv4.ip_local_port_range", "1024 65535")?;
     serve(&bed, args.workers.max(4))?;
-    let hz = clock_ticks_per_s();
-    let mut results: Vec<(Arm, Vec<Sample>)> = Arm::ALL.iter().map(|a| (*a, Vec::new())).collect();
-    for round in 0..args.rounds {
-        for (arm, samples) in &mut results {
-            let running = start(*arm, &bin, &bed, &dir, round)?;
-            let pids: Vec<u32> = running.children.iter().map(Child::id).collect();
-            let before: u64 = pids.iter().map(|p| usage(*p).0).sum();
-            let t0 = Instant::now();
-            let (made, failed) = churn(&bed, args.seconds, args.rate, args.workers)?;
-            let wall = t0.elapsed().as_secs_f64();
-            let after: Vec<(u64, u64)> = pids.iter().map(|p| usage(*p)).collect();
-            let cpu = after
-                .iter()
-                .map(|u| u.0)
-                .sum::<u64>()
-                .saturating_sub(before);
-            let rss = after.iter().map(|u| u.1).sum();
-            // Let the tracer write out what is still in its window.
-            thread::sleep(Duration::from_millis(300));
-            let outputs = running.outputs.clone();
-            let stderr = running.stop();
-            let (shown, lost) = if arm.traces() {
-                let (s, l) = shown_and_lost(
-                    &outputs[0],
-                    stderr.first().map_or("", String::as_str),
-                    *arm == Arm::EventsJson,
-                    client_ns,
-                );
-                (Some(s), l)
+    let _stats = BpfStats::enable();
+    let (rounds, seconds) = if args.quick {
+        (2, 3)
+    } else {
+        (args.rounds, args.seconds)
+    };
+    // The target rate (CPU and memory at a known load), then the machine's maximum (the
+    // throughput ratio and loss when it matters).
+    let rates: Vec<u32> = if args.rate == 0 {
+        vec![0]
+    } else {
+        vec![args.rate, 0]
+    };
+    let mut phases = Vec::new();
+    for &rate in &rates {
+        eprintln!(
+            "==> churn at {}",
+            if rate > 0 {
+                format!("{rate} conn/s")
             } else {
-                (None, None)
-            };
-            let s = Sample {
-                conns_per_s: made as f64 / wall,
-                made,
-                failed,
-                cpu_pct: cpu as f64 / hz / wall * 100.0,
-                rss_kib: rss,
-                shown,
-                lost,
-            };
-            eprintln!(
-                "round {round} {:<40} {:>8.0} conn/s  cpu {:>5.1}%  rss {:>6} KiB  shown {:?}/{} lost {:?} failed {}",
-                arm.name(),
-                s.conns_per_s,
-                s.cpu_pct,
-                s.rss_kib,
-                s.shown,
-                s.made,
-                s.lost,
-                s.failed
-            );
-            if let Some(summary) = stderr
-                .iter()
-                .flat_map(|e| e.lines())
-                .find(|l| l.contains(" lost ("))
-            {
-                eprintln!("        {summary}");
+                "the maximum".into()
             }
-            samples.push(s);
+        );
+        let results = churn_phase(&bin, &bed, &dir, rounds, seconds, rate, args.workers, client_ns)?;
+        phases.push(Phase { rate, results });
+    }
+    eprintln!("==> bulk transfers");
+    let mut bulks: Vec<(Arm, Vec<f64>)> = Arm::ALL.iter().map(|a| (*a, Vec::new())).collect();
+    for round in 0..rounds {
+        for (arm, v) in &mut bulks {
+            let running = start(*arm, &bin, &bed, &dir, 1000 + round)?;
+            let mib_s = bulk(&bed)?;
+            eprintln!("round {round} {:<40} {mib_s:>8.0} MiB/s", arm.name());
+            v.push(mib_s);
+            let outputs = running.outputs.clone();
+            drop(running.stop());
             for o in outputs {
                 let _ = fs::remove_file(o);
             }
         }
     }
     drop(bed);
-    let md = report(&args, &results)?;
+    let json = dir.join("churn.json");
+    fs::write(&json, serde_json::to_string_pretty(&to_json(&phases, &bulks))?)?;
+    eprintln!("==> wrote {}", json.display());
+    let md = report(&args, rounds, seconds, &phases, &bulks)?;
     let path = args
         .output
         .clone()
@@ -485,14 +677,142 @@ pub fn run(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn report(args: &BenchArgs, results: &[(Arm, Vec<Sample>)]) -> Result<String> {
-    let base = median(
-        results[0]
-            .1
-            .iter()
-            .map(|s| s.conns_per_s)
-            .collect::<Vec<_>>(),
-    );
+/// The rounds of every arm at one churn rate.
+struct Phase {
+    /// Target connections/s; 0: the maximum.
+    rate: u32,
+    results: Vec<(Arm, Vec<Sample>)>,
+}
+
+/// Interleaved rounds of every arm at `rate` conn/s (0: flat out).
+#[allow(clippy::too_many_arguments)]
+fn churn_phase(
+    bin: &Path,
+    bed: &TestBed,
+    dir: &Path,
+    rounds: usize,
+    seconds: u64,
+    rate: u32,
+    workers: u32,
+    client_ns: u32,
+) -> Result<Vec<(Arm, Vec<Sample>)>> {
+    let hz = clock_ticks_per_s();
+    let mut results: Vec<(Arm, Vec<Sample>)> = Arm::ALL.iter().map(|a| (*a, Vec::new())).collect();
+    for round in 0..rounds {
+        for (arm, samples) in &mut results {
+            let running = start(*arm, bin, bed, dir, round)?;
+            let pids = running.pids.clone();
+            let before: u64 = pids.iter().map(|p| usage(*p).0).sum();
+            let progs_before = pids.first().map(|p| prog_stats(*p)).unwrap_or_default();
+            let joins_before = joins_counted(bed);
+            let t0 = Instant::now();
+            let (made, failed) = churn(bed, seconds, rate, workers)?;
+            let wall = t0.elapsed().as_secs_f64();
+            let after: Vec<(u64, u64)> = pids.iter().map(|p| usage(*p)).collect();
+            let progs_after = pids.first().map(|p| prog_stats(*p)).unwrap_or_default();
+            let joins_expected = joins_counted(bed) - joins_before;
+            let cpu = after
+                .iter()
+                .map(|u| u.0)
+                .sum::<u64>()
+                .saturating_sub(before);
+            let rss = after.iter().map(|u| u.1).sum();
+            // Let the tracer write out what is still in its window.
+            thread::sleep(Duration::from_millis(300));
+            let outputs = running.outputs.clone();
+            let attach_ms = running.attach_ms;
+            let stderr = running.stop();
+            let (shown, lost, joins_shown) = if arm.traces() {
+                let c = count_output(
+                    &outputs[0],
+                    stderr.first().map_or("", String::as_str),
+                    *arm == Arm::EventsJson,
+                    client_ns,
+                );
+                (Some(c.created), c.lost, Some(c.joins))
+            } else {
+                (None, None, None)
+            };
+            let s = Sample {
+                conns_per_s: made as f64 / wall,
+                made,
+                failed,
+                cpu_pct: cpu as f64 / hz / wall * 100.0,
+                rss_kib: rss,
+                shown,
+                lost,
+                joins_shown,
+                joins_expected,
+                attach_ms,
+                kernel_ns: if arm.ours() {
+                    kernel_ns(&progs_before, &progs_after)
+                } else {
+                    None
+                },
+            };
+            eprintln!(
+                "round {round} {:<40} {:>8.0} conn/s  cpu {:>5.1}%  rss {:>6} KiB  shown {:?}/{} joins {:?}/{} lost {:?} kernel {:?} ns attach {:?} ms",
+                arm.name(),
+                s.conns_per_s,
+                s.cpu_pct,
+                s.rss_kib,
+                s.shown,
+                s.made,
+                s.joins_shown,
+                s.joins_expected,
+                s.lost,
+                s.kernel_ns.map(|n| n.round()),
+                s.attach_ms.map(|n| n.round()),
+            );
+            if let Some(summary) = stderr
+                .iter()
+                .flat_map(|e| e.lines())
+                .find(|l| l.contains(" lost ("))
+            {
+                eprintln!("        {summary}");
+            }
+            samples.push(s);
+            for o in outputs {
+                let _ = fs::remove_file(o);
+            }
+        }
+    }
+    Ok(results)
+}
+
+fn to_json(phases: &[Phase], bulks: &[(Arm, Vec<f64>)]) -> serde_json::Value {
+    use serde_json::json;
+    json!({
+        "churn": phases.iter().map(|p| json!({
+            "rate": p.rate,
+            "arms": p.results.iter().map(|(arm, v)| json!({
+                "arm": arm.key(),
+                "rounds": v.iter().map(|s| json!({
+                    "conns_per_s": s.conns_per_s,
+                    "made": s.made,
+                    "failed": s.failed,
+                    "cpu_pct": s.cpu_pct,
+                    "rss_kib": s.rss_kib,
+                    "shown": s.shown,
+                    "lost": s.lost,
+                    "joins_shown": s.joins_shown,
+                    "joins_expected": s.joins_expected,
+                    "attach_ms": s.attach_ms,
+                    "kernel_ns_per_state_change": s.kernel_ns,
+                })).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "bulk_mib_s": bulks.iter().map(|(arm, v)| json!({"arm": arm.key(), "rounds": v})).collect::<Vec<_>>(),
+    })
+}
+
+fn report(
+    args: &BenchArgs,
+    rounds: usize,
+    seconds: u64,
+    phases: &[Phase],
+    bulks: &[(Arm, Vec<f64>)],
+) -> Result<String> {
     let cpu_model = fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()
@@ -518,63 +838,121 @@ fn report(args: &BenchArgs, results: &[(Arm, Vec<Sample>)]) -> Result<String> {
     )?;
     writeln!(
         o,
-        "Measured by `sudo cargo xtask bench --rounds {} --seconds {} --rate {} --workers {}` on \
-         {date}: {cores} cores ({cpu_model}), Linux {kernel}. The seed's test bed; {} client \
-         threads open short MPTCP connections (connect, {PAYLOAD} B each way, close; each gets \
-         a join from the client's second address) {}; the arms take turns, round by round. CPU \
-         is the arm's processes' user + system time over the churn, in % of one core; RSS their \
-         peak. \"Shown\" counts the client-side `conn_created` the arm printed against the \
-         connections the generator completed.\n",
-        args.rounds,
-        args.seconds,
-        args.rate,
-        args.workers,
-        args.workers,
-        if args.rate > 0 {
-            format!("at a target of {} connections/s", args.rate)
+        "Measured by `sudo cargo xtask bench{}` ({rounds} rounds of {seconds} s per arm and \
+         phase, {} client threads) on {date}: {cores} cores ({cpu_model}), Linux {kernel}. The \
+         seed's test bed; the client threads open short MPTCP connections (connect, {PAYLOAD} B \
+         each way, close; each gets a join from the client's second address); the arms take \
+         turns, round by round. Machine-readable: `target/bench/churn.json`.\n",
+        if args.quick {
+            " --quick".to_string()
         } else {
-            "as fast as they can".to_string()
+            format!(
+                " --rounds {} --seconds {} --rate {} --workers {}",
+                args.rounds, args.seconds, args.rate, args.workers
+            )
         },
+        args.workers,
     )?;
     writeln!(
         o,
-        "| arm | connections/s, median (min–max) | ratio to baseline | CPU % of a core | peak RSS | shown / made | lost |"
+        "Columns: connections/s (median, min–max) and its ratio to the baseline of the same \
+         phase; the arm's CPU (user + system over the churn, % of one core: for `ip mptcp \
+         monitor` both processes) and peak RSS; **kernel**: our eBPF programs' time per state \
+         change (`run_time_ns` / `run_cnt` with `kernel.bpf_stats_enabled`, all programs over \
+         the state-change program's runs); **attach**: from exec to attached (the ready file; \
+         for `live` its first program held); **shown / made**: client-side `conn_created` \
+         printed against connections the generator completed; **joins**: client-side join \
+         `subflow_established` printed against the client namespace's MPJoinSynAckRx (the \
+         kernel's count of answered joins); **lost**: what the tracer's summary reported lost \
+         (every cause: ring buffer, maps, skipped program runs, netlink).\n"
     )?;
-    writeln!(o, "|---|---:|---:|---:|---:|---:|---:|")?;
-    for (arm, v) in results {
-        let rates: Vec<f64> = v.iter().map(|s| s.conns_per_s).collect();
-        let (lo, hi) = spread(&rates);
-        let m = median(rates);
-        let cpu = median(v.iter().map(|s| s.cpu_pct).collect());
-        let rss = v.iter().map(|s| s.rss_kib).max().unwrap_or(0);
-        let shown: u64 = v.iter().filter_map(|s| s.shown).sum();
-        let made: u64 = v.iter().map(|s| s.made).sum();
-        let lost: Option<u64> = v.iter().map(|s| s.lost).sum();
+    for p in phases {
+        let base = median(p.results[0].1.iter().map(|s| s.conns_per_s).collect());
         writeln!(
             o,
-            "| {} | {m:.0} ({lo:.0}–{hi:.0}) | {:.2} | {} | {} | {} | {} |",
+            "### {}\n",
+            if p.rate > 0 {
+                format!("At a target of {} connections/s", p.rate)
+            } else {
+                "At the machine's maximum churn".to_string()
+            }
+        )?;
+        writeln!(
+            o,
+            "| arm | connections/s | ratio | CPU % of a core | peak RSS | kernel ns / state change | attach | shown / made | joins shown / counted | lost |"
+        )?;
+        writeln!(o, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+        for (arm, v) in &p.results {
+            let rates: Vec<f64> = v.iter().map(|s| s.conns_per_s).collect();
+            let (lo, hi) = spread(&rates);
+            let m = median(rates);
+            let dash = || "—".to_string();
+            let cpu = median(v.iter().map(|s| s.cpu_pct).collect());
+            let rss = v.iter().map(|s| s.rss_kib).max().unwrap_or(0);
+            let kns: Vec<f64> = v.iter().filter_map(|s| s.kernel_ns).collect();
+            let att: Vec<f64> = v.iter().filter_map(|s| s.attach_ms).collect();
+            let shown: u64 = v.iter().filter_map(|s| s.shown).sum();
+            let made: u64 = v.iter().map(|s| s.made).sum();
+            let joins: u64 = v.iter().filter_map(|s| s.joins_shown).sum();
+            let counted: u64 = v.iter().map(|s| s.joins_expected).sum();
+            let lost: Option<u64> = v.iter().map(|s| s.lost).sum();
+            let baseline = *arm == Arm::Baseline;
+            writeln!(
+                o,
+                "| {} | {m:.0} ({lo:.0}–{hi:.0}) | {:.2} | {} | {} | {} | {} | {} | {} | {} |",
+                arm.name(),
+                if base > 0.0 { m / base } else { 0.0 },
+                if baseline { dash() } else { format!("{cpu:.1}") },
+                if baseline {
+                    dash()
+                } else {
+                    format!("{:.1} MiB", rss as f64 / 1024.0)
+                },
+                if kns.is_empty() {
+                    dash()
+                } else {
+                    format!("{:.0}", median(kns))
+                },
+                if att.is_empty() {
+                    dash()
+                } else {
+                    format!("{:.0} ms", median(att))
+                },
+                if arm.traces() {
+                    format!("{shown} / {made}")
+                } else {
+                    dash()
+                },
+                if arm.traces() {
+                    format!("{joins} / {counted}")
+                } else {
+                    dash()
+                },
+                lost.map_or_else(dash, |l| l.to_string()),
+            )?;
+        }
+        let failed: u64 = p.results.iter().flat_map(|(_, v)| v).map(|s| s.failed).sum();
+        writeln!(o, "\nFailed connects in this phase: {failed}.\n")?;
+    }
+    writeln!(o, "### Bulk transfer\n")?;
+    writeln!(
+        o,
+        "One {} MiB MPTCP transfer over both paths per arm and round.\n",
+        BULK_BYTES >> 20
+    )?;
+    writeln!(o, "| arm | MiB/s, median (min–max) | ratio |")?;
+    writeln!(o, "|---|---:|---:|")?;
+    let base = median(bulks[0].1.clone());
+    for (arm, v) in bulks {
+        let (lo, hi) = spread(v);
+        let m = median(v.clone());
+        writeln!(
+            o,
+            "| {} | {m:.0} ({lo:.0}–{hi:.0}) | {:.2} |",
             arm.name(),
-            if base > 0.0 { m / base } else { 0.0 },
-            if *arm == Arm::Baseline {
-                "—".to_string()
-            } else {
-                format!("{cpu:.1}")
-            },
-            if *arm == Arm::Baseline {
-                "—".to_string()
-            } else {
-                format!("{:.1} MiB", rss as f64 / 1024.0)
-            },
-            if arm.traces() {
-                format!("{shown} / {made}")
-            } else {
-                "—".to_string()
-            },
-            lost.map_or("—".to_string(), |l| l.to_string()),
+            if base > 0.0 { m / base } else { 0.0 }
         )?;
     }
-    let failed: u64 = results.iter().flat_map(|(_, v)| v).map(|s| s.failed).sum();
-    writeln!(o, "\nFailed connects over the whole run: {failed}.")?;
     writeln!(o, "{END}")?;
     Ok(o)
 }
