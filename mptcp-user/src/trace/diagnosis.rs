@@ -415,16 +415,19 @@ impl Diagnosis {
         let t = self.tracks.entry(key).or_default();
         if let Some(c) = e.conn() {
             // The latest connection part: the token and peer token arrive on later events.
-            let ids = c.ids;
-            let keep = t.conn.clone();
-            t.conn = Conn {
-                token: c.token.or(keep.token),
-                peer_token: c.peer_token.or(keep.peer_token),
-                netns: c.netns.or(keep.netns),
-                pid: c.pid.or(keep.pid),
-                comm: c.comm.clone().or(keep.comm),
-                protocol: None,
-                ids: crate::event::Ids { subflow: 0, ..ids },
+            // In place: the comm is copied only when it changes (this runs for every event).
+            let k = &mut t.conn;
+            k.token = c.token.or(k.token);
+            k.peer_token = c.peer_token.or(k.peer_token);
+            k.netns = c.netns.or(k.netns);
+            k.pid = c.pid.or(k.pid);
+            if c.comm.is_some() && c.comm != k.comm {
+                k.comm = c.comm.clone();
+            }
+            k.protocol = None;
+            k.ids = crate::event::Ids {
+                subflow: 0,
+                ..c.ids
             };
         }
         if t.log.len() < MAX_LOG && !matches!(e.data, Data::AddrRemoved(_)) {
