@@ -589,11 +589,29 @@ fn nothing_shown(state: &State) -> String {
 }
 
 /// The column names, the body lines, and the index of the selected connection's line.
-fn body(state: &State, max: usize) -> (Vec<Line<'static>>, Vec<Line<'static>>, Option<usize>) {
+/// The column names and the lines of the connections that can be on screen (`height` rows at
+/// most), with the selected connection's line among them.
+///
+/// Only connections near the selection are laid out: each takes at least one line, so `height`
+/// connections before the selected one and `height` from it on fill any screen. At 1,000
+/// connections a second thousands linger, and laying them all out every frame took half a core.
+/// The columns are sized for what is laid out.
+fn body(
+    state: &State,
+    max: usize,
+    height: usize,
+) -> (Vec<Line<'static>>, Vec<Line<'static>>, Option<usize>) {
     let mut lines = Vec::new();
     let mut sel = None;
     let visible = state.visible();
-    let cols = Cols::choose(&visible, max);
+    let at = state
+        .ui
+        .selected
+        .and_then(|k| visible.iter().position(|c| c.key == k));
+    let lo = at.map_or(0, |s| s.saturating_sub(height));
+    let hi = visible.len().min(at.map_or(0, |s| s + 1).max(lo) + height);
+    let visible = &visible[lo..hi];
+    let cols = Cols::choose(visible, max);
     if visible.is_empty() {
         lines.extend(wrap(
             vec![Span::styled(
@@ -604,7 +622,7 @@ fn body(state: &State, max: usize) -> (Vec<Line<'static>>, Vec<Line<'static>>, O
             3,
         ));
     }
-    for c in visible {
+    for c in visible.iter().copied() {
         let selected = state.ui.selected == Some(c.key);
         let folded = state.ui.folded.contains(&c.key);
         if selected {
@@ -687,7 +705,7 @@ fn centered(area: Rect, w: u16, h: u16) -> Rect {
 pub fn render(state: &State, frame: &mut Frame) {
     let area = frame.area();
     let max = area.width as usize;
-    let (columns, lines, sel) = body(state, max);
+    let (columns, lines, sel) = body(state, max, area.height as usize);
     let head = header(state, state.visible().len(), max);
     let foot = footer(state, max);
     let [top, names, mid, bottom] = Layout::vertical([
