@@ -345,17 +345,17 @@ fn attached_child(script: &mut Child) -> Result<u32> {
         if let Some(st) = script.try_wait()? {
             bail!("the live view exited before it was ready: {st}");
         }
-        let children = fs::read_to_string(format!(
-            "/proc/{0}/task/{0}/children",
-            script.id()
-        ))
-        .unwrap_or_default();
+        let children = fs::read_to_string(format!("/proc/{0}/task/{0}/children", script.id()))
+            .unwrap_or_default();
         if let Some(pid) = children.split_whitespace().find_map(|p| p.parse().ok()) {
             if !prog_stats(pid).is_empty() {
                 return Ok(pid);
             }
         }
-        ensure!(Instant::now() < deadline, "the live view was not ready in 60 s");
+        ensure!(
+            Instant::now() < deadline,
+            "the live view was not ready in 60 s"
+        );
         thread::sleep(Duration::from_millis(10));
     }
 }
@@ -408,7 +408,10 @@ impl BpfStats {
     fn enable() -> BpfStats {
         let old = fs::read_to_string(Self::PATH).ok();
         if fs::write(Self::PATH, "1").is_err() {
-            eprintln!("(cannot enable {}: no kernel time per state change)", Self::PATH);
+            eprintln!(
+                "(cannot enable {}: no kernel time per state change)",
+                Self::PATH
+            );
         }
         BpfStats(old)
     }
@@ -529,8 +532,7 @@ fn count_output(out: &Path, stderr: &str, json: bool, client_ns: u32) -> Shown {
     let ns = format!("netns={client_ns}");
     let client = |l: &&str| {
         if json {
-            l.contains("\"side\":\"client\"")
-                || l.contains(&format!("\"netns\":{client_ns},"))
+            l.contains("\"side\":\"client\"") || l.contains(&format!("\"netns\":{client_ns},"))
         } else {
             l.contains(&ns)
         }
@@ -540,8 +542,7 @@ fn count_output(out: &Path, stderr: &str, json: bool, client_ns: u32) -> Shown {
         if json {
             if l.contains("\"event\":\"conn_created\"") && l.contains("\"side\":\"client\"") {
                 created += 1;
-            } else if l.contains("\"event\":\"subflow_established\"")
-                && l.contains("\"join\":true")
+            } else if l.contains("\"event\":\"subflow_established\"") && l.contains("\"join\":true")
             {
                 joins += 1;
             }
@@ -640,7 +641,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 "the maximum".into()
             }
         );
-        let results = churn_phase(&bin, &bed, &dir, rounds, seconds, rate, args.workers, client_ns)?;
+        let results = churn_phase(
+            &bin,
+            &bed,
+            &dir,
+            rounds,
+            seconds,
+            rate,
+            args.workers,
+            client_ns,
+        )?;
         phases.push(Phase { rate, results });
     }
     eprintln!("==> bulk transfers");
@@ -660,7 +670,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     drop(bed);
     let json = dir.join("churn.json");
-    fs::write(&json, serde_json::to_string_pretty(&to_json(&phases, &bulks))?)?;
+    fs::write(
+        &json,
+        serde_json::to_string_pretty(&to_json(&phases, &bulks))?,
+    )?;
     eprintln!("==> wrote {}", json.display());
     let md = report(&args, rounds, seconds, &phases, &bulks)?;
     let path = args
@@ -902,7 +915,11 @@ fn report(
                 "| {} | {m:.0} ({lo:.0}–{hi:.0}) | {:.2} | {} | {} | {} | {} | {} | {} | {} |",
                 arm.name(),
                 if base > 0.0 { m / base } else { 0.0 },
-                if baseline { dash() } else { format!("{cpu:.1}") },
+                if baseline {
+                    dash()
+                } else {
+                    format!("{cpu:.1}")
+                },
                 if baseline {
                     dash()
                 } else {
@@ -931,7 +948,12 @@ fn report(
                 lost.map_or_else(dash, |l| l.to_string()),
             )?;
         }
-        let failed: u64 = p.results.iter().flat_map(|(_, v)| v).map(|s| s.failed).sum();
+        let failed: u64 = p
+            .results
+            .iter()
+            .flat_map(|(_, v)| v)
+            .map(|s| s.failed)
+            .sum();
         writeln!(o, "\nFailed connects in this phase: {failed}.\n")?;
     }
     writeln!(o, "### Bulk transfer\n")?;
