@@ -496,11 +496,9 @@ pub mod counter {
     /// `conn_closed` (or `subflow_closed`) is missing. Should stay 0; it exists so that any
     /// path the programs do not know about still shows up as loss instead of a silent leak.
     pub const STALE: u32 = 2;
-    /// State changes the rescue program handled because the kernel skipped the main program's
-    /// run for them (it was already running on that CPU, interrupted by a softirq): not lost.
-    /// Userspace takes them off the main program's `recursion_misses`.
-    pub const RESCUED: u32 = 3;
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 3;
+    /// How userspace names each counter in the `lost` breakdown (NDJSON field names).
+    pub const NAMES: [&str; COUNT as usize] = ["ring_buffer", "map_full", "stale_entry"];
 }
 
 #[cfg(feature = "user")]

@@ -26,21 +26,7 @@ struct Program {
     what: &'static str,
 }
 
-/// The second program on `inet_sock_set_state`: it handles the state changes the kernel skips
-/// the main one for (see `NESTING` in mptcp-ebpf). Its own skipped runs are no loss.
-const RESCUE: &str = "inet_sock_set_state_rescue";
-
-/// The rescue program is attached first: a tracepoint calls its programs in the order they
-/// were attached, and counting a rescue before the kernel counts the miss it makes up for
-/// keeps the loss total from ever reading high (see `trace::Core::lost_now`).
 const PROGRAMS: &[Program] = &[
-    Program {
-        name: RESCUE,
-        tracepoint: "inet_sock_set_state",
-        required: false,
-        what:
-            "state changes that interrupt another one on the same CPU (they count as skipped runs)",
-    },
     Program {
         name: "inet_sock_set_state",
         tracepoint: "inet_sock_set_state",
@@ -121,13 +107,12 @@ impl Attached {
         self.programs.len()
     }
 
-    /// Program runs the kernel skipped, summed over the programs but the rescue program (whose
-    /// runs only matter when the main one was skipped: see [`RESCUE`]); `None` when this kernel
-    /// cannot tell (Linux < 5.12). The caller takes off what the rescue program handled.
+    /// Program runs the kernel skipped, summed over the programs; `None` when this kernel
+    /// cannot tell (Linux < 5.12).
     pub fn recursion_misses(&self) -> Option<u64> {
         use std::os::fd::AsFd;
         let mut total = 0;
-        for (name, fd) in self.programs.iter().filter(|(n, _)| *n != RESCUE) {
+        for (name, fd) in &self.programs {
             match crate::upgrade::raw_bpf::recursion_misses(fd.as_fd()) {
                 Ok(Some(n)) => total += n,
                 Ok(None) => return None,
@@ -300,11 +285,7 @@ fn attach(
 impl Counters {
     /// Sum over CPUs of one of the kernel's counters.
     pub fn get(&self, idx: u32) -> u64 {
-        // Wrapping: a CPU's slot may be decremented (the rescue count, see RESCUED).
-        self.0
-            .get(&idx, 0)
-            .map(|v| v.iter().fold(0u64, |a, b| a.wrapping_add(*b)))
-            .unwrap_or(0)
+        self.0.get(&idx, 0).map(|v| v.iter().sum()).unwrap_or(0)
     }
 }
 
