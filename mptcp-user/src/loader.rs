@@ -17,34 +17,16 @@ use crate::offsets::{self, OffsetError, VMLINUX_BTF};
 /// The eBPF object built from `mptcp-ebpf` (see build.rs).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("MPTCP_EBPF_OBJECT"));
 
-/// A program and the tracepoint it attaches to. `required` ones make the tracer useless when
+/// Programs and the tracepoint each attaches to. `required` ones make the tracer useless when
 /// they fail; the others lose one kind of information, with a warning.
-struct Program {
-    name: &'static str,
-    tracepoint: &'static str,
-    required: bool,
-    what: &'static str,
-}
-
-const PROGRAMS: &[Program] = &[
-    Program {
-        name: "inet_sock_set_state",
-        tracepoint: "inet_sock_set_state",
-        required: true,
-        what: "connection and subflow lifecycle",
-    },
-    Program {
-        name: "tcp_send_reset",
-        tracepoint: "tcp_send_reset",
-        required: false,
-        what: "rst_sent close reasons",
-    },
-    Program {
-        name: "tcp_receive_reset",
-        tracepoint: "tcp_receive_reset",
-        required: false,
-        what: "rst_received close reasons",
-    },
+const PROGRAMS: &[(&str, bool, &str)] = &[
+    (
+        "inet_sock_set_state",
+        true,
+        "connection and subflow lifecycle",
+    ),
+    ("tcp_send_reset", false, "rst_sent close reasons"),
+    ("tcp_receive_reset", false, "rst_received close reasons"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -193,16 +175,16 @@ pub fn load(config: Config) -> Result<Tracer, LoadError> {
         }
     };
     let mut programs = Vec::new();
-    for p in PROGRAMS {
-        match attach(&mut ebpf, &btf, p.name, p.tracepoint) {
+    for &(name, required, what) in PROGRAMS {
+        match attach(&mut ebpf, &btf, name) {
             Ok(fd) => {
-                debug!("attached {} to tp_btf/{}", p.name, p.tracepoint);
-                programs.push((p.name, fd));
+                debug!("attached tp_btf/{name}");
+                programs.push((name, fd));
             }
-            Err(e) if p.required => return Err(e),
+            Err(e) if required => return Err(e),
             Err(e) => {
-                warn!("{e}: {} are not reported", p.what);
-                degraded.push(format!("{} ({})", p.name, p.what));
+                warn!("{e}: {what} are not reported");
+                degraded.push(format!("tp_btf/{name} ({what})"));
             }
         }
     }
@@ -251,7 +233,6 @@ fn attach(
     ebpf: &mut Ebpf,
     btf: &Btf,
     name: &'static str,
-    tracepoint: &str,
 ) -> Result<aya::programs::ProgramFd, LoadError> {
     let prog: &mut BtfTracePoint = ebpf
         .program_mut(name)
@@ -262,12 +243,11 @@ fn attach(
             name,
             source,
         })?;
-    prog.load(tracepoint, btf)
-        .map_err(|source| LoadError::Program {
-            what: "load",
-            name,
-            source,
-        })?;
+    prog.load(name, btf).map_err(|source| LoadError::Program {
+        what: "load",
+        name,
+        source,
+    })?;
     prog.attach().map_err(|source| LoadError::Program {
         what: "attach",
         name,
