@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # Downloads and extracts the Debian cloud kernels that `cargo xtask vm-test` boots in qemu:
-# Debian 12's 6.1 (linux-image-cloud-amd64) and the newest 6.12 in bookworm (security/updates).
-# The packages are only unpacked with `dpkg -x` into a cache directory; they are never installed
-# as the host's kernel.
+#   5.10  bullseye's newest linux-image-5.10.*-cloud-amd64 (Debian 11)
+#   6.1   Debian 12's linux-image-cloud-amd64
+#   6.12  the newest 6.12 in bookworm (security/updates)
+#   sid   the kernel sid's linux-image-cloud-amd64 depends on today (resolved at every fetch, so
+#         the matrix follows sid forward; SID_FALLBACK below when sid cannot be resolved)
+# 6.1 and 6.12 come from the machine's own apt sources (bookworm). bullseye and sid come from a
+# private source list and list directory under $CACHE/apt: the machine's apt configuration is
+# never changed. The packages are only unpacked with `dpkg -x` into the cache; they are never
+# installed as the host's kernel.
 #
 # Layout (MPTCP_TRACE_KERNELS overrides the directory):
 #   /var/cache/mptcp-trace/kernels/<uname -r>/boot/vmlinuz-<uname -r>
@@ -14,7 +20,11 @@
 set -euo pipefail
 
 CACHE=${MPTCP_TRACE_KERNELS:-/var/cache/mptcp-trace/kernels}
-SERIES=(6.1 6.12)
+SERIES=(5.10 6.1 6.12 sid)
+# Used when sid's meta-package cannot be resolved (mirror without sid, lists unavailable): the
+# sid kernel this project was last checked against, if the mirror still has it.
+SID_FALLBACK=linux-image-7.2.13+deb14-cloud-amd64
+MIRROR=${MPTCP_TRACE_MIRROR:-http://deb.debian.org}
 refresh=0
 [ "${1:-}" = "--refresh" ] && refresh=1
 
@@ -42,9 +52,44 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 2
 fi
 
-# The package (name) that provides each series, from the local apt lists.
+# The private apt configuration for the suites the machine does not use (bullseye, sid).
+PRIV="$CACHE/apt"
+priv_opts=(-o "Dir::Etc::SourceList=$PRIV/sources.list" -o "Dir::Etc::SourceParts=/dev/null"
+  -o "Dir::State::Lists=$PRIV/lists" -o "Dir::Cache=$PRIV/cache" -o "Dir::State::Status=/dev/null"
+  -o "APT::Get::List-Cleanup=0")
+priv_updated=0
+priv_update() {
+  if [ "$priv_updated" -eq 0 ]; then
+    mkdir -p "$PRIV/lists/partial" "$PRIV/cache/archives/partial"
+    key=/usr/share/keyrings/debian-archive-keyring.gpg
+    cat >"$PRIV/sources.list" <<SRC
+deb [signed-by=$key] $MIRROR/debian bullseye main
+deb [signed-by=$key] $MIRROR/debian-security bullseye-security main
+deb [signed-by=$key] $MIRROR/debian sid main
+SRC
+    log "apt-get update (private lists in $PRIV: bullseye, sid)"
+    apt-get "${priv_opts[@]}" update -qq || log "apt-get update of bullseye/sid failed"
+    priv_updated=1
+  fi
+}
+private() { # <series>: whether the series comes from the private lists
+  [ "$1" = 5.10 ] || [ "$1" = sid ]
+}
+acache() { # <series> apt-cache args...
+  local s=$1
+  shift
+  if private "$s"; then apt-cache "${priv_opts[@]}" "$@"; else apt-cache "$@"; fi
+}
+
+# The package (name) that provides each series, from the apt lists.
 resolve() { # <series>
   case "$1" in
+    5.10) acache 5.10 pkgnames linux-image-5.10. 2>/dev/null |
+      grep -E '^linux-image-5\.10\.0-[0-9]+-cloud-amd64$' | sort -V | tail -n1 ;;
+    # sid's meta-package depends on its one current kernel (the highest candidate of all
+    # suites in the private lists is sid's).
+    sid) acache sid depends linux-image-cloud-amd64 2>/dev/null |
+      sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-cloud-amd64\)$/\1/p' | sort -V | tail -n1 ;;
     # The cloud meta-package of Debian 12 depends on the current 6.1 ABI.
     6.1) apt-cache depends linux-image-cloud-amd64 2>/dev/null |
       sed -n 's/^ *Depends: \(linux-image-6\.1\.0-[0-9]*-cloud-amd64\)$/\1/p' | head -n1 ;;
@@ -55,8 +100,8 @@ resolve() { # <series>
   esac
 }
 
-candidate() { # <package>
-  apt-cache policy "$1" 2>/dev/null | sed -n 's/^ *Candidate: //p' | grep -v '(none)' || true
+candidate() { # <series> <package>
+  acache "$1" policy "$2" 2>/dev/null | sed -n 's/^ *Candidate: //p' | grep -v '(none)' || true
 }
 
 updated=0
@@ -71,19 +116,45 @@ apt_update() {
 
 mkdir -p "$CACHE"
 tmp=$(mktemp -d)
-chmod 755 "$tmp" # apt-get download runs as _apt
+chmod 755 "$tmp"
 trap 'rm -rf "$tmp"' EXIT
 : >"$tmp/versions"
 
-for s in "${SERIES[@]}"; do
-  pkg=$(resolve "$s")
-  if [ -z "$pkg" ] || [ -z "$(candidate "$pkg")" ]; then
-    apt_update
-    pkg=$(resolve "$s")
+download() { # <series> <package=version>...: into $tmp
+  if private "$1"; then
+    shift
+    (cd "$tmp" && apt-get "${priv_opts[@]}" -o APT::Sandbox::User=root download -qq "$@")
+  else
+    shift
+    (cd "$tmp" && apt-get -o APT::Sandbox::User=root download -qq "$@")
   fi
-  ver=$(candidate "$pkg")
+}
+
+for s in "${SERIES[@]}"; do
+  if private "$s"; then
+    # Private lists are refreshed at every full fetch: sid moves daily.
+    priv_update
+  fi
+  pkg=$(resolve "$s")
+  if [ -z "$pkg" ] || [ -z "$(candidate "$s" "$pkg")" ]; then
+    if ! private "$s"; then
+      apt_update
+      pkg=$(resolve "$s")
+    fi
+  fi
+  if [ "$s" = sid ] && { [ -z "$pkg" ] || [ -z "$(candidate sid "$pkg")" ]; }; then
+    old=$(awk '$1 == "sid" { print $2 }' "$CACHE/versions" 2>/dev/null || true)
+    if [ -n "$old" ] && extracted "$old"; then
+      log "sid: cannot resolve sid's kernel; keeping the extracted $old"
+      awk '$1 == "sid"' "$CACHE/versions" >>"$tmp/versions"
+      continue
+    fi
+    log "sid: cannot resolve sid's kernel; trying the pinned $SID_FALLBACK"
+    pkg=$SID_FALLBACK
+  fi
+  ver=$(candidate "$s" "$pkg")
   if [ -z "$pkg" ] || [ -z "$ver" ]; then
-    echo "fetch-kernels: no linux-image-$s.*-cloud-amd64 package in the apt sources" >&2
+    echo "fetch-kernels: no package for kernel series $s in the apt sources" >&2
     exit 1
   fi
   kver=${pkg#linux-image-}
@@ -91,12 +162,30 @@ for s in "${SERIES[@]}"; do
     log "$s: $kver ($ver) already extracted"
   else
     log "$s: downloading $pkg ($ver)"
-    (cd "$tmp" && apt-get download -qq "$pkg=$ver")
-    deb=$(ls "$tmp"/linux-image-*.deb)
+    download "$s" "$pkg=$ver"
+    # Newer kernels (sid) split the image into a meta-package and linux-binary/modules/base
+    # packages that hold vmlinuz and the modules under usr/lib/modules.
+    parts=$(acache "$s" show "$pkg=$ver" 2>/dev/null | sed -n 's/^Depends: //p' | tr ',' '\n' |
+      sed 's/^ *//; s/ .*//' | grep -E "^linux-(binary|modules|base)-" | grep -F -- "-$kver" || true)
+    for p in $parts; do
+      download "$s" "$p=$ver"
+    done
     rm -rf "$CACHE/$kver.partial"
-    dpkg -x "$deb" "$CACHE/$kver.partial"
-    rm -f "$deb"
-    # Only boot/ and lib/modules/ are needed; drop the rest of the package (docs).
+    for deb in "$tmp"/*.deb; do
+      dpkg -x "$deb" "$CACHE/$kver.partial"
+      rm -f "$deb"
+    done
+    if [ -d "$CACHE/$kver.partial/usr/lib/modules/$kver" ]; then
+      mkdir -p "$CACHE/$kver.partial/boot" "$CACHE/$kver.partial/lib/modules"
+      mv "$CACHE/$kver.partial/usr/lib/modules/$kver" "$CACHE/$kver.partial/lib/modules/$kver"
+      if [ -f "$CACHE/$kver.partial/lib/modules/$kver/vmlinuz" ]; then
+        mv "$CACHE/$kver.partial/lib/modules/$kver/vmlinuz" "$CACHE/$kver.partial/boot/vmlinuz-$kver"
+      fi
+      if [ -f "$CACHE/$kver.partial/lib/modules/$kver/config" ]; then
+        mv "$CACHE/$kver.partial/lib/modules/$kver/config" "$CACHE/$kver.partial/boot/config-$kver"
+      fi
+    fi
+    # Only boot/ and lib/modules/ are needed; drop the rest of the packages (docs).
     rm -rf "$CACHE/$kver.partial/usr"
     if [ ! -f "$CACHE/$kver.partial/boot/vmlinuz-$kver" ]; then
       echo "fetch-kernels: $pkg has no boot/vmlinuz-$kver" >&2

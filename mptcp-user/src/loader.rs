@@ -54,6 +54,8 @@ pub enum LoadError {
     },
     #[error("cannot read kernel BTF for tracepoint types: {0}")]
     Btf(#[from] aya::BtfError),
+    #[error("{}", crate::sys::mptcp::MISSING)]
+    NoMptcp,
 }
 
 /// Loaded and attached tracing programs. Take the parts you poll; keep `ebpf` alive for as
@@ -154,6 +156,9 @@ pub const TRACING_CAPS: &[crate::sys::caps::Cap] = {
 
 pub fn load(config: Config) -> Result<Tracer, LoadError> {
     crate::sys::caps::require(TRACING_CAPS, "tracing").map_err(LoadError::Privileges)?;
+    if !crate::sys::mptcp::in_kernel() {
+        return Err(LoadError::NoMptcp);
+    }
     bump_memlock_rlimit();
     let resolved = offsets::resolve_from(Path::new(VMLINUX_BTF))?;
     let mut degraded = resolved.missing.clone();

@@ -89,7 +89,11 @@ fn main() -> ExitCode {
                 )
                 || matches!(
                     e.downcast_ref::<LoadError>(),
-                    Some(LoadError::Privileges(_))
+                    Some(LoadError::Privileges(_) | LoadError::NoMptcp)
+                )
+                || matches!(
+                    e.downcast_ref::<TraceError>(),
+                    Some(TraceError::Load(LoadError::NoMptcp))
                 );
             if refused {
                 ExitCode::from(2)

@@ -311,7 +311,8 @@ impl Background {
             ready,
         };
         // Generous: the verifier is slow under qemu without KVM (the VM matrix).
-        let deadline = Instant::now() + Duration::from_secs(180);
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(180);
         while !t.ready.exists() {
             if let Ok(Some(status)) = t.child.0.try_wait() {
                 thread::sleep(Duration::from_millis(100));
@@ -326,6 +327,12 @@ impl Background {
             );
             thread::sleep(Duration::from_millis(20));
         }
+        // The start-up cost per kernel, in the guests' logs (the matrix's main cost).
+        eprintln!(
+            "mptcp-trace {} ready in {} ms",
+            args.first().unwrap_or(&""),
+            started.elapsed().as_millis()
+        );
         t
     }
 

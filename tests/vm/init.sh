@@ -48,8 +48,12 @@ passed=0
 failed=0
 args=$(cat /etc/vm/test-args 2>/dev/null)
 limit=$(cat /etc/vm/exe-timeout 2>/dev/null || echo 600)
+# A kernel without MPTCP runs only the executables listed here (xtask's WITHOUT_MPTCP).
+only=$(cat /etc/vm/only 2>/dev/null || true)
+[ -n "$only" ] && echo "vm: this kernel has no MPTCP: running only $(echo $only)"
 for t in /tests/*; do
   [ -x "$t" ] || continue
+  if [ -n "$only" ] && ! echo "$only" | grep -qx "$(basename "$t")"; then continue; fi
   echo "vm: ==> $(basename "$t")"
   start=$(date +%s)
   # Streamed to the console as it runs (--nocapture: a killed executable still shows why its

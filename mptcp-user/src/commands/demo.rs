@@ -356,6 +356,9 @@ pub async fn run(mut args: DemoArgs) -> Result<()> {
         )
         .map_err(crate::loader::LoadError::Privileges)?;
     }
+    if !crate::sys::mptcp::in_kernel() {
+        return Err(crate::loader::LoadError::NoMptcp.into());
+    }
     remove_stale_beds();
     let (upgrade, proto, note) = try_upgrade();
     let tag = format!("demo{}", std::process::id());

@@ -412,6 +412,10 @@ fn check_privileges(args: &RunArgs) -> Result<(), UpgradeError> {
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
     check_privileges(&args)?;
+    // Neither method can give CMD MPTCP on such a kernel: say so rather than run it as it was.
+    if !crate::sys::mptcp::in_kernel() {
+        return Err(UpgradeError::NoMptcp.into());
+    }
     let mut cgroup = RunCgroup::create()?;
     let cg = Cgroup::resolve(&cgroup.path).map_err(|e| UpgradeError::Io {
         what: format!("the run's cgroup {}", cgroup.path.display()),

@@ -3,6 +3,7 @@
 
 pub mod caps;
 pub mod cgroup;
+pub mod mptcp;
 pub mod netns;
 pub mod netstat;
 pub mod signals;

@@ -66,7 +66,7 @@ pub enum UpgradeError {
     Attach(io::Error),
     #[error("MPTCP is disabled in this network namespace (net.mptcp.enabled = 0): upgraded sockets would fail to open. Enable it with `sysctl -w net.mptcp.enabled=1`")]
     MptcpDisabled,
-    #[error("this kernel has no MPTCP (/proc/sys/net/mptcp/enabled is missing: CONFIG_MPTCP=n)")]
+    #[error("{}", crate::sys::mptcp::MISSING)]
     NoMptcp,
     #[error("an upgrade is already pinned at {PIN_DIR} ({0}); remove it first with `mptcp-trace upgrade --off`")]
     AlreadyPinned(String),
@@ -125,6 +125,10 @@ pub const UPGRADE_CAPS: &[crate::sys::caps::Cap] = {
 /// BTF id.
 pub fn preflight() -> Result<u32, UpgradeError> {
     require_privileges()?;
+    // Before the hook: on a kernel without MPTCP, `run`'s seccomp method is no way out either.
+    if !crate::sys::mptcp::in_kernel() {
+        return Err(UpgradeError::NoMptcp);
+    }
     let btf =
         btf_rs::Btf::from_file(VMLINUX_BTF).map_err(|e| UpgradeError::NoBtf(e.to_string()))?;
     let id =

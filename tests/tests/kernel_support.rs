@@ -1,0 +1,143 @@
+//! What the running kernel supports, as every command tells it, checked against the kernel
+//! itself. It runs on every kernel of the VM matrix, and it is the only suite a guest without
+//! MPTCP runs (Debian 11's 5.10 is built with `# CONFIG_MPTCP is not set`): there each command
+//! must refuse with the one sentence that names the missing feature and leave nothing behind;
+//! on a kernel with MPTCP the same commands must start.
+//!
+//! The oracle is the kernel's answer to `socket(AF_INET, SOCK_STREAM, IPPROTO_MPTCP)`:
+//! `EPROTONOSUPPORT` when the protocol does not exist, a socket when it does.
+
+use std::process::{Command, Output};
+
+use integration_tests::{mptcp_trace_bin, prog_ids_held_by_any_process, require_root};
+use mptcp_user::sys::mptcp::MISSING;
+
+/// The kernel's own answer: can an MPTCP socket be made here?
+fn kernel_makes_mptcp_sockets() -> bool {
+    const IPPROTO_MPTCP: i32 = 262;
+    // SAFETY: plain socket(2); the descriptor is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, IPPROTO_MPTCP) };
+    if fd >= 0 {
+        // SAFETY: fd was just returned by socket(2).
+        unsafe { libc::close(fd) };
+        return true;
+    }
+    let err = std::io::Error::last_os_error();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::EPROTONOSUPPORT),
+        "socket(IPPROTO_MPTCP) failed otherwise than a missing protocol: {err}"
+    );
+    false
+}
+
+fn mptcp_trace(args: &[&str]) -> Output {
+    Command::new(mptcp_trace_bin())
+        .args(args)
+        .output()
+        .expect("run mptcp-trace")
+}
+
+fn stderr_lines(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// On a kernel without MPTCP: exactly the one refusal line and `status`; nothing attached.
+fn assert_refused(args: &[&str], status: i32) {
+    let before = prog_ids_held_by_any_process();
+    let out = mptcp_trace(args);
+    assert_eq!(
+        stderr_lines(&out),
+        vec![format!("mptcp-trace: {MISSING}")],
+        "mptcp-trace {args:?} on a kernel without MPTCP"
+    );
+    assert_eq!(out.status.code(), Some(status), "mptcp-trace {args:?}");
+    assert!(
+        out.stdout.is_empty(),
+        "mptcp-trace {args:?} printed {out:?}"
+    );
+    let after = prog_ids_held_by_any_process();
+    assert!(
+        after.is_subset(&before),
+        "mptcp-trace {args:?} left programs behind: {:?}",
+        after.difference(&before)
+    );
+}
+
+#[test]
+fn kernel_support_tracing_starts_or_names_the_missing_mptcp() {
+    require_root();
+    if kernel_makes_mptcp_sockets() {
+        let out = mptcp_trace(&["events", "--duration", "1"]);
+        assert!(
+            out.status.success(),
+            "events on a kernel with MPTCP: {out:?}"
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains(MISSING), "{err}");
+        assert!(err.contains("lost"), "the exit summary is printed: {err}");
+    } else {
+        for args in [
+            &["events", "--duration", "1"][..],
+            &["events", "--json", "--duration", "1"],
+            &["stats", "--duration", "1"],
+            &["demo", "--json", "--duration", "1"],
+        ] {
+            assert_refused(args, 2);
+        }
+    }
+}
+
+#[test]
+fn kernel_support_the_upgrade_and_run_name_the_missing_mptcp() {
+    require_root();
+    if kernel_makes_mptcp_sockets() {
+        // `run` works on every kernel with MPTCP (seccomp where the hook is missing).
+        // (The upgrade's own suite covers what `upgrade` does with MPTCP.)
+        let out = mptcp_trace(&["run", "--", "true"]);
+        assert!(out.status.success(), "run -- true: {out:?}");
+        assert!(!String::from_utf8_lossy(&out.stderr).contains(MISSING));
+    } else {
+        assert_refused(&["upgrade", "--all"], 2);
+        assert_refused(&["upgrade", "--comm", "curl", "--pin"], 2);
+        // `run` follows env(1): 125 is its own failure; CMD never ran.
+        let marker =
+            std::env::temp_dir().join(format!("kernel-support-ran-{}", std::process::id()));
+        let touch = format!("touch {}", marker.display());
+        assert_refused(&["run", "--", "sh", "-c", &touch], 125);
+        assert!(
+            !marker.exists(),
+            "run started its command on a kernel without MPTCP"
+        );
+    }
+}
+
+#[test]
+fn kernel_support_doctor_says_whether_the_kernel_has_mptcp() {
+    require_root();
+    let out = mptcp_trace(&["doctor", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("doctor --json: {e}: {out:?}"));
+    let check = report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["name"] == "mptcp" && c["scope"] == "host")
+        .unwrap_or_else(|| panic!("no host mptcp check: {report}"))
+        .clone();
+    if kernel_makes_mptcp_sockets() {
+        assert_eq!(check["status"], "ok", "{check}");
+    } else {
+        assert_eq!(check["status"], "fail", "{check}");
+        let detail = check["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains("CONFIG_MPTCP"), "{check}");
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "doctor exits 1 when a check fails"
+        );
+    }
+}
