@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use btf_rs::{Btf, Type};
+use btf_rs::{Backend, Btf, Type};
 use mptcp_common::{Field, Offsets};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -274,11 +274,38 @@ pub struct Resolved {
 }
 
 pub fn resolve_from(path: &Path) -> Result<Resolved, OffsetError> {
-    let btf = Btf::from_file(path).map_err(|source| OffsetError::Btf {
+    let btf = open_lazily(path).map_err(|source| OffsetError::Btf {
         path: path.display().to_string(),
         source,
     })?;
     resolve(&btf)
+}
+
+/// The kernel's BTF with types parsed on demand. A few dozen lookups need only a few types;
+/// parsing every type (tens of thousands, a name string each) cost more than the verifier at
+/// each start. sysfs BTF can be mapped only since Linux 6.16: before, its bytes are copied into
+/// a memfd, which can.
+pub fn open_lazily(path: &Path) -> Result<Btf, btf_rs::Error> {
+    match Btf::from_file_with_backend(path, Backend::Mmap) {
+        Ok(btf) => Ok(btf),
+        Err(_) => open_copied(path),
+    }
+}
+
+/// [`open_lazily`] through a memfd copy of the file.
+fn open_copied(path: &Path) -> Result<Btf, btf_rs::Error> {
+    let bytes = std::fs::read(path)?;
+    // SAFETY: a plain memfd_create(2) with a NUL-terminated name; the fd is owned below.
+    let fd = unsafe { libc::memfd_create(c"mptcp-trace-btf".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Btf::from_file(path);
+    }
+    // SAFETY: fd was just returned by memfd_create and nothing else owns it.
+    let mut memfd = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    std::io::Write::write_all(&mut memfd, &bytes)?;
+    // Opened again by path: the mapping is made from that descriptor, this one can go.
+    Btf::from_file_with_backend(format!("/proc/self/fd/{fd}"), Backend::Mmap)
+        .or_else(|_| Btf::from_file(path))
 }
 
 pub fn resolve(btf: &Btf) -> Result<Resolved, OffsetError> {
@@ -498,6 +525,19 @@ mod tests {
         assert_eq!(r.offsets.sf_conn.size, 8);
         assert_eq!(r.offsets.skc_v6_daddr.size, 16);
         assert_eq!(r.offsets.netdev_name.size, 16);
+    }
+
+    #[test]
+    fn the_lazy_backends_resolve_what_the_full_parse_does() {
+        let full = resolve(&host()).expect("full parse");
+        for (how, btf) in [
+            ("mapped or copied", open_lazily(Path::new(VMLINUX_BTF))),
+            ("memfd copy", open_copied(Path::new(VMLINUX_BTF))),
+        ] {
+            let lazy = resolve(&btf.expect(how)).expect(how);
+            assert_eq!(lazy.offsets, full.offsets, "{how}");
+            assert_eq!(lazy.missing, full.missing, "{how}");
+        }
     }
 
     #[test]

@@ -124,10 +124,12 @@ fn diagnosis_join_refused_ipv6() {
 fn join_timed_out(v6: bool) {
     require_root();
     let (bed, cns, _) = bed_without_join(if v6 { "dgtime6" } else { "dgtime4" });
-    let tracer = Tracer::start(&[]);
-    let (client, server, listener) = connected(&bed, server_addr(v6, 4402), Proto::Mptcp);
+    // Path and endpoint set before the connection: added after it, a slow machine could pass
+    // the 1 s deadline first, and "no subflow endpoint" would be the truth at that moment.
     black_hole_joins(&bed, v6);
     add_join_endpoint(&bed, v6, &["subflow"]);
+    let tracer = Tracer::start(&[]);
+    let (client, server, listener) = connected(&bed, server_addr(v6, 4402), Proto::Mptcp);
     wait_cause(&tracer, cns, "join_timed_out");
     let run = tracer.stop();
     drop((client, server, listener));
@@ -226,9 +228,10 @@ fn peer_refused_join(v6: bool) {
     require_root();
     let (bed, cns, _) = bed_without_join(if v6 { "dgpeer6" } else { "dgpeer4" });
     testbed::set_limits(&bed.server, 0, 0).unwrap();
+    // The endpoint is there before the connection (see `join_timed_out`).
+    add_join_endpoint(&bed, v6, &["subflow"]);
     let tracer = Tracer::start(&[]);
     let (client, server, _l) = connected(&bed, server_addr(v6, 4405), Proto::Mptcp);
-    add_join_endpoint(&bed, v6, &["subflow"]);
     wait_cause(&tracer, cns, "peer_refused_join");
     let run = tracer.stop();
     drop((client, server));

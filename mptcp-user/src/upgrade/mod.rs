@@ -129,8 +129,8 @@ pub fn preflight() -> Result<u32, UpgradeError> {
     if !crate::sys::mptcp::in_kernel() {
         return Err(UpgradeError::NoMptcp);
     }
-    let btf =
-        btf_rs::Btf::from_file(VMLINUX_BTF).map_err(|e| UpgradeError::NoBtf(e.to_string()))?;
+    let btf = crate::offsets::open_lazily(std::path::Path::new(VMLINUX_BTF))
+        .map_err(|e| UpgradeError::NoBtf(e.to_string()))?;
     let id =
         raw_bpf::func_btf_id(&btf, HOOK).ok_or_else(|| UpgradeError::HookMissing(osrelease()))?;
     match fs::read_to_string("/proc/sys/net/mptcp/enabled") {
