@@ -141,3 +141,117 @@ fn kernel_support_doctor_says_whether_the_kernel_has_mptcp() {
         );
     }
 }
+
+/// What this kernel supports, in the words of the tool's own outputs, as one line the VM
+/// runner collects into the matrix's table (`MPTCP-TRACE-SUPPORT key=value;…`): tracing, the
+/// fields the tracer had to leave empty, the upgrade's two methods, and the fallback causes the
+/// kernel counts (the diagnosis names a fallback's cause from them). Each value is checked
+/// against the kernel where the kernel can say it.
+#[test]
+fn kernel_support_prints_what_this_kernel_supports() {
+    require_root();
+    let mptcp = kernel_makes_mptcp_sockets();
+    let trace = mptcp_trace(&["events", "--duration", "1"]);
+    let lacks: Vec<String> = stderr_lines(&trace)
+        .iter()
+        .filter_map(|l| {
+            let (_, rest) = l.split_once("this kernel lacks ")?;
+            Some(
+                rest.trim_end_matches(": that field stays empty")
+                    .to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(trace.status.success(), mptcp, "events: {trace:?}");
+    let tracing = if mptcp { "yes" } else { "no (no MPTCP)" };
+
+    // `reset_sent_reason` comes from tcp_send_reset's `enum sk_rst_reason` argument.
+    let sent_reason = if !mptcp {
+        "-"
+    } else if lacks.iter().any(|l| l.contains("reset_sent_reason")) {
+        "no"
+    } else {
+        "yes"
+    };
+    let received_reason = if !mptcp {
+        "-"
+    } else if lacks.iter().any(|l| l.contains("MP_TCPRST reasons")) {
+        "no"
+    } else {
+        "yes"
+    };
+
+    let doctor = mptcp_trace(&["doctor", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&doctor.stdout).expect("doctor --json");
+    let host = |name: &str| {
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name && c["scope"] == "host")
+            .unwrap_or_else(|| panic!("no host check {name}: {report}"))
+            .clone()
+    };
+    // The oracle for the hook: the kernel's own symbol table.
+    let kallsyms = std::fs::read_to_string("/proc/kallsyms").expect("kallsyms");
+    let has_hook = kallsyms
+        .lines()
+        .any(|l| l.split_whitespace().nth(2) == Some("update_socket_protocol"));
+    let kernel = host("kernel");
+    assert_eq!(
+        kernel["detail"]
+            .as_str()
+            .unwrap()
+            .contains("has the upgrade hook"),
+        has_hook,
+        "{kernel}"
+    );
+    let upgrade = host("upgrade");
+    let bpf = if upgrade["status"] == "ok" {
+        "yes".to_string()
+    } else if !has_hook {
+        "no (no hook)".to_string()
+    } else {
+        // Its first sentence: what refused it.
+        let detail = upgrade["detail"].as_str().unwrap_or_default();
+        format!("no ({})", detail.split(". ").next().unwrap_or(detail))
+    };
+    let seccomp = if mptcp {
+        let run = mptcp_trace(&["run", "--method", "seccomp", "--", "true"]);
+        assert!(run.status.success(), "run --method seccomp: {run:?}");
+        "yes"
+    } else {
+        "no (no MPTCP)"
+    };
+    let netstat = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
+    let fallback_counters: Vec<&str> = netstat
+        .lines()
+        .find(|l| l.starts_with("MPTcpExt:"))
+        .map(|l| {
+            l.split_whitespace()
+                .skip(1)
+                .filter(|n| n.contains("Fallback") || *n == "InfiniteMapTx")
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        fallback_counters.is_empty(),
+        !mptcp,
+        "{fallback_counters:?}"
+    );
+
+    println!(
+        "MPTCP-TRACE-SUPPORT kernel={};tracing={tracing};reset reason received={received_reason};\
+         reset reason sent={sent_reason};fallback causes counted={};upgrade bpf={bpf};\
+         upgrade seccomp (run)={seccomp};fields left empty={}",
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap()
+            .trim(),
+        fallback_counters.len(),
+        if lacks.is_empty() {
+            "none".to_string()
+        } else {
+            lacks.join(", ")
+        }
+    );
+}

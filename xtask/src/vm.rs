@@ -66,7 +66,8 @@ const DEFAULT_GUEST_TIMEOUT: u64 = 3000;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct VmTestArgs {
-    /// Kernel series to boot: a series from the kernels' `versions` file (6.1, 6.12) or `all`.
+    /// Kernel series to boot: series from the kernels' `versions` file (5.10, 6.1, 6.12, sid),
+    /// comma-separated, or `all`.
     #[arg(long, default_value = "all")]
     pub kernel: String,
     /// Time limit for each guest, from boot to power-off, in seconds. The whole suite takes
@@ -141,10 +142,38 @@ impl Kernel {
 }
 
 /// What one guest reported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Outcome {
     passed: u32,
     failed: u32,
+    /// The `key=value;…` of its `MPTCP-TRACE-SUPPORT` line (tests/tests/kernel_support.rs).
+    support: Option<String>,
+}
+
+/// The line kernel_support prints: what the guest's kernel supports, for the matrix's table.
+const SUPPORT_MARKER: &str = "MPTCP-TRACE-SUPPORT ";
+
+/// The guests' support lines as one Markdown table, a row per kernel (the README's).
+fn support_table(rows: &[(&str, &str)]) -> Option<String> {
+    let parsed: Vec<(&str, Vec<(&str, &str)>)> = rows
+        .iter()
+        .map(|(series, line)| {
+            let fields = line.split(';').filter_map(|f| f.split_once('=')).collect();
+            (*series, fields)
+        })
+        .collect();
+    let (_, first) = parsed.first()?;
+    let keys: Vec<&str> = first.iter().map(|(k, _)| *k).collect();
+    let mut out = format!("| series | {} |\n", keys.join(" | "));
+    out.push_str(&format!("|---|{}\n", "---|".repeat(keys.len())));
+    for (series, fields) in &parsed {
+        let cells: Vec<&str> = keys
+            .iter()
+            .map(|k| fields.iter().find(|(f, _)| f == k).map_or("?", |(_, v)| *v))
+            .collect();
+        out.push_str(&format!("| {series} | {} |\n", cells.join(" | ")));
+    }
+    Some(out)
 }
 
 pub fn run(args: VmTestArgs) -> Result<()> {
@@ -202,6 +231,13 @@ pub fn run(args: VmTestArgs) -> Result<()> {
             }
         }
     }
+    let rows: Vec<(&str, &str)> = results
+        .iter()
+        .filter_map(|(k, r, _)| Some((k.series.as_str(), r.as_ref().ok()?.support.as_deref()?)))
+        .collect();
+    if let Some(table) = support_table(&rows) {
+        println!("vm-matrix: what each kernel supports (from kernel_support):\n{table}");
+    }
     // One plain closing line over every guest, in the form CI reads.
     let (passed, failed) = results
         .iter()
@@ -242,7 +278,7 @@ fn select_kernels(which: &str) -> Result<Vec<Kernel>> {
         .collect();
     let chosen: Vec<Kernel> = all
         .iter()
-        .filter(|k| which == "all" || k.series == which || k.release == which)
+        .filter(|k| which == "all" || which.split(',').any(|w| k.series == w || k.release == w))
         .cloned()
         .collect();
     if chosen.is_empty() {
@@ -632,6 +668,7 @@ fn parse_result(line: &str) -> Option<Outcome> {
     Some(Outcome {
         passed: passed?,
         failed: failed?,
+        support: None,
     })
 }
 
@@ -664,6 +701,7 @@ fn boot(kernel: &Kernel, initrd: &Path, args: &VmTestArgs) -> Result<Outcome> {
     let prefix = format!("[{}] ", kernel.series);
     let reader = thread::spawn(move || {
         let mut result = None;
+        let mut support = None;
         let mut out = std::io::stdout();
         let mut r = BufReader::new(stdout);
         let mut buf = Vec::new();
@@ -674,9 +712,12 @@ fn boot(kernel: &Kernel, initrd: &Path, args: &VmTestArgs) -> Result<Outcome> {
             if let Some(o) = parse_result(line) {
                 result = Some(o);
             }
+            if let Some((_, s)) = line.split_once(SUPPORT_MARKER) {
+                support = Some(s.trim().to_string());
+            }
             buf.clear();
         }
-        result
+        result.map(|o| Outcome { support, ..o })
     });
 
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
@@ -709,12 +750,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn support_lines_become_a_table_row_per_kernel() {
+        let t = support_table(&[
+            ("6.1", "kernel=6.1.0;tracing=yes;upgrade bpf=no (no hook)"),
+            ("5.10", "kernel=5.10.0;tracing=no (no MPTCP)"),
+        ])
+        .unwrap();
+        assert_eq!(
+            t,
+            "| series | kernel | tracing | upgrade bpf |\n|---|---|---|---|\n\
+             | 6.1 | 6.1.0 | yes | no (no hook) |\n| 5.10 | 5.10.0 | no (no MPTCP) | ? |\n"
+        );
+        assert_eq!(support_table(&[]), None);
+    }
+
+    #[test]
     fn parses_the_result_line() {
         assert_eq!(
             parse_result("MPTCP-TRACE-VM-RESULT kernel=6.1.0-56-cloud-amd64 passed=7 failed=1\r"),
             Some(Outcome {
                 passed: 7,
-                failed: 1
+                failed: 1,
+                support: None
             })
         );
         assert_eq!(

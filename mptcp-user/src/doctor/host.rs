@@ -340,10 +340,16 @@ pub fn checks() -> Vec<Check> {
             format!("Linux {release}: older than 5.10, which mptcp-trace is not tested on"),
         )
     } else {
-        let hook = if version >= (6, 6) {
-            "has the upgrade hook"
-        } else {
-            "no upgrade hook before 6.6, tracing works"
+        // The hook is looked up in the kernel's BTF, not guessed from the version (distributions
+        // backport; a kernel without BTF cannot run the upgrade anyway).
+        let has_hook = crate::offsets::open_lazily(std::path::Path::new(VMLINUX_BTF))
+            .ok()
+            .and_then(|btf| crate::upgrade::raw_bpf::func_btf_id(&btf, crate::upgrade::HOOK))
+            .is_some();
+        let hook = match (has_hook, crate::sys::mptcp::in_kernel()) {
+            (true, _) => "has the upgrade hook",
+            (false, true) => "no upgrade hook (it came in 6.6), tracing works",
+            (false, false) => "no upgrade hook (it came in 6.6)",
         };
         Check::host(
             "kernel",
