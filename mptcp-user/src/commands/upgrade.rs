@@ -105,7 +105,7 @@ pub async fn run(args: UpgradeArgs) -> Result<()> {
     // A run the kernel skipped is a socket() the upgrade never saw: it stayed TCP.
     let skipped = match up_skipped {
         Ok(Some(n)) => n.to_string(),
-        Ok(None) => "unknown (Linux < 5.12)".into(),
+        Ok(None) => crate::upgrade::raw_bpf::MISSES_UNKNOWN.into(),
         Err(e) => format!("unknown ({e})"),
     };
     println!("upgrade: stopped; {counts}; skipped program runs {skipped}");

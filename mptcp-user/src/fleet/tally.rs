@@ -265,7 +265,7 @@ impl Snapshot {
             l.map_full,
             l.stale_entry,
             l.recursion_misses
-                .map_or("unknown (Linux < 5.12)".into(), |n| n.to_string()),
+                .map_or(crate::upgrade::raw_bpf::MISSES_UNKNOWN.into(), |n| n.to_string()),
             l.netlink
         );
         o

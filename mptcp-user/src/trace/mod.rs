@@ -93,7 +93,9 @@ impl Totals {
         let l = &self.lost;
         let skipped = l
             .recursion_misses
-            .map_or("unknown (Linux < 5.12)".to_string(), |n| n.to_string());
+            .map_or(crate::upgrade::raw_bpf::MISSES_UNKNOWN.to_string(), |n| {
+                n.to_string()
+            });
         let mut s = format!(
             "{} lost (ring buffer {}, map full {}, stale entries {}, skipped program runs {skipped}, netlink overruns {})",
             l.count, l.ring_buffer, l.map_full, l.stale_entry, l.netlink

@@ -204,6 +204,9 @@ pub fn prog_info(fd: BorrowedFd<'_>) -> io::Result<(bpf_prog_info, usize)> {
     Ok((info, len))
 }
 
+/// How a count of skipped runs reads where the kernel cannot tell it.
+pub const MISSES_UNKNOWN: &str = "unknown (Linux < 5.12)";
+
 /// `recursion_misses` of an info the kernel filled `len` bytes of: `None` when this kernel's
 /// `bpf_prog_info` ends before the field (Linux < 5.12), which is "unknown", not 0.
 pub fn recursion_misses_in(info: &bpf_prog_info, len: usize) -> Option<u64> {
