@@ -59,7 +59,8 @@ pub fn run(args: WhyArgs) -> anyhow::Result<ExitCode> {
                 );
             }
             let mut all = Vec::new();
-            // Two tracers watching the same connection wrote the same events: shown once.
+            // Two tracers watching the same connection wrote the same events, each stamped by
+            // its own program run a few microseconds apart: shown once.
             let mut seen = std::collections::HashSet::new();
             for (_, f) in files {
                 // A tracer that ended meanwhile took its file with it: nothing to read there.
@@ -68,8 +69,7 @@ pub fn run(args: WhyArgs) -> anyhow::Result<ExitCode> {
                 };
                 match crate::capture::read(file, &f.display().to_string()) {
                     Ok(v) => all.extend(
-                        v.into_iter()
-                            .filter(|e| seen.insert(serde_json::to_string(e).unwrap_or_default())),
+                        v.into_iter().filter(|e| seen.insert(identity(e))),
                     ),
                     Err(e) => return bad(e),
                 }
@@ -95,6 +95,16 @@ pub fn run(args: WhyArgs) -> anyhow::Result<ExitCode> {
     write!(out, "{text}")?;
     out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// An event without its stamps (`time`, `ts_ns`): what two tracers' copies of it share.
+fn identity(e: &crate::event::Event) -> String {
+    let mut v = serde_json::to_value(e).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("time");
+        o.remove("ts_ns");
+    }
+    v.to_string()
 }
 
 fn parse_token(s: &str) -> Result<Token, String> {
@@ -227,6 +237,19 @@ mod tests {
 {"v":1,"time":"2026-12-06T05:36:03.9Z","ts_ns":2,"event":"conn_diagnosis","token":"0000000a","peer_token":"0000000b","netns":1,"family":"ipv4","saddr":"10.0.0.2","sport":5000,"daddr":"10.0.0.1","dport":4405,"cause":"join_refused","detail":"refused","evidence":["subflow_failed sport=5001 reason=rst_received error=ECONNREFUSED"]}
 {"v":1,"time":"2026-12-06T05:36:03.9Z","ts_ns":3,"event":"conn_created","token":"0000000c","netns":1,"family":"ipv4","saddr":"10.0.0.2","sport":5002,"daddr":"10.0.0.1","dport":4405,"side":"client"}
 "#;
+
+    #[test]
+    fn two_tracers_copies_of_an_event_are_one_event() {
+        let mut events = crate::capture::read(CAPTURE.as_bytes(), "capture").unwrap();
+        let first = events[0].clone();
+        let mut copy = first.clone();
+        copy.ts_ns += 10_000;
+        copy.time = "2026-12-06T05:36:03.900010Z".into();
+        assert_eq!(identity(&first), identity(&copy));
+        // Another event of the same connection stays another event.
+        events[1].ts_ns = first.ts_ns;
+        assert_ne!(identity(&first), identity(&events[1]));
+    }
 
     #[test]
     fn connections_are_reported_with_their_subflows_and_diagnoses_and_found_by_either_token() {
