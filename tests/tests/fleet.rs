@@ -1,11 +1,12 @@
 //! `stats` and `exporter`: exact counts for a known traffic pattern in the seed's test bed, a
 //! real Prometheus (Debian's `prometheus`) scraping the exporter every second and its HTTP API
 //! agreeing with the kernel's MPTcpExt counters, the shipped scrape config and alerting rules
-//! checked by `promtool`, and bad input refused. Host only for the Prometheus part (the guests
+//! checked by `promtool` (and the rules' unit tests run by `promtool test rules`), and bad
+//! input refused. Host only for the Prometheus part (the guests
 //! have no Prometheus): see `HOST_ONLY` in xtask/src/vm.rs.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap, HashSet},
     net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -15,7 +16,8 @@ use std::{
 
 use integration_tests::{
     joins::{add_join_endpoint, bed_without_join, connected, server_addr},
-    mptcp_ext, mptcp_trace_bin, peer, require_root, tag, testbed, Background, ChildGuard,
+    loaded_program_ids, mptcp_ext, mptcp_trace_bin, peer, prog_ids_held_by, require_root, run, tag,
+    testbed, Background, ChildGuard,
 };
 use peer::Proto;
 
@@ -32,6 +34,79 @@ fn wait_counter(netns: &str, name: &str, at_least: u64) {
         assert!(Instant::now() < deadline, "{name} never reached {at_least}");
         thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Names the calling thread `name` (at most 15 bytes): the threads it starts afterwards — the
+/// test bed's clients, listeners and servers — inherit the name, so the `comm` the tracer
+/// records for the test's connections is known. The name as the kernel reads it back.
+fn name_this_thread(name: &std::ffi::CStr) -> String {
+    // SAFETY: PR_SET_NAME with a NUL-terminated string names the calling thread.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+    let comm = std::fs::read_to_string("/proc/thread-self/comm").unwrap();
+    assert_eq!(comm.trim_end().as_bytes(), name.to_bytes());
+    comm.trim_end().to_string()
+}
+
+/// This process's cgroup v2 path, from /proc/self/cgroup (its `0::` line).
+fn own_cgroup() -> String {
+    std::fs::read_to_string("/proc/self/cgroup")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("a cgroup v2 hierarchy")
+        .to_string()
+}
+
+/// The `Tcp:` counters of /proc/net/snmp in the named namespace (`AttemptFails`, …).
+fn tcp_snmp(netns: &str) -> HashMap<String, u64> {
+    let text = run("ip", &["netns", "exec", netns, "cat", "/proc/net/snmp"]);
+    let mut lines = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return HashMap::new();
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .skip(1)
+        .filter_map(|(n, v)| Some((n.to_string(), v.parse().ok()?)))
+        .collect()
+}
+
+/// The kernel's counters of both namespaces of the bed.
+struct Kernel {
+    client: HashMap<String, u64>,
+    server: HashMap<String, u64>,
+    client_tcp: HashMap<String, u64>,
+}
+
+impl Kernel {
+    fn read(bed: &testbed::TestBed) -> Kernel {
+        Kernel {
+            client: mptcp_ext(&bed.client),
+            server: mptcp_ext(&bed.server),
+            client_tcp: tcp_snmp(&bed.client),
+        }
+    }
+}
+
+/// The refused join of [`traffic`] as the kernels counted it. No MPTcpExt counter names a join
+/// answered by a RST (`MPJoinRejected` counts joins a listener's path manager refused; with the
+/// listener gone the SYN never reaches MPTCP on the server): the client sent one join SYN more
+/// than it received SYN/ACKs for, the server received and rejected no join beyond the answered
+/// ones, and TCP counted one failed connection attempt (a RST in SYN-SENT) in the client's
+/// namespace — the only one: every other connection of the pattern succeeds.
+fn assert_one_refused_join(before: &Kernel, after: &Kernel, joined: u64) {
+    let c = |n| delta(&before.client, &after.client, n);
+    let s = |n| delta(&before.server, &after.server, n);
+    assert_eq!(c("MPJoinSynTx"), joined + 1, "client join SYNs sent");
+    assert_eq!(c("MPJoinSynAckRx"), joined, "client join SYN/ACKs received");
+    assert_eq!(s("MPJoinSynRx"), joined, "server join SYNs received");
+    assert_eq!(s("MPJoinRejected"), 0, "server joins rejected");
+    assert_eq!(
+        delta(&before.client_tcp, &after.client_tcp, "AttemptFails"),
+        1,
+        "client TCP AttemptFails"
+    );
 }
 
 /// The traffic pattern: one connection whose join is refused (its listener is gone when the
@@ -100,8 +175,10 @@ fn row<'a>(v: &'a serde_json::Value, group: &str, name: &str) -> &'a serde_json:
 #[test]
 fn stats_counts_a_known_traffic_pattern_exactly() {
     require_root();
+    let comm = name_this_thread(c"fleet-stats");
     let (bed, _, _) = bed_without_join("fstats");
     let before = mptcp_ext(&bed.client);
+    let kernel_before = Kernel::read(&bed);
     let mut bg = Background::start(&[
         "stats",
         "--json",
@@ -121,6 +198,15 @@ fn stats_counts_a_known_traffic_pattern_exactly() {
     assert!(status.success(), "{status}");
     let after = mptcp_ext(&bed.client);
     let n = JOINED as u64;
+    assert_one_refused_join(&kernel_before, &Kernel::read(&bed), n);
+    // Every connection is the test's own (the namespaces are): one command, the name this
+    // thread gave itself, with the total of both namespaces.
+    let comms = v["comm"].as_array().unwrap();
+    assert_eq!(comms.len(), 1, "{v}");
+    let by_comm = row(&v, "comm", &comm);
+    assert_eq!(by_comm["opened"], 2 * n + 3, "{v}");
+    assert_eq!(by_comm["closed"], 2 * (n + 1) + 1, "{v}");
+    assert_eq!(by_comm["joined"], 2 * n, "{v}");
     // The client: the refused-join connection, the joined ones, the fallback.
     let c = row(&v, "netns", &bed.client);
     assert_eq!(c["opened"], n + 2, "{v}");
@@ -210,6 +296,77 @@ fn query(prom: SocketAddr, q: &str) -> Option<f64> {
     v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
 }
 
+/// One sample of the Prometheus text format: name, labels, value.
+type Sample = (String, BTreeMap<String, String>, f64);
+
+/// The samples of a `/metrics` body (label values without `"`, `\` or newlines, as ours
+/// are; a test fails on any other).
+fn samples(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').unwrap_or_else(|| panic!("{l}"));
+            let value: f64 = value.parse().unwrap_or_else(|_| panic!("{l}"));
+            let (name, labels) = match series.split_once('{') {
+                None => (series, BTreeMap::new()),
+                Some((name, rest)) => {
+                    let body = rest.strip_suffix('}').unwrap_or_else(|| panic!("{l}"));
+                    assert!(!body.contains('\\'), "escaped label value: {l}");
+                    let labels = body
+                        .split("\",")
+                        .map(|kv| {
+                            let (k, v) = kv.split_once("=\"").unwrap_or_else(|| panic!("{l}"));
+                            (k.to_string(), v.trim_end_matches('"').to_string())
+                        })
+                        .collect();
+                    (name, labels)
+                }
+            };
+            (name.to_string(), labels, value)
+        })
+        .collect()
+}
+
+/// The sum of the samples named `name` whose labels include `with`.
+fn total(samples: &[Sample], name: &str, with: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|(n, l, _)| {
+            n == name
+                && with
+                    .iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|(_, _, v)| v)
+        .sum()
+}
+
+/// How many of the programs `ids` the kernel lists as tracing programs (`tp_btf`, fentry, …).
+fn tracing_programs(ids: &HashSet<u32>) -> usize {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| {
+            ids.contains(&p.id()) && p.program_type() == aya::programs::ProgramType::Tracing.into()
+        })
+        .count()
+}
+
+/// Waits (the kernel frees a program in deferred work) until none of `ids` is loaded.
+fn assert_programs_gone(ids: &HashSet<u32>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<u32> = loaded_program_ids().intersection(ids).copied().collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "programs {left:?} still loaded after the exporter exited"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn contrib(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../contrib")
@@ -231,7 +388,21 @@ fn prometheus_scrapes_the_exporter_and_agrees_with_the_kernels_counters() {
             .expect("promtool (Debian's prometheus, installed by scripts/setup.sh)");
         assert!(out.status.success(), "{file}: {out:?}");
     }
+    // The alerting rules' unit tests: each alert fires for the service over its threshold
+    // once the condition held for its `for:`, and for no other (a test that expected
+    // nothing would pass on rules that never fire: the file expects both alerts too).
+    let out = Command::new("promtool")
+        .args(["test", "rules"])
+        .arg(contrib("mptcp-trace.rules.test.yml"))
+        .output()
+        .expect("promtool");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("SUCCESS"),
+        "promtool test rules: {out:?}"
+    );
 
+    let comm = name_this_thread(c"fleet-prom");
+    let cgroup = own_cgroup();
     let (bed, _, _) = bed_without_join("fprom");
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
@@ -277,6 +448,8 @@ fn prometheus_scrapes_the_exporter_and_agrees_with_the_kernels_counters() {
     );
 
     let before = mptcp_ext(&bed.client);
+    let kernel_before = Kernel::read(&bed);
+    let started = Instant::now();
     const JOINED: u16 = 3;
     traffic(&bed, JOINED, 4701);
     // Every connection closed on both ends before the counters are compared.
@@ -336,6 +509,117 @@ fn prometheus_scrapes_the_exporter_and_agrees_with_the_kernels_counters() {
         Some(closed)
     );
 
+    let n = JOINED as u64;
+    let kernel_after = Kernel::read(&bed);
+    assert_one_refused_join(&kernel_before, &kernel_after, n);
+
+    // The exporter's own /metrics, read directly.
+    let body = http_get(&format!("http://{listen}/metrics"));
+    let m = samples(&body);
+    // Every per-owner series is the test's: its namespaces, the name this thread gave itself
+    // (inherited by the threads that opened and accepted the connections) and this process'
+    // cgroup as /proc/self/cgroup names it.
+    let owned: Vec<&Sample> = m
+        .iter()
+        .filter(|(_, l, _)| l.contains_key("comm"))
+        .collect();
+    assert!(!owned.is_empty(), "{body}");
+    for (name, l, _) in &owned {
+        assert_eq!(l["comm"], comm, "{name} {l:?}");
+        assert_eq!(l["cgroup"], cgroup, "{name} {l:?}");
+        assert!(
+            l["netns"] == bed.client || l["netns"] == bed.server,
+            "{name} {l:?}"
+        );
+    }
+    let opened = 2 * n + 3;
+    assert_eq!(
+        query(
+            prom,
+            &format!("sum(mptcp_connections_opened_total{{comm=\"{comm}\",cgroup=\"{cgroup}\"}})")
+        ),
+        Some(opened as f64)
+    );
+    // Programs attached: the tracing programs the exporter process holds, and no others.
+    let held = prog_ids_held_by(exporter.pid());
+    let tracing = tracing_programs(&held);
+    assert!(
+        tracing > 0,
+        "the exporter holds no tracing program: {held:?}"
+    );
+    assert_eq!(tracing, held.len(), "{held:?}");
+    assert_eq!(
+        total(&m, "mptcp_trace_programs_attached", &[]),
+        tracing as f64
+    );
+    assert_eq!(
+        query(prom, "mptcp_trace_programs_attached"),
+        Some(tracing as f64)
+    );
+    // Histograms. The answered joins as the kernels counted them: client SYN/ACKs, server
+    // third ACKs (one per joined connection end; the refused join is no subflow of either).
+    let client_joins = delta(
+        &kernel_before.client,
+        &kernel_after.client,
+        "MPJoinSynAckRx",
+    );
+    let server_joins = delta(&kernel_before.server, &kernel_after.server, "MPJoinAckRx");
+    let first_joins = client_joins + server_joins;
+    assert_eq!(first_joins, 2 * n);
+    // Subflows per connection: one observation per closed connection end, each with its
+    // first subflow plus its answered join.
+    assert_eq!(
+        total(&m, "mptcp_subflows_per_connection_count", &[]),
+        closed
+    );
+    assert_eq!(
+        total(&m, "mptcp_subflows_per_connection_sum", &[]),
+        closed + first_joins as f64
+    );
+    // Time to the first join: one per joined connection end, each shorter than the test.
+    assert_eq!(
+        total(&m, "mptcp_first_join_seconds_count", &[]),
+        first_joins as f64
+    );
+    let join_time = total(&m, "mptcp_first_join_seconds_sum", &[]);
+    assert!(
+        join_time > 0.0 && join_time < first_joins as f64 * started.elapsed().as_secs_f64(),
+        "{join_time}"
+    );
+    // Bytes per subflow: one observation per closed subflow, and at least what the test
+    // exchanged (1000 bytes each way on every connection: 2000 sent + received at each MPTCP
+    // connection end, the fallback's client end included).
+    assert_eq!(
+        total(&m, "mptcp_subflow_bytes_count", &[]),
+        total(&m, "mptcp_subflows_closed_total", &[])
+    );
+    let bytes = total(&m, "mptcp_subflow_bytes_sum", &[]);
+    assert!(bytes >= 2000.0 * closed, "{bytes} bytes for {closed} ends");
+    // By interface, as the bed routes them: every first subflow over red (the client's n + 2
+    // connection ends, the server's n + 1), every join over blue; the data went over red,
+    // before the joins.
+    let count = |ifname| total(&m, "mptcp_subflow_bytes_count", &[("ifname", ifname)]);
+    let sum = |ifname| total(&m, "mptcp_subflow_bytes_sum", &[("ifname", ifname)]);
+    assert_eq!(count("red-client"), (n + 2) as f64, "{body}");
+    assert_eq!(count("red-server"), (n + 1) as f64, "{body}");
+    assert_eq!(count("blue-client"), client_joins as f64, "{body}");
+    assert_eq!(count("blue-server"), server_joins as f64, "{body}");
+    assert!(sum("red-client") >= 2000.0 * (n + 2) as f64, "{body}");
+    assert!(sum("red-server") >= 2000.0 * (n + 1) as f64, "{body}");
+    for (name, l, _) in m
+        .iter()
+        .filter(|(n, _, _)| n.starts_with("mptcp_subflow_bytes"))
+    {
+        let ifname = l.get("ifname").map(String::as_str);
+        assert!(
+            matches!(
+                ifname,
+                Some("red-client" | "red-server" | "blue-client" | "blue-server")
+            ),
+            "{name} {l:?}"
+        );
+    }
+
     // SIGTERM: the programs detach and the port closes.
     let status = exporter.stop_with(libc::SIGTERM);
     assert!(status.success(), "{status}");
@@ -343,4 +627,31 @@ fn prometheus_scrapes_the_exporter_and_agrees_with_the_kernels_counters() {
         std::net::TcpStream::connect(&listen).is_err(),
         "the port is still open"
     );
+    assert_programs_gone(&held);
+}
+
+#[test]
+fn the_exporter_stopped_with_sigint_exits_0_closes_its_port_and_unloads_its_programs() {
+    require_root();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut exporter = Background::start(&["exporter", "--listen", &listen]);
+    let held = prog_ids_held_by(exporter.pid());
+    let tracing = tracing_programs(&held);
+    assert!(
+        tracing > 0,
+        "the exporter holds no tracing program: {held:?}"
+    );
+    assert!(loaded_program_ids().is_superset(&held));
+    let m = samples(&http_get(&format!("http://{listen}/metrics")));
+    assert_eq!(
+        total(&m, "mptcp_trace_programs_attached", &[]),
+        tracing as f64
+    );
+    let status = exporter.stop_with(libc::SIGINT);
+    assert_eq!(status.code(), Some(0), "{status}");
+    assert!(
+        std::net::TcpStream::connect(&listen).is_err(),
+        "the port is still open"
+    );
+    assert_programs_gone(&held);
 }
