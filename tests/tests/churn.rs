@@ -370,9 +370,19 @@ fn maximum_churn_loses_nothing_silently() {
     };
     let skipped: u64 = tracers.iter().map(Traced::recursion_misses).sum();
     let stderr: Vec<(String, u64)> = tracers.into_iter().map(Traced::stop).collect();
+    // A close whose program run the kernel skipped leaves its socket's entry behind (and a
+    // connection's CLAIMS entry) until the address is reused, where it counts as stale: such
+    // a run is counted loss. A leak with no skipped run is a close never seen.
+    // One skipped run is one socket's state change: at most one CONNS or SUBFLOWS entry.
+    let leaked: u64 = leaks
+        .iter()
+        .filter(|(m, _)| m != "CLAIMS")
+        .map(|(_, n)| *n as u64)
+        .sum();
     assert!(
-        leaks.iter().all(|(_, n)| *n == 0),
-        "entries left in the tracers' maps after every connection closed: {leaks:?}"
+        leaked <= skipped,
+        "entries left in the tracers' maps after every connection closed: {leaks:?}, with \
+         {skipped} program runs skipped\n{stderr:?}"
     );
 
     let t = tally.lock().unwrap();

@@ -68,9 +68,7 @@ pub fn run(args: WhyArgs) -> anyhow::Result<ExitCode> {
                     continue;
                 };
                 match crate::capture::read(file, &f.display().to_string()) {
-                    Ok(v) => all.extend(
-                        v.into_iter().filter(|e| seen.insert(identity(e))),
-                    ),
+                    Ok(v) => all.extend(v.into_iter().filter(|e| seen.insert(identity(e)))),
                     Err(e) => return bad(e),
                 }
             }
