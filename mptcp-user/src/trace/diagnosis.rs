@@ -247,6 +247,9 @@ struct Track {
     side: Option<Side>,
     established_ns: Option<u64>,
     deadline_done: bool,
+    /// An ADD_ADDR that came after the deadline: its own deadline counts from it (the path
+    /// manager gets the same time to take it up).
+    late_announce_ns: Option<u64>,
     fallback: bool,
     /// The peer forbids joins to its initial address (its MP_CAPABLE's C flag).
     peer_deny_join_id0: bool,
@@ -408,6 +411,9 @@ impl Diagnosis {
             Data::AddrAnnounced(a) => {
                 let t = self.tracks.entry(key).or_default();
                 t.announced.push((a.remote_id, a.addr));
+                if t.deadline_done {
+                    t.late_announce_ns.get_or_insert(e.ts_ns);
+                }
             }
             Data::ConnClosed(_) => closed = true,
             _ => {}
@@ -481,14 +487,33 @@ impl Diagnosis {
             }
             self.last_ts = self.last_ts.max(ts);
         }
+        let late: Vec<(u64, u64)> = self
+            .tracks
+            .iter()
+            .filter_map(|(k, t)| {
+                let at = t.late_announce_ns?;
+                (at + DEADLINE_NS + SETTLE_NS <= now).then_some((*k, at))
+            })
+            .collect();
+        for (key, at) in late {
+            self.tracks.get_mut(&key).expect("listed").late_announce_ns = None;
+            let ts = (at + DEADLINE_NS).max(self.last_ts);
+            self.judged_ts = ts;
+            for f in self.judge_config(key, false) {
+                self.emit(key, ts, f, out);
+            }
+            self.last_ts = self.last_ts.max(ts);
+        }
     }
 
     /// When [`Diagnosis::expire`] has work next.
     pub fn next_due(&self) -> Option<u64> {
         self.tracks
             .values()
-            .filter(|t| !t.deadline_done)
-            .filter_map(|t| t.established_ns)
+            .filter_map(|t| match t.deadline_done {
+                false => t.established_ns,
+                true => t.late_announce_ns,
+            })
             .min()
             .map(|e| e + DEADLINE_NS + SETTLE_NS)
     }
@@ -1596,6 +1621,25 @@ mod tests {
             causes(&mut with_limits(2, 2), announced(), LATE),
             Vec::<String>::new()
         );
+
+        // The second announcement comes after the deadline: judged a deadline after it.
+        let mut d = with_limits(2, 1);
+        let mut evs = announced();
+        let second = evs.remove(evs.len() - 2);
+        assert!(matches!(second.data, Data::AddrAnnounced(_)));
+        assert_eq!(causes(&mut d, evs, LATE), Vec::<String>::new());
+        let at = LATE + 1_000;
+        let late = Event {
+            ts_ns: at,
+            ..second
+        };
+        assert_eq!(causes(&mut d, vec![late.clone()], at), Vec::<String>::new());
+        assert_eq!(d.next_due(), Some(at + DEADLINE_NS + SETTLE_NS));
+        assert_eq!(
+            causes(&mut d, vec![], at + DEADLINE_NS + SETTLE_NS),
+            ["add_addr_ignored"]
+        );
+        assert_eq!(d.next_due(), None);
     }
 
     #[test]
