@@ -221,6 +221,23 @@ mod tests {
             closed
         );
         assert_eq!(html.matches(r#"<g class="lane""#).count(), 4);
+        // The throughput bands stack to the totals: the samples, and the bytes after the last
+        // sample at each close.
+        let received: u64 = events
+            .iter()
+            .filter_map(|e| match &e.data {
+                crate::event::Data::SubflowClosed(d) => Some(d.bytes_received),
+                _ => None,
+            })
+            .sum();
+        let stacked: u64 = html
+            .match_indices(r#"<path class="band" data-bytes=""#)
+            .map(|(i, m)| {
+                let v = &html[i + m.len()..];
+                v[..v.find('"').unwrap()].parse::<u64>().unwrap()
+            })
+            .sum();
+        assert_eq!(stacked, closed + received);
         assert_eq!(html.matches(r#"<svg class="throughput""#).count(), 2);
         assert_eq!(html.matches(r#"<svg class="rtt""#).count(), 2);
         assert_eq!(html.matches(r#"class="conn-row""#).count(), 2);
