@@ -780,6 +780,12 @@ impl Tmux {
         self.tmux(&["capture-pane", "-p", "-t", &self.0])
     }
 
+    /// The whole pane, scrolled-off history included, wrapped lines joined (`capture-pane
+    /// -J -S -`): what a command printed, line by line.
+    pub fn history(&self) -> String {
+        self.tmux(&["capture-pane", "-p", "-J", "-S", "-", "-t", &self.0])
+    }
+
     /// A tmux format of the pane (`#{alternate_on}`, `#{cursor_flag}`, …).
     pub fn display(&self, format: &str) -> String {
         self.tmux(&["display-message", "-p", "-t", &self.0, format])
@@ -812,6 +818,12 @@ impl Drop for Tmux {
         let _ = Command::new("tmux")
             .args(["-L", &self.0, "kill-server"])
             .output();
+        // tmux leaves the server's socket file behind: remove it too (`-L NAME` is
+        // `$TMUX_TMPDIR/tmux-UID/NAME`, /tmp by default).
+        let dir = std::env::var_os("TMUX_TMPDIR").unwrap_or_else(|| "/tmp".into());
+        // SAFETY: no preconditions.
+        let uid = unsafe { libc::geteuid() };
+        let _ = std::fs::remove_file(PathBuf::from(dir).join(format!("tmux-{uid}")).join(&self.0));
     }
 }
 

@@ -342,6 +342,11 @@ fn demo_live_view_exits_0_on_q_and_on_sigterm() {
             "0",
             "{how}: alternate screen left"
         );
+        assert_eq!(
+            tmux.display("#{cursor_flag}"),
+            "1",
+            "{how}: cursor shown again"
+        );
         assert_clean(pid);
     }
 }
@@ -384,4 +389,96 @@ fn demo_without_a_terminal_streams_ndjson_and_says_so() {
         events.iter().any(|e| e.event == Kind::SubflowEstablished),
         "{out:#?}"
     );
+}
+
+/// Every line is one NDJSON event (no escape sequence of a drawn view among them), and they
+/// hold the demo's subflows.
+fn assert_ndjson(out: &[String], context: &str) {
+    assert!(!out.is_empty(), "no NDJSON:\n{context}");
+    for l in out {
+        assert!(
+            l.starts_with("{\"v\":1,") && !l.contains('\x1b'),
+            "not an NDJSON line: {l:?}\n{context}"
+        );
+    }
+    let events = parse_events(out);
+    assert!(
+        events.iter().any(|e| e.event == Kind::SubflowEstablished),
+        "{out:#?}"
+    );
+}
+
+const NO_TERMINAL: &str = "stdout is not a terminal: streaming NDJSON (as with --json)";
+
+/// `demo --duration 3 < /dev/null > FILE`: the file holds NDJSON lines only, stderr says why,
+/// status 0, nothing left behind.
+#[test]
+fn demo_with_stdout_a_file_writes_ndjson_to_it_and_says_why() {
+    require_root();
+    let file = std::env::temp_dir().join(format!("{}.ndjson", tag("demo-file")));
+    let mut demo = ChildGuard(
+        Command::new(bin())
+            .args(["demo", "--duration", "3"])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&file).unwrap())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn mptcp-trace demo"),
+    );
+    let pid = demo.0.id();
+    let st = wait_exit(&mut demo.0, Duration::from_secs(40));
+    let stderr = stderr_of(&mut demo.0);
+    assert!(st.success(), "demo failed: {st}\n{stderr}");
+    assert!(stderr.contains(NO_TERMINAL), "{stderr}");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert!(text.ends_with('\n'), "the last line is complete: {text:?}");
+    assert_ndjson(
+        &text.lines().map(str::to_string).collect::<Vec<_>>(),
+        &stderr,
+    );
+    assert_clean(pid);
+}
+
+/// `demo --duration 3 | cat` typed in a real terminal (tmux): the pipe gets NDJSON lines, the
+/// terminal gets the reason on stderr, the demo ends with status 0, and the terminal is as it
+/// was: not in the alternate screen, cursor visible.
+#[test]
+fn demo_piped_to_cat_from_a_terminal_streams_ndjson_and_leaves_the_terminal_as_it_was() {
+    require_root();
+    let pid_file = std::env::temp_dir().join(format!("{}.pid", tag("demo-cat")));
+    let _ = std::fs::remove_file(&pid_file);
+    // `exec`: the pid written is the demo's own; its status is echoed into the pipe.
+    let tmux = Tmux::start(
+        &format!("mptcp-demo-cat-{}", std::process::id()),
+        &format!(
+            "{{ sh -c 'echo $$ > {}; exec {} demo --duration 3'; echo DEMO rc=$?; }} | cat; \
+             echo EXITED; sleep 60",
+            pid_file.display(),
+            bin().display()
+        ),
+    );
+    let (exited, screen) = tmux.wait_for(Duration::from_secs(60), |s| s.contains("EXITED"));
+    assert!(exited, "the demo did not end:\n{screen}");
+    let pid = integration_tests::take_pid_file(&pid_file);
+    let all = tmux.history();
+    assert!(all.contains("DEMO rc=0"), "{all}");
+    assert!(all.contains(NO_TERMINAL), "{all}");
+    let out: Vec<String> = all
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(str::to_string)
+        .collect();
+    assert_ndjson(&out, &all);
+    assert_eq!(
+        tmux.display("#{alternate_on}"),
+        "0",
+        "alternate screen left"
+    );
+    assert_eq!(
+        tmux.display("#{cursor_flag}"),
+        "1",
+        "cursor hidden after exit"
+    );
+    assert_clean(pid);
 }

@@ -221,6 +221,23 @@ mod tests {
             closed
         );
         assert_eq!(html.matches(r#"<g class="lane""#).count(), 4);
+        // The throughput bands stack to the totals: the samples, and the bytes after the last
+        // sample at each close.
+        let received: u64 = events
+            .iter()
+            .filter_map(|e| match &e.data {
+                crate::event::Data::SubflowClosed(d) => Some(d.bytes_received),
+                _ => None,
+            })
+            .sum();
+        let stacked: u64 = html
+            .match_indices(r#"<path class="band" data-bytes=""#)
+            .map(|(i, m)| {
+                let v = &html[i + m.len()..];
+                v[..v.find('"').unwrap()].parse::<u64>().unwrap()
+            })
+            .sum();
+        assert_eq!(stacked, closed + received);
         assert_eq!(html.matches(r#"<svg class="throughput""#).count(), 2);
         assert_eq!(html.matches(r#"<svg class="rtt""#).count(), 2);
         assert_eq!(html.matches(r#"class="conn-row""#).count(), 2);
@@ -248,6 +265,65 @@ mod tests {
         assert!(!html.contains("<b>x</b>"));
         assert!(html.contains("&lt;b&gt;x&lt;/b&gt;&amp;"));
         assert!(html.contains("&lt;evil&gt;.ndjson"));
+    }
+
+    /// A hand-assembled capture of one connection with every kind of mark: an ADD_ADDR, a
+    /// failed join, a subflow reset by the peer, a fallback and a diagnosis. Each appears once
+    /// in the page, with its reason.
+    #[test]
+    fn each_kind_of_mark_and_the_diagnosis_appear_in_the_page() {
+        let conn = r#""token":"c3c00218","netns":4026532174,"family":"ipv4""#;
+        let first = r#""saddr":"10.0.0.2","sport":35798,"daddr":"10.0.0.1","dport":4321"#;
+        let sf = r#""ifindex":2,"ifname":"red-client","local_id":0,"remote_id":0,"backup":false,"peer_backup":false"#;
+        let line = |ts: u64, rest: &str| {
+            format!(r#"{{"v":1,"time":"2026-12-06T06:11:05.{ts:09}Z","ts_ns":{ts},{rest}}}"#)
+        };
+        let text = [
+            line(1, &format!(r#""event":"conn_created",{conn},{first},"side":"client""#)),
+            line(2, &format!(r#""event":"subflow_established",{conn},{first},{sf},"join":false"#)),
+            line(3, &format!(r#""event":"addr_announced",{conn},"remote_id":1,"addr":"192.168.0.1""#)),
+            line(4, &format!(r#""event":"subflow_failed",{conn},"saddr":"10.0.0.2","sport":40001,"daddr":"192.168.0.1","dport":4321,"reason":"ECONNREFUSED","error":"ECONNREFUSED","local_id":0,"remote_id":1,"backup":false,"peer_backup":false,"join":true,"retrans":0"#)),
+            line(5, &format!(r#""event":"conn_diagnosis",{conn},{first},"cause":"join_refused","detail":"the join to 192.168.0.1 port 4321 was refused","evidence":["subflow_failed sport=40001 error=ECONNREFUSED"]"#)),
+            line(6, &format!(r#""event":"conn_fallback",{conn},{first},"reason":"mp_capable_not_negotiated""#)),
+            line(7, &format!(r#""event":"subflow_closed",{conn},{first},"reason":"rst_received",{sf},"join":false,"bytes_sent":1000,"bytes_acked":1000,"bytes_received":2000,"retrans":0,"srtt_us":50"#)),
+            line(8, &format!(r#""event":"conn_closed",{conn},{first},"duration_ns":7,"subflows_total":1"#)),
+        ]
+        .join("\n");
+        let events = crate::capture::read(text.as_bytes(), "c").unwrap();
+        assert_eq!(events.len(), 8);
+        let (html, r) = render(&events, "c");
+        assert_eq!(r.conns.len(), 1);
+        let c = &r.conns[0];
+        assert_eq!((c.lanes.len(), c.established()), (2, 1));
+        assert_eq!((c.bytes_sent(), c.bytes_received()), (1000, 2000));
+        for (mark, n) in [
+            (r#"<path class="announce""#, 1),
+            (r#"class="mark failed""#, 1),
+            (r#"class="mark reset""#, 1),
+            (r#"class="mark closed""#, 0),
+            (r#"<line class="fallback""#, 1),
+            (r#"<div class="diag">"#, 1),
+        ] {
+            assert_eq!(html.matches(mark).count(), n, "{mark}");
+        }
+        assert!(html.contains("ADD_ADDR 192.168.0.1 (id 1) at "));
+        assert!(html.contains(": mp_capable_not_negotiated</title>"));
+        assert!(html.contains(r#">rst_received</title></rect>"#));
+        assert!(html.contains(
+            r#"<div class="diag"><b>join_refused</b>: the join to 192.168.0.1 port 4321 was refused</div>"#
+        ));
+        // The summary row names the fallback and the diagnosis, both marked bad.
+        let row = &html[html.find(r#"<tr class="conn-row""#).unwrap()..];
+        let row = &row[..row.find("</tr>").unwrap()];
+        assert!(
+            row.contains(r#"<td class="bad">mp_capable_not_negotiated</td>"#),
+            "{row}"
+        );
+        assert!(
+            row.contains(r#"<td class="bad">join_refused</td>"#),
+            "{row}"
+        );
+        assert!(row.contains("+1 failed"), "{row}");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! What a report shows, built from a capture's events alone: connections in the order they
 //! started, each with its subflows as lanes (from established or failed to closed), their
-//! `subflow_stats` samples, the connection's fallback, announcements and diagnoses.
+//! `subflow_stats` samples (and, for a sampled subflow that closed, one more at its close with
+//! the bytes since the last: the samples add up to its totals), the connection's fallback,
+//! announcements and diagnoses.
 //!
 //! A connection is its namespace and token (plain TCP: its endpoints); a conn_created after
 //! that connection's conn_closed starts a new one (tokens are reused). A subflow is its
@@ -286,6 +288,21 @@ fn apply(conn: &mut Connection, e: &Event) {
                 conn.lanes.push(Lane::open(&d.tuple, &d.subflow, start));
             }
             let l = lane_of(conn, &d.tuple).expect("pushed above");
+            // The bytes moved between the last sample and the close, as one more sample at
+            // the close: the samples then add up to the close counters (the lane's totals
+            // are the last sample's until here).
+            if let Some(last) = l.samples.last() {
+                if l.end == End::Open && ts > last.ts_ns {
+                    let tail = Sample {
+                        ts_ns: ts,
+                        interval_ns: ts - last.ts_ns,
+                        sent: d.bytes_sent.saturating_sub(l.bytes_sent),
+                        received: d.bytes_received.saturating_sub(l.bytes_received),
+                        srtt_us: d.srtt_us,
+                    };
+                    l.samples.push(tail);
+                }
+            }
             l.end_ns = Some(ts);
             l.end = End::Closed(d.reason.clone());
             l.bytes_sent = d.bytes_sent;

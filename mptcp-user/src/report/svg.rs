@@ -258,10 +258,13 @@ pub fn throughput(c: &Connection, sc: Scale) -> String {
         .collect();
     times.sort_unstable();
     times.dedup();
+    // A sample is the rate over its interval, which ends at its time: a lane's rate at `t` is
+    // that of its sample whose interval holds `t` (a lane's last sample at its close falls
+    // between the shared times: the other lanes keep their rate there), else 0.
     let rate_at = |l: &Lane, t: u64| {
         l.samples
             .iter()
-            .find(|s| s.ts_ns == t)
+            .find(|s| s.ts_ns >= t && s.ts_ns.saturating_sub(s.interval_ns) < t)
             .map_or(0.0, |s| s.rate())
     };
     let totals: Vec<f64> = times
