@@ -537,8 +537,14 @@ impl Monitor {
 /// the prefix): its /proc/net/netstat, read inside it (`ip netns exec NS cat`; the guests have
 /// no nstat).
 pub fn mptcp_ext(netns: &str) -> HashMap<String, u64> {
-    let text = run("ip", &["netns", "exec", netns, "cat", "/proc/net/netstat"]);
-    let mut lines = text.lines().filter(|l| l.starts_with("MPTcpExt:"));
+    proc_counters(netns, "/proc/net/netstat", "MPTcpExt:")
+}
+
+/// One group of a /proc/net counters file (`netstat`, `snmp`: a names line and a values line
+/// that start with `prefix`) of the named namespace, read inside it.
+pub fn proc_counters(netns: &str, file: &str, prefix: &str) -> HashMap<String, u64> {
+    let text = run("ip", &["netns", "exec", netns, "cat", file]);
+    let mut lines = text.lines().filter(|l| l.starts_with(prefix));
     let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
         return HashMap::new();
     };

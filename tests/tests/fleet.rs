@@ -16,7 +16,7 @@ use std::{
 
 use integration_tests::{
     joins::{add_join_endpoint, bed_without_join, connected, server_addr},
-    loaded_program_ids, mptcp_ext, mptcp_trace_bin, peer, prog_ids_held_by, require_root, run, tag,
+    loaded_program_ids, mptcp_ext, mptcp_trace_bin, peer, prog_ids_held_by, require_root, tag,
     testbed, Background, ChildGuard,
 };
 use peer::Proto;
@@ -59,17 +59,7 @@ fn own_cgroup() -> String {
 
 /// The `Tcp:` counters of /proc/net/snmp in the named namespace (`AttemptFails`, …).
 fn tcp_snmp(netns: &str) -> HashMap<String, u64> {
-    let text = run("ip", &["netns", "exec", netns, "cat", "/proc/net/snmp"]);
-    let mut lines = text.lines().filter(|l| l.starts_with("Tcp:"));
-    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
-        return HashMap::new();
-    };
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .skip(1)
-        .filter_map(|(n, v)| Some((n.to_string(), v.parse().ok()?)))
-        .collect()
+    integration_tests::proc_counters(netns, "/proc/net/snmp", "Tcp:")
 }
 
 /// The kernel's counters of both namespaces of the bed.
