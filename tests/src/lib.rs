@@ -540,6 +540,18 @@ pub fn mptcp_ext(netns: &str) -> HashMap<String, u64> {
     proc_counters(netns, "/proc/net/netstat", "MPTcpExt:")
 }
 
+/// MPTCP sockets the kernel still holds in the named namespace, listeners aside (`ss -MHn`,
+/// one line each): the oracle for a close not reported yet. A connection can outlive its
+/// sockets' close() by seconds or more (unacknowledged DATA_FIN, `net.mptcp.close_timeout`);
+/// the tracer reports its close only when the kernel has done it.
+pub fn mptcp_sockets_open(netns: &str) -> Vec<String> {
+    run("ip", &["netns", "exec", netns, "ss", "-MHn"])
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 /// One group of a /proc/net counters file (`netstat`, `snmp`: a names line and a values line
 /// that start with `prefix`) of the named namespace, read inside it.
 pub fn proc_counters(netns: &str, file: &str, prefix: &str) -> HashMap<String, u64> {

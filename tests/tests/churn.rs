@@ -368,21 +368,28 @@ fn maximum_churn_loses_nothing_silently() {
         }
         thread::sleep(Duration::from_millis(500));
     };
+    // Connections the kernel still holds (the oracle: ss) keep their entries, rightly.
+    let open: Vec<String> = [&bed.client, &bed.server]
+        .iter()
+        .flat_map(|ns| integration_tests::mptcp_sockets_open(ns))
+        .collect();
     let skipped: u64 = tracers.iter().map(Traced::recursion_misses).sum();
     let stderr: Vec<(String, u64)> = tracers.into_iter().map(Traced::stop).collect();
     // A close whose program run the kernel skipped leaves its socket's entry behind (and a
     // connection's CLAIMS entry) until the address is reused, where it counts as stale: such
     // a run is counted loss. A leak with no skipped run is a close never seen.
-    // One skipped run is one socket's state change: at most one CONNS or SUBFLOWS entry.
+    // One skipped run is one socket's state change: at most one CONNS or SUBFLOWS entry; a
+    // connection still open holds one CONNS entry and its subflows' (counted once: generous
+    // only for connections the kernel has not closed).
     let leaked: u64 = leaks
         .iter()
         .filter(|(m, _)| m != "CLAIMS")
         .map(|(_, n)| *n as u64)
         .sum();
     assert!(
-        leaked <= skipped,
+        leaked <= skipped + open.len() as u64,
         "entries left in the tracers' maps after every connection closed: {leaks:?}, with \
-         {skipped} program runs skipped\n{stderr:?}"
+         {skipped} program runs skipped and the kernel holding {open:?}\n{stderr:?}"
     );
 
     let t = tally.lock().unwrap();

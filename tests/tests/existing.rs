@@ -13,8 +13,8 @@ use std::{
 };
 
 use integration_tests::{
-    lost_count, mptcp_peer_bin, mptcp_trace_bin, require_root, run, tag, testbed, ChildGuard,
-    Event, Kind, Monitor, Side, Tmux, Tracer,
+    mptcp_peer_bin, mptcp_trace_bin, require_root, run, tag, testbed, ChildGuard, Event, Kind,
+    Monitor, Side, Tmux, Tracer,
 };
 use mptcp_user::event::Data;
 use testbed::TestBed;
@@ -288,7 +288,6 @@ fn existing_connections_are_reported_once_with_owners_and_close_in_order() {
         .map(|l| l.count - l.recursion_misses.unwrap_or(0))
         .sum();
     assert_eq!(uncounted, 0, "{}", out.stderr);
-    assert!(lost_count(&out.events) <= 2, "{}", out.stderr);
     let _ = peers.client.0.wait();
     let _ = peers.server.0.wait();
     drop((mon_c.stop(), mon_s.stop()));

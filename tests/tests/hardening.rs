@@ -208,12 +208,28 @@ fn a_stalled_reader_overruns_no_netlink_socket_with_events_it_ignores() {
     assert_eq!(srv.join().unwrap().unwrap().len(), N);
     // SAFETY: as above.
     unsafe { libc::kill(tracer.pid() as i32, libc::SIGCONT) };
-    tracer.wait_for("every conn_closed", WAIT, |ev| {
-        ev.iter()
+    // Every connection is reported closed, or the kernel still holds it (a 7.2 guest kept one
+    // of 100 open for over a minute after both ends closed their sockets).
+    let deadline = std::time::Instant::now() + WAIT;
+    let (closed, open) = loop {
+        let closed = tracer
+            .events()
+            .iter()
             .filter(|e| e.netns == Some(cns) && e.event == Kind::ConnClosed)
-            .count()
-            >= N
-    });
+            .count();
+        if closed >= N {
+            break (closed, Vec::new());
+        }
+        let open = integration_tests::mptcp_sockets_open(&bed.client);
+        if closed + open.len() >= N || std::time::Instant::now() > deadline {
+            break (closed, open);
+        }
+        thread::sleep(Duration::from_millis(500));
+    };
+    assert!(
+        closed + open.len() >= N,
+        "{closed} conn_closed of {N}; the kernel holds {open:?}"
+    );
     tracer.stop().assert_only_skipped_runs();
 }
 
