@@ -322,10 +322,11 @@ fn backup_is_reported_for_both_sides_and_the_peer_token_pairs_the_ends() {
     assert!(!sent.is_empty(), "{:#?}", events_in(&run.events, cns));
     for e in &sent {
         match (&e.reset_sent_reason, has_reason) {
-            // An abort (SO_LINGER 0) is the MPTCP fastclose: Linux 6.18's mptcp_do_fastclose()
-            // sends each subflow's reset with SK_RST_REASON_TCP_ABORT_ON_CLOSE by construction
-            // (seen on the 6.18 host; older kernels reset from other paths, with other
-            // reasons, so there only a kernel name is required).
+            // An abort (SO_LINGER 0) is the MPTCP fastclose: since the fix that makes
+            // mptcp_do_fastclose() send each subflow's reset itself (in 6.18, backported to
+            // some stable series), that reset's reason is SK_RST_REASON_TCP_ABORT_ON_CLOSE by
+            // construction. Older kernels reset from tcp_close()'s paths with other reasons,
+            // so there only a kernel name is required.
             (Some(r), true) if kernel_version() >= (6, 18) => {
                 assert_eq!(r, "tcp_abort_on_close", "{e:?}")
             }
