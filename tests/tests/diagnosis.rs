@@ -10,7 +10,7 @@ use integration_tests::{
         add_join_endpoint, bed_without_join, black_hole_joins, connected, connected_via, exchange,
         server_addr,
     },
-    mptcp_trace_bin, peer, require_root, tag, testbed, Event, Kind, Monitor, Tracer,
+    mptcp_ext, mptcp_trace_bin, peer, require_root, tag, testbed, Event, Kind, Monitor, Tracer,
 };
 use peer::Proto;
 use testbed::TestBed;
@@ -230,11 +230,50 @@ fn peer_refused_join(v6: bool) {
     testbed::set_limits(&bed.server, 0, 0).unwrap();
     // The endpoint is there before the connection (see `join_timed_out`).
     add_join_endpoint(&bed, v6, &["subflow"]);
+    // Oracles for the MP_TCPRST the client receives: the kernel's own SF_CLOSED event
+    // (`reset_reason=N` where the kernel and iproute2 report it) and the client's MPRstRx.
+    let monitor = Monitor::start(&bed.client);
+    let rst_rx = || mptcp_ext(&bed.client).get("MPRstRx").copied().unwrap_or(0);
+    let rst_rx_before = rst_rx();
     let tracer = Tracer::start(&[]);
     let (client, server, _l) = connected(&bed, server_addr(v6, 4405), Proto::Mptcp);
     wait_cause(&tracer, cns, "peer_refused_join");
     let run = tracer.stop();
+    // Read while the connection is open: the refused join's reset is the only one so far.
+    let rst_rx_grew = rst_rx() > rst_rx_before;
+    let pm = monitor.stop();
     drop((client, server));
+    // The join's end as the tracer reports it on the client (a close or a failed join).
+    let ends: Vec<Event> = events_in(&run.events, cns)
+        .into_iter()
+        .filter(|e| matches!(e.event, Kind::SubflowClosed | Kind::SubflowFailed))
+        .filter(|e| e.join == Some(true))
+        .collect();
+    assert_eq!(ends.len(), 1, "one end of the join: {ends:#?}");
+    let end = &ends[0];
+    // The tracer's reset_reason is there exactly when the client counted an MP_TCPRST.
+    assert_eq!(
+        end.reset_reason.is_some(),
+        rst_rx_grew,
+        "reset_reason vs MPRstRx growth: {end:?}"
+    );
+    // Where the monitor reports the reason on the join's SF_CLOSED, the tracer names the same
+    // code (decode.rs's short names of the kernel's MPTCP_RST_E* values).
+    let sport = end.sport.expect("sport").to_string();
+    for sf in pm
+        .iter()
+        .filter(|e| e.kind == "SF_CLOSED" && e.get("sport") == Some(sport.as_str()))
+    {
+        if let Some(code) = sf.get("reset_reason") {
+            let code: u8 = code.parse().unwrap();
+            assert_eq!(
+                end.reset_reason.as_deref(),
+                Some(mptcp_user::decode::mptcp_reset_short(code).as_str()),
+                "monitor {sf:?} vs tracer {end:?}"
+            );
+            assert!(rst_rx_grew, "the monitor saw a reset reason: {sf:?}");
+        }
+    }
     let d = the(&run.events, cns, "peer_refused_join");
     // The join's end: refused at its SYN with MP_TCPRST prohibited (older kernels), or reset
     // right after its handshake (newer kernels check the limit at the third ACK).

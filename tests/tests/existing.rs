@@ -128,6 +128,14 @@ fn tuple(e: &Event) -> (String, String) {
     )
 }
 
+/// A process's comm, from /proc.
+fn comm_of(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap()
+        .trim_end()
+        .to_string()
+}
+
 fn existing_flag(e: &Event) -> bool {
     matches!(&e.raw, Some(mptcp_user::event::Event { data: Data::SubflowEstablished(d), .. }) if d.existing)
 }
@@ -140,7 +148,7 @@ fn check_snapshot(
     netns: u32,
     n: usize,
     tokens: &BTreeSet<String>,
-    owner: u32,
+    (owner, owner_comm): (u32, &str),
     side: Option<Side>,
     ss: &BTreeSet<(String, String)>,
 ) -> HashMap<String, BTreeSet<(String, String)>> {
@@ -151,6 +159,11 @@ fn check_snapshot(
         let c = mine[i];
         let token = c.token.clone().expect("token");
         assert_eq!(c.pid, Some(owner), "owner of {token}: {c:?}");
+        assert_eq!(
+            c.comm.as_deref(),
+            Some(owner_comm),
+            "owner of {token}: {c:?}"
+        );
         assert_eq!(c.side, side, "{c:?}");
         let Some(mptcp_user::event::Event {
             data: Data::ConnExisting(d),
@@ -168,6 +181,7 @@ fn check_snapshot(
             );
             assert_eq!(s.token.as_ref(), Some(&token));
             assert_eq!(s.pid, Some(owner));
+            assert_eq!(s.comm.as_deref(), Some(owner_comm), "{s:?}");
         }
         assert_eq!(
             tuple(c),
@@ -230,6 +244,23 @@ fn existing_connections_are_reported_once_with_owners_and_close_in_order() {
     let (mon_c, mon_s) = (Monitor::start(&bed.client), Monitor::start(&bed.server));
     let mut peers = Peers::start(&bed, n);
     wait_for_joins(&bed, n);
+    // A listener of its own process, also older than the tracer, that accepts one
+    // connection only after the tracer started.
+    let late_addr: std::net::SocketAddr = format!("{}:{}", testbed::RED_SERVER_V4, PORT + 1)
+        .parse()
+        .unwrap();
+    let mut late = Command::new("ip")
+        .args(["netns", "exec", &bed.server])
+        .arg(mptcp_peer_bin())
+        .args(["serve", &late_addr.to_string(), "1"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn mptcp-peer");
+    let mut late_out = BufReader::new(late.stdout.take().unwrap());
+    let mut said = String::new();
+    late_out.read_line(&mut said).unwrap();
+    assert_eq!(said.trim(), "listening");
+    let late = ChildGuard(late);
     let established = |m: &Monitor| -> BTreeSet<String> {
         m.events()
             .iter()
@@ -252,13 +283,57 @@ fn existing_connections_are_reported_once_with_owners_and_close_in_order() {
     });
     let (client_pid, server_pid) = (peers.client.0.id(), peers.server.0.id());
     let ev = tracer.events();
-    let ends_c = check_snapshot(&ev, cns, n, &tok_c, client_pid, None, &ss_c);
-    let ends_s = check_snapshot(&ev, sns, n, &tok_s, server_pid, Some(Side::Server), &ss_s);
+    // The owners' comm as the kernel names those processes.
+    let (client_comm, server_comm) = (comm_of(client_pid), comm_of(server_pid));
+    let ends_c = check_snapshot(&ev, cns, n, &tok_c, (client_pid, &client_comm), None, &ss_c);
+    let ends_s = check_snapshot(
+        &ev,
+        sns,
+        n,
+        &tok_s,
+        (server_pid, &server_comm),
+        Some(Side::Server),
+        &ss_s,
+    );
     // The snapshot goes out first: nothing of these namespaces before it.
     for ns in [cns, sns] {
         let first = ev.iter().position(|e| e.netns == Some(ns)).unwrap();
         assert_eq!(ev[first].event, Kind::ConnExisting);
     }
+
+    // The older listener accepts a new connection: the server's events of it carry the
+    // listener process's pid and comm (its process is the only one holding that listener).
+    let (late_pid, late_comm) = (late.0.id(), comm_of(late.0.id()));
+    let mut conn = testbed::in_netns(&bed.client, move || {
+        mptcp_user::peer::connect(late_addr, mptcp_user::peer::Proto::Mptcp)
+    })
+    .unwrap()
+    .unwrap();
+    conn.write_all(&[7u8; 1000]).unwrap();
+    drop(conn);
+    let late_closed = |ev: &[Event]| {
+        ev.iter().any(|e| {
+            e.netns == Some(sns) && e.event == Kind::ConnClosed && e.sport == Some(PORT + 1)
+        })
+    };
+    tracer.wait_for("the late connection's close", WAIT, late_closed);
+    let ev = tracer.events();
+    let late_token = ev
+        .iter()
+        .find(|e| e.netns == Some(sns) && e.event == Kind::ConnCreated && e.sport == Some(PORT + 1))
+        .and_then(|e| e.token.clone())
+        .expect("the server's conn_created of the late connection");
+    let late_events: Vec<&Event> = ev
+        .iter()
+        .filter(|e| e.netns == Some(sns) && e.token.as_ref() == Some(&late_token))
+        .collect();
+    assert!(late_events.len() >= 3, "{late_events:#?}");
+    for e in &late_events {
+        assert_eq!(e.pid, Some(late_pid), "{e:?}");
+        assert_eq!(e.comm.as_deref(), Some(late_comm.as_str()), "{e:?}");
+    }
+    let mut late = late;
+    assert!(late.0.wait().unwrap().success());
 
     peers.close();
     let closed = |ns: u32| {
@@ -277,8 +352,11 @@ fn existing_connections_are_reported_once_with_owners_and_close_in_order() {
     check_close(&out.events, cns, &ends_c);
     check_close(&out.events, sns, &ends_s);
     // The later events carry the owner too (the EXISTING map / the stage).
-    for e in out.events.iter().filter(|e| e.netns == Some(cns)) {
+    for e in out.events.iter().filter(|e| {
+        e.netns == Some(cns) && e.token.as_ref().is_some_and(|t| ends_c.contains_key(t))
+    }) {
         assert_eq!(e.pid, Some(client_pid), "{e:?}");
+        assert_eq!(e.comm.as_deref(), Some(client_comm.as_str()), "{e:?}");
     }
     // A skipped program run (the kernel's recursion guard, seen in the one-CPU VM guests) is a
     // counted loss the checks above would have caught had it removed one of these connections'

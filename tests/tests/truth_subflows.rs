@@ -10,7 +10,8 @@ use std::{net::SocketAddr, thread, time::Duration};
 use integration_tests::{
     abort_on_close, events_in,
     joins::{add_join_endpoint, bed_without_join, black_hole_joins, connected, exchange},
-    kinds, lost_count, peer, require_root, run, testbed, Event, Kind, Monitor, PmEvent, Tracer,
+    kernel_version, kinds, lost_count, mptcp_ext, peer, require_root, run, testbed, Event, Kind,
+    Monitor, PmEvent, Tracer,
 };
 use peer::Proto;
 
@@ -216,9 +217,17 @@ fn backup_is_reported_for_both_sides_and_the_peer_token_pairs_the_ends() {
     let client_flags = ss_subflow_flags(&bed.client, testbed::BLUE_CLIENT_V4);
     let server_join = ss_subflow_flags(&bed.server, testbed::BLUE_CLIENT_V4);
     exchange(&mut client, &mut server);
+    // Oracles for the MP_TCPRST options the server receives with the client's resets: its
+    // MPRstRx counter and the kernel's SF_CLOSED events (`reset_reason=N`, where reported).
+    let mon_s = Monitor::start(&bed.server);
+    let rst_rx = || mptcp_ext(&bed.server).get("MPRstRx").copied().unwrap_or(0);
+    let rst_rx_before = rst_rx();
     // Abort: the client resets its subflows (with the kernel's reason where it tells one).
     abort_on_close(&client);
     drop(client);
+    // The server's end takes the resets before it closes itself.
+    thread::sleep(Duration::from_millis(300));
+    let rst_rx_delta = rst_rx() - rst_rx_before;
     drop((server, listener));
     tracer.wait_for("both ends closed", WAIT, |ev| {
         [cns, sns].iter().all(|ns| {
@@ -227,6 +236,36 @@ fn backup_is_reported_for_both_sides_and_the_peer_token_pairs_the_ends() {
         })
     });
     let run = tracer.stop();
+    let pm_s = mon_s.stop();
+    let server_ends: Vec<Event> = events_in(&run.events, sns)
+        .into_iter()
+        .filter(|e| e.event == Kind::SubflowClosed)
+        .collect();
+    // As many of the server's subflow ends name a received MP_TCPRST reason as it counted.
+    assert_eq!(
+        server_ends
+            .iter()
+            .filter(|e| e.reset_reason.is_some())
+            .count() as u64,
+        rst_rx_delta,
+        "{server_ends:#?}"
+    );
+    // Where the kernel's SF_CLOSED tells the reason, ours is the same code by its short name.
+    for sf in sf_closed(&pm_s) {
+        let Some(code) = sf.get("reset_reason") else {
+            continue;
+        };
+        let port: Option<u16> = sf.get("sport").and_then(|p| p.parse().ok());
+        let ours = server_ends
+            .iter()
+            .find(|e| e.sport == port && e.dport == sf.get("dport").and_then(|p| p.parse().ok()))
+            .unwrap_or_else(|| panic!("no subflow_closed for {sf:?}: {server_ends:#?}"));
+        assert_eq!(
+            ours.reset_reason.as_deref(),
+            Some(mptcp_user::decode::mptcp_reset_short(code.parse().unwrap()).as_str()),
+            "kernel {sf:?}, ours {ours:?}"
+        );
+    }
     let join_of = |ns: u32| -> Event {
         events_in(&run.events, ns)
             .into_iter()
@@ -283,6 +322,14 @@ fn backup_is_reported_for_both_sides_and_the_peer_token_pairs_the_ends() {
     assert!(!sent.is_empty(), "{:#?}", events_in(&run.events, cns));
     for e in &sent {
         match (&e.reset_sent_reason, has_reason) {
+            // An abort (SO_LINGER 0) is the MPTCP fastclose: since the fix that makes
+            // mptcp_do_fastclose() send each subflow's reset itself (in 6.18, backported to
+            // some stable series), that reset's reason is SK_RST_REASON_TCP_ABORT_ON_CLOSE by
+            // construction. Older kernels reset from tcp_close()'s paths with other reasons,
+            // so there only a kernel name is required.
+            (Some(r), true) if kernel_version() >= (6, 18) => {
+                assert_eq!(r, "tcp_abort_on_close", "{e:?}")
+            }
             (Some(r), true) => assert!(!r.is_empty() && !r.starts_with("value_"), "{e:?}"),
             (None, false) => {}
             other => panic!("reset_sent_reason {other:?} on this kernel: {e:?}"),
