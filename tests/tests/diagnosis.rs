@@ -820,3 +820,63 @@ fn diagnosis_endpoint_unusable_when_its_interface_is_down_ipv4() {
 fn diagnosis_endpoint_unusable_when_its_interface_is_down_ipv6() {
     endpoint_unusable_when_its_interface_is_down(true);
 }
+
+/// The client's endpoint has no route to the peer: its address is not bound to a device (an
+/// endpoint bound to one is sent on-link even without a route, IPv4 assumes so), and a policy
+/// rule makes every lookup from it unreachable, so the join's connect() fails at once
+/// (ENETUNREACH, MPJoinSynTxConnectErr). The tracer sees no `subflow_failed` for a join that
+/// never left, and `doctor`'s endpoint check (interfaces and routes, not rules) finds the
+/// endpoint usable: the close names what it saw, `unknown` with the counter — not a guess.
+/// Oracles: `ip route get` from the endpoint's address fails, the namespace's MPTcpExt.
+#[test]
+fn diagnosis_no_route_from_the_endpoint_is_unknown_with_its_counter_ipv4() {
+    require_root();
+    let (bed, cns, _) = bed_without_join("dgnoroute4");
+    let c = bed.client.as_str();
+    let blue = testbed::BLUE_CLIENT_V4;
+    testbed::add_endpoint(c, blue, None, testbed::BLUE_V4_ENDPOINT_ID, &["subflow"]).unwrap();
+    testbed::ip(&[
+        "-n",
+        c,
+        "rule",
+        "add",
+        "from",
+        blue,
+        "unreachable",
+        "pref",
+        "100",
+    ])
+    .unwrap();
+    let red = testbed::RED_SERVER_V4;
+    let lookup = testbed::ip(&["-n", c, "route", "get", red, "from", blue]);
+    assert!(format!("{lookup:?}").contains("unreachable"), "{lookup:?}");
+    let connect_err = || {
+        integration_tests::mptcp_ext(c)
+            .get("MPJoinSynTxConnectErr")
+            .copied()
+            .unwrap_or(0)
+    };
+    let before = connect_err();
+    let tracer = Tracer::start(&[]);
+    // Two counter samples of the namespace before the connection: the evidence is a delta.
+    thread::sleep(Duration::from_millis(1100));
+    let (client, server, _l) = connected(&bed, server_addr(false, 4416), Proto::Mptcp);
+    // Past the deadline, then closed.
+    thread::sleep(Duration::from_millis(1500));
+    drop((client, server));
+    wait_cause(&tracer, cns, "unknown");
+    let run = tracer.stop();
+    assert_eq!(
+        connect_err() - before,
+        1,
+        "the join's connect() failed once"
+    );
+    let d = the(&run.events, cns, "unknown");
+    assert!(
+        d.evidence
+            .iter()
+            .any(|e| e.starts_with("MPTcpExt MPJoinSynTxConnectErr +1 in netns mptcp-client-")),
+        "{d:?}"
+    );
+    assert_only_one(&run.events, cns);
+}
