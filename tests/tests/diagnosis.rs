@@ -850,11 +850,11 @@ fn diagnosis_no_route_from_the_endpoint_is_unknown_with_its_counter_ipv4() {
     let red = testbed::RED_SERVER_V4;
     let lookup = testbed::ip(&["-n", c, "route", "get", red, "from", blue]);
     assert!(format!("{lookup:?}").contains("unreachable"), "{lookup:?}");
+    // The counter is Linux 6.10's; older kernels (the 6.1 guest) count nothing here.
     let connect_err = || {
         integration_tests::mptcp_ext(c)
             .get("MPJoinSynTxConnectErr")
             .copied()
-            .unwrap_or(0)
     };
     let before = connect_err();
     let tracer = Tracer::start(&[]);
@@ -866,17 +866,17 @@ fn diagnosis_no_route_from_the_endpoint_is_unknown_with_its_counter_ipv4() {
     drop((client, server));
     wait_cause(&tracer, cns, "unknown");
     let run = tracer.stop();
-    assert_eq!(
-        connect_err() - before,
-        1,
-        "the join's connect() failed once"
-    );
     let d = the(&run.events, cns, "unknown");
-    assert!(
-        d.evidence
-            .iter()
-            .any(|e| e.starts_with("MPTcpExt MPJoinSynTxConnectErr +1 in netns mptcp-client-")),
-        "{d:?}"
-    );
+    let counted = d
+        .evidence
+        .iter()
+        .any(|e| e.starts_with("MPTcpExt MPJoinSynTxConnectErr +1 in netns mptcp-client-"));
+    match (before, connect_err()) {
+        (Some(b), Some(a)) => {
+            assert_eq!(a - b, 1, "the join's connect() failed once");
+            assert!(counted, "{d:?}");
+        }
+        _ => assert!(!counted, "{d:?}"),
+    }
     assert_only_one(&run.events, cns);
 }
