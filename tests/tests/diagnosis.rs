@@ -61,10 +61,30 @@ fn the(events: &[Event], netns: u32, cause: &str) -> mptcp_user::event::ConnDiag
     }
 }
 
+/// The lines `why` printed for connection `token`: its header to the next connection's.
+fn connection_block(out: &str, token: &str) -> String {
+    let mut block = String::new();
+    let mut inside = false;
+    for l in out.lines() {
+        if l.starts_with("connection ") {
+            inside = l.starts_with(&format!("connection {token} "));
+        }
+        if inside {
+            block += l;
+            block += "\n";
+        }
+    }
+    assert!(!block.is_empty(), "no connection {token} in:\n{out}");
+    block
+}
+
 fn join_refused(v6: bool) {
     require_root();
     let (bed, cns, _) = bed_without_join(if v6 { "dgref6" } else { "dgref4" });
     let tracer = Tracer::start(&[]);
+    // A second tracer at the same time: `why` reads both tracers' files, and each has its
+    // own copy of the connection's events (stamped by its own program runs).
+    let second = Tracer::start(&[]);
     let (mut client, mut server, listener) = connected(&bed, server_addr(v6, 4401), Proto::Mptcp);
     // The join's SYN finds no listener: reset, ECONNREFUSED.
     drop(listener);
@@ -99,6 +119,43 @@ fn join_refused(v6: bool) {
     assert!(out.contains(&format!("connection {token}")), "{out}");
     assert!(out.contains("why: join_refused"), "{out}");
     assert!(out.contains("failed: rst_received ECONNREFUSED"), "{out}");
+    // Both tracers wrote the connection to their file (a file is rewritten every 500 ms):
+    // otherwise the check for a single copy below would prove nothing.
+    wait_cause(&second, cns, "join_refused");
+    let files =
+        [tracer.pid(), second.pid()].map(|pid| format!("/run/mptcp-trace/why-{pid}.ndjson"));
+    let mut tries = 0;
+    while !files.iter().all(|f| {
+        std::fs::read_to_string(f).is_ok_and(|s| s.contains("join_refused") && s.contains(&token))
+    }) {
+        tries += 1;
+        assert!(tries < 100, "{files:?} never both held {token}'s diagnosis");
+        thread::sleep(Duration::from_millis(100));
+    }
+    // `why` without a token: every connection the running tracers diagnosed, this one among
+    // them, its history once although two tracers hold it.
+    let why = Command::new(mptcp_trace_bin()).arg("why").output().unwrap();
+    let all = String::from_utf8_lossy(&why.stdout).into_owned();
+    assert!(
+        why.status.success(),
+        "{all}{}",
+        String::from_utf8_lossy(&why.stderr)
+    );
+    let block = connection_block(&all, &token);
+    assert_eq!(
+        all.lines()
+            .filter(|l| l.starts_with(&format!("connection {token} ")))
+            .count(),
+        1,
+        "{all}"
+    );
+    assert_eq!(block.matches("why: join_refused").count(), 1, "{all}");
+    assert_eq!(
+        block.matches("failed: rst_received ECONNREFUSED").count(),
+        1,
+        "{all}"
+    );
+    second.stop();
     drop((client, server));
     let run = tracer.stop();
     let d = the(&run.events, cns, "join_refused");
@@ -222,6 +279,61 @@ fn diagnosis_subflow_limit_zero_on_the_client_ipv4() {
 #[test]
 fn diagnosis_subflow_limit_zero_on_the_client_ipv6() {
     subflow_limit_zero(true);
+}
+
+/// The same configuration (`limits subflows 0` beside a `subflow` endpoint), and the
+/// connection closes right after its data exchange, before its 1 s deadline: it is judged at
+/// its close, on what the configuration forbids. Oracle: the kernel's monitor (the
+/// connection's ESTABLISHED and CLOSED, no SF_ESTABLISHED) and `ip mptcp limits show`.
+#[test]
+fn diagnosis_subflow_limit_judged_at_a_close_before_the_deadline() {
+    require_root();
+    let (bed, cns, _) = bed("dgclose");
+    testbed::set_limits(&bed.client, 0, 0).unwrap();
+    let limits = testbed::ip(&["-n", &bed.client, "mptcp", "limits", "show"]).unwrap();
+    assert!(limits.contains("subflows 0"), "{limits}");
+    let monitor = Monitor::start(&bed.client);
+    let tracer = Tracer::start(&[]);
+    let (client, server, listener) = connected(&bed, server_addr(false, 4415), Proto::Mptcp);
+    drop((client, server, listener));
+    wait_cause(&tracer, cns, "subflow_limit");
+    let run = tracer.stop();
+    let pm = monitor.stop();
+    let evs = events_in(&run.events, cns);
+    let at = |k: Kind| {
+        let i = evs.iter().position(|e| e.event == k);
+        i.unwrap_or_else(|| panic!("no {k:?} in {evs:#?}"))
+    };
+    let (established, closed, diagnosed) = (
+        at(Kind::ConnEstablished),
+        at(Kind::ConnClosed),
+        at(Kind::ConnDiagnosis),
+    );
+    // Closed before the deadline: the deadline did not judge it first.
+    let lived = evs[closed].ts_ns - evs[established].ts_ns;
+    assert!(lived < 1_000_000_000, "lived {lived} ns: {evs:#?}");
+    // Judged at the close: right after conn_closed, with its timestamp.
+    assert_eq!(diagnosed, closed + 1, "{evs:#?}");
+    assert_eq!(evs[diagnosed].ts_ns, evs[closed].ts_ns, "{evs:#?}");
+    let d = the(&run.events, cns, "subflow_limit");
+    assert!(
+        d.evidence
+            .iter()
+            .any(|e| e.starts_with("limits subflows 0 in netns mptcp-client-")),
+        "{d:?}"
+    );
+    assert_only_one(&run.events, cns);
+    // The kernel's account: this connection, established and closed, never joined.
+    let token = |kind: &str| {
+        pm.iter()
+            .filter(|e| e.kind == kind)
+            .filter_map(|e| e.get("token").map(str::to_string))
+            .collect::<Vec<_>>()
+    };
+    let ours = d.conn.token.map(|t| t.to_string()).expect("a token");
+    assert_eq!(token("ESTABLISHED"), std::slice::from_ref(&ours), "{pm:#?}");
+    assert_eq!(token("CLOSED"), [ours], "{pm:#?}");
+    assert!(token("SF_ESTABLISHED").is_empty(), "{pm:#?}");
 }
 
 fn peer_refused_join(v6: bool) {
@@ -746,4 +858,64 @@ fn diagnosis_endpoint_unusable_when_its_interface_is_down_ipv4() {
 #[test]
 fn diagnosis_endpoint_unusable_when_its_interface_is_down_ipv6() {
     endpoint_unusable_when_its_interface_is_down(true);
+}
+
+/// The client's endpoint has no route to the peer: its address is not bound to a device (an
+/// endpoint bound to one is sent on-link even without a route, IPv4 assumes so), and a policy
+/// rule makes every lookup from it unreachable, so the join's connect() fails at once
+/// (ENETUNREACH, MPJoinSynTxConnectErr). The tracer sees no `subflow_failed` for a join that
+/// never left, and `doctor`'s endpoint check (interfaces and routes, not rules) finds the
+/// endpoint usable: the close names what it saw, `unknown` with the counter — not a guess.
+/// Oracles: `ip route get` from the endpoint's address fails, the namespace's MPTcpExt.
+#[test]
+fn diagnosis_no_route_from_the_endpoint_is_unknown_with_its_counter_ipv4() {
+    require_root();
+    let (bed, cns, _) = bed_without_join("dgnoroute4");
+    let c = bed.client.as_str();
+    let blue = testbed::BLUE_CLIENT_V4;
+    testbed::add_endpoint(c, blue, None, testbed::BLUE_V4_ENDPOINT_ID, &["subflow"]).unwrap();
+    testbed::ip(&[
+        "-n",
+        c,
+        "rule",
+        "add",
+        "from",
+        blue,
+        "unreachable",
+        "pref",
+        "100",
+    ])
+    .unwrap();
+    let red = testbed::RED_SERVER_V4;
+    let lookup = testbed::ip(&["-n", c, "route", "get", red, "from", blue]);
+    assert!(format!("{lookup:?}").contains("unreachable"), "{lookup:?}");
+    // The counter is Linux 6.10's; older kernels (the 6.1 guest) count nothing here.
+    let connect_err = || {
+        integration_tests::mptcp_ext(c)
+            .get("MPJoinSynTxConnectErr")
+            .copied()
+    };
+    let before = connect_err();
+    let tracer = Tracer::start(&[]);
+    // Two counter samples of the namespace before the connection: the evidence is a delta.
+    thread::sleep(Duration::from_millis(1100));
+    let (client, server, _l) = connected(&bed, server_addr(false, 4416), Proto::Mptcp);
+    // Past the deadline, then closed.
+    thread::sleep(Duration::from_millis(1500));
+    drop((client, server));
+    wait_cause(&tracer, cns, "unknown");
+    let run = tracer.stop();
+    let d = the(&run.events, cns, "unknown");
+    let counted = d
+        .evidence
+        .iter()
+        .any(|e| e.starts_with("MPTcpExt MPJoinSynTxConnectErr +1 in netns mptcp-client-"));
+    match (before, connect_err()) {
+        (Some(b), Some(a)) => {
+            assert_eq!(a - b, 1, "the join's connect() failed once");
+            assert!(counted, "{d:?}");
+        }
+        _ => assert!(!counted, "{d:?}"),
+    }
+    assert_only_one(&run.events, cns);
 }
