@@ -1802,7 +1802,13 @@ fn seccomp_run_trace_shows_socket_upgraded_matching_the_kernels_counters() {
         "socket_upgraded comes before conn_created:\n{t}"
     );
     assert_eq!(events[created_at.unwrap()].pid, Some(u.pid), "{t}");
-    assert!(t.contains("0 lost"), "{t}");
+    // Nothing lost but a program run the kernel skipped (counted; seen once in the 7.2 guest,
+    // whose BPF programs can be preempted).
+    assert!(
+        t.contains("ring buffer 0, map full 0, stale entries 0,")
+            && t.contains("netlink overruns 0)"),
+        "{t}"
+    );
 }
 
 /// With MPTCP disabled in the caller's namespace, `run --trace` says so in the event: kept_tcp,

@@ -75,8 +75,14 @@ pub fn run(args: TestArgs) -> Result<()> {
     }
     step("cargo test (unit and root integration tests)", &mut test)?;
     if !args.no_vm {
-        eprintln!("==> VM kernel matrix (cargo xtask vm-test --kernel all)");
-        crate::vm::run(crate::vm::VmTestArgs::default())?;
+        eprintln!(
+            "==> VM kernel matrix (cargo xtask vm-test --kernel {})",
+            crate::vm::CI_KERNELS
+        );
+        crate::vm::run(crate::vm::VmTestArgs {
+            kernel: crate::vm::CI_KERNELS.into(),
+            ..Default::default()
+        })?;
     }
     Ok(())
 }
