@@ -227,6 +227,8 @@ fn open_connections() -> usize {
 }
 
 /// Client-side connections of the client namespace as (kind, token) pairs, for `keep`'s events.
+/// A connection that fell back to TCP before MPTCP gave it a token (a SYN retransmitted on a
+/// loaded machine: the listener's queue was full) is known by its local port instead.
 fn conn_tokens(
     events: &[Event],
     client_ns: u32,
@@ -237,12 +239,13 @@ fn conn_tokens(
         .filter(|e| matches!(e.event, Kind::ConnCreated | Kind::ConnClosed))
         .filter(|e| e.netns == Some(client_ns) && keep(e))
         .map(|e| {
-            (
-                e.event,
-                e.token
-                    .clone()
-                    .unwrap_or_else(|| panic!("a connection event without a token: {e:?}")),
-            )
+            let key = e.token.clone().unwrap_or_else(|| {
+                let port = e
+                    .sport
+                    .unwrap_or_else(|| panic!("no token, no port: {e:?}"));
+                format!("port {port}")
+            });
+            (e.event, key)
         })
         .collect()
 }
