@@ -203,7 +203,7 @@ pub fn run(args: VmTestArgs) -> Result<()> {
                 eprintln!("==> vm {}: booting {}", kernel.series, kernel.release);
                 let start = Instant::now();
                 let result = build_kernel_initramfs(&work, kernel, &base)
-                    .and_then(|initrd| boot(kernel, &initrd, &args));
+                    .and_then(|initrd| boot_until_init(kernel, &initrd, &args));
                 let secs = start.elapsed().as_secs();
                 eprintln!("==> vm {}: done in {secs} s", kernel.series);
                 done.lock().unwrap().push((i, result, secs));
@@ -679,6 +679,44 @@ fn parse_result(line: &str) -> Option<Outcome> {
     })
 }
 
+/// The init's first line: once it is printed, the kernel booted and the suite is under way.
+const INIT_BANNER: &str = "vm: kernel ";
+/// How many times a guest is booted when its kernel dies before its init starts.
+const BOOT_ATTEMPTS: u32 = 3;
+
+/// [`boot`], again when the kernel died before it reached the init (an oops in early boot
+/// under TCG, seen once in the 6.12 guest: `int3` in `sched_clock_cpu` while the kernel was
+/// patching its own text). Nothing of the suite ran then; a failure after the init started
+/// is never retried.
+fn boot_until_init(kernel: &Kernel, initrd: &Path, args: &VmTestArgs) -> Result<Outcome> {
+    let mut attempt = 1;
+    loop {
+        match boot(kernel, initrd, args) {
+            Err(e) if attempt < BOOT_ATTEMPTS && e.downcast_ref::<NoInit>().is_some() => {
+                eprintln!(
+                    "==> vm {}: {e:#}; booting again ({}/{BOOT_ATTEMPTS})",
+                    kernel.series,
+                    attempt + 1
+                );
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The guest stopped before its init printed [`INIT_BANNER`].
+#[derive(Debug)]
+struct NoInit;
+
+impl std::fmt::Display for NoInit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the kernel stopped before its init started")
+    }
+}
+
+impl std::error::Error for NoInit {}
+
 /// Boots the kernel with the initramfs, streams its console and returns the init's result.
 fn boot(kernel: &Kernel, initrd: &Path, args: &VmTestArgs) -> Result<Outcome> {
     let mut cmd = Command::new("qemu-system-x86_64");
@@ -709,6 +747,7 @@ fn boot(kernel: &Kernel, initrd: &Path, args: &VmTestArgs) -> Result<Outcome> {
     let reader = thread::spawn(move || {
         let mut result = None;
         let mut support = None;
+        let mut init_started = false;
         let mut out = std::io::stdout();
         let mut r = BufReader::new(stdout);
         let mut buf = Vec::new();
@@ -722,9 +761,10 @@ fn boot(kernel: &Kernel, initrd: &Path, args: &VmTestArgs) -> Result<Outcome> {
             if let Some((_, s)) = line.split_once(SUPPORT_MARKER) {
                 support = Some(s.trim().to_string());
             }
+            init_started |= line.contains(INIT_BANNER);
             buf.clear();
         }
-        result.map(|o| Outcome { support, ..o })
+        (result.map(|o| Outcome { support, ..o }), init_started)
     });
 
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
@@ -739,9 +779,12 @@ fn boot(kernel: &Kernel, initrd: &Path, args: &VmTestArgs) -> Result<Outcome> {
     };
     // Kills qemu if it is still running; the reader then sees the end of its output.
     drop(qemu);
-    let result = reader
+    let (result, init_started) = reader
         .join()
         .map_err(|_| anyhow::anyhow!("console reader panicked"))?;
+    if status.is_some() && result.is_none() && !init_started {
+        return Err(NoInit.into());
+    }
     match (status, result) {
         (None, _) => bail!(
             "the guest did not power off within {} s (--timeout)",
