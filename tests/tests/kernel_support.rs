@@ -38,6 +38,17 @@ fn mptcp_trace(args: &[&str]) -> Output {
         .expect("run mptcp-trace")
 }
 
+/// `doctor --json`'s host check `name`.
+fn host_check(report: &serde_json::Value, name: &str) -> serde_json::Value {
+    report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["name"] == name && c["scope"] == "host")
+        .unwrap_or_else(|| panic!("no host check {name}: {report}"))
+        .clone()
+}
+
 fn stderr_lines(out: &Output) -> Vec<String> {
     String::from_utf8_lossy(&out.stderr)
         .lines()
@@ -121,13 +132,7 @@ fn kernel_support_doctor_says_whether_the_kernel_has_mptcp() {
     let out = mptcp_trace(&["doctor", "--json"]);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("doctor --json: {e}: {out:?}"));
-    let check = report["checks"]
-        .as_array()
-        .expect("checks")
-        .iter()
-        .find(|c| c["name"] == "mptcp" && c["scope"] == "host")
-        .unwrap_or_else(|| panic!("no host mptcp check: {report}"))
-        .clone();
+    let check = host_check(&report, "mptcp");
     if kernel_makes_mptcp_sockets() {
         assert_eq!(check["status"], "ok", "{check}");
     } else {
@@ -165,33 +170,19 @@ fn kernel_support_prints_what_this_kernel_supports() {
     assert_eq!(trace.status.success(), mptcp, "events: {trace:?}");
     let tracing = if mptcp { "yes" } else { "no (no MPTCP)" };
 
+    // A field is there unless the tracer said it had to leave it empty.
+    let field = |lacked: &str| match (mptcp, lacks.iter().any(|l| l.contains(lacked))) {
+        (false, _) => "-",
+        (true, true) => "no",
+        (true, false) => "yes",
+    };
     // `reset_sent_reason` comes from tcp_send_reset's `enum sk_rst_reason` argument.
-    let sent_reason = if !mptcp {
-        "-"
-    } else if lacks.iter().any(|l| l.contains("reset_sent_reason")) {
-        "no"
-    } else {
-        "yes"
-    };
-    let received_reason = if !mptcp {
-        "-"
-    } else if lacks.iter().any(|l| l.contains("MP_TCPRST reasons")) {
-        "no"
-    } else {
-        "yes"
-    };
+    let sent_reason = field("reset_sent_reason");
+    let received_reason = field("MP_TCPRST reasons");
 
     let doctor = mptcp_trace(&["doctor", "--json"]);
     let report: serde_json::Value = serde_json::from_slice(&doctor.stdout).expect("doctor --json");
-    let host = |name: &str| {
-        report["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == name && c["scope"] == "host")
-            .unwrap_or_else(|| panic!("no host check {name}: {report}"))
-            .clone()
-    };
+    let host = |name: &str| host_check(&report, name);
     // The oracle for the hook: the kernel's own symbol table.
     let kallsyms = std::fs::read_to_string("/proc/kallsyms").expect("kallsyms");
     let has_hook = kallsyms
