@@ -117,17 +117,26 @@ impl Default for AddressMap {
 impl AddressMap {
     /// Reads the addresses of the namespaces in `paths` not read yet.
     fn add_new(&mut self, paths: &HashMap<u32, PathBuf>) {
-        for (&ns, p) in paths {
-            if !self.read.insert(ns) {
-                continue;
-            }
-            // On a short-lived thread: the pipeline's thread never changes namespace.
+        let new: Vec<(u32, &PathBuf)> = paths
+            .iter()
+            .filter(|(&ns, _)| self.read.insert(ns))
+            .map(|(&ns, p)| (ns, p))
+            .collect();
+        if !new.is_empty() {
+            // On one short-lived thread for all of them: the pipeline's thread never changes
+            // namespace, and a thread per namespace would cost hundreds when many appear.
             let read = std::thread::scope(|s| {
-                s.spawn(|| crate::sys::netns::run_in(p, doctor::net::addresses))
-                    .join()
+                s.spawn(|| {
+                    new.iter()
+                        .map(|&(ns, p)| (ns, crate::sys::netns::run_in(p, doctor::net::addresses)))
+                        .collect::<Vec<_>>()
+                })
+                .join()
             });
-            for a in read.into_iter().flatten().flatten().flatten() {
-                self.by_addr.entry(a.addr).or_default().push(ns);
+            for (ns, addrs) in read.into_iter().flatten() {
+                for a in addrs.into_iter().flatten().flatten() {
+                    self.by_addr.entry(a.addr).or_default().push(ns);
+                }
             }
         }
         self.built.get_or_insert_with(Instant::now);
