@@ -496,9 +496,13 @@ pub mod counter {
     /// `conn_closed` (or `subflow_closed`) is missing. Should stay 0; it exists so that any
     /// path the programs do not know about still shows up as loss instead of a silent leak.
     pub const STALE: u32 = 2;
-    pub const COUNT: u32 = 3;
-    /// How userspace names each counter in the `lost` breakdown (NDJSON field names).
-    pub const NAMES: [&str; COUNT as usize] = ["ring_buffer", "map_full", "stale_entry"];
+    /// State changes the rescue program handled because the kernel skipped the main program's
+    /// run for them (it was already running on that CPU): not lost. Userspace takes them off
+    /// the main program's `recursion_misses`. Not a loss counter, so not in [`NAMES`].
+    pub const RESCUED: u32 = 3;
+    pub const COUNT: u32 = 4;
+    /// How userspace names each loss counter in the `lost` breakdown (NDJSON field names).
+    pub const NAMES: [&str; 3] = ["ring_buffer", "map_full", "stale_entry"];
 }
 
 #[cfg(feature = "user")]

@@ -1002,8 +1002,84 @@ fn mark_reset(ctx: &BtfTracePointContext, bit: u8) {
 /// `tcp_send_reset(sk, skb, reason)` (see `Offsets::rst_reason_arg`).
 const RST_REASON_ARG: usize = 2;
 
+/// The nesting state of the state-change handlers on each CPU. Slot 0: runs of the main
+/// program in progress on this CPU (0 or 1 where the kernel has a recursion guard; deeper where
+/// it lets a program nest). Slot `d` ≥ 1: which program took the state change at nesting depth
+/// `d`, on a kernel that runs both there ([`TAKEN_BY_MAIN`], [`TAKEN_BY_RESCUE`]).
+///
+/// Why: a program runs with migration disabled, not preemption, so while the main program runs
+/// on a CPU for one socket, another socket's state can change on that CPU: in a softirq (a
+/// packet completing a handshake), or, on a kernel with full or lazy preemption (Debian's 7.x),
+/// in any task that preempts it. The kernel then skips the nested run (`recursion_misses`).
+/// Its guard is per program, so a second program on the same tracepoint does run:
+/// [`inet_sock_set_state_rescue`] handles exactly the state changes the main program is
+/// skipped for. Userspace loads it where the kernel is preemptible (`sys::preempt`).
+#[map]
+static NESTING: PerCpuArray<u32> = PerCpuArray::with_max_entries(NESTING_SLOTS, 0);
+/// Depth counter + one mark per depth (task, softirq, hardirq, NMI).
+const NESTING_SLOTS: u32 = 5;
+const TAKEN_BY_MAIN: u32 = 1;
+const TAKEN_BY_RESCUE: u32 = 2;
+
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
+    let Some(depth) = NESTING.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot. Plain loads and stores: only this program writes slot 0, and the
+    // kernel's guard lets one run of it at a time on a CPU (where a kernel lets it nest, nested
+    // runs finish before the run they interrupt resumes, and each puts back what it found).
+    let d = unsafe { *depth };
+    if d != 0 {
+        // This kernel lets the main program nest: the rescue program runs for this state
+        // change too, before us; if it took it, we don't.
+        if let Some(mark) = NESTING.get_ptr_mut(d) {
+            // SAFETY: as above.
+            let mark = unsafe { &mut *mark };
+            if *mark == TAKEN_BY_RESCUE {
+                *mark = 0;
+                // Not a rescue after all: the main program was not skipped.
+                if let Some(c) = COUNTERS.get_ptr_mut(counter::RESCUED) {
+                    // SAFETY: the slot lives as long as the map.
+                    atomic_add(unsafe { &mut *c }, u64::MAX);
+                }
+                return 0;
+            }
+            *mark = TAKEN_BY_MAIN;
+        }
+    }
+    unsafe { *depth = d + 1 };
+    let _ = try_inet_sock_set_state(&ctx);
+    unsafe { *depth = d };
+    0
+}
+
+/// Handles a state change only when it happens while the main program is running on this
+/// CPU (see [`NESTING`]): where the kernel guards against recursion the main program is skipped
+/// then, and this run is the only one. Anywhere else it returns at once. Attached before the
+/// main program, so it runs first.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_rescue(ctx: BtfTracePointContext) -> i32 {
+    let Some(depth) = NESTING.get_ptr(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot (see `inet_sock_set_state`).
+    let d = unsafe { *depth };
+    if d == 0 {
+        return 0;
+    }
+    let Some(mark) = NESTING.get_ptr_mut(d) else {
+        return 0;
+    };
+    // SAFETY: as above.
+    let mark = unsafe { &mut *mark };
+    if *mark == TAKEN_BY_MAIN {
+        // A kernel without the guard: the main program ran first and took it.
+        *mark = 0;
+        return 0;
+    }
+    *mark = TAKEN_BY_RESCUE;
+    bump(counter::RESCUED);
     let _ = try_inet_sock_set_state(&ctx);
     0
 }

@@ -17,17 +17,76 @@ use crate::offsets::{self, OffsetError, VMLINUX_BTF};
 /// The eBPF object built from `mptcp-ebpf` (see build.rs).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("MPTCP_EBPF_OBJECT"));
 
-/// Programs and the tracepoint each attaches to. `required` ones make the tracer useless when
+/// A program and the tracepoint it attaches to. `required` ones make the tracer useless when
 /// they fail; the others lose one kind of information, with a warning.
-const PROGRAMS: &[(&str, bool, &str)] = &[
-    (
-        "inet_sock_set_state",
-        true,
-        "connection and subflow lifecycle",
-    ),
-    ("tcp_send_reset", false, "rst_sent close reasons"),
-    ("tcp_receive_reset", false, "rst_received close reasons"),
+struct Program {
+    name: &'static str,
+    tracepoint: &'static str,
+    required: bool,
+    what: &'static str,
+}
+
+/// The second program on `inet_sock_set_state`: it handles the state changes the kernel skips
+/// the main one for (see `NESTING` in mptcp-ebpf). Its own skipped runs are no loss. Loaded
+/// only where the kernel is preemptible ([`rescue_wanted`]): elsewhere only a softirq can
+/// interrupt the main program, which skips a run only at thousands of connections a second,
+/// and verifying the program a second time costs each start (seconds in an emulated guest).
+const RESCUE: &str = "inet_sock_set_state_rescue";
+
+/// The rescue program is attached first: a tracepoint calls its programs in the order they
+/// were attached, and counting a rescue before the kernel counts the miss it makes up for
+/// keeps the loss total from ever reading high (see `trace::Core::lost_now`).
+const PROGRAMS: &[Program] = &[
+    Program {
+        name: RESCUE,
+        tracepoint: "inet_sock_set_state",
+        required: false,
+        what: "state changes while the main program is preempted (they count as skipped runs)",
+    },
+    Program {
+        name: "inet_sock_set_state",
+        tracepoint: "inet_sock_set_state",
+        required: true,
+        what: "connection and subflow lifecycle",
+    },
+    Program {
+        name: "tcp_send_reset",
+        tracepoint: "tcp_send_reset",
+        required: false,
+        what: "rst_sent close reasons",
+    },
+    Program {
+        name: "tcp_receive_reset",
+        tracepoint: "tcp_receive_reset",
+        required: false,
+        what: "rst_received close reasons",
+    },
 ];
+
+/// Overrides [`rescue_wanted`]'s choice: `always` (e.g. thousands of connections a second on
+/// a kernel without preemption) or `never` (start-up time over completeness).
+pub const RESCUE_ENV: &str = "MPTCP_TRACE_RESCUE";
+
+/// Whether to load the rescue program: where the kernel is preemptible, or cannot say, unless
+/// [`RESCUE_ENV`] decides.
+fn rescue_wanted() -> bool {
+    match std::env::var(RESCUE_ENV).as_deref() {
+        Ok("always") => return true,
+        Ok("never") => return false,
+        Ok(other) => warn!("{RESCUE_ENV}={other}: not always or never, ignored"),
+        Err(_) => {}
+    }
+    match crate::sys::preempt::model() {
+        Some((model, source)) => {
+            debug!("preemption model {model} (from {source})");
+            model.preemptible()
+        }
+        None => {
+            debug!("preemption model unknown: the rescue program is loaded");
+            true
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -91,12 +150,13 @@ impl Attached {
         self.programs.len()
     }
 
-    /// Program runs the kernel skipped, summed over the programs; `None` when this kernel
-    /// cannot tell (Linux < 5.12).
+    /// Program runs the kernel skipped, summed over the programs but the rescue program (whose
+    /// runs only matter when the main one was skipped: see [`RESCUE`]); `None` when this kernel
+    /// cannot tell (Linux < 5.12). The caller takes off what the rescue program handled.
     pub fn recursion_misses(&self) -> Option<u64> {
         use std::os::fd::AsFd;
         let mut total = 0;
-        for (name, fd) in &self.programs {
+        for (name, fd) in self.programs.iter().filter(|(n, _)| *n != RESCUE) {
             match crate::upgrade::raw_bpf::recursion_misses(fd.as_fd()) {
                 Ok(Some(n)) => total += n,
                 Ok(None) => return None,
@@ -180,16 +240,17 @@ pub fn load(config: Config) -> Result<Tracer, LoadError> {
         }
     };
     let mut programs = Vec::new();
-    for &(name, required, what) in PROGRAMS {
-        match attach(&mut ebpf, &btf, name) {
+    let rescue = rescue_wanted();
+    for p in PROGRAMS.iter().filter(|p| rescue || p.name != RESCUE) {
+        match attach(&mut ebpf, &btf, p.name, p.tracepoint) {
             Ok(fd) => {
-                debug!("attached tp_btf/{name}");
-                programs.push((name, fd));
+                debug!("attached {} to tp_btf/{}", p.name, p.tracepoint);
+                programs.push((p.name, fd));
             }
-            Err(e) if required => return Err(e),
+            Err(e) if p.required => return Err(e),
             Err(e) => {
-                warn!("{e}: {what} are not reported");
-                degraded.push(format!("tp_btf/{name} ({what})"));
+                warn!("{e}: {} are not reported", p.what);
+                degraded.push(format!("tp_btf/{} ({})", p.tracepoint, p.what));
             }
         }
     }
@@ -238,6 +299,7 @@ fn attach(
     ebpf: &mut Ebpf,
     btf: &Btf,
     name: &'static str,
+    tracepoint: &str,
 ) -> Result<aya::programs::ProgramFd, LoadError> {
     let prog: &mut BtfTracePoint = ebpf
         .program_mut(name)
@@ -248,11 +310,12 @@ fn attach(
             name,
             source,
         })?;
-    prog.load(name, btf).map_err(|source| LoadError::Program {
-        what: "load",
-        name,
-        source,
-    })?;
+    prog.load(tracepoint, btf)
+        .map_err(|source| LoadError::Program {
+            what: "load",
+            name,
+            source,
+        })?;
     prog.attach().map_err(|source| LoadError::Program {
         what: "attach",
         name,
@@ -270,7 +333,11 @@ fn attach(
 impl Counters {
     /// Sum over CPUs of one of the kernel's counters.
     pub fn get(&self, idx: u32) -> u64 {
-        self.0.get(&idx, 0).map(|v| v.iter().sum()).unwrap_or(0)
+        // Wrapping: a CPU's slot may be decremented (the rescue count, see RESCUED).
+        self.0
+            .get(&idx, 0)
+            .map(|v| v.iter().fold(0u64, |a, b| a.wrapping_add(*b)))
+            .unwrap_or(0)
     }
 }
 

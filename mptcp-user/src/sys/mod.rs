@@ -6,6 +6,7 @@ pub mod cgroup;
 pub mod mptcp;
 pub mod netns;
 pub mod netstat;
+pub mod preempt;
 pub mod signals;
 pub mod sockdiag;
 pub mod sockowner;

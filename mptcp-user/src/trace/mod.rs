@@ -84,6 +84,9 @@ pub struct Totals {
     /// Events held for a connection that had not matched yet, dropped because it held too many
     /// (see `filter::MAX_HELD`): missing from the output if the connection matched later.
     pub held_dropped: u64,
+    /// State changes the kernel skipped the main program for and the rescue program handled
+    /// (not lost; see `NESTING` in mptcp-ebpf).
+    pub rescued: u64,
 }
 
 impl Totals {
@@ -127,6 +130,12 @@ impl Totals {
         }
         if self.malformed > 0 {
             s += &format!(", {} malformed records dropped", self.malformed);
+        }
+        if self.rescued > 0 {
+            s += &format!(
+                ", {} state changes recovered from runs the kernel skipped",
+                self.rescued
+            );
         }
         s
     }
@@ -288,10 +297,16 @@ impl Core {
         let ring_buffer = self.counters.get(counter::LOST) + up_lost;
         let map_full = self.counters.get(counter::MAP_FULL);
         let stale_entry = self.counters.get(counter::STALE);
-        let recursion_misses = self
-            .tracer
-            .recursion_misses()
-            .map(|n| n + up_misses.unwrap_or(0));
+        // The main program's skipped runs that the rescue program handled are not lost. The
+        // rescue program runs first on each state change (it is attached first) and counts
+        // before the kernel counts the main program's miss, so between the two the difference
+        // reads one low, never one high: no loss is reported that was not one, and what was
+        // reported is never taken back.
+        let rescued = self.counters.get(counter::RESCUED);
+        let recursion_misses = self.tracer.recursion_misses().map(|n| {
+            (n.saturating_sub(rescued) + up_misses.unwrap_or(0))
+                .max(self.reported.recursion_misses.unwrap_or(0))
+        });
         let netlink = self.pm.stats.overruns;
         Lost {
             count: ring_buffer + map_full + stale_entry + recursion_misses.unwrap_or(0) + netlink,
@@ -520,6 +535,7 @@ impl Pipeline {
         t.pm = self.core.pm.stats;
         t.filtered = self.core.matcher.filtered + self.core.existing.filtered;
         t.held_dropped = self.core.matcher.overflowed;
+        t.rescued = self.core.counters.get(counter::RESCUED);
         t
     }
 
