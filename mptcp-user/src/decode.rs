@@ -158,22 +158,7 @@ fn cause(r: &RawEvent) -> Cause {
 }
 
 fn errno_name(e: u32) -> String {
-    let name = match e as i32 {
-        libc::ENETDOWN => "ENETDOWN",
-        libc::EHOSTDOWN => "EHOSTDOWN",
-        libc::EPROTO => "EPROTO",
-        libc::ENOBUFS => "ENOBUFS",
-        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",
-        libc::ECONNRESET => "ECONNRESET",
-        libc::ECONNREFUSED => "ECONNREFUSED",
-        libc::ETIMEDOUT => "ETIMEDOUT",
-        libc::EHOSTUNREACH => "EHOSTUNREACH",
-        libc::ENETUNREACH => "ENETUNREACH",
-        libc::EPIPE => "EPIPE",
-        libc::ECONNABORTED => "ECONNABORTED",
-        _ => return format!("errno_{e}"),
-    };
-    name.to_string()
+    crate::sys::errno::name(e as i32).unwrap_or_else(|| format!("errno_{e}"))
 }
 
 /// Why a subflow closed, most specific first.

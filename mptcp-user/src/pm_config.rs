@@ -132,7 +132,7 @@ fn message(ty: u16, flags: u16, payload: &[u8]) -> Vec<u8> {
 }
 
 /// One attribute, padded to 4 bytes.
-fn nla(kind: u16, value: &[u8]) -> Vec<u8> {
+pub fn nla(kind: u16, value: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
     v.extend_from_slice(&((NLA_HDRLEN + value.len()) as u16).to_ne_bytes());
     v.extend_from_slice(&kind.to_ne_bytes());

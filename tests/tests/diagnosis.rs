@@ -863,18 +863,32 @@ fn diagnosis_endpoint_unusable_when_its_interface_is_down_ipv6() {
 /// The client's endpoint has no route to the peer: its address is not bound to a device (an
 /// endpoint bound to one is sent on-link even without a route, IPv4 assumes so), and a policy
 /// rule makes every lookup from it unreachable, so the join's connect() fails at once
-/// (ENETUNREACH, MPJoinSynTxConnectErr). The tracer sees no `subflow_failed` for a join that
-/// never left, and `doctor`'s endpoint check (interfaces and routes, not rules) finds the
-/// endpoint usable: the close names what it saw, `unknown` with the counter — not a guess.
-/// Oracles: `ip route get` from the endpoint's address fails, the namespace's MPTcpExt.
-#[test]
-fn diagnosis_no_route_from_the_endpoint_is_unknown_with_its_counter_ipv4() {
+/// (ENETUNREACH, MPJoinSynTxConnectErr) and no `subflow_failed` is seen. `doctor`'s endpoint
+/// check (interfaces and routes) finds nothing wrong; the kernel's own lookup from the
+/// endpoint to the peer does: `endpoint_unusable`. Oracles: `ip route get PEER from ENDPOINT`
+/// (iproute2's words for the same lookup), the namespace's MPTcpExt where it counts it.
+fn no_route_from_the_endpoint_is_endpoint_unusable(v6: bool) {
     require_root();
-    let (bed, cns, _) = bed_without_join("dgnoroute4");
+    let (bed, cns, _) = bed_without_join(if v6 { "dgnoroute6" } else { "dgnoroute4" });
     let c = bed.client.as_str();
-    let blue = testbed::BLUE_CLIENT_V4;
-    testbed::add_endpoint(c, blue, None, testbed::BLUE_V4_ENDPOINT_ID, &["subflow"]).unwrap();
+    let (blue, red, id, family) = if v6 {
+        (
+            testbed::BLUE_CLIENT_V6,
+            testbed::RED_SERVER_V6,
+            testbed::BLUE_V6_ENDPOINT_ID,
+            "-6",
+        )
+    } else {
+        (
+            testbed::BLUE_CLIENT_V4,
+            testbed::RED_SERVER_V4,
+            testbed::BLUE_V4_ENDPOINT_ID,
+            "-4",
+        )
+    };
+    testbed::add_endpoint(c, blue, None, id, &["subflow"]).unwrap();
     testbed::ip(&[
+        family,
         "-n",
         c,
         "rule",
@@ -886,9 +900,9 @@ fn diagnosis_no_route_from_the_endpoint_is_unknown_with_its_counter_ipv4() {
         "100",
     ])
     .unwrap();
-    let red = testbed::RED_SERVER_V4;
-    let lookup = testbed::ip(&["-n", c, "route", "get", red, "from", blue]);
-    assert!(format!("{lookup:?}").contains("unreachable"), "{lookup:?}");
+    let lookup = testbed::ip(&[family, "-n", c, "route", "get", red, "from", blue]);
+    let said = format!("{lookup:?}");
+    assert!(said.contains("Network is unreachable"), "{said}");
     // The counter is Linux 6.10's; older kernels (the 6.1 guest) count nothing here.
     let connect_err = || {
         integration_tests::mptcp_ext(c)
@@ -899,17 +913,23 @@ fn diagnosis_no_route_from_the_endpoint_is_unknown_with_its_counter_ipv4() {
     let tracer = Tracer::start(&[]);
     // Two counter samples of the namespace before the connection: the evidence is a delta.
     thread::sleep(Duration::from_millis(1100));
-    let (client, server, _l) = connected(&bed, server_addr(false, 4416), Proto::Mptcp);
-    // Past the deadline, then closed.
-    thread::sleep(Duration::from_millis(1500));
+    let (client, server, _l) = connected(&bed, server_addr(v6, 4416), Proto::Mptcp);
+    wait_cause(&tracer, cns, "endpoint_unusable");
     drop((client, server));
-    wait_cause(&tracer, cns, "unknown");
     let run = tracer.stop();
-    let d = the(&run.events, cns, "unknown");
+    let d = the(&run.events, cns, "endpoint_unusable");
+    let expected = format!(
+        "ip route get {red} from {blue} in netns {c}: ENETUNREACH (Network is unreachable)"
+    );
+    assert!(d.evidence.contains(&expected), "{expected} not in {d:?}");
+    assert!(
+        d.detail.contains(&format!("from {blue}, ENETUNREACH")),
+        "{d:?}"
+    );
     let counted = d
         .evidence
         .iter()
-        .any(|e| e.starts_with("MPTcpExt MPJoinSynTxConnectErr +1 in netns mptcp-client-"));
+        .any(|e| e.starts_with(&format!("MPTcpExt MPJoinSynTxConnectErr +1 in netns {c}")));
     match (before, connect_err()) {
         (Some(b), Some(a)) => {
             assert_eq!(a - b, 1, "the join's connect() failed once");
@@ -918,4 +938,14 @@ fn diagnosis_no_route_from_the_endpoint_is_unknown_with_its_counter_ipv4() {
         _ => assert!(!counted, "{d:?}"),
     }
     assert_only_one(&run.events, cns);
+}
+
+#[test]
+fn diagnosis_no_route_from_the_endpoint_is_endpoint_unusable_ipv4() {
+    no_route_from_the_endpoint_is_endpoint_unusable(false);
+}
+
+#[test]
+fn diagnosis_no_route_from_the_endpoint_is_endpoint_unusable_ipv6() {
+    no_route_from_the_endpoint_is_endpoint_unusable(true);
 }

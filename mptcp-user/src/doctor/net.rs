@@ -11,7 +11,7 @@ use std::{
 
 use netlink_sys::protocols::NETLINK_ROUTE;
 
-use crate::pm_config::{attrs, request};
+use crate::pm_config::{attrs, nla, request};
 
 const RTM_NEWLINK: u16 = 16;
 const RTM_GETLINK: u16 = 18;
@@ -25,6 +25,7 @@ const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 const IFA_FLAGS: u16 = 8;
 const RTA_DST: u16 = 1;
+const RTA_SRC: u16 = 2;
 const RTA_OIF: u16 = 4;
 const RTA_MULTIPATH: u16 = 9;
 const RTA_TABLE: u16 = 15;
@@ -237,6 +238,26 @@ impl NetState {
             .filter(|s| !listening.contains(&s.local_port))
             .count()
     }
+}
+
+/// The kernel's own answer to `ip route get DST from SRC` in this thread's namespace: the
+/// lookup a join from `src` makes, policy rules included (which the route table alone does not
+/// show). `Ok` when there is a route; else the error the kernel gives (ENETUNREACH, …).
+pub fn route_get(dst: IpAddr, src: IpAddr) -> io::Result<()> {
+    let bits = |ip: &IpAddr| if ip.is_ipv4() { 32 } else { 128 };
+    let octets = |ip: &IpAddr| match ip {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags.
+    let mut payload = vec![0u8; 12];
+    payload[0] = family_of(&dst);
+    payload[1] = bits(&dst);
+    payload[2] = bits(&src);
+    for (kind, ip) in [(RTA_DST, &dst), (RTA_SRC, &src)] {
+        payload.extend(nla(kind, &octets(ip)));
+    }
+    request(NETLINK_ROUTE, RTM_GETROUTE, false, &payload).map(|_| ())
 }
 
 /// The addresses of this thread's namespace (what `ip addr` lists).

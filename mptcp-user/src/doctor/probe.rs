@@ -112,26 +112,15 @@ pub fn load(btf_id: u32, kind: Kind) -> ProbeResult {
 /// `EPERM (Operation not permitted)`.
 pub fn errno_name(errno: i32) -> String {
     let name = match errno {
-        libc::EPERM => "EPERM",
-        libc::EACCES => "EACCES",
-        libc::EINVAL => "EINVAL",
-        libc::ENOENT => "ENOENT",
-        libc::ESRCH => "ESRCH",
-        libc::E2BIG => "E2BIG",
-        libc::EBUSY => "EBUSY",
-        libc::ENOMEM => "ENOMEM",
-        libc::EFAULT => "EFAULT",
-        libc::ENOSYS => "ENOSYS",
-        libc::EOPNOTSUPP => "EOPNOTSUPP",
-        524 => "ENOTSUPP",
-        _ => "errno",
+        // The kernel's own "not supported" (include/linux/errno.h), which libc does not name.
+        524 => Some("ENOTSUPP".to_string()),
+        e => crate::sys::errno::name(e),
     };
     let text = io::Error::from_raw_os_error(errno).to_string();
     let text = text.split(" (os error").next().unwrap_or(&text).to_string();
-    if name == "errno" {
-        format!("errno {errno} ({text})")
-    } else {
-        format!("{name} ({text})")
+    match name {
+        Some(name) => format!("{name} ({text})"),
+        None => format!("errno {errno} ({text})"),
     }
 }
 

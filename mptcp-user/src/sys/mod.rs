@@ -3,6 +3,7 @@
 
 pub mod caps;
 pub mod cgroup;
+pub mod errno;
 pub mod mptcp;
 pub mod netns;
 pub mod netstat;

@@ -67,6 +67,12 @@ pub trait Env {
     /// end of a connection that stays on this host lives. `fresh`: look for namespaces
     /// created since the last look (at most every [`ADDRESSES_MIN_AGE`]).
     fn holders(&mut self, addr: IpAddr, fresh: bool) -> Vec<u32>;
+    /// The kernel's route lookup from `src` to `dst` in the namespace (`ip route get DST from
+    /// SRC`, policy rules included); `None` when it cannot be asked.
+    fn route(&mut self, netns: u32, dst: IpAddr, src: IpAddr) -> Option<std::io::Result<()>> {
+        let _ = (netns, dst, src);
+        None
+    }
 }
 
 /// How long a namespace's facts (path-manager configuration, interfaces, routes) and
@@ -221,6 +227,16 @@ impl Env for Host {
             .retain(|_, (at, _)| now - *at < COUNTERS_TTL_NS);
         self.counters.insert(netns, (now, c.clone()));
         Some(c)
+    }
+
+    fn route(&mut self, netns: u32, dst: IpAddr, src: IpAddr) -> Option<std::io::Result<()>> {
+        let p = self.path(netns)?;
+        // On a short-lived thread: the pipeline's thread never changes namespace.
+        std::thread::scope(|s| {
+            s.spawn(|| crate::sys::netns::run_in(&p, || doctor::net::route_get(dst, src)).ok())
+                .join()
+                .ok()?
+        })
     }
 
     fn holders(&mut self, addr: IpAddr, fresh: bool) -> Vec<u32> {
@@ -551,7 +567,10 @@ impl Diagnosis {
 
     fn emit(&mut self, key: u64, ts: u64, f: Found, out: &mut VecDeque<Event>) {
         let t = self.tracks.get_mut(&key).expect("tracked");
-        if t.causes.iter().any(|c| c == f.cause) {
+        // One diagnosis per cause; and `unknown` only while nothing is known: a later look that
+        // finds no evidence (at close, the namespace may be gone) does not undo an earlier one
+        // that found some.
+        if t.causes.iter().any(|c| c == f.cause || f.cause == "unknown") {
             return;
         }
         let Some(tuple) = t.tuple.clone() else {
@@ -1250,6 +1269,53 @@ impl Diagnosis {
                 ));
                 return v;
             }
+        }
+        // Doctor's checks see interfaces and routes, not policy rules nor the route to this
+        // peer: ask the kernel for the very lookup a join from each endpoint makes.
+        let unroutable: Vec<(IpAddr, std::io::Error)> = usable
+            .iter()
+            .filter_map(|e| {
+                let from = e.addr?;
+                self.env
+                    .route(ns, tuple.daddr, from)?
+                    .err()
+                    .map(|err| (from, err))
+            })
+            .collect();
+        if !usable.is_empty() && unroutable.len() == usable.len() {
+            let said = |err: &std::io::Error| {
+                err.raw_os_error()
+                    .map_or(err.to_string(), crate::doctor::probe::errno_name)
+            };
+            v.push(found(
+                "endpoint_unusable",
+                format!(
+                    "no `subflow` endpoint has a route to the peer {}: {}",
+                    tuple.daddr,
+                    unroutable
+                        .iter()
+                        .map(|(from, err)| format!("from {from}, {}", said(err)))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+                unroutable
+                    .iter()
+                    .map(|(from, err)| {
+                        format!(
+                            "ip route get {} from {from} in netns {name}: {}",
+                            tuple.daddr,
+                            said(err)
+                        )
+                    })
+                    // Corroboration where the kernel counts it (Linux ≥ 6.10): the join's
+                    // connect() failed before any packet left.
+                    .chain({
+                        let (dns, d) = self.deltas(key, |n| n == "MPJoinSynTxConnectErr");
+                        delta_evidence(&d, &dns)
+                    })
+                    .collect(),
+            ));
+            return v;
         }
         if at_close {
             let (dns, d) = self.deltas(key, |n| n.starts_with("MPJoin") || is_auth_counter(n));

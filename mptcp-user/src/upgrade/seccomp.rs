@@ -139,23 +139,9 @@ impl std::fmt::Display for Upgraded {
     }
 }
 
-/// The errno's symbolic name where we know it, else its number.
+/// The errno's symbolic name where it has one, else its number.
 pub fn errno_name(e: i32) -> String {
-    let name = match e {
-        libc::EPERM => "EPERM",
-        libc::EINVAL => "EINVAL",
-        libc::ENOPROTOOPT => "ENOPROTOOPT",
-        libc::EPROTONOSUPPORT => "EPROTONOSUPPORT",
-        libc::EAFNOSUPPORT => "EAFNOSUPPORT",
-        libc::EMFILE => "EMFILE",
-        libc::ENFILE => "ENFILE",
-        libc::ENOMEM => "ENOMEM",
-        libc::EACCES => "EACCES",
-        libc::ENOENT => "ENOENT",
-        libc::ENOSYS => "ENOSYS",
-        _ => return format!("errno {e}"),
-    };
-    name.to_string()
+    crate::sys::errno::name(e).unwrap_or_else(|| format!("errno {e}"))
 }
 
 /// Sums of the supervisor's records.
