@@ -570,7 +570,10 @@ impl Diagnosis {
         // One diagnosis per cause; and `unknown` only while nothing is known: a later look that
         // finds no evidence (at close, the namespace may be gone) does not undo an earlier one
         // that found some.
-        if t.causes.iter().any(|c| c == f.cause || f.cause == "unknown") {
+        if t.causes
+            .iter()
+            .any(|c| c == f.cause || f.cause == "unknown")
+        {
             return;
         }
         let Some(tuple) = t.tuple.clone() else {
