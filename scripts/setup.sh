@@ -16,6 +16,8 @@ PACKAGES=(
   rustc-web cargo-web rust-web-src rust-web-clippy llvm-22-dev libpolly-22-dev libzstd-dev
   # the test bed and oracles: ip mptcp / ss, ncat, tcpdump, mptcpize, bpftrace for comparison
   iproute2 ncat tcpdump mptcpd mptcpize bpftrace bpftool kmod
+  # a "middlebox" that changes one payload byte, for the mid-connection fallback test
+  nftables
   # the VM tests: qemu (TCG), busybox initramfs
   qemu-system-x86 busybox-static cpio xz-utils zstd
   # driving the live view in tests; rendering `report`'s page headless in its test

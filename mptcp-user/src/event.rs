@@ -266,7 +266,11 @@ pub struct ConnFallback {
     pub conn: Conn,
     #[serde(flatten)]
     pub tuple: Tuple,
-    /// Why the connection continues as plain TCP.
+    /// Why the connection continues as plain TCP: `mp_capable_not_negotiated` (at the
+    /// handshake the peer, or a middlebox, did not echo MP_CAPABLE) or `mid_connection` (it
+    /// had been established over MPTCP and fell back later, e.g. to an infinite mapping after
+    /// a DSS checksum failed; seen through sock_diag's fallback flag within a second, and
+    /// stamped then).
     pub reason: String,
 }
 

@@ -557,6 +557,189 @@ fn fallback_to_a_plain_tcp_server(v6: bool) {
     assert_only_one(&run.events, cns);
 }
 
+/// A connection established over MPTCP falls back later: with DSS checksums on (as
+/// `net.mptcp.checksum_enabled = 1` on both ends asks), a "middlebox" — an nftables rule on the
+/// client's output — changes one byte of the payload of one data packet; the server's DSS
+/// checksum fails, MP_FAIL goes back, and with a single subflow both ends continue on an
+/// infinite mapping, as plain TCP (the kernel selftests' `Infinite map` case). Each end gets
+/// its `conn_fallback` with reason `mid_connection` and a `fallback` diagnosis that names when
+/// and the counters that grew. Oracles: `ss -Mi` shows `fallback` on each end's MPTCP socket
+/// while it is open; the MPTcpExt counters (DataCsumErr on the server, InfiniteMapTx on the
+/// client); the nft rule's own counter (one packet changed).
+fn fallback_in_the_middle_of_a_connection(v6: bool) {
+    require_root();
+    let (bed, cns, sns) = bed_without_join(if v6 { "dgmidfb6" } else { "dgmidfb4" });
+    let port = 4419;
+    for ns in [&bed.client, &bed.server] {
+        integration_tests::run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                ns,
+                "sysctl",
+                "-qw",
+                "net.mptcp.checksum_enabled=1",
+            ],
+        );
+    }
+    // The 6th data packet of over 1000 bytes towards the server: byte 100 of its TCP
+    // segment (past the header and its options) becomes 0x5a. The checksum of a veth packet
+    // from this host is not computed (CHECKSUM_PARTIAL), so only MPTCP's notices.
+    let rules = format!(
+        "table inet corrupt {{\n chain out {{\n type filter hook output priority 0; policy accept;\n \
+         tcp dport {port} meta length > 1000 numgen inc mod 1000000 == 5 @th,800,8 set 0x5a counter\n }}\n}}\n"
+    );
+    let nft = Command::new("ip")
+        .args(["netns", "exec", &bed.client, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(rules.as_bytes())?;
+            c.wait()
+        })
+        .unwrap();
+    assert!(nft.success(), "nft -f failed: {rules}");
+    let (before_c, before_s) = (mptcp_ext(&bed.client), mptcp_ext(&bed.server));
+    let tracer = Tracer::start(&[]);
+    let (mut client, mut server, _l) = connected(&bed, server_addr(v6, port), Proto::Mptcp);
+    let reader = thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        let mut n = 0;
+        while let Ok(k) = std::io::Read::read(&mut server, &mut buf) {
+            if k == 0 {
+                break;
+            }
+            n += k;
+        }
+        (n, server)
+    });
+    for _ in 0..40 {
+        std::io::Write::write_all(&mut client, &[b'x'; 4000]).unwrap();
+        thread::sleep(Duration::from_millis(20));
+    }
+    // Both ends say it, while the connection is open.
+    let ss = |ns: &str| integration_tests::run("ip", &["netns", "exec", ns, "ss", "-MHni"]);
+    let deadline = std::time::Instant::now() + WAIT;
+    while !(ss(&bed.client).contains("fallback") && ss(&bed.server).contains("fallback")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the kernel did not fall back: {} / {}",
+            ss(&bed.client),
+            ss(&bed.server)
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    tracer.wait_for("conn_fallback mid_connection on both ends", WAIT, |ev| {
+        [cns, sns].iter().all(|ns| {
+            ev.iter().any(|e| {
+                e.netns == Some(*ns)
+                    && e.event == Kind::ConnFallback
+                    && e.reason.as_deref() == Some("mid_connection")
+            })
+        })
+    });
+    wait_cause(&tracer, cns, "fallback");
+    wait_cause(&tracer, sns, "fallback");
+    let changed = integration_tests::run(
+        "ip",
+        &["netns", "exec", &bed.client, "nft", "list", "ruleset"],
+    );
+    assert!(changed.contains("counter packets 1 "), "{changed}");
+    std::io::Write::flush(&mut client).unwrap();
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    let (received, _server) = reader.join().unwrap();
+    assert_eq!(
+        received,
+        40 * 4000,
+        "the data still arrives, over plain TCP"
+    );
+    drop(client);
+    let run = tracer.stop();
+    let grew = |before: &std::collections::HashMap<String, u64>, ns: &str, name: &str| {
+        mptcp_ext(ns).get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0)
+    };
+    assert_eq!(
+        grew(&before_s, &bed.server, "DataCsumErr"),
+        1,
+        "the server's checksum failed once"
+    );
+    for (ns, name) in [(cns, "client"), (sns, "server")] {
+        let fb: Vec<_> = run
+            .events
+            .iter()
+            .filter(|e| e.netns == Some(ns) && e.event == Kind::ConnFallback)
+            .collect();
+        assert_eq!(fb.len(), 1, "{name}: one conn_fallback: {fb:#?}");
+        assert_eq!(fb[0].reason.as_deref(), Some("mid_connection"), "{name}");
+        let d = the(&run.events, ns, "fallback");
+        assert!(
+            d.detail
+                .contains("fell back to plain TCP mid-connection (seen "),
+            "{name}: {d:?}"
+        );
+        assert!(
+            d.evidence
+                .iter()
+                .any(|e| e == "conn_fallback reason=mid_connection"),
+            "{d:?}"
+        );
+        // Beside it, on the client, only what was true at its 1 s deadline when the fallback
+        // was seen after it (the poll is once a second): it had no `subflow` endpoint.
+        let others: Vec<_> = diagnoses(&run.events, ns)
+            .into_iter()
+            .filter_map(|e| e.cause)
+            .filter(|c| c != "fallback")
+            .collect();
+        let allowed: &[&str] = if ns == cns {
+            &["no_subflow_endpoint"]
+        } else {
+            &[]
+        };
+        assert!(
+            others.iter().all(|c| allowed.contains(&c.as_str())),
+            "{name}: {others:?}"
+        );
+    }
+    // The counters it names are the ones that grew (by name and amount, where this kernel
+    // counts them).
+    let d = the(&run.events, sns, "fallback");
+    assert!(
+        d.detail
+            .contains("a DSS checksum failed here (DataCsumErr)"),
+        "{d:?}"
+    );
+    let n = grew(&before_s, &bed.server, "DataCsumErr");
+    assert!(
+        d.evidence.iter().any(|e| e.starts_with(&format!(
+            "MPTcpExt DataCsumErr +{n} in netns {}",
+            bed.server
+        ))),
+        "{d:?}"
+    );
+    let tx = grew(&before_c, &bed.client, "InfiniteMapTx");
+    let d = the(&run.events, cns, "fallback");
+    assert_eq!(
+        tx > 0,
+        d.evidence.iter().any(|e| e.starts_with(&format!(
+            "MPTcpExt InfiniteMapTx +{tx} in netns {}",
+            bed.client
+        ))),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn diagnosis_fallback_in_the_middle_of_a_connection_ipv4() {
+    fallback_in_the_middle_of_a_connection(false);
+}
+
+#[test]
+fn diagnosis_fallback_in_the_middle_of_a_connection_ipv6() {
+    fallback_in_the_middle_of_a_connection(true);
+}
+
 #[test]
 fn diagnosis_fallback_to_a_plain_tcp_server_ipv4() {
     fallback_to_a_plain_tcp_server(false);

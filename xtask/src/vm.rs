@@ -48,7 +48,8 @@ const DEFAULT_KERNELS_DIR: &str = "/var/cache/mptcp-trace/kernels";
 /// Modules loaded in the guest (with what they depend on), from the kernel's own tree.
 /// `sch_tbf` limits the demo's paths; `sch_netem` is there for tests that add delay or loss;
 /// `inet_diag`/`tcp_diag`/`mptcp_diag` answer the live view's sock_diag polls (and `ss`): a host
-/// loads them on demand through modprobe, the guest has no modprobe.
+/// loads them on demand through modprobe, the guest has no modprobe. `nf_tables`/`nft_numgen`
+/// run the mid-connection fallback test's "middlebox" (one payload byte changed).
 const MODULES: &[&str] = &[
     "veth",
     "sch_tbf",
@@ -56,10 +57,12 @@ const MODULES: &[&str] = &[
     "inet_diag",
     "tcp_diag",
     "mptcp_diag",
+    "nf_tables",
+    "nft_numgen",
 ];
-/// Host tools the test bed and the tests run: iproute2's, tmux for the live view tests, and
+/// Host tools the test bed and the tests run: iproute2's, nft, tmux for the live view tests, and
 /// util-linux's setpriv and prlimit (busybox's setpriv lacks --reuid, and it has no prlimit).
-const HOST_TOOLS: &[&str] = &["ip", "ss", "tc", "tmux", "setpriv", "prlimit"];
+const HOST_TOOLS: &[&str] = &["ip", "ss", "tc", "nft", "tmux", "setpriv", "prlimit"];
 /// Host directories copied as they are: terminfo and the C.UTF-8 locale for tmux.
 const HOST_DIRS: &[&str] = &["/lib/terminfo", "/usr/lib/locale/C.utf8"];
 

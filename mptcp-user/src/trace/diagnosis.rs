@@ -1014,7 +1014,11 @@ impl Diagnosis {
         };
         let mut evidence = vec![format!("conn_fallback reason={reason}")];
         let (ns, d) = self.deltas(key, |n| {
-            n.contains("Fallback") || n.contains("InfiniteMap") || n.contains("DSSCorruption")
+            n.contains("Fallback")
+                || n.contains("InfiniteMap")
+                || n.contains("DSSCorruption")
+                || n.starts_with("MPFail")
+                || n == "DataCsumErr"
         });
         evidence.extend(delta_evidence(&d, &ns));
         if reason == "mp_capable_not_negotiated" {
@@ -1030,6 +1034,29 @@ impl Diagnosis {
                     evidence,
                 );
             }
+        }
+        if reason == crate::trace::fallback::MID_CONNECTION {
+            // What the counters that grew say happened, most telling first.
+            let grew = |name: &str| d.iter().any(|(n, _)| n == name);
+            let why = if grew("DataCsumErr") {
+                ": a DSS checksum failed here (DataCsumErr), so something on the path changed \
+                 the payload, and with one subflow both ends went on with an infinite mapping"
+            } else if grew("InfiniteMapRx") {
+                ": the peer switched to an infinite mapping (InfiniteMapRx)"
+            } else if grew("MPFailRx") {
+                ": the peer reported MP_FAIL (a DSS checksum failed there)"
+            } else {
+                ""
+            };
+            return found(
+                "fallback",
+                format!(
+                    "the connection fell back to plain TCP mid-connection (seen{after}, by \
+                     sock_diag's fallback flag, read once a second){why}: one subflow, no MPTCP \
+                     from then on"
+                ),
+                evidence,
+            );
         }
         found(
             "fallback",

@@ -18,6 +18,7 @@
 
 pub mod diagnosis;
 pub mod existing;
+pub mod fallback;
 pub mod filter;
 pub mod order;
 pub mod owners;
@@ -354,6 +355,8 @@ pub struct Pipeline {
     core: Core,
     /// `--stats-interval`: the sampler and its timer; `None` (nothing polled) without it.
     stats: Option<(Stats, Interval)>,
+    /// The connections that may still fall back, polled through sock_diag ([`fallback`]).
+    fallback: fallback::FallbackWatch,
 }
 
 impl Pipeline {
@@ -420,6 +423,7 @@ impl Pipeline {
             ring_rest: None,
             core,
             stats: None,
+            fallback: fallback::FallbackWatch::default(),
         })
     }
 
@@ -463,6 +467,7 @@ impl Pipeline {
                         continue;
                     }
                 }
+                self.fallback.observe(&e);
                 return Ok(e);
             }
             let due = [
@@ -511,6 +516,9 @@ impl Pipeline {
                     let watched = self.core.pm.watched();
                     self.core.diagnosis.sample(&watched, monotonic_ns());
                     self.core.write_why();
+                    let order = &mut self.core.order;
+                    self.fallback
+                        .poll(monotonic_ns(), &self.core.clock, &mut |e| order.push(e));
                 }
                 _ = stats_tick(&mut self.stats), if self.stats.is_some() => {
                     let (s, _) = self.stats.as_mut().expect("checked");

@@ -1,0 +1,135 @@
+//! Fallback after the handshake. A connection established over MPTCP can still fall back to
+//! plain TCP while it has a single subflow: a DSS checksum fails (a middlebox changed the
+//! payload) or the peer's data loses its mappings, and the two ends switch to an "infinite
+//! mapping" (RFC 8684 §3.7). The kernel records it only in the MPTCP socket's flags — no
+//! tracepoint, no netlink event — and the bit's number is not in BTF, so the programs cannot
+//! read it on every kernel. `sock_diag` reports it in `mptcp_info` (`MPTCP_INFO_FLAG_FALLBACK`,
+//! `ss -Mi`'s `fallback`), a stable interface.
+//!
+//! So while a connection can still fall back — established over MPTCP with a token, no
+//! `conn_fallback` yet, no subflow joined (with two subflows errors reset a subflow instead) —
+//! its namespace's MPTCP sockets are dumped every [`PERIOD`], and the first dump that shows
+//! the flag yields its `conn_fallback` with reason `mid_connection`, stamped then: up to one
+//! period after the fact. A fallback in the last period before the close is not seen (the
+//! socket is gone). Nothing is polled while no connection can fall back.
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
+
+use netlink_packet_sock_diag::inet::StateFlags;
+
+use crate::{
+    decode::Clock,
+    event::{Conn, ConnFallback, Data, Event, Tuple},
+    sys::sockdiag::{self, NetnsDiag, IPPROTO_MPTCP, MPTCP_INFO_FLAG_FALLBACK},
+};
+
+/// How often the namespaces of the connections that may fall back are dumped.
+pub const PERIOD: Duration = Duration::from_secs(1);
+
+/// `conn_fallback`'s reason for a fallback seen after the handshake.
+pub const MID_CONNECTION: &str = "mid_connection";
+
+#[derive(Default)]
+pub struct FallbackWatch {
+    /// (netns, token) → what the connection's events said about it.
+    candidates: HashMap<(u32, u32), (Conn, Tuple)>,
+    /// One sock_diag socket per namespace with candidates.
+    socks: HashMap<u32, NetnsDiag>,
+    last_poll_ns: u64,
+}
+
+impl FallbackWatch {
+    /// Follows an event leaving the pipeline.
+    pub fn observe(&mut self, e: &Event) {
+        let (Some(conn), Some(tuple)) = (e.conn(), e.tuple()) else {
+            return;
+        };
+        let (Some(ns), Some(token)) = (conn.netns, conn.token) else {
+            return;
+        };
+        let key = (ns, token.0);
+        match &e.data {
+            Data::ConnEstablished(_) if conn.protocol.is_none() => {
+                self.candidates.insert(key, (conn.clone(), tuple.clone()));
+            }
+            // Open before the tracer started, on MPTCP and one subflow.
+            Data::ConnExisting(c) if !c.fallback && c.subflows <= 1 => {
+                self.candidates.insert(key, (conn.clone(), tuple.clone()));
+            }
+            Data::SubflowEstablished(s) if s.subflow.join => {
+                self.candidates.remove(&key);
+            }
+            Data::ConnFallback(_) | Data::ConnClosed(_) => {
+                self.candidates.remove(&key);
+            }
+            _ => {}
+        }
+    }
+
+    /// Dumps, at most once a [`PERIOD`], the namespaces of the connections that may fall back,
+    /// and hands out a `conn_fallback` for each that did.
+    pub fn poll(&mut self, now_ns: u64, clock: &Clock, out: &mut impl FnMut(Event)) {
+        if self.candidates.is_empty() {
+            self.socks.clear();
+            return;
+        }
+        if now_ns.saturating_sub(self.last_poll_ns) < PERIOD.as_nanos() as u64 {
+            return;
+        }
+        self.last_poll_ns = now_ns;
+        let namespaces: HashSet<u32> = self.candidates.keys().map(|(ns, _)| *ns).collect();
+        self.socks.retain(|ns, _| namespaces.contains(ns));
+        let missing: Vec<u32> = namespaces
+            .iter()
+            .copied()
+            .filter(|ns| !self.socks.contains_key(ns))
+            .collect();
+        if !missing.is_empty() {
+            let files = crate::sys::netns::all();
+            for ns in missing {
+                match files.get(&ns).map(|p| NetnsDiag::open(p)) {
+                    Some(Ok(d)) => {
+                        self.socks.insert(ns, d);
+                    }
+                    Some(Err(e)) => log::debug!("sock_diag in netns {ns}: {e}"),
+                    None => log::debug!("no file names netns {ns}: its fallbacks are not seen"),
+                }
+            }
+        }
+        let states = StateFlags::all() - StateFlags::LISTEN - StateFlags::TIME_WAIT;
+        let mut fell_back = Vec::new();
+        for (&ns, d) in self.socks.iter_mut() {
+            let socks = match d.sockets(IPPROTO_MPTCP, states.clone()) {
+                Ok(v) => v,
+                Err(e) => {
+                    log::debug!("sock_diag dump of netns {ns}: {e}");
+                    continue;
+                }
+            };
+            for s in socks {
+                let Some(info) = s.info.as_deref().and_then(sockdiag::parse_mptcp_info) else {
+                    continue;
+                };
+                if info.flags & MPTCP_INFO_FLAG_FALLBACK != 0 {
+                    fell_back.push((ns, info.token));
+                }
+            }
+        }
+        for key in fell_back {
+            if let Some((conn, tuple)) = self.candidates.remove(&key) {
+                out(Event::new(
+                    now_ns,
+                    clock.rfc3339(now_ns),
+                    Data::ConnFallback(ConnFallback {
+                        conn,
+                        tuple,
+                        reason: MID_CONNECTION.to_string(),
+                    }),
+                ));
+            }
+        }
+    }
+}
