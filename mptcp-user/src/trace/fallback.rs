@@ -99,8 +99,13 @@ impl FallbackWatch {
                 }
             }
         }
+        // A namespace that cannot be read (gone) has nothing left to watch.
+        let socks = &self.socks;
+        self.candidates.retain(|(ns, _), _| socks.contains_key(ns));
         let states = StateFlags::all() - StateFlags::LISTEN - StateFlags::TIME_WAIT;
         let mut fell_back = Vec::new();
+        let mut present = HashSet::new();
+        let mut dumped = HashSet::new();
         for (&ns, d) in self.socks.iter_mut() {
             let socks = match d.sockets(IPPROTO_MPTCP, states.clone()) {
                 Ok(v) => v,
@@ -109,15 +114,21 @@ impl FallbackWatch {
                     continue;
                 }
             };
+            dumped.insert(ns);
             for s in socks {
                 let Some(info) = s.info.as_deref().and_then(sockdiag::parse_mptcp_info) else {
                     continue;
                 };
+                present.insert((ns, info.token));
                 if info.flags & MPTCP_INFO_FLAG_FALLBACK != 0 {
                     fell_back.push((ns, info.token));
                 }
             }
         }
+        // A connection whose socket is gone can no longer fall back (its close may have been
+        // lost, and counted): it is not polled for ever.
+        self.candidates
+            .retain(|key, _| !dumped.contains(&key.0) || present.contains(key));
         for key in fell_back {
             if let Some((conn, tuple)) = self.candidates.remove(&key) {
                 out(Event::new(
@@ -131,5 +142,95 @@ impl FallbackWatch {
                 ));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{ConnClosed, ConnEstablished, Family, Subflow, SubflowEstablished, Token};
+
+    fn conn(token: u32) -> Conn {
+        Conn {
+            token: Some(Token(token)),
+            netns: Some(7),
+            ..Conn::default()
+        }
+    }
+
+    fn tuple() -> Tuple {
+        Tuple {
+            family: Family::Ipv4,
+            saddr: "10.0.0.2".parse().unwrap(),
+            sport: 40000,
+            daddr: "10.0.0.1".parse().unwrap(),
+            dport: 4419,
+        }
+    }
+
+    fn established(token: u32) -> Event {
+        Event::new(
+            1,
+            String::new(),
+            Data::ConnEstablished(ConnEstablished {
+                conn: conn(token),
+                tuple: tuple(),
+                peer_deny_join_id0: None,
+            }),
+        )
+    }
+
+    #[test]
+    fn only_connections_that_can_still_fall_back_are_watched() {
+        let mut w = FallbackWatch::default();
+        for t in [1, 2, 3, 4] {
+            w.observe(&established(t));
+        }
+        // A join: with two subflows errors reset a subflow instead.
+        w.observe(&Event::new(
+            2,
+            String::new(),
+            Data::SubflowEstablished(SubflowEstablished {
+                conn: conn(1),
+                tuple: tuple(),
+                subflow: Subflow {
+                    ifindex: None,
+                    ifname: None,
+                    local_id: Some(1),
+                    remote_id: 0,
+                    backup: false,
+                    peer_backup: false,
+                    join: true,
+                },
+                existing: false,
+            }),
+        ));
+        // Fell back at the handshake, or closed.
+        w.observe(&Event::new(
+            2,
+            String::new(),
+            Data::ConnFallback(ConnFallback {
+                conn: conn(2),
+                tuple: tuple(),
+                reason: "mp_capable_not_negotiated".into(),
+            }),
+        ));
+        w.observe(&Event::new(
+            2,
+            String::new(),
+            Data::ConnClosed(ConnClosed {
+                conn: conn(3),
+                tuple: tuple(),
+                duration_ns: None,
+                subflows_total: 1,
+            }),
+        ));
+        // Plain TCP (`--all-tcp`) never speaks MPTCP.
+        let mut plain = established(5);
+        if let Data::ConnEstablished(c) = &mut plain.data {
+            c.conn.protocol = Some(crate::event::Protocol::Tcp);
+        }
+        w.observe(&plain);
+        assert_eq!(w.candidates.keys().collect::<Vec<_>>(), [&(7, 4)]);
     }
 }
