@@ -423,6 +423,13 @@ fn aborted_connection_reports_resets_on_both_ends() {
                 .any(|r| *r == must_see || r.starts_with("mp_tcprst:")),
             "{must_see} on at least one subflow: {closes:#?}"
         );
+        // An abort resets the join subflow too, right after it came up and before it carried
+        // a byte: that is the connection ending, not a join the peer refused.
+        let diagnoses: Vec<Event> = events_in(&run.events, ns)
+            .into_iter()
+            .filter(|e| e.event == Kind::ConnDiagnosis)
+            .collect();
+        assert!(diagnoses.is_empty(), "{diagnoses:#?}");
     }
 }
 

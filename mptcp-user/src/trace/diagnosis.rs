@@ -86,6 +86,14 @@ const ADDRESSES_TTL: Duration = Duration::from_secs(5);
 /// this machine finds no holder each time).
 const ADDRESSES_MIN_AGE: Duration = Duration::from_secs(1);
 const COUNTERS_TTL_NS: u64 = 50_000_000;
+/// A join reset this soon after it came up, before it carried a byte, was taken back by the
+/// peer (newer kernels check their limits at the third ACK, an RTT later). One that lived
+/// longer and carried nothing (a backup path, say) was reset for another reason — the whole
+/// connection aborted (MP_FASTCLOSE), typically — and is no join failure.
+const JOIN_TAKEN_BACK_NS: u64 = 1_000_000_000;
+/// An abort resets every subflow of a connection together; a join reset within this much of
+/// its initial subflow's reset is part of it, not a refused join.
+const ABORT_GRACE_NS: u64 = 200_000_000;
 
 /// The real host: namespaces entered by their files.
 #[derive(Default)]
@@ -284,6 +292,13 @@ struct Track {
     joins_failed: u32,
     /// Remote ids the joins went to (established or failed).
     join_remote_ids: HashSet<u8>,
+    /// When each established join (by local port) came up.
+    join_up_ns: HashMap<u16, u64>,
+    /// Joins reset right after their handshake, judged once [`ABORT_GRACE_NS`] has passed
+    /// without the initial subflow being reset too (see [`Diagnosis::pass`]).
+    pending_resets: Vec<(u64, crate::event::SubflowClosed)>,
+    /// When the initial subflow was reset.
+    initial_reset_ns: Option<u64>,
     /// The peer's ADD_ADDRs: remote id and address.
     announced: Vec<(u8, Option<IpAddr>)>,
     causes: Vec<String>,
@@ -409,6 +424,7 @@ impl Diagnosis {
                 if d.subflow.join {
                     t.joins += 1;
                     t.join_remote_ids.insert(d.subflow.remote_id);
+                    t.join_up_ns.insert(d.tuple.sport, e.ts_ns);
                 }
             }
             Data::SubflowFailed(d) if d.subflow.join => {
@@ -421,12 +437,33 @@ impl Diagnosis {
                 if d.subflow.join
                     && d.bytes_received == 0
                     && d.bytes_sent == 0
-                    && (d.reason.starts_with("rst") || d.reason.starts_with("mp_tcprst")) =>
+                    && (d.reason.starts_with("rst") || d.reason.starts_with("mp_tcprst"))
+                    && self.tracks.get(&key).is_none_or(|t| {
+                        t.join_up_ns
+                            .get(&d.tuple.sport)
+                            .is_none_or(|up| e.ts_ns.saturating_sub(*up) < JOIN_TAKEN_BACK_NS)
+                    }) =>
             {
                 // A join reset right after its handshake, before it carried anything: the
-                // peer took it back (newer kernels check their limits at the third ACK).
-                self.tracks.entry(key).or_default();
-                found.push(self.reset_join(key, d));
+                // peer took it back (newer kernels check their limits at the third ACK) —
+                // unless the whole connection is being reset (an abort, MP_FASTCLOSE, resets
+                // every subflow at once): judged when the initial subflow had the time to say.
+                let t = self.tracks.entry(key).or_default();
+                let aborted = t
+                    .initial_reset_ns
+                    .is_some_and(|at| e.ts_ns.saturating_sub(at) <= ABORT_GRACE_NS);
+                if !aborted {
+                    t.pending_resets.push((e.ts_ns, d.clone()));
+                }
+            }
+            Data::SubflowClosed(d)
+                if !d.subflow.join
+                    && (d.reason.starts_with("rst") || d.reason.starts_with("mp_tcprst")) =>
+            {
+                let t = self.tracks.entry(key).or_default();
+                t.initial_reset_ns = Some(e.ts_ns);
+                t.pending_resets
+                    .retain(|(at, _)| e.ts_ns.saturating_sub(*at) > ABORT_GRACE_NS);
             }
             Data::ConnFallback(d) => {
                 let t = self.tracks.entry(key).or_default();
@@ -467,6 +504,12 @@ impl Diagnosis {
         let ts = e.ts_ns;
         out.push_back(e);
         if closed {
+            // Its subflows are all closed by now: the resets still pending were not an abort.
+            for (_, d) in
+                std::mem::take(&mut self.tracks.get_mut(&key).expect("tracked").pending_resets)
+            {
+                found.push(self.reset_join(key, &d));
+            }
             if self.tracks[&key].established_ns.is_some() && !self.tracks[&key].deadline_done {
                 // Closed before its deadline: judged now, but only on what the configuration
                 // forbids (a join may simply not have had the time).
@@ -529,18 +572,44 @@ impl Diagnosis {
             }
             self.last_ts = self.last_ts.max(ts);
         }
+        let resets: Vec<(u64, u64, crate::event::SubflowClosed)> = self
+            .tracks
+            .iter_mut()
+            .flat_map(|(k, t)| {
+                let (due, keep) = std::mem::take(&mut t.pending_resets)
+                    .into_iter()
+                    .partition(|(at, _)| at + ABORT_GRACE_NS + SETTLE_NS <= now);
+                t.pending_resets = keep;
+                due.into_iter()
+                    .map(|(at, d): (u64, _)| (*k, at, d))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for (key, at, d) in resets {
+            let ts = (at + ABORT_GRACE_NS).max(self.last_ts);
+            self.judged_ts = ts;
+            let f = self.reset_join(key, &d);
+            self.emit(key, ts, f, out);
+            self.last_ts = self.last_ts.max(ts);
+        }
     }
 
     /// When [`Diagnosis::expire`] has work next.
     pub fn next_due(&self) -> Option<u64> {
-        self.tracks
+        let deadlines = self
+            .tracks
             .values()
             .filter_map(|t| match t.deadline_done {
                 false => t.established_ns,
                 true => t.late_announce_ns,
             })
-            .min()
-            .map(|e| e + DEADLINE_NS + SETTLE_NS)
+            .map(|e| e + DEADLINE_NS + SETTLE_NS);
+        let resets = self
+            .tracks
+            .values()
+            .flat_map(|t| t.pending_resets.iter())
+            .map(|(at, _)| at + ABORT_GRACE_NS + SETTLE_NS);
+        deadlines.chain(resets).min()
     }
 
     /// Whether a diagnosis was added since the last call.
