@@ -328,6 +328,9 @@ pub struct Config {
     pub netns: [u32; MAX_NETNS],
     /// 1: also report plain TCP connections (`--all-tcp`).
     pub all_tcp: u32,
+    /// 1: the rescue program is loaded beside the main state-change program (a preemptible
+    /// kernel), and the main program skips a change the rescue program already took.
+    pub rescue: u32,
 }
 
 impl Default for Config {
@@ -337,6 +340,7 @@ impl Default for Config {
             n_netns: 0,
             netns: [0; MAX_NETNS],
             all_tcp: 0,
+            rescue: 0,
         }
     }
 }

@@ -23,7 +23,7 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
     },
     macros::{btf_tracepoint, map},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::BtfTracePointContext,
 };
 use kernel::{off, read_or_zero};
@@ -40,6 +40,7 @@ static CONFIG: Config = Config {
     n_netns: 0,
     netns: [0; MAX_NETNS],
     all_tcp: 0,
+    rescue: 0,
 };
 
 /// `CONFIG` through a pointer the compiler cannot see through, so it does not fold the
@@ -1021,8 +1022,40 @@ const NESTING_SLOTS: u32 = 5;
 const TAKEN_BY_MAIN: u32 = 1;
 const TAKEN_BY_RESCUE: u32 = 2;
 
+/// State changes the rescue program took, by socket: [`change_id`]. On a preemptible kernel
+/// the main program run the rescue program thought would be skipped (another task's, preempted
+/// on this CPU) can end between the two programs' turns; the main program then runs for the
+/// same change, finds it here, and leaves it. An entry left by a change the main program was
+/// skipped for goes at that socket's next change (or by LRU).
+#[map]
+static RESCUED_CHANGES: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
+
+/// One state change of one socket by one thread: the thread id, old and new state.
+#[inline(always)]
+fn change_id(ctx: &BtfTracePointContext) -> u64 {
+    let tid = bpf_get_current_pid_tgid() as u32 as u64;
+    let old = ctx.arg::<i32>(1) as u8 as u64;
+    let new = ctx.arg::<i32>(2) as u8 as u64;
+    (tid << 16) | (old << 8) | new
+}
+
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
+    if config().rescue != 0 {
+        let sk: u64 = ctx.arg::<u64>(0);
+        // SAFETY: a copy of the value is taken before the entry is removed.
+        if let Some(taken) = unsafe { RESCUED_CHANGES.get(&sk) }.copied() {
+            let _ = RESCUED_CHANGES.remove(&sk);
+            if taken == change_id(&ctx) {
+                // Not a rescue after all: the main program was not skipped.
+                if let Some(c) = COUNTERS.get_ptr_mut(counter::RESCUED) {
+                    // SAFETY: the slot lives as long as the map.
+                    atomic_add(unsafe { &mut *c }, u64::MAX);
+                }
+                return 0;
+            }
+        }
+    }
     let Some(depth) = NESTING.get_ptr_mut(0) else {
         return 0;
     };
@@ -1081,6 +1114,8 @@ pub fn inet_sock_set_state_rescue(ctx: BtfTracePointContext) -> i32 {
     *mark = TAKEN_BY_RESCUE;
     bump(counter::RESCUED);
     let _ = try_inet_sock_set_state(&ctx);
+    let sk: u64 = ctx.arg::<u64>(0);
+    let _ = RESCUED_CHANGES.insert(&sk, &change_id(&ctx), 0);
     0
 }
 

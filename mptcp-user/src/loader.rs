@@ -226,6 +226,11 @@ pub fn load(config: Config) -> Result<Tracer, LoadError> {
         warn!("this kernel lacks {m}: that field stays empty");
     }
     let btf = Btf::from_sys_fs()?;
+    let rescue = rescue_wanted();
+    let config = Config {
+        rescue: rescue as u32,
+        ..config
+    };
     let mut ebpf = EbpfLoader::new()
         .btf(Some(&btf))
         .override_global("OFFSETS", &resolved.offsets, true)
@@ -240,7 +245,6 @@ pub fn load(config: Config) -> Result<Tracer, LoadError> {
         }
     };
     let mut programs = Vec::new();
-    let rescue = rescue_wanted();
     for p in PROGRAMS.iter().filter(|p| rescue || p.name != RESCUE) {
         match attach(&mut ebpf, &btf, p.name, p.tracepoint) {
             Ok(fd) => {
