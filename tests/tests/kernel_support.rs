@@ -156,7 +156,8 @@ fn kernel_support_doctor_says_whether_the_kernel_has_mptcp() {
 fn kernel_support_prints_what_this_kernel_supports() {
     require_root();
     let mptcp = kernel_makes_mptcp_sockets();
-    let trace = mptcp_trace(&["events", "--duration", "1"]);
+    // -v: the loader says which programs it attached.
+    let trace = mptcp_trace(&["-v", "events", "--duration", "1"]);
     let lacks: Vec<String> = stderr_lines(&trace)
         .iter()
         .filter_map(|l| {
@@ -169,6 +170,29 @@ fn kernel_support_prints_what_this_kernel_supports() {
         .collect();
     assert_eq!(trace.status.success(), mptcp, "events: {trace:?}");
     let tracing = if mptcp { "yes" } else { "no (no MPTCP)" };
+    // The rescue program is loaded where the kernel is preemptible. Oracle: the preemption
+    // model in force, which debugfs names (the guests mount it; a host may not).
+    let rescued = stderr_lines(&trace)
+        .iter()
+        .any(|l| l.contains("attached inet_sock_set_state_rescue"));
+    let model = std::fs::read_to_string("/sys/kernel/debug/sched/preempt")
+        .ok()
+        .and_then(|t| {
+            t.split_whitespace()
+                .find_map(|w| Some(w.strip_prefix('(')?.strip_suffix(')')?.to_string()))
+        });
+    if let (true, Some(m)) = (mptcp, &model) {
+        assert_eq!(
+            rescued,
+            matches!(m.as_str(), "full" | "lazy" | "rt"),
+            "preemption {m}: {trace:?}"
+        );
+    }
+    let rescue = match (mptcp, rescued, &model) {
+        (false, ..) => "-".to_string(),
+        (true, r, Some(m)) => format!("{} (preemption {m})", if r { "yes" } else { "no" }),
+        (true, r, None) => (if r { "yes" } else { "no" }).to_string(),
+    };
 
     // A field is there unless the tracer said it had to leave it empty.
     let field = |lacked: &str| match (mptcp, lacks.iter().any(|l| l.contains(lacked))) {
@@ -232,7 +256,8 @@ fn kernel_support_prints_what_this_kernel_supports() {
     );
 
     println!(
-        "MPTCP-TRACE-SUPPORT kernel={};tracing={tracing};reset reason received={received_reason};\
+        "MPTCP-TRACE-SUPPORT kernel={};tracing={tracing};rescue program={rescue};\
+         reset reason received={received_reason};\
          reset reason sent={sent_reason};fallback causes counted={};upgrade bpf={bpf};\
          upgrade seccomp (run)={seccomp};fields left empty={}",
         std::fs::read_to_string("/proc/sys/kernel/osrelease")
