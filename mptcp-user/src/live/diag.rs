@@ -17,9 +17,10 @@ pub struct Poller {
 }
 
 impl Poller {
-    /// Dumps each namespace in `netns`; namespaces that cannot be reached are skipped (and
-    /// logged at debug level).
-    pub fn poll(&mut self, netns: &[u32]) -> Vec<(u32, Vec<SockInfo>)> {
+    /// The sock_diag socket of each namespace in `netns` that can be reached, opened on first
+    /// use; the sockets of namespaces no longer asked for are closed. Namespaces that cannot be
+    /// reached are skipped (and logged at debug level).
+    pub fn reach(&mut self, netns: &[u32]) -> impl Iterator<Item = (u32, &mut NetnsDiag)> {
         let missing: Vec<u32> = netns
             .iter()
             .copied()
@@ -33,13 +34,18 @@ impl Poller {
                         self.socks.insert(n, d);
                     }
                     Some(Err(e)) => log::debug!("sock_diag in netns {n}: {e}"),
-                    None => log::debug!("no file names netns {n}: no live counters there"),
+                    None => log::debug!("no file names netns {n}: no sock_diag there"),
                 }
             }
         }
         self.socks.retain(|n, _| netns.contains(n));
+        self.socks.iter_mut().map(|(n, d)| (*n, d))
+    }
+
+    /// Dumps each namespace in `netns` that can be reached (see [`Poller::reach`]).
+    pub fn poll(&mut self, netns: &[u32]) -> Vec<(u32, Vec<SockInfo>)> {
         let mut out = Vec::new();
-        for (&n, d) in self.socks.iter_mut() {
+        for (n, d) in self.reach(netns) {
             match d.dump() {
                 Ok(v) => out.push((n, v)),
                 Err(e) => log::debug!("sock_diag dump of netns {n}: {e}"),

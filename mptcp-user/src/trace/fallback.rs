@@ -23,7 +23,8 @@ use netlink_packet_sock_diag::inet::StateFlags;
 use crate::{
     decode::Clock,
     event::{Conn, ConnFallback, Data, Event, Tuple},
-    sys::sockdiag::{self, NetnsDiag, IPPROTO_MPTCP, MPTCP_INFO_FLAG_FALLBACK},
+    live::diag::Poller,
+    sys::sockdiag::{self, IPPROTO_MPTCP, MPTCP_INFO_FLAG_FALLBACK},
 };
 
 /// How often the namespaces of the connections that may fall back are dumped.
@@ -36,8 +37,8 @@ pub const MID_CONNECTION: &str = "mid_connection";
 pub struct FallbackWatch {
     /// (netns, token) → what the connection's events said about it.
     candidates: HashMap<(u32, u32), (Conn, Tuple)>,
-    /// One sock_diag socket per namespace with candidates.
-    socks: HashMap<u32, NetnsDiag>,
+    /// The sock_diag sockets of the namespaces with candidates.
+    poller: Poller,
     last_poll_ns: u64,
 }
 
@@ -73,40 +74,24 @@ impl FallbackWatch {
     /// and hands out a `conn_fallback` for each that did.
     pub fn poll(&mut self, now_ns: u64, clock: &Clock, out: &mut impl FnMut(Event)) {
         if self.candidates.is_empty() {
-            self.socks.clear();
+            // Closes the sockets.
+            self.poller.reach(&[]).for_each(drop);
             return;
         }
         if now_ns.saturating_sub(self.last_poll_ns) < PERIOD.as_nanos() as u64 {
             return;
         }
         self.last_poll_ns = now_ns;
-        let namespaces: HashSet<u32> = self.candidates.keys().map(|(ns, _)| *ns).collect();
-        self.socks.retain(|ns, _| namespaces.contains(ns));
-        let missing: Vec<u32> = namespaces
-            .iter()
-            .copied()
-            .filter(|ns| !self.socks.contains_key(ns))
-            .collect();
-        if !missing.is_empty() {
-            let files = crate::sys::netns::all();
-            for ns in missing {
-                match files.get(&ns).map(|p| NetnsDiag::open(p)) {
-                    Some(Ok(d)) => {
-                        self.socks.insert(ns, d);
-                    }
-                    Some(Err(e)) => log::debug!("sock_diag in netns {ns}: {e}"),
-                    None => log::debug!("no file names netns {ns}: its fallbacks are not seen"),
-                }
-            }
-        }
-        // A namespace that cannot be read (gone) has nothing left to watch.
-        let socks = &self.socks;
-        self.candidates.retain(|(ns, _), _| socks.contains_key(ns));
+        let mut namespaces: Vec<u32> = self.candidates.keys().map(|(ns, _)| *ns).collect();
+        namespaces.sort_unstable();
+        namespaces.dedup();
         let states = StateFlags::all() - StateFlags::LISTEN - StateFlags::TIME_WAIT;
         let mut fell_back = Vec::new();
         let mut present = HashSet::new();
+        let mut reached = HashSet::new();
         let mut dumped = HashSet::new();
-        for (&ns, d) in self.socks.iter_mut() {
+        for (ns, d) in self.poller.reach(&namespaces) {
+            reached.insert(ns);
             let socks = match d.sockets(IPPROTO_MPTCP, states.clone()) {
                 Ok(v) => v,
                 Err(e) => {
@@ -125,6 +110,8 @@ impl FallbackWatch {
                 }
             }
         }
+        // A namespace that cannot be reached (gone) has nothing left to watch.
+        self.candidates.retain(|(ns, _), _| reached.contains(ns));
         // A connection whose socket is gone can no longer fall back (its close may have been
         // lost, and counted): it is not polled for ever.
         self.candidates
