@@ -1039,6 +1039,16 @@ fn change_id(ctx: &BtfTracePointContext) -> u64 {
     (tid << 16) | (old << 8) | new
 }
 
+/// Takes back a rescue count: the main program ran for that state change after all (the
+/// counter is read as a wrapping sum over CPUs).
+#[inline(always)]
+fn not_a_rescue() {
+    if let Some(c) = COUNTERS.get_ptr_mut(counter::RESCUED) {
+        // SAFETY: the slot lives as long as the map.
+        atomic_add(unsafe { &mut *c }, u64::MAX);
+    }
+}
+
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     if config().rescue != 0 {
@@ -1047,11 +1057,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
         if let Some(taken) = unsafe { RESCUED_CHANGES.get(&sk) }.copied() {
             let _ = RESCUED_CHANGES.remove(&sk);
             if taken == change_id(&ctx) {
-                // Not a rescue after all: the main program was not skipped.
-                if let Some(c) = COUNTERS.get_ptr_mut(counter::RESCUED) {
-                    // SAFETY: the slot lives as long as the map.
-                    atomic_add(unsafe { &mut *c }, u64::MAX);
-                }
+                not_a_rescue();
                 return 0;
             }
         }
@@ -1071,11 +1077,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
             let mark = unsafe { &mut *mark };
             if *mark == TAKEN_BY_RESCUE {
                 *mark = 0;
-                // Not a rescue after all: the main program was not skipped.
-                if let Some(c) = COUNTERS.get_ptr_mut(counter::RESCUED) {
-                    // SAFETY: the slot lives as long as the map.
-                    atomic_add(unsafe { &mut *c }, u64::MAX);
-                }
+                not_a_rescue();
                 return 0;
             }
             *mark = TAKEN_BY_MAIN;
