@@ -590,17 +590,7 @@ fn fallback_in_the_middle_of_a_connection(v6: bool) {
         "table inet corrupt {{\n chain out {{\n type filter hook output priority 0; policy accept;\n \
          tcp dport {port} meta length > 1000 numgen inc mod 1000000 == 5 @th,800,8 set 0x5a counter\n }}\n}}\n"
     );
-    let nft = Command::new("ip")
-        .args(["netns", "exec", &bed.client, "nft", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(rules.as_bytes())?;
-            c.wait()
-        })
-        .unwrap();
-    assert!(nft.success(), "nft -f failed: {rules}");
+    nft(&bed.client, &rules);
     let (before_c, before_s) = (mptcp_ext(&bed.client), mptcp_ext(&bed.server));
     let tracer = Tracer::start(&[]);
     let (mut client, mut server, _l) = connected(&bed, server_addr(v6, port), Proto::Mptcp);
@@ -788,6 +778,86 @@ fn diagnosis_mptcp_disabled_in_the_servers_namespace_ipv4() {
 #[test]
 fn diagnosis_mptcp_disabled_in_the_servers_namespace_ipv6() {
     mptcp_disabled_in_the_servers_namespace(true);
+}
+
+/// A middlebox corrupts the HMAC of the join's SYN/ACK (an nftables rule on the server's output
+/// rewrites 4 bytes of the MP_JOIN option, the only SYN/ACK towards the client's blue
+/// address): the client's HMAC check fails and it resets the join. Oracle: the client's
+/// MPJoinSynAckHMacFailure, and the rule's own counter.
+fn join_auth_failed_on_a_bad_hmac(v6: bool) {
+    require_root();
+    let (bed, cns, _) = bed_without_join(if v6 { "dghmac6" } else { "dghmac4" });
+    add_join_endpoint(&bed, v6, &["subflow"]);
+    let port = 4420;
+    let blue = if v6 {
+        testbed::BLUE_CLIENT_V6
+    } else {
+        testbed::BLUE_CLIENT_V4
+    };
+    let daddr = if v6 { "ip6 daddr" } else { "ip daddr" };
+    // Linux writes a SYN/ACK's options as MSS (4 bytes), SACK-permitted + timestamps (12),
+    // window scale (4), then MPTCP: MP_JOIN's HMAC starts 4 bytes into it, 44 bytes into the
+    // TCP header (bit 352).
+    let rules = format!(
+        "table inet corrupt {{\n chain out {{\n type filter hook output priority 0; policy accept;\n \
+         {daddr} {blue} tcp sport {port} tcp flags & (syn | ack) == syn | ack @th,352,32 set 0xdeadbeef counter\n }}\n}}\n"
+    );
+    nft(&bed.server, &rules);
+    let failures = || {
+        mptcp_ext(&bed.client)
+            .get("MPJoinSynAckHMacFailure")
+            .copied()
+            .unwrap_or(0)
+    };
+    let before = failures();
+    let tracer = Tracer::start(&[]);
+    // Two counter samples of every namespace: the evidence is a delta.
+    thread::sleep(Duration::from_millis(1100));
+    let (client, server, _l) = connected(&bed, server_addr(v6, port), Proto::Mptcp);
+    wait_cause(&tracer, cns, "join_auth_failed");
+    let run = tracer.stop();
+    drop((client, server));
+    let changed = integration_tests::run(
+        "ip",
+        &["netns", "exec", &bed.server, "nft", "list", "ruleset"],
+    );
+    assert!(changed.contains("counter packets 1 "), "{changed}");
+    let n = failures() - before;
+    assert_eq!(n, 1, "the client's HMAC check failed once");
+    let d = the(&run.events, cns, "join_auth_failed");
+    assert!(
+        d.evidence.iter().any(|e| e.starts_with(&format!(
+            "MPTcpExt MPJoinSynAckHMacFailure +1 in netns {}",
+            bed.client
+        ))),
+        "{d:?}"
+    );
+    assert_only_one(&run.events, cns);
+}
+
+#[test]
+fn diagnosis_join_auth_failed_on_a_bad_hmac_ipv4() {
+    join_auth_failed_on_a_bad_hmac(false);
+}
+
+#[test]
+fn diagnosis_join_auth_failed_on_a_bad_hmac_ipv6() {
+    join_auth_failed_on_a_bad_hmac(true);
+}
+
+/// Loads nftables `rules` in the named namespace.
+fn nft(netns: &str, rules: &str) {
+    let status = Command::new("ip")
+        .args(["netns", "exec", netns, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(rules.as_bytes())?;
+            c.wait()
+        })
+        .unwrap();
+    assert!(status.success(), "nft -f failed: {rules}");
 }
 
 /// The server announces an address that is another host's (the blue link ends in a namespace

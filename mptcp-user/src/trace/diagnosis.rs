@@ -1017,6 +1017,29 @@ impl Diagnosis {
             seen += &format!(" reset_reason={r}");
         }
         let mut evidence = vec![seen];
+        if d.reason == "rst_sent" {
+            // This host reset it, not the peer: the answer it got failed its checks, which
+            // only this namespace's counters can tell.
+            let (ns, auth) = self.deltas(key, is_auth_counter);
+            evidence.extend(delta_evidence(&auth, &ns));
+            return if auth.is_empty() {
+                found(
+                    "unknown",
+                    format!("this host reset {what} right after its handshake; no evidence of why"),
+                    evidence,
+                )
+            } else {
+                found(
+                    "join_auth_failed",
+                    format!(
+                        "this host reset {what} right after its handshake: the peer's MP_JOIN \
+                         failed its HMAC check (a middlebox changed it, or the join reached \
+                         another host; inferred from the MPTcpExt counters of netns {ns})"
+                    ),
+                    evidence,
+                )
+            };
+        }
         let peer = self
             .peer_of(key)
             .map(|p| self.deltas(p, |n| n.starts_with("MPJoin")));
@@ -1607,6 +1630,65 @@ mod tests {
     }
 
     const LATE: u64 = 3_000_000_000;
+
+    /// A subflow reset at `ts` with `reason`, before it carried a byte.
+    fn reset(ts: u64, join: bool, reason: &str) -> Event {
+        ev(
+            ts,
+            Data::SubflowClosed(crate::event::SubflowClosed {
+                conn: conn(),
+                tuple: tuple(if join { "192.168.0.2" } else { "10.0.0.2" }),
+                reason: reason.into(),
+                cause: Default::default(),
+                subflow: subflow(join),
+                bytes_sent: 0,
+                bytes_acked: 0,
+                bytes_received: 0,
+                retrans: 0,
+                srtt_us: 0,
+            }),
+        )
+    }
+
+    #[test]
+    fn a_join_reset_is_judged_after_the_grace_unless_the_initial_subflow_is_reset_too() {
+        // Alone: judged once the grace has passed, stamped then (before the 1 s deadline).
+        let mut d = stage(crate::doctor::netns::tests::client());
+        let mut out = VecDeque::new();
+        for e in client_conn(1) {
+            d.pass(e, &mut out);
+        }
+        d.pass(reset(1_000_200_000, true, "rst_received"), &mut out);
+        let due = d.next_due().unwrap();
+        assert_eq!(due, 1_000_200_000 + ABORT_GRACE_NS + SETTLE_NS);
+        d.expire(due - 1, &mut out);
+        assert!(!out
+            .iter()
+            .any(|e| e.kind() == crate::event::Kind::ConnDiagnosis));
+        d.expire(due, &mut out);
+        let diag: Vec<_> = out
+            .iter()
+            .filter(|e| e.kind() == crate::event::Kind::ConnDiagnosis)
+            .collect();
+        assert_eq!(diag.len(), 1, "{diag:?}");
+        assert_eq!(diag[0].ts_ns, 1_000_200_000 + ABORT_GRACE_NS);
+        // With the initial subflow reset too (an abort), before or after it: nothing.
+        for initial_first in [false, true] {
+            let mut d = stage(crate::doctor::netns::tests::client());
+            let mut evs = client_conn(1);
+            let (a, b) = (
+                reset(1_000_200_000, true, "rst_received"),
+                reset(1_000_200_500, false, "rst_received"),
+            );
+            if initial_first {
+                evs.extend([b, a]);
+            } else {
+                evs.extend([a, b]);
+            }
+            evs.push(close(1_000_300_000));
+            assert_eq!(causes(&mut d, evs, LATE), Vec::<String>::new());
+        }
+    }
 
     #[test]
     fn a_healthy_two_path_client_gets_no_diagnosis_at_the_deadline_or_at_close() {
