@@ -276,7 +276,42 @@ fn doctor_add_addr_accepted_zero() {
     let bed = bed("dr-aa");
     let args = ["mptcp", "limits", "set", "add_addr_accepted", "0"];
     testbed::ip(&[&["-n", bed.client.as_str()][..], &args].concat()).unwrap();
+    // No peer announced anything yet: a warning.
     fix_and_recheck(&bed, &bed.client, "add_addr_accepted", Status::Warn, false);
+}
+
+/// `add_addr_accepted 0` while peers do announce: the server signals its blue address and a
+/// connection comes in; the client ignored the ADD_ADDR, a failure. Oracle: the client's
+/// MPTcpExt AddAddr (ADD_ADDRs received), which the check names.
+#[test]
+fn doctor_add_addr_accepted_zero_while_peers_announce() {
+    let bed = bed("dr-aa-sig");
+    let args = ["mptcp", "limits", "set", "add_addr_accepted", "0"];
+    testbed::ip(&[&["-n", bed.client.as_str()][..], &args].concat()).unwrap();
+    testbed::add_endpoint(&bed.server, testbed::BLUE_SERVER_V4, None, 7, &["signal"]).unwrap();
+    let _listener = listen(&bed);
+    let _conn = connect(&bed);
+    let received = || {
+        integration_tests::mptcp_ext(&bed.client)
+            .get("AddAddr")
+            .copied()
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while received() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the server's ADD_ADDR never arrived"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    let n = received();
+    let c = fix_and_recheck(&bed, &bed.client, "add_addr_accepted", Status::Fail, false);
+    assert!(
+        c.detail.contains(&format!("MPTcpExt AddAddr {n}")),
+        "{}",
+        c.detail
+    );
 }
 
 #[test]

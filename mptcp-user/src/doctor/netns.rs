@@ -22,6 +22,9 @@ pub struct Facts {
     pub path_manager: Option<PathManager>,
     pub pm: Result<PmConfig, String>,
     pub net: Result<NetState, String>,
+    /// ADD_ADDRs the peers of this namespace's connections sent (MPTcpExt `AddAddr`, since the
+    /// namespace was created); `None` when the kernel does not say.
+    pub add_addr_received: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,6 +73,9 @@ impl Facts {
             path_manager,
             pm: crate::pm_config::query().map_err(|e| e.to_string()),
             net: NetState::read_without_sockets().map_err(|e| format!("rtnetlink: {e}")),
+            add_addr_received: crate::sys::netstat::here()
+                .ok()
+                .and_then(|c| c.get("AddAddr").copied()),
         }
     }
 
@@ -339,13 +345,24 @@ pub fn judge(ns: &NetnsRef, f: &Facts) -> Vec<Check> {
         };
         v.push(sub);
         v.push(if l.add_addr_accepted == 0 {
-            c(
-                "add_addr_accepted",
-                Status::Warn,
-                "add_addr_accepted 0: addresses the peers announce (ADD_ADDR) are ignored, so \
-                 no subflow goes to a server's other addresses"
-                    .into(),
-            )
+            match f.add_addr_received {
+                // Peers did announce addresses here: they were ignored.
+                Some(n) if n > 0 => c(
+                    "add_addr_accepted",
+                    Status::Fail,
+                    format!(
+                        "add_addr_accepted 0 while peers announced {n} address(es) here \
+                         (MPTcpExt AddAddr {n}): they were ignored, no subflow went to them"
+                    ),
+                ),
+                _ => c(
+                    "add_addr_accepted",
+                    Status::Warn,
+                    "add_addr_accepted 0: addresses the peers announce (ADD_ADDR) are ignored, \
+                     so no subflow goes to a server's other addresses"
+                        .into(),
+                ),
+            }
             .fix(ns.ip("mptcp limits set add_addr_accepted 2"))
         } else {
             c(
@@ -722,6 +739,7 @@ pub(crate) mod tests {
                 routes: vec![route(2, "10.0.0.0", 24), route(3, "192.168.0.0", 24)],
                 tcp: vec![],
             }),
+            add_addr_received: Some(0),
         }
     }
 
@@ -796,7 +814,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn add_addr_accepted_zero_warns() {
+    fn add_addr_accepted_zero_warns_and_fails_once_peers_announced() {
         let mut f = client();
         pm(&mut f).limits.add_addr_accepted = 0;
         let c = get(&f, "add_addr_accepted");
@@ -805,6 +823,11 @@ pub(crate) mod tests {
             c.fix.as_deref(),
             Some("ip -n c mptcp limits set add_addr_accepted 2")
         );
+        f.add_addr_received = Some(3);
+        let c = get(&f, "add_addr_accepted");
+        assert_eq!(c.status, Status::Fail, "{}", c.detail);
+        assert!(c.detail.contains("MPTcpExt AddAddr 3"), "{}", c.detail);
+        assert!(c.fix.is_some());
     }
 
     #[test]
