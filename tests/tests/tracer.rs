@@ -517,13 +517,23 @@ fn two_hundred_concurrent_connections_are_all_accounted_for() {
     });
     let run = tracer.stop();
     // Nothing may be lost for want of room (ring buffer, maps, netlink). The one loss a kernel
-    // may impose is a program run it skipped (its recursion guard: seen rarely, under qemu):
-    // counted, and each such run may leave at most one gap below.
+    // may impose is a program run it skipped (its recursion guard: rare under qemu with
+    // voluntary preemption; on a preemptible kernel the rescue program takes most, not all):
+    // counted, and each such run may leave at most one gap below. A close a skipped run carried
+    // shows up again later as a stale entry, when its socket's address is reused: never more
+    // stale entries than skipped runs.
     let lost: Vec<_> = run.events.iter().filter_map(|e| e.lost.as_ref()).collect();
     assert!(
         lost.iter()
-            .all(|l| l.ring_buffer + l.map_full + l.stale_entry + l.netlink == 0),
+            .all(|l| l.ring_buffer + l.map_full + l.netlink == 0),
         "events lost: {lost:?}\n{}",
+        run.stderr
+    );
+    let stale: u64 = lost.iter().map(|l| l.stale_entry).sum();
+    let misses: u64 = lost.iter().filter_map(|l| l.recursion_misses).sum();
+    assert!(
+        stale <= misses,
+        "{stale} stale entries, {misses} skipped runs: {lost:?}\n{}",
         run.stderr
     );
     let skipped = lost_count(&run.events);
