@@ -331,6 +331,8 @@ pub struct Config {
     /// 1: the rescue program is loaded beside the main state-change program (a preemptible
     /// kernel), and the main program skips a change the rescue program already took.
     pub rescue: u32,
+    /// Explicit padding to the struct's 8-byte alignment (no uninitialised bytes): always 0.
+    pub _pad: u32,
 }
 
 impl Default for Config {
@@ -341,6 +343,7 @@ impl Default for Config {
             netns: [0; MAX_NETNS],
             all_tcp: 0,
             rescue: 0,
+            _pad: 0,
         }
     }
 }
@@ -545,7 +548,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<Policy>(), scope + 8);
         assert_eq!(
             core::mem::size_of::<Config>(),
-            scope + 4 + 4 * MAX_NETNS + 4
+            scope + 4 + 4 * MAX_NETNS + 4 + 4 + 4
         );
         assert_eq!(core::mem::size_of::<Config>() % 8, 0);
     }

@@ -41,6 +41,7 @@ static CONFIG: Config = Config {
     netns: [0; MAX_NETNS],
     all_tcp: 0,
     rescue: 0,
+    _pad: 0,
 };
 
 /// `CONFIG` through a pointer the compiler cannot see through, so it does not fold the
