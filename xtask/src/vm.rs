@@ -30,11 +30,11 @@ const INIT: &str = include_str!("../../tests/vm/init.sh");
 /// .deb with dpkg.
 const HOST_ONLY: &[&str] = &["report", "fleet", "dist"];
 
-/// The kernels `cargo xtask test` (and so CI) boots: all of them. The order is the order the
-/// guests start in, two at a time (no-MPTCP kernels always last): sid, the longest (its kernel
-/// is preemptible, so every tracer start also verifies the rescue program), beside 6.1; 6.12
-/// follows 6.1 and 5.10 follows sid, which keeps the two lanes closest in length.
-pub const CI_KERNELS: &str = "sid,6.1,6.12,5.10";
+/// The kernels `cargo xtask test` (and so CI) boots, in the order the guests start (two at a
+/// time; no-MPTCP kernels always last). sid passes with its rescue program (`vm-test --kernel
+/// sid`), but beside 6.1 it made the whole run about an hour on this 2-core machine — more on
+/// CI's — so it is not a gate until the guests cost less (README: VM tests).
+pub const CI_KERNELS: &str = "6.1,6.12,5.10";
 
 /// The test executables a guest whose kernel has no MPTCP runs: every other suite builds MPTCP
 /// connections; this one checks that each command names the missing feature.
