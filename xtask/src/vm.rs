@@ -695,8 +695,8 @@ const BOOT_ATTEMPTS: u32 = 3;
 
 /// [`boot`], again when the kernel died before it reached the init (an oops in early boot
 /// under TCG, seen once in the 6.12 guest: `int3` in `sched_clock_cpu` while the kernel was
-/// patching its own text). Nothing of the suite ran then; a failure after the init started
-/// is never retried.
+/// patching its own text), and once more when it died during the suite ([`KernelDied`]: the
+/// whole suite runs again). A test that fails is never retried.
 fn boot_until_init(kernel: &Kernel, initrd: &Path, args: &VmTestArgs) -> Result<Outcome> {
     let mut attempt = 1;
     let mut died = 0;
