@@ -69,14 +69,17 @@ pub const RESCUE_ENV: &str = "MPTCP_TRACE_RESCUE";
 
 /// Whether to load the rescue program: where the kernel is preemptible, or cannot say, unless
 /// [`RESCUE_ENV`] decides.
-fn rescue_wanted() -> bool {
-    match std::env::var(RESCUE_ENV).as_deref() {
-        Ok("always") => return true,
-        Ok("never") => return false,
-        Ok(other) => warn!("{RESCUE_ENV}={other}: not always or never, ignored"),
-        Err(_) => {}
+fn rescue_wanted() -> Result<bool, LoadError> {
+    match std::env::var(RESCUE_ENV) {
+        Ok(v) if v == "always" => return Ok(true),
+        Ok(v) if v == "never" => return Ok(false),
+        Ok(other) => return Err(LoadError::BadRescue(other)),
+        Err(std::env::VarError::NotUnicode(v)) => {
+            return Err(LoadError::BadRescue(v.to_string_lossy().into_owned()))
+        }
+        Err(std::env::VarError::NotPresent) => {}
     }
-    match crate::sys::preempt::model() {
+    Ok(match crate::sys::preempt::model() {
         Some((model, source)) => {
             debug!("preemption model {model} (from {source})");
             model.preemptible()
@@ -85,7 +88,7 @@ fn rescue_wanted() -> bool {
             debug!("preemption model unknown: the rescue program is loaded");
             true
         }
-    }
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +118,8 @@ pub enum LoadError {
     Btf(#[from] aya::BtfError),
     #[error("{}", crate::sys::mptcp::MISSING)]
     NoMptcp,
+    #[error("{RESCUE_ENV}={0:?}: must be `always` or `never` (or unset: the kernel's preemption model decides)")]
+    BadRescue(String),
 }
 
 /// Loaded and attached tracing programs. Take the parts you poll; keep `ebpf` alive for as
@@ -226,7 +231,7 @@ pub fn load(config: Config) -> Result<Tracer, LoadError> {
         warn!("this kernel lacks {m}: that field stays empty");
     }
     let btf = Btf::from_sys_fs()?;
-    let rescue = rescue_wanted();
+    let rescue = rescue_wanted()?;
     let config = Config {
         rescue: rescue as u32,
         ..config

@@ -85,15 +85,13 @@ fn main() -> ExitCode {
                 || e.downcast_ref::<ReadyFileError>().is_some()
                 || matches!(
                     e.downcast_ref::<TraceError>(),
-                    Some(TraceError::Load(LoadError::Privileges(_)))
+                    Some(TraceError::Load(
+                        LoadError::Privileges(_) | LoadError::NoMptcp | LoadError::BadRescue(_)
+                    ))
                 )
                 || matches!(
                     e.downcast_ref::<LoadError>(),
-                    Some(LoadError::Privileges(_) | LoadError::NoMptcp)
-                )
-                || matches!(
-                    e.downcast_ref::<TraceError>(),
-                    Some(TraceError::Load(LoadError::NoMptcp))
+                    Some(LoadError::Privileges(_) | LoadError::NoMptcp | LoadError::BadRescue(_))
                 );
             if refused {
                 ExitCode::from(2)

@@ -382,6 +382,24 @@ fn malformed_selectors_are_refused_with_status_2() {
     fs::remove_dir_all(&fake).unwrap();
 }
 
+/// A bad `MPTCP_TRACE_RESCUE` is refused like a bad flag: one line, status 2.
+#[test]
+fn a_bad_rescue_override_is_refused_with_status_2() {
+    require_root();
+    let out = Command::new(mptcp_trace_bin())
+        .args(["events", "--duration", "1"])
+        .env("MPTCP_TRACE_RESCUE", "sometimes")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("MPTCP_TRACE_RESCUE=\"sometimes\""),
+        "{stderr}"
+    );
+}
+
 /// SIGHUP (a closed terminal) stops like SIGTERM: a summary, status 0.
 #[test]
 fn sighup_ends_events_with_a_summary() {
