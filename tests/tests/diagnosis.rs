@@ -803,12 +803,7 @@ fn join_auth_failed_on_a_bad_hmac(v6: bool) {
          {daddr} {blue} tcp sport {port} tcp flags & (syn | ack) == syn | ack @th,352,32 set 0xdeadbeef counter\n }}\n}}\n"
     );
     nft(&bed.server, &rules);
-    let failures = || {
-        mptcp_ext(&bed.client)
-            .get("MPJoinSynAckHMacFailure")
-            .copied()
-            .unwrap_or(0)
-    };
+    let failures = || ext_counter(&bed.client, "MPJoinSynAckHMacFailure");
     let before = failures();
     let tracer = Tracer::start(&[]);
     // Two counter samples of every namespace: the evidence is a delta.
@@ -843,6 +838,11 @@ fn diagnosis_join_auth_failed_on_a_bad_hmac_ipv4() {
 #[test]
 fn diagnosis_join_auth_failed_on_a_bad_hmac_ipv6() {
     join_auth_failed_on_a_bad_hmac(true);
+}
+
+/// One MPTcpExt counter of the named namespace (0 when the kernel has none by that name).
+fn ext_counter(netns: &str, name: &str) -> u64 {
+    mptcp_ext(netns).get(name).copied().unwrap_or(0)
 }
 
 /// Loads nftables `rules` in the named namespace.
@@ -882,12 +882,7 @@ fn join_auth_failed_when_the_join_reaches_another_host(v6: bool) {
     let _stranger = testbed::in_netns(o, move || peer::listen(at_other, Proto::Mptcp))
         .unwrap()
         .unwrap();
-    let no_token = || {
-        integration_tests::mptcp_ext(o)
-            .get("MPJoinNoTokenFound")
-            .copied()
-            .unwrap_or(0)
-    };
+    let no_token = || ext_counter(o, "MPJoinNoTokenFound");
     let before = no_token();
     let tracer = Tracer::start(&[]);
     // Two counter samples of every namespace: the evidence is a delta.
