@@ -1027,6 +1027,30 @@ fn diagnosis_none_for_a_healthy_two_path_connection() {
     );
 }
 
+/// Tracers started together each keep their `why` file: one starting tracer's sweep of dead
+/// tracers' files once judged a neighbour by the file it had not yet renamed into place, and
+/// removed it (CI saw `why` miss a tracer; four of eight started at once lost their file).
+#[test]
+fn diagnosis_why_files_survive_tracers_started_together() {
+    require_root();
+    let tracers: Vec<Tracer> = thread::scope(|s| {
+        let started: Vec<_> = (0..6).map(|_| s.spawn(|| Tracer::start(&[]))).collect();
+        started.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    for t in &tracers {
+        let f = format!("/run/mptcp-trace/why-{}.ndjson", t.pid());
+        assert!(std::path::Path::new(&f).exists(), "{f} is missing");
+    }
+    for t in tracers {
+        let f = format!("/run/mptcp-trace/why-{}.ndjson", t.pid());
+        t.stop();
+        assert!(
+            !std::path::Path::new(&f).exists(),
+            "{f} outlived its tracer"
+        );
+    }
+}
+
 #[test]
 fn diagnosis_why_reads_a_capture_and_refuses_bad_input() {
     require_root();

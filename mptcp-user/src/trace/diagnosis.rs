@@ -617,6 +617,11 @@ impl Diagnosis {
         std::mem::take(&mut self.dirty)
     }
 
+    /// Asks for the diagnoses to be written again (the last write failed).
+    pub fn set_dirty(&mut self) {
+        self.dirty = true;
+    }
+
     /// The events of the last diagnosed connections, at most [`MAX_RECENT`]: the open ones
     /// first, then the latest closed ones.
     pub fn recent(&self) -> impl Iterator<Item = &Event> {

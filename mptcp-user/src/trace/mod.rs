@@ -173,6 +173,8 @@ struct Core {
     diagnosis: Diagnosis,
     /// Where `mptcp-trace why` finds the recent diagnoses (removed when the pipeline ends).
     why: Option<why_file::WhyFile>,
+    /// The last write of the `why` file failed (warned once, retried every tick).
+    why_failing: bool,
     ready: VecDeque<Event>,
     totals: Totals,
     reported: Lost,
@@ -286,7 +288,14 @@ impl Core {
         if let Some(w) = &self.why {
             if self.diagnosis.take_dirty() {
                 if let Err(e) = w.write(self.diagnosis.recent()) {
-                    warn!("cannot write {}: {e}", w.path().display());
+                    // Said once; tried again on the next tick until it works.
+                    if !self.why_failing {
+                        warn!("cannot write {}: {e}", w.path().display());
+                    }
+                    self.why_failing = true;
+                    self.diagnosis.set_dirty();
+                } else {
+                    self.why_failing = false;
                 }
             }
         }
@@ -399,6 +408,7 @@ impl Pipeline {
             why: why_file::WhyFile::create()
                 .map_err(|e| warn!("`mptcp-trace why` will not see this tracer: {e}"))
                 .ok(),
+            why_failing: false,
             ready: VecDeque::new(),
             totals: Totals::default(),
             reported: Lost::default(),

@@ -29,18 +29,7 @@ impl WhyFile {
     pub fn create_in(dir: &Path) -> io::Result<WhyFile> {
         DirBuilder::new().mode(0o700).recursive(true).create(dir)?;
         // Files of tracers that were killed (SIGKILL leaves no chance to remove them).
-        let live: Vec<u32> = running(dir).into_iter().map(|(pid, _)| pid).collect();
-        for e in fs::read_dir(dir)?.flatten() {
-            let name = e.file_name();
-            let pid = name
-                .to_str()
-                .and_then(|n| n.strip_prefix("why-"))
-                .and_then(|n| n.split('.').next())
-                .and_then(|p| p.parse::<u32>().ok());
-            if pid.is_some_and(|p| !live.contains(&p)) {
-                let _ = fs::remove_file(e.path());
-            }
-        }
+        sweep(dir, &is_tracer)?;
         let w = WhyFile {
             path: dir.join(format!("why-{}.ndjson", std::process::id())),
         };
@@ -78,6 +67,31 @@ impl Drop for WhyFile {
     }
 }
 
+/// Removes the files (`why-PID.ndjson` and its `.tmp`) of pids that no longer run a tracer.
+/// Each file is judged by its own pid: a tracer that is starting beside this one has only its
+/// `.tmp` file for a moment, and must not lose it (or its first `.ndjson`) to this sweep.
+fn sweep(dir: &Path, is_tracer: &dyn Fn(u32) -> bool) -> io::Result<()> {
+    for e in fs::read_dir(dir)?.flatten() {
+        let name = e.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("why-"))
+            .and_then(|n| n.split('.').next())
+            .and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|p| !is_tracer(p)) {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+    Ok(())
+}
+
+/// Whether `pid` runs mptcp-trace (a tracer that died without cleaning up left a pid that runs
+/// something else, or nothing).
+fn is_tracer(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .is_ok_and(|comm| comm.trim().starts_with("mptcp-trace"))
+}
+
 /// The files of the tracers running now, with their pids.
 pub fn running(dir: &Path) -> Vec<(u32, PathBuf)> {
     let Ok(rd) = fs::read_dir(dir) else {
@@ -92,13 +106,35 @@ pub fn running(dir: &Path) -> Vec<(u32, PathBuf)> {
                 .strip_suffix(".ndjson")?
                 .parse()
                 .ok()?;
-            // A tracer that died without cleaning up: its pid runs something else, or nothing.
-            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-            comm.trim()
-                .starts_with("mptcp-trace")
-                .then_some((pid, e.path()))
+            is_tracer(pid).then_some((pid, e.path()))
         })
         .collect();
     v.sort();
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sweep_keeps_every_file_of_a_running_tracer_and_only_those() {
+        let dir = std::env::temp_dir().join(format!("why-sweep-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        // 111 is starting: only its temporary file exists (the race CI hit: the sweep judged
+        // it by the `.ndjson` file it did not have yet, and removed it).
+        let names = ["why-111.tmp", "why-222.ndjson", "why-333.ndjson", "other"];
+        for n in names {
+            fs::write(dir.join(n), "").unwrap();
+        }
+        sweep(&dir, &|pid| pid == 111 || pid == 333).unwrap();
+        let mut left: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(left, ["other", "why-111.tmp", "why-333.ndjson"]);
+    }
 }
