@@ -230,18 +230,21 @@ pub fn load(config: Config) -> Result<Tracer, LoadError> {
     for m in &resolved.missing {
         warn!("this kernel lacks {m}: that field stays empty");
     }
-    let btf = Btf::from_sys_fs()?;
     let rescue = rescue_wanted()?;
     let config = Config {
         rescue: rescue as u32,
         ..config
     };
+    // `EbpfLoader::new` parses the kernel's BTF itself (tens of MB once parsed) and drops it at
+    // the end of this statement; ours, for the programs' attach points, is parsed after that.
+    // Handing ours to the loader instead kept both parses alive at once, doubling start-up's
+    // peak memory.
     let mut ebpf = EbpfLoader::new()
-        .btf(Some(&btf))
         .override_global("OFFSETS", &resolved.offsets, true)
         .override_global("CONFIG", &config, true)
         .load(OBJECT)
         .map_err(LoadError::Load)?;
+    let btf = Btf::from_sys_fs()?;
     let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
         Ok(l) => Some(l),
         Err(e) => {
@@ -292,6 +295,11 @@ pub fn load(config: Config) -> Result<Tracer, LoadError> {
         name: "LISTENERS",
         source,
     })?;
+    // The kernel's BTF parsed for the attach points is the bulk of what start-up allocated, in
+    // many small blocks the allocator would otherwise keep for ever: give it back.
+    drop(btf);
+    // SAFETY: malloc_trim only returns free memory to the system.
+    unsafe { libc::malloc_trim(0) };
     Ok(Tracer {
         events,
         existing,

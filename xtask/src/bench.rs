@@ -3,9 +3,11 @@
 //! (short MPTCP connections — connect, 1 KiB each way, close — from worker threads in the
 //! client namespace) runs for a few seconds per round with one arm attached: nothing (the
 //! baseline), `events --json`, `events` (text), the exporter (scraped every second), `live` in a
-//! pseudo-terminal, `ip mptcp monitor` in both namespaces. Two phases: at a target rate (what
-//! the arm costs at a known load) and as fast as the machine goes (the throughput ratio, and
-//! loss when it matters); then a bulk transfer per arm. Rounds are interleaved (A/B/A/B…), and
+//! pseudo-terminal, `ip mptcp monitor` in both namespaces, bpftrace printing the same state
+//! changes. Two MPTCP phases: at a target rate (what the arm costs at a known load) and as
+//! fast as the machine goes (the throughput ratio, and loss when it matters); a plain TCP phase
+//! at the maximum (MPTCP-only tracing's early exit, `--all-tcp`, bpftrace); then a bulk transfer
+//! per arm. Rounds are interleaved (A/B/A/B…), and
 //! each arm reports the median and spread of connections/s and its ratio to the baseline of
 //! the same phase, its CPU (% of one core) and peak RSS, our programs' kernel time per state
 //! change, the time from exec to attached, what it showed against what the generator and the
@@ -61,6 +63,54 @@ const BULK_BYTES: u64 = 1 << 30;
 
 const PORT: u16 = 5201;
 const PAYLOAD: usize = 1024;
+/// The bpftrace arm: every state change of a TCP or MPTCP socket in the two namespaces ($1,
+/// $2), printed with what `events` prints for it (time, process, netns, protocol, addresses,
+/// ports, states), from the tracepoint our main program uses.
+const BPFTRACE_SCRIPT: &str = r#"tracepoint:sock:inet_sock_set_state
+/(args->protocol == 6 || args->protocol == 262) &&
+ (((struct sock *)args->skaddr)->__sk_common.skc_net.net->ns.inum == $1 ||
+  ((struct sock *)args->skaddr)->__sk_common.skc_net.net->ns.inum == $2)/
+{
+  $sk = (struct sock *)args->skaddr;
+  printf("%llu %d %s netns=%u proto=%d %s:%d -> %s:%d %d->%d
+", nsecs, pid, comm,
+    $sk->__sk_common.skc_net.net->ns.inum, args->protocol,
+    ntop(args->saddr), args->sport, ntop(args->daddr), args->dport,
+    args->oldstate, args->newstate);
+}
+"#;
+
+/// Mounts tracefs for bpftrace's tracepoints where the machine has not, and unmounts it when
+/// the bench ends, however it ends.
+struct TraceFs(bool);
+
+impl TraceFs {
+    const PATH: &str = "/sys/kernel/tracing";
+
+    fn ensure() -> Result<TraceFs> {
+        if Path::new(Self::PATH).join("events").exists() {
+            return Ok(TraceFs(false));
+        }
+        let st = Command::new("mount")
+            .args(["-t", "tracefs", "nodev", Self::PATH])
+            .status()?;
+        ensure!(
+            st.success(),
+            "cannot mount tracefs on {} for bpftrace",
+            Self::PATH
+        );
+        Ok(TraceFs(true))
+    }
+}
+
+impl Drop for TraceFs {
+    fn drop(&mut self) {
+        if self.0 {
+            let _ = Command::new("umount").arg(Self::PATH).status();
+        }
+    }
+}
+
 const BEGIN: &str = "<!-- bench:churn:begin -->";
 const END: &str = "<!-- bench:churn:end -->";
 
@@ -72,16 +122,31 @@ enum Arm {
     Exporter,
     Live,
     IpMonitor,
+    /// bpftrace printing every TCP/MPTCP state change of the two namespaces, from the same
+    /// tracepoint: what an operator would write by hand instead of this tool.
+    Bpftrace,
+    /// `events --json --all-tcp`: plain TCP connections too (the plain TCP phase).
+    EventsJsonAllTcp,
 }
 
 impl Arm {
-    const ALL: [Arm; 6] = [
+    /// The arms of the MPTCP phases and of the bulk transfers.
+    const MPTCP: [Arm; 7] = [
         Arm::Baseline,
         Arm::EventsJson,
         Arm::EventsText,
         Arm::Exporter,
         Arm::Live,
         Arm::IpMonitor,
+        Arm::Bpftrace,
+    ];
+    /// The arms of the plain TCP phase: what MPTCP-only tracing costs traffic it does not show
+    /// (the programs' early exit), and what `--all-tcp` costs when it shows it.
+    const TCP: [Arm; 4] = [
+        Arm::Baseline,
+        Arm::EventsJson,
+        Arm::EventsJsonAllTcp,
+        Arm::Bpftrace,
     ];
 
     fn name(self) -> &'static str {
@@ -92,15 +157,21 @@ impl Arm {
             Arm::Exporter => "`exporter`, scraped every 1 s",
             Arm::Live => "`live` in a pseudo-terminal (160x50)",
             Arm::IpMonitor => "`ip mptcp monitor` in both namespaces",
+            Arm::Bpftrace => "bpftrace, one printf per state change",
+            Arm::EventsJsonAllTcp => "`events --json --all-tcp` > file",
         }
     }
 
+    /// Prints connections: its output is counted against the generator's.
     fn traces(self) -> bool {
-        matches!(self, Arm::EventsJson | Arm::EventsText)
+        matches!(
+            self,
+            Arm::EventsJson | Arm::EventsText | Arm::EventsJsonAllTcp | Arm::Bpftrace
+        )
     }
 
-    /// Runs our eBPF programs.
-    fn ours(self) -> bool {
+    /// Runs eBPF programs (ours or bpftrace's), whose kernel time is measured.
+    fn has_programs(self) -> bool {
         !matches!(self, Arm::Baseline | Arm::IpMonitor)
     }
 
@@ -112,6 +183,8 @@ impl Arm {
             Arm::Exporter => "exporter",
             Arm::Live => "live",
             Arm::IpMonitor => "ip_mptcp_monitor",
+            Arm::Bpftrace => "bpftrace",
+            Arm::EventsJsonAllTcp => "events_json_all_tcp",
         }
     }
 }
@@ -123,7 +196,10 @@ struct Sample {
     made: u64,
     failed: u64,
     cpu_pct: f64,
+    /// Peak RSS (VmHWM), KiB.
     rss_kib: u64,
+    /// RSS when the churn ended (VmRSS), KiB: what the arm holds once started.
+    rss_end_kib: u64,
     /// Client-side connections the arm showed (`conn_created` in the client namespace).
     shown: Option<u64>,
     lost: Option<u64>,
@@ -138,21 +214,23 @@ struct Sample {
     kernel_ns: Option<f64>,
 }
 
-/// CPU time (user + system) of a process, in clock ticks, and its peak RSS in KiB.
-fn usage(pid: u32) -> (u64, u64) {
+/// CPU time (user + system) of a process, in clock ticks, its peak RSS and its RSS now, in KiB.
+fn usage(pid: u32) -> (u64, u64, u64) {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces): state is field 3.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
         + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    let hwm = fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    (ticks, hwm)
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (ticks, kib("VmHWM:"), kib("VmRSS:"))
 }
 
 fn clock_ticks_per_s() -> f64 {
@@ -230,6 +308,10 @@ fn wait_file(p: &Path, child: &mut Child) -> Result<()> {
 }
 
 fn start(arm: Arm, bin: &Path, bed: &TestBed, dir: &Path, round: usize) -> Result<Running> {
+    let netns_ids = [
+        TestBed::netns_inode(&bed.client)?,
+        TestBed::netns_inode(&bed.server)?,
+    ];
     let mut r = Running {
         children: Vec::new(),
         pids: Vec::new(),
@@ -243,12 +325,15 @@ fn start(arm: Arm, bin: &Path, bed: &TestBed, dir: &Path, round: usize) -> Resul
     let netns = ["--netns", &bed.client, "--netns", &bed.server];
     match arm {
         Arm::Baseline => {}
-        Arm::EventsJson | Arm::EventsText => {
+        Arm::EventsJson | Arm::EventsText | Arm::EventsJsonAllTcp => {
             let out = dir.join(format!("events-{round}-{arm:?}.txt"));
             let mut cmd = Command::new(bin);
             cmd.arg("events");
-            if arm == Arm::EventsJson {
+            if arm != Arm::EventsText {
                 cmd.arg("--json");
+            }
+            if arm == Arm::EventsJsonAllTcp {
+                cmd.arg("--all-tcp");
             }
             let t0 = Instant::now();
             let mut c = cmd
@@ -316,6 +401,38 @@ fn start(arm: Arm, bin: &Path, bed: &TestBed, dir: &Path, round: usize) -> Resul
                     thread::sleep(Duration::from_secs(1));
                 }
             }));
+        }
+        Arm::Bpftrace => {
+            let script = dir.join("state-changes.bt");
+            fs::write(&script, BPFTRACE_SCRIPT)?;
+            let out = dir.join(format!("bpftrace-{round}.txt"));
+            let t0 = Instant::now();
+            let mut c = Command::new("bpftrace")
+                .arg(&script)
+                .args(netns_ids.map(|n| n.to_string()))
+                .stdout(fs::File::create(&out)?)
+                .stderr(Stdio::piped())
+                .spawn()
+                .context("bpftrace (scripts/setup.sh installs it)")?;
+            // bpftrace has no ready signal: attached once it holds its program and has said
+            // so ("Attaching 1 probe..." is printed just before the attach).
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while prog_stats(c.id()).is_empty() || !fs::read_to_string(&out)?.contains("Attaching")
+            {
+                if let Some(st) = c.try_wait()? {
+                    let mut e = String::new();
+                    if let Some(mut err) = c.stderr.take() {
+                        let _ = err.read_to_string(&mut e);
+                    }
+                    bail!("bpftrace exited before it attached: {st}: {e}");
+                }
+                ensure!(Instant::now() < deadline, "bpftrace did not attach in 60 s");
+                thread::sleep(Duration::from_millis(10));
+            }
+            r.attach_ms = Some(t0.elapsed().as_secs_f64() * 1000.0);
+            thread::sleep(Duration::from_millis(100));
+            r.children.push(c);
+            r.outputs.push(out);
         }
         Arm::IpMonitor => {
             for ns in [&bed.client, &bed.server] {
@@ -447,11 +564,12 @@ fn bulk(bed: &TestBed) -> Result<f64> {
     Ok(BULK_BYTES as f64 / (1 << 20) as f64 / t0.elapsed().as_secs_f64())
 }
 
-/// The server: acceptor threads in the server namespace that read to EOF and close.
-fn serve(bed: &TestBed, threads: u32) -> Result<()> {
-    let addr: SocketAddr = format!("{}:{PORT}", testbed::RED_SERVER_V4).parse()?;
+/// The server for `proto`: acceptor threads in the server namespace that read to EOF, answer
+/// and close.
+fn serve(bed: &TestBed, threads: u32, proto: Proto) -> Result<()> {
+    let addr = server_addr(proto)?;
     let listener = Arc::new(testbed::in_netns(&bed.server, move || {
-        peer::listen(addr, Proto::Mptcp)
+        peer::listen(addr, proto)
     })??);
     for _ in 0..threads {
         let l = listener.clone();
@@ -472,10 +590,20 @@ fn serve(bed: &TestBed, threads: u32) -> Result<()> {
     Ok(())
 }
 
-/// Runs the churn for `secs` at `rate` conn/s (0: flat out) from `workers` threads in the client
-/// namespace: (connections made, failed).
-fn churn(bed: &TestBed, secs: u64, rate: u32, workers: u32) -> Result<(u64, u64)> {
-    let addr: SocketAddr = format!("{}:{PORT}", testbed::RED_SERVER_V4).parse()?;
+/// Where the server listens for `proto`: MPTCP on [`PORT`], plain TCP on the next port.
+fn server_addr(proto: Proto) -> Result<SocketAddr> {
+    let port = if proto == Proto::Mptcp {
+        PORT
+    } else {
+        PORT + 1
+    };
+    Ok(format!("{}:{port}", testbed::RED_SERVER_V4).parse()?)
+}
+
+/// Runs the churn of `proto` connections for `secs` at `rate` conn/s (0: flat out) from
+/// `workers` threads in the client namespace: (connections made, failed).
+fn churn(bed: &TestBed, secs: u64, rate: u32, workers: u32, proto: Proto) -> Result<(u64, u64)> {
+    let addr = server_addr(proto)?;
     let made = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -498,7 +626,7 @@ fn churn(bed: &TestBed, secs: u64, rate: u32, workers: u32) -> Result<(u64, u64)
                     next += e;
                 }
                 let ok = (|| -> std::io::Result<()> {
-                    let mut s = peer::connect(addr, Proto::Mptcp)?;
+                    let mut s = peer::connect(addr, proto)?;
                     s.write_all(&payload)?;
                     s.shutdown(Shutdown::Write)?;
                     while s.read(&mut buf)? > 0 {}
@@ -521,14 +649,45 @@ fn churn(bed: &TestBed, secs: u64, rate: u32, workers: u32) -> Result<(u64, u64)
 struct Shown {
     /// `conn_created` lines.
     created: u64,
-    /// Join `subflow_established` lines.
-    joins: u64,
+    /// Join `subflow_established` lines (bpftrace cannot tell a join from another subflow).
+    joins: Option<u64>,
     /// The loss its summary gave.
     lost: Option<u64>,
 }
 
-fn count_output(out: &Path, stderr: &str, json: bool, client_ns: u32) -> Shown {
+fn count_output(arm: Arm, proto: Proto, out: &Path, stderr: &str, client_ns: u32) -> Shown {
     let text = fs::read_to_string(out).unwrap_or_default();
+    if arm == Arm::Bpftrace {
+        // A client's connect: its socket (the MPTCP one, or the plain TCP one) going from
+        // CLOSE (7) to SYN_SENT (2) in the client namespace.
+        let connect = format!(
+            "netns={client_ns} proto={} ",
+            if proto == Proto::Mptcp { 262 } else { 6 }
+        );
+        let created = text
+            .lines()
+            .filter(|l| l.contains(&connect) && l.ends_with(" 7->2"))
+            .count() as u64;
+        // bpftrace's own loss report: "Lost N events".
+        let lost = text
+            .lines()
+            .chain(stderr.lines())
+            .filter_map(|l| {
+                l.trim()
+                    .strip_prefix("Lost ")?
+                    .split(' ')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum();
+        return Shown {
+            created,
+            joins: None,
+            lost: Some(lost),
+        };
+    }
+    let json = arm != Arm::EventsText;
     let ns = format!("netns={client_ns}");
     let client = |l: &&str| {
         if json {
@@ -561,7 +720,7 @@ fn count_output(out: &Path, stderr: &str, json: bool, client_ns: u32) -> Shown {
         .and_then(|w| w[0].parse().ok());
     Shown {
         created,
-        joins,
+        joins: Some(joins),
         lost,
     }
 }
@@ -617,8 +776,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     // widen the range, or connect() soon fails with EADDRNOTAVAIL.
     testbed::sysctl(&bed.client, "net.ipv4.tcp_tw_reuse", "1")?;
     testbed::sysctl(&bed.client, "net.ipv4.ip_local_port_range", "1024 65535")?;
-    serve(&bed, args.workers.max(4))?;
+    serve(&bed, args.workers.max(4), Proto::Mptcp)?;
+    serve(&bed, args.workers.max(4), Proto::Tcp)?;
     let _stats = BpfStats::enable();
+    let _tracefs = TraceFs::ensure()?;
     let (rounds, seconds) = if args.quick {
         (2, 3)
     } else {
@@ -632,29 +793,53 @@ pub fn run(args: BenchArgs) -> Result<()> {
         vec![args.rate, 0]
     };
     let mut phases = Vec::new();
-    for &rate in &rates {
+    // Plain TCP churn at the maximum last: the early exit of MPTCP-only tracing, and
+    // `--all-tcp`.
+    let plan = rates
+        .iter()
+        .map(|&r| (r, Proto::Mptcp))
+        .chain([(0, Proto::Tcp)]);
+    for (rate, proto) in plan {
         eprintln!(
-            "==> churn at {}",
+            "==> {} churn at {}",
+            if proto == Proto::Mptcp {
+                "MPTCP"
+            } else {
+                "plain TCP"
+            },
             if rate > 0 {
                 format!("{rate} conn/s")
             } else {
                 "the maximum".into()
             }
         );
+        let arms: &[Arm] = if proto == Proto::Mptcp {
+            &Arm::MPTCP
+        } else {
+            &Arm::TCP
+        };
         let results = churn_phase(
             &bin,
             &bed,
             &dir,
-            rounds,
-            seconds,
-            rate,
-            args.workers,
+            &ChurnPlan {
+                rounds,
+                seconds,
+                rate,
+                workers: args.workers,
+                proto,
+                arms,
+            },
             client_ns,
         )?;
-        phases.push(Phase { rate, results });
+        phases.push(Phase {
+            rate,
+            proto,
+            results,
+        });
     }
     eprintln!("==> bulk transfers");
-    let mut bulks: Vec<(Arm, Vec<f64>)> = Arm::ALL.iter().map(|a| (*a, Vec::new())).collect();
+    let mut bulks: Vec<(Arm, Vec<f64>)> = Arm::MPTCP.iter().map(|a| (*a, Vec::new())).collect();
     for round in 0..rounds {
         for (arm, v) in &mut bulks {
             let running = start(*arm, &bin, &bed, &dir, 1000 + round)?;
@@ -694,24 +879,32 @@ pub fn run(args: BenchArgs) -> Result<()> {
 struct Phase {
     /// Target connections/s; 0: the maximum.
     rate: u32,
+    proto: Proto,
     results: Vec<(Arm, Vec<Sample>)>,
 }
 
-/// Interleaved rounds of every arm at `rate` conn/s (0: flat out).
-#[allow(clippy::too_many_arguments)]
+/// What one phase runs.
+struct ChurnPlan<'a> {
+    rounds: usize,
+    seconds: u64,
+    /// Target connections/s; 0: flat out.
+    rate: u32,
+    workers: u32,
+    proto: Proto,
+    arms: &'a [Arm],
+}
+
+/// Interleaved rounds of the plan's arms.
 fn churn_phase(
     bin: &Path,
     bed: &TestBed,
     dir: &Path,
-    rounds: usize,
-    seconds: u64,
-    rate: u32,
-    workers: u32,
+    plan: &ChurnPlan,
     client_ns: u32,
 ) -> Result<Vec<(Arm, Vec<Sample>)>> {
     let hz = clock_ticks_per_s();
-    let mut results: Vec<(Arm, Vec<Sample>)> = Arm::ALL.iter().map(|a| (*a, Vec::new())).collect();
-    for round in 0..rounds {
+    let mut results: Vec<(Arm, Vec<Sample>)> = plan.arms.iter().map(|a| (*a, Vec::new())).collect();
+    for round in 0..plan.rounds {
         for (arm, samples) in &mut results {
             let running = start(*arm, bin, bed, dir, round)?;
             let pids = running.pids.clone();
@@ -719,9 +912,9 @@ fn churn_phase(
             let progs_before = pids.first().map(|p| prog_stats(*p)).unwrap_or_default();
             let joins_before = joins_counted(bed);
             let t0 = Instant::now();
-            let (made, failed) = churn(bed, seconds, rate, workers)?;
+            let (made, failed) = churn(bed, plan.seconds, plan.rate, plan.workers, plan.proto)?;
             let wall = t0.elapsed().as_secs_f64();
-            let after: Vec<(u64, u64)> = pids.iter().map(|p| usage(*p)).collect();
+            let after: Vec<(u64, u64, u64)> = pids.iter().map(|p| usage(*p)).collect();
             let progs_after = pids.first().map(|p| prog_stats(*p)).unwrap_or_default();
             let joins_expected = joins_counted(bed) - joins_before;
             let cpu = after
@@ -730,6 +923,7 @@ fn churn_phase(
                 .sum::<u64>()
                 .saturating_sub(before);
             let rss = after.iter().map(|u| u.1).sum();
+            let rss_end = after.iter().map(|u| u.2).sum();
             // Let the tracer write out what is still in its window.
             thread::sleep(Duration::from_millis(300));
             let outputs = running.outputs.clone();
@@ -737,12 +931,13 @@ fn churn_phase(
             let stderr = running.stop();
             let (shown, lost, joins_shown) = if arm.traces() {
                 let c = count_output(
+                    *arm,
+                    plan.proto,
                     &outputs[0],
                     stderr.first().map_or("", String::as_str),
-                    *arm == Arm::EventsJson,
                     client_ns,
                 );
-                (Some(c.created), c.lost, Some(c.joins))
+                (Some(c.created), c.lost, c.joins)
             } else {
                 (None, None, None)
             };
@@ -752,12 +947,13 @@ fn churn_phase(
                 failed,
                 cpu_pct: cpu as f64 / hz / wall * 100.0,
                 rss_kib: rss,
+                rss_end_kib: rss_end,
                 shown,
                 lost,
                 joins_shown,
                 joins_expected,
                 attach_ms,
-                kernel_ns: if arm.ours() {
+                kernel_ns: if arm.has_programs() {
                     kernel_ns(&progs_before, &progs_after)
                 } else {
                     None
@@ -798,6 +994,7 @@ fn to_json(phases: &[Phase], bulks: &[(Arm, Vec<f64>)]) -> serde_json::Value {
     json!({
         "churn": phases.iter().map(|p| json!({
             "rate": p.rate,
+            "protocol": if p.proto == Proto::Mptcp { "mptcp" } else { "tcp" },
             "arms": p.results.iter().map(|(arm, v)| json!({
                 "arm": arm.key(),
                 "rounds": v.iter().map(|s| json!({
@@ -806,6 +1003,7 @@ fn to_json(phases: &[Phase], bulks: &[(Arm, Vec<f64>)]) -> serde_json::Value {
                     "failed": s.failed,
                     "cpu_pct": s.cpu_pct,
                     "rss_kib": s.rss_kib,
+                    "rss_end_kib": s.rss_end_kib,
                     "shown": s.shown,
                     "lost": s.lost,
                     "joins_shown": s.joins_shown,
@@ -854,8 +1052,9 @@ fn report(
         "Measured by `sudo cargo xtask bench{}` ({rounds} rounds of {seconds} s per arm and \
          phase, {} client threads) on {date}: {cores} cores ({cpu_model}), Linux {kernel}. The \
          seed's test bed; the client threads open short MPTCP connections (connect, {PAYLOAD} B \
-         each way, close; each gets a join from the client's second address); the arms take \
-         turns, round by round. Machine-readable: `target/bench/churn.json`.\n",
+         each way, close; each gets a join from the client's second address), then plain TCP \
+         connections (the same exchange, no MPTCP socket anywhere); the arms take turns, round \
+         by round. Machine-readable: `target/bench/churn.json`.\n",
         if args.quick {
             " --quick".to_string()
         } else {
@@ -870,29 +1069,33 @@ fn report(
         o,
         "Columns: connections/s (median, min–max) and its ratio to the baseline of the same \
          phase; the arm's CPU (user + system over the churn, % of one core: for `ip mptcp \
-         monitor` both processes) and peak RSS; **kernel**: our eBPF programs' time per state \
-         change (`run_time_ns` / `run_cnt` with `kernel.bpf_stats_enabled`, all programs over \
-         the state-change program's runs); **attach**: from exec to attached (the ready file; \
-         for `live` its first program held); **shown / made**: client-side `conn_created` \
-         printed against connections the generator completed; **joins**: client-side join \
+         monitor` both processes); its RSS: the peak (VmHWM, start-up included) and what it \
+         held when the churn ended (VmRSS); **kernel**: the arm's eBPF programs' time per \
+         state change (`run_time_ns` / `run_cnt` with `kernel.bpf_stats_enabled`, all its \
+         programs over the state-change program's runs; ours, or bpftrace's one program); \
+         **attach**: from exec to attached (the ready file; for `live` its first program held; \
+         for bpftrace its program held and \"Attaching\" printed); **shown / made**: client-side \
+         connections printed (`conn_created`; bpftrace: the client socket's CLOSE → SYN_SENT) \
+         against connections the generator completed; **joins**: client-side join \
          `subflow_established` printed against the client namespace's MPJoinSynAckRx (the \
-         kernel's count of answered joins); **lost**: what the tracer's summary reported lost \
-         (every cause: ring buffer, maps, skipped program runs, netlink).\n"
+         kernel's count of answered joins; bpftrace cannot tell a join from another subflow); \
+         **lost**: what the arm reported lost (ours: every cause — ring buffer, maps, skipped \
+         program runs, netlink; bpftrace: its \"Lost N events\").\n"
     )?;
     for p in phases {
         let base = median(p.results[0].1.iter().map(|s| s.conns_per_s).collect());
         writeln!(
             o,
             "### {}\n",
-            if p.rate > 0 {
-                format!("At a target of {} connections/s", p.rate)
-            } else {
-                "At the machine's maximum churn".to_string()
+            match (p.proto, p.rate) {
+                (Proto::Mptcp, 0) => "MPTCP at the machine's maximum churn".to_string(),
+                (Proto::Mptcp, r) => format!("MPTCP at a target of {r} connections/s"),
+                _ => "Plain TCP at the machine's maximum churn (no MPTCP anywhere)".to_string(),
             }
         )?;
         writeln!(
             o,
-            "| arm | connections/s | ratio | CPU % of a core | peak RSS | kernel ns / state change | attach | shown / made | joins shown / counted | lost |"
+            "| arm | connections/s | ratio | CPU % of a core | RSS peak / held | kernel ns / state change | attach | shown / made | joins shown / counted | lost |"
         )?;
         writeln!(o, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
         for (arm, v) in &p.results {
@@ -902,6 +1105,7 @@ fn report(
             let dash = || "—".to_string();
             let cpu = median(v.iter().map(|s| s.cpu_pct).collect());
             let rss = v.iter().map(|s| s.rss_kib).max().unwrap_or(0);
+            let held = v.iter().map(|s| s.rss_end_kib).max().unwrap_or(0);
             let kns: Vec<f64> = v.iter().filter_map(|s| s.kernel_ns).collect();
             let att: Vec<f64> = v.iter().filter_map(|s| s.attach_ms).collect();
             let shown: u64 = v.iter().filter_map(|s| s.shown).sum();
@@ -923,7 +1127,11 @@ fn report(
                 if baseline {
                     dash()
                 } else {
-                    format!("{:.1} MiB", rss as f64 / 1024.0)
+                    format!(
+                        "{:.1} / {:.1} MiB",
+                        rss as f64 / 1024.0,
+                        held as f64 / 1024.0
+                    )
                 },
                 if kns.is_empty() {
                     dash()
@@ -940,7 +1148,7 @@ fn report(
                 } else {
                     dash()
                 },
-                if arm.traces() {
+                if arm.traces() && *arm != Arm::Bpftrace && p.proto == Proto::Mptcp {
                     format!("{joins} / {counted}")
                 } else {
                     dash()
