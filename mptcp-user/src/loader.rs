@@ -220,6 +220,8 @@ pub const TRACING_CAPS: &[crate::sys::caps::Cap] = {
 };
 
 pub fn load(config: Config) -> Result<Tracer, LoadError> {
+    // Bad input first: its one error line must not follow warnings about this kernel.
+    let rescue = rescue_wanted()?;
     crate::sys::caps::require(TRACING_CAPS, "tracing").map_err(LoadError::Privileges)?;
     if !crate::sys::mptcp::in_kernel() {
         return Err(LoadError::NoMptcp);
@@ -230,7 +232,6 @@ pub fn load(config: Config) -> Result<Tracer, LoadError> {
     for m in &resolved.missing {
         warn!("this kernel lacks {m}: that field stays empty");
     }
-    let rescue = rescue_wanted()?;
     let config = Config {
         rescue: rescue as u32,
         ..config

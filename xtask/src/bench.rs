@@ -53,7 +53,7 @@ pub struct BenchArgs {
     /// Write the results here instead of BENCHMARKS.md (the churn section is replaced).
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// About two minutes, for development: 2 rounds of 3 s per phase.
+    /// About two minutes, for development: 2 rounds of 2 s per arm and phase.
     #[arg(long)]
     pub quick: bool,
 }
@@ -781,7 +781,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let _stats = BpfStats::enable();
     let _tracefs = TraceFs::ensure()?;
     let (rounds, seconds) = if args.quick {
-        (2, 3)
+        (2, 2)
     } else {
         (args.rounds, args.seconds)
     };
