@@ -72,8 +72,7 @@ const BPFTRACE_SCRIPT: &str = r#"tracepoint:sock:inet_sock_set_state
   ((struct sock *)args->skaddr)->__sk_common.skc_net.net->ns.inum == $2)/
 {
   $sk = (struct sock *)args->skaddr;
-  printf("%llu %d %s netns=%u proto=%d %s:%d -> %s:%d %d->%d
-", nsecs, pid, comm,
+  printf("%llu %d %s netns=%u proto=%d %s:%d -> %s:%d %d->%d\n", nsecs, pid, comm,
     $sk->__sk_common.skc_net.net->ns.inum, args->protocol,
     ntop(args->saddr), args->sport, ntop(args->daddr), args->dport,
     args->oldstate, args->newstate);
