@@ -758,6 +758,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         args.rounds > 0 && args.seconds > 0,
         "--rounds and --seconds must be at least 1"
     );
+    // Started in the background by a non-interactive shell, the bench ignores SIGINT, and so
+    // would the arms it starts: `ip mptcp monitor` would never stop and the bench would wait
+    // for ever. The arms are stopped with SIGINT (as Ctrl-C: ours print their loss summary).
+    // SAFETY: resetting a signal's disposition to its default, before any thread is started.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
     let root = workspace_root();
     eprintln!("==> cargo build --release -p mptcp-user");
     let st = cargo()
