@@ -122,6 +122,16 @@ pub enum LoadError {
     BadRescue(String),
 }
 
+impl LoadError {
+    /// Bad input or a refusal (exit code 2), not a failure of the kernel or of the tool.
+    pub fn refused(&self) -> bool {
+        matches!(
+            self,
+            LoadError::Privileges(_) | LoadError::NoMptcp | LoadError::BadRescue(_)
+        )
+    }
+}
+
 /// Loaded and attached tracing programs. Take the parts you poll; keep `ebpf` alive for as
 /// long as the programs should stay attached.
 pub struct Tracer {

@@ -83,16 +83,9 @@ fn main() -> ExitCode {
                 || e.downcast_ref::<BadValue>().is_some()
                 || e.downcast_ref::<UnknownNetns>().is_some()
                 || e.downcast_ref::<ReadyFileError>().is_some()
-                || matches!(
-                    e.downcast_ref::<TraceError>(),
-                    Some(TraceError::Load(
-                        LoadError::Privileges(_) | LoadError::NoMptcp | LoadError::BadRescue(_)
-                    ))
-                )
-                || matches!(
-                    e.downcast_ref::<LoadError>(),
-                    Some(LoadError::Privileges(_) | LoadError::NoMptcp | LoadError::BadRescue(_))
-                );
+                || matches!(e.downcast_ref::<TraceError>(), Some(TraceError::Load(l)) if l.refused())
+                || e.downcast_ref::<LoadError>()
+                    .is_some_and(LoadError::refused);
             if refused {
                 ExitCode::from(2)
             } else if let Some(u) = e.downcast_ref::<UpgradeError>() {

@@ -294,16 +294,33 @@ impl Running {
     }
 }
 
-fn wait_file(p: &Path, child: &mut Child) -> Result<()> {
+/// Polls `ready` until it gives a value, for at most 60 s; fails (with what the arm printed on
+/// stderr) when `child` exits first. `what` names the arm in the error.
+fn wait_ready<T>(
+    child: &mut Child,
+    what: &str,
+    mut ready: impl FnMut(&Child) -> Result<Option<T>>,
+) -> Result<T> {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !p.exists() {
-        if let Some(st) = child.try_wait()? {
-            bail!("the arm exited before it was ready: {st}");
+    loop {
+        if let Some(v) = ready(child)? {
+            return Ok(v);
         }
-        ensure!(Instant::now() < deadline, "the arm was not ready in 60 s");
-        thread::sleep(Duration::from_millis(20));
+        if let Some(st) = child.try_wait()? {
+            let mut e = String::new();
+            if let Some(mut err) = child.stderr.take() {
+                let _ = err.read_to_string(&mut e);
+            }
+            bail!("{what} exited before it was ready: {st}: {}", e.trim());
+        }
+        ensure!(Instant::now() < deadline, "{what} was not ready in 60 s");
+        thread::sleep(Duration::from_millis(10));
     }
-    Ok(())
+}
+
+/// Waits for the arm's ready file.
+fn wait_file(p: &Path, child: &mut Child) -> Result<()> {
+    wait_ready(child, "the arm", |_| Ok(p.exists().then_some(())))
 }
 
 fn start(arm: Arm, bin: &Path, bed: &TestBed, dir: &Path, round: usize) -> Result<Running> {
@@ -415,19 +432,11 @@ fn start(arm: Arm, bin: &Path, bed: &TestBed, dir: &Path, round: usize) -> Resul
                 .context("bpftrace (scripts/setup.sh installs it)")?;
             // bpftrace has no ready signal: attached once it holds its program and has said
             // so ("Attaching 1 probe..." is printed just before the attach).
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while prog_stats(c.id()).is_empty() || !fs::read_to_string(&out)?.contains("Attaching")
-            {
-                if let Some(st) = c.try_wait()? {
-                    let mut e = String::new();
-                    if let Some(mut err) = c.stderr.take() {
-                        let _ = err.read_to_string(&mut e);
-                    }
-                    bail!("bpftrace exited before it attached: {st}: {e}");
-                }
-                ensure!(Instant::now() < deadline, "bpftrace did not attach in 60 s");
-                thread::sleep(Duration::from_millis(10));
-            }
+            wait_ready(&mut c, "bpftrace", |c| {
+                let attached = !prog_stats(c.id()).is_empty()
+                    && fs::read_to_string(&out)?.contains("Attaching");
+                Ok(attached.then_some(()))
+            })?;
             r.attach_ms = Some(t0.elapsed().as_secs_f64() * 1000.0);
             thread::sleep(Duration::from_millis(100));
             r.children.push(c);
@@ -456,24 +465,14 @@ fn start(arm: Arm, bin: &Path, bed: &TestBed, dir: &Path, round: usize) -> Resul
 
 /// The program `script` runs, once it holds eBPF programs: its pid.
 fn attached_child(script: &mut Child) -> Result<u32> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(st) = script.try_wait()? {
-            bail!("the live view exited before it was ready: {st}");
-        }
-        let children = fs::read_to_string(format!("/proc/{0}/task/{0}/children", script.id()))
-            .unwrap_or_default();
-        if let Some(pid) = children.split_whitespace().find_map(|p| p.parse().ok()) {
-            if !prog_stats(pid).is_empty() {
-                return Ok(pid);
-            }
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "the live view was not ready in 60 s"
-        );
-        thread::sleep(Duration::from_millis(10));
-    }
+    wait_ready(script, "the live view", |s| {
+        let children =
+            fs::read_to_string(format!("/proc/{0}/task/{0}/children", s.id())).unwrap_or_default();
+        Ok(children
+            .split_whitespace()
+            .find_map(|p| p.parse().ok())
+            .filter(|pid| !prog_stats(*pid).is_empty()))
+    })
 }
 
 /// `(run_time_ns, run_cnt)` of each eBPF program a process holds, by program id (from

@@ -72,17 +72,18 @@ impl Drop for WhyFile {
 /// `.tmp` file for a moment, and must not lose it (or its first `.ndjson`) to this sweep.
 fn sweep(dir: &Path, is_tracer: &dyn Fn(u32) -> bool) -> io::Result<()> {
     for e in fs::read_dir(dir)?.flatten() {
-        let name = e.file_name();
-        let pid = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("why-"))
-            .and_then(|n| n.split('.').next())
-            .and_then(|p| p.parse::<u32>().ok());
-        if pid.is_some_and(|p| !is_tracer(p)) {
+        if pid_of(&e.file_name()).is_some_and(|(pid, _)| !is_tracer(pid)) {
             let _ = fs::remove_file(e.path());
         }
     }
     Ok(())
+}
+
+/// The pid a tracer's file is named after (`why-PID.ndjson`, or its `why-PID.tmp`), and
+/// whether it is the `.ndjson` readers read.
+fn pid_of(name: &std::ffi::OsStr) -> Option<(u32, bool)> {
+    let (pid, ext) = name.to_str()?.strip_prefix("why-")?.split_once('.')?;
+    Some((pid.parse().ok()?, ext == "ndjson"))
 }
 
 /// Whether `pid` runs mptcp-trace (a tracer that died without cleaning up left a pid that runs
@@ -99,14 +100,9 @@ pub fn running(dir: &Path) -> Vec<(u32, PathBuf)> {
     };
     let mut v: Vec<(u32, PathBuf)> = rd
         .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let pid: u32 = name
-                .strip_prefix("why-")?
-                .strip_suffix(".ndjson")?
-                .parse()
-                .ok()?;
-            is_tracer(pid).then_some((pid, e.path()))
+        .filter_map(|e| match pid_of(&e.file_name())? {
+            (pid, true) if is_tracer(pid) => Some((pid, e.path())),
+            _ => None,
         })
         .collect();
     v.sort();
