@@ -13,6 +13,7 @@ fn main() {
     for dir in [
         "mptcp-ebpf/src",
         "mptcp-ebpf/Cargo.toml",
+        "mptcp-ebpf/build.rs",
         "mptcp-common/src",
         "ebpf-build/src",
     ] {

@@ -2,7 +2,7 @@
 //! to the programs as read-only globals, loads and attaches every program, and hands back the
 //! maps userspace reads. Dropping the [`Tracer`] detaches everything (links are fd-owned).
 
-use std::path::Path;
+use std::{path::Path, time::Instant};
 
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
@@ -237,7 +237,14 @@ pub fn load(config: Config) -> Result<Tracer, LoadError> {
         return Err(LoadError::NoMptcp);
     }
     bump_memlock_rlimit();
+    // Start-up's phases are logged with `-v`: under emulation (the test guests) a start takes
+    // seconds, and which phase to shorten is read from here.
+    let started = Instant::now();
     let resolved = offsets::resolve_from(Path::new(VMLINUX_BTF))?;
+    debug!(
+        "offsets resolved from the kernel's BTF in {:?}",
+        started.elapsed()
+    );
     let mut degraded = resolved.missing.clone();
     for m in &resolved.missing {
         warn!("this kernel lacks {m}: that field stays empty");
@@ -255,7 +262,9 @@ pub fn load(config: Config) -> Result<Tracer, LoadError> {
         .override_global("CONFIG", &config, true)
         .load(OBJECT)
         .map_err(LoadError::Load)?;
+    debug!("object loaded (maps created) at {:?}", started.elapsed());
     let btf = Btf::from_sys_fs()?;
+    debug!("attach points' BTF parsed at {:?}", started.elapsed());
     let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
         Ok(l) => Some(l),
         Err(e) => {
@@ -265,9 +274,16 @@ pub fn load(config: Config) -> Result<Tracer, LoadError> {
     };
     let mut programs = Vec::new();
     for p in PROGRAMS.iter().filter(|p| rescue || p.name != RESCUE) {
+        let before = Instant::now();
         match attach(&mut ebpf, &btf, p.name, p.tracepoint) {
-            Ok(fd) => {
-                debug!("attached {} to tp_btf/{}", p.name, p.tracepoint);
+            Ok((fd, verified)) => {
+                debug!(
+                    "attached {} to tp_btf/{} in {:?} (the verifier processed {} instructions)",
+                    p.name,
+                    p.tracepoint,
+                    before.elapsed(),
+                    verified.map_or("an unknown number of".into(), |n| n.to_string()),
+                );
                 programs.push((p.name, fd));
             }
             Err(e) if p.required => return Err(e),
@@ -328,7 +344,7 @@ fn attach(
     btf: &Btf,
     name: &'static str,
     tracepoint: &str,
-) -> Result<aya::programs::ProgramFd, LoadError> {
+) -> Result<(aya::programs::ProgramFd, Option<u32>), LoadError> {
     let prog: &mut BtfTracePoint = ebpf
         .program_mut(name)
         .ok_or(LoadError::Map(name))?
@@ -349,13 +365,20 @@ fn attach(
         name,
         source,
     })?;
-    prog.fd()
+    // What the verifier walked (Linux ≥ 5.16): the bulk of a start's time.
+    let verified = prog
+        .info()
+        .ok()
+        .and_then(|i| i.verified_instruction_count());
+    let fd = prog
+        .fd()
         .and_then(|fd| fd.try_clone().map_err(Into::into))
         .map_err(|source| LoadError::Program {
             what: "read",
             name,
             source,
-        })
+        })?;
+    Ok((fd, verified))
 }
 
 impl Counters {
