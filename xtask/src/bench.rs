@@ -294,6 +294,21 @@ impl Running {
     }
 }
 
+/// Set by SIGINT (see [`run`]).
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+fn check_interrupted() -> Result<()> {
+    ensure!(
+        !INTERRUPTED.load(Ordering::Relaxed),
+        "interrupted (Ctrl-C): the test bed and the settings the bench changed are undone"
+    );
+    Ok(())
+}
+
 /// Polls `ready` until it gives a value, for at most 60 s; fails (with what the arm printed on
 /// stderr) when `child` exits first. `what` names the arm in the error.
 fn wait_ready<T>(
@@ -314,6 +329,7 @@ fn wait_ready<T>(
             bail!("{what} exited before it was ready: {st}: {}", e.trim());
         }
         ensure!(Instant::now() < deadline, "{what} was not ready in 60 s");
+        check_interrupted()?;
         thread::sleep(Duration::from_millis(10));
     }
 }
@@ -562,6 +578,11 @@ fn bulk(bed: &TestBed) -> Result<f64> {
     Ok(BULK_BYTES as f64 / (1 << 20) as f64 / t0.elapsed().as_secs_f64())
 }
 
+/// How long a churn connection may wait on its peer before it counts as failed. Without it,
+/// one stalled connection held its worker (and the round) for ever: a quick run once stopped
+/// in a bpftrace round, every process idle; the cause was not found.
+const STALL: Duration = Duration::from_secs(10);
+
 /// The server for `proto`: acceptor threads in the server namespace that read to EOF, answer
 /// and close.
 fn serve(bed: &TestBed, threads: u32, proto: Proto) -> Result<()> {
@@ -574,6 +595,9 @@ fn serve(bed: &TestBed, threads: u32, proto: Proto) -> Result<()> {
         thread::spawn(move || {
             let mut buf = [0u8; PAYLOAD];
             while let Ok((mut c, _)) = l.accept() {
+                // A stalled connection must not hold an acceptor for ever (see `churn`).
+                let _ = c.set_read_timeout(Some(STALL));
+                let _ = c.set_write_timeout(Some(STALL));
                 let mut got = 0;
                 while let Ok(n) = c.read(&mut buf) {
                     if n == 0 {
@@ -615,7 +639,7 @@ fn churn(bed: &TestBed, secs: u64, rate: u32, workers: u32, proto: Proto) -> Res
             let every = (rate > 0).then(|| Duration::from_secs_f64(workers as f64 / rate as f64));
             let mut next =
                 start + every.map_or(Duration::ZERO, |e| e.mul_f64(w as f64 / workers as f64));
-            while Instant::now() < end {
+            while Instant::now() < end && !INTERRUPTED.load(Ordering::Relaxed) {
                 if let Some(e) = every {
                     let now = Instant::now();
                     if next > now {
@@ -625,6 +649,8 @@ fn churn(bed: &TestBed, secs: u64, rate: u32, workers: u32, proto: Proto) -> Res
                 }
                 let ok = (|| -> std::io::Result<()> {
                     let mut s = peer::connect(addr, proto)?;
+                    s.set_read_timeout(Some(STALL))?;
+                    s.set_write_timeout(Some(STALL))?;
                     s.write_all(&payload)?;
                     s.shutdown(Shutdown::Write)?;
                     while s.read(&mut buf)? > 0 {}
@@ -757,11 +783,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
         args.rounds > 0 && args.seconds > 0,
         "--rounds and --seconds must be at least 1"
     );
-    // Started in the background by a non-interactive shell, the bench ignores SIGINT, and so
-    // would the arms it starts: `ip mptcp monitor` would never stop and the bench would wait
-    // for ever. The arms are stopped with SIGINT (as Ctrl-C: ours print their loss summary).
-    // SAFETY: resetting a signal's disposition to its default, before any thread is started.
-    unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
+    // Ctrl-C stops the bench at its next step, so that its guards run: the test bed's
+    // namespaces, `bpf_stats_enabled` and a tracefs it mounted are undone (the default action
+    // left all three behind). A handler also gives the arms SIGINT's default action when they
+    // exec, where an ignored SIGINT (a background shell's) would be inherited: `ip mptcp
+    // monitor` would then never stop, and the bench would wait for ever. The arms are stopped
+    // with SIGINT (as Ctrl-C: ours print their loss summary).
+    // SAFETY: the handler only stores to an atomic; installed before any thread is started.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            on_sigint as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        )
+    };
     let root = workspace_root();
     eprintln!("==> cargo build --release -p mptcp-user");
     let st = cargo()
@@ -845,6 +879,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut bulks: Vec<(Arm, Vec<f64>)> = Arm::MPTCP.iter().map(|a| (*a, Vec::new())).collect();
     for round in 0..rounds {
         for (arm, v) in &mut bulks {
+            check_interrupted()?;
             let running = start(*arm, &bin, &bed, &dir, 1000 + round)?;
             let mib_s = bulk(&bed)?;
             eprintln!("round {round} {:<40} {mib_s:>8.0} MiB/s", arm.name());
@@ -909,6 +944,7 @@ fn churn_phase(
     let mut results: Vec<(Arm, Vec<Sample>)> = plan.arms.iter().map(|a| (*a, Vec::new())).collect();
     for round in 0..plan.rounds {
         for (arm, samples) in &mut results {
+            check_interrupted()?;
             let running = start(*arm, bin, bed, dir, round)?;
             let pids = running.pids.clone();
             let before: u64 = pids.iter().map(|p| usage(*p).0).sum();

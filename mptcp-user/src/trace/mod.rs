@@ -421,6 +421,14 @@ impl Pipeline {
             core.diagnosis.pass(e, &mut core.ready);
         }
         core.order.floor(t0);
+        // Counter baselines from before anything traced can start: the tick's first sample
+        // comes only once the caller polls, after it has said it is ready, and a connection
+        // started at once had none older than itself. Its baseline was then read when its
+        // first event was judged, a reorder window later, and a counter that grew meanwhile
+        // went unseen (the sid guest's mid-connection fallback named InfiniteMapRx without
+        // the DataCsumErr that caused it).
+        let watched = core.pm.watched();
+        core.diagnosis.sample(&watched, monotonic_ns());
         // Loss before the first event counts too, but only from now on.
         core.reported = core.lost_now();
         Ok(Pipeline {
