@@ -103,6 +103,12 @@ pub fn send(addr: SocketAddr, proto: Proto, plan: Send) -> io::Result<u64> {
             }
         }
     }
+    finish(&mut conn)
+}
+
+/// Half-closes a client's connection and returns what the server acknowledged: the byte count
+/// [`serve_one`] answers with once it reads EOF.
+pub fn finish(conn: &mut TcpStream) -> io::Result<u64> {
     conn.shutdown(Shutdown::Write)?;
     let mut ack = [0u8; 8];
     conn.read_exact(&mut ack)?;

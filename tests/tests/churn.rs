@@ -10,7 +10,7 @@
 use std::{
     collections::HashMap,
     io::{BufRead, BufReader, Read, Write},
-    net::{IpAddr, Shutdown, SocketAddr, TcpListener},
+    net::{IpAddr, SocketAddr, TcpListener},
     os::fd::AsFd,
     process::{Command, Stdio},
     sync::{
@@ -283,10 +283,7 @@ fn serve(
 fn one_connection(addr: SocketAddr) -> std::io::Result<()> {
     let mut c = peer::connect(addr, Proto::Mptcp)?;
     c.write_all(&[0x5a; 1024])?;
-    c.shutdown(Shutdown::Write)?;
-    let mut ack = [0u8; 8];
-    c.read_exact(&mut ack)?;
-    Ok(())
+    peer::finish(&mut c).map(drop)
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    io::{self, Read, Write},
+    io::{self, Write},
     net::{IpAddr, SocketAddr, TcpListener},
     os::fd::FromRawFd,
     process::Command,
@@ -252,10 +252,7 @@ fn an_announcement_is_printed_before_the_join_it_caused() {
             conn.write_all(&[0x5a])?;
             let _ = hold.recv_timeout(WAIT);
             conn.write_all(&[0x5a; 4096])?;
-            conn.shutdown(std::net::Shutdown::Write)?;
-            let mut ack = [0u8; 8];
-            conn.read_exact(&mut ack)?;
-            Ok(u64::from_be_bytes(ack))
+            peer::finish(&mut conn)
         })
         .unwrap()
         .expect("client transfer")

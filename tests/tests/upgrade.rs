@@ -363,10 +363,8 @@ fn workload_client(addr: SocketAddr, out: &mut Vec<String>) {
     out.push(format!("extra_subflows={}", extra_subflows(&conn)));
     out.push(format!("locals={}", subflow_locals(&conn).join(",")));
     conn.write_all(&[0x5a; 99_000]).unwrap();
-    conn.shutdown(std::net::Shutdown::Write).unwrap();
-    let mut ack = [0u8; 8];
-    conn.read_exact(&mut ack).unwrap();
-    out.push(format!("acked={}", u64::from_be_bytes(ack)));
+    let acked = mptcp_user::peer::finish(&mut conn).unwrap();
+    out.push(format!("acked={acked}"));
 }
 
 /// Not a test: the process the other tests start (under `mptcp-trace run`, in a cgroup, with a
