@@ -153,11 +153,6 @@ for s in "${SERIES[@]}"; do
     pkg=$SID_FALLBACK
   fi
   ver=$(candidate "$s" "$pkg")
-  if [ "$s" = sid ] && { [ -z "$pkg" ] || [ -z "$ver" ]; }; then
-    # CI's matrix does not boot sid (xtask's CI_KERNELS): its absence must not stop set-up.
-    log "sid: no sid kernel in the apt sources; \`vm-test --kernel sid\` is unavailable"
-    continue
-  fi
   if [ -z "$pkg" ] || [ -z "$ver" ]; then
     echo "fetch-kernels: no package for kernel series $s in the apt sources" >&2
     exit 1

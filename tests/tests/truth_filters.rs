@@ -313,6 +313,109 @@ fn an_announcement_is_printed_before_the_join_it_caused() {
     );
 }
 
+/// A reader late by more than a connection's whole life finds the connection's records in the
+/// ring buffer and its ADD_ADDR in the netlink socket, both at once. Read in the wrong order,
+/// the announcement was about a connection already forgotten and was dropped (the sid guest,
+/// loaded). Here the tracer is stopped (SIGSTOP) while each connection is announced an address,
+/// joins it and closes, then resumed: every announcement is printed, before its join and its
+/// close. Three rounds: either source could be read first.
+#[test]
+fn an_announcement_read_after_its_connection_closed_is_still_printed() {
+    require_root();
+    const ROUNDS: usize = 3;
+    let bed = TestBed::create(&tag("late")).unwrap();
+    let cns = TestBed::netns_inode(&bed.client).unwrap();
+    testbed::add_endpoint(
+        &bed.server,
+        testbed::BLUE_SERVER_V4,
+        Some("blue-server"),
+        5,
+        &["signal"],
+    )
+    .unwrap();
+    let mon = Monitor::start(&bed.client);
+    let tracer = Tracer::start(&["--netns", &bed.client, "--netns", &bed.server]);
+    let addr: SocketAddr = "10.0.0.1:4342".parse().unwrap();
+    let srv = server(&bed, "0.0.0.0:4342".parse().unwrap(), Proto::Mptcp, ROUNDS);
+    let count = |kind: &str, remid: Option<&str>| {
+        mon.events()
+            .iter()
+            .filter(|p| p.kind == kind && (remid.is_none() || p.get("remid") == remid))
+            .count()
+    };
+    let until = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + WAIT;
+        while !done() {
+            assert!(Instant::now() < deadline, "the kernel's monitor: no {what}");
+            thread::sleep(Duration::from_millis(20));
+        }
+    };
+    for round in 1..=ROUNDS {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(tracer.pid() as i32, libc::SIGSTOP) };
+        let ns = bed.client.clone();
+        let (go, hold) = std::sync::mpsc::channel::<()>();
+        let cl = thread::spawn(move || {
+            testbed::in_netns(&ns, move || -> io::Result<u64> {
+                let mut conn = peer::connect(addr, Proto::Mptcp)?;
+                conn.write_all(&[0x5a])?;
+                let _ = hold.recv_timeout(WAIT);
+                conn.write_all(&[0x5a; 4096])?;
+                peer::finish(&mut conn)
+            })
+            .unwrap()
+            .expect("client transfer")
+        });
+        until("join to the announced id 5", &|| {
+            count("SF_ESTABLISHED", Some("5")) >= round
+        });
+        go.send(()).unwrap();
+        assert_eq!(cl.join().unwrap(), 4097);
+        until("close", &|| count("CLOSED", None) >= round);
+        // SAFETY: as above.
+        unsafe { libc::kill(tracer.pid() as i32, libc::SIGCONT) };
+        tracer.wait_for("the client's conn_closed", WAIT, closed_in(cns, round));
+    }
+    assert_eq!(srv.join().unwrap().unwrap().len(), ROUNDS);
+    let run = tracer.stop();
+    let pm = mon.stop();
+    assert!(run.status.success(), "{}", run.stderr);
+
+    let tokens: Vec<&str> = pm
+        .iter()
+        .filter(|p| p.kind == "ANNOUNCED" && p.get("remid") == Some("5"))
+        .filter_map(|p| p.get("token"))
+        .collect();
+    assert_eq!(tokens.len(), ROUNDS, "the kernel's announcements: {pm:#?}");
+    let ev = events_in(&run.events, cns);
+    for token in tokens {
+        let of = |pred: &dyn Fn(&Event) -> bool| {
+            (0..ev.len())
+                .filter(|&i| ev[i].token.as_deref() == Some(token) && pred(&ev[i]))
+                .collect::<Vec<usize>>()
+        };
+        let ann = of(&|e| e.event == Kind::AddrAnnounced && e.remote_id == Some(5));
+        let joins = of(&|e| e.join == Some(true) && e.remote_id == Some(5));
+        let closed = of(&|e| e.event == Kind::ConnClosed);
+        assert_eq!(ann.len(), 1, "token {token}: addr_announced once: {ev:#?}");
+        assert!(!joins.is_empty(), "token {token}: no join to id 5: {ev:#?}");
+        assert_eq!(closed.len(), 1, "token {token}: conn_closed once: {ev:#?}");
+        assert!(
+            joins.iter().chain(&closed).all(|&j| ann[0] < j),
+            "token {token}: addr_announced after its join or close: {ev:#?}"
+        );
+        assert_eq!(
+            ev[ann[0]].addr,
+            Some(testbed::BLUE_SERVER_V4.parse().unwrap())
+        );
+    }
+    assert!(
+        run.events.windows(2).all(|w| w[0].ts_ns <= w[1].ts_ns),
+        "ts_ns goes back: {:#?}",
+        run.events
+    );
+}
+
 /// The connections (by local token) each namespace shows, for the connections in `events`.
 fn tokens(events: &[Event]) -> HashSet<(u32, String)> {
     events

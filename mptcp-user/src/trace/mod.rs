@@ -179,6 +179,9 @@ struct Core {
     totals: Totals,
     reported: Lost,
     pm_buf: Vec<PmAddr>,
+    /// When the path manager's sockets were last read (monotonic ns, taken before reading):
+    /// every message the kernel sent before it has been read.
+    pm_read_at: u64,
     /// The upgrade program's loss (its ring and its skipped runs), once its feed is attached.
     upgrade_loss: Option<crate::upgrade::LossReader>,
 }
@@ -201,6 +204,15 @@ impl Core {
                 // rescan): subscribe now, before its first announcement.
                 self.pm.saw(ns);
             }
+        }
+        if e.kind() == Kind::ConnClosed && e.ts_ns >= self.pm_read_at {
+            // The kernel sent this connection's address events before it closed, so they wait
+            // in the netlink sockets now: read them while its token is still known (its owner
+            // is forgotten at this close). A reader late by more than the connection's life
+            // (the sid guest under load) had read the ring buffer to the close first, and
+            // dropped the ADD_ADDR as being about an unknown connection.
+            let closing = e.netns().zip(e.token()).map(|(ns, t)| (ns, t.0, e.ts_ns));
+            self.drain_pm(closing);
         }
         let e = match self.existing.route(e, monotonic_ns()) {
             Route::Normal(e) => *e,
@@ -250,16 +262,26 @@ impl Core {
         }
     }
 
-    fn drain_pm(&mut self) {
+    /// Reads the path manager's messages waiting now. `closing` (netns, token, stamp): a
+    /// connection whose close is being handled, so its messages were sent before that stamp
+    /// and are stamped no later than 1 ns before it.
+    fn drain_pm(&mut self, closing: Option<(u32, u32, u64)>) {
+        self.pm_read_at = monotonic_ns();
         let owners = &self.owners;
         self.pm_buf.clear();
         self.pm
             .drain(|ns, token| owners.knows(ns, token), &mut self.pm_buf);
-        let ts = monotonic_ns();
+        let read = monotonic_ns();
         for a in std::mem::take(&mut self.pm_buf) {
+            let ts = match closing {
+                Some((ns, token, closed)) if (a.netns, a.token) == (ns, token) => {
+                    read.min(closed.saturating_sub(1))
+                }
+                _ => read,
+            };
             let mut e = decode::addr_event(&a, ts, &self.clock);
             self.owners.enrich(&mut e);
-            let e = match self.existing.route(e, ts) {
+            let e = match self.existing.route(e, read) {
                 Route::Normal(e) => *e,
                 Route::Judged(v) => {
                     v.into_iter().for_each(|e| self.order.push(e));
@@ -413,6 +435,7 @@ impl Pipeline {
             totals: Totals::default(),
             reported: Lost::default(),
             pm_buf: Vec::new(),
+            pm_read_at: 0,
             upgrade_loss: None,
         };
         // The snapshot goes out first; later events stamped before it follow it.
@@ -512,7 +535,7 @@ impl Pipeline {
                     // The connection's own records were written before the kernel handled the
                     // option: read them first so the address event finds its owner.
                     self.core.drain_ring(self.ring.get_mut());
-                    self.core.drain_pm();
+                    self.core.drain_pm(None);
                 }
                 u = feed_next(&mut self.feed), if self.feed.is_some() => match u {
                     Some(u) => self.core.event(decode::seccomp_upgraded(&u, &self.core.clock)),
@@ -576,7 +599,7 @@ impl Pipeline {
             self.core.drain_upgrade_ring(r.get_mut());
         }
         self.core.drain_ring(self.ring.get_mut());
-        self.core.drain_pm();
+        self.core.drain_pm(None);
         self.core.release(u64::MAX);
         self.core.report_loss();
         let totals = self.totals();

@@ -143,11 +143,18 @@ impl Reorder {
         Some(e)
     }
 
-    pub fn push(&mut self, e: Event) {
+    pub fn push(&mut self, mut e: Event) {
         self.seq += 1;
-        // An event older than what was already released goes out next, in arrival order.
+        // An event older than what was already released goes out next, in arrival order,
+        // stamped anew with that time so that `ts_ns` never goes back: a record read more than
+        // the window late, or one written while the later programs were still being attached,
+        // before the start-up snapshot's stamp (see `floor`).
+        if e.ts_ns < self.released {
+            e.ts_ns = self.released;
+            e.time = self.clock.rfc3339(e.ts_ns);
+        }
         let key = Key {
-            ts: e.ts_ns.max(self.released),
+            ts: e.ts_ns,
             seq: self.seq,
             slot: u64::MAX,
         };
@@ -458,9 +465,12 @@ mod tests {
         assert!(out.is_empty(), "still in the window");
         r.release(u64::MAX, &mut |e| out.push(e.ts_ns));
         assert_eq!(out, [1_000_000_000, 3_000_000_000]);
-        // A straggler older than what went out keeps the output monotonic.
+        // A straggler older than what went out keeps the output monotonic: it goes out next,
+        // stamped with the newest time released.
         r.push(at(5));
         assert_eq!(r.next_due(), Some(3_000_000_000 + WINDOW_NS));
+        r.release(u64::MAX, &mut |e| out.push(e.ts_ns));
+        assert_eq!(out, [1_000_000_000, 3_000_000_000, 3_000_000_000]);
     }
 
     /// A ring-buffer event of the sample connection (netns [`NETNS`], token [`TOKEN`]).
