@@ -243,31 +243,7 @@ fn an_announcement_is_printed_before_the_join_it_caused() {
     // the server announces only once the connection is fully established, and under emulation
     // (the 6.1 guest beside another) a fixed warm-up ended the connection before the ADD_ADDR
     // arrived, so the scenario under test never happened.
-    let (go, hold) = std::sync::mpsc::channel::<()>();
-    let ns = bed.client.clone();
-    let cl = thread::spawn(move || {
-        testbed::in_netns(&ns, move || -> io::Result<u64> {
-            let mut conn = peer::connect(addr, Proto::Mptcp)?;
-            // The first byte makes the connection fully established.
-            conn.write_all(&[0x5a])?;
-            let _ = hold.recv_timeout(WAIT);
-            conn.write_all(&[0x5a; 4096])?;
-            peer::finish(&mut conn)
-        })
-        .unwrap()
-        .expect("client transfer")
-    });
-    let deadline = Instant::now() + WAIT;
-    while !mon
-        .events()
-        .iter()
-        .any(|p| p.kind == "SF_ESTABLISHED" && p.get("remid") == Some("5"))
-        && Instant::now() < deadline
-    {
-        thread::sleep(Duration::from_millis(50));
-    }
-    go.send(()).unwrap();
-    assert_eq!(cl.join().unwrap(), 4097);
+    assert_eq!(announced_connection(&bed, addr, &mon, 1), 4097);
     srv.join().unwrap().unwrap();
     tracer.wait_for("conn_closed on both ends", WAIT, |ev| {
         closed_in(cns, 1)(ev) && closed_in(sns, 1)(ev)
@@ -337,41 +313,10 @@ fn an_announcement_read_after_its_connection_closed_is_still_printed() {
     let tracer = Tracer::start(&["--netns", &bed.client, "--netns", &bed.server]);
     let addr: SocketAddr = "10.0.0.1:4342".parse().unwrap();
     let srv = server(&bed, "0.0.0.0:4342".parse().unwrap(), Proto::Mptcp, ROUNDS);
-    let count = |kind: &str, remid: Option<&str>| {
-        mon.events()
-            .iter()
-            .filter(|p| p.kind == kind && (remid.is_none() || p.get("remid") == remid))
-            .count()
-    };
-    let until = |what: &str, done: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + WAIT;
-        while !done() {
-            assert!(Instant::now() < deadline, "the kernel's monitor: no {what}");
-            thread::sleep(Duration::from_millis(20));
-        }
-    };
     for round in 1..=ROUNDS {
         // SAFETY: plain kill(2) on our own child.
         unsafe { libc::kill(tracer.pid() as i32, libc::SIGSTOP) };
-        let ns = bed.client.clone();
-        let (go, hold) = std::sync::mpsc::channel::<()>();
-        let cl = thread::spawn(move || {
-            testbed::in_netns(&ns, move || -> io::Result<u64> {
-                let mut conn = peer::connect(addr, Proto::Mptcp)?;
-                conn.write_all(&[0x5a])?;
-                let _ = hold.recv_timeout(WAIT);
-                conn.write_all(&[0x5a; 4096])?;
-                peer::finish(&mut conn)
-            })
-            .unwrap()
-            .expect("client transfer")
-        });
-        until("join to the announced id 5", &|| {
-            count("SF_ESTABLISHED", Some("5")) >= round
-        });
-        go.send(()).unwrap();
-        assert_eq!(cl.join().unwrap(), 4097);
-        until("close", &|| count("CLOSED", None) >= round);
+        assert_eq!(announced_connection(&bed, addr, &mon, round), 4097);
         // SAFETY: as above.
         unsafe { libc::kill(tracer.pid() as i32, libc::SIGCONT) };
         tracer.wait_for("the client's conn_closed", WAIT, closed_in(cns, round));
@@ -413,6 +358,89 @@ fn an_announcement_read_after_its_connection_closed_is_still_printed() {
         run.events.windows(2).all(|w| w[0].ts_ns <= w[1].ts_ns),
         "ts_ns goes back: {:#?}",
         run.events
+    );
+}
+
+/// Waits (up to [`WAIT`]) until the kernel's monitor has shown `n` events of `kind` (with
+/// `remid`, if given).
+fn monitor_count(mon: &Monitor, kind: &str, remid: Option<&str>, n: usize) {
+    let deadline = Instant::now() + WAIT;
+    while mon
+        .events()
+        .iter()
+        .filter(|p| p.kind == kind && (remid.is_none() || p.get("remid") == remid))
+        .count()
+        < n
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the kernel's monitor: fewer than {n} {kind} remid={remid:?}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One MPTCP client connection to `addr` that the server's ADD_ADDR (id 5) reaches: it sends a
+/// byte (the connection is then fully established, and the server announces), stays open until
+/// the kernel's monitor shows the `n`-th join to id 5 and its close, and returns the server's
+/// byte count (4097).
+fn announced_connection(bed: &TestBed, addr: SocketAddr, mon: &Monitor, n: usize) -> u64 {
+    let ns = bed.client.clone();
+    let (go, hold) = std::sync::mpsc::channel::<()>();
+    let cl = thread::spawn(move || {
+        testbed::in_netns(&ns, move || -> io::Result<u64> {
+            let mut conn = peer::connect(addr, Proto::Mptcp)?;
+            conn.write_all(&[0x5a])?;
+            let _ = hold.recv_timeout(WAIT);
+            conn.write_all(&[0x5a; 4096])?;
+            peer::finish(&mut conn)
+        })
+        .unwrap()
+        .expect("client transfer")
+    });
+    monitor_count(mon, "SF_ESTABLISHED", Some("5"), n);
+    go.send(()).unwrap();
+    let acked = cl.join().unwrap();
+    monitor_count(mon, "CLOSED", None, n);
+    acked
+}
+
+/// An address event about a connection the tracer does not trace (the kernel programs left it
+/// out: another process's) is not shown, and is counted in the summary once the ring buffer
+/// has been read past it.
+#[test]
+fn an_announcement_about_an_untraced_connection_is_counted_not_shown() {
+    require_root();
+    let bed = TestBed::create(&tag("untr")).unwrap();
+    testbed::add_endpoint(
+        &bed.server,
+        testbed::BLUE_SERVER_V4,
+        Some("blue-server"),
+        5,
+        &["signal"],
+    )
+    .unwrap();
+    let mon = Monitor::start(&bed.client);
+    // Only init's connections: the test's own are left out in the kernel.
+    let tracer = Tracer::start(&["--pid", "1", "--netns", &bed.client, "--netns", &bed.server]);
+    let addr: SocketAddr = "10.0.0.1:4343".parse().unwrap();
+    let srv = server(&bed, "0.0.0.0:4343".parse().unwrap(), Proto::Mptcp, 1);
+    assert_eq!(announced_connection(&bed, addr, &mon, 1), 4097);
+    srv.join().unwrap().unwrap();
+    let run = tracer.stop();
+    let pm = mon.stop();
+    assert!(run.status.success(), "{}", run.stderr);
+    assert!(
+        pm.iter()
+            .any(|p| p.kind == "ANNOUNCED" && p.get("remid") == Some("5")),
+        "the kernel announced nothing: {pm:#?}"
+    );
+    assert!(run.events.is_empty(), "{:#?}", run.events);
+    assert!(
+        run.stderr
+            .contains(", 1 path-manager messages for unknown connections dropped"),
+        "{}",
+        run.stderr
     );
 }
 

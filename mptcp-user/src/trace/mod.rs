@@ -60,6 +60,14 @@ const TICK: Duration = Duration::from_millis(500);
 /// [`order::WINDOW_NS`] for earlier ones anyway; at the machine's maximum churn 5 ms is a
 /// few hundred KiB of the 4 MiB ring.
 const RING_PACE: Duration = Duration::from_millis(5);
+/// At most this many ring-buffer records are decoded per read. Under overload the kernel
+/// writes as fast as the reader reads, and a read that went on until the ring was empty never
+/// ended: everything it decoded stayed held until it did (hundreds of MiB at the machine's
+/// maximum churn). After a full batch the decoded events go out before the next batch is read.
+const RING_BATCH: usize = 4096;
+/// At most this many path-manager messages wait for their connection's records (see
+/// `Core::unowned`); beyond it the oldest is dropped as unknown.
+const MAX_UNOWNED: usize = 4096;
 /// Namespaces are rescanned every this many ticks.
 const RESCAN_TICKS: u64 = 4;
 
@@ -182,6 +190,11 @@ struct Core {
     /// When the path manager's sockets were last read (monotonic ns, taken before reading):
     /// every message the kernel sent before it has been read.
     pm_read_at: u64,
+    /// Path-manager messages about a connection not known yet, with when they were read: its
+    /// records may still be in the ring buffer (a batch not read yet, a record the kernel had
+    /// not submitted). Judged again after each read of the ring buffer, and dropped as unknown
+    /// once the ring buffer was read empty after them.
+    unowned: VecDeque<(PmAddr, u64)>,
     /// The upgrade program's loss (its ring and its skipped runs), once its feed is attached.
     upgrade_loss: Option<crate::upgrade::LossReader>,
 }
@@ -242,9 +255,36 @@ impl Core {
         }
     }
 
-    fn drain_ring(&mut self, rb: &mut RingBuf<MapData>) {
-        while let Some(item) = rb.next() {
+    /// Reads up to [`RING_BATCH`] records; true when the ring buffer was left empty.
+    fn drain_ring(&mut self, rb: &mut RingBuf<MapData>) -> bool {
+        let started = monotonic_ns();
+        for _ in 0..RING_BATCH {
+            let Some(item) = rb.next() else {
+                self.settle_unowned(Some(started));
+                return true;
+            };
             self.record(&item);
+        }
+        self.settle_unowned(None);
+        false
+    }
+
+    /// Passes on the held path-manager messages whose connection is known now. With
+    /// `emptied_after`: the ring buffer was just read empty, so every record submitted before
+    /// that time has been read, and a message read before it whose token is still unknown is
+    /// about no connection the tracer will see (dropped, counted).
+    fn settle_unowned(&mut self, emptied_after: Option<u64>) {
+        if self.unowned.is_empty() {
+            return;
+        }
+        for (a, read) in std::mem::take(&mut self.unowned) {
+            if self.owners.knows(a.netns, a.token) {
+                self.pm_event(&a, read, read);
+            } else if emptied_after.is_some_and(|t| read < t) {
+                self.pm.stats.unknown_token += 1;
+            } else {
+                self.unowned.push_back((a, read));
+            }
         }
     }
 
@@ -267,33 +307,44 @@ impl Core {
     /// and are stamped no later than 1 ns before it.
     fn drain_pm(&mut self, closing: Option<(u32, u32, u64)>) {
         self.pm_read_at = monotonic_ns();
-        let owners = &self.owners;
         self.pm_buf.clear();
-        self.pm
-            .drain(|ns, token| owners.knows(ns, token), &mut self.pm_buf);
+        self.pm.drain(&mut self.pm_buf);
         let read = monotonic_ns();
         for a in std::mem::take(&mut self.pm_buf) {
+            if !self.owners.knows(a.netns, a.token) {
+                if self.unowned.len() == MAX_UNOWNED {
+                    self.unowned.pop_front();
+                    self.pm.stats.unknown_token += 1;
+                }
+                self.unowned.push_back((a, read));
+                continue;
+            }
             let ts = match closing {
                 Some((ns, token, closed)) if (a.netns, a.token) == (ns, token) => {
                     read.min(closed.saturating_sub(1))
                 }
                 _ => read,
             };
-            let mut e = decode::addr_event(&a, ts, &self.clock);
-            self.owners.enrich(&mut e);
-            let e = match self.existing.route(e, read) {
-                Route::Normal(e) => *e,
-                Route::Judged(v) => {
-                    v.into_iter().for_each(|e| self.order.push(e));
-                    continue;
-                }
-                Route::Nothing => continue,
-            };
-            let order = &mut self.order;
-            // Stamped late (netlink has no kernel time): an announcement goes before the joins
-            // it caused, which the ring buffer delivered first (see `order`).
-            self.matcher.push(e, &mut |e| order.push_event(e));
+            self.pm_event(&a, ts, read);
         }
+    }
+
+    /// One path-manager message about a known connection, stamped `ts`, read at `read`.
+    fn pm_event(&mut self, a: &PmAddr, ts: u64, read: u64) {
+        let mut e = decode::addr_event(a, ts, &self.clock);
+        self.owners.enrich(&mut e);
+        let e = match self.existing.route(e, read) {
+            Route::Normal(e) => *e,
+            Route::Judged(v) => {
+                v.into_iter().for_each(|e| self.order.push(e));
+                return;
+            }
+            Route::Nothing => return,
+        };
+        let order = &mut self.order;
+        // Stamped late (netlink has no kernel time): an announcement goes before the joins
+        // it caused, which the ring buffer delivered first (see `order`).
+        self.matcher.push(e, &mut |e| order.push_event(e));
     }
 
     fn release(&mut self, now: u64) {
@@ -436,6 +487,7 @@ impl Pipeline {
             reported: Lost::default(),
             pm_buf: Vec::new(),
             pm_read_at: 0,
+            unowned: VecDeque::new(),
             upgrade_loss: None,
         };
         // The snapshot goes out first; later events stamped before it follow it.
@@ -525,9 +577,12 @@ impl Pipeline {
             tokio::select! {
                 guard = self.ring.readable_mut(), if !resting => {
                     let mut guard = guard?;
-                    self.core.drain_ring(guard.get_inner_mut());
-                    guard.clear_ready();
-                    self.ring_rest = Some(tokio::time::Instant::now() + RING_PACE);
+                    if self.core.drain_ring(guard.get_inner_mut()) {
+                        guard.clear_ready();
+                        self.ring_rest = Some(tokio::time::Instant::now() + RING_PACE);
+                    }
+                    // Otherwise more is waiting: the readiness is kept, and the next batch is
+                    // read once this one's released events have gone out.
                 }
                 _ = tokio::time::sleep_until(rest_until), if resting => self.ring_rest = None,
                 r = self.core.pm.readable() => {
@@ -598,8 +653,10 @@ impl Pipeline {
         if let Some(r) = self.upgrade_ring.as_mut() {
             self.core.drain_upgrade_ring(r.get_mut());
         }
-        self.core.drain_ring(self.ring.get_mut());
+        while !self.core.drain_ring(self.ring.get_mut()) {}
         self.core.drain_pm(None);
+        // Whatever is still unowned now never will be: the ring buffer was read to its end.
+        self.core.settle_unowned(Some(u64::MAX));
         self.core.release(u64::MAX);
         self.core.report_loss();
         let totals = self.totals();

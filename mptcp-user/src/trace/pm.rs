@@ -307,7 +307,8 @@ struct Watched {
 pub struct PmStats {
     /// Messages on the MPTCP events group that the kernel did not send (sender port id ≠ 0).
     pub forged: u64,
-    /// Kernel messages about a token the tracer has not seen (no connection it knows).
+    /// Kernel messages about a token the tracer had not seen once the ring buffer was read past
+    /// them (no connection it knows: not traced, or its records lost).
     pub unknown_token: u64,
     /// Messages the kernel dropped because a socket's receive buffer was full (ENOBUFS).
     pub overruns: u64,
@@ -457,9 +458,8 @@ impl PmWatcher {
         Ok(())
     }
 
-    /// Reads every message waiting now, from every socket; `accept(netns, token)` says whether
-    /// the token belongs to a connection the tracer knows.
-    pub fn drain(&mut self, mut accept: impl FnMut(u32, u32) -> bool, out: &mut Vec<PmAddr>) {
+    /// Reads every message waiting now, from every socket, into `out`.
+    pub fn drain(&mut self, out: &mut Vec<PmAddr>) {
         self.ready.clear();
         self.epoll.get_ref().ready(&mut self.ready);
         let ready = std::mem::take(&mut self.ready);
@@ -486,13 +486,7 @@ impl PmWatcher {
                     self.stats.forged += 1;
                     continue;
                 }
-                for ev in parse_datagram(&self.buf[..n], w.family, ns) {
-                    if accept(ev.netns, ev.token) {
-                        out.push(ev);
-                    } else {
-                        self.stats.unknown_token += 1;
-                    }
-                }
+                out.extend(parse_datagram(&self.buf[..n], w.family, ns));
             }
         }
         self.ready = ready;
