@@ -8,7 +8,7 @@ use ratatui::{backend::TestBackend, buffer::Buffer, Terminal};
 use super::{
     diag::SockInfo,
     key, render,
-    state::{ConnState, SortBy, State, Update, LINGER_NS, WINDOW_NS},
+    state::{ConnState, SortBy, State, Update, LINGER_NS, MAX_LINGERING, WINDOW_NS},
     Action,
 };
 use crate::event::{
@@ -336,6 +336,24 @@ fn closes_keep_final_counters_and_linger() {
     );
     s.apply(Update::Tick(21 * S + LINGER_NS + 1));
     assert!(!s.conns.contains_key(&(NS, C1, 0)));
+}
+
+#[test]
+fn at_most_max_lingering_closed_connections_stay() {
+    let mut s = model();
+    let n = MAX_LINGERING as u64 + 10;
+    for i in 0..n {
+        let id = 0xaaaa_0000 + i;
+        s.apply(created(id, "0badcafe", 20 * S + i, RED, SRV));
+        s.apply(closed(id, 20 * S + i));
+    }
+    let closed = |s: &State| s.conns.values().filter(|c| !c.is_open()).count();
+    assert_eq!(closed(&s), MAX_LINGERING);
+    // The oldest closed went first; the newest and the open connections stay.
+    assert!(!s.conns.contains_key(&(NS, 0xaaaa_0000, 0)));
+    assert!(s.conns.contains_key(&(NS, 0xaaaa_0000 + n - 1, 0)));
+    assert_eq!(s.open_conns(), 2);
+    assert_eq!(s.seen(), n + 2);
 }
 
 #[test]
