@@ -566,9 +566,18 @@ fn fallback_to_a_plain_tcp_server(v6: bool) {
 /// and the counters that grew. Oracles: `ss -Mi` shows `fallback` on each end's MPTCP socket
 /// while it is open; the MPTcpExt counters (DataCsumErr on the server, InfiniteMapTx on the
 /// client); the nft rule's own counter (one packet changed).
-fn fallback_in_the_middle_of_a_connection(v6: bool) {
+/// `late`: the tracer is stopped (SIGSTOP) from the moment it is ready until the kernel has
+/// fallen back, as a loaded machine delays a reader: the counters it names must still be those
+/// that grew since before the connection (their baseline was once read only when the first
+/// event was judged, after the checksum failure had been counted: the sid guest under load).
+fn fallback_in_the_middle_of_a_connection(v6: bool, late: bool) {
     require_root();
-    let (bed, cns, sns) = bed_without_join(if v6 { "dgmidfb6" } else { "dgmidfb4" });
+    let tag = match (v6, late) {
+        (false, false) => "dgmidfb4",
+        (true, false) => "dgmidfb6",
+        (_, true) => "dgmidlate",
+    };
+    let (bed, cns, sns) = bed_without_join(tag);
     let port = 4419;
     for ns in [&bed.client, &bed.server] {
         integration_tests::run(
@@ -593,6 +602,10 @@ fn fallback_in_the_middle_of_a_connection(v6: bool) {
     nft(&bed.client, &rules);
     let (before_c, before_s) = (mptcp_ext(&bed.client), mptcp_ext(&bed.server));
     let tracer = Tracer::start(&[]);
+    if late {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(tracer.pid() as i32, libc::SIGSTOP) };
+    }
     let (mut client, mut server, _l) = connected(&bed, server_addr(v6, port), Proto::Mptcp);
     let reader = thread::spawn(move || {
         let mut buf = vec![0u8; 65536];
@@ -620,6 +633,10 @@ fn fallback_in_the_middle_of_a_connection(v6: bool) {
             ss(&bed.server)
         );
         thread::sleep(Duration::from_millis(200));
+    }
+    if late {
+        // SAFETY: as above.
+        unsafe { libc::kill(tracer.pid() as i32, libc::SIGCONT) };
     }
     tracer.wait_for("conn_fallback mid_connection on both ends", WAIT, |ev| {
         [cns, sns].iter().all(|ns| {
@@ -722,12 +739,17 @@ fn fallback_in_the_middle_of_a_connection(v6: bool) {
 
 #[test]
 fn diagnosis_fallback_in_the_middle_of_a_connection_ipv4() {
-    fallback_in_the_middle_of_a_connection(false);
+    fallback_in_the_middle_of_a_connection(false, false);
 }
 
 #[test]
 fn diagnosis_fallback_in_the_middle_of_a_connection_ipv6() {
-    fallback_in_the_middle_of_a_connection(true);
+    fallback_in_the_middle_of_a_connection(true, false);
+}
+
+#[test]
+fn diagnosis_fallback_in_the_middle_of_a_connection_read_late() {
+    fallback_in_the_middle_of_a_connection(false, true);
 }
 
 #[test]
