@@ -211,6 +211,21 @@ pub fn tag(name: &str) -> String {
     format!("{name}-{}-{n}", std::process::id())
 }
 
+/// The seed's test bed (named after `tag(name)`) whose server announces its blue address to
+/// its clients (ADD_ADDR, address id 5: a `signal` endpoint).
+pub fn bed_announcing_blue(name: &str) -> testbed::TestBed {
+    let bed = testbed::TestBed::create(&tag(name)).unwrap();
+    testbed::add_endpoint(
+        &bed.server,
+        testbed::BLUE_SERVER_V4,
+        Some("blue-server"),
+        5,
+        &["signal"],
+    )
+    .unwrap();
+    bed
+}
+
 /// The `mptcp-trace` binary under test: `$MPTCP_TRACE_BIN`, else the workspace's build.
 pub fn mptcp_trace_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("MPTCP_TRACE_BIN") {
@@ -390,6 +405,19 @@ impl Tracer {
 
     pub fn pid(&self) -> u32 {
         self.0.pid()
+    }
+
+    /// Stops the tracer (SIGSTOP), as a loaded machine delays a reader: what happens meanwhile
+    /// waits in its ring buffer and netlink sockets.
+    pub fn freeze(&self) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGSTOP) };
+    }
+
+    /// Lets a frozen tracer go on (SIGCONT).
+    pub fn thaw(&self) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGCONT) };
     }
 
     /// Its output lines so far.

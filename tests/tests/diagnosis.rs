@@ -603,8 +603,7 @@ fn fallback_in_the_middle_of_a_connection(v6: bool, late: bool) {
     let (before_c, before_s) = (mptcp_ext(&bed.client), mptcp_ext(&bed.server));
     let tracer = Tracer::start(&[]);
     if late {
-        // SAFETY: plain kill(2) on our own child.
-        unsafe { libc::kill(tracer.pid() as i32, libc::SIGSTOP) };
+        tracer.freeze();
     }
     let (mut client, mut server, _l) = connected(&bed, server_addr(v6, port), Proto::Mptcp);
     let reader = thread::spawn(move || {
@@ -635,8 +634,7 @@ fn fallback_in_the_middle_of_a_connection(v6: bool, late: bool) {
         thread::sleep(Duration::from_millis(200));
     }
     if late {
-        // SAFETY: as above.
-        unsafe { libc::kill(tracer.pid() as i32, libc::SIGCONT) };
+        tracer.thaw();
     }
     tracer.wait_for("conn_fallback mid_connection on both ends", WAIT, |ev| {
         [cns, sns].iter().all(|ns| {

@@ -187,8 +187,7 @@ fn a_stalled_reader_overruns_no_netlink_socket_with_events_it_ignores() {
         .unwrap()
         .unwrap();
     let srv = thread::spawn(move || peer::serve(&listener, N));
-    // SAFETY: plain kill(2) on our own child.
-    unsafe { libc::kill(tracer.pid() as i32, libc::SIGSTOP) };
+    tracer.freeze();
     let plan = Send {
         bytes: 1000,
         warmup: Duration::ZERO,
@@ -203,8 +202,7 @@ fn a_stalled_reader_overruns_no_netlink_socket_with_events_it_ignores() {
     .unwrap();
     assert_eq!(sent, vec![1000; N]);
     assert_eq!(srv.join().unwrap().unwrap().len(), N);
-    // SAFETY: as above.
-    unsafe { libc::kill(tracer.pid() as i32, libc::SIGCONT) };
+    tracer.thaw();
     // Every connection is reported closed, or the kernel still holds it, or a program run
     // the kernel skipped (counted) took its close: the 7.2 guest skipped 10 runs here.
     let deadline = std::time::Instant::now() + WAIT;

@@ -10,9 +10,9 @@ use std::{
 };
 
 use integration_tests::{
-    abort_on_close, closed_in, events_in, kinds, loaded_program_ids, lost_count, mptcp_peer_bin,
-    mptcp_trace_bin, peer, require_root, server, tag, testbed, ChildGuard, Event, Kind, Monitor,
-    PmEvent, Side, Tracer,
+    abort_on_close, bed_announcing_blue, closed_in, events_in, kinds, loaded_program_ids,
+    lost_count, mptcp_peer_bin, mptcp_trace_bin, peer, require_root, server, tag, testbed,
+    ChildGuard, Event, Kind, Monitor, PmEvent, Side, Tracer,
 };
 use mptcp_user::event::Protocol;
 use peer::{Proto, Send};
@@ -745,18 +745,9 @@ fn bad_filter_values_fail_with_one_line_and_exit_code_2() {
 #[test]
 fn address_announcements_match_the_kernel() {
     require_root();
-    let bed = TestBed::create(&tag("addr")).unwrap();
+    let bed = bed_announcing_blue("addr");
     let cns = TestBed::netns_inode(&bed.client).unwrap();
     let sns = TestBed::netns_inode(&bed.server).unwrap();
-    // The server announces its blue address (ADD_ADDR) to its clients.
-    testbed::add_endpoint(
-        &bed.server,
-        testbed::BLUE_SERVER_V4,
-        Some("blue-server"),
-        5,
-        &["signal"],
-    )
-    .unwrap();
     let mon_c = Monitor::start(&bed.client);
     let tracer = Tracer::start(&[]);
     let addr: SocketAddr = "10.0.0.1:4326".parse().unwrap();

@@ -14,8 +14,8 @@ use std::{
 };
 
 use integration_tests::{
-    closed_in, events_in, mptcp_trace_bin, peer, require_root, run, server, tag, testbed, Event,
-    Family, Kind, Monitor, PmEvent, Tmux, Tracer,
+    bed_announcing_blue, closed_in, events_in, mptcp_trace_bin, peer, require_root, run, server,
+    tag, testbed, Event, Family, Kind, Monitor, PmEvent, Tmux, Tracer,
 };
 use peer::{Proto, Send};
 use testbed::TestBed;
@@ -222,18 +222,9 @@ fn dual_stack_listener_reports_ipv4_clients_as_ipv4() {
 #[test]
 fn an_announcement_is_printed_before_the_join_it_caused() {
     require_root();
-    let bed = TestBed::create(&tag("ann")).unwrap();
+    let bed = bed_announcing_blue("ann");
     let cns = TestBed::netns_inode(&bed.client).unwrap();
     let sns = TestBed::netns_inode(&bed.server).unwrap();
-    // The server announces its blue address (ADD_ADDR, id 5); the client joins it.
-    testbed::add_endpoint(
-        &bed.server,
-        testbed::BLUE_SERVER_V4,
-        Some("blue-server"),
-        5,
-        &["signal"],
-    )
-    .unwrap();
     let mon = Monitor::start(&bed.client);
     let tracer = Tracer::start(&["--netns", &bed.client, "--netns", &bed.server]);
     let addr: SocketAddr = "10.0.0.1:4341".parse().unwrap();
@@ -299,26 +290,16 @@ fn an_announcement_is_printed_before_the_join_it_caused() {
 fn an_announcement_read_after_its_connection_closed_is_still_printed() {
     require_root();
     const ROUNDS: usize = 3;
-    let bed = TestBed::create(&tag("late")).unwrap();
+    let bed = bed_announcing_blue("late");
     let cns = TestBed::netns_inode(&bed.client).unwrap();
-    testbed::add_endpoint(
-        &bed.server,
-        testbed::BLUE_SERVER_V4,
-        Some("blue-server"),
-        5,
-        &["signal"],
-    )
-    .unwrap();
     let mon = Monitor::start(&bed.client);
     let tracer = Tracer::start(&["--netns", &bed.client, "--netns", &bed.server]);
     let addr: SocketAddr = "10.0.0.1:4342".parse().unwrap();
     let srv = server(&bed, "0.0.0.0:4342".parse().unwrap(), Proto::Mptcp, ROUNDS);
     for round in 1..=ROUNDS {
-        // SAFETY: plain kill(2) on our own child.
-        unsafe { libc::kill(tracer.pid() as i32, libc::SIGSTOP) };
+        tracer.freeze();
         assert_eq!(announced_connection(&bed, addr, &mon, round), 4097);
-        // SAFETY: as above.
-        unsafe { libc::kill(tracer.pid() as i32, libc::SIGCONT) };
+        tracer.thaw();
         tracer.wait_for("the client's conn_closed", WAIT, closed_in(cns, round));
     }
     assert_eq!(srv.join().unwrap().unwrap().len(), ROUNDS);
@@ -411,15 +392,7 @@ fn announced_connection(bed: &TestBed, addr: SocketAddr, mon: &Monitor, n: usize
 #[test]
 fn an_announcement_about_an_untraced_connection_is_counted_not_shown() {
     require_root();
-    let bed = TestBed::create(&tag("untr")).unwrap();
-    testbed::add_endpoint(
-        &bed.server,
-        testbed::BLUE_SERVER_V4,
-        Some("blue-server"),
-        5,
-        &["signal"],
-    )
-    .unwrap();
+    let bed = bed_announcing_blue("untr");
     let mon = Monitor::start(&bed.client);
     // Only init's connections: the test's own are left out in the kernel.
     let tracer = Tracer::start(&["--pid", "1", "--netns", &bed.client, "--netns", &bed.server]);
