@@ -99,13 +99,23 @@ const ABORT_GRACE_NS: u64 = 200_000_000;
 #[derive(Default)]
 pub struct Host {
     paths: HashMap<u32, PathBuf>,
+    /// When each namespace's cached path was last found to still open it.
+    paths_checked: HashMap<u32, Instant>,
     /// Shared, not copied, with every judgement that asks within [`FACTS_TTL`].
     facts: HashMap<u32, (Instant, Option<Arc<Facts>>)>,
     sockets: HashMap<u32, (Instant, Option<Vec<doctor::net::TcpSock>>)>,
     /// When (CLOCK_MONOTONIC ns) each namespace's counters were last read, and them.
     counters: HashMap<u32, (u64, MptcpExt)>,
     addresses: Option<AddressMap>,
+    /// Route lookups (netns, dst, src), reused for [`FACTS_TTL`] like the routes in the facts:
+    /// every client connection closed before it joined asks it, and at 1,000 connections a
+    /// second a lookup each (two threads, a setns and a netlink socket) was most of the
+    /// tracer's system calls.
+    routes: HashMap<(u32, IpAddr, IpAddr), (Instant, Option<RouteAnswer>)>,
 }
+
+/// A route lookup's outcome, kept: the error's number (or, without one, its text).
+type RouteAnswer = Result<(), (Option<i32>, String)>;
 
 /// Every namespace's addresses: address → the namespaces holding it.
 struct AddressMap {
@@ -161,14 +171,26 @@ impl AddressMap {
 impl Host {
     fn path(&mut self, netns: u32) -> Option<PathBuf> {
         // Namespace inodes are reused as soon as one is freed: a cached file must still open
-        // this very namespace, else the names are looked up again.
+        // this very namespace, else the names are looked up again. Checked at most once a
+        // [`FACTS_TTL`] per namespace (it was a stat per judged connection).
+        if self
+            .paths_checked
+            .get(&netns)
+            .is_some_and(|at| at.elapsed() < FACTS_TTL)
+        {
+            if let Some(p) = self.paths.get(&netns) {
+                return Some(p.clone());
+            }
+        }
         let current = self.paths.get(&netns).is_some_and(|p| {
             std::fs::metadata(p)
                 .is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == u64::from(netns))
         });
         if !current {
             self.paths = crate::sys::netns::all();
+            self.paths_checked.clear();
         }
+        self.paths_checked.insert(netns, Instant::now());
         self.paths.get(&netns).cloned()
     }
 }
@@ -238,13 +260,31 @@ impl Env for Host {
     }
 
     fn route(&mut self, netns: u32, dst: IpAddr, src: IpAddr) -> Option<std::io::Result<()>> {
+        let again = |a: &RouteAnswer| {
+            a.clone().map_err(|(code, text)| {
+                code.map_or_else(
+                    || std::io::Error::other(text),
+                    std::io::Error::from_raw_os_error,
+                )
+            })
+        };
+        if let Some((at, a)) = self.routes.get(&(netns, dst, src)) {
+            if at.elapsed() < FACTS_TTL {
+                return a.as_ref().map(again);
+            }
+        }
         let p = self.path(netns)?;
         // On a short-lived thread: the pipeline's thread never changes namespace.
-        std::thread::scope(|s| {
+        let answer: Option<RouteAnswer> = std::thread::scope(|s| {
             s.spawn(|| crate::sys::netns::run_in(&p, || doctor::net::route_get(dst, src)).ok())
                 .join()
                 .ok()?
         })
+        .map(|r| r.map_err(|e| (e.raw_os_error(), e.to_string())));
+        self.routes.retain(|_, (at, _)| at.elapsed() < FACTS_TTL);
+        self.routes
+            .insert((netns, dst, src), (Instant::now(), answer.clone()));
+        answer.as_ref().map(again)
     }
 
     fn holders(&mut self, addr: IpAddr, fresh: bool) -> Vec<u32> {

@@ -54,12 +54,20 @@ use stats::Stats;
 
 /// How often loss counters are read and new namespaces looked for.
 const TICK: Duration = Duration::from_millis(500);
-/// After a read, the ring buffer is left to fill for this long before the next: the kernel
-/// wakes its reader for the first record after each catch-up, so a reader that keeps up is
-/// woken for nearly every event (at 10,000 events/s that was most of its CPU). Events wait
-/// [`order::WINDOW_NS`] for earlier ones anyway; at the machine's maximum churn 5 ms is a
-/// few hundred KiB of the 4 MiB ring.
-const RING_PACE: Duration = Duration::from_millis(5);
+/// The tracer wakes on this grid (CLOCK_MONOTONIC ns): held events are released at its points,
+/// not each at its own moment, and after a read the ring buffer is left to fill until the next
+/// point, so that a read and a release share one wake-up. Every event falls due at a different
+/// time, and the kernel wakes a reader that keeps up for nearly every record: at 1,000
+/// connections a second that was over a thousand wake-ups a second, the largest part of the
+/// tracer's CPU. An event waits [`order::WINDOW_NS`] and at most this much more; at the
+/// machine's maximum churn (about 300,000 records a second) 10 ms is about 600 KiB of the
+/// 4 MiB ring.
+const GRAIN_NS: u64 = 10_000_000;
+
+/// The next point of the [`GRAIN_NS`] grid after `now`.
+fn next_grain(now: u64) -> u64 {
+    (now + 1).next_multiple_of(GRAIN_NS)
+}
 /// At most this many ring-buffer records are decoded per read. Under overload the kernel
 /// writes as fast as the reader reads, and a read that went on until the ring was empty never
 /// ended: everything it decoded stayed held until it did (hundreds of MiB at the machine's
@@ -432,7 +440,7 @@ pub struct Pipeline {
     log: KernelLog,
     tick: Interval,
     ticks: u64,
-    /// Until when the ring buffer is left to fill after a read (see [`RING_PACE`]).
+    /// Until when the ring buffer is left to fill after a read (see [`GRAIN_NS`]).
     ring_rest: Option<tokio::time::Instant>,
     core: Core,
     /// `--stats-interval`: the sampler and its timer; `None` (nothing polled) without it.
@@ -570,7 +578,8 @@ impl Pipeline {
             ]
             .into_iter()
             .flatten()
-            .min();
+            .min()
+            .map(|d| d.next_multiple_of(GRAIN_NS));
             let wait = due.map(|d| Duration::from_nanos(d.saturating_sub(monotonic_ns())));
             let resting = self.ring_rest.is_some();
             let rest_until = self.ring_rest.unwrap_or_else(tokio::time::Instant::now);
@@ -579,7 +588,11 @@ impl Pipeline {
                     let mut guard = guard?;
                     if self.core.drain_ring(guard.get_inner_mut()) {
                         guard.clear_ready();
-                        self.ring_rest = Some(tokio::time::Instant::now() + RING_PACE);
+                        let now = monotonic_ns();
+                        self.ring_rest = Some(
+                            tokio::time::Instant::now()
+                                + Duration::from_nanos(next_grain(now) - now),
+                        );
                     }
                     // Otherwise more is waiting: the readiness is kept, and the next batch is
                     // read once this one's released events have gone out.
