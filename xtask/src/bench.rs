@@ -279,11 +279,30 @@ impl Running {
             }
         }
         for c in &mut self.children {
-            // SIGINT, as Ctrl-C: the tracer prints its loss summary.
-            let _ = Command::new("kill")
-                .args(["-INT", &c.id().to_string()])
-                .status();
-            let _ = c.wait();
+            // SIGINT, as Ctrl-C: the tracer prints its loss summary. Sent again every 2 s, and
+            // the arm killed after 10 s: bpftrace once in a while does not act on the first
+            // (twice this bench waited for it for ever; a second SIGINT ended it).
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut again = Instant::now();
+            loop {
+                if Instant::now() >= again {
+                    // SAFETY: plain kill(2) on our own child.
+                    unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
+                    again += Duration::from_secs(2);
+                }
+                match c.try_wait() {
+                    Ok(None) if Instant::now() < deadline => {
+                        thread::sleep(Duration::from_millis(50))
+                    }
+                    Ok(None) => {
+                        eprintln!("        arm {} did not stop on SIGINT: killed", c.id());
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        break;
+                    }
+                    _ => break,
+                }
+            }
             if let Some(mut e) = c.stderr.take() {
                 let mut s = String::new();
                 let _ = e.read_to_string(&mut s);
@@ -368,16 +387,17 @@ fn start(arm: Arm, bin: &Path, bed: &TestBed, dir: &Path, round: usize) -> Resul
                 cmd.arg("--all-tcp");
             }
             let t0 = Instant::now();
-            let mut c = cmd
-                .args(netns)
-                .arg("--ready-file")
-                .arg(&ready)
-                .stdout(fs::File::create(&out)?)
-                .stderr(Stdio::piped())
-                .spawn()?;
-            wait_file(&ready, &mut c)?;
+            // Held by `r` at once: an error (Ctrl-C) while it starts must not leave it running.
+            r.children.push(
+                cmd.args(netns)
+                    .arg("--ready-file")
+                    .arg(&ready)
+                    .stdout(fs::File::create(&out)?)
+                    .stderr(Stdio::piped())
+                    .spawn()?,
+            );
+            wait_file(&ready, r.children.last_mut().expect("just pushed"))?;
             r.attach_ms = Some(t0.elapsed().as_secs_f64() * 1000.0);
-            r.children.push(c);
             r.outputs.push(out);
         }
         Arm::Live => {
@@ -389,21 +409,23 @@ fn start(arm: Arm, bin: &Path, bed: &TestBed, dir: &Path, round: usize) -> Resul
                 bed.server
             );
             let t0 = Instant::now();
-            let mut c = Command::new("script")
-                .args(["-qfec", &cmd, "/dev/null"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()?;
+            r.children.push(
+                Command::new("script")
+                    .args(["-qfec", &cmd, "/dev/null"])
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()?,
+            );
+            let c = r.children.last_mut().expect("just pushed");
             // The view asks the terminal where its cursor is (ESC [6n) and `script` is no
             // terminal emulator: the answer a terminal would give waits in the input.
             if let Some(i) = c.stdin.as_mut() {
                 i.write_all(b"\x1b[1;1R")?;
             }
-            let pid = attached_child(&mut c)?;
+            let pid = attached_child(c)?;
             r.attach_ms = Some(t0.elapsed().as_secs_f64() * 1000.0);
             r.pids.push(pid);
-            r.children.push(c);
         }
         Arm::Exporter => {
             let port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -411,17 +433,18 @@ fn start(arm: Arm, bin: &Path, bed: &TestBed, dir: &Path, round: usize) -> Resul
                 .port();
             let listen = format!("127.0.0.1:{port}");
             let t0 = Instant::now();
-            let mut c = Command::new(bin)
-                .args(["exporter", "--listen", &listen])
-                .args(netns)
-                .arg("--ready-file")
-                .arg(&ready)
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()?;
-            wait_file(&ready, &mut c)?;
+            r.children.push(
+                Command::new(bin)
+                    .args(["exporter", "--listen", &listen])
+                    .args(netns)
+                    .arg("--ready-file")
+                    .arg(&ready)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()?,
+            );
+            wait_file(&ready, r.children.last_mut().expect("just pushed"))?;
             r.attach_ms = Some(t0.elapsed().as_secs_f64() * 1000.0);
-            r.children.push(c);
             let stop = r.stop_scraper.clone();
             r.scraper = Some(thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
@@ -439,23 +462,28 @@ fn start(arm: Arm, bin: &Path, bed: &TestBed, dir: &Path, round: usize) -> Resul
             fs::write(&script, BPFTRACE_SCRIPT)?;
             let out = dir.join(format!("bpftrace-{round}.txt"));
             let t0 = Instant::now();
-            let mut c = Command::new("bpftrace")
-                .arg(&script)
-                .args(netns_ids.map(|n| n.to_string()))
-                .stdout(fs::File::create(&out)?)
-                .stderr(Stdio::piped())
-                .spawn()
-                .context("bpftrace (scripts/setup.sh installs it)")?;
+            r.children.push(
+                Command::new("bpftrace")
+                    .arg(&script)
+                    .args(netns_ids.map(|n| n.to_string()))
+                    .stdout(fs::File::create(&out)?)
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .context("bpftrace (scripts/setup.sh installs it)")?,
+            );
             // bpftrace has no ready signal: attached once it holds its program and has said
             // so ("Attaching 1 probe..." is printed just before the attach).
-            wait_ready(&mut c, "bpftrace", |c| {
-                let attached = !prog_stats(c.id()).is_empty()
-                    && fs::read_to_string(&out)?.contains("Attaching");
-                Ok(attached.then_some(()))
-            })?;
+            wait_ready(
+                r.children.last_mut().expect("just pushed"),
+                "bpftrace",
+                |c| {
+                    let attached = !prog_stats(c.id()).is_empty()
+                        && fs::read_to_string(&out)?.contains("Attaching");
+                    Ok(attached.then_some(()))
+                },
+            )?;
             r.attach_ms = Some(t0.elapsed().as_secs_f64() * 1000.0);
             thread::sleep(Duration::from_millis(100));
-            r.children.push(c);
             r.outputs.push(out);
         }
         Arm::IpMonitor => {

@@ -99,8 +99,6 @@ const ABORT_GRACE_NS: u64 = 200_000_000;
 #[derive(Default)]
 pub struct Host {
     paths: HashMap<u32, PathBuf>,
-    /// When each namespace's cached path was last found to still open it.
-    paths_checked: HashMap<u32, Instant>,
     /// Shared, not copied, with every judgement that asks within [`FACTS_TTL`].
     facts: HashMap<u32, (Instant, Option<Arc<Facts>>)>,
     sockets: HashMap<u32, (Instant, Option<Vec<doctor::net::TcpSock>>)>,
@@ -171,26 +169,14 @@ impl AddressMap {
 impl Host {
     fn path(&mut self, netns: u32) -> Option<PathBuf> {
         // Namespace inodes are reused as soon as one is freed: a cached file must still open
-        // this very namespace, else the names are looked up again. Checked at most once a
-        // [`FACTS_TTL`] per namespace (it was a stat per judged connection).
-        if self
-            .paths_checked
-            .get(&netns)
-            .is_some_and(|at| at.elapsed() < FACTS_TTL)
-        {
-            if let Some(p) = self.paths.get(&netns) {
-                return Some(p.clone());
-            }
-        }
+        // this very namespace, else the names are looked up again.
         let current = self.paths.get(&netns).is_some_and(|p| {
             std::fs::metadata(p)
                 .is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == u64::from(netns))
         });
         if !current {
             self.paths = crate::sys::netns::all();
-            self.paths_checked.clear();
         }
-        self.paths_checked.insert(netns, Instant::now());
         self.paths.get(&netns).cloned()
     }
 }
