@@ -275,7 +275,8 @@ impl Running {
         // A wrapped arm (`live` under `script`) is stopped itself; its wrapper follows.
         for p in &self.pids {
             if !self.children.iter().any(|c| c.id() == *p) {
-                let _ = Command::new("kill").args(["-INT", &p.to_string()]).status();
+                // SAFETY: plain kill(2) on a process of this arm.
+                unsafe { libc::kill(*p as i32, libc::SIGINT) };
             }
         }
         for c in &mut self.children {
