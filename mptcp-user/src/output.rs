@@ -11,6 +11,7 @@ use std::{
         unix::fs::OpenOptionsExt,
     },
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -130,7 +131,7 @@ pub async fn stream<W: Write + AsRawFd>(
 /// Prints what the pipeline still held when it stopped, then flushes.
 pub fn finish<W: Write + AsRawFd>(
     out: &mut Printer<W>,
-    events: &[Event],
+    events: &[Arc<Event>],
     mut each: impl FnMut(&Event),
 ) -> io::Result<()> {
     for e in events {

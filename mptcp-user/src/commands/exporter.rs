@@ -48,7 +48,7 @@ pub async fn run(args: ExporterArgs) -> Result<()> {
         tokio::select! {
             _ = stop.recv() => break,
             e = pipe.next() => {
-                observer.observe(&e?, &mut seen);
+                observer.observe(&*e?, &mut seen);
                 let m = metrics.lock().unwrap_or_else(|p| p.into_inner());
                 for o in seen.drain(..) {
                     m.add(&o);

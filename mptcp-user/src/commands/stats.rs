@@ -64,7 +64,7 @@ pub async fn run(args: StatsArgs) -> Result<()> {
             _ = &mut until => break,
             _ = tick.tick() => print(&tally, &pipe)?,
             e = pipe.next() => {
-                observer.observe(&e?, &mut seen);
+                observer.observe(&*e?, &mut seen);
                 for o in seen.drain(..) {
                     tally.add(&o);
                 }

@@ -283,7 +283,7 @@ pub async fn run(
             e = pipe.next() => match e {
                 Ok(e) => {
                     each(&e);
-                    state.apply(Update::Event(Box::new(e)));
+                    state.apply(Update::Event(e));
                 }
                 Err(e) => break Err(e.into()),
             },

@@ -11,6 +11,7 @@
 use std::{
     hash::{Hash, Hasher},
     path::Path,
+    sync::Arc,
     time::Duration,
 };
 
@@ -183,7 +184,7 @@ pub async fn run(
                 // Everything due by now, in file order.
                 let now = clock.now();
                 while let Some(e) = pending.next_if(|e| e.ts_ns <= now || clock.until(e.ts_ns).is_zero()) {
-                    state.apply(Update::Event(Box::new(e)));
+                    state.apply(Update::Event(Arc::new(e)));
                     shown += 1;
                 }
                 redraw = pending.peek().is_none();

@@ -5,6 +5,7 @@
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     net::IpAddr,
+    sync::Arc,
 };
 
 use crate::event::{Data, Event, Kind, Lost, Side, UpgradeOutcome};
@@ -25,8 +26,8 @@ const RATE_STALE_NS: u64 = 3_000_000_000;
 /// What the collector sends to the state.
 #[derive(Clone, Debug)]
 pub enum Update {
-    /// A decoded, filtered tracer event.
-    Event(Box<Event>),
+    /// A decoded, filtered tracer event (shared with the pipeline's diagnosis).
+    Event(Arc<Event>),
     /// One `sock_diag` dump of a network namespace, taken at `at_ns` (CLOCK_MONOTONIC).
     Diag {
         netns: u32,

@@ -1,6 +1,6 @@
 //! State transitions (`apply`), keys, and screens drawn on ratatui's `TestBackend`.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::Arc};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::{backend::TestBackend, buffer::Buffer, Terminal};
@@ -56,7 +56,7 @@ fn ev(data: Data, t: u64) -> Event {
 }
 
 fn established(c: u64, t: u64) -> Update {
-    Update::Event(Box::new(ev(
+    Update::Event(Arc::new(ev(
         Data::ConnEstablished(ConnEstablished {
             conn: conn(c, 0),
             tuple: tuple(RED, SRV),
@@ -71,7 +71,7 @@ fn created(c: u64, token: &str, t: u64, client: (&str, u16), server: (&str, u16)
     cn.token = Some(Token(u32::from_str_radix(token, 16).unwrap()));
     cn.pid = Some(4242);
     cn.comm = Some("curl".into());
-    Update::Event(Box::new(ev(
+    Update::Event(Arc::new(ev(
         Data::ConnCreated(ConnCreated {
             conn: cn,
             tuple: tuple(client, server),
@@ -82,7 +82,7 @@ fn created(c: u64, token: &str, t: u64, client: (&str, u16), server: (&str, u16)
 }
 
 fn closed(c: u64, t: u64) -> Update {
-    Update::Event(Box::new(ev(
+    Update::Event(Arc::new(ev(
         Data::ConnClosed(ConnClosed {
             conn: conn(c, 0),
             tuple: tuple(RED, SRV),
@@ -94,7 +94,7 @@ fn closed(c: u64, t: u64) -> Update {
 }
 
 fn fallback(c: u64, t: u64, reason: &str) -> Update {
-    Update::Event(Box::new(ev(
+    Update::Event(Arc::new(ev(
         Data::ConnFallback(ConnFallback {
             conn: conn(c, 0),
             tuple: tuple(RED, SRV),
@@ -125,7 +125,7 @@ fn subflow(
     ifname: &str,
     join: bool,
 ) -> Update {
-    Update::Event(Box::new(ev(
+    Update::Event(Arc::new(ev(
         Data::SubflowEstablished(SubflowEstablished {
             conn: conn(c, id),
             tuple: tuple(local, remote),
@@ -137,7 +137,7 @@ fn subflow(
 }
 
 fn subflow_closed(c: u64, id: u64, t: u64, reason: &str, sent: u64) -> Update {
-    Update::Event(Box::new(ev(
+    Update::Event(Arc::new(ev(
         Data::SubflowClosed(SubflowClosed {
             conn: conn(c, id),
             tuple: tuple(RED, SRV),
@@ -155,7 +155,7 @@ fn subflow_closed(c: u64, id: u64, t: u64, reason: &str, sent: u64) -> Update {
 }
 
 fn lost(n: u64) -> Update {
-    Update::Event(Box::new(ev(
+    Update::Event(Arc::new(ev(
         Data::Lost(Lost {
             count: n,
             ring_buffer: n,
@@ -418,7 +418,7 @@ fn address_events_show_under_their_connection() {
     let mut s = model();
     let mut c = conn(C1, 0);
     c.token = Some(Token(0x6d816c04));
-    s.apply(Update::Event(Box::new(ev(
+    s.apply(Update::Event(Arc::new(ev(
         Data::AddrAnnounced(crate::event::Addr {
             conn: c,
             family: Some(Family::Ipv4),
@@ -442,7 +442,7 @@ fn address_events_show_under_their_connection() {
 fn a_diagnosis_shows_as_one_line_under_its_connection_once_per_cause() {
     let mut s = model();
     for t in [14, 15] {
-        s.apply(Update::Event(Box::new(ev(
+        s.apply(Update::Event(Arc::new(ev(
             Data::ConnDiagnosis(crate::event::ConnDiagnosis {
                 conn: conn(C2, 0),
                 tuple: tuple(("10.0.0.2", 50002), SRV),
@@ -542,7 +542,7 @@ fn col(row: &str, needle: &str) -> u16 {
 }
 
 fn failed(c: u64, id: u64, t: u64, local: (&str, u16), reason: &str, error: &str) -> Update {
-    Update::Event(Box::new(ev(
+    Update::Event(Arc::new(ev(
         Data::SubflowFailed(crate::event::SubflowFailed {
             conn: conn(c, id),
             tuple: tuple(local, SRV),
@@ -567,7 +567,7 @@ fn causes_are_on_screen_and_highlighted() {
     let mut s = model();
     let mut closed = subflow_closed(C1, 2, 14 * S, "rst_sent", 10);
     if let Update::Event(e) = &mut closed {
-        if let Data::SubflowClosed(d) = &mut e.data {
+        if let Data::SubflowClosed(d) = &mut Arc::make_mut(e).data {
             d.cause.reset_sent_reason = Some("mptcp_rst_eprohibit".into());
             d.subflow.peer_backup = true;
         }
@@ -584,7 +584,7 @@ fn causes_are_on_screen_and_highlighted() {
     let c3 = 0xffff_0003;
     let mut cn = conn(c3, 0);
     cn.token = Some(Token(0x0e0e0e0e));
-    s.apply(Update::Event(Box::new(ev(
+    s.apply(Update::Event(Arc::new(ev(
         Data::ConnExisting(crate::event::ConnExisting {
             conn: cn.clone(),
             tuple: tuple(("10.0.0.2", 50100), SRV),
@@ -597,7 +597,7 @@ fn causes_are_on_screen_and_highlighted() {
         }),
         14 * S,
     ))));
-    s.apply(Update::Event(Box::new(ev(
+    s.apply(Update::Event(Arc::new(ev(
         Data::AddrRemoved(crate::event::Addr {
             conn: cn,
             family: Some(Family::Ipv4),
@@ -755,7 +755,7 @@ fn socket_upgraded_events_count_only_the_sockets_made_mptcp() {
         UpgradeOutcome::Upgraded,
         UpgradeOutcome::Counted,
     ] {
-        s.apply(Update::Event(Box::new(ev(
+        s.apply(Update::Event(Arc::new(ev(
             Data::SocketUpgraded(SocketUpgraded {
                 pid: 5,
                 comm: "nc".into(),
@@ -794,7 +794,7 @@ fn wide_model() -> State {
     let mut sf = sf_info(IF2, true);
     sf.backup = true;
     sf.peer_backup = true;
-    s.apply(Update::Event(Box::new(ev(
+    s.apply(Update::Event(Arc::new(ev(
         Data::SubflowEstablished(SubflowEstablished {
             conn: conn(c3, 8),
             tuple: tuple(V6_CLIENT2, V6_SERVER),
@@ -1164,7 +1164,7 @@ fn a_replayed_capture_shows_its_connections_and_the_rates_of_its_samples() {
         .unwrap();
     let mut s = State::default();
     for e in &events[..third + 4] {
-        s.apply(Update::Event(Box::new(e.clone())));
+        s.apply(Update::Event(Arc::new(e.clone())));
     }
     s.apply(Update::Tick(events[third].ts_ns));
     assert_eq!((s.open_conns(), s.open_subflows()), (2, 4));
@@ -1192,7 +1192,7 @@ fn a_replayed_capture_shows_its_connections_and_the_rates_of_its_samples() {
     assert!(find("red-client").contains("7.9MiB"), "{screen:?}");
     // The whole capture: both closed, with the close's figures.
     for e in &events[third + 4..] {
-        s.apply(Update::Event(Box::new(e.clone())));
+        s.apply(Update::Event(Arc::new(e.clone())));
     }
     assert_eq!(s.open_conns(), 0);
     let screen = text(&draw(&s, 136, 40));
@@ -1233,7 +1233,7 @@ fn a_replayed_address_event_of_an_unseen_connection_is_not_a_connection() {
     let events = super::replay::parse(&format!("{first}\n{stray}\n{own}\n")).unwrap();
     let mut s = State::default();
     for e in events {
-        s.apply(Update::Event(Box::new(e)));
+        s.apply(Update::Event(Arc::new(e)));
     }
     assert_eq!(s.conns.len(), 1);
     let c = s.conns.values().next().unwrap();

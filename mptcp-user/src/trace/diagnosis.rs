@@ -329,7 +329,9 @@ struct Track {
     announced: Vec<(u8, Option<IpAddr>)>,
     causes: Vec<String>,
     baseline: Option<Arc<MptcpExt>>,
-    log: Vec<Event>,
+    /// Its events, shared with the pipeline (most connections end with no diagnosis, and the
+    /// log is then dropped: sharing costs a count, a copy would cost the event).
+    log: Vec<Arc<Event>>,
 }
 
 pub struct Diagnosis {
@@ -341,13 +343,26 @@ pub struct Diagnosis {
     /// are handled a reorder window after they happened, when its first join may have counted
     /// already.
     samples: HashMap<u32, Vec<(u64, Arc<MptcpExt>)>>,
-    recent: VecDeque<Vec<Event>>,
+    recent: VecDeque<Vec<Arc<Event>>>,
     /// Set when a diagnosis was added since [`Diagnosis::take_dirty`].
     dirty: bool,
     last_ts: u64,
     /// The time of the event (or deadline) being judged: counters are read after it.
     judged_ts: u64,
+    /// Per namespace: its name, looked up with the facts it goes with (see
+    /// [`Diagnosis::facts_name`]).
+    names: HashMap<u32, (Arc<Facts>, String)>,
+    /// Doctor's checks of the `subflow` endpoints usable beside a first subflow's source
+    /// address, per (netns, that address), made from the facts they go with.
+    checks: HashMap<(u32, IpAddr), (Arc<Facts>, EndpointChecks)>,
 }
+
+/// Doctor's checks of some `subflow` endpoints, shared between the cache and a judgement.
+type EndpointChecks = Arc<Vec<doctor::Check>>;
+
+/// Entries of [`Diagnosis::names`] and [`Diagnosis::checks`] kept at most (a cache: emptied
+/// when full, refilled on the next judgements).
+const MAX_CACHED: usize = 256;
 
 /// A diagnosis before it becomes an event.
 struct Found {
@@ -406,16 +421,18 @@ impl Diagnosis {
             dirty: false,
             last_ts: 0,
             judged_ts: 0,
+            names: HashMap::new(),
+            checks: HashMap::new(),
         }
     }
 
     /// Passes `e` on to `out`, followed by the diagnoses it allows.
-    pub fn pass(&mut self, e: Event, out: &mut VecDeque<Event>) {
+    pub fn pass(&mut self, e: Event, out: &mut VecDeque<Arc<Event>>) {
         self.last_ts = self.last_ts.max(e.ts_ns);
         self.judged_ts = e.ts_ns;
         let key = e.ids().conn;
         if key == 0 || e.conn().is_some_and(|c| c.protocol.is_some()) {
-            out.push_back(e);
+            out.push_back(Arc::new(e));
             return;
         }
         let mut found = Vec::new();
@@ -524,10 +541,11 @@ impl Diagnosis {
                 ..c.ids
             };
         }
+        let ts = e.ts_ns;
+        let e = Arc::new(e);
         if t.log.len() < MAX_LOG && !matches!(e.data, Data::AddrRemoved(_)) {
             t.log.push(e.clone());
         }
-        let ts = e.ts_ns;
         out.push_back(e);
         if closed {
             // Its subflows are all closed by now: the resets still pending were not an abort.
@@ -560,7 +578,7 @@ impl Diagnosis {
     }
 
     /// Judges the connections whose deadline passed by `now`.
-    pub fn expire(&mut self, now: u64, out: &mut VecDeque<Event>) {
+    pub fn expire(&mut self, now: u64, out: &mut VecDeque<Arc<Event>>) {
         let due: Vec<u64> = self
             .tracks
             .iter()
@@ -651,7 +669,7 @@ impl Diagnosis {
     /// The events of the last diagnosed connections, at most [`MAX_RECENT`]: the open ones
     /// first, then the latest closed ones.
     pub fn recent(&self) -> impl Iterator<Item = &Event> {
-        let open: Vec<&Vec<Event>> = self
+        let open: Vec<&Vec<Arc<Event>>> = self
             .tracks
             .values()
             .filter(|t| !t.causes.is_empty())
@@ -663,9 +681,10 @@ impl Diagnosis {
         open.into_iter()
             .chain(self.recent.iter().skip(skip))
             .flatten()
+            .map(|e| &**e)
     }
 
-    fn emit(&mut self, key: u64, ts: u64, f: Found, out: &mut VecDeque<Event>) {
+    fn emit(&mut self, key: u64, ts: u64, f: Found, out: &mut VecDeque<Arc<Event>>) {
         let t = self.tracks.get_mut(&key).expect("tracked");
         // One diagnosis per cause; and `unknown` only while nothing is known: a later look that
         // finds no evidence (at close, the namespace may be gone) does not undo an earlier one
@@ -691,6 +710,7 @@ impl Diagnosis {
                 evidence: f.evidence,
             }),
         );
+        let e = Arc::new(e);
         if t.log.len() < MAX_LOG {
             t.log.push(e.clone());
         }
@@ -1214,6 +1234,46 @@ impl Diagnosis {
         Some((name, ev))
     }
 
+    /// The name of namespace `ns` as of `facts`: looked up once per facts snapshot (about once
+    /// a second, see `FACTS_TTL`), not once per connection judged. A namespace whose inode was
+    /// reused since is described wrongly by both until the facts are read again.
+    fn facts_name(&mut self, ns: u32, facts: &Arc<Facts>) -> String {
+        if let Some((f, n)) = self.names.get(&ns) {
+            if Arc::ptr_eq(f, facts) {
+                return n.clone();
+            }
+        }
+        let n = self.env.name(ns);
+        if self.names.len() >= MAX_CACHED {
+            self.names.clear();
+        }
+        self.names.insert(ns, (facts.clone(), n.clone()));
+        n
+    }
+
+    /// Doctor's checks of the endpoints usable beside `saddr` in `ns`, made by `make` once per
+    /// facts snapshot: the connections that close before they join (half of them at a
+    /// thousand a second) would otherwise each describe every endpoint and route again.
+    fn endpoint_checks(
+        &mut self,
+        ns: u32,
+        facts: &Arc<Facts>,
+        saddr: IpAddr,
+        make: impl FnOnce() -> Vec<doctor::Check>,
+    ) -> EndpointChecks {
+        if let Some((f, c)) = self.checks.get(&(ns, saddr)) {
+            if Arc::ptr_eq(f, facts) {
+                return c.clone();
+            }
+        }
+        let c = Arc::new(make());
+        if self.checks.len() >= MAX_CACHED {
+            self.checks.clear();
+        }
+        self.checks.insert((ns, saddr), (facts.clone(), c.clone()));
+        c
+    }
+
     /// Judges a client connection's configuration against the subflows it got. `at_close`
     /// also says `unknown` when the configuration allowed a join that never came.
     fn judge_config(&mut self, key: u64, at_close: bool) -> Vec<Found> {
@@ -1239,10 +1299,15 @@ impl Diagnosis {
             .filter(|id| t.join_remote_ids.contains(id))
             .collect::<HashSet<u8>>()
             .len() as u32;
-        let name = self.env.name(ns);
+        if unjoined.is_empty() && (joins > 0 || joins_failed > 0) {
+            // It joined, or tried to, and left no announcement aside: the configuration let
+            // it (most connections; decided before anything is read).
+            return Vec::new();
+        }
         let Some(facts) = self.env.facts(ns) else {
             return Vec::new();
         };
+        let name = self.facts_name(ns, &facts);
         if facts.path_manager.as_ref().is_some_and(|p| p.userspace) {
             // A userspace daemon decides: its configuration is not ours to judge.
             return Vec::new();
@@ -1399,11 +1464,13 @@ impl Diagnosis {
         }
         // Endpoints and limits allow a join: can its address be used?
         if let Ok(net) = &facts.net {
-            let nsref = nsref(&name, ns);
-            let checks: Vec<_> = usable
-                .iter()
-                .map(|e| doctor::netns::endpoint_check(&nsref, e, net))
-                .collect();
+            let checks = self.endpoint_checks(ns, &facts, tuple.saddr, || {
+                let nsref = nsref(&name, ns);
+                usable
+                    .iter()
+                    .map(|e| doctor::netns::endpoint_check(&nsref, e, net))
+                    .collect()
+            });
             if !checks.is_empty() && checks.iter().all(|c| c.status == doctor::Status::Fail) {
                 v.push(found(
                     "endpoint_unusable",

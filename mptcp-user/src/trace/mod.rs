@@ -26,7 +26,7 @@ pub mod pm;
 pub mod stats;
 pub mod why_file;
 
-use std::{collections::VecDeque, io, time::Duration};
+use std::{collections::VecDeque, io, sync::Arc, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
 use log::warn;
@@ -191,7 +191,9 @@ struct Core {
     why: Option<why_file::WhyFile>,
     /// The last write of the `why` file failed (warned once, retried every tick).
     why_failing: bool,
-    ready: VecDeque<Event>,
+    /// Events in their final order. Shared: the diagnosis keeps a connection's events until
+    /// it closes, for `mptcp-trace why`.
+    ready: VecDeque<Arc<Event>>,
     totals: Totals,
     reported: Lost,
     pm_buf: Vec<PmAddr>,
@@ -424,7 +426,8 @@ impl Core {
                     .map(|n| n - prev.recursion_misses.unwrap_or(0)),
                 netlink: now.netlink - prev.netlink,
             };
-            self.ready.push_back(decode::lost(delta, &self.clock));
+            self.ready
+                .push_back(Arc::new(decode::lost(delta, &self.clock)));
         }
         self.reported = now;
     }
@@ -560,7 +563,7 @@ impl Pipeline {
 
     /// The next event, in time order. Cancel-safe: an event is never half-delivered, so the
     /// caller may race it against signals in a `select!`.
-    pub async fn next(&mut self) -> io::Result<Event> {
+    pub async fn next(&mut self) -> io::Result<Arc<Event>> {
         loop {
             if let Some(e) = self.core.ready.pop_front() {
                 if let Some((s, _)) = self.stats.as_mut() {
@@ -659,7 +662,7 @@ impl Pipeline {
     /// Stops: reads what is still waiting, releases every held event in order, reports the
     /// last loss, and returns those events with the totals. The programs are detached when the
     /// returned pipeline part is dropped, which happens here.
-    pub fn finish(mut self) -> (Vec<Event>, Totals) {
+    pub fn finish(mut self) -> (Vec<Arc<Event>>, Totals) {
         if let Some(f) = self.feed.as_mut() {
             self.core.drain_feed(f);
         }
