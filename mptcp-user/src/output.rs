@@ -26,6 +26,8 @@ pub struct Printer<W: Write + AsRawFd> {
     /// Flush after every event (a terminal or a reader waiting for lines); otherwise the
     /// buffer is flushed when the pipeline has nothing more for the moment.
     eager: bool,
+    /// The text line being written, reused from line to line.
+    line: String,
 }
 
 fn quiet_pipe(res: io::Result<()>) -> io::Result<bool> {
@@ -47,6 +49,7 @@ impl<W: Write + AsRawFd> Printer<W> {
             json,
             printed: 0,
             eager,
+            line: String::new(),
         }
     }
 
@@ -64,7 +67,10 @@ impl<W: Write + AsRawFd> Printer<W> {
                 .map_err(io::Error::from)
                 .and_then(|_| self.out.write_all(b"\n"))
         } else {
-            writeln!(self.out, "{}", text::line(e))
+            self.line.clear();
+            text::line_into(&mut self.line, e);
+            self.line.push('\n');
+            self.out.write_all(self.line.as_bytes())
         };
         self.printed += 1;
         if self.eager {

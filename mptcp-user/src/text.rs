@@ -10,13 +10,21 @@ use crate::{
 pub const HEADER: &str =
     "TIME            EVENT                TOKEN     LOCAL                  REMOTE                 DETAILS";
 
-fn endpoint(addr: Option<IpAddr>, port: Option<u16>) -> String {
-    match (addr, port) {
-        (Some(IpAddr::V6(a)), Some(p)) => format!("[{a}]:{p}"),
-        (Some(a), Some(p)) => format!("{a}:{p}"),
-        (Some(a), None) => a.to_string(),
-        _ => "-".into(),
-    }
+/// Writes `addr:port` (`[addr]:port` for IPv6), `addr`, or `-`.
+fn endpoint(d: &mut String, addr: Option<IpAddr>, port: Option<u16>) {
+    let _ = match (addr, port) {
+        (Some(IpAddr::V6(a)), Some(p)) => write!(d, "[{a}]:{p}"),
+        (Some(a), Some(p)) => write!(d, "{a}:{p}"),
+        (Some(a), None) => write!(d, "{a}"),
+        _ => write!(d, "-"),
+    };
+}
+
+/// Pads what was written to `d` since `start` with spaces to `width` characters, then adds
+/// the column separator (what `{:<width} ` does, without a `String` per column).
+fn pad(d: &mut String, start: usize, width: usize) {
+    let n = d[start..].chars().count();
+    d.extend(std::iter::repeat_n(' ', width.saturating_sub(n) + 1));
 }
 
 /// `HH:MM:SS.micros` (UTC) out of the RFC 3339 stamp.
@@ -28,18 +36,28 @@ fn clock(time: &str) -> &str {
 /// one decimal, or exact below 1 KiB (`900B`). The one convention of every human-facing output
 /// (text events, the live view, the demo's summary); the JSON carries exact byte counts.
 pub fn size(n: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if n < 1024 {
-        return format!("{n}B");
+    Size(n).to_string()
+}
+
+/// [`size`] as a `Display`, for writing into a line without a `String` of its own.
+pub struct Size(pub u64);
+
+impl std::fmt::Display for Size {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+        let n = self.0;
+        if n < 1024 {
+            return write!(f, "{n}B");
+        }
+        let mut v = n as f64 / 1024.0;
+        let mut unit = 0;
+        // Rounded to one decimal, a value under the next unit could print as 1024.0.
+        while v >= 1023.95 && unit + 1 < UNITS.len() {
+            v /= 1024.0;
+            unit += 1;
+        }
+        write!(f, "{v:.1}{}", UNITS[unit])
     }
-    let mut v = n as f64 / 1024.0;
-    let mut unit = 0;
-    // Rounded to one decimal, a value under the next unit could print as 1024.0.
-    while v >= 1023.95 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1}{}", UNITS[unit])
 }
 
 /// A kernel-provided string (command name, interface name) made safe for a terminal: control
@@ -66,9 +84,16 @@ pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
 fn subflow_details(d: &mut String, sf: &Subflow) {
     let _ = write!(
         d,
-        "dev={} ids={}→{} {}",
-        printable(sf.ifname.as_deref().unwrap_or("?")),
-        sf.local_id.map_or("?".to_string(), |i| i.to_string()),
+        "dev={} ids=",
+        printable(sf.ifname.as_deref().unwrap_or("?"))
+    );
+    let _ = match sf.local_id {
+        Some(i) => write!(d, "{i}"),
+        None => write!(d, "?"),
+    };
+    let _ = write!(
+        d,
+        "→{} {}",
         sf.remote_id,
         if sf.join { "join " } else { "initial " },
     );
@@ -95,8 +120,53 @@ fn cause_details(d: &mut String, c: &crate::event::Cause) {
 
 /// One line, without a trailing newline.
 pub fn line(e: &Event) -> String {
-    let mut details = String::new();
-    let d = &mut details;
+    let mut l = String::new();
+    line_into(&mut l, e);
+    l
+}
+
+/// Appends [`line`] to `d`: the writer reuses one buffer for every line.
+pub fn line_into(d: &mut String, e: &Event) {
+    let start = d.len();
+    d.push_str(clock(&e.time));
+    pad(d, start, 15);
+    let start = d.len();
+    d.push_str(e.kind().as_str());
+    pad(d, start, 20);
+    let start = d.len();
+    match e.token() {
+        Some(t) => {
+            let _ = write!(d, "{t}");
+        }
+        None => d.push('-'),
+    }
+    pad(d, start, 9);
+    let start = d.len();
+    match &e.data {
+        Data::Lost(_) => {}
+        Data::SocketUpgraded(u) => d.push_str(match u.family {
+            Family::Ipv4 => "ipv4",
+            Family::Ipv6 => "ipv6",
+        }),
+        Data::AddrAnnounced(_) | Data::AddrRemoved(_) => d.push('-'),
+        _ => match e.tuple() {
+            Some(t) => endpoint(d, Some(t.saddr), Some(t.sport)),
+            None => d.push('-'),
+        },
+    }
+    pad(d, start, 22);
+    let start = d.len();
+    match &e.data {
+        Data::Lost(_) => {}
+        Data::SocketUpgraded(_) => d.push('-'),
+        Data::AddrAnnounced(a) | Data::AddrRemoved(a) => endpoint(d, a.addr, a.port),
+        _ => match e.tuple() {
+            Some(t) => endpoint(d, Some(t.daddr), Some(t.dport)),
+            None => d.push('-'),
+        },
+    }
+    pad(d, start, 22);
+    let details = d.len();
     match &e.data {
         Data::ConnCreated(c) => {
             let side = match c.side {
@@ -139,9 +209,9 @@ pub fn line(e: &Event) -> String {
             let _ = write!(
                 d,
                 "sent={} acked={} recv={} retrans={} rtt={}us ",
-                size(c.bytes_sent),
-                size(c.bytes_acked),
-                size(c.bytes_received),
+                Size(c.bytes_sent),
+                Size(c.bytes_acked),
+                Size(c.bytes_received),
                 c.retrans,
                 c.srtt_us,
             );
@@ -171,19 +241,19 @@ pub fn line(e: &Event) -> String {
                 d,
                 "interval={:.3}s sent=+{} acked=+{} recv=+{} retrans=+{} total_sent={} total_acked={} total_recv={} total_retrans={} rtt={}us cwnd={} ",
                 c.interval_ns as f64 / 1e9,
-                size(c.bytes_sent_delta),
-                size(c.bytes_acked_delta),
-                size(c.bytes_received_delta),
+                Size(c.bytes_sent_delta),
+                Size(c.bytes_acked_delta),
+                Size(c.bytes_received_delta),
                 c.retrans_delta,
-                size(c.bytes_sent),
-                size(c.bytes_acked),
-                size(c.bytes_received),
+                Size(c.bytes_sent),
+                Size(c.bytes_acked),
+                Size(c.bytes_received),
                 c.retrans,
                 c.srtt_us,
                 c.cwnd,
             );
             if let Some(p) = c.pacing_rate {
-                let _ = write!(d, "pacing={}/s ", size(p));
+                let _ = write!(d, "pacing={}/s ", Size(p));
             }
         }
         Data::Lost(l) => {
@@ -243,33 +313,10 @@ pub fn line(e: &Event) -> String {
             let _ = write!(d, "netns={ns}");
         }
     }
-    let (local, remote) = match &e.data {
-        Data::Lost(_) => (String::new(), String::new()),
-        Data::SocketUpgraded(u) => (
-            match u.family {
-                Family::Ipv4 => "ipv4".into(),
-                Family::Ipv6 => "ipv6".into(),
-            },
-            "-".into(),
-        ),
-        Data::AddrAnnounced(a) | Data::AddrRemoved(a) => ("-".into(), endpoint(a.addr, a.port)),
-        _ => match e.tuple() {
-            Some(t) => (
-                endpoint(Some(t.saddr), Some(t.sport)),
-                endpoint(Some(t.daddr), Some(t.dport)),
-            ),
-            None => ("-".into(), "-".into()),
-        },
-    };
-    format!(
-        "{:<15} {:<20} {:<9} {:<22} {:<22} {}",
-        clock(&e.time),
-        e.kind().as_str(),
-        e.token().map_or("-".to_string(), |t| t.to_string()),
-        local,
-        remote,
-        details.trim_end()
-    )
+    // Trailing spaces of the details go, not the columns' padding (a line without details
+    // ends with its separator, as it always did).
+    let kept = d[details..].trim_end().len();
+    d.truncate(details + kept);
 }
 
 #[cfg(test)]
@@ -328,10 +375,9 @@ mod tests {
 
     #[test]
     fn ipv6_endpoints_are_bracketed() {
-        assert_eq!(
-            endpoint(Some("fe80::1".parse().unwrap()), Some(80)),
-            "[fe80::1]:80"
-        );
+        let mut d = String::new();
+        endpoint(&mut d, Some("fe80::1".parse().unwrap()), Some(80));
+        assert_eq!(d, "[fe80::1]:80");
     }
 
     #[test]
