@@ -427,12 +427,12 @@ impl Diagnosis {
     }
 
     /// Passes `e` on to `out`, followed by the diagnoses it allows.
-    pub fn pass(&mut self, e: Event, out: &mut VecDeque<Arc<Event>>) {
+    pub fn pass(&mut self, e: Arc<Event>, out: &mut VecDeque<Arc<Event>>) {
         self.last_ts = self.last_ts.max(e.ts_ns);
         self.judged_ts = e.ts_ns;
         let key = e.ids().conn;
         if key == 0 || e.conn().is_some_and(|c| c.protocol.is_some()) {
-            out.push_back(Arc::new(e));
+            out.push_back(e);
             return;
         }
         let mut found = Vec::new();
@@ -542,7 +542,6 @@ impl Diagnosis {
             };
         }
         let ts = e.ts_ns;
-        let e = Arc::new(e);
         if t.log.len() < MAX_LOG && !matches!(e.data, Data::AddrRemoved(_)) {
             t.log.push(e.clone());
         }
@@ -1716,7 +1715,7 @@ mod tests {
     fn causes(d: &mut Diagnosis, events: Vec<Event>, now: u64) -> Vec<String> {
         let mut out = VecDeque::new();
         for e in events {
-            d.pass(e, &mut out);
+            d.pass(Arc::new(e), &mut out);
         }
         d.expire(now, &mut out);
         out.iter()
@@ -1754,9 +1753,12 @@ mod tests {
         let mut d = stage(crate::doctor::netns::tests::client());
         let mut out = VecDeque::new();
         for e in client_conn(1) {
-            d.pass(e, &mut out);
+            d.pass(Arc::new(e), &mut out);
         }
-        d.pass(reset(1_000_200_000, true, "rst_received"), &mut out);
+        d.pass(
+            Arc::new(reset(1_000_200_000, true, "rst_received")),
+            &mut out,
+        );
         let due = d.next_due().unwrap();
         assert_eq!(due, 1_000_200_000 + ABORT_GRACE_NS + SETTLE_NS);
         d.expire(due - 1, &mut out);
@@ -1852,7 +1854,7 @@ mod tests {
         let mut d = stage(f);
         let mut out = VecDeque::new();
         for e in client_conn(0) {
-            d.pass(e, &mut out);
+            d.pass(Arc::new(e), &mut out);
         }
         d.expire(LATE, &mut out);
         let Some(Data::ConnDiagnosis(c)) = out.back().map(|e| &e.data) else {

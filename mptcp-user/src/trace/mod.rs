@@ -504,7 +504,7 @@ impl Pipeline {
         // The snapshot goes out first; later events stamped before it follow it.
         for e in snap.events {
             core.owners.observe(&e);
-            core.diagnosis.pass(e, &mut core.ready);
+            core.diagnosis.pass(Arc::new(e), &mut core.ready);
         }
         core.order.floor(t0);
         // Counter baselines from before anything traced can start: the tick's first sample

@@ -12,7 +12,10 @@
 //! ADD_ADDR caused can carry an earlier stamp than the announcement. Where the order is certain
 //! it is restored from evidence, not time: see [`Reorder::push_event`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    sync::Arc,
+};
 
 use crate::{
     decode::Clock,
@@ -45,9 +48,11 @@ type ConnId = (Option<u32>, u64);
 /// that placing an event costs a few map lookups, not a scan of everything held (at maximum
 /// churn thousands of events are held at any moment).
 pub struct Reorder {
-    /// Boxed: a B-tree node shifts its values on every insert and remove, and an `Event` is
-    /// a few hundred bytes (the moves were a sixth of the tracer's CPU at 1,000 conn/s).
-    held: BTreeMap<Key, Box<Event>>,
+    /// Behind a pointer: a B-tree node shifts its values on every insert and remove, and an
+    /// `Event` is a few hundred bytes (the moves were a sixth of the tracer's CPU at 1,000
+    /// conn/s). An `Arc`, allocated once here: it is how the event goes on, shared between
+    /// the output and the diagnosis' log.
+    held: BTreeMap<Key, Arc<Event>>,
     seq: u64,
     /// The newest timestamp released: later events never go out before it.
     released: u64,
@@ -126,11 +131,11 @@ impl Reorder {
         if let Some(t) = announced(&e) {
             index_add(&mut self.announcements, t, key);
         }
-        self.held.insert(key, Box::new(e));
+        self.held.insert(key, Arc::new(e));
     }
 
-    fn remove(&mut self, key: &Key) -> Option<Event> {
-        let e = *self.held.remove(key)?;
+    fn remove(&mut self, key: &Key) -> Option<Arc<Event>> {
+        let e = self.held.remove(key)?;
         if let Some(c) = established_of(&e) {
             index_remove(&mut self.established, c, key);
         }
@@ -201,10 +206,11 @@ impl Reorder {
         let Some(keys) = self.announcements.get(&t).cloned() else {
             return self.push(e);
         };
-        let moved: Vec<Event> = keys.iter().filter_map(|k| self.remove(k)).collect();
+        let moved: Vec<Arc<Event>> = keys.iter().filter_map(|k| self.remove(k)).collect();
         self.push(e);
         for a in moved {
-            self.push_event(a);
+            // Held, so not shared yet: taken back without a copy.
+            self.push_event(Arc::unwrap_or_clone(a));
         }
     }
 
@@ -239,7 +245,7 @@ impl Reorder {
     }
 
     /// Releases every event older than `now - WINDOW_NS` (all of them with `now == u64::MAX`).
-    pub fn release(&mut self, now: u64, out: &mut impl FnMut(Event)) {
+    pub fn release(&mut self, now: u64, out: &mut impl FnMut(Arc<Event>)) {
         let limit = now.saturating_sub(WINDOW_NS);
         while let Some((&key, first)) = self.held.first_key_value() {
             if key.ts > limit {
@@ -375,7 +381,7 @@ mod tests {
         r.push_event(ring(EventKind::SubflowEstablished, 5_000_000, 0, false));
         r.push_event(ring(EventKind::ConnEstablished, 9_000_000, 0, false));
         let mut times = Vec::new();
-        r.release(u64::MAX, &mut |e| times.push((e.ts_ns, e.time)));
+        r.release(u64::MAX, &mut |e| times.push((e.ts_ns, e.time.clone())));
         assert_eq!(times[0].0, 4_999_999);
         assert_eq!(times[0].1, Clock::fixed(0).rfc3339(4_999_999));
     }
