@@ -547,6 +547,13 @@ struct Upgrader {
 
 impl Upgrader {
     fn start(args: &[&str]) -> Upgrader {
+        Upgrader::try_start(args)
+            .unwrap_or_else(|(st, e)| panic!("upgrade {args:?} exited with {st}: {e}"))
+    }
+
+    /// [`Upgrader::start`], or how the upgrade exited before it was ready (its status and
+    /// stderr: a kernel's refusal, which the socket bench reports instead of a number).
+    fn try_start(args: &[&str]) -> Result<Upgrader, (std::process::ExitStatus, String)> {
         let ready = std::env::temp_dir().join(format!("upgrade-ready-{}", tag("u")));
         let _ = fs::remove_file(&ready);
         let mut child = Command::new(mptcp_trace_bin())
@@ -563,7 +570,7 @@ impl Upgrader {
             if let Some(st) = child.try_wait().unwrap() {
                 let mut e = String::new();
                 child.stderr.take().unwrap().read_to_string(&mut e).unwrap();
-                panic!("upgrade {args:?} exited with {st}: {e}");
+                return Err((st, e));
             }
             assert!(start.elapsed() < TIMEOUT, "upgrade not ready");
             thread::sleep(Duration::from_millis(50));
@@ -574,11 +581,11 @@ impl Upgrader {
             1,
             "upgrade {args:?} holds its program: {progs:?}"
         );
-        Upgrader {
+        Ok(Upgrader {
             child,
             ready,
             progs,
-        }
+        })
     }
 
     fn signal(mut self, sig: i32) -> String {
@@ -1886,83 +1893,278 @@ fn seccomp_sockets_carry_the_callers_uid_and_cgroup() {
     assert!(ss.contains(&cgroup), "{cgroup}: {ss}");
 }
 
-/// Not a test: the cost of socket()+close() under each upgrade method, side by side, for
-/// BENCHMARKS.md. Rounds are interleaved; the median of each is printed.
-/// `cargo test -p integration-tests --release --test upgrade -- --ignored --nocapture bench_socket_cost`
+// ---------------------------------------------------------------------------------------------
+// The socket() cost bench: the worker `cargo xtask bench` runs on the host and in the 6.12
+// guest (xtask/src/bench/upgrade.rs reads its marker lines; the VM runner runs test
+// executables, so the worker is a test).
+
+/// One result line per variant: the marker, a space, a JSON object.
+const SOCKET_BENCH_MARKER: &str = "MPTCP-TRACE-SOCKET-BENCH";
+/// One line about the machine the worker ran on.
+const SOCKET_BENCH_MACHINE_MARKER: &str = "MPTCP-TRACE-SOCKET-BENCH-MACHINE";
+/// The `--comm` of the out-of-scope variant: a name no process of the bench has.
+const OTHER_COMM: &str = "not-this-bench";
+
+/// How a variant runs socket-bench.
+enum Wrap {
+    /// As it is.
+    Plain,
+    /// Under this command (`mptcpize run`, `mptcp-trace run …`).
+    Under(Vec<String>),
+    /// As it is, while `mptcp-trace upgrade ARGS` runs in the background.
+    Upgrader(Vec<String>),
+}
+
+struct Variant {
+    /// The key in xtask's JSON and tables.
+    key: &'static str,
+    wrap: Wrap,
+}
+
+/// What one variant gave over the rounds.
+#[derive(Default)]
+struct VariantResult {
+    /// ns per socket()+close() and the SO_PROTOCOL of socket-bench's first socket, per round.
+    rounds: Vec<(f64, i32)>,
+    /// Why it could not run: a kernel's refusal line, or a missing tool. Set once: a refusal is
+    /// the kernel's answer, not a fluke, so the later rounds skip the variant.
+    refused: Option<String>,
+    /// The background upgrader's counters when it stopped, per round.
+    counters: Vec<String>,
+}
+
+fn socket_bench_variants() -> Vec<Variant> {
+    let t = mptcp_trace_bin().to_string_lossy().into_owned();
+    let run = |method: &str| {
+        Wrap::Under(vec![
+            t.clone(),
+            "run".into(),
+            "--method".into(),
+            method.into(),
+            "--".into(),
+        ])
+    };
+    let up = |args: &[&str]| Wrap::Upgrader(args.iter().map(|a| a.to_string()).collect());
+    vec![
+        Variant {
+            key: "none",
+            wrap: Wrap::Plain,
+        },
+        Variant {
+            key: "mptcpize_run",
+            wrap: Wrap::Under(vec!["mptcpize".into(), "run".into()]),
+        },
+        Variant {
+            key: "run_bpf",
+            wrap: run("bpf"),
+        },
+        Variant {
+            key: "upgrade_all",
+            wrap: up(&["--all"]),
+        },
+        Variant {
+            key: "upgrade_comm_in_scope",
+            wrap: up(&["--comm", "socket-bench"]),
+        },
+        Variant {
+            key: "upgrade_comm_out_of_scope",
+            wrap: up(&["--comm", OTHER_COMM]),
+        },
+        Variant {
+            key: "upgrade_all_count_only",
+            wrap: up(&["--all", "--count-only"]),
+        },
+        Variant {
+            key: "run_seccomp",
+            wrap: run("seccomp"),
+        },
+    ]
+}
+
+/// The first line of a refusal worth quoting: mptcp-trace's own message, else stderr's first
+/// line, else the exit status.
+fn refusal_line(status: std::process::ExitStatus, stderr: &str) -> String {
+    stderr
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("mptcp-trace:"))
+        .or_else(|| stderr.lines().map(str::trim).find(|l| !l.is_empty()))
+        .map_or_else(|| format!("failed ({status})"), str::to_string)
+}
+
+/// Runs socket-bench (under `prefix`): (ns per socket()+close(), SO_PROTOCOL), or why not.
+fn socket_bench_once(prefix: &[String], bench: &Path, n: &str) -> Result<(f64, i32), String> {
+    let mut argv: Vec<&std::ffi::OsStr> = prefix.iter().map(|a| a.as_ref()).collect();
+    argv.push(bench.as_os_str());
+    argv.push(n.as_ref());
+    let o = match Command::new(argv[0]).args(&argv[1..]).output() {
+        Ok(o) => o,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let place = if std::env::var_os("MPTCP_TRACE_VM").is_some() {
+                "in the guest"
+            } else {
+                "on this machine"
+            };
+            return Err(format!(
+                "not installed {place} ({} not found)",
+                argv[0].to_string_lossy()
+            ));
+        }
+        Err(e) => panic!("cannot run {argv:?}: {e}"),
+    };
+    let out = String::from_utf8_lossy(&o.stdout);
+    let field = |k: &str| out.split_whitespace().find_map(|w| w.strip_prefix(k));
+    match (field("ns_per_socket="), field("protocol=")) {
+        (Some(ns), Some(p)) if o.status.success() => Ok((ns.parse().unwrap(), p.parse().unwrap())),
+        _ => Err(refusal_line(o.status, &String::from_utf8_lossy(&o.stderr))),
+    }
+}
+
+/// Runs socket-bench while `mptcp-trace upgrade ARGS` is attached (its ready file), then stops
+/// the upgrade with SIGINT and checks its programs are gone: (the result, the upgrade's
+/// counters line), or the upgrade's refusal.
+fn socket_bench_with_upgrader(
+    args: &[String],
+    bench: &Path,
+    n: &str,
+) -> Result<((f64, i32), String), String> {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let up = Upgrader::try_start(&args).map_err(|(st, e)| refusal_line(st, &e))?;
+    let result = socket_bench_once(&[], bench, n);
+    let progs = up.progs.clone();
+    let report = up.signal(libc::SIGINT);
+    assert_programs_gone(&progs, &format!("upgrade {args:?}"));
+    let counters = report
+        .lines()
+        .find(|l| l.contains("TCP sockets seen"))
+        .map_or_else(String::new, |l| {
+            l.trim().trim_start_matches("mptcp-trace: ").to_string()
+        });
+    Ok((result?, counters))
+}
+
+fn run_variant(v: &Variant, r: &mut VariantResult, bench: &Path, n: &str) {
+    let got = match &v.wrap {
+        Wrap::Plain => socket_bench_once(&[], bench, n),
+        Wrap::Under(prefix) => socket_bench_once(prefix, bench, n),
+        Wrap::Upgrader(args) => {
+            socket_bench_with_upgrader(args, bench, n).map(|(res, counters)| {
+                r.counters.push(counters);
+                res
+            })
+        }
+    };
+    match got {
+        Ok(res) => r.rounds.push(res),
+        Err(why) => r.refused = Some(why),
+    }
+}
+
+/// socket-bench, written out as `<dir>/socket-bench` so that its command name is
+/// `socket-bench` (the in-scope `--comm`); the directory goes when dropped.
+struct SocketBench(PathBuf);
+
+impl SocketBench {
+    fn write() -> SocketBench {
+        let dir = std::env::temp_dir().join(format!("socket-bench.{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let bin = dir.join("socket-bench");
+        fs::write(&bin, include_bytes!(env!("SOCKET_BENCH"))).unwrap();
+        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+        SocketBench(bin)
+    }
+}
+
+impl Drop for SocketBench {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// The CPU model, as /proc/cpuinfo names it.
+fn cpu_model() -> String {
+    fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            Some(
+                l.strip_prefix("model name")?
+                    .trim_start_matches([' ', '\t', ':'])
+                    .to_string(),
+            )
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
+/// Not a test: the worker of `cargo xtask bench`'s upgrade part (run there on the host and in
+/// the 6.12 guest; by hand: `SOCKET_BENCH_N=20000 SOCKET_BENCH_ROUNDS=5 cargo test -p
+/// integration-tests --test upgrade -- --ignored --exact --nocapture bench_socket_cost`).
+/// socket-bench (tests/c/socket-bench.c) creates and closes N TCP sockets under each upgrade
+/// variant, in interleaved rounds; one marker line per variant gives every round's ns per
+/// socket()+close() and SO_PROTOCOL, or the refusal that kept the variant from running.
 #[test]
-#[ignore = "benchmark, run by hand"]
+#[ignore = "benchmark, run by cargo xtask bench"]
 fn bench_socket_cost() {
     require_root();
-    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    let bench = helper("socket-bench", include_bytes!(env!("SOCKET_BENCH")), &PATH);
-    let n = std::env::var("SOCKET_BENCH_N").unwrap_or_else(|_| "20000".into());
-    let b = bench.to_str().unwrap();
-    let tb = mptcp_trace_bin();
-    let t = tb.to_str().unwrap();
-    let variants: Vec<(&str, Vec<&str>)> = vec![
-        ("no upgrade", vec![b, &n]),
-        ("mptcpize run", vec!["mptcpize", "run", b, &n]),
-        (
-            "mptcp-trace run --method bpf",
-            vec![t, "run", "--method", "bpf", "--", b, &n],
-        ),
-        (
-            "mptcp-trace run --method seccomp",
-            vec![t, "run", "--method", "seccomp", "--", b, &n],
-        ),
-    ];
-    let mut results: Vec<Vec<f64>> = vec![vec![]; variants.len()];
-    let mut protocol = vec![String::new(); variants.len()];
-    for _round in 0..5 {
-        for (i, (_, argv)) in variants.iter().enumerate() {
-            let Ok(o) = Command::new(argv[0]).args(&argv[1..]).output() else {
-                protocol[i] = "not installed".into();
+    let upgrade_link = Path::new(PIN_DIR).join("upgrade_link");
+    assert!(
+        !upgrade_link.exists(),
+        "a pinned upgrade is attached (it would upgrade every variant's sockets): remove it with \
+         `mptcp-trace upgrade --off` first"
+    );
+    let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.into());
+    let n = env("SOCKET_BENCH_N", "20000");
+    let rounds: usize = env("SOCKET_BENCH_ROUNDS", "5").parse().unwrap();
+    let bench = SocketBench::write();
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let cores = thread::available_parallelism().map_or(0, |c| c.get());
+    println!(
+        "{SOCKET_BENCH_MACHINE_MARKER} {}",
+        serde_json::json!({
+            "kernel": kernel.trim(),
+            "cpu": cpu_model(),
+            "cores": cores,
+            "sockets_per_run": n.parse::<u64>().unwrap(),
+            "rounds": rounds,
+        })
+    );
+    let variants = socket_bench_variants();
+    let mut results: Vec<VariantResult> =
+        variants.iter().map(|_| VariantResult::default()).collect();
+    for round in 0..rounds {
+        for (v, r) in variants.iter().zip(&mut results) {
+            if r.refused.is_some() {
                 continue;
-            };
-            let out = String::from_utf8_lossy(&o.stdout).to_string();
-            let Some(ns) = out
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("ns_per_socket="))
-            else {
-                protocol[i] = format!("failed (exit {:?})", o.status.code());
-                continue;
-            };
-            results[i].push(ns.parse().unwrap());
-            protocol[i] = out
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("protocol="))
-                .unwrap_or("?")
-                .to_string();
+            }
+            run_variant(v, r, &bench.0, &n);
+            match (&r.refused, r.rounds.last()) {
+                (Some(why), _) => eprintln!("round {round} {:<26} refused: {why}", v.key),
+                (None, Some((ns, p))) => eprintln!(
+                    "round {round} {:<26} SO_PROTOCOL {p:>3} {ns:>9.0} ns",
+                    v.key
+                ),
+                (None, None) => unreachable!("a round gives a result or a refusal"),
+            }
         }
     }
-    let median = |v: &Vec<f64>| {
-        let mut v = v.clone();
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        v.get(v.len() / 2).copied()
-    };
-    let base = median(&results[0]).unwrap();
-    let mptcpize = median(&results[1]);
-    println!(
-        "kernel {}, {n} sockets per run, median of 5 runs",
-        fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap()
-            .trim()
-    );
-    println!(
-        "| method | SO_PROTOCOL | ns per socket()+close() | vs no upgrade | vs mptcpize run |"
-    );
-    println!("|---|---:|---:|---:|---:|");
-    for (i, (name, _)) in variants.iter().enumerate() {
-        match median(&results[i]) {
-            Some(m) => println!(
-                "| {name} | {} | {m:.0} | {:.2}× | {} |",
-                protocol[i],
-                m / base,
-                mptcpize.map_or("–".into(), |z| format!("{:.2}×", m / z))
-            ),
-            None => println!("| {name} | {} | – | – | – |", protocol[i]),
-        }
+    for (v, r) in variants.iter().zip(&results) {
+        println!(
+            "{SOCKET_BENCH_MARKER} {}",
+            serde_json::json!({
+                "variant": v.key,
+                "ns_per_socket": r.rounds.iter().map(|x| x.0).collect::<Vec<_>>(),
+                "so_protocol": r.rounds.iter().map(|x| x.1).collect::<Vec<_>>(),
+                "refused": r.refused,
+                "upgrader_counters": r.counters,
+            })
+        );
     }
+    // Nothing the bench started may stay attached: every upgrader's own programs were checked
+    // as it stopped; `run --method bpf` holds its upgrade in its own process, gone with it.
+    assert!(!upgrade_link.exists(), "the bench left a pinned upgrade");
+    assert_no_orphan_program_since(&HashSet::new(), "the socket bench");
 }
 
 /// Ctrl-C reaches the whole foreground process group: the supervisor must outlive it, or the

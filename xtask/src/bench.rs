@@ -13,6 +13,11 @@
 //! change, the time from exec to attached, what it showed against what the generator and the
 //! kernel's MPTcpExt counters say happened, and what it reported lost. The results replace
 //! the churn section of BENCHMARKS.md and go to `target/bench/churn.json`.
+//!
+//! Then the upgrade part ([`upgrade`]): what the TCP→MPTCP upgrade adds to one socket(), on
+//! the host and in the 6.12 guest.
+
+mod upgrade;
 
 use std::{
     fs,
@@ -50,12 +55,33 @@ pub struct BenchArgs {
     /// Client worker threads.
     #[arg(long, default_value_t = 8)]
     pub workers: u32,
-    /// Write the results here instead of BENCHMARKS.md (the churn section is replaced).
+    /// Write the results here instead of BENCHMARKS.md (the churn and upgrade sections are
+    /// replaced, or appended when the file has none).
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// About two minutes, for development: 2 rounds of 2 s per arm and phase.
+    /// For development: the churn part in about two minutes (2 rounds of 2 s per arm and
+    /// phase), the upgrade part with 3 rounds of fewer sockets.
     #[arg(long)]
     pub quick: bool,
+    /// Interleaved rounds per variant of the upgrade part (a round is seconds, not minutes:
+    /// more rounds than the churn's for a steadier median on a busy machine).
+    #[arg(long, default_value_t = 11)]
+    pub upgrade_rounds: usize,
+    /// Run only this part: `churn` (tracing's cost to the traffic it watches) or `upgrade`
+    /// (the upgrade's cost to one socket(), on the host and in the 6.12 guest).
+    #[arg(long, value_enum, value_name = "PART")]
+    pub only: Option<Part>,
+    /// Skip the upgrade part's 6.12 guest (the only kernel here that lets the bpf upgrade
+    /// load); its table then says so.
+    #[arg(long)]
+    pub no_vm: bool,
+}
+
+/// The parts of the bench, in the order they run.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum Part {
+    Churn,
+    Upgrade,
 }
 
 /// A bulk transfer per arm and round: this many bytes over the two paths.
@@ -835,6 +861,36 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let bin = root.join("target/release/mptcp-trace");
     let dir = root.join("target/bench");
     fs::create_dir_all(&dir)?;
+    let out = args
+        .output
+        .clone()
+        .unwrap_or_else(|| root.join("BENCHMARKS.md"));
+    if args.only != Some(Part::Upgrade) {
+        churn_part(&args, &bin, &dir, &out)?;
+    }
+    if args.only != Some(Part::Churn) {
+        check_interrupted()?;
+        upgrade::run(&args, &bin, &dir, &out)?;
+    }
+    Ok(())
+}
+
+/// Replaces the text between `begin` and `end` (both included) in `path` with `md`, or
+/// appends `md` when the file has no such section.
+fn replace_section(path: &Path, begin: &str, end: &str, md: &str) -> Result<()> {
+    let old = fs::read_to_string(path).unwrap_or_default();
+    let new = match (old.find(begin), old.find(end)) {
+        (Some(a), Some(b)) if a < b => format!("{}{md}{}", &old[..a], &old[b + end.len()..]),
+        _ => format!("{}\n{md}\n", old.trim_end()),
+    };
+    fs::write(path, new)?;
+    eprintln!("==> wrote {}", path.display());
+    Ok(())
+}
+
+/// The churn part: the test bed, the phases, the bulk transfers; `churn.json` in `dir` and the
+/// churn section of `out`.
+fn churn_part(args: &BenchArgs, bin: &Path, dir: &Path, out: &Path) -> Result<()> {
     let bed = TestBed::create(&format!("bench{}", std::process::id()))
         .context("building the test bed")?;
     let client_ns = TestBed::netns_inode(&bed.client)?;
@@ -885,9 +941,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
             &Arm::TCP
         };
         let results = churn_phase(
-            &bin,
+            bin,
             &bed,
-            &dir,
+            dir,
             &ChurnPlan {
                 rounds,
                 seconds,
@@ -909,7 +965,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     for round in 0..rounds {
         for (arm, v) in &mut bulks {
             check_interrupted()?;
-            let running = start(*arm, &bin, &bed, &dir, 1000 + round)?;
+            let running = start(*arm, bin, &bed, dir, 1000 + round)?;
             let mib_s = bulk(&bed)?;
             eprintln!("round {round} {:<40} {mib_s:>8.0} MiB/s", arm.name());
             v.push(mib_s);
@@ -927,19 +983,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         serde_json::to_string_pretty(&to_json(&phases, &bulks))?,
     )?;
     eprintln!("==> wrote {}", json.display());
-    let md = report(&args, rounds, seconds, &phases, &bulks)?;
-    let path = args
-        .output
-        .clone()
-        .unwrap_or_else(|| root.join("BENCHMARKS.md"));
-    let old = fs::read_to_string(&path).unwrap_or_default();
-    let new = match (old.find(BEGIN), old.find(END)) {
-        (Some(a), Some(b)) if a < b => format!("{}{md}{}", &old[..a], &old[b + END.len()..]),
-        _ => format!("{}\n{md}\n", old.trim_end()),
-    };
-    fs::write(&path, new)?;
-    eprintln!("==> wrote {}", path.display());
-    Ok(())
+    let md = report(args, rounds, seconds, &phases, &bulks)?;
+    replace_section(out, BEGIN, END, &md)
 }
 
 /// The rounds of every arm at one churn rate.
@@ -1085,6 +1130,42 @@ fn to_json(phases: &[Phase], bulks: &[(Arm, Vec<f64>)]) -> serde_json::Value {
     })
 }
 
+/// What the tables say about where they were measured.
+struct Machine {
+    cpu_model: String,
+    cores: usize,
+    kernel: String,
+    /// `YYYY-MM-DD HH:MM UTC`.
+    date: String,
+}
+
+impl Machine {
+    fn this() -> Result<Machine> {
+        let cpu_model = fs::read_to_string("/proc/cpuinfo")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+            .unwrap_or_else(|| "?".into());
+        let cores = thread::available_parallelism().map_or(0, |n| n.get());
+        let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")?
+            .trim()
+            .to_string();
+        let date = Command::new("date")
+            .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+            .output()?;
+        let date = String::from_utf8_lossy(&date.stdout).trim().to_string();
+        Ok(Machine {
+            cpu_model,
+            cores,
+            kernel,
+            date,
+        })
+    }
+}
+
 fn report(
     args: &BenchArgs,
     rounds: usize,
@@ -1092,22 +1173,12 @@ fn report(
     phases: &[Phase],
     bulks: &[(Arm, Vec<f64>)],
 ) -> Result<String> {
-    let cpu_model = fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_else(|| "?".into());
-    let cores = thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")?
-        .trim()
-        .to_string();
-    let date = Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-        .output()?;
-    let date = String::from_utf8_lossy(&date.stdout).trim().to_string();
+    let Machine {
+        cpu_model,
+        cores,
+        kernel,
+        date,
+    } = Machine::this()?;
     let mut o = String::new();
     use std::fmt::Write as _;
     writeln!(o, "{BEGIN}")?;
@@ -1253,4 +1324,25 @@ fn report(
     }
     writeln!(o, "{END}")?;
     Ok(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_section_is_replaced_between_its_markers_or_appended() {
+        let path = std::env::temp_dir().join(format!("xtask-bench-{}.md", std::process::id()));
+        fs::write(
+            &path,
+            "# B\n\nA <!-- s:begin -->old<!-- s:end --> Z\n<!-- t:begin -->\n",
+        )
+        .unwrap();
+        replace_section(&path, "<!-- s:begin -->", "<!-- s:end -->", "NEW").unwrap();
+        // The other section's lone begin marker is no section: appended after it.
+        replace_section(&path, "<!-- t:begin -->", "<!-- t:end -->", "T").unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        fs::remove_file(&path).unwrap();
+        assert_eq!(text, "# B\n\nA NEW Z\n<!-- t:begin -->\nT\n");
+    }
 }

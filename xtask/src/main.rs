@@ -38,9 +38,12 @@ enum Cmd {
     /// Example: cargo xtask dist && sudo dpkg -i target/dist/mptcp-trace_*.deb
     Dist(dist::DistArgs),
     /// Measure what tracing costs the traffic it watches (root; never part of `test`):
-    /// interleaved rounds of a churn generator with each arm attached; writes BENCHMARKS.md.
+    /// interleaved rounds of a churn generator with each arm attached; then what the upgrade
+    /// costs one socket(), on the host and in the 6.12 guest; writes BENCHMARKS.md.
     ///
     /// Example: sudo cargo xtask bench --rate 1000
+    ///
+    /// Example: sudo cargo xtask bench --only upgrade --quick
     Bench(bench::BenchArgs),
 }
 

@@ -103,6 +103,13 @@ pub struct VmTestArgs {
     /// Extra arguments for every test executable in the guest (libtest's), e.g. a name filter.
     #[arg(last = true)]
     pub test_args: Vec<String>,
+    /// Extra environment of the guest's tests (`cargo xtask bench` sizes its worker with it).
+    #[arg(skip)]
+    pub env: Vec<(String, String)>,
+    /// Only these test executables go into the guest (all when empty): the bench's guest runs
+    /// one worker, not every suite with a filter that matches nothing.
+    #[arg(skip)]
+    pub tests: Vec<String>,
 }
 
 impl Default for VmTestArgs {
@@ -115,6 +122,8 @@ impl Default for VmTestArgs {
             parallel: 2,
             debug_binaries: false,
             test_args: Vec::new(),
+            env: Vec::new(),
+            tests: Vec::new(),
         }
     }
 }
@@ -157,7 +166,14 @@ struct Outcome {
     failed: u32,
     /// The `key=value;…` of its `MPTCP-TRACE-SUPPORT` line (tests/tests/kernel_support.rs).
     support: Option<String>,
+    /// Every console line that carries a marker ([`MARKER_PREFIX`]), from the marker on: what
+    /// a caller of [`run_guest`] reads its results from.
+    marked: Vec<String>,
 }
+
+/// The prefix of every line a test prints for the runner or another reader (the result line,
+/// `MPTCP-TRACE-SUPPORT`, the bench's `MPTCP-TRACE-SOCKET-BENCH`).
+const MARKER_PREFIX: &str = "MPTCP-TRACE-";
 
 /// The line kernel_support prints: what the guest's kernel supports, for the matrix's table.
 const SUPPORT_MARKER: &str = "MPTCP-TRACE-SUPPORT ";
@@ -257,6 +273,60 @@ pub fn run(args: VmTestArgs) -> Result<()> {
     Ok(())
 }
 
+/// What [`run_guest`] brings back from its guest.
+pub struct GuestRun {
+    /// `uname -r` of the guest's kernel.
+    pub release: String,
+    /// Its console lines that carry a marker, from the marker on.
+    pub marked: Vec<String>,
+}
+
+/// Boots the one kernel `args.kernel` names with `args`' tests, arguments and environment,
+/// and returns its marker lines once every test it ran passed: for a caller that reads
+/// results from a guest (`cargo xtask bench`). Its own work directory (`target/vm-capture`),
+/// so that it does not clobber a `vm-test` running beside it.
+pub fn run_guest(args: &VmTestArgs) -> Result<GuestRun> {
+    let kernels = select_kernels(&args.kernel)?;
+    ensure!(
+        kernels.len() == 1,
+        "run_guest boots one kernel, not {}",
+        args.kernel
+    );
+    let kernel = &kernels[0];
+    let artifacts = build(!args.debug_binaries)?;
+    for t in &args.tests {
+        ensure!(
+            artifacts.tests.contains_key(t),
+            "no test executable {t} in integration-tests"
+        );
+    }
+    let work = target_dir()?.join("vm-capture");
+    fs::create_dir_all(&work)?;
+    let base = build_base_initramfs(&work, &artifacts, args)?;
+    eprintln!("==> vm {}: booting {}", kernel.series, kernel.release);
+    let start = Instant::now();
+    let initrd = build_kernel_initramfs(&work, kernel, &base)?;
+    let o = boot_until_init(kernel, &initrd, args)?;
+    eprintln!(
+        "==> vm {}: {} passed, {} failed in {} s",
+        kernel.series,
+        o.passed,
+        o.failed,
+        start.elapsed().as_secs()
+    );
+    ensure!(
+        o.failed == 0 && o.passed > 0,
+        "the {} guest's tests failed ({} passed, {} failed): see its console above",
+        kernel.series,
+        o.passed,
+        o.failed
+    );
+    Ok(GuestRun {
+        release: kernel.release.clone(),
+        marked: o.marked,
+    })
+}
+
 fn kernels_dir() -> PathBuf {
     std::env::var_os("MPTCP_TRACE_KERNELS")
         .map(PathBuf::from)
@@ -342,7 +412,7 @@ struct Artifacts {
 
 /// Runs a cargo build with JSON messages and returns the executables it reports, with
 /// whether each is a test harness.
-fn cargo_executables(args: &[&str]) -> Result<Vec<(String, PathBuf, bool)>> {
+pub(crate) fn cargo_executables(args: &[&str]) -> Result<Vec<(String, PathBuf, bool)>> {
     eprintln!("==> cargo {}", args.join(" "));
     let out = cargo()
         .args(args)
@@ -551,8 +621,14 @@ fn build_base_initramfs(work: &Path, art: &Artifacts, args: &VmTestArgs) -> Resu
         let var = name.to_uppercase().replace('-', "_");
         env.push_str(&format!("export {var}_BIN=/bin/{name}\n"));
     }
-    for (name, exe) in &art.tests {
+    let wanted = |name: &String| args.tests.is_empty() || args.tests.contains(name);
+    let mut shipped = 0;
+    for (name, exe) in art.tests.iter().filter(|(name, _)| wanted(name)) {
         stage.add_executable(exe, &format!("/tests/{name}"))?;
+        shipped += 1;
+    }
+    for (k, v) in &args.env {
+        env.push_str(&format!("export {k}='{v}'\n"));
     }
     stage.write("/etc/vm/env", env.as_bytes(), 0o644)?;
     stage.write(
@@ -569,8 +645,7 @@ fn build_base_initramfs(work: &Path, art: &Artifacts, args: &VmTestArgs) -> Resu
     let out = work.join("base.cpio.gz");
     stage.pack(&out)?;
     eprintln!(
-        "==> initramfs: {} test executables, {} binaries, {libs} shared libraries, {} KiB",
-        art.tests.len(),
+        "==> initramfs: {shipped} test executables, {} binaries, {libs} shared libraries, {} KiB",
         art.bins.len(),
         fs::metadata(&out)?.len() / 1024
     );
@@ -685,6 +760,7 @@ fn parse_result(line: &str) -> Option<Outcome> {
         passed: passed?,
         failed: failed?,
         support: None,
+        marked: Vec::new(),
     })
 }
 
@@ -785,6 +861,7 @@ fn boot(kernel: &Kernel, initrd: &Path, args: &VmTestArgs) -> Result<Outcome> {
     let reader = thread::spawn(move || {
         let mut result = None;
         let mut support = None;
+        let mut marked = Vec::new();
         let mut init_started = false;
         let mut death = None;
         let mut out = std::io::stdout();
@@ -800,6 +877,9 @@ fn boot(kernel: &Kernel, initrd: &Path, args: &VmTestArgs) -> Result<Outcome> {
             if let Some((_, s)) = line.split_once(SUPPORT_MARKER) {
                 support = Some(s.trim().to_string());
             }
+            if let Some(at) = line.find(MARKER_PREFIX) {
+                marked.push(line[at..].trim().to_string());
+            }
             init_started |= line.contains(INIT_BANNER);
             if death.is_none() && kernel_death(line) {
                 death = Some(line.trim().to_string());
@@ -807,7 +887,11 @@ fn boot(kernel: &Kernel, initrd: &Path, args: &VmTestArgs) -> Result<Outcome> {
             buf.clear();
         }
         (
-            result.map(|o| Outcome { support, ..o }),
+            result.map(|o| Outcome {
+                support,
+                marked,
+                ..o
+            }),
             init_started,
             death,
         )
@@ -881,7 +965,8 @@ mod tests {
             Some(Outcome {
                 passed: 7,
                 failed: 1,
-                support: None
+                support: None,
+                marked: Vec::new(),
             })
         );
         assert_eq!(
