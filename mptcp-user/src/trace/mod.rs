@@ -73,6 +73,9 @@ fn next_grain(now: u64) -> u64 {
 /// ended: everything it decoded stayed held until it did (hundreds of MiB at the machine's
 /// maximum churn). After a full batch the decoded events go out before the next batch is read.
 const RING_BATCH: usize = 4096;
+/// When the pipeline stops, the ring buffer is read until empty, or until a record stamped
+/// this long after the stop has been read (see `Pipeline::finish`).
+const FINISH_GRACE_NS: u64 = 1_000_000;
 /// At most this many path-manager messages wait for their connection's records (see
 /// `Core::unowned`); beyond it the oldest is dropped as unknown.
 const MAX_UNOWNED: usize = 4096;
@@ -207,12 +210,17 @@ struct Core {
     unowned: VecDeque<(PmAddr, u64)>,
     /// The upgrade program's loss (its ring and its skipped runs), once its feed is attached.
     upgrade_loss: Option<crate::upgrade::LossReader>,
+    /// The newest kernel stamp of a ring-buffer record read so far.
+    newest_ring_ns: u64,
 }
 
 impl Core {
     fn record(&mut self, item: &[u8]) {
         match decode::decode(item, &self.clock) {
-            Ok(e) => self.event(e),
+            Ok(e) => {
+                self.newest_ring_ns = self.newest_ring_ns.max(e.ts_ns);
+                self.event(e)
+            }
             Err(err) => {
                 self.totals.malformed += 1;
                 warn!("dropped a malformed record: {err}");
@@ -500,6 +508,7 @@ impl Pipeline {
             pm_read_at: 0,
             unowned: VecDeque::new(),
             upgrade_loss: None,
+            newest_ring_ns: 0,
         };
         // The snapshot goes out first; later events stamped before it follow it.
         for e in snap.events {
@@ -669,7 +678,14 @@ impl Pipeline {
         if let Some(r) = self.upgrade_ring.as_mut() {
             self.core.drain_upgrade_ring(r.get_mut());
         }
-        while !self.core.drain_ring(self.ring.get_mut()) {}
+        // Everything written before the stop is read; under a flood that goes on, the records
+        // written after it are not owed, and reading them could go on for ever. A program
+        // stamps its record a few µs before it reserves it, so once one stamped 1 ms after the
+        // stop has been read, none stamped before it is still waiting.
+        let stop = monotonic_ns();
+        while !self.core.drain_ring(self.ring.get_mut())
+            && self.core.newest_ring_ns < stop + FINISH_GRACE_NS
+        {}
         self.core.drain_pm(None);
         // Whatever is still unowned now never will be: the ring buffer was read to its end.
         self.core.settle_unowned(Some(u64::MAX));
