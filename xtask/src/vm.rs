@@ -59,11 +59,20 @@ const MODULES: &[&str] = &[
     "nf_tables",
     "nft_numgen",
 ];
-/// Host tools the test bed and the tests run: iproute2's, nft, tmux for the live view tests, and
-/// util-linux's setpriv and prlimit (busybox's setpriv lacks --reuid, and it has no prlimit).
-const HOST_TOOLS: &[&str] = &["ip", "ss", "tc", "nft", "tmux", "setpriv", "prlimit"];
-/// Host directories copied as they are: terminfo and the C.UTF-8 locale for tmux.
-const HOST_DIRS: &[&str] = &["/lib/terminfo", "/usr/lib/locale/C.utf8"];
+/// Host tools the test bed and the tests run: iproute2's, nft, tmux for the live view tests,
+/// util-linux's setpriv and prlimit (busybox's setpriv lacks --reuid, and it has no prlimit),
+/// and mptcpize for the bench.
+const HOST_TOOLS: &[&str] = &[
+    "ip", "ss", "tc", "nft", "tmux", "setpriv", "prlimit", "mptcpize",
+];
+/// Host directories copied as they are: terminfo and the C.UTF-8 locale for tmux, and the
+/// library `mptcpize run` preloads (the bench compares the upgrade methods with it on the
+/// kernel where the `fmod_ret` hook loads).
+const HOST_DIRS: &[&str] = &[
+    "/lib/terminfo",
+    "/usr/lib/locale/C.utf8",
+    "/usr/lib/x86_64-linux-gnu/mptcpize",
+];
 
 /// The longest suite (diagnosis) needs ~300 s in the 6.1 guest when it has the machine to
 /// itself, more with a second guest beside it; the limit catches a hung executable.
