@@ -710,10 +710,19 @@ fn fallback_in_the_middle_of_a_connection(v6: bool, late: bool) {
     // The counters it names are the ones that grew (by name and amount, where this kernel
     // counts them).
     let d = the(&run.events, sns, "fallback");
+    // On failure, what the server's end looked like to the tracer, with its summary: the
+    // counters are judged against a baseline taken before the connection started.
+    let server_ev: Vec<_> = run
+        .events
+        .iter()
+        .filter(|e| e.netns == Some(sns))
+        .map(|e| (e.event, e.ts_ns))
+        .collect();
     assert!(
         d.detail
             .contains("a DSS checksum failed here (DataCsumErr)"),
-        "{d:?}"
+        "{d:?}\nserver events: {server_ev:?}\ntracer: {}",
+        run.stderr
     );
     let n = grew(&before_s, &bed.server, "DataCsumErr");
     assert!(
