@@ -723,11 +723,17 @@ impl Diagnosis {
         self.samples.retain(|ns, _| namespaces.contains(ns));
         for &ns in namespaces {
             if let Some(c) = self.env.counters(ns, now.saturating_sub(COUNTERS_TTL_NS)) {
+                // Stamped when its read is over, not when the round began: a tracer stopped
+                // between two namespaces (SIGSTOP, a loaded guest) reads the later ones after
+                // connections that started meanwhile, and such a sample, stamped before them,
+                // was their baseline with their own counters already in it (the 6.12 guest's
+                // read-late fallback named no DataCsumErr on the server).
+                let at = crate::decode::monotonic_ns().max(now);
                 let v = self.samples.entry(ns).or_default();
                 if v.len() == 2 {
                     v.remove(0);
                 }
-                v.push((now, Arc::new(c)));
+                v.push((at, Arc::new(c)));
             }
         }
     }
@@ -1745,6 +1751,82 @@ mod tests {
                 srtt_us: 0,
             }),
         )
+    }
+
+    /// Counters whose reads after the first stall (a tracer stopped in the middle of a sample)
+    /// while the namespace's DataCsumErr grows.
+    struct Stalling {
+        reads: u32,
+    }
+
+    impl Env for Stalling {
+        fn name(&mut self, _: u32) -> String {
+            "mptcp-server".into()
+        }
+        fn facts(&mut self, _: u32) -> Option<Arc<Facts>> {
+            None
+        }
+        fn counters(&mut self, _: u32, _: u64) -> Option<MptcpExt> {
+            self.reads += 1;
+            let mut c = MptcpExt::new();
+            if self.reads > 1 {
+                std::thread::sleep(Duration::from_millis(2));
+                c.insert("DataCsumErr".into(), 1);
+            }
+            Some(c)
+        }
+        fn holders(&mut self, _: IpAddr, _: bool) -> Vec<u32> {
+            vec![NS]
+        }
+    }
+
+    /// A sample whose read ended after a connection started is not that connection's
+    /// baseline, though its round began before: the counters it holds may already count what
+    /// the connection caused.
+    #[test]
+    fn a_sample_read_after_the_connection_started_is_not_its_baseline() {
+        use crate::decode::monotonic_ns;
+        let mut d = Diagnosis::new(Box::new(Stalling { reads: 0 }), Clock::fixed(0));
+        d.sample(&[NS], monotonic_ns());
+        let round = monotonic_ns();
+        let started = round + 1;
+        // The round begins before the connection starts; its read ends after the checksum
+        // failure was counted.
+        d.sample(&[NS], round);
+        let mut out = VecDeque::new();
+        let server = |data| Arc::new(ev(started, data));
+        d.pass(
+            server(Data::ConnCreated(ConnCreated {
+                conn: conn(),
+                tuple: tuple("10.0.0.1"),
+                side: Side::Server,
+            })),
+            &mut out,
+        );
+        d.pass(
+            Arc::new(ev(
+                started + 1_000_000,
+                Data::ConnFallback(crate::event::ConnFallback {
+                    conn: conn(),
+                    tuple: tuple("10.0.0.1"),
+                    reason: crate::trace::fallback::MID_CONNECTION.into(),
+                }),
+            )),
+            &mut out,
+        );
+        let d = out
+            .iter()
+            .find_map(|e| match &e.data {
+                Data::ConnDiagnosis(c) => Some(c.clone()),
+                _ => None,
+            })
+            .expect("a fallback diagnosis");
+        assert!(
+            d.evidence
+                .iter()
+                .any(|e| e == "MPTcpExt DataCsumErr +1 in netns mptcp-server"),
+            "{d:?}"
+        );
     }
 
     #[test]
