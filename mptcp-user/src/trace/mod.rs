@@ -580,7 +580,9 @@ impl Pipeline {
                         continue;
                     }
                 }
-                self.fallback.observe(&e);
+                if !self.fallback.observe(&e) {
+                    continue;
+                }
                 return Ok(e);
             }
             let due = [
@@ -693,11 +695,12 @@ impl Pipeline {
         self.core.report_loss();
         let totals = self.totals();
         let mut stats = self.stats.take();
+        let fallback = &mut self.fallback;
         let events = self
             .core
             .ready
             .drain(..)
-            .filter(|e| stats.as_mut().is_none_or(|(s, _)| s.observe(e)))
+            .filter(|e| stats.as_mut().is_none_or(|(s, _)| s.observe(e)) && fallback.observe(e))
             .collect();
         (events, totals)
     }
