@@ -364,6 +364,27 @@ type EndpointChecks = Arc<Vec<doctor::Check>>;
 /// when full, refilled on the next judgements).
 const MAX_CACHED: usize = 256;
 
+/// `cache`'s value for `key` when it was made from these very `facts`, else made by `make` and
+/// kept with them (the cache is emptied when [`MAX_CACHED`] entries are reached).
+fn per_snapshot<K: std::hash::Hash + Eq, V: Clone>(
+    cache: &mut HashMap<K, (Arc<Facts>, V)>,
+    key: K,
+    facts: &Arc<Facts>,
+    make: impl FnOnce() -> V,
+) -> V {
+    if let Some((f, v)) = cache.get(&key) {
+        if Arc::ptr_eq(f, facts) {
+            return v.clone();
+        }
+    }
+    let v = make();
+    if cache.len() >= MAX_CACHED {
+        cache.clear();
+    }
+    cache.insert(key, (facts.clone(), v.clone()));
+    v
+}
+
 /// A diagnosis before it becomes an event.
 struct Found {
     cause: &'static str,
@@ -1243,17 +1264,7 @@ impl Diagnosis {
     /// a second, see `FACTS_TTL`), not once per connection judged. A namespace whose inode was
     /// reused since is described wrongly by both until the facts are read again.
     fn facts_name(&mut self, ns: u32, facts: &Arc<Facts>) -> String {
-        if let Some((f, n)) = self.names.get(&ns) {
-            if Arc::ptr_eq(f, facts) {
-                return n.clone();
-            }
-        }
-        let n = self.env.name(ns);
-        if self.names.len() >= MAX_CACHED {
-            self.names.clear();
-        }
-        self.names.insert(ns, (facts.clone(), n.clone()));
-        n
+        per_snapshot(&mut self.names, ns, facts, || self.env.name(ns))
     }
 
     /// Doctor's checks of the endpoints usable beside `saddr` in `ns`, made by `make` once per
@@ -1266,17 +1277,7 @@ impl Diagnosis {
         saddr: IpAddr,
         make: impl FnOnce() -> Vec<doctor::Check>,
     ) -> EndpointChecks {
-        if let Some((f, c)) = self.checks.get(&(ns, saddr)) {
-            if Arc::ptr_eq(f, facts) {
-                return c.clone();
-            }
-        }
-        let c = Arc::new(make());
-        if self.checks.len() >= MAX_CACHED {
-            self.checks.clear();
-        }
-        self.checks.insert((ns, saddr), (facts.clone(), c.clone()));
-        c
+        per_snapshot(&mut self.checks, (ns, saddr), facts, || Arc::new(make()))
     }
 
     /// Judges a client connection's configuration against the subflows it got. `at_close`
