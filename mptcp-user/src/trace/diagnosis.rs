@@ -43,6 +43,11 @@ const MAX_LOG: usize = 64;
 /// Counters are sampled on the pipeline's tick; a namespace not sampled for this long is
 /// read when a connection starts there.
 const SAMPLE_STALE_NS: u64 = 2_000_000_000;
+/// Counter samples kept per namespace at most (one a second: a reader stopped longer than
+/// this loses its connections' baselines, and says nothing of counters rather than too much).
+const MAX_SAMPLES: usize = 8;
+/// Events are judged in time order give or take this much (the reorder window, generously).
+const SAMPLE_MARGIN_NS: u64 = 1_000_000_000;
 /// A failed join's SYN left at most this long before its failure was seen (a reset answers
 /// at once; a timeout is not a token failure).
 const JOIN_SYN_MARGIN_NS: u64 = 10_000_000;
@@ -338,7 +343,7 @@ pub struct Diagnosis {
     env: Box<dyn Env + Send>,
     clock: Clock,
     tracks: HashMap<u64, Track>,
-    /// Per namespace: its last two counter samples (time, counters), older first. A
+    /// Per namespace: its recent counter samples (time, counters), older first. A
     /// connection's baseline is the newest one taken before it started: a connection's events
     /// are handled a reorder window after they happened, when its first join may have counted
     /// already.
@@ -750,12 +755,26 @@ impl Diagnosis {
                 // was their baseline with their own counters already in it (the 6.12 guest's
                 // read-late fallback named no DataCsumErr on the server).
                 let at = crate::decode::monotonic_ns().max(now);
-                let v = self.samples.entry(ns).or_default();
-                if v.len() == 2 {
-                    v.remove(0);
-                }
-                v.push((at, Arc::new(c)));
+                self.keep_sample(ns, at, Arc::new(c));
             }
+        }
+    }
+
+    /// Keeps a sample of `netns` (in time order) and drops those no event still to come can
+    /// use: every sample older than the newest one taken before the events judged so far (less
+    /// a reorder margin). Keeping only the last two lost the baseline of a tracer stopped
+    /// in the middle of a round (the 6.1 guest's read-late fallback named no DataCsumErr on
+    /// the server): that round's late read and the tick after the stop both came after the
+    /// connection, and pushed out the one sample from before it.
+    fn keep_sample(&mut self, netns: u32, at: u64, c: Arc<MptcpExt>) {
+        let v = self.samples.entry(netns).or_default();
+        let i = v.partition_point(|(t, _)| *t <= at);
+        v.insert(i, (at, c));
+        let judged = self.last_ts.saturating_sub(SAMPLE_MARGIN_NS);
+        let needed = v.iter().rposition(|(t, _)| *t <= judged).unwrap_or(0);
+        v.drain(..needed);
+        if v.len() > MAX_SAMPLES {
+            v.drain(..v.len() - MAX_SAMPLES);
         }
     }
 
@@ -773,11 +792,7 @@ impl Diagnosis {
         }
         // Kept as a sample: the connections that follow in the same burst reuse it.
         let c = Arc::new(self.env.counters(netns, 0)?);
-        let v = self.samples.entry(netns).or_default();
-        if v.len() == 2 {
-            v.remove(0);
-        }
-        v.push((ts, c.clone()));
+        self.keep_sample(netns, ts, c.clone());
         Some(c)
     }
 
@@ -1794,14 +1809,45 @@ mod tests {
         // The round begins before the connection starts; its read ends after the checksum
         // failure was counted.
         d.sample(&[NS], round);
+        assert!(fallback_evidence(&mut d, started)
+            .iter()
+            .any(|e| e == "MPTcpExt DataCsumErr +1 in netns mptcp-server"));
+    }
+
+    /// The one sample from before a connection stays its baseline when the samples after it
+    /// come before its events are judged: a round whose read ended after the tracer was
+    /// stopped, and the tick after it went on.
+    #[test]
+    fn the_sample_from_before_a_stopped_reader_stays_the_baseline() {
+        use crate::decode::monotonic_ns;
+        let mut d = Diagnosis::new(Box::new(Stalling { reads: 0 }), Clock::fixed(0));
+        d.sample(&[NS], monotonic_ns());
+        let started = monotonic_ns();
+        // Both read after the checksum failure was counted.
+        d.sample(&[NS], started + 1);
+        d.sample(&[NS], monotonic_ns());
+        assert_eq!(
+            fallback_evidence(&mut d, started),
+            [
+                "conn_fallback reason=mid_connection",
+                "MPTcpExt DataCsumErr +1 in netns mptcp-server"
+            ]
+        );
+    }
+
+    /// A server connection started at `started` that fell back mid-connection 1 ms later: its
+    /// diagnosis's evidence.
+    fn fallback_evidence(d: &mut Diagnosis, started: u64) -> Vec<String> {
         let mut out = VecDeque::new();
-        let server = |data| Arc::new(ev(started, data));
         d.pass(
-            server(Data::ConnCreated(ConnCreated {
-                conn: conn(),
-                tuple: tuple("10.0.0.1"),
-                side: Side::Server,
-            })),
+            Arc::new(ev(
+                started,
+                Data::ConnCreated(ConnCreated {
+                    conn: conn(),
+                    tuple: tuple("10.0.0.1"),
+                    side: Side::Server,
+                }),
+            )),
             &mut out,
         );
         d.pass(
@@ -1815,19 +1861,12 @@ mod tests {
             )),
             &mut out,
         );
-        let d = out
-            .iter()
+        out.iter()
             .find_map(|e| match &e.data {
-                Data::ConnDiagnosis(c) => Some(c.clone()),
+                Data::ConnDiagnosis(c) => Some(c.evidence.clone()),
                 _ => None,
             })
-            .expect("a fallback diagnosis");
-        assert!(
-            d.evidence
-                .iter()
-                .any(|e| e == "MPTcpExt DataCsumErr +1 in netns mptcp-server"),
-            "{d:?}"
-        );
+            .expect("a fallback diagnosis")
     }
 
     #[test]
