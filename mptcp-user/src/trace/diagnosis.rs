@@ -536,6 +536,15 @@ impl Diagnosis {
             }
             Data::ConnFallback(d) => {
                 let t = self.tracks.entry(key).or_default();
+                if t.fallback {
+                    // A connection falls back once; this one does not go out (nor into the
+                    // `why` log). The once-a-second sock_diag poll can see the fallback flag
+                    // of a connection that fell back at its handshake while that
+                    // `conn_fallback` was still in the reorder window or the ring buffer (a
+                    // loaded reader: the 6.1 and sid guests printed `mid_connection` right
+                    // after `mp_capable_not_negotiated`).
+                    return;
+                }
                 t.fallback = true;
                 found.push(self.fallback(key, &d.reason, e.ts_ns));
             }
@@ -1832,6 +1841,50 @@ mod tests {
                 "conn_fallback reason=mid_connection",
                 "MPTcpExt DataCsumErr +1 in netns mptcp-server"
             ]
+        );
+    }
+
+    /// A connection falls back once: the `mid_connection` a poll found for a connection whose
+    /// handshake fallback had not left the pipeline yet goes neither out nor into its log.
+    #[test]
+    fn a_second_fallback_of_one_connection_does_not_go_out() {
+        let mut d = Diagnosis::new(Box::new(Stalling { reads: 0 }), Clock::fixed(0));
+        let fallback = |ts, reason: &str| {
+            Arc::new(ev(
+                ts,
+                Data::ConnFallback(crate::event::ConnFallback {
+                    conn: conn(),
+                    tuple: tuple("10.0.0.1"),
+                    reason: reason.into(),
+                }),
+            ))
+        };
+        let mut out = VecDeque::new();
+        let created = Data::ConnCreated(ConnCreated {
+            conn: conn(),
+            tuple: tuple("10.0.0.1"),
+            side: Side::Server,
+        });
+        d.pass(Arc::new(ev(500, created)), &mut out);
+        d.pass(fallback(1_000, "mp_capable_not_negotiated"), &mut out);
+        d.pass(
+            fallback(2_000, crate::trace::fallback::MID_CONNECTION),
+            &mut out,
+        );
+        let kinds: Vec<_> = out.iter().map(|e| e.kind()).collect();
+        assert_eq!(
+            kinds,
+            [
+                crate::event::Kind::ConnCreated,
+                crate::event::Kind::ConnFallback,
+                crate::event::Kind::ConnDiagnosis
+            ],
+            "{out:#?}"
+        );
+        assert_eq!(
+            d.tracks.values().map(|t| t.log.len()).sum::<usize>(),
+            3,
+            "the log holds the first fallback and its diagnosis"
         );
     }
 

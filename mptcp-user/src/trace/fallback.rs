@@ -40,26 +40,16 @@ pub struct FallbackWatch {
     /// The sock_diag sockets of the namespaces with candidates.
     poller: Poller,
     last_poll_ns: u64,
-    /// (netns, token) of the connections whose `conn_fallback` went out, until they close.
-    fallen: HashSet<(u32, u32)>,
 }
 
-/// At most this many connections are remembered as fallen back (their closes may be lost);
-/// beyond it the set starts again.
-const MAX_FALLEN: usize = 65_536;
-
 impl FallbackWatch {
-    /// Follows an event leaving the pipeline; false for a second `conn_fallback` of one
-    /// connection, which does not go out. A poll can see the fallback flag of a connection that
-    /// fell back at its handshake while that `conn_fallback` is still in the reorder window or
-    /// the ring buffer (a loaded machine: the 6.1 and sid guests printed `mid_connection` right
-    /// after `mp_capable_not_negotiated`); a connection falls back once.
-    pub fn observe(&mut self, e: &Event) -> bool {
+    /// Follows an event leaving the pipeline.
+    pub fn observe(&mut self, e: &Event) {
         let (Some(conn), Some(tuple)) = (e.conn(), e.tuple()) else {
-            return true;
+            return;
         };
         let (Some(ns), Some(token)) = (conn.netns, conn.token) else {
-            return true;
+            return;
         };
         let key = (ns, token.0);
         match &e.data {
@@ -73,20 +63,11 @@ impl FallbackWatch {
             Data::SubflowEstablished(s) if s.subflow.join => {
                 self.candidates.remove(&key);
             }
-            Data::ConnFallback(_) => {
+            Data::ConnFallback(_) | Data::ConnClosed(_) => {
                 self.candidates.remove(&key);
-                if self.fallen.len() >= MAX_FALLEN {
-                    self.fallen.clear();
-                }
-                return self.fallen.insert(key);
-            }
-            Data::ConnClosed(_) => {
-                self.candidates.remove(&key);
-                self.fallen.remove(&key);
             }
             _ => {}
         }
-        true
     }
 
     /// Dumps, at most once a [`PERIOD`], the namespaces of the connections that may fall back,
@@ -184,42 +165,6 @@ mod tests {
                 peer_deny_join_id0: None,
             }),
         )
-    }
-
-    fn fallback(token: u32, reason: &str) -> Event {
-        Event::new(
-            3,
-            String::new(),
-            Data::ConnFallback(ConnFallback {
-                conn: conn(token),
-                tuple: tuple(),
-                reason: reason.to_string(),
-            }),
-        )
-    }
-
-    /// A connection falls back once: the `mid_connection` a poll found for a connection whose
-    /// handshake fallback had not left the pipeline yet does not go out after it.
-    #[test]
-    fn a_second_fallback_of_one_connection_does_not_go_out() {
-        let mut w = FallbackWatch::default();
-        assert!(w.observe(&established(1)));
-        assert!(w.observe(&fallback(1, "mp_capable_not_negotiated")));
-        assert!(!w.observe(&fallback(1, MID_CONNECTION)));
-        // Another connection's first one does, and after a close the token may be reused.
-        assert!(w.observe(&established(2)));
-        assert!(w.observe(&fallback(2, MID_CONNECTION)));
-        assert!(w.observe(&Event::new(
-            4,
-            String::new(),
-            Data::ConnClosed(ConnClosed {
-                conn: conn(1),
-                tuple: tuple(),
-                duration_ns: None,
-                subflows_total: 1,
-            }),
-        )));
-        assert!(w.observe(&fallback(1, MID_CONNECTION)));
     }
 
     #[test]

@@ -580,9 +580,7 @@ impl Pipeline {
                         continue;
                     }
                 }
-                if !self.fallback.observe(&e) {
-                    continue;
-                }
+                self.fallback.observe(&e);
                 return Ok(e);
             }
             let due = [
@@ -695,12 +693,11 @@ impl Pipeline {
         self.core.report_loss();
         let totals = self.totals();
         let mut stats = self.stats.take();
-        let fallback = &mut self.fallback;
         let events = self
             .core
             .ready
             .drain(..)
-            .filter(|e| stats.as_mut().is_none_or(|(s, _)| s.observe(e)) && fallback.observe(e))
+            .filter(|e| stats.as_mut().is_none_or(|(s, _)| s.observe(e)))
             .collect();
         (events, totals)
     }
