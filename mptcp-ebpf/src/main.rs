@@ -26,7 +26,7 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::BtfTracePointContext,
 };
-use kernel::{off, read_or_zero};
+use kernel::{off, read_or_zero, Span};
 use mptcp_common::{
     counter, flags, scope, tcp_state, xflags, Config, EventKind, ExistingKey, ListenKey, Owner,
     RawEvent, Scope, IPPROTO_MPTCP, IPPROTO_TCP, MAX_NETNS, TASK_COMM_LEN,
@@ -458,15 +458,17 @@ fn listen_key(sk: u64, netns: u32) -> ListenKey {
 /// when the listener closes. Returns whether the transition was a listener's.
 #[inline(always)]
 fn track_listener(sk: u64, netns: u32, old: u8, new: u8) -> bool {
-    let key = listen_key(sk, netns);
     if new == tcp_state::LISTEN {
-        if LISTENERS.insert(&key, &current_owner(), 0).is_err() {
+        if LISTENERS
+            .insert(&listen_key(sk, netns), &current_owner(), 0)
+            .is_err()
+        {
             // Its connections will have no owner (and be outside any restricted scope).
             bump(counter::MAP_FULL);
         }
         true
     } else if old == tcp_state::LISTEN && new == tcp_state::CLOSE {
-        let _ = LISTENERS.remove(&key);
+        let _ = LISTENERS.remove(&listen_key(sk, netns));
         true
     } else {
         false
@@ -478,12 +480,19 @@ fn track_listener(sk: u64, netns: u32, old: u8, new: u8) -> bool {
 // within the verifier's 512-byte combined limit (6.12 counts it strictly).
 #[inline(never)]
 fn on_msk(msk: u64, old: u8, new: u8) {
+    let client = old == tcp_state::CLOSE && new == tcp_state::SYN_SENT;
+    let server = old == tcp_state::LISTEN && new == tcp_state::ESTABLISHED;
+    let established = old == tcp_state::SYN_SENT && new == tcp_state::ESTABLISHED;
+    let closed = new == tcp_state::CLOSE && old != tcp_state::CLOSE;
+    // Half of an MPTCP socket's transitions (FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK...)
+    // report nothing: they leave before any read.
+    if !(client || server || established || closed || new == tcp_state::LISTEN) {
+        return;
+    }
     let netns = kernel::netns(msk);
     if track_listener(msk, netns, old, new) {
         return;
     }
-    let client = old == tcp_state::CLOSE && new == tcp_state::SYN_SENT;
-    let server = old == tcp_state::LISTEN && new == tcp_state::ESTABLISHED;
     if client || server {
         let (owner, known) = creator(client, msk, netns);
         if selected(&owner, known, netns) {
@@ -517,7 +526,7 @@ fn on_msk(msk: u64, old: u8, new: u8) {
         newstate: new,
         existing,
     };
-    if old == tcp_state::SYN_SENT && new == tcp_state::ESTABLISHED {
+    if established {
         // By the time the MPTCP socket is established the first subflow has processed the
         // SYN/ACK, so its `mp_capable` says whether the peer spoke MPTCP.
         let first = read_or_zero(msk, off!(msk_first));
@@ -557,7 +566,7 @@ fn on_msk(msk: u64, old: u8, new: u8) {
                 |_| {},
             );
         }
-    } else if new == tcp_state::CLOSE && old != tcp_state::CLOSE {
+    } else if closed {
         match conn_ptr {
             Some(c) => {
                 // SAFETY: `closing`/`live` are only changed atomically (see `Conn`).
@@ -661,17 +670,30 @@ fn close_conn(s: &Subject, c: &mut Conn) {
     }
 }
 
+/// The transitions of a subflow that are reported: (connecting, established, closed).
+#[inline(always)]
+fn subflow_steps(old: u8, new: u8) -> (bool, bool, bool) {
+    let connecting = old == tcp_state::CLOSE && new == tcp_state::SYN_SENT;
+    let established =
+        new == tcp_state::ESTABLISHED && (old == tcp_state::SYN_SENT || old == tcp_state::SYN_RECV);
+    // A listener's subflow closing is not a subflow of any connection.
+    let closed = new == tcp_state::CLOSE && old != tcp_state::CLOSE && old != tcp_state::LISTEN;
+    (connecting, established, closed)
+}
+
+#[inline(always)]
+fn subflow_transition(old: u8, new: u8) -> bool {
+    let (connecting, established, closed) = subflow_steps(old, new);
+    connecting || established || closed
+}
+
 /// A state change of one TCP subflow of an MPTCP connection. `ctx` is its MPTCP context, or 0
 /// when the kernel has already dropped it (then only a remembered subflow's CLOSE is handled).
 // Not inlined: each handler gets its own stack frame, so the deepest call chain stays
 // within the verifier's 512-byte combined limit (6.12 counts it strictly).
 #[inline(never)]
 fn on_subflow(sk: u64, ctx: u64, old: u8, new: u8) {
-    let connecting = old == tcp_state::CLOSE && new == tcp_state::SYN_SENT;
-    let established =
-        new == tcp_state::ESTABLISHED && (old == tcp_state::SYN_SENT || old == tcp_state::SYN_RECV);
-    // A listener's subflow closing is not a subflow of any connection.
-    let closed = new == tcp_state::CLOSE && old != tcp_state::CLOSE && old != tcp_state::LISTEN;
+    let (connecting, established, closed) = subflow_steps(old, new);
     if !connecting && !established && !closed {
         return;
     }
@@ -724,16 +746,18 @@ fn on_subflow(sk: u64, ctx: u64, old: u8, new: u8) {
 
     // On the client, `mp_join` is only set after the SYN_SENT→ESTABLISHED transition, but
     // `request_join` is set when the join subflow is created; on the server `mp_join` is set.
+    // The context's flag bits share a word (and `Span` reads the others on their own).
+    let bits = Span::read(ctx, off!(sf_request_join));
     let mut sf_flags = 0;
-    if read_or_zero(ctx, off!(sf_request_join)) | read_or_zero(ctx, off!(sf_mp_join)) != 0 {
+    if bits.get(off!(sf_request_join)) | bits.get(off!(sf_mp_join)) != 0 {
         sf_flags |= flags::JOIN;
     }
     // `request_bkup`: this side asked for backup priority; `backup`: the peer did (what
     // sock_diag reports as BKUP_LOC and BKUP_REM, `ss` as `b` and `B`).
-    if read_or_zero(ctx, off!(sf_request_bkup)) != 0 {
+    if bits.get(off!(sf_request_bkup)) != 0 {
         sf_flags |= flags::BACKUP;
     }
-    let mut peer_backup = read_or_zero(ctx, off!(sf_backup)) as u8;
+    let mut peer_backup = bits.get(off!(sf_backup)) as u8;
     let mut state = known.unwrap_or(NO_SUBFLOW);
     if ctx == 0 {
         sf_flags = state.flags;
@@ -838,8 +862,10 @@ fn on_subflow(sk: u64, ctx: u64, old: u8, new: u8) {
     let conn = conn_ptr.map(|p| unsafe { &*p });
     emit(&subject, conn, |ev| {
         ev.ifindex = kernel::device(sk, &mut ev.ifname);
-        ev.local_id = read_or_zero(ctx, off!(sf_local_id)) as i16;
-        ev.remote_id = read_or_zero(ctx, off!(sf_remote_id)) as u8;
+        // The ids and the reset bits are neighbours too.
+        let ids = Span::read(ctx, off!(sf_local_id));
+        ev.local_id = ids.get(off!(sf_local_id)) as i16;
+        ev.remote_id = ids.get(off!(sf_remote_id)) as u8;
         ev.flags |= sf_flags;
         if peer_backup != 0 {
             ev.xflags |= xflags::PEER_BACKUP;
@@ -857,9 +883,9 @@ fn on_subflow(sk: u64, ctx: u64, old: u8, new: u8) {
                 ev.xflags |= xflags::RST_SENT_REASON;
                 ev.rst_sent_reason = state.rst_reason;
             }
-            if read_or_zero(ctx, off!(sf_reset_seen)) != 0 {
+            if ids.get(off!(sf_reset_seen)) != 0 {
                 ev.flags |= flags::MPTCP_RESET;
-                ev.reset_reason = read_or_zero(ctx, off!(sf_reset_reason)) as u8;
+                ev.reset_reason = ids.get(off!(sf_reset_reason)) as u8;
             }
             ev.sk_err = read_or_zero(sk, off!(sk_err)) as u32;
             ev.bytes_sent = read_or_zero(sk, off!(tcp_bytes_sent));
@@ -955,6 +981,12 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
     if proto == IPPROTO_MPTCP {
         on_msk(sk, old, new);
     } else if proto == IPPROTO_TCP {
+        // Only a connect, a handshake's end and a close concern a subflow (`on_subflow`);
+        // without --all-tcp the other transitions of every TCP socket leave before its MPTCP
+        // context is read.
+        if config().all_tcp == 0 && !subflow_transition(old, new) {
+            return Ok(());
+        }
         let sf = kernel::subflow_ctx(sk);
         if sf != 0 {
             on_subflow(sk, sf, old, new);
