@@ -92,13 +92,14 @@ pub fn read_or_zero(base: u64, f: Field) -> u64 {
 /// known only at load time, but as read-only constants: the verifier follows one path per
 /// member and sees constant stack offsets.
 pub struct Span {
-    base: u64,
     start: u32,
     bytes: [u8; SPAN],
 }
 
-/// Bytes a [`Span`] copies: from its first member, within the structs it is used on.
-pub const SPAN: usize = 24;
+/// Bytes a [`Span`] copies: from its first member, within the structs it is used on. Small,
+/// because the handlers' frames are close to the verifier's 512-byte limit for a call chain
+/// (the 6.1 verifier refused 24 with two spans alive in `on_subflow`).
+pub const SPAN: usize = 16;
 
 impl Span {
     /// Copies [`SPAN`] bytes of the object at `base` from the member `first` on. Only for
@@ -106,7 +107,6 @@ impl Span {
     #[inline(always)]
     pub fn read(base: u64, first: Field) -> Span {
         let mut s = Span {
-            base,
             start: first.offset,
             bytes: [0; SPAN],
         };
@@ -118,9 +118,10 @@ impl Span {
         s
     }
 
-    /// The member `f` (at most 8 bytes): from the copy when it lies inside, else read.
+    /// The member `f` (at most 8 bytes) of the object at `base` (the one copied): from the
+    /// copy when it lies inside, else read.
     #[inline(always)]
-    pub fn get(&self, f: Field) -> u64 {
+    pub fn get(&self, base: u64, f: Field) -> u64 {
         if f.size == 0 {
             return 0;
         }
@@ -128,7 +129,7 @@ impl Span {
         // Below `start` wraps to a large value and falls outside.
         let rel = f.offset.wrapping_sub(self.start) as usize;
         if rel > SPAN - size {
-            return read_or_zero(self.base, f);
+            return read_or_zero(base, f);
         }
         let mut raw = 0u64;
         let mut i = 0;
@@ -156,18 +157,19 @@ pub fn read_bytes(base: u64, f: Field, dst: &mut [u8]) {
 #[inline(always)]
 pub fn tuple(sk: u64, ev: &mut RawEvent) {
     // `skc_daddr`, `skc_rcv_saddr`, `skc_dport`, `skc_num` and `skc_family` open `sock_common`
-    // (its first 18 bytes on every kernel): one copy.
-    let common = Span::read(sk, off!(skc_daddr));
-    let family = common.get(off!(skc_family)) as u16;
+    // (its first 18 bytes on every kernel): one copy from the source address on, and the
+    // destination address read alone.
+    let common = Span::read(sk, off!(skc_rcv_saddr));
+    let family = common.get(sk, off!(skc_family)) as u16;
     ev.family = family;
-    ev.sport = common.get(off!(skc_num)) as u16;
-    ev.dport = u16::from_be(common.get(off!(skc_dport)) as u16);
+    ev.sport = common.get(sk, off!(skc_num)) as u16;
+    ev.dport = u16::from_be(common.get(sk, off!(skc_dport)) as u16);
     ev.saddr = [0; 16];
     ev.daddr = [0; 16];
     if family == AF_INET {
         // The kernel stores IPv4 addresses in network order; keep the bytes as they are.
-        let s = common.get(off!(skc_rcv_saddr)) as u32;
-        let d = common.get(off!(skc_daddr)) as u32;
+        let s = common.get(sk, off!(skc_rcv_saddr)) as u32;
+        let d = common.get(sk, off!(skc_daddr)) as u32;
         ev.saddr[..4].copy_from_slice(&s.to_ne_bytes());
         ev.daddr[..4].copy_from_slice(&d.to_ne_bytes());
     } else if family == AF_INET6 {
