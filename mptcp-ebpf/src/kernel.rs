@@ -84,64 +84,6 @@ pub fn read_or_zero(base: u64, f: Field) -> u64 {
     f.extract(raw)
 }
 
-/// Bytes of one object copied with a single helper call, for members that lie close together
-/// (the endpoints in `sock_common`, the flag bits of a subflow context): each helper call
-/// costs about as much as the rest of a handler's work on that member, and they were most of
-/// the programs' time. Members inside the copy are taken from it; any other is read on its
-/// own, so a kernel whose layout spreads them only loses the saving. Where members lie is
-/// known only at load time, but as read-only constants: the verifier follows one path per
-/// member and sees constant stack offsets.
-pub struct Span {
-    start: u32,
-    bytes: [u8; SPAN],
-}
-
-/// Bytes a [`Span`] copies: from its first member, within the structs it is used on. Small,
-/// because the handlers' frames are close to the verifier's 512-byte limit for a call chain
-/// (the 6.1 verifier refused 24 with two spans alive in `on_subflow`).
-pub const SPAN: usize = 16;
-
-impl Span {
-    /// Copies [`SPAN`] bytes of the object at `base` from the member `first` on. Only for
-    /// members whose struct extends that far past `first` (the copy must not leave it).
-    #[inline(always)]
-    pub fn read(base: u64, first: Field) -> Span {
-        let mut s = Span {
-            start: first.offset,
-            bytes: [0; SPAN],
-        };
-        if base != 0 && first.size != 0 {
-            let p = base.wrapping_add(first.offset as u64) as *const u8;
-            // SAFETY: the helper copes with any address; on a fault the copy is zeroed.
-            let _ = unsafe { bpf_probe_read_kernel_buf(p, &mut s.bytes) };
-        }
-        s
-    }
-
-    /// The member `f` (at most 8 bytes) of the object at `base` (the one copied): from the
-    /// copy when it lies inside, else read.
-    #[inline(always)]
-    pub fn get(&self, base: u64, f: Field) -> u64 {
-        if f.size == 0 {
-            return 0;
-        }
-        let size = if f.size > 8 { 8 } else { f.size as usize };
-        // Below `start` wraps to a large value and falls outside.
-        let rel = f.offset.wrapping_sub(self.start) as usize;
-        if rel > SPAN - size {
-            return read_or_zero(base, f);
-        }
-        let mut raw = 0u64;
-        let mut i = 0;
-        while i < size {
-            // No indexing: a bounds check's panic path is code the verifier refuses.
-            raw |= (self.bytes.get(rel + i).copied().unwrap_or(0) as u64) << (8 * i);
-            i += 1;
-        }
-        f.extract(raw)
-    }
-}
-
 /// Copies `dst.len()` bytes of the member `f` (an array: addresses, names).
 #[inline(always)]
 pub fn read_bytes(base: u64, f: Field, dst: &mut [u8]) {
@@ -156,20 +98,16 @@ pub fn read_bytes(base: u64, f: Field, dst: &mut [u8]) {
 /// Writes the socket's endpoints, as `sock_common` keeps them, into the event.
 #[inline(always)]
 pub fn tuple(sk: u64, ev: &mut RawEvent) {
-    // `skc_daddr`, `skc_rcv_saddr`, `skc_dport`, `skc_num` and `skc_family` open `sock_common`
-    // (its first 18 bytes on every kernel): one copy from the source address on, and the
-    // destination address read alone.
-    let common = Span::read(sk, off!(skc_rcv_saddr));
-    let family = common.get(sk, off!(skc_family)) as u16;
+    let family = read_or_zero(sk, off!(skc_family)) as u16;
     ev.family = family;
-    ev.sport = common.get(sk, off!(skc_num)) as u16;
-    ev.dport = u16::from_be(common.get(sk, off!(skc_dport)) as u16);
+    ev.sport = read_or_zero(sk, off!(skc_num)) as u16;
+    ev.dport = u16::from_be(read_or_zero(sk, off!(skc_dport)) as u16);
     ev.saddr = [0; 16];
     ev.daddr = [0; 16];
     if family == AF_INET {
         // The kernel stores IPv4 addresses in network order; keep the bytes as they are.
-        let s = common.get(sk, off!(skc_rcv_saddr)) as u32;
-        let d = common.get(sk, off!(skc_daddr)) as u32;
+        let s = read_or_zero(sk, off!(skc_rcv_saddr)) as u32;
+        let d = read_or_zero(sk, off!(skc_daddr)) as u32;
         ev.saddr[..4].copy_from_slice(&s.to_ne_bytes());
         ev.daddr[..4].copy_from_slice(&d.to_ne_bytes());
     } else if family == AF_INET6 {

@@ -26,7 +26,7 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::BtfTracePointContext,
 };
-use kernel::{off, read_or_zero, Span};
+use kernel::{off, read_or_zero};
 use mptcp_common::{
     counter, flags, scope, tcp_state, xflags, Config, EventKind, ExistingKey, ListenKey, Owner,
     RawEvent, Scope, IPPROTO_MPTCP, IPPROTO_TCP, MAX_NETNS, TASK_COMM_LEN,
@@ -746,18 +746,16 @@ fn on_subflow(sk: u64, ctx: u64, old: u8, new: u8) {
 
     // On the client, `mp_join` is only set after the SYN_SENT→ESTABLISHED transition, but
     // `request_join` is set when the join subflow is created; on the server `mp_join` is set.
-    // The context's flag bits share a word (and `Span` reads the others on their own).
-    let bits = Span::read(ctx, off!(sf_request_join));
     let mut sf_flags = 0;
-    if bits.get(ctx, off!(sf_request_join)) | bits.get(ctx, off!(sf_mp_join)) != 0 {
+    if read_or_zero(ctx, off!(sf_request_join)) | read_or_zero(ctx, off!(sf_mp_join)) != 0 {
         sf_flags |= flags::JOIN;
     }
     // `request_bkup`: this side asked for backup priority; `backup`: the peer did (what
     // sock_diag reports as BKUP_LOC and BKUP_REM, `ss` as `b` and `B`).
-    if bits.get(ctx, off!(sf_request_bkup)) != 0 {
+    if read_or_zero(ctx, off!(sf_request_bkup)) != 0 {
         sf_flags |= flags::BACKUP;
     }
-    let mut peer_backup = bits.get(ctx, off!(sf_backup)) as u8;
+    let mut peer_backup = read_or_zero(ctx, off!(sf_backup)) as u8;
     let mut state = known.unwrap_or(NO_SUBFLOW);
     if ctx == 0 {
         sf_flags = state.flags;
@@ -862,10 +860,8 @@ fn on_subflow(sk: u64, ctx: u64, old: u8, new: u8) {
     let conn = conn_ptr.map(|p| unsafe { &*p });
     emit(&subject, conn, |ev| {
         ev.ifindex = kernel::device(sk, &mut ev.ifname);
-        // The ids and the reset bits are neighbours too.
-        let ids = Span::read(ctx, off!(sf_local_id));
-        ev.local_id = ids.get(ctx, off!(sf_local_id)) as i16;
-        ev.remote_id = ids.get(ctx, off!(sf_remote_id)) as u8;
+        ev.local_id = read_or_zero(ctx, off!(sf_local_id)) as i16;
+        ev.remote_id = read_or_zero(ctx, off!(sf_remote_id)) as u8;
         ev.flags |= sf_flags;
         if peer_backup != 0 {
             ev.xflags |= xflags::PEER_BACKUP;
@@ -883,9 +879,9 @@ fn on_subflow(sk: u64, ctx: u64, old: u8, new: u8) {
                 ev.xflags |= xflags::RST_SENT_REASON;
                 ev.rst_sent_reason = state.rst_reason;
             }
-            if ids.get(ctx, off!(sf_reset_seen)) != 0 {
+            if read_or_zero(ctx, off!(sf_reset_seen)) != 0 {
                 ev.flags |= flags::MPTCP_RESET;
-                ev.reset_reason = ids.get(ctx, off!(sf_reset_reason)) as u8;
+                ev.reset_reason = read_or_zero(ctx, off!(sf_reset_reason)) as u8;
             }
             ev.sk_err = read_or_zero(sk, off!(sk_err)) as u32;
             ev.bytes_sent = read_or_zero(sk, off!(tcp_bytes_sent));
