@@ -753,7 +753,7 @@ impl Diagnosis {
     }
 
     /// Samples the counters of `namespaces` (the pipeline's tick, with the namespaces it
-    /// watches), keeping two per namespace.
+    /// watches), kept while events still to come may need them (`keep_sample`).
     pub fn sample(&mut self, namespaces: &[u32], now: u64) {
         self.samples.retain(|ns, _| namespaces.contains(ns));
         for &ns in namespaces {
