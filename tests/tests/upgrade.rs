@@ -1816,6 +1816,100 @@ fn seccomp_run_trace_shows_socket_upgraded_matching_the_kernels_counters() {
     );
 }
 
+/// With the tracer stopped (as a loaded machine delays it) from before CMD's socket() until
+/// its connection has closed, `socket_upgraded` still comes first, with its own time, once the
+/// tracer runs again: the supervisor's records are read before any event is released. (When a
+/// thread forwarded them, the record came after conn_created in the 6.1 guest.)
+#[test]
+fn seccomp_run_trace_keeps_socket_upgraded_first_when_the_tracer_is_late() {
+    require_root();
+    let bed = TestBed::create(&tag("sc-late")).expect("test bed");
+    let port = 8200 + (std::process::id() % 400) as u16;
+    let addr: SocketAddr = format!("{}:{port}", testbed::RED_SERVER_V4)
+        .parse()
+        .unwrap();
+    let server = join_server(&bed, addr, None);
+    let dir = std::env::temp_dir().join(tag("sc-late"));
+    fs::create_dir_all(&dir).unwrap();
+    let _rm = RemoveDirOnDrop(dir.clone());
+    let (started, go, done) = (dir.join("started"), dir.join("go"), dir.join("done"));
+    // CMD says it runs, waits for the go, connects, and says when it is done.
+    let script = r#"touch "$STARTED"; while [ ! -e "$GO" ]; do sleep 0.02; done; "$@"; s=$?; touch "$DONE"; exit $s"#;
+    let child = Command::new("ip")
+        .args(["netns", "exec", &bed.client])
+        .arg(mptcp_trace_bin())
+        .args(["run", "--trace", "--json", "--method", "seccomp", "--"])
+        .args(["sh", "-c", script, "sh"])
+        .arg(go_like_client())
+        .args([&addr.ip().to_string(), &port.to_string(), "hello\n"])
+        .env("STARTED", &started)
+        .env("GO", &go)
+        .env("DONE", &done)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut run = integration_tests::ChildGuard(child);
+    let wait_file = |f: &Path| {
+        let start = Instant::now();
+        while !f.exists() {
+            assert!(start.elapsed() < TIMEOUT, "{} never appeared", f.display());
+            thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // CMD runs, so the tracer is attached: stop it (`ip netns exec` execs mptcp-trace).
+    wait_file(&started);
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(run.0.id() as i32, libc::SIGSTOP) };
+    fs::write(&go, "").unwrap();
+    wait_file(&done);
+    let line = server.join().unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(run.0.id() as i32, libc::SIGCONT) };
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = run.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(start.elapsed() < TIMEOUT, "run did not end");
+        thread::sleep(Duration::from_millis(50));
+    };
+    let mut t = String::new();
+    run.0.stderr.take().unwrap().read_to_string(&mut t).unwrap();
+    assert!(status.success(), "{t}");
+    assert_eq!(line, "hello\n", "{t}");
+    let events = integration_tests::parse_events(
+        &t.lines()
+            .filter(|l| l.starts_with('{'))
+            .map(str::to_string)
+            .collect::<Vec<_>>(),
+    );
+    use integration_tests::Kind;
+    let at = |k: Kind| events.iter().position(|e| e.event == k);
+    let (Some(up_at), Some(created_at)) = (at(Kind::SocketUpgraded), at(Kind::ConnCreated)) else {
+        panic!("socket_upgraded and conn_created both shown:\n{t}");
+    };
+    assert!(
+        up_at < created_at,
+        "socket_upgraded comes before conn_created:\n{t}"
+    );
+    let (up, created) = (&events[up_at], &events[created_at]);
+    assert_eq!(created.pid, up.pid, "{t}");
+    // Placed by its own time, not stamped anew as a latecomer.
+    assert!(up.ts_ns < created.ts_ns, "{t}");
+    assert_eq!(upgraded_events(&events).len(), 1, "{t}");
+}
+
+/// Removes a directory and what it holds when dropped.
+struct RemoveDirOnDrop(PathBuf);
+
+impl Drop for RemoveDirOnDrop {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
 /// With MPTCP disabled in the caller's namespace, `run --trace` says so in the event: kept_tcp,
 /// reason ENOPROTOOPT, and the kernel saw no MP_CAPABLE SYN.
 #[test]

@@ -28,7 +28,6 @@ use std::{
 use anyhow::{Context, Result};
 use log::{debug, warn};
 use mptcp_common::upgrade::Policy;
-use tokio::sync::mpsc::UnboundedSender;
 
 use crate::{
     cli::{RunArgs, RunMethod},
@@ -38,7 +37,7 @@ use crate::{
     sys::cgroup::{self, Cgroup},
     trace::{Pipeline, UpgradeFeed},
     upgrade::{
-        seccomp::{join_cgroup, Method, Outcome, SeccompUpgrade, Upgraded},
+        seccomp::{join_cgroup, Method, Outcome, Records, SeccompUpgrade, Upgraded},
         Upgrade, UpgradeError,
     },
 };
@@ -227,12 +226,12 @@ fn log_record() -> Box<dyn FnMut(&Upgraded) + Send> {
     })
 }
 
-/// Prints the run's events until CMD exits, then until its connections closed (at most
-/// [`CLOSE_GRACE`]), then the summary.
 /// How long `run --trace` keeps reading after CMD exited and its connections closed, for the
 /// upgrade records still on their way (a `kept_tcp` socket has no connection to wait for).
 const FEED_QUIET: Duration = Duration::from_millis(300);
 
+/// Prints the run's events until CMD exits, then until its connections closed (at most
+/// [`CLOSE_GRACE`]), then the summary.
 async fn trace_until_exit(
     mut child: std::process::Child,
     mut pipe: Pipeline,
@@ -256,7 +255,18 @@ async fn trace_until_exit(
     let status = loop {
         tokio::select! {
             r = &mut wait => break r.context("waiting for the command")??,
-            r = output::stream(&mut pipe, &mut out, std::future::pending(), &mut track), if printing => {
+            r = async {
+                if printing {
+                    output::stream(&mut pipe, &mut out, std::future::pending(), &mut track).await
+                } else {
+                    // Nobody reads the events any more, but they are still taken: the seccomp
+                    // supervisor's records come through the pipeline, and on a full pipe it
+                    // would stop answering CMD's socket() calls.
+                    loop {
+                        pipe.next().await?;
+                    }
+                }
+            } => {
                 r?;
                 // The reader of stderr went away: CMD goes on, untraced.
                 printing = false;
@@ -277,8 +287,9 @@ async fn trace_until_exit(
                 Err(_) => break,
             }
         }
-        // The upgrade's records reach the pipeline through a reader thread that may still be
-        // forwarding the last ones: take what arrives until the feed has been quiet a moment.
+        // The supervisor writes a record after its answer, so CMD may be gone before its last
+        // record was written, and processes it left behind may open more sockets: take what
+        // arrives until the pipeline has been quiet a moment.
         while let Ok(e) = tokio::time::timeout(FEED_QUIET, pipe.next()).await {
             let e = e?;
             track(&e);
@@ -316,31 +327,17 @@ fn short_reason(e: &UpgradeError) -> String {
     }
 }
 
-/// With `--trace`, each socket record becomes a `socket_upgraded` event (through `feed`).
-fn trace_record(feed: UnboundedSender<Upgraded>) -> Box<dyn FnMut(&Upgraded) + Send> {
-    Box::new(move |u: &Upgraded| {
-        debug!("run: {u}");
-        // The pipeline is gone only once CMD is done: nothing left to show.
-        let _ = feed.send(u.clone());
-    })
-}
-
-fn choose(
-    args: &RunArgs,
-    policy: Policy,
-    procs: &Path,
-    feed: Option<UnboundedSender<Upgraded>>,
-) -> Result<Active> {
-    let mut feed = feed;
-    let mut seccomp = || -> Result<Active> {
-        let on_record = match feed.take() {
-            Some(f) => trace_record(f),
-            None => log_record(),
+fn choose(args: &RunArgs, policy: Policy, procs: &Path) -> Result<Active> {
+    let seccomp = || -> Result<Active> {
+        // With `--trace`, the pipeline reads the records: each becomes a `socket_upgraded`.
+        let records = match args.trace {
+            true => Records::Pipeline,
+            false => Records::Log(log_record()),
         };
         Ok(Active::Seccomp(SeccompUpgrade::start(
             procs,
             args.count_only,
-            on_record,
+            records,
         )?))
     };
     match args.method {
@@ -426,14 +423,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     // The program reports each socket only when `--trace` reads its ring.
     policy.events = args.trace as u32;
     let procs_path = cgroup.path.join("cgroup.procs");
-    let (feed_tx, feed) = match args.trace {
-        true => {
-            let (tx, feed) = UpgradeFeed::seccomp();
-            (Some(tx), Some(feed))
-        }
-        false => (None, None),
-    };
-    let mut active = choose(&args, policy, &procs_path, feed_tx)?;
+    let mut active = choose(&args, policy, &procs_path)?;
     match &active {
         Active::Bpf(_) => debug!("run: method {}, upgrading {}", Method::Bpf, sel.describe()),
         Active::Seccomp(s) => {
@@ -449,14 +439,17 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         let mut pipe = rt.block_on(async { Pipeline::start(&sel) })?;
         // Registering the ring with the reactor needs the runtime.
         let _rt = rt.enter();
-        match (&mut active, feed) {
-            (Active::Seccomp(_), Some(feed)) => pipe.attach_upgrades(feed)?,
-            (Active::Bpf(up), _) => {
+        match &mut active {
+            Active::Seccomp(s) => {
+                if let Some(f) = s.feed() {
+                    pipe.attach_upgrades(UpgradeFeed::Seccomp(f?))?;
+                }
+            }
+            Active::Bpf(up) => {
                 if let Some(f) = up.event_feed() {
                     pipe.attach_upgrades(UpgradeFeed::Bpf(Box::new(f)))?;
                 }
             }
-            _ => {}
         }
         drop(_rt);
         Some((rt, pipe, Printer::new(io::stderr(), args.json)))

@@ -41,7 +41,7 @@ use crate::{
     event::{Event, Kind, Lost},
     loader::{self, Counters, KernelLog, LoadError},
     select::Selector,
-    upgrade::seccomp::Upgraded,
+    upgrade::reports::SupervisorFeed,
 };
 
 use diagnosis::Diagnosis;
@@ -163,19 +163,11 @@ impl Totals {
 
 /// Where `socket_upgraded` events come from: the upgrade running beside the tracer.
 pub enum UpgradeFeed {
-    /// The seccomp supervisor's records (`run --method seccomp`), sent by the thread reading
-    /// them. Nothing is lost on the way: the supervisor blocks on a full pipe.
-    Seccomp(tokio::sync::mpsc::UnboundedReceiver<Upgraded>),
+    /// The seccomp supervisor's records (`run --method seccomp`). Nothing is lost on the way:
+    /// the supervisor blocks on a full pipe.
+    Seccomp(SupervisorFeed),
     /// The fmod_ret program's ring (`run --trace --method bpf`, `upgrade --events`).
     Bpf(Box<crate::upgrade::EventFeed>),
-}
-
-impl UpgradeFeed {
-    /// A feed for the seccomp supervisor's records and the sender its reader calls.
-    pub fn seccomp() -> (tokio::sync::mpsc::UnboundedSender<Upgraded>, UpgradeFeed) {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        (tx, UpgradeFeed::Seccomp(rx))
-    }
 }
 
 /// Everything but the ring buffer, so that records can be handled while the ring buffer's
@@ -306,18 +298,17 @@ impl Core {
         }
     }
 
-    /// Everything the upgrade feed holds now; false once it has ended.
-    fn drain_feed(&mut self, feed: &mut UpgradeFeed) -> bool {
-        match feed {
-            UpgradeFeed::Bpf(_) => true,
-            UpgradeFeed::Seccomp(rx) => loop {
-                match rx.try_recv() {
-                    Ok(u) => self.event(decode::seccomp_upgraded(&u, &self.clock)),
-                    Err(tokio::sync::mpsc::error::TryRecvError::Empty) => return true,
-                    Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => return false,
-                }
-            },
-        }
+    /// Every record the seccomp supervisor has written; false once it has ended.
+    fn drain_feed(&mut self, feed: &mut SupervisorFeed) -> bool {
+        let open = feed.drain(monotonic_ns(), &mut |u| {
+            let e = decode::seccomp_upgraded(&u, &self.clock);
+            self.event(e)
+        });
+        self.totals.malformed += feed.take_malformed();
+        open.unwrap_or_else(|e| {
+            warn!("reading the seccomp supervisor's records: {e}");
+            false
+        })
     }
 
     /// Reads the path manager's messages waiting now. `closing` (netns, token, stamp): a
@@ -365,11 +356,14 @@ impl Core {
         self.matcher.push(e, &mut |e| order.push_event(e));
     }
 
-    fn release(&mut self, now: u64) {
+    /// Releases what is due at `now`; with `hold`, nothing stamped from then on (see
+    /// [`SupervisorFeed::hold`]).
+    fn release(&mut self, now: u64, hold: Option<u64>) {
         let order = &mut self.order;
         self.existing.expire(now, &mut |e| order.push(e));
         let (ready, diagnosis) = (&mut self.ready, &mut self.diagnosis);
-        self.order.release(now, &mut |e| diagnosis.pass(e, ready));
+        self.order
+            .release(now, hold, &mut |e| diagnosis.pass(e, ready));
         // Deadlines follow the real clock, also when `finish` releases everything at once.
         self.diagnosis.expire(monotonic_ns(), &mut self.ready);
     }
@@ -583,10 +577,12 @@ impl Pipeline {
                 self.fallback.observe(&e);
                 return Ok(e);
             }
+            let hold = self.hold(monotonic_ns());
             let due = [
-                self.core.order.next_due(),
+                self.core.order.next_due(hold),
                 self.core.existing.next_due(),
                 self.core.diagnosis.next_due(),
+                hold.and_then(|_| self.hold_until()),
             ]
             .into_iter()
             .flatten()
@@ -617,10 +613,7 @@ impl Pipeline {
                     self.core.drain_ring(self.ring.get_mut());
                     self.core.drain_pm(None);
                 }
-                u = feed_next(&mut self.feed), if self.feed.is_some() => match u {
-                    Some(u) => self.core.event(decode::seccomp_upgraded(&u, &self.core.clock)),
-                    None => self.feed = None,
-                },
+                r = seccomp_readable(&self.feed), if matches!(self.feed, Some(UpgradeFeed::Seccomp(_))) => r?,
                 guard = upgrade_ring_ready(&mut self.upgrade_ring), if self.upgrade_ring.is_some() => {
                     let mut guard = guard?;
                     self.core.drain_upgrade_ring(guard.get_inner_mut());
@@ -648,7 +641,41 @@ impl Pipeline {
                 }
                 _ = sleep(wait.unwrap_or(Duration::ZERO)), if wait.is_some() => {}
             }
-            self.core.release(monotonic_ns());
+            let now = monotonic_ns();
+            self.drain_upgrades();
+            let hold = self.hold(now);
+            self.core.release(now, hold);
+        }
+    }
+
+    /// Reads the upgrade's records waiting now, whatever woke the pipeline: a record written
+    /// before an event happened is then read before that event is released (the upgrade
+    /// program writes its record before `socket()` returns; the seccomp supervisor says it is
+    /// answering before it answers: see [`crate::upgrade::reports`]).
+    fn drain_upgrades(&mut self) {
+        if let Some(r) = self.upgrade_ring.as_mut() {
+            self.core.drain_upgrade_ring(r.get_mut());
+        }
+        if let Some(UpgradeFeed::Seccomp(f)) = self.feed.as_mut() {
+            if !self.core.drain_feed(f) {
+                // The supervisor exited: every record it wrote has been read.
+                self.feed = None;
+            }
+        }
+    }
+
+    /// Events stamped from this time on wait for a record of the seccomp supervisor's.
+    fn hold(&self, now: u64) -> Option<u64> {
+        match &self.feed {
+            Some(UpgradeFeed::Seccomp(f)) => f.hold(now),
+            _ => None,
+        }
+    }
+
+    fn hold_until(&self) -> Option<u64> {
+        match &self.feed {
+            Some(UpgradeFeed::Seccomp(f)) => f.hold_until(),
+            _ => None,
         }
     }
 
@@ -672,12 +699,7 @@ impl Pipeline {
     /// last loss, and returns those events with the totals. The programs are detached when the
     /// returned pipeline part is dropped, which happens here.
     pub fn finish(mut self) -> (Vec<Arc<Event>>, Totals) {
-        if let Some(f) = self.feed.as_mut() {
-            self.core.drain_feed(f);
-        }
-        if let Some(r) = self.upgrade_ring.as_mut() {
-            self.core.drain_upgrade_ring(r.get_mut());
-        }
+        self.drain_upgrades();
         // Everything written before the stop is read; under a flood that goes on, the records
         // written after it are not owed, and reading them could go on for ever. A program
         // stamps its record a few µs before it reserves it, so once one stamped 1 ms after the
@@ -689,7 +711,7 @@ impl Pipeline {
         self.core.drain_pm(None);
         // Whatever is still unowned now never will be: the ring buffer was read to its end.
         self.core.settle_unowned(Some(u64::MAX));
-        self.core.release(u64::MAX);
+        self.core.release(u64::MAX, None);
         self.core.report_loss();
         let totals = self.totals();
         let mut stats = self.stats.take();
@@ -703,10 +725,11 @@ impl Pipeline {
     }
 }
 
-/// The next record of the upgrade feed; `None` once it has ended. Cancel-safe (`recv` is).
-async fn feed_next(feed: &mut Option<UpgradeFeed>) -> Option<Upgraded> {
+/// Until the seccomp supervisor's pipe has something to read (pending without it; the
+/// records are read before each release). Cancel-safe.
+async fn seccomp_readable(feed: &Option<UpgradeFeed>) -> io::Result<()> {
     match feed {
-        Some(UpgradeFeed::Seccomp(rx)) => rx.recv().await,
+        Some(UpgradeFeed::Seccomp(f)) => f.readable().await,
         // Read through `upgrade_ring` instead.
         Some(UpgradeFeed::Bpf(_)) | None => std::future::pending().await,
     }

@@ -244,9 +244,14 @@ impl Reorder {
         self.released = self.released.max(ts);
     }
 
-    /// Releases every event older than `now - WINDOW_NS` (all of them with `now == u64::MAX`).
-    pub fn release(&mut self, now: u64, out: &mut impl FnMut(Arc<Event>)) {
-        let limit = now.saturating_sub(WINDOW_NS);
+    /// Releases every event older than `now - WINDOW_NS` (all of them with `now == u64::MAX`),
+    /// but none stamped `hold` or later: an event from then on may still be on its way (a
+    /// `socket_upgraded` of the seccomp supervisor's, see [`crate::upgrade::reports`]).
+    pub fn release(&mut self, now: u64, hold: Option<u64>, out: &mut impl FnMut(Arc<Event>)) {
+        let mut limit = now.saturating_sub(WINDOW_NS);
+        if let Some(h) = hold {
+            limit = limit.min(h.saturating_sub(1));
+        }
         while let Some((&key, first)) = self.held.first_key_value() {
             if key.ts > limit {
                 break;
@@ -271,17 +276,22 @@ impl Reorder {
         }
     }
 
-    /// When the oldest held event is due (monotonic ns), if any.
-    pub fn next_due(&self) -> Option<u64> {
-        self.held.first_key_value().map(|(k, e)| {
-            let waits = established_of(e).is_some_and(|c| self.awaiting.contains(&c))
-                || self.unannounced_join(e).is_some();
+    /// When the oldest held event is due (monotonic ns), if any; none while it is held back
+    /// by `hold` (see [`Reorder::release`]).
+    pub fn next_due(&self, hold: Option<u64>) -> Option<u64> {
+        let (k, e) = self.held.first_key_value()?;
+        if hold.is_some_and(|h| k.ts >= h) {
+            return None;
+        }
+        let waits = established_of(e).is_some_and(|c| self.awaiting.contains(&c))
+            || self.unannounced_join(e).is_some();
+        Some(
             k.ts + if waits {
                 ESTABLISHED_WAIT_NS
             } else {
                 WINDOW_NS
-            }
-        })
+            },
+        )
     }
 
     pub fn is_empty(&self) -> bool {
@@ -381,7 +391,9 @@ mod tests {
         r.push_event(ring(EventKind::SubflowEstablished, 5_000_000, 0, false));
         r.push_event(ring(EventKind::ConnEstablished, 9_000_000, 0, false));
         let mut times = Vec::new();
-        r.release(u64::MAX, &mut |e| times.push((e.ts_ns, e.time.clone())));
+        r.release(u64::MAX, None, &mut |e| {
+            times.push((e.ts_ns, e.time.clone()))
+        });
         assert_eq!(times[0].0, 4_999_999);
         assert_eq!(times[0].1, Clock::fixed(0).rfc3339(4_999_999));
     }
@@ -396,14 +408,14 @@ mod tests {
         r.push_event(to_event(&created, &Clock::fixed(0)).unwrap());
         r.push_event(ring(EventKind::SubflowEstablished, 1_000_100, 0, false));
         let mut out = Vec::new();
-        r.release(1_000_100 + 5 * WINDOW_NS, &mut |e| out.push(e.kind()));
+        r.release(1_000_100 + 5 * WINDOW_NS, None, &mut |e| out.push(e.kind()));
         assert_eq!(
             out,
             [Kind::ConnCreated],
             "the subflow waits for its conn_established"
         );
         r.push_event(ring(EventKind::ConnEstablished, 1_000_200, 0, false));
-        r.release(1_000_200 + 5 * WINDOW_NS, &mut |e| out.push(e.kind()));
+        r.release(1_000_200 + 5 * WINDOW_NS, None, &mut |e| out.push(e.kind()));
         assert_eq!(
             out,
             [
@@ -417,7 +429,7 @@ mod tests {
         r.push_event(to_event(&created, &Clock::fixed(0)).unwrap());
         r.push_event(ring(EventKind::SubflowEstablished, 1_000_100, 0, false));
         let mut n = 0;
-        r.release(1_000_100 + ESTABLISHED_WAIT_NS, &mut |_| n += 1);
+        r.release(1_000_100 + ESTABLISHED_WAIT_NS, None, &mut |_| n += 1);
         assert_eq!(n, 2);
     }
 
@@ -433,7 +445,7 @@ mod tests {
         r.push_event(ring(EventKind::SubflowEstablished, 2_000_000, 5, true));
         let mut out = Vec::new();
         // A slow machine: the netlink message is read 35 ms after the join.
-        r.release(2_000_000 + 30_000_000, &mut |e| out.push(e.kind()));
+        r.release(2_000_000 + 30_000_000, None, &mut |e| out.push(e.kind()));
         assert_eq!(
             out,
             [
@@ -455,9 +467,9 @@ mod tests {
         // Never announced (the message was lost): the wait is bounded.
         r.push_event(ring(EventKind::SubflowEstablished, 3_000_000, 6, true));
         let mut n = 0;
-        r.release(3_000_000 + 5 * WINDOW_NS, &mut |_| n += 1);
+        r.release(3_000_000 + 5 * WINDOW_NS, None, &mut |_| n += 1);
         assert_eq!(n, 0);
-        r.release(3_000_000 + ESTABLISHED_WAIT_NS, &mut |_| n += 1);
+        r.release(3_000_000 + ESTABLISHED_WAIT_NS, None, &mut |_| n += 1);
         assert_eq!(n, 1);
     }
 
@@ -467,16 +479,39 @@ mod tests {
         r.push(at(3_000_000_000));
         r.push(at(1_000_000_000));
         let mut out = Vec::new();
-        r.release(1_000_000_000 + WINDOW_NS - 1, &mut |e| out.push(e.ts_ns));
+        r.release(1_000_000_000 + WINDOW_NS - 1, None, &mut |e| {
+            out.push(e.ts_ns)
+        });
         assert!(out.is_empty(), "still in the window");
-        r.release(u64::MAX, &mut |e| out.push(e.ts_ns));
+        r.release(u64::MAX, None, &mut |e| out.push(e.ts_ns));
         assert_eq!(out, [1_000_000_000, 3_000_000_000]);
         // A straggler older than what went out keeps the output monotonic: it goes out next,
         // stamped with the newest time released.
         r.push(at(5));
-        assert_eq!(r.next_due(), Some(3_000_000_000 + WINDOW_NS));
-        r.release(u64::MAX, &mut |e| out.push(e.ts_ns));
+        assert_eq!(r.next_due(None), Some(3_000_000_000 + WINDOW_NS));
+        r.release(u64::MAX, None, &mut |e| out.push(e.ts_ns));
         assert_eq!(out, [1_000_000_000, 3_000_000_000, 3_000_000_000]);
+    }
+
+    #[test]
+    fn a_hold_keeps_back_only_the_events_from_its_time_on() {
+        let mut r = Reorder::default();
+        r.push(at(1_000));
+        r.push(at(2_000));
+        let late = 2_000 + 10 * WINDOW_NS;
+        let mut out = Vec::new();
+        // A socket_upgraded stamped 1_500 may still come: the event at 2_000 waits for it.
+        r.release(late, Some(1_500), &mut |e| out.push(e.ts_ns));
+        assert_eq!(out, [1_000]);
+        assert_eq!(r.next_due(Some(1_500)), None, "no wake-up for a held event");
+        assert_eq!(r.next_due(None), Some(2_000 + WINDOW_NS));
+        r.push(at(1_500));
+        r.release(late, None, &mut |e| out.push(e.ts_ns));
+        assert_eq!(
+            out,
+            [1_000, 1_500, 2_000],
+            "in time order, nothing restamped"
+        );
     }
 
     /// A ring-buffer event of the sample connection (netns [`NETNS`], token [`TOKEN`]).
@@ -505,7 +540,7 @@ mod tests {
 
     fn drain(r: &mut Reorder) -> Vec<(Kind, u64, Option<u8>)> {
         let mut out = Vec::new();
-        r.release(u64::MAX, &mut |e| {
+        r.release(u64::MAX, None, &mut |e| {
             let id = match &e.data {
                 Data::AddrAnnounced(a) => Some(a.remote_id),
                 _ => e.subflow().map(|s| s.remote_id),
@@ -583,7 +618,7 @@ mod tests {
         let mut r = Reorder::default();
         r.push_event(ring(EventKind::SubflowEstablished, 200, 5, true));
         let mut out = Vec::new();
-        r.release(200 + WINDOW_NS, &mut |e| out.push(e.kind()));
+        r.release(200 + WINDOW_NS, None, &mut |e| out.push(e.kind()));
         assert_eq!(out, [Kind::SubflowEstablished]);
         r.push_event(announced(300, TOKEN, 5));
         assert_eq!(drain(&mut r), [(Kind::AddrAnnounced, 300, Some(5))]);

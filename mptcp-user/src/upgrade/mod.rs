@@ -6,6 +6,7 @@
 pub mod pindir;
 pub mod raw_bpf;
 pub mod refusal;
+pub mod reports;
 pub mod seccomp;
 pub mod supervisor;
 

@@ -20,13 +20,13 @@
 use std::{
     ffi::CString,
     fs,
-    io::{self, BufRead, BufReader, Read, Seek},
+    io::{self, Read, Seek},
     os::{
         fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
         unix::{ffi::OsStrExt, process::CommandExt},
     },
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Child, ChildStdout, Command, Stdio},
     sync::Arc,
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -36,7 +36,7 @@ use libseccomp::{ScmpAction, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, S
 use log::debug;
 use serde::{Deserialize, Serialize};
 
-use super::UpgradeError;
+use super::{reports::SupervisorFeed, UpgradeError};
 use crate::event::Family;
 
 /// The environment variable that turns this binary into the supervisor (value: log level).
@@ -154,7 +154,7 @@ pub struct SeccompCounts {
 }
 
 impl SeccompCounts {
-    fn add(&mut self, o: &Outcome) {
+    pub(super) fn add(&mut self, o: &Outcome) {
         match o {
             Outcome::Upgraded => self.upgraded += 1,
             Outcome::KeptTcp { .. } => self.kept_tcp += 1,
@@ -391,11 +391,23 @@ pub fn recv_fd(sock: RawFd) -> io::Result<Option<OwnedFd>> {
     }
 }
 
+/// Where the supervisor's records go.
+pub enum Records {
+    /// To this function, on a thread reading them as they come (`run`).
+    Log(Box<dyn FnMut(&Upgraded) + Send>),
+    /// To the tracing pipeline, which reads them itself ([`SeccompUpgrade::feed`]) so that
+    /// they keep their place among the events (`run --trace`; see [`super::reports`]).
+    Pipeline,
+}
+
 /// The `run` side of the seccomp method: the supervisor process, the reader of its records,
 /// and what CMD's child needs before exec.
 pub struct SeccompUpgrade {
     supervisor: Child,
+    /// The thread logging the records ([`Records::Log`]).
     reader: Option<JoinHandle<SeccompCounts>>,
+    /// The supervisor's stdout until the pipeline takes it ([`Records::Pipeline`]).
+    stdout: Option<ChildStdout>,
     /// CMD's end of the socketpair to the supervisor (closed once CMD is spawned).
     cmd_end: Option<OwnedFd>,
     filter: Filter,
@@ -425,11 +437,11 @@ impl ChildSetup {
 
 impl SeccompUpgrade {
     /// Starts the supervisor (this binary again, with [`SUPERVISOR_ENV`]) inside the cgroup
-    /// whose `cgroup.procs` is `procs`. Each record it reports is passed to `on_record`.
+    /// whose `cgroup.procs` is `procs`. Its records go where `records` says.
     pub fn start(
         procs: &Path,
         count_only: bool,
-        mut on_record: Box<dyn FnMut(&Upgraded) + Send>,
+        records: Records,
     ) -> Result<SeccompUpgrade, UpgradeError> {
         preflight()?;
         let filter = Filter::build()?;
@@ -487,25 +499,28 @@ impl SeccompUpgrade {
         drop(sup_end);
         debug!("seccomp supervisor: pid {}", supervisor.id());
         let stdout = supervisor.stdout.take().expect("piped");
-        let reader = std::thread::spawn(move || {
-            let mut counts = SeccompCounts::default();
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                match serde_json::from_str::<Upgraded>(&line) {
-                    Ok(u) => {
-                        counts.add(&u.outcome);
-                        on_record(&u);
-                    }
-                    Err(e) => log::warn!("seccomp supervisor sent {line:?}: {e}"),
-                }
-            }
-            counts
-        });
+        let (reader, stdout) = match records {
+            Records::Log(on_record) => (
+                Some(std::thread::spawn(move || {
+                    super::reports::log_records(stdout, on_record)
+                })),
+                None,
+            ),
+            Records::Pipeline => (None, Some(stdout)),
+        };
         Ok(SeccompUpgrade {
             supervisor,
-            reader: Some(reader),
+            reader,
+            stdout,
             cmd_end: Some(cmd_end),
             filter,
         })
+    }
+
+    /// With [`Records::Pipeline`]: the feed of the supervisor's records, once. Needs a tokio
+    /// runtime with I/O.
+    pub fn feed(&mut self) -> Option<io::Result<SupervisorFeed>> {
+        self.stdout.take().map(SupervisorFeed::new)
     }
 
     /// What CMD's pre-exec hook runs ([`ChildSetup::run`]).

@@ -16,8 +16,9 @@
 //! 4. when the MPTCP socket cannot be made (MPTCP disabled in that namespace), answers
 //!    `SECCOMP_USER_NOTIF_FLAG_CONTINUE`: the kernel runs the caller's own `socket()` (TCP).
 //!
-//! Each call produces one [`Upgraded`] record, written as a JSON line on stdout. The supervisor
-//! exits when no process holds the filter any more (POLLHUP on the listener).
+//! Each call produces one [`Upgraded`] record, written as a JSON line on stdout; before it gives
+//! a caller its MPTCP socket it says so (see [`super::reports`] for why). The supervisor exits
+//! when no process holds the filter any more (POLLHUP on the listener).
 
 use std::{
     ffi::CString,
@@ -34,6 +35,7 @@ use std::{
 use libseccomp::{notify_id_valid, ScmpNotifReq, ScmpNotifResp, ScmpNotifRespFlags};
 use log::{debug, warn};
 
+use super::reports::Report;
 use super::seccomp::{
     recv_fd, Method, Outcome, Upgraded, COUNT_ONLY_ENV, SUPERVISOR_ENV, SUPERVISOR_FD, TWO_STEP_ENV,
 };
@@ -149,7 +151,8 @@ fn serve(count_only: bool) -> io::Result<()> {
         count_only,
         addfd_send: std::env::var_os(TWO_STEP_ENV).is_none(),
     };
-    // Records are flushed whenever no request is waiting: one write per burst, not per socket.
+    // Records are flushed before a caller is given its socket and whenever no request is
+    // waiting.
     let mut out = io::BufWriter::new(io::stdout().lock());
     let mut timeout = 0;
     loop {
@@ -183,10 +186,9 @@ fn serve(count_only: bool) -> io::Result<()> {
                     continue;
                 }
             };
-            if let Some(rec) = handle(&mut st, &req) {
+            if let Some(rec) = handle(&mut st, &req, &mut out) {
                 log::trace!("seccomp: {rec}");
-                let line = serde_json::to_string(&rec).expect("serializable");
-                let _ = writeln!(out, "{line}");
+                let _ = Report::Record(rec).write(&mut out);
             }
         } else if pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
             debug!("seccomp supervisor: no process holds the filter any more");
@@ -253,7 +255,8 @@ fn respond_continue(st: &State, id: u64) {
     }
 }
 
-fn handle(st: &mut State, req: &ScmpNotifReq) -> Option<Upgraded> {
+/// Answers one call; its record, if it has one. `out`: where the reports go.
+fn handle(st: &mut State, req: &ScmpNotifReq, out: &mut impl Write) -> Option<Upgraded> {
     let ts_ns = crate::decode::monotonic_ns();
     let id = req.id;
     let [family, ty, _proto, ..] = req.data.args.map(|a| a as i32);
@@ -325,10 +328,18 @@ fn handle(st: &mut State, req: &ScmpNotifReq) -> Option<Upgraded> {
     } else {
         0
     };
+    // Said, and flushed, before the caller can use the socket: the tracer then holds the
+    // socket's events until this record comes.
+    let _ = Report::Answering { since: ts_ns }
+        .write(out)
+        .and_then(|()| out.flush());
     rec.outcome = match install(st, id, &sock, newfd_flags) {
         Ok(()) => Outcome::Upgraded,
         // Killed (or interrupted by a signal: it will call again) between ID_VALID and here.
-        Err(libc::ENOENT) => return None,
+        Err(libc::ENOENT) => {
+            let _ = Report::Unanswered.write(out);
+            return None;
+        }
         Err(errno) => {
             let _ = ScmpNotifResp::new_error(id, -errno, ScmpNotifRespFlags::empty())
                 .respond(st.listener.as_raw_fd());
