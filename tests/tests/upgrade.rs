@@ -1823,13 +1823,32 @@ fn seccomp_run_trace_shows_socket_upgraded_matching_the_kernels_counters() {
 #[test]
 fn seccomp_run_trace_keeps_socket_upgraded_first_when_the_tracer_is_late() {
     require_root();
-    let bed = TestBed::create(&tag("sc-late")).expect("test bed");
-    let port = 8200 + (std::process::id() % 400) as u16;
+    late_tracer_keeps_socket_upgraded_first("seccomp", 8200);
+}
+
+/// The same with the upgrade program, whose ring is read before any event is released.
+#[test]
+fn bpf_run_trace_keeps_socket_upgraded_first_when_the_tracer_is_late() {
+    match expect() {
+        Expect::Works => late_tracer_keeps_socket_upgraded_first("bpf", 8600),
+        // Refused before CMD starts, with run's own status.
+        _ => {
+            let o = trace(&["run", "--trace", "--method", "bpf", "--", "true"]);
+            assert_eq!(o.status.code(), Some(125), "{}", text(&o));
+        }
+    }
+}
+
+/// `run --trace --method METHOD` whose tracer is stopped from before CMD's socket() until its
+/// connection closed: `socket_upgraded` comes first, placed by its own time.
+fn late_tracer_keeps_socket_upgraded_first(method: &str, ports: u16) {
+    let bed = TestBed::create(&tag("late")).expect("test bed");
+    let port = ports + (std::process::id() % 400) as u16;
     let addr: SocketAddr = format!("{}:{port}", testbed::RED_SERVER_V4)
         .parse()
         .unwrap();
     let server = join_server(&bed, addr, None);
-    let dir = std::env::temp_dir().join(tag("sc-late"));
+    let dir = std::env::temp_dir().join(tag("late"));
     fs::create_dir_all(&dir).unwrap();
     let _rm = RemoveDirOnDrop(dir.clone());
     let (started, go, done) = (dir.join("started"), dir.join("go"), dir.join("done"));
@@ -1838,7 +1857,7 @@ fn seccomp_run_trace_keeps_socket_upgraded_first_when_the_tracer_is_late() {
     let child = Command::new("ip")
         .args(["netns", "exec", &bed.client])
         .arg(mptcp_trace_bin())
-        .args(["run", "--trace", "--json", "--method", "seccomp", "--"])
+        .args(["run", "--trace", "--json", "--method", method, "--"])
         .args(["sh", "-c", script, "sh"])
         .arg(go_like_client())
         .args([&addr.ip().to_string(), &port.to_string(), "hello\n"])
