@@ -582,7 +582,7 @@ impl Pipeline {
                 self.core.order.next_due(hold),
                 self.core.existing.next_due(),
                 self.core.diagnosis.next_due(),
-                hold.and_then(|_| self.hold_until()),
+                hold.and_then(|_| self.seccomp_feed()?.hold_until()),
             ]
             .into_iter()
             .flatten()
@@ -666,15 +666,12 @@ impl Pipeline {
 
     /// Events stamped from this time on wait for a record of the seccomp supervisor's.
     fn hold(&self, now: u64) -> Option<u64> {
-        match &self.feed {
-            Some(UpgradeFeed::Seccomp(f)) => f.hold(now),
-            _ => None,
-        }
+        self.seccomp_feed().and_then(|f| f.hold(now))
     }
 
-    fn hold_until(&self) -> Option<u64> {
+    fn seccomp_feed(&self) -> Option<&SupervisorFeed> {
         match &self.feed {
-            Some(UpgradeFeed::Seccomp(f)) => f.hold_until(),
+            Some(UpgradeFeed::Seccomp(f)) => Some(f),
             _ => None,
         }
     }

@@ -96,10 +96,10 @@ pub struct SupervisorFeed {
 }
 
 impl SupervisorFeed {
-    /// Takes the supervisor's stdout. Needs a tokio runtime with I/O (the pipe is registered
-    /// with its reactor).
-    pub fn new(stdout: ChildStdout) -> io::Result<SupervisorFeed> {
-        let fd = OwnedFd::from(stdout);
+    /// Takes the supervisor's stdout (a `ChildStdout`). Needs a tokio runtime with I/O (the
+    /// pipe is registered with its reactor).
+    pub fn new(stdout: impl Into<OwnedFd>) -> io::Result<SupervisorFeed> {
+        let fd = stdout.into();
         set_nonblocking(&fd)?;
         // SAFETY: the file owns its descriptor for as long as the AsyncFd holds it.
         let pipe = unsafe { AsyncFd::register(File::from(fd)) }.map_err(|e| e.into_parts().1)?;
@@ -226,14 +226,7 @@ mod tests {
         use std::os::fd::FromRawFd;
         // SAFETY: fresh descriptors we own.
         let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        set_nonblocking(&r).unwrap();
-        let f = SupervisorFeed {
-            // SAFETY: the file owns its descriptor for as long as the AsyncFd holds it.
-            pipe: unsafe { AsyncFd::register(File::from(r)) }.unwrap(),
-            partial: Vec::new(),
-            answering: None,
-            malformed: 0,
-        };
+        let f = SupervisorFeed::new(r).unwrap();
         drop(_g);
         (rt, f, File::from(w))
     }
