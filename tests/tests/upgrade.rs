@@ -1920,6 +1920,35 @@ fn late_tracer_keeps_socket_upgraded_first(method: &str, ports: u16) {
     assert_eq!(upgraded_events(&events).len(), 1, "{t}");
 }
 
+/// `run --trace` whose stderr reader goes away still ends with CMD's status: its summary line
+/// once panicked on the broken pipe (status 101).
+#[test]
+fn run_trace_with_its_reader_gone_ends_with_the_commands_status() {
+    require_root();
+    let mut child = Command::new(mptcp_trace_bin())
+        .args(["run", "--trace", "--method", "seccomp", "--"])
+        .args(["sh", "-c", "sleep 0.5; exit 3"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before anything is written.
+    drop(child.stderr.take());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if start.elapsed() > TIMEOUT {
+            let _ = child.kill();
+            panic!("run did not end");
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(3), "{status:?}");
+}
+
 /// Removes a directory and what it holds when dropped.
 struct RemoveDirOnDrop(PathBuf);
 

@@ -16,7 +16,8 @@ use std::{
     cell::RefCell,
     collections::HashSet,
     ffi::CString,
-    fs, io,
+    fs,
+    io::{self, Write},
     os::unix::{ffi::OsStrExt, process::CommandExt, process::ExitStatusExt},
     path::{Path, PathBuf},
     process::{Command, ExitCode},
@@ -219,7 +220,7 @@ fn log_record() -> Box<dyn FnMut(&Upgraded) + Send> {
     Box::new(move |u: &Upgraded| {
         if matches!(u.outcome, Outcome::KeptTcp { .. }) && !warned {
             warned = true;
-            eprintln!("mptcp-trace: {u}");
+            let _ = writeln!(io::stderr(), "mptcp-trace: {u}");
         } else {
             debug!("run: {u}");
         }
@@ -302,7 +303,10 @@ async fn trace_until_exit(
     if printing {
         output::finish(&mut out, &rest, &mut track)?;
     }
-    eprintln!(
+    // Not eprintln!: with the reader of stderr gone it panicked, and `run` exited 101 instead
+    // of with CMD's status.
+    let _ = writeln!(
+        io::stderr(),
         "mptcp-trace: {} events shown, {}",
         out.printed,
         totals.describe()
