@@ -1,6 +1,7 @@
 //! mptcp-trace userspace: loader, decoder, filters and renderers. The binary (`main.rs`) only
 //! parses the command line and dispatches to `commands`.
 
+pub mod attach_btf;
 pub mod capture;
 pub mod cli;
 pub mod commands;

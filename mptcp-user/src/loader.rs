@@ -7,11 +7,12 @@ use std::{path::Path, time::Instant};
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::BtfTracePoint,
-    Btf, Ebpf, EbpfLoader,
+    Ebpf, EbpfLoader,
 };
 use log::{debug, warn};
 use mptcp_common::{Config, ExistingKey, ListenKey, Owner};
 
+use crate::attach_btf::AttachIds;
 use crate::offsets::{self, OffsetError, VMLINUX_BTF};
 
 /// The eBPF object built from `mptcp-ebpf` (see build.rs).
@@ -114,7 +115,7 @@ pub enum LoadError {
         #[source]
         source: aya::maps::MapError,
     },
-    #[error("cannot read kernel BTF for tracepoint types: {0}")]
+    #[error("cannot build the BTF of the programs' attach points: {0}")]
     Btf(#[from] aya::BtfError),
     #[error("{}", crate::sys::mptcp::MISSING)]
     NoMptcp,
@@ -240,9 +241,12 @@ pub fn load(config: Config) -> Result<Tracer, LoadError> {
     // Start-up's phases are logged with `-v`: under emulation (the test guests) a start takes
     // seconds, and which phase to shorten is read from here.
     let started = Instant::now();
-    let resolved = offsets::resolve_from(Path::new(VMLINUX_BTF))?;
+    let kernel_btf = offsets::open(Path::new(VMLINUX_BTF))?;
+    let resolved = offsets::resolve(&kernel_btf)?;
+    let attach_ids = AttachIds::resolve(&kernel_btf, PROGRAMS.iter().map(|p| p.tracepoint));
+    drop(kernel_btf);
     debug!(
-        "offsets resolved from the kernel's BTF in {:?}",
+        "offsets and attach points resolved from the kernel's BTF in {:?}",
         started.elapsed()
     );
     let mut degraded = resolved.missing.clone();
@@ -253,18 +257,16 @@ pub fn load(config: Config) -> Result<Tracer, LoadError> {
         rescue: rescue as u32,
         ..config
     };
-    // `EbpfLoader::new` parses the kernel's BTF itself (tens of MB once parsed) and drops it at
-    // the end of this statement; ours, for the programs' attach points, is parsed after that.
-    // Handing ours to the loader instead kept both parses alive at once, doubling start-up's
-    // peak memory.
+    // `EbpfLoader::new` parses the kernel's BTF itself (18 MiB at its peak, start-up's largest
+    // allocation; aya offers no way around it) and drops it at the end of this statement.
     let mut ebpf = EbpfLoader::new()
         .override_global("OFFSETS", &resolved.offsets, true)
         .override_global("CONFIG", &config, true)
         .load(OBJECT)
         .map_err(LoadError::Load)?;
     debug!("object loaded (maps created) at {:?}", started.elapsed());
-    let btf = Btf::from_sys_fs()?;
-    debug!("attach points' BTF parsed at {:?}", started.elapsed());
+    let btf = attach_ids.to_aya_btf()?;
+    debug!("attach points' BTF built at {:?}", started.elapsed());
     let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
         Ok(l) => Some(l),
         Err(e) => {
@@ -293,6 +295,13 @@ pub fn load(config: Config) -> Result<Tracer, LoadError> {
             }
         }
     }
+    // What start-up allocated, aya's parse of the kernel's BTF above all, is free now, in many
+    // small blocks the allocator would otherwise keep for ever: give it back.
+    drop(btf);
+    // SAFETY: malloc_trim only returns free memory to the system.
+    unsafe { libc::malloc_trim(0) };
+    // The ring buffer's mapping is resident from here on: 8 MiB of RSS for its 4 MiB, whose
+    // data pages are mapped twice so that a record wrapping the end reads as one piece.
     let events = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(LoadError::Map("EVENTS"))?)
         .map_err(|source| LoadError::MapType {
             name: "EVENTS",
@@ -322,11 +331,6 @@ pub fn load(config: Config) -> Result<Tracer, LoadError> {
         name: "LISTENERS",
         source,
     })?;
-    // The kernel's BTF parsed for the attach points is the bulk of what start-up allocated, in
-    // many small blocks the allocator would otherwise keep for ever: give it back.
-    drop(btf);
-    // SAFETY: malloc_trim only returns free memory to the system.
-    unsafe { libc::malloc_trim(0) };
     Ok(Tracer {
         events,
         existing,
@@ -341,7 +345,7 @@ pub fn load(config: Config) -> Result<Tracer, LoadError> {
 
 fn attach(
     ebpf: &mut Ebpf,
-    btf: &Btf,
+    btf: &aya_obj::btf::Btf,
     name: &'static str,
     tracepoint: &str,
 ) -> Result<(aya::programs::ProgramFd, Option<u32>), LoadError> {

@@ -273,12 +273,11 @@ pub struct Resolved {
     pub missing: Vec<String>,
 }
 
-pub fn resolve_from(path: &Path) -> Result<Resolved, OffsetError> {
-    let btf = open_lazily(path).map_err(|source| OffsetError::Btf {
+pub fn open(path: &Path) -> Result<Btf, OffsetError> {
+    open_lazily(path).map_err(|source| OffsetError::Btf {
         path: path.display().to_string(),
         source,
-    })?;
-    resolve(&btf)
+    })
 }
 
 /// The kernel's BTF with types parsed on demand. A few dozen lookups need only a few types;
