@@ -10,7 +10,7 @@
 
 use btf_rs::Type;
 
-/// `btf_trace_<tracepoint>` typedefs found in the kernel's BTF, by tracepoint.
+/// The `btf_trace_<tracepoint>` typedefs found in the kernel's BTF: name and type id.
 #[derive(Debug, Default)]
 pub struct AttachIds(Vec<(String, u32)>);
 
@@ -30,6 +30,9 @@ impl AttachIds {
         let mut ids = Vec::new();
         for tp in tracepoints {
             let name = format!("btf_trace_{tp}");
+            if ids.iter().any(|(n, _)| *n == name) {
+                continue;
+            }
             let Ok(found) = btf.resolve_ids_by_name(&name) else {
                 continue;
             };
@@ -37,9 +40,7 @@ impl AttachIds {
                 .into_iter()
                 .find(|&id| matches!(btf.resolve_type_by_id(id), Ok(Type::Typedef(_))));
             if let Some(id) = typedef {
-                if !ids.iter().any(|(t, _)| t == tp) {
-                    ids.push((tp.to_string(), id));
-                }
+                ids.push((name, id));
             }
         }
         AttachIds(ids)
@@ -55,9 +56,9 @@ impl AttachIds {
         let last = self.0.iter().map(|&(_, id)| id).max().unwrap_or(0);
         let mut strings = vec![0u8];
         let mut names = Vec::with_capacity(self.0.len());
-        for (tp, id) in &self.0 {
+        for (name, id) in &self.0 {
             names.push((*id, strings.len() as u32));
-            strings.extend_from_slice(format!("btf_trace_{tp}").as_bytes());
+            strings.extend_from_slice(name.as_bytes());
             strings.push(0);
         }
         let type_len = last as usize * TYPE_LEN;
@@ -122,6 +123,6 @@ mod tests {
         let lazy = crate::offsets::open_lazily(path).expect("the kernel's BTF");
         let ids = AttachIds::resolve(&lazy, ["no_such_tracepoint", "inet_sock_set_state"]);
         assert_eq!(ids.0.len(), 1);
-        assert_eq!(ids.0[0].0, "inet_sock_set_state");
+        assert_eq!(ids.0[0].0, "btf_trace_inet_sock_set_state");
     }
 }

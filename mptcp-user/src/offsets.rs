@@ -273,6 +273,7 @@ pub struct Resolved {
     pub missing: Vec<String>,
 }
 
+/// The kernel's BTF at `path`, read lazily ([`open_lazily`]); the error names the path.
 pub fn open(path: &Path) -> Result<Btf, OffsetError> {
     open_lazily(path).map_err(|source| OffsetError::Btf {
         path: path.display().to_string(),
