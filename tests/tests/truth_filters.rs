@@ -564,16 +564,46 @@ fn addr_on_the_join_address_and_repeated_ports_select_whole_connections() {
             .map(|e| (e.event, e.netns.unwrap(), e.token.clone().unwrap(), e.ts_ns))
             .collect()
     };
-    // On failure, both tracers' events of those connections and their summaries (loss, held
-    // events dropped): the sid guest once showed 22 of 28 here, not reproduced since.
-    assert_eq!(
-        port_ev.len(),
-        selected(&all_ev).len(),
+    // Each event the --port tracer shows is one the unfiltered tracer shows, and all of them
+    // are, but for what it reported lost: two tracers at once on the sid guest's preemptible
+    // kernel made the kernel skip 8 runs of one (22 and 26 of 28 shown in two rehearsals, each
+    // time with those skips counted and printed). On failure, both tracers' events of those
+    // connections and their summaries.
+    let kinds = |ev: &[Event]| -> Vec<(Kind, u32, String)> {
+        let mut v: Vec<_> = selected(ev)
+            .into_iter()
+            .map(|(k, ns, t, _)| (k, ns, t))
+            .collect();
+        v.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+        v
+    };
+    let (shown, expected) = (kinds(&port_ev), kinds(&all_ev));
+    let mut left = expected.clone();
+    let extra: Vec<_> = shown
+        .iter()
+        .filter(|e| match left.iter().position(|x| x == *e) {
+            Some(i) => {
+                left.remove(i);
+                false
+            }
+            None => true,
+        })
+        .collect();
+    let context = format!(
         "--port: {:?}\nunfiltered: {:?}\n--port tracer: {}\nunfiltered tracer: {}",
         selected(&port_ev),
         selected(&all_ev),
         by_port.stderr,
         all.stderr
+    );
+    assert!(
+        extra.len() <= integration_tests::lost_count(&all.events),
+        "--port shows {extra:?} beyond the unfiltered tracer (its reported loss aside): {context}"
+    );
+    assert!(
+        left.len() <= integration_tests::lost_count(&by_port.events),
+        "--port misses {left:?} with {} reported lost: {context}",
+        integration_tests::lost_count(&by_port.events)
     );
 }
 
