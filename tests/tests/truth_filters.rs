@@ -14,8 +14,8 @@ use std::{
 };
 
 use integration_tests::{
-    bed_announcing_blue, closed_in, events_in, mptcp_trace_bin, peer, require_root, run, server,
-    tag, testbed, Event, Family, Kind, Monitor, PmEvent, Tmux, Tracer,
+    bed_announcing_blue, closed_in, events_in, mptcp_ext, mptcp_trace_bin, peer, require_root, run,
+    server, tag, testbed, Event, Family, Kind, Monitor, PmEvent, Tmux, Tracer,
 };
 use peer::{Proto, Send};
 use testbed::TestBed;
@@ -344,7 +344,7 @@ fn an_announcement_read_after_its_connection_closed_is_still_printed() {
 
 /// Waits (up to [`WAIT`]) until the kernel's monitor has shown `n` events of `kind` (with
 /// `remid`, if given).
-fn monitor_count(mon: &Monitor, kind: &str, remid: Option<&str>, n: usize) {
+fn monitor_count(bed: &TestBed, mon: &Monitor, kind: &str, remid: Option<&str>, n: usize) {
     let deadline = Instant::now() + WAIT;
     while mon
         .events()
@@ -353,10 +353,23 @@ fn monitor_count(mon: &Monitor, kind: &str, remid: Option<&str>, n: usize) {
         .count()
         < n
     {
-        assert!(
-            Instant::now() < deadline,
-            "the kernel's monitor: fewer than {n} {kind} remid={remid:?}"
-        );
+        if Instant::now() >= deadline {
+            // What the kernel did instead, for the next reader of a failure: its monitor's
+            // events and both ends' non-zero MPTcpExt counters (AddAddr, EchoAdd, AddAddrDrop,
+            // MPJoinSynTx, …).
+            let counters = |ns: &str| {
+                let mut c: Vec<_> = mptcp_ext(ns).into_iter().filter(|(_, v)| *v > 0).collect();
+                c.sort();
+                c
+            };
+            panic!(
+                "the kernel's monitor: fewer than {n} {kind} remid={remid:?} in {WAIT:?}\n\
+                 monitor: {:#?}\nclient MPTcpExt: {:?}\nserver MPTcpExt: {:?}",
+                mon.events(),
+                counters(&bed.client),
+                counters(&bed.server)
+            );
+        }
         thread::sleep(Duration::from_millis(20));
     }
 }
@@ -379,10 +392,10 @@ fn announced_connection(bed: &TestBed, addr: SocketAddr, mon: &Monitor, n: usize
         .unwrap()
         .expect("client transfer")
     });
-    monitor_count(mon, "SF_ESTABLISHED", Some("5"), n);
+    monitor_count(bed, mon, "SF_ESTABLISHED", Some("5"), n);
     go.send(()).unwrap();
     let acked = cl.join().unwrap();
-    monitor_count(mon, "CLOSED", None, n);
+    monitor_count(bed, mon, "CLOSED", None, n);
     acked
 }
 
