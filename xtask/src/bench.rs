@@ -75,6 +75,10 @@ pub struct BenchArgs {
     /// load); its table then says so.
     #[arg(long)]
     pub no_vm: bool,
+    /// For development: only these arms of the churn part (repeatable; the baseline always
+    /// runs), e.g. `--arm events-json` to profile one tracer over longer rounds.
+    #[arg(long = "arm", value_enum, value_name = "ARM")]
+    pub arms: Vec<Arm>,
 }
 
 /// The parts of the bench, in the order they run.
@@ -139,8 +143,8 @@ impl Drop for TraceFs {
 const BEGIN: &str = "<!-- bench:churn:begin -->";
 const END: &str = "<!-- bench:churn:end -->";
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Arm {
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum Arm {
     Baseline,
     EventsJson,
     EventsText,
@@ -935,11 +939,15 @@ fn churn_part(args: &BenchArgs, bin: &Path, dir: &Path, out: &Path) -> Result<()
                 "the maximum".into()
             }
         );
-        let arms: &[Arm] = if proto == Proto::Mptcp {
-            &Arm::MPTCP
+        let arms: Vec<Arm> = if proto == Proto::Mptcp {
+            &Arm::MPTCP[..]
         } else {
-            &Arm::TCP
-        };
+            &Arm::TCP[..]
+        }
+        .iter()
+        .copied()
+        .filter(|a| *a == Arm::Baseline || args.arms.is_empty() || args.arms.contains(a))
+        .collect();
         let results = churn_phase(
             bin,
             &bed,
@@ -950,7 +958,7 @@ fn churn_part(args: &BenchArgs, bin: &Path, dir: &Path, out: &Path) -> Result<()
                 rate,
                 workers: args.workers,
                 proto,
-                arms,
+                arms: &arms,
             },
             client_ns,
         )?;
@@ -961,7 +969,11 @@ fn churn_part(args: &BenchArgs, bin: &Path, dir: &Path, out: &Path) -> Result<()
         });
     }
     eprintln!("==> bulk transfers");
-    let mut bulks: Vec<(Arm, Vec<f64>)> = Arm::MPTCP.iter().map(|a| (*a, Vec::new())).collect();
+    let mut bulks: Vec<(Arm, Vec<f64>)> = Arm::MPTCP
+        .iter()
+        .filter(|a| **a == Arm::Baseline || args.arms.is_empty() || args.arms.contains(a))
+        .map(|a| (*a, Vec::new()))
+        .collect();
     for round in 0..rounds {
         for (arm, v) in &mut bulks {
             check_interrupted()?;
