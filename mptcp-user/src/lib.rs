@@ -11,6 +11,7 @@ pub mod event;
 pub mod fleet;
 pub mod live;
 pub mod loader;
+pub mod ndjson;
 pub mod offsets;
 pub mod output;
 pub mod peer;

@@ -26,8 +26,9 @@ pub struct Printer<W: Write + AsRawFd> {
     /// Flush after every event (a terminal or a reader waiting for lines); otherwise the
     /// buffer is flushed when the pipeline has nothing more for the moment.
     eager: bool,
-    /// The text line being written, reused from line to line.
+    /// The line being written, reused from line to line.
     line: String,
+    json_line: Vec<u8>,
 }
 
 fn quiet_pipe(res: io::Result<()>) -> io::Result<bool> {
@@ -50,6 +51,7 @@ impl<W: Write + AsRawFd> Printer<W> {
             printed: 0,
             eager,
             line: String::new(),
+            json_line: Vec::new(),
         }
     }
 
@@ -63,9 +65,10 @@ impl<W: Write + AsRawFd> Printer<W> {
 
     pub fn print(&mut self, e: &Event) -> io::Result<bool> {
         let res = if self.json {
-            serde_json::to_writer(&mut self.out, e)
-                .map_err(io::Error::from)
-                .and_then(|_| self.out.write_all(b"\n"))
+            self.json_line.clear();
+            crate::ndjson::write(&mut self.json_line, e);
+            self.json_line.push(b'\n');
+            self.out.write_all(&self.json_line)
         } else {
             self.line.clear();
             text::line_into(&mut self.line, e);
