@@ -79,6 +79,10 @@ pub struct BenchArgs {
     /// runs), e.g. `--arm events-json` to profile one tracer over longer rounds.
     #[arg(long = "arm", value_enum, value_name = "ARM")]
     pub arms: Vec<Arm>,
+    /// For development: measure this mptcp-trace binary instead of building the workspace's
+    /// (to compare two builds in turns).
+    #[arg(long, value_name = "PATH")]
+    pub bin: Option<PathBuf>,
 }
 
 /// The parts of the bench, in the order they run.
@@ -856,13 +860,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
         )
     };
     let root = workspace_root();
-    eprintln!("==> cargo build --release -p mptcp-user");
-    let st = cargo()
-        .args(["build", "--release", "-p", "mptcp-user"])
-        .current_dir(&root)
-        .status()?;
-    ensure!(st.success(), "release build failed");
-    let bin = root.join("target/release/mptcp-trace");
+    let bin = match &args.bin {
+        Some(b) => b
+            .canonicalize()
+            .with_context(|| format!("--bin {}", b.display()))?,
+        None => {
+            eprintln!("==> cargo build --release -p mptcp-user");
+            let st = cargo()
+                .args(["build", "--release", "-p", "mptcp-user"])
+                .current_dir(&root)
+                .status()?;
+            ensure!(st.success(), "release build failed");
+            root.join("target/release/mptcp-trace")
+        }
+    };
     let dir = root.join("target/bench");
     fs::create_dir_all(&dir)?;
     let out = args
