@@ -421,7 +421,10 @@ fn an_announcement_about_an_untraced_connection_is_counted_not_shown() {
             .any(|p| p.kind == "ANNOUNCED" && p.get("remid") == Some("5")),
         "the kernel announced nothing: {pm:#?}"
     );
-    assert!(run.events.is_empty(), "{:#?}", run.events);
+    // Nothing about a connection. A `lost` record may come: it counts program runs the kernel
+    // skipped on any socket (rehearsal 16, the 6.12 guest: 2), not something shown.
+    let shown: Vec<_> = run.events.iter().filter(|e| e.event != Kind::Lost).collect();
+    assert!(shown.is_empty(), "{shown:#?}");
     assert!(
         run.stderr
             .contains(", 1 path-manager messages for unknown connections dropped"),
