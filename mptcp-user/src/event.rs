@@ -68,6 +68,16 @@ pub enum Side {
     Server,
 }
 
+impl Side {
+    /// The name `--json` and the text output give it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::Server => "server",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Protocol {
@@ -83,6 +93,14 @@ pub enum Family {
 }
 
 impl Family {
+    /// The name `--json` and the text output give it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "ipv4",
+            Family::Ipv6 => "ipv6",
+        }
+    }
+
     pub fn of(a: IpAddr) -> Family {
         match a {
             IpAddr::V4(_) => Family::Ipv4,
@@ -419,6 +437,18 @@ pub enum UpgradeOutcome {
     /// The call failed with the errno in `reason`, as the kernel's own `socket()` would have
     /// (seccomp method: the MPTCP socket could not be installed in the caller, e.g. EMFILE).
     Failed,
+}
+
+impl UpgradeOutcome {
+    /// The name `--json` and the text output give it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpgradeOutcome::Upgraded => "upgraded",
+            UpgradeOutcome::KeptTcp => "kept_tcp",
+            UpgradeOutcome::Counted => "counted",
+            UpgradeOutcome::Failed => "failed",
+        }
+    }
 }
 
 /// `socket_upgraded`: one TCP `socket()` call in the upgrade's scope. Not tied to a connection

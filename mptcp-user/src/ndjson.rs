@@ -14,13 +14,7 @@
 
 use std::net::IpAddr;
 
-use crate::{
-    event::{
-        Addr, Cause, Conn, Data, Event, Family, Protocol, Side, Subflow, Token, Tuple,
-        UpgradeOutcome,
-    },
-    upgrade::seccomp::Method,
-};
+use crate::event::{Addr, Cause, Conn, Data, Event, Protocol, Subflow, Token, Tuple};
 
 /// Appends `e` as one JSON object (no newline) to `out`.
 pub fn write(out: &mut Vec<u8>, e: &Event) {
@@ -36,7 +30,7 @@ pub fn write(out: &mut Vec<u8>, e: &Event) {
         Data::ConnCreated(d) => {
             o.conn(&d.conn);
             o.tuple(&d.tuple);
-            o.name(k!("side"), side(d.side));
+            o.name(k!("side"), d.side.as_str());
         }
         Data::ConnEstablished(d) => {
             o.conn(&d.conn);
@@ -60,7 +54,7 @@ pub fn write(out: &mut Vec<u8>, e: &Event) {
             o.conn(&d.conn);
             o.tuple(&d.tuple);
             if let Some(s) = d.side {
-                o.name(k!("side"), side(s));
+                o.name(k!("side"), s.as_str());
             }
             o.uint(k!("subflows"), d.subflows.into());
             o.bool(k!("fallback"), d.fallback);
@@ -116,9 +110,9 @@ pub fn write(out: &mut Vec<u8>, e: &Event) {
             o.uint(k!("pid"), d.pid.into());
             o.str(k!("comm"), &d.comm);
             o.opt_uint(k!("cgroup"), d.cgroup);
-            o.name(k!("family"), family(d.family));
-            o.name(k!("method"), method(d.method));
-            o.name(k!("outcome"), outcome(d.outcome));
+            o.name(k!("family"), d.family.as_str());
+            o.name(k!("method"), d.method.as_str());
+            o.name(k!("outcome"), d.outcome.as_str());
             if let Some(r) = &d.reason {
                 o.str(k!("reason"), r);
             }
@@ -282,7 +276,7 @@ impl Obj<'_> {
     }
 
     fn tuple(&mut self, t: &Tuple) {
-        self.name(k!("family"), family(t.family));
+        self.name(k!("family"), t.family.as_str());
         self.ip(k!("saddr"), t.saddr);
         self.uint(k!("sport"), t.sport.into());
         self.ip(k!("daddr"), t.daddr);
@@ -316,43 +310,13 @@ impl Obj<'_> {
     fn addr(&mut self, a: &Addr) {
         self.conn(&a.conn);
         if let Some(f) = a.family {
-            self.name(k!("family"), family(f));
+            self.name(k!("family"), f.as_str());
         }
         self.uint(k!("remote_id"), a.remote_id.into());
         if let Some(ip) = a.addr {
             self.ip(k!("addr"), ip);
         }
         self.opt_uint(k!("port"), a.port);
-    }
-}
-
-fn side(s: Side) -> &'static str {
-    match s {
-        Side::Client => "client",
-        Side::Server => "server",
-    }
-}
-
-fn family(f: Family) -> &'static str {
-    match f {
-        Family::Ipv4 => "ipv4",
-        Family::Ipv6 => "ipv6",
-    }
-}
-
-fn method(m: Method) -> &'static str {
-    match m {
-        Method::Bpf => "bpf",
-        Method::Seccomp => "seccomp",
-    }
-}
-
-fn outcome(o: UpgradeOutcome) -> &'static str {
-    match o {
-        UpgradeOutcome::Upgraded => "upgraded",
-        UpgradeOutcome::KeptTcp => "kept_tcp",
-        UpgradeOutcome::Counted => "counted",
-        UpgradeOutcome::Failed => "failed",
     }
 }
 
@@ -406,6 +370,7 @@ mod tests {
     use crate::{
         decode::{tests::sample, to_event, Clock},
         event::*,
+        upgrade::seccomp::Method,
     };
     use mptcp_common::EventKind;
 

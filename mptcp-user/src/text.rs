@@ -2,10 +2,7 @@
 
 use std::{fmt::Write, net::IpAddr};
 
-use crate::{
-    event::{Data, Event, Family, Side, Subflow, UpgradeOutcome},
-    upgrade::seccomp::Method,
-};
+use crate::event::{Data, Event, Side, Subflow, UpgradeOutcome};
 
 pub const HEADER: &str =
     "TIME            EVENT                TOKEN     LOCAL                  REMOTE                 DETAILS";
@@ -144,10 +141,7 @@ pub fn line_into(d: &mut String, e: &Event) {
     let start = d.len();
     match &e.data {
         Data::Lost(_) => {}
-        Data::SocketUpgraded(u) => d.push_str(match u.family {
-            Family::Ipv4 => "ipv4",
-            Family::Ipv6 => "ipv6",
-        }),
+        Data::SocketUpgraded(u) => d.push_str(u.family.as_str()),
         Data::AddrAnnounced(_) | Data::AddrRemoved(_) => d.push('-'),
         _ => match e.tuple() {
             Some(t) => endpoint(d, Some(t.saddr), Some(t.sport)),
@@ -169,11 +163,7 @@ pub fn line_into(d: &mut String, e: &Event) {
     let details = d.len();
     match &e.data {
         Data::ConnCreated(c) => {
-            let side = match c.side {
-                Side::Server => "server",
-                Side::Client => "client",
-            };
-            let _ = write!(d, "{side} ");
+            let _ = write!(d, "{} ", c.side.as_str());
             if c.conn.protocol.is_some() {
                 d.push_str("tcp ");
             }
@@ -267,20 +257,7 @@ pub fn line_into(d: &mut String, e: &Event) {
             }
         }
         Data::SocketUpgraded(u) => {
-            let _ = write!(
-                d,
-                "{} method={} ",
-                match u.outcome {
-                    UpgradeOutcome::Upgraded => "upgraded",
-                    UpgradeOutcome::KeptTcp => "kept_tcp",
-                    UpgradeOutcome::Counted => "counted",
-                    UpgradeOutcome::Failed => "failed",
-                },
-                match u.method {
-                    Method::Bpf => "bpf",
-                    Method::Seccomp => "seccomp",
-                },
-            );
+            let _ = write!(d, "{} method={} ", u.outcome.as_str(), u.method.as_str(),);
             if let Some(r) = &u.reason {
                 let _ = write!(d, "reason={r} ");
                 if r == "ENOPROTOOPT" && u.outcome == UpgradeOutcome::KeptTcp {
@@ -322,7 +299,11 @@ pub fn line_into(d: &mut String, e: &Event) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{tests::sample, to_event, Clock};
+    use crate::{
+        decode::{tests::sample, to_event, Clock},
+        event::Family,
+        upgrade::seccomp::Method,
+    };
     use mptcp_common::EventKind;
 
     #[test]

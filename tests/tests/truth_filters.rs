@@ -423,7 +423,11 @@ fn an_announcement_about_an_untraced_connection_is_counted_not_shown() {
     );
     // Nothing about a connection. A `lost` record may come: it counts program runs the kernel
     // skipped on any socket (rehearsal 16, the 6.12 guest: 2), not something shown.
-    let shown: Vec<_> = run.events.iter().filter(|e| e.event != Kind::Lost).collect();
+    let shown: Vec<_> = run
+        .events
+        .iter()
+        .filter(|e| e.event != Kind::Lost)
+        .collect();
     assert!(shown.is_empty(), "{shown:#?}");
     assert!(
         run.stderr

@@ -59,6 +59,16 @@ pub enum Method {
     Seccomp,
 }
 
+impl Method {
+    /// The name `--json` and the text output give it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Bpf => "bpf",
+            Method::Seccomp => "seccomp",
+        }
+    }
+}
+
 impl std::fmt::Display for Method {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
