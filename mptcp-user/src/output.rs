@@ -26,7 +26,7 @@ pub struct Printer<W: Write + AsRawFd> {
     /// Flush after every event (a terminal or a reader waiting for lines); otherwise the
     /// buffer is flushed when the pipeline has nothing more for the moment.
     eager: bool,
-    /// The line being written, reused from line to line.
+    /// The line being written, reused from line to line: text, or NDJSON (`ndjson::write`).
     line: String,
     json_line: Vec<u8>,
 }

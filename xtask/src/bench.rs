@@ -85,6 +85,13 @@ pub struct BenchArgs {
     pub bin: Option<PathBuf>,
 }
 
+impl BenchArgs {
+    /// Whether the churn part runs `arm` (`--arm`; the baseline always).
+    fn selects(&self, arm: Arm) -> bool {
+        arm == Arm::Baseline || self.arms.is_empty() || self.arms.contains(&arm)
+    }
+}
+
 /// The parts of the bench, in the order they run.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
 pub enum Part {
@@ -957,7 +964,7 @@ fn churn_part(args: &BenchArgs, bin: &Path, dir: &Path, out: &Path) -> Result<()
         }
         .iter()
         .copied()
-        .filter(|a| *a == Arm::Baseline || args.arms.is_empty() || args.arms.contains(a))
+        .filter(|a| args.selects(*a))
         .collect();
         let results = churn_phase(
             bin,
@@ -982,7 +989,7 @@ fn churn_part(args: &BenchArgs, bin: &Path, dir: &Path, out: &Path) -> Result<()
     eprintln!("==> bulk transfers");
     let mut bulks: Vec<(Arm, Vec<f64>)> = Arm::MPTCP
         .iter()
-        .filter(|a| **a == Arm::Baseline || args.arms.is_empty() || args.arms.contains(a))
+        .filter(|a| args.selects(**a))
         .map(|a| (*a, Vec::new()))
         .collect();
     for round in 0..rounds {
