@@ -119,14 +119,22 @@ impl fmt::Display for Token {
     }
 }
 
-impl Serialize for Token {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut buf = [0u8; 8];
+impl Token {
+    /// The 8 lowercase hex digits, without formatting machinery (the NDJSON writer's and
+    /// serde's form).
+    pub fn hex(self) -> [u8; 8] {
         const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut buf = [0u8; 8];
         for (i, b) in buf.iter_mut().enumerate() {
             *b = HEX[((self.0 >> (28 - 4 * i)) & 0xf) as usize];
         }
-        s.serialize_str(std::str::from_utf8(&buf).expect("hex is ASCII"))
+        buf
+    }
+}
+
+impl Serialize for Token {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(std::str::from_utf8(&self.hex()).expect("hex is ASCII"))
     }
 }
 

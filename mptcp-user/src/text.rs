@@ -257,7 +257,7 @@ pub fn line_into(d: &mut String, e: &Event) {
             }
         }
         Data::SocketUpgraded(u) => {
-            let _ = write!(d, "{} method={} ", u.outcome.as_str(), u.method.as_str(),);
+            let _ = write!(d, "{} method={} ", u.outcome.as_str(), u.method.as_str());
             if let Some(r) = &u.reason {
                 let _ = write!(d, "reason={r} ");
                 if r == "ENOPROTOOPT" && u.outcome == UpgradeOutcome::KeptTcp {
