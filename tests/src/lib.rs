@@ -69,6 +69,16 @@ pub struct Event {
     pub raw: Option<mptcp_user::event::Event>,
 }
 
+impl Event {
+    /// A conn_diagnosis's cause, detail and evidence.
+    pub fn diagnosis(&self) -> Option<&mptcp_user::event::ConnDiagnosis> {
+        match self.raw.as_ref().map(|r| &r.data) {
+            Some(Data::ConnDiagnosis(c)) => Some(c),
+            _ => None,
+        }
+    }
+}
+
 impl From<mptcp_user::event::Event> for Event {
     fn from(e: mptcp_user::event::Event) -> Self {
         let mut f = Event {

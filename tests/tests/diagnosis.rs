@@ -55,10 +55,7 @@ fn the(events: &[Event], netns: u32, cause: &str) -> mptcp_user::event::ConnDiag
         .filter(|e| e.cause.as_deref() == Some(cause))
         .collect();
     assert_eq!(d.len(), 1, "one {cause} per connection: {d:#?}");
-    match d[0].raw.as_ref().map(|r| &r.data) {
-        Some(mptcp_user::event::Data::ConnDiagnosis(c)) => c.clone(),
-        other => panic!("{other:?}"),
-    }
+    d[0].diagnosis().expect("a conn_diagnosis").clone()
 }
 
 /// The lines `why` printed for connection `token`: its header to the next connection's.

@@ -438,6 +438,21 @@ fn an_announcement_about_an_untraced_connection_is_counted_not_shown() {
 }
 
 /// The connections (by local token) each namespace shows, for the connections in `events`.
+/// `a` less each element of `b` (once each), in `a`'s order.
+fn minus<T: PartialEq + Clone>(a: &[T], b: &[T]) -> Vec<T> {
+    let mut b = b.to_vec();
+    a.iter()
+        .filter(|x| match b.iter().position(|y| y == *x) {
+            Some(i) => {
+                b.remove(i);
+                false
+            }
+            None => true,
+        })
+        .cloned()
+        .collect()
+}
+
 fn tokens(events: &[Event]) -> HashSet<(u32, String)> {
     events
         .iter()
@@ -533,6 +548,10 @@ fn addr_on_the_join_address_and_repeated_ports_select_whole_connections() {
     // --addr: the joined connections only, and each whole: the same events as unfiltered.
     let blue: IpAddr = testbed::BLUE_CLIENT_V4.parse().unwrap();
     assert_eq!(tokens(&addr_ev), with_ports(&[4351, 4352, 4353]));
+    let (lost_all, lost_addr) = (
+        integration_tests::lost_count(&all.events),
+        integration_tests::lost_count(&by_addr.events),
+    );
     for key in tokens(&addr_ev) {
         // (Each tracer stamps with its own programs: kinds and ports, not times, compare.)
         let of = |ev: &[Event]| -> Vec<(Kind, Option<u16>, Option<u16>)> {
@@ -541,22 +560,60 @@ fn addr_on_the_join_address_and_repeated_ports_select_whole_connections() {
                 .map(|e| (e.event, e.sport, e.dport))
                 .collect()
         };
-        let shown = of(&addr_ev);
-        assert_eq!(shown, of(&all_ev), "{key:?} whole");
-        let kinds: Vec<Kind> = shown.iter().map(|k| k.0).collect();
-        assert_eq!(
-            kinds,
-            [
-                Kind::ConnCreated,
-                Kind::ConnEstablished,
-                Kind::SubflowEstablished,
-                Kind::SubflowEstablished,
-                Kind::SubflowClosed,
-                Kind::SubflowClosed,
-                Kind::ConnClosed
-            ],
-            "{key:?}"
+        let (shown, unfiltered) = (of(&addr_ev), of(&all_ev));
+        let whole = [
+            Kind::ConnCreated,
+            Kind::ConnEstablished,
+            Kind::SubflowEstablished,
+            Kind::SubflowEstablished,
+            Kind::SubflowClosed,
+            Kind::SubflowClosed,
+            Kind::ConnClosed,
+        ];
+        let context = format!(
+            "{key:?}\n--addr: {shown:?}\nunfiltered: {unfiltered:?}\n--addr tracer: {}\n\
+             unfiltered tracer: {}",
+            by_addr.stderr, all.stderr
         );
+        if lost_all == 0 && lost_addr == 0 {
+            assert_eq!(shown, unfiltered, "whole: {context}");
+        } else {
+            // A run the kernel skipped for one tracer takes an event from it alone (two
+            // tracers at once on the sid guest's preemptible kernel: the unfiltered one missed
+            // a join's subflow_established, counted and shown as lost). What it showed instead
+            // is its own: that join's close without its port (its state was never recorded),
+            // and the diagnosis that its loss made it unable to conclude.
+            let missed = minus(&shown, &unfiltered);
+            let instead = minus(&unfiltered, &shown);
+            assert!(
+                missed.len() <= lost_all,
+                "unfiltered misses {missed:?}: {context}"
+            );
+            assert!(
+                instead
+                    .iter()
+                    .all(|(k, _, _)| matches!(k, Kind::SubflowClosed | Kind::ConnDiagnosis))
+                    && instead.len() <= 2 * lost_all + lost_addr,
+                "unfiltered shows {instead:?} instead: {context}"
+            );
+            for d in all_ev.iter().filter(|e| {
+                e.event == Kind::ConnDiagnosis
+                    && (e.netns, e.token.as_ref()) == (Some(key.0), Some(&key.1))
+            }) {
+                let detail = &d.diagnosis().expect("a conn_diagnosis").detail;
+                assert!(
+                    detail.starts_with("this tracer lost "),
+                    "a diagnosis of a joined connection that is not about the tracer's \
+                     loss: {detail}: {context}"
+                );
+            }
+        }
+        let kinds: Vec<Kind> = shown.iter().map(|k| k.0).collect();
+        if lost_addr == 0 {
+            assert_eq!(kinds, whole, "{context}");
+        } else {
+            assert!(minus(&whole, &kinds).len() <= lost_addr, "{context}");
+        }
         // The address is not the connection's own: only its join uses it.
         let created = addr_ev
             .iter()
@@ -596,17 +653,9 @@ fn addr_on_the_join_address_and_repeated_ports_select_whole_connections() {
             .collect()
     };
     // What the unfiltered tracer shows, less each event --port shows too (once each).
-    let mut left = kinds(&all_ev);
-    let extra: Vec<_> = kinds(&port_ev)
-        .into_iter()
-        .filter(|e| match left.iter().position(|x| x == e) {
-            Some(i) => {
-                left.remove(i);
-                false
-            }
-            None => true,
-        })
-        .collect();
+    let (all_kinds, port_kinds) = (kinds(&all_ev), kinds(&port_ev));
+    let left = minus(&all_kinds, &port_kinds);
+    let extra = minus(&port_kinds, &all_kinds);
     let context = format!(
         "--port: {:?}\nunfiltered: {:?}\n--port tracer: {}\nunfiltered tracer: {}",
         selected(&port_ev),

@@ -25,7 +25,7 @@ use std::{
 use crate::{
     decode::Clock,
     doctor::{self, netns::Facts},
-    event::{Conn, ConnDiagnosis, Data, Event, Side, SubflowFailed, Tuple},
+    event::{Conn, ConnDiagnosis, Data, Event, Kind, Side, SubflowFailed, Tuple},
     pm_config::flag,
     sys::netstat::{self, MptcpExt},
 };
@@ -334,9 +334,36 @@ struct Track {
     announced: Vec<(u8, Option<IpAddr>)>,
     causes: Vec<String>,
     baseline: Option<Arc<MptcpExt>>,
+    /// The tracer's loss total (see [`Diagnosis::set_lost`]) when the stage first saw it: a
+    /// judgement that rests on an event not having come is not made once the total grew.
+    lost_base: u64,
     /// Its events, shared with the pipeline (most connections end with no diagnosis, and the
     /// log is then dropped: sharing costs a count, a copy would cost the event).
     log: Vec<Arc<Event>>,
+}
+
+impl Track {
+    /// The peer's announcements not joined (nor tried).
+    fn unjoined(&self) -> Vec<(u8, Option<IpAddr>)> {
+        self.announced
+            .iter()
+            .filter(|(id, _)| !self.join_remote_ids.contains(id))
+            .cloned()
+            .collect()
+    }
+
+    /// Nothing to judge on its configuration: not a client still on one subflow of MPTCP, or
+    /// one that joined (or tried to) and left no announcement aside.
+    fn settled_by_joins(&self) -> bool {
+        self.side != Some(Side::Client)
+            || self.fallback
+            || self.subflows == 0
+            || (self.joins > 0 || self.joins_failed > 0)
+                && self
+                    .announced
+                    .iter()
+                    .all(|(id, _)| self.join_remote_ids.contains(id))
+    }
 }
 
 pub struct Diagnosis {
@@ -360,6 +387,9 @@ pub struct Diagnosis {
     /// Doctor's checks of the `subflow` endpoints usable beside a first subflow's source
     /// address, per (netns, that address), made from the facts they go with.
     checks: HashMap<(u32, IpAddr), (Arc<Facts>, EndpointChecks)>,
+    /// The tracer's loss total as last told (events dropped or program runs skipped, of any
+    /// connection): see [`Diagnosis::set_lost`].
+    lost: u64,
 }
 
 /// Doctor's checks of some `subflow` endpoints, shared between the cache and a judgement.
@@ -449,7 +479,40 @@ impl Diagnosis {
             judged_ts: 0,
             names: HashMap::new(),
             checks: HashMap::new(),
+            lost: 0,
         }
+    }
+
+    /// The tracer's loss total now: every event dropped and every program run skipped so far,
+    /// of any connection (never taken back). The pipeline tells it on each tick, and reads it
+    /// fresh before a judgement that rests on an absence ([`Diagnosis::wants_lost`]): a skipped
+    /// run is counted at once, but reported only on the next tick.
+    pub fn set_lost(&mut self, total: u64) {
+        self.lost = self.lost.max(total);
+    }
+
+    /// Whether passing `e`, or expiring deadlines at `now` (`e` = `None`), may judge from
+    /// events that did not come: the caller then reads the loss total fresh first.
+    pub fn wants_lost(&self, e: Option<&Event>, now: u64) -> bool {
+        match e {
+            Some(e) => {
+                e.kind() == Kind::ConnClosed
+                    && self
+                        .tracks
+                        .get(&e.ids().conn)
+                        .is_some_and(|t| !t.settled_by_joins())
+            }
+            None => self.next_due().is_some_and(|due| due <= now),
+        }
+    }
+
+    /// The connection's track, made on its first event with the loss total known then.
+    fn track(&mut self, key: u64) -> &mut Track {
+        let lost_base = self.lost;
+        self.tracks.entry(key).or_insert_with(|| Track {
+            lost_base,
+            ..Track::default()
+        })
     }
 
     /// Passes `e` on to `out`, followed by the diagnoses it allows.
@@ -466,14 +529,14 @@ impl Diagnosis {
         match &e.data {
             Data::ConnCreated(d) => {
                 let baseline = d.conn.netns.and_then(|ns| self.baseline(ns, e.ts_ns));
-                let t = self.tracks.entry(key).or_default();
+                let t = self.track(key);
                 t.side = Some(d.side);
                 t.tuple = Some(d.tuple.clone());
                 t.baseline = baseline;
             }
             Data::ConnExisting(d) => {
                 let baseline = d.conn.netns.and_then(|ns| self.baseline(ns, e.ts_ns));
-                let t = self.tracks.entry(key).or_default();
+                let t = self.track(key);
                 t.side = d.side;
                 t.tuple = Some(d.tuple.clone());
                 t.fallback = d.fallback;
@@ -482,13 +545,13 @@ impl Diagnosis {
                 t.baseline = baseline;
             }
             Data::ConnEstablished(d) => {
-                let t = self.tracks.entry(key).or_default();
+                let t = self.track(key);
                 t.established_ns.get_or_insert(e.ts_ns);
                 t.tuple.get_or_insert_with(|| d.tuple.clone());
                 t.peer_deny_join_id0 |= d.peer_deny_join_id0 == Some(true);
             }
             Data::SubflowEstablished(d) => {
-                let t = self.tracks.entry(key).or_default();
+                let t = self.track(key);
                 t.subflows += 1;
                 if d.subflow.join {
                     t.joins += 1;
@@ -497,7 +560,7 @@ impl Diagnosis {
                 }
             }
             Data::SubflowFailed(d) if d.subflow.join => {
-                let t = self.tracks.entry(key).or_default();
+                let t = self.track(key);
                 t.joins_failed += 1;
                 t.join_remote_ids.insert(d.subflow.remote_id);
                 found.push(self.failed_join(key, d));
@@ -517,7 +580,7 @@ impl Diagnosis {
                 // peer took it back (newer kernels check their limits at the third ACK) —
                 // unless the whole connection is being reset (an abort, MP_FASTCLOSE, resets
                 // every subflow at once): judged when the initial subflow had the time to say.
-                let t = self.tracks.entry(key).or_default();
+                let t = self.track(key);
                 let aborted = t
                     .initial_reset_ns
                     .is_some_and(|at| e.ts_ns.saturating_sub(at) <= ABORT_GRACE_NS);
@@ -529,13 +592,13 @@ impl Diagnosis {
                 if !d.subflow.join
                     && (d.reason.starts_with("rst") || d.reason.starts_with("mp_tcprst")) =>
             {
-                let t = self.tracks.entry(key).or_default();
+                let t = self.track(key);
                 t.initial_reset_ns = Some(e.ts_ns);
                 t.pending_resets
                     .retain(|(at, _)| e.ts_ns.saturating_sub(*at) > ABORT_GRACE_NS);
             }
             Data::ConnFallback(d) => {
-                let t = self.tracks.entry(key).or_default();
+                let t = self.track(key);
                 if t.fallback {
                     // A connection falls back once; this one does not go out (nor into the
                     // `why` log). The once-a-second sock_diag poll can see the fallback flag
@@ -549,7 +612,7 @@ impl Diagnosis {
                 found.push(self.fallback(key, &d.reason, e.ts_ns));
             }
             Data::AddrAnnounced(a) => {
-                let t = self.tracks.entry(key).or_default();
+                let t = self.track(key);
                 t.announced.push((a.remote_id, a.addr));
                 if t.deadline_done {
                     t.late_announce_ns.get_or_insert(e.ts_ns);
@@ -558,7 +621,7 @@ impl Diagnosis {
             Data::ConnClosed(_) => closed = true,
             _ => {}
         }
-        let t = self.tracks.entry(key).or_default();
+        let t = self.track(key);
         if let Some(c) = e.conn() {
             // The latest connection part: the token and peer token arrive on later events.
             // In place: the comm is copied only when it changes (this runs for every event).
@@ -1306,21 +1369,47 @@ impl Diagnosis {
 
     /// Judges a client connection's configuration against the subflows it got. `at_close`
     /// also says `unknown` when the configuration allowed a join that never came.
+    /// The diagnosis of a connection whose one subflow may not be all it had: `lost` events
+    /// (of any connection) went missing since it started, and a join or an announcement of
+    /// its own may be among them. The namespace's join and announcement counters go with it:
+    /// they say whether the kernel joined anything meanwhile, not which connection did.
+    fn lost_events(&mut self, key: u64, lost: u64) -> Found {
+        let (subflows, joins) = (self.tracks[&key].subflows, self.tracks[&key].joins);
+        let (ns, d) = self.deltas(key, |n| {
+            n.starts_with("MPJoin") || n.starts_with("AddAddr") || n == "EchoAdd"
+        });
+        let mut evidence = vec![
+            format!("{subflows} subflow(s) seen, {joins} of them join(s)"),
+            format!("{lost} event(s) lost by this tracer since the connection started"),
+        ];
+        evidence.extend(delta_evidence(&d, &ns));
+        found(
+            "unknown",
+            format!(
+                "this tracer lost {lost} event(s) while the connection was open (program runs \
+                 the kernel skipped or a full ring buffer: see the `lost` records); its joins or \
+                 the peer's announcements may be among them, so why it shows {subflows} \
+                 subflow(s) is not concluded"
+            ),
+            evidence,
+        )
+    }
+
     fn judge_config(&mut self, key: u64, at_close: bool) -> Vec<Found> {
         let t = &self.tracks[&key];
         let (Some(ns), Some(tuple)) = (t.conn.netns, t.tuple.clone()) else {
             return Vec::new();
         };
-        if t.side != Some(Side::Client) || t.fallback || t.subflows == 0 {
+        if t.settled_by_joins() {
+            // It joined, or tried to, and left no announcement aside: the configuration let
+            // it (most connections; decided before anything is read).
             return Vec::new();
         }
         let (joins, joins_failed) = (t.joins, t.joins_failed);
-        let unjoined: Vec<(u8, Option<IpAddr>)> = t
-            .announced
-            .iter()
-            .filter(|(id, _)| !t.join_remote_ids.contains(id))
-            .cloned()
-            .collect();
+        let unjoined = t.unjoined();
+        // Events lost since it started may be its joins or announcements: what rests on their
+        // absence is then not concluded (see [`Diagnosis::lost_events`]).
+        let lost = self.lost.saturating_sub(t.lost_base);
         // Announcements the path manager took up (a join went to them).
         let accepted = t
             .announced
@@ -1329,11 +1418,6 @@ impl Diagnosis {
             .filter(|id| t.join_remote_ids.contains(id))
             .collect::<HashSet<u8>>()
             .len() as u32;
-        if unjoined.is_empty() && (joins > 0 || joins_failed > 0) {
-            // It joined, or tried to, and left no announcement aside: the configuration let
-            // it (most connections; decided before anything is read).
-            return Vec::new();
-        }
         let Some(facts) = self.env.facts(ns) else {
             return Vec::new();
         };
@@ -1372,6 +1456,11 @@ impl Diagnosis {
                     ),
                     evidence,
                 ));
+            } else if lost > 0 {
+                // Whether a join went to it, and how many did, is not known.
+                if !v.iter().any(|f: &Found| f.cause == "unknown") {
+                    v.push(self.lost_events(key, lost));
+                }
             } else if accepted >= limits.add_addr_accepted {
                 let (_, d) = self.deltas(key, |n| n == "AddAddrDrop");
                 let mut evidence = vec![
@@ -1471,7 +1560,7 @@ impl Diagnosis {
         }
         // Endpoints and limits allow a join, and the peer announced no other address: the
         // only address to join is its initial one, which it may forbid.
-        if self.tracks[&key].peer_deny_join_id0 {
+        if self.tracks[&key].peer_deny_join_id0 && lost == 0 {
             let to = endpoint(tuple.daddr, tuple.dport);
             v.push(found(
                 "deny_join_id0",
@@ -1565,6 +1654,14 @@ impl Diagnosis {
                     })
                     .collect(),
             ));
+            return v;
+        }
+        if lost > 0 {
+            // Its configuration allows a join, and none was seen, nor any announcement: either
+            // may have been lost.
+            if at_close || self.tracks[&key].peer_deny_join_id0 {
+                v.push(self.lost_events(key, lost));
+            }
             return v;
         }
         if at_close {
@@ -2077,6 +2174,83 @@ mod tests {
             causes(&mut d, deny(client_conn(0)), LATE),
             ["no_subflow_endpoint"]
         );
+    }
+
+    /// The diagnoses of `client_conn(joins)` (the peer denying joins to its initial address
+    /// with `deny`), with the tracer's loss total at `before` when it starts, at `deadline` when
+    /// its deadline is judged, at `closing` when its close is.
+    fn judged_with_loss(
+        joins: usize,
+        deny: bool,
+        (before, deadline, closing): (u64, u64, u64),
+    ) -> Vec<ConnDiagnosis> {
+        let mut d = stage(crate::doctor::netns::tests::client());
+        let mut out = VecDeque::new();
+        d.set_lost(before);
+        let mut evs = client_conn(joins);
+        if let Data::ConnEstablished(c) = &mut evs[1].data {
+            c.peer_deny_join_id0 = Some(deny);
+        }
+        for e in evs {
+            d.pass(Arc::new(e), &mut out);
+        }
+        d.set_lost(deadline);
+        d.expire(LATE, &mut out);
+        d.set_lost(closing);
+        let close = Arc::new(close(LATE + 1));
+        assert_eq!(d.wants_lost(Some(&close), 0), joins == 0);
+        d.pass(close, &mut out);
+        out.iter()
+            .filter_map(|e| match &e.data {
+                Data::ConnDiagnosis(c) => Some(c.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A client that stayed on one subflow while the tracer lost events (skipped program runs
+    /// on the sid guest took a join's `subflow_established`) is not said to have had no join:
+    /// its diagnosis says what was lost. A loss before it started does not count.
+    #[test]
+    fn a_loss_while_the_connection_was_open_is_said_instead_of_what_did_not_come() {
+        let no_counter = "allows a join, none was seen and no counter says why";
+        for before in [0, 3] {
+            let v = judged_with_loss(0, false, (before, before, before));
+            assert_eq!(v.len(), 1, "{v:?}");
+            assert_eq!(v[0].cause, "unknown");
+            assert!(v[0].detail.contains(no_counter), "{}", v[0].detail);
+        }
+        // Lost after the deadline, before the close: at close.
+        let v = judged_with_loss(0, false, (3, 3, 5));
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].cause, "unknown");
+        assert!(
+            v[0].detail
+                .starts_with("this tracer lost 2 event(s) while the connection was open"),
+            "{}",
+            v[0].detail
+        );
+        assert_eq!(
+            v[0].evidence[..2],
+            [
+                "1 subflow(s) seen, 0 of them join(s)",
+                "2 event(s) lost by this tracer since the connection started"
+            ]
+        );
+        // The peer's deny_join_id0 is named only when nothing was lost: its announcement of
+        // another address may have been.
+        assert_eq!(
+            judged_with_loss(0, true, (0, 0, 0))
+                .iter()
+                .map(|c| c.cause.as_str())
+                .collect::<Vec<_>>(),
+            ["deny_join_id0"]
+        );
+        let v = judged_with_loss(0, true, (0, 1, 1));
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].detail.starts_with("this tracer lost 1 event(s)"));
+        // A joined client is not judged, loss or not.
+        assert!(judged_with_loss(1, false, (0, 4, 9)).is_empty());
     }
 
     #[test]

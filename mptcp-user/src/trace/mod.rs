@@ -362,10 +362,20 @@ impl Core {
         let order = &mut self.order;
         self.existing.expire(now, &mut |e| order.push(e));
         let (ready, diagnosis) = (&mut self.ready, &mut self.diagnosis);
-        self.order
-            .release(now, hold, &mut |e| diagnosis.pass(e, ready));
+        let (tracer, counters, netlink) = (&self.tracer, &self.counters, self.pm.stats.overruns);
+        self.order.release(now, hold, &mut |e| {
+            if diagnosis.wants_lost(Some(&e), 0) {
+                diagnosis.set_lost(tracing_loss(tracer, counters, netlink).count);
+            }
+            diagnosis.pass(e, ready)
+        });
         // Deadlines follow the real clock, also when `finish` releases everything at once.
-        self.diagnosis.expire(monotonic_ns(), &mut self.ready);
+        let now = monotonic_ns();
+        if self.diagnosis.wants_lost(None, now) {
+            self.diagnosis
+                .set_lost(tracing_loss(tracer, counters, netlink).count);
+        }
+        self.diagnosis.expire(now, &mut self.ready);
     }
 
     /// Rewrites the `why` file when a diagnosis was added since the last time.
@@ -386,36 +396,40 @@ impl Core {
         }
     }
 
-    /// The loss totals now.
+    /// The loss totals now: the tracing programs' and the upgrade's.
     fn lost_now(&self) -> Lost {
+        self.with_upgrade_loss(self.tracing_loss())
+    }
+
+    fn tracing_loss(&self) -> Lost {
+        tracing_loss(&self.tracer, &self.counters, self.pm.stats.overruns)
+    }
+
+    /// `l`, the tracing loss, with the upgrade's added.
+    fn with_upgrade_loss(&self, l: Lost) -> Lost {
         let (up_lost, up_misses) = self.upgrade_loss.as_ref().map_or((0, Some(0)), |f| f());
-        let ring_buffer = self.counters.get(counter::LOST) + up_lost;
-        let map_full = self.counters.get(counter::MAP_FULL);
-        let stale_entry = self.counters.get(counter::STALE);
-        // The main program's skipped runs that the rescue program handled are not lost. The
-        // rescue program runs first on each state change (it is attached first) and counts
-        // before the kernel counts the main program's miss, so between the two the difference
-        // reads one low, never one high: no loss is reported that was not one, and what was
-        // reported is never taken back.
-        let rescued = self.counters.get(counter::RESCUED);
-        let recursion_misses = self.tracer.recursion_misses().map(|n| {
-            (n.saturating_sub(rescued) + up_misses.unwrap_or(0))
-                .max(self.reported.recursion_misses.unwrap_or(0))
-        });
-        let netlink = self.pm.stats.overruns;
+        let ring_buffer = l.ring_buffer + up_lost;
+        // What was reported is never taken back (see `tracing_loss`).
+        let recursion_misses = l
+            .recursion_misses
+            .map(|n| (n + up_misses.unwrap_or(0)).max(self.reported.recursion_misses.unwrap_or(0)));
         Lost {
-            count: ring_buffer + map_full + stale_entry + recursion_misses.unwrap_or(0) + netlink,
+            count: ring_buffer
+                + l.map_full
+                + l.stale_entry
+                + recursion_misses.unwrap_or(0)
+                + l.netlink,
             ring_buffer,
-            map_full,
-            stale_entry,
             recursion_misses,
-            netlink,
+            ..l
         }
     }
 
     /// Queues a `lost` event when anything went missing since the last one.
     fn report_loss(&mut self) {
-        let now = self.lost_now();
+        let l = self.tracing_loss();
+        self.diagnosis.set_lost(l.count);
+        let now = self.with_upgrade_loss(l);
         if now.count > self.reported.count {
             let prev = &self.reported;
             let delta = Lost {
@@ -432,6 +446,28 @@ impl Core {
                 .push_back(Arc::new(decode::lost(delta, &self.clock)));
         }
         self.reported = now;
+    }
+}
+
+/// What the tracing programs and the path-manager watcher (`netlink` overruns) lost so far, read
+/// from the kernel now: without the upgrade's loss, which is no connection's event.
+fn tracing_loss(tracer: &loader::Attached, counters: &Counters, netlink: u64) -> Lost {
+    let ring_buffer = counters.get(counter::LOST);
+    let map_full = counters.get(counter::MAP_FULL);
+    let stale_entry = counters.get(counter::STALE);
+    // The main program's skipped runs that the rescue program handled are not lost. The
+    // rescue program runs first on each state change (it is attached first) and counts before
+    // the kernel counts the main program's miss, so between the two the difference reads one
+    // low, never one high: no loss is reported that was not one.
+    let rescued = counters.get(counter::RESCUED);
+    let recursion_misses = tracer.recursion_misses().map(|n| n.saturating_sub(rescued));
+    Lost {
+        count: ring_buffer + map_full + stale_entry + recursion_misses.unwrap_or(0) + netlink,
+        ring_buffer,
+        map_full,
+        stale_entry,
+        recursion_misses,
+        netlink,
     }
 }
 
@@ -504,6 +540,8 @@ impl Pipeline {
             upgrade_loss: None,
             newest_ring_ns: 0,
         };
+        // What is lost from now on may be a connection's event (see `Diagnosis::set_lost`).
+        core.diagnosis.set_lost(core.tracing_loss().count);
         // The snapshot goes out first; later events stamped before it follow it.
         for e in snap.events {
             core.owners.observe(&e);
