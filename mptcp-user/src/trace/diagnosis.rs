@@ -491,19 +491,14 @@ impl Diagnosis {
         self.lost = self.lost.max(total);
     }
 
-    /// Whether passing `e`, or expiring deadlines at `now` (`e` = `None`), may judge from
-    /// events that did not come: the caller then reads the loss total fresh first.
-    pub fn wants_lost(&self, e: Option<&Event>, now: u64) -> bool {
-        match e {
-            Some(e) => {
-                e.kind() == Kind::ConnClosed
-                    && self
-                        .tracks
-                        .get(&e.ids().conn)
-                        .is_some_and(|t| !t.settled_by_joins())
-            }
-            None => self.next_due().is_some_and(|due| due <= now),
-        }
+    /// Whether passing `e` may judge a connection from events that did not come: the caller
+    /// then reads the loss total fresh first (as [`Diagnosis::expire`] does itself).
+    pub fn wants_lost(&self, e: &Event) -> bool {
+        e.kind() == Kind::ConnClosed
+            && self
+                .tracks
+                .get(&e.ids().conn)
+                .is_some_and(|t| !t.settled_by_joins())
     }
 
     /// The connection's track, made on its first event with the loss total known then.
@@ -675,7 +670,9 @@ impl Diagnosis {
     }
 
     /// Judges the connections whose deadline passed by `now`.
-    pub fn expire(&mut self, now: u64, out: &mut VecDeque<Arc<Event>>) {
+    /// `lost` reads the loss total fresh (see [`Diagnosis::set_lost`]): called once when a
+    /// connection's configuration is to be judged.
+    pub fn expire(&mut self, now: u64, out: &mut VecDeque<Arc<Event>>, lost: impl FnOnce() -> u64) {
         let due: Vec<u64> = self
             .tracks
             .iter()
@@ -686,6 +683,21 @@ impl Diagnosis {
             })
             .map(|(k, _)| *k)
             .collect();
+        let late: Vec<(u64, u64)> = self
+            .tracks
+            .iter()
+            .filter_map(|(k, t)| {
+                let at = t.late_announce_ns?;
+                (at + DEADLINE_NS + SETTLE_NS <= now).then_some((*k, at))
+            })
+            .collect();
+        if due
+            .iter()
+            .chain(late.iter().map(|(k, _)| k))
+            .any(|k| !self.tracks[k].settled_by_joins())
+        {
+            self.set_lost(lost());
+        }
         for key in due {
             let t = self.tracks.get_mut(&key).expect("listed");
             t.deadline_done = true;
@@ -696,14 +708,6 @@ impl Diagnosis {
             }
             self.last_ts = self.last_ts.max(ts);
         }
-        let late: Vec<(u64, u64)> = self
-            .tracks
-            .iter()
-            .filter_map(|(k, t)| {
-                let at = t.late_announce_ns?;
-                (at + DEADLINE_NS + SETTLE_NS <= now).then_some((*k, at))
-            })
-            .collect();
         for (key, at) in late {
             self.tracks.get_mut(&key).expect("listed").late_announce_ns = None;
             let ts = (at + DEADLINE_NS).max(self.last_ts);
@@ -1845,7 +1849,7 @@ mod tests {
         for e in events {
             d.pass(Arc::new(e), &mut out);
         }
-        d.expire(now, &mut out);
+        d.expire(now, &mut out, || 0);
         out.iter()
             .filter_map(|e| match &e.data {
                 Data::ConnDiagnosis(c) => Some(c.cause.clone()),
@@ -2033,11 +2037,11 @@ mod tests {
         );
         let due = d.next_due().unwrap();
         assert_eq!(due, 1_000_200_000 + ABORT_GRACE_NS + SETTLE_NS);
-        d.expire(due - 1, &mut out);
+        d.expire(due - 1, &mut out, || 0);
         assert!(!out
             .iter()
             .any(|e| e.kind() == crate::event::Kind::ConnDiagnosis));
-        d.expire(due, &mut out);
+        d.expire(due, &mut out, || 0);
         let diag: Vec<_> = out
             .iter()
             .filter(|e| e.kind() == crate::event::Kind::ConnDiagnosis)
@@ -2128,7 +2132,7 @@ mod tests {
         for e in client_conn(0) {
             d.pass(Arc::new(e), &mut out);
         }
-        d.expire(LATE, &mut out);
+        d.expire(LATE, &mut out, || 0);
         let Some(Data::ConnDiagnosis(c)) = out.back().map(|e| &e.data) else {
             panic!("{out:?}")
         };
@@ -2194,11 +2198,10 @@ mod tests {
         for e in evs {
             d.pass(Arc::new(e), &mut out);
         }
-        d.set_lost(deadline);
-        d.expire(LATE, &mut out);
+        d.expire(LATE, &mut out, || deadline);
         d.set_lost(closing);
         let close = Arc::new(close(LATE + 1));
-        assert_eq!(d.wants_lost(Some(&close), 0), joins == 0);
+        assert_eq!(d.wants_lost(&close), joins == 0);
         d.pass(close, &mut out);
         out.iter()
             .filter_map(|e| match &e.data {

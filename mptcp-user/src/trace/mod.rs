@@ -364,18 +364,15 @@ impl Core {
         let (ready, diagnosis) = (&mut self.ready, &mut self.diagnosis);
         let (tracer, counters, netlink) = (&self.tracer, &self.counters, self.pm.stats.overruns);
         self.order.release(now, hold, &mut |e| {
-            if diagnosis.wants_lost(Some(&e), 0) {
+            if diagnosis.wants_lost(&e) {
                 diagnosis.set_lost(tracing_loss(tracer, counters, netlink).count);
             }
             diagnosis.pass(e, ready)
         });
         // Deadlines follow the real clock, also when `finish` releases everything at once.
-        let now = monotonic_ns();
-        if self.diagnosis.wants_lost(None, now) {
-            self.diagnosis
-                .set_lost(tracing_loss(tracer, counters, netlink).count);
-        }
-        self.diagnosis.expire(now, &mut self.ready);
+        self.diagnosis.expire(monotonic_ns(), &mut self.ready, || {
+            tracing_loss(tracer, counters, netlink).count
+        });
     }
 
     /// Rewrites the `why` file when a diagnosis was added since the last time.
