@@ -3,10 +3,11 @@
 //! A `tp_btf` program names its attach point by the type id of the kernel's
 //! `btf_trace_<tracepoint>` typedef, and aya finds that id by walking a fully parsed
 //! `aya_obj::btf::Btf`. Parsing the kernel's whole BTF for three ids cost 16 MiB and 20 ms at
-//! each start on the 2-core host (more in an emulated guest), on top of the parse
-//! `EbpfLoader::new` does for itself. A type id is only a position, so a BTF whose sole named types are those typedefs, at
-//! the ids they have in the kernel's BTF, answers the same: the ids are read through the lazy
-//! reader start-up already uses, and every other position holds a nameless placeholder.
+//! each start on the 2-core host (more in an emulated guest; `loader::load` keeps aya's own
+//! loader from making that parse too). A type id is only a position, so a BTF whose sole
+//! named types are those typedefs, at the ids they have in the kernel's BTF, answers the same:
+//! the ids are read through the lazy reader start-up already uses, and every other position
+//! holds a nameless placeholder.
 
 use btf_rs::Type;
 

@@ -15,7 +15,7 @@ use std::{
 use integration_tests::{
     helper_bin, mptcp_trace_bin, peer, require_root, tag, testbed, ChildGuard, Kind, Tracer,
 };
-use mptcp_user::sys::netns;
+use mptcp_user::sys::{mountns, netns};
 use peer::{Proto, Send};
 use testbed::TestBed;
 
@@ -59,6 +59,54 @@ fn wait_exit(child: &mut std::process::Child, limit: Duration) -> std::process::
 
 /// A process's name (up to 15 bytes) reaches the terminal only escaped: it cannot clear the
 /// screen, forge lines (LF) or overwrite fields (CR).
+/// The tracer mounts only in a thread's own mount namespace (an empty tmpfs over
+/// /sys/kernel/btf so that aya's loader parses nothing, securityfs for one read): the mount is
+/// seen by that thread alone — not by the host, not by the process's other threads — and the
+/// file it hides is there for everyone else meanwhile.
+#[test]
+fn a_private_mount_is_seen_by_its_thread_alone() {
+    require_root();
+    let hidden = std::path::Path::new("/sys/kernel/btf/vmlinux");
+    // A tmpfs on /sys/kernel/btf, in mountinfo's fields (mount point, then the filesystem
+    // type after the separator).
+    let tmpfs_on_btf = |mountinfo: &str| {
+        mountinfo.lines().any(|l| {
+            l.split(' ').nth(4) == Some("/sys/kernel/btf")
+                && l.split(" - ")
+                    .nth(1)
+                    .is_some_and(|t| t.starts_with("tmpfs "))
+        })
+    };
+    let host = || fs::read_to_string("/proc/1/mountinfo").unwrap();
+    let here = || fs::read_to_string("/proc/thread-self/mountinfo").unwrap();
+    assert!(hidden.exists(), "this kernel has no BTF to hide");
+    assert!(!tmpfs_on_btf(&host()) && !tmpfs_on_btf(&here()));
+
+    let (seen_tx, seen) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let mounter = thread::spawn(move || {
+        mountns::with_mount(c"none", c"/sys/kernel/btf", c"tmpfs", move || {
+            let mountinfo = fs::read_to_string("/proc/thread-self/mountinfo").unwrap();
+            seen_tx.send((mountinfo, hidden.exists())).unwrap();
+            released.recv().unwrap();
+        })
+    });
+    let (inside, exists_inside) = seen.recv_timeout(WAIT).expect("the mount was made");
+    assert!(tmpfs_on_btf(&inside), "{inside}");
+    assert!(
+        !exists_inside,
+        "{} is still seen under the tmpfs",
+        hidden.display()
+    );
+    // While it is mounted there: not on the host, not on this thread, the file still here.
+    assert!(!tmpfs_on_btf(&host()), "{}", host());
+    assert!(!tmpfs_on_btf(&here()), "{}", here());
+    assert!(hidden.exists());
+    release.send(()).unwrap();
+    mounter.join().unwrap().expect("with_mount");
+    assert!(!tmpfs_on_btf(&host()) && hidden.exists());
+}
+
 #[test]
 fn control_characters_in_a_process_name_never_reach_the_terminal() {
     require_root();

@@ -62,40 +62,20 @@ pub fn security() -> Security {
     }
     // Mount securityfs in a private mount namespace of a short-lived thread: nothing appears
     // on the host, and a reader elsewhere never sees it come and go.
-    std::thread::spawn(|| {
-        // SAFETY: unshare and mount on this thread only, with constant NUL-terminated strings.
-        unsafe {
-            if libc::unshare(libc::CLONE_NEWNS) != 0
-                || libc::mount(
-                    std::ptr::null(),
-                    c"/".as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_REC | libc::MS_PRIVATE,
-                    std::ptr::null(),
-                ) != 0
-                || libc::mount(
-                    c"securityfs".as_ptr(),
-                    c"/sys/kernel/security".as_ptr(),
-                    c"securityfs".as_ptr(),
-                    0,
-                    std::ptr::null(),
-                ) != 0
-            {
-                return Security {
-                    note: format!(
-                        "securityfs is not mounted and mounting it failed: {}",
-                        std::io::Error::last_os_error()
-                    ),
-                    ..Default::default()
-                };
-            }
-        }
-        read_security(format!(
-            "read from {LOCKDOWN}, securityfs mounted for the read in a private mount namespace"
-        ))
+    crate::sys::mountns::with_mount(
+        c"securityfs",
+        c"/sys/kernel/security",
+        c"securityfs",
+        || {
+            read_security(format!(
+                "read from {LOCKDOWN}, securityfs mounted for the read in a private mount namespace"
+            ))
+        },
+    )
+    .unwrap_or_else(|e| Security {
+        note: format!("securityfs is not mounted and mounting it failed: {e}"),
+        ..Default::default()
     })
-    .join()
-    .unwrap_or_default()
 }
 
 fn read_security(note: String) -> Security {

@@ -4,6 +4,7 @@
 pub mod caps;
 pub mod cgroup;
 pub mod errno;
+pub mod mountns;
 pub mod mptcp;
 pub mod netns;
 pub mod netstat;

@@ -3,7 +3,7 @@
 //! some helpers under `confidentiality`), and "function not modifiable" is EINVAL, so an EPERM
 //! is reported with the facts around it: capabilities, the lockdown mode, the active LSMs.
 
-use std::{ffi::CString, fmt, fs, io};
+use std::{fmt, fs, io};
 
 use crate::sys::caps::{self, Cap};
 
@@ -60,33 +60,8 @@ fn read_securityfs() -> (Option<String>, Option<String>) {
     if direct.0.is_some() || direct.1.is_some() {
         return direct;
     }
-    std::thread::spawn(move || {
-        // SAFETY: unshare affects only this thread (CLONE_FS is unshared with it); the mount
-        // strings are NUL-terminated; the namespace goes when the thread ends.
-        unsafe {
-            if libc::unshare(libc::CLONE_NEWNS | libc::CLONE_FS) != 0 {
-                return (None, None);
-            }
-            let root = CString::new("/").unwrap();
-            libc::mount(
-                std::ptr::null(),
-                root.as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            );
-            libc::mount(
-                c"securityfs".as_ptr(),
-                c"/sys/kernel/security".as_ptr(),
-                c"securityfs".as_ptr(),
-                0,
-                std::ptr::null(),
-            );
-        }
-        read()
-    })
-    .join()
-    .unwrap_or((None, None))
+    crate::sys::mountns::with_mount(c"securityfs", c"/sys/kernel/security", c"securityfs", read)
+        .unwrap_or((None, None))
 }
 
 impl fmt::Display for Refusal {
