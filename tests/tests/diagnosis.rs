@@ -1289,3 +1289,127 @@ fn diagnosis_no_route_from_the_endpoint_is_endpoint_unusable_ipv4() {
 fn diagnosis_no_route_from_the_endpoint_is_endpoint_unusable_ipv6() {
     no_route_from_the_endpoint_is_endpoint_unusable(true);
 }
+
+/// Plain TCP connections opened and closed on the loopback of netns `ns`, `n` of them: records
+/// for a tracer with `--all-tcp` (about six each, both ends), enough to fill its 4 MiB ring
+/// buffer (about 20,000 records) while it is frozen.
+fn plain_tcp_flood(ns: &str, n: usize) {
+    testbed::in_netns(ns, move || {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let at = listener.local_addr().unwrap();
+        for _ in 0..n {
+            let c = std::net::TcpStream::connect(at).unwrap();
+            let (s, _) = listener.accept().unwrap();
+            drop((c, s));
+        }
+    })
+    .unwrap();
+}
+
+/// A client whose join the tracer lost is not said to have had none. The tracer is frozen with
+/// the connection's first events in its ring buffer, plain TCP traffic it traces fills the ring,
+/// and only then the client's endpoint appears and the kernel joins: the join's records find
+/// the ring full. The kernel's monitor and counters show the join; the tracer shows its loss
+/// and, at the close, an `unknown` that says what it lost — not "none was seen and no counter
+/// says why".
+#[test]
+fn diagnosis_of_a_connection_whose_join_the_tracer_lost() {
+    require_root();
+    let (bed, cns, _) = bed_without_join("dglost");
+    let mon = Monitor::start(&bed.client);
+    let tracer = Tracer::start(&["--netns", &bed.client, "--all-tcp"]);
+    tracer.freeze();
+    let (client, server, _listener) = connected(&bed, server_addr(false, 4431), Proto::Mptcp);
+    let established = std::time::Instant::now();
+    plain_tcp_flood(&bed.client, 6000);
+    add_join_endpoint(&bed, false, &["subflow"]);
+    let joined = || {
+        mon.events()
+            .iter()
+            .any(|p| p.kind == "SF_ESTABLISHED" && p.saddr() == Some(testbed::BLUE_CLIENT_V4))
+    };
+    let until = std::time::Instant::now() + WAIT;
+    while !joined() {
+        assert!(
+            std::time::Instant::now() < until,
+            "no join: {:#?}",
+            mon.events()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    tracer.thaw();
+    let ring_loss = |ev: &[Event]| -> u64 {
+        ev.iter()
+            .filter_map(|e| e.lost.as_ref())
+            .map(|l| l.ring_buffer)
+            .sum()
+    };
+    tracer.wait_for(
+        "the connection's first events and the ring's loss",
+        WAIT,
+        |ev| {
+            ring_loss(ev) > 0
+                && ev
+                    .iter()
+                    .any(|e| e.netns == Some(cns) && e.event == Kind::ConnEstablished)
+        },
+    );
+    // Closed past its deadline (1 s after it was established), so that the close judges it.
+    thread::sleep(Duration::from_secs(2).saturating_sub(established.elapsed()));
+    drop((client, server));
+    tracer.wait_for("a diagnosis at the client's close", WAIT, |ev| {
+        ev.iter()
+            .any(|e| e.netns == Some(cns) && e.event == Kind::ConnDiagnosis && e.protocol.is_none())
+    });
+    let run = tracer.stop();
+    let pm = mon.stop();
+    let mptcp = |e: &&Event| e.netns == Some(cns) && e.protocol.is_none();
+    let client_side: Vec<&Event> = run.events.iter().filter(mptcp).collect();
+    // The join the kernel made is not among the tracer's subflows: it was lost.
+    let token = client_side[0].token.clone().expect("a token");
+    assert!(
+        pm.iter().any(|p| p.kind == "SF_ESTABLISHED"
+            && p.get("token") == Some(&token)
+            && p.saddr() == Some(testbed::BLUE_CLIENT_V4)),
+        "{pm:#?}"
+    );
+    let joins_shown = client_side
+        .iter()
+        .filter(|e| e.event == Kind::SubflowEstablished && e.join == Some(true))
+        .count();
+    assert_eq!(
+        joins_shown, 0,
+        "the join was expected lost: {client_side:#?}"
+    );
+    assert!(ring_loss(&run.events) > 0);
+    // Its diagnosis says what was lost; none says that no join was tried. (How the unseen
+    // join closed may be judged too: a reset with no byte either way is.)
+    let all: Vec<_> = diagnoses(&run.events, cns)
+        .iter()
+        .filter_map(|e| e.diagnosis().cloned())
+        .collect();
+    assert!(
+        all.iter()
+            .all(|d| !d.detail.contains("none was seen and no counter says why")),
+        "{all:#?}"
+    );
+    let lost: Vec<_> = all
+        .iter()
+        .filter(|d| d.detail.starts_with("this tracer lost "))
+        .collect();
+    assert_eq!(lost.len(), 1, "{all:#?}");
+    let d = lost[0];
+    assert_eq!(d.cause, "unknown", "{d:?}");
+    assert!(
+        d.evidence
+            .contains(&"1 subflow(s) seen, 0 of them join(s)".to_string()),
+        "{d:?}"
+    );
+    // The namespace's own count of the join, the kernel's word beside ours.
+    assert!(
+        d.evidence
+            .iter()
+            .any(|e| e.starts_with("MPTcpExt MPJoinSynAckRx +1 in netns ")),
+        "{d:?}"
+    );
+}

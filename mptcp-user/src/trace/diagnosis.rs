@@ -334,7 +334,7 @@ struct Track {
     announced: Vec<(u8, Option<IpAddr>)>,
     causes: Vec<String>,
     baseline: Option<Arc<MptcpExt>>,
-    /// The tracer's loss total (see [`Diagnosis::set_lost`]) when the stage first saw it: a
+    /// The tracer's loss total read before it started (see [`Diagnosis::set_lost`]): a
     /// judgement that rests on an event not having come is not made once the total grew.
     lost_base: u64,
     /// Its events, shared with the pipeline (most connections end with no diagnosis, and the
@@ -387,9 +387,10 @@ pub struct Diagnosis {
     /// Doctor's checks of the `subflow` endpoints usable beside a first subflow's source
     /// address, per (netns, that address), made from the facts they go with.
     checks: HashMap<(u32, IpAddr), (Arc<Facts>, EndpointChecks)>,
-    /// The tracer's loss total as last told (events dropped or program runs skipped, of any
-    /// connection): see [`Diagnosis::set_lost`].
-    lost: u64,
+    /// The tracer's loss total (events dropped or program runs skipped, of any connection) as
+    /// read at various times: (monotonic ns after the read, total), older first; see
+    /// [`Diagnosis::set_lost`].
+    lost_reads: Vec<(u64, u64)>,
 }
 
 /// Doctor's checks of some `subflow` endpoints, shared between the cache and a judgement.
@@ -479,16 +480,41 @@ impl Diagnosis {
             judged_ts: 0,
             names: HashMap::new(),
             checks: HashMap::new(),
-            lost: 0,
+            lost_reads: Vec::new(),
         }
     }
 
-    /// The tracer's loss total now: every event dropped and every program run skipped so far,
-    /// of any connection (never taken back). The pipeline tells it on each tick, and reads it
-    /// fresh before a judgement that rests on an absence ([`Diagnosis::wants_lost`]): a skipped
-    /// run is counted at once, but reported only on the next tick.
-    pub fn set_lost(&mut self, total: u64) {
-        self.lost = self.lost.max(total);
+    /// The tracer's loss total `total` — every event dropped and every program run skipped so
+    /// far, of any connection — as read by `at` (monotonic ns taken after the read). The
+    /// pipeline tells it on each tick, and reads it fresh before a judgement that rests on an
+    /// absence ([`Diagnosis::wants_lost`]): a skipped run is counted at once, reported only on
+    /// the next tick. A connection's base is the newest read from before its first event: a
+    /// reader that fell behind reads the loss that came after a connection started before it
+    /// handles the connection's first event.
+    pub fn set_lost(&mut self, at: u64, total: u64) {
+        let i = self.lost_reads.partition_point(|(t, _)| *t <= at);
+        // Never taken back: a read lower than an earlier one (the rescue program's count can
+        // read one ahead of the kernel's misses) is raised to it.
+        let total = self.lost_reads[..i]
+            .last()
+            .map_or(total, |&(_, before)| total.max(before));
+        self.lost_reads.insert(i, (at, total));
+        // Kept: every read a connection still to be seen may need (see `keep_sample`).
+        let judged = self.last_ts.saturating_sub(SAMPLE_MARGIN_NS);
+        let needed = self
+            .lost_reads
+            .iter()
+            .rposition(|(t, _)| *t <= judged)
+            .unwrap_or(0);
+        self.lost_reads.drain(..needed);
+        if self.lost_reads.len() > MAX_SAMPLES {
+            self.lost_reads.drain(..self.lost_reads.len() - MAX_SAMPLES);
+        }
+    }
+
+    /// The newest loss total read.
+    fn lost_now(&self) -> u64 {
+        self.lost_reads.last().map_or(0, |&(_, n)| n)
     }
 
     /// Whether passing `e` may judge a connection from events that did not come: the caller
@@ -501,11 +527,16 @@ impl Diagnosis {
                 .is_some_and(|t| !t.settled_by_joins())
     }
 
-    /// The connection's track, made on its first event with the loss total known then.
-    fn track(&mut self, key: u64) -> &mut Track {
-        let lost_base = self.lost;
+    /// The connection's track, made on its first event (at `ts`) with the newest loss total
+    /// read before it (none read so far counts as 0).
+    fn track(&mut self, key: u64, ts: u64) -> &mut Track {
+        let reads = &self.lost_reads;
         self.tracks.entry(key).or_insert_with(|| Track {
-            lost_base,
+            lost_base: reads
+                .iter()
+                .rev()
+                .find(|(at, _)| *at <= ts)
+                .map_or(0, |&(_, n)| n),
             ..Track::default()
         })
     }
@@ -524,14 +555,14 @@ impl Diagnosis {
         match &e.data {
             Data::ConnCreated(d) => {
                 let baseline = d.conn.netns.and_then(|ns| self.baseline(ns, e.ts_ns));
-                let t = self.track(key);
+                let t = self.track(key, e.ts_ns);
                 t.side = Some(d.side);
                 t.tuple = Some(d.tuple.clone());
                 t.baseline = baseline;
             }
             Data::ConnExisting(d) => {
                 let baseline = d.conn.netns.and_then(|ns| self.baseline(ns, e.ts_ns));
-                let t = self.track(key);
+                let t = self.track(key, e.ts_ns);
                 t.side = d.side;
                 t.tuple = Some(d.tuple.clone());
                 t.fallback = d.fallback;
@@ -540,13 +571,13 @@ impl Diagnosis {
                 t.baseline = baseline;
             }
             Data::ConnEstablished(d) => {
-                let t = self.track(key);
+                let t = self.track(key, e.ts_ns);
                 t.established_ns.get_or_insert(e.ts_ns);
                 t.tuple.get_or_insert_with(|| d.tuple.clone());
                 t.peer_deny_join_id0 |= d.peer_deny_join_id0 == Some(true);
             }
             Data::SubflowEstablished(d) => {
-                let t = self.track(key);
+                let t = self.track(key, e.ts_ns);
                 t.subflows += 1;
                 if d.subflow.join {
                     t.joins += 1;
@@ -555,7 +586,7 @@ impl Diagnosis {
                 }
             }
             Data::SubflowFailed(d) if d.subflow.join => {
-                let t = self.track(key);
+                let t = self.track(key, e.ts_ns);
                 t.joins_failed += 1;
                 t.join_remote_ids.insert(d.subflow.remote_id);
                 found.push(self.failed_join(key, d));
@@ -575,7 +606,7 @@ impl Diagnosis {
                 // peer took it back (newer kernels check their limits at the third ACK) —
                 // unless the whole connection is being reset (an abort, MP_FASTCLOSE, resets
                 // every subflow at once): judged when the initial subflow had the time to say.
-                let t = self.track(key);
+                let t = self.track(key, e.ts_ns);
                 let aborted = t
                     .initial_reset_ns
                     .is_some_and(|at| e.ts_ns.saturating_sub(at) <= ABORT_GRACE_NS);
@@ -587,13 +618,13 @@ impl Diagnosis {
                 if !d.subflow.join
                     && (d.reason.starts_with("rst") || d.reason.starts_with("mp_tcprst")) =>
             {
-                let t = self.track(key);
+                let t = self.track(key, e.ts_ns);
                 t.initial_reset_ns = Some(e.ts_ns);
                 t.pending_resets
                     .retain(|(at, _)| e.ts_ns.saturating_sub(*at) > ABORT_GRACE_NS);
             }
             Data::ConnFallback(d) => {
-                let t = self.track(key);
+                let t = self.track(key, e.ts_ns);
                 if t.fallback {
                     // A connection falls back once; this one does not go out (nor into the
                     // `why` log). The once-a-second sock_diag poll can see the fallback flag
@@ -607,7 +638,7 @@ impl Diagnosis {
                 found.push(self.fallback(key, &d.reason, e.ts_ns));
             }
             Data::AddrAnnounced(a) => {
-                let t = self.track(key);
+                let t = self.track(key, e.ts_ns);
                 t.announced.push((a.remote_id, a.addr));
                 if t.deadline_done {
                     t.late_announce_ns.get_or_insert(e.ts_ns);
@@ -616,7 +647,7 @@ impl Diagnosis {
             Data::ConnClosed(_) => closed = true,
             _ => {}
         }
-        let t = self.track(key);
+        let t = self.track(key, e.ts_ns);
         if let Some(c) = e.conn() {
             // The latest connection part: the token and peer token arrive on later events.
             // In place: the comm is copied only when it changes (this runs for every event).
@@ -670,9 +701,14 @@ impl Diagnosis {
     }
 
     /// Judges the connections whose deadline passed by `now`.
-    /// `lost` reads the loss total fresh (see [`Diagnosis::set_lost`]): called once when a
-    /// connection's configuration is to be judged.
-    pub fn expire(&mut self, now: u64, out: &mut VecDeque<Arc<Event>>, lost: impl FnOnce() -> u64) {
+    /// `lost` reads the loss total fresh, and says when (see [`Diagnosis::set_lost`]): called
+    /// once when a connection's configuration is to be judged.
+    pub fn expire(
+        &mut self,
+        now: u64,
+        out: &mut VecDeque<Arc<Event>>,
+        lost: impl FnOnce() -> (u64, u64),
+    ) {
         let due: Vec<u64> = self
             .tracks
             .iter()
@@ -696,7 +732,8 @@ impl Diagnosis {
             .chain(late.iter().map(|(k, _)| k))
             .any(|k| !self.tracks[k].settled_by_joins())
         {
-            self.set_lost(lost());
+            let (at, total) = lost();
+            self.set_lost(at, total);
         }
         for key in due {
             let t = self.tracks.get_mut(&key).expect("listed");
@@ -1371,8 +1408,6 @@ impl Diagnosis {
         per_snapshot(&mut self.checks, (ns, saddr), facts, || Arc::new(make()))
     }
 
-    /// Judges a client connection's configuration against the subflows it got. `at_close`
-    /// also says `unknown` when the configuration allowed a join that never came.
     /// The diagnosis of a connection whose one subflow may not be all it had: `lost` events
     /// (of any connection) went missing since it started, and a join or an announcement of
     /// its own may be among them. The namespace's join and announcement counters go with it:
@@ -1399,6 +1434,8 @@ impl Diagnosis {
         )
     }
 
+    /// Judges a client connection's configuration against the subflows it got. `at_close`
+    /// also says `unknown` when the configuration allowed a join that never came.
     fn judge_config(&mut self, key: u64, at_close: bool) -> Vec<Found> {
         let t = &self.tracks[&key];
         let (Some(ns), Some(tuple)) = (t.conn.netns, t.tuple.clone()) else {
@@ -1413,7 +1450,7 @@ impl Diagnosis {
         let unjoined = t.unjoined();
         // Events lost since it started may be its joins or announcements: what rests on their
         // absence is then not concluded (see [`Diagnosis::lost_events`]).
-        let lost = self.lost.saturating_sub(t.lost_base);
+        let lost = self.lost_now().saturating_sub(t.lost_base);
         // Announcements the path manager took up (a join went to them).
         let accepted = t
             .announced
@@ -1849,7 +1886,7 @@ mod tests {
         for e in events {
             d.pass(Arc::new(e), &mut out);
         }
-        d.expire(now, &mut out, || 0);
+        d.expire(now, &mut out, || (now, 0));
         out.iter()
             .filter_map(|e| match &e.data {
                 Data::ConnDiagnosis(c) => Some(c.cause.clone()),
@@ -2037,11 +2074,11 @@ mod tests {
         );
         let due = d.next_due().unwrap();
         assert_eq!(due, 1_000_200_000 + ABORT_GRACE_NS + SETTLE_NS);
-        d.expire(due - 1, &mut out, || 0);
+        d.expire(due - 1, &mut out, || (due - 1, 0));
         assert!(!out
             .iter()
             .any(|e| e.kind() == crate::event::Kind::ConnDiagnosis));
-        d.expire(due, &mut out, || 0);
+        d.expire(due, &mut out, || (due, 0));
         let diag: Vec<_> = out
             .iter()
             .filter(|e| e.kind() == crate::event::Kind::ConnDiagnosis)
@@ -2132,7 +2169,7 @@ mod tests {
         for e in client_conn(0) {
             d.pass(Arc::new(e), &mut out);
         }
-        d.expire(LATE, &mut out, || 0);
+        d.expire(LATE, &mut out, || (LATE, 0));
         let Some(Data::ConnDiagnosis(c)) = out.back().map(|e| &e.data) else {
             panic!("{out:?}")
         };
@@ -2181,16 +2218,21 @@ mod tests {
     }
 
     /// The diagnoses of `client_conn(joins)` (the peer denying joins to its initial address
-    /// with `deny`), with the tracer's loss total at `before` when it starts, at `deadline` when
-    /// its deadline is judged, at `closing` when its close is.
+    /// with `deny`), with the tracer's loss total read `before` it starts, when its deadline is
+    /// judged (`deadline`), when its close is (`closing`); and with `late`, read after it
+    /// started but before its first event is handled (a reader that fell behind).
     fn judged_with_loss(
         joins: usize,
         deny: bool,
         (before, deadline, closing): (u64, u64, u64),
+        late: Option<u64>,
     ) -> Vec<ConnDiagnosis> {
         let mut d = stage(crate::doctor::netns::tests::client());
         let mut out = VecDeque::new();
-        d.set_lost(before);
+        d.set_lost(0, before);
+        if let Some(n) = late {
+            d.set_lost(1_500_000_000, n);
+        }
         let mut evs = client_conn(joins);
         if let Data::ConnEstablished(c) = &mut evs[1].data {
             c.peer_deny_join_id0 = Some(deny);
@@ -2198,8 +2240,8 @@ mod tests {
         for e in evs {
             d.pass(Arc::new(e), &mut out);
         }
-        d.expire(LATE, &mut out, || deadline);
-        d.set_lost(closing);
+        d.expire(LATE, &mut out, || (LATE, deadline));
+        d.set_lost(LATE + 1, closing);
         let close = Arc::new(close(LATE + 1));
         assert_eq!(d.wants_lost(&close), joins == 0);
         d.pass(close, &mut out);
@@ -2218,13 +2260,13 @@ mod tests {
     fn a_loss_while_the_connection_was_open_is_said_instead_of_what_did_not_come() {
         let no_counter = "allows a join, none was seen and no counter says why";
         for before in [0, 3] {
-            let v = judged_with_loss(0, false, (before, before, before));
+            let v = judged_with_loss(0, false, (before, before, before), None);
             assert_eq!(v.len(), 1, "{v:?}");
             assert_eq!(v[0].cause, "unknown");
             assert!(v[0].detail.contains(no_counter), "{}", v[0].detail);
         }
         // Lost after the deadline, before the close: at close.
-        let v = judged_with_loss(0, false, (3, 3, 5));
+        let v = judged_with_loss(0, false, (3, 3, 5), None);
         assert_eq!(v.len(), 1, "{v:?}");
         assert_eq!(v[0].cause, "unknown");
         assert!(
@@ -2243,17 +2285,22 @@ mod tests {
         // The peer's deny_join_id0 is named only when nothing was lost: its announcement of
         // another address may have been.
         assert_eq!(
-            judged_with_loss(0, true, (0, 0, 0))
+            judged_with_loss(0, true, (0, 0, 0), None)
                 .iter()
                 .map(|c| c.cause.as_str())
                 .collect::<Vec<_>>(),
             ["deny_join_id0"]
         );
-        let v = judged_with_loss(0, true, (0, 1, 1));
+        let v = judged_with_loss(0, true, (0, 1, 1), None);
         assert_eq!(v.len(), 1, "{v:?}");
         assert!(v[0].detail.starts_with("this tracer lost 1 event(s)"));
+        // A read made after it started, before its events were handled (the reader was
+        // behind), is not its base: the loss it holds may be this connection's.
+        let v = judged_with_loss(0, false, (0, 7, 7), Some(7));
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].detail.starts_with("this tracer lost 7 event(s)"));
         // A joined client is not judged, loss or not.
-        assert!(judged_with_loss(1, false, (0, 4, 9)).is_empty());
+        assert!(judged_with_loss(1, false, (0, 4, 9), None).is_empty());
     }
 
     #[test]

@@ -365,13 +365,14 @@ impl Core {
         let (tracer, counters, netlink) = (&self.tracer, &self.counters, self.pm.stats.overruns);
         self.order.release(now, hold, &mut |e| {
             if diagnosis.wants_lost(&e) {
-                diagnosis.set_lost(tracing_loss(tracer, counters, netlink).count);
+                let (at, total) = lost_read(tracer, counters, netlink);
+                diagnosis.set_lost(at, total);
             }
             diagnosis.pass(e, ready)
         });
         // Deadlines follow the real clock, also when `finish` releases everything at once.
         self.diagnosis.expire(monotonic_ns(), &mut self.ready, || {
-            tracing_loss(tracer, counters, netlink).count
+            lost_read(tracer, counters, netlink)
         });
     }
 
@@ -425,7 +426,7 @@ impl Core {
     /// Queues a `lost` event when anything went missing since the last one.
     fn report_loss(&mut self) {
         let l = self.tracing_loss();
-        self.diagnosis.set_lost(l.count);
+        self.diagnosis.set_lost(monotonic_ns(), l.count);
         let now = self.with_upgrade_loss(l);
         if now.count > self.reported.count {
             let prev = &self.reported;
@@ -466,6 +467,12 @@ fn tracing_loss(tracer: &loader::Attached, counters: &Counters, netlink: u64) ->
         recursion_misses,
         netlink,
     }
+}
+
+/// [`tracing_loss`]'s total, and when it was read (after): what [`Diagnosis::set_lost`] takes.
+fn lost_read(tracer: &loader::Attached, counters: &Counters, netlink: u64) -> (u64, u64) {
+    let total = tracing_loss(tracer, counters, netlink).count;
+    (monotonic_ns(), total)
 }
 
 /// The attached tracer and everything downstream of it. Dropping it detaches the programs.
@@ -538,7 +545,8 @@ impl Pipeline {
             newest_ring_ns: 0,
         };
         // What is lost from now on may be a connection's event (see `Diagnosis::set_lost`).
-        core.diagnosis.set_lost(core.tracing_loss().count);
+        let total = core.tracing_loss().count;
+        core.diagnosis.set_lost(monotonic_ns(), total);
         // The snapshot goes out first; later events stamped before it follow it.
         for e in snap.events {
             core.owners.observe(&e);
