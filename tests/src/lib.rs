@@ -759,6 +759,17 @@ pub fn events_in(events: &[Event], netns: u32) -> Vec<Event> {
         .collect()
 }
 
+/// One end of a healthy two-subflow MPTCP connection, from its creation to its close.
+pub const TWO_SUBFLOWS: [Kind; 7] = [
+    Kind::ConnCreated,
+    Kind::ConnEstablished,
+    Kind::SubflowEstablished,
+    Kind::SubflowEstablished,
+    Kind::SubflowClosed,
+    Kind::SubflowClosed,
+    Kind::ConnClosed,
+];
+
 pub fn kinds(events: &[Event]) -> Vec<Kind> {
     events.iter().map(|e| e.event).collect()
 }

@@ -83,15 +83,7 @@ fn two_subflows(name: &str, x: Expect) {
         let ev = events_in(&run.events, ns);
         assert_eq!(
             kinds(&ev),
-            [
-                Kind::ConnCreated,
-                Kind::ConnEstablished,
-                Kind::SubflowEstablished,
-                Kind::SubflowEstablished,
-                Kind::SubflowClosed,
-                Kind::SubflowClosed,
-                Kind::ConnClosed
-            ],
+            integration_tests::TWO_SUBFLOWS,
             "{side:?} events: {ev:#?}"
         );
         let token = ev[0].token.clone().expect("token");

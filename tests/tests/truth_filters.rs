@@ -161,15 +161,7 @@ fn dual_stack_listener_reports_ipv4_clients_as_ipv4() {
     let kinds: Vec<Kind> = ev.iter().map(|e| e.event).collect();
     assert_eq!(
         kinds,
-        [
-            Kind::ConnCreated,
-            Kind::ConnEstablished,
-            Kind::SubflowEstablished,
-            Kind::SubflowEstablished,
-            Kind::SubflowClosed,
-            Kind::SubflowClosed,
-            Kind::ConnClosed
-        ],
+        integration_tests::TWO_SUBFLOWS,
         "-4 shows the whole connection: {ev:#?}"
     );
     for e in &ev {
@@ -561,15 +553,7 @@ fn addr_on_the_join_address_and_repeated_ports_select_whole_connections() {
                 .collect()
         };
         let (shown, unfiltered) = (of(&addr_ev), of(&all_ev));
-        let whole = [
-            Kind::ConnCreated,
-            Kind::ConnEstablished,
-            Kind::SubflowEstablished,
-            Kind::SubflowEstablished,
-            Kind::SubflowClosed,
-            Kind::SubflowClosed,
-            Kind::ConnClosed,
-        ];
+        let whole = integration_tests::TWO_SUBFLOWS;
         let context = format!(
             "{key:?}\n--addr: {shown:?}\nunfiltered: {unfiltered:?}\n--addr tracer: {}\n\
              unfiltered tracer: {}",
